@@ -1,0 +1,62 @@
+"""``kimi-audio-lf``: one command, thin subcommands over the libraries in ``data/``, ``eval/`` and ``models/``.
+
+Each subcommand module exposes ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. Known errors become
+one line on stderr and a documented exit code (see ``_errors.py``); ``--debug`` or ``KIMI_AUDIO_LF_DEBUG=1`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ._errors import exit_code_for
+
+SUBCOMMANDS = {
+    "convert": "convert",
+    "precompute": "precompute",
+    "evaluate": "evaluate",
+    "doctor": "doctor",
+    "make-tiny": "make_tiny",
+    "synth": "synth",
+    "demo": "demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kimi-audio-lf", description="Kimi-Audio ASR fine-tuning tools for LLaMA-Factory")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{module_name}":
+                raise
+            continue  # subcommand not shipped in this build
+        sub_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("KIMI_AUDIO_LF_DEBUG") == "1"
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("kimi-audio-lf: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        code = exit_code_for(err)
+        if debug or code is None:
+            raise
+        print(f"kimi-audio-lf {args.command}: error: {err}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

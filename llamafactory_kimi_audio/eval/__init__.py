@@ -1,0 +1,1 @@
+"""ASR evaluation: transcription with the native model, CER/WER scoring, reports."""

@@ -1,0 +1,1 @@
+"""Every LLaMA-Factory touch point lives here (registrations first, then the named patches of ``patches.py``)."""

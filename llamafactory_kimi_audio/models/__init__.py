@@ -1,0 +1,1 @@
+"""Native Kimi-Audio for transformers (no LLaMA-Factory import here)."""
