@@ -1,0 +1,146 @@
+"""``KimiAudioConfig``: reads the official ``config.json`` (model_type ``moonshot_kimia``) on transformers 4.55–5.6."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from transformers import PretrainedConfig
+
+OFFICIAL_ARCHITECTURE = "MoonshotKimiaForCausalLM"
+OFFICIAL_AUTO_MAP = {
+    "AutoConfig": "configuration_moonshot_kimia.KimiAudioConfig",
+    "AutoModel": "modeling_moonshot_kimia.MoonshotKimiaForCausalLM",
+    "AutoModelForCausalLM": "modeling_moonshot_kimia.MoonshotKimiaForCausalLM",
+}
+WHISPER_SUBDIR = "whisper-large-v3"
+SEMANTIC_SUBDIR = "glm-4-voice-tokenizer"
+
+
+class KimiAudioConfig(PretrainedConfig):
+    model_type = "moonshot_kimia"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 168448,
+        hidden_size: int = 3584,
+        intermediate_size: int = 18944,
+        num_hidden_layers: int = 28,
+        num_attention_heads: int = 28,
+        num_key_value_heads: int = 4,
+        hidden_act: str = "silu",
+        max_position_embeddings: int = 8192,
+        rms_norm_eps: float = 1e-6,
+        rope_theta: float | None = None,
+        attention_dropout: float = 0.0,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = False,
+        kimia_mimo_layers: int = 6,
+        kimia_mimo_transformer_from_layer_index: int = 21,
+        kimia_mimo_audiodelaytokens: int = 6,
+        kimia_audio_output_vocab: int = 16896,
+        kimia_text_output_vocab: int = 152064,
+        kimia_token_offset: int = 152064,
+        kimia_adaptor_input_dim: int = 5120,
+        kimia_media_begin: int = 151661,
+        kimia_media_end: int = 151663,
+        num_base_tokens: int = 151643,
+        num_audio_special_tokens: int = 512,
+        use_whisper_feature: bool = True,
+        whisper_config: dict[str, Any] | None = None,
+        semantic_tokenizer_path: str | None = None,
+        loss_reduction: str = "sample",
+        **kwargs: Any,
+    ):
+        rope_parameters = kwargs.pop("rope_parameters", None) or {}
+        rope_scaling = kwargs.pop("rope_scaling", None)
+        if rope_theta is None:
+            rope_theta = rope_parameters.get("rope_theta")
+        if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type", "default")) != "default":
+            raise ValueError(f"Kimi-Audio uses plain RoPE; rope_scaling={rope_scaling} is not supported")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads or num_attention_heads
+        self.head_dim = hidden_size // num_attention_heads
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.rms_norm_eps = rms_norm_eps
+        # Never fall back silently to a default base (the remote class default 10000 is wrong for the real model).
+        self.rope_theta = None if rope_theta is None else float(rope_theta)
+        self.attention_dropout = attention_dropout
+        self.use_cache = use_cache
+        self.kimia_mimo_layers = kimia_mimo_layers
+        self.kimia_mimo_transformer_from_layer_index = kimia_mimo_transformer_from_layer_index
+        self.kimia_mimo_audiodelaytokens = kimia_mimo_audiodelaytokens
+        self.kimia_audio_output_vocab = kimia_audio_output_vocab
+        self.kimia_text_output_vocab = kimia_text_output_vocab
+        self.kimia_token_offset = kimia_token_offset
+        self.kimia_adaptor_input_dim = kimia_adaptor_input_dim
+        self.kimia_media_begin = kimia_media_begin
+        self.kimia_media_end = kimia_media_end
+        self.num_base_tokens = num_base_tokens
+        self.num_audio_special_tokens = num_audio_special_tokens
+        self.use_whisper_feature = use_whisper_feature
+        self.whisper_config = whisper_config
+        self.semantic_tokenizer_path = semantic_tokenizer_path
+        if loss_reduction not in ("sample", "token"):
+            raise ValueError(f"loss_reduction must be 'sample' (official per-utterance mean) or 'token', got {loss_reduction!r}")
+        self.loss_reduction = loss_reduction
+        kwargs.setdefault("architectures", [OFFICIAL_ARCHITECTURE])
+        kwargs.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    def require_rope_theta(self) -> float:
+        if self.rope_theta is None:
+            raise ValueError(
+                "config.json has neither `rope_theta` nor `rope_parameters.rope_theta`; refusing to guess the RoPE base "
+                "(the real Kimi-Audio uses the value in its downloaded config.json)"
+            )
+        return self.rope_theta
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> KimiAudioConfig:
+        config = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        result = config[0] if isinstance(config, tuple) else config
+        result.attach_audio_dirs(os.fspath(pretrained_model_name_or_path))
+        return config
+
+    def attach_audio_dirs(self, model_dir: str) -> None:
+        """Read the Whisper encoder config and locate the GLM-4-Voice tokenizer next to an official checkpoint."""
+        whisper_config_file = os.path.join(model_dir, WHISPER_SUBDIR, "config.json")
+        if os.path.isfile(whisper_config_file):
+            with open(whisper_config_file, encoding="utf-8") as f:
+                self.whisper_config = json.load(f)
+        if self.semantic_tokenizer_path is None:
+            self.semantic_tokenizer_path = find_semantic_tokenizer(model_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["model_type"] = self.model_type
+        output["architectures"] = [OFFICIAL_ARCHITECTURE]
+        output.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
+        output.pop("head_dim", None)
+        # Local paths and the sub-model config live in their own directories, not in the official config.json.
+        for key in ("whisper_config", "semantic_tokenizer_path", "rope_parameters"):
+            output.pop(key, None)
+        if output.get("loss_reduction") == "sample":
+            output.pop("loss_reduction")
+        return output
+
+
+SEMANTIC_TOKENIZER_ENV = "KIMI_AUDIO_SEMANTIC_TOKENIZER"
+
+
+def find_semantic_tokenizer(model_dir: str) -> str | None:
+    """The GLM-4-Voice tokenizer: $KIMI_AUDIO_SEMANTIC_TOKENIZER, ``<model>/glm-4-voice-tokenizer`` or a sibling dir."""
+    candidates = [os.environ.get(SEMANTIC_TOKENIZER_ENV, "")]
+    candidates += [os.path.join(model_dir, SEMANTIC_SUBDIR), os.path.join(os.path.dirname(model_dir), SEMANTIC_SUBDIR)]
+    for path in candidates:
+        if path and os.path.isfile(os.path.join(path, "config.json")):
+            return os.path.abspath(path)
+    return None

@@ -1,0 +1,152 @@
+"""Deterministic tiny random Kimi-Audio checkpoints in the official file layout (for tests and the CPU demo).
+
+``make_tiny_checkpoint(dir)`` writes::
+
+    config.json  generation_config.json  model-0000x-of-0000n.safetensors  model.safetensors.index.json
+    tiktoken.model  tokenizer_config.json  special_tokens_map.json
+    whisper-large-v3/{config.json, preprocessor_config.json, model.safetensors (model.encoder.* + a decoder stub)}
+    glm-4-voice-tokenizer/{config.json, preprocessor_config.json, model.safetensors}
+
+The tokenizer keeps the real structure (421 specials right after the base vocabulary, audio ids after the text
+vocabulary), only the base vocabulary is small, so every id is resolved at run time exactly as for the real model.
+``preset="full"`` writes only the configs with the real shapes (GPU benchmarks build random weights from them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
+from .special_tokens import DEFAULT_INSTRUCTION, MEDIA_BEGIN, MEDIA_END, NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
+
+TINY_CORPUS = [
+    *DEFAULT_INSTRUCTION.values(),
+    "zero one two three four five six seven eight nine ten red blue green yellow black white",
+    "the quick brown fox jumps over the lazy dog. Transcribe this audio, please!",
+    "一 二 三 四 五 六 七 八 九 十 零 红 蓝 绿 你好 世界 语音 识别 音频 内容 转换 文字",
+]
+TINY_WHISPER = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 128}
+FULL_WHISPER = {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120}
+GLM_VOCAB = {"tiny": 256, "full": 16384}
+
+
+@dataclass(frozen=True)
+class TinyCheckpoint:
+    path: str
+    num_parameters: int
+    vocab_size: int
+    num_base_tokens: int
+
+
+def whisper_config(shape: dict[str, int]) -> dict[str, Any]:
+    return {
+        "architectures": ["WhisperForConditionalGeneration"],
+        "model_type": "whisper",
+        "num_mel_bins": 128,
+        "max_source_positions": 1500,
+        "decoder_layers": shape["encoder_layers"],
+        "decoder_attention_heads": shape["encoder_attention_heads"],
+        "decoder_ffn_dim": shape["encoder_ffn_dim"],
+        "vocab_size": 51866,
+        "torch_dtype": "float16",
+        **shape,
+    }
+
+
+def kimi_config(num_base_tokens: int, preset: str) -> KimiAudioConfig:
+    text_vocab = num_base_tokens + NUM_SPECIAL_TOKENS
+    shapes = {
+        "tiny": dict(
+            hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            kimia_mimo_layers=2, kimia_mimo_transformer_from_layer_index=2, max_position_embeddings=2048,
+        ),
+        "full": dict(
+            hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+            num_key_value_heads=4, kimia_mimo_layers=6, kimia_mimo_transformer_from_layer_index=21,
+            max_position_embeddings=8192,
+        ),
+    }[preset]
+    whisper = whisper_config(TINY_WHISPER if preset == "tiny" else FULL_WHISPER)
+    return KimiAudioConfig(
+        vocab_size=text_vocab + GLM_VOCAB[preset],
+        kimia_token_offset=text_vocab,
+        kimia_text_output_vocab=text_vocab,
+        kimia_audio_output_vocab=GLM_VOCAB[preset] + 512,
+        num_base_tokens=num_base_tokens,
+        kimia_media_begin=num_base_tokens + SPECIAL_TOKENS.index(MEDIA_BEGIN),
+        kimia_media_end=num_base_tokens + SPECIAL_TOKENS.index(MEDIA_END),
+        kimia_adaptor_input_dim=4 * whisper["d_model"],
+        rope_theta=1000000.0,  # Qwen2.5-7B's base; the real config.json is always read for the real model
+        whisper_config=whisper,
+        torch_dtype="float32" if preset == "tiny" else "bfloat16",
+        **shapes,
+    )
+
+
+def make_tiny_checkpoint(directory: str, preset: str = "tiny", seed: int = 0) -> TinyCheckpoint:
+    """Write a complete checkpoint (``tiny``) or only the configs of the real shapes (``full``)."""
+    if preset not in GLM_VOCAB:
+        raise ValueError(f"unknown preset {preset!r}; choose 'tiny' or 'full'")
+    from .tokenization_kimi_audio import train_tiny_tiktoken, write_tokenizer_files
+
+    os.makedirs(directory, exist_ok=True)
+    num_base = write_tokenizer_files(directory, train_tiny_tiktoken(TINY_CORPUS, num_merges=192)) if preset == "tiny" else 151643
+    config = kimi_config(num_base, preset)
+    if preset == "full":
+        return _write_configs_only(directory, config)
+    import torch
+
+    from .glm4_voice import make_tiny_glm4_voice_tokenizer
+    from .modeling_kimi_audio import KimiAudioForCausalLM, default_generation_config
+
+    glm_dir = os.path.join(directory, SEMANTIC_SUBDIR)
+    make_tiny_glm4_voice_tokenizer(glm_dir, seed=seed, vocab_size=GLM_VOCAB[preset])
+    config.semantic_tokenizer_path = os.path.abspath(glm_dir)
+    torch.manual_seed(seed)
+    model = KimiAudioForCausalLM(config)
+    _reinit_deterministically(model, seed)
+    model.generation_config = default_generation_config(config)
+    model.save_pretrained(directory, max_shard_size="1MB", safe_serialization=True)
+    _add_whisper_decoder_stub(os.path.join(directory, WHISPER_SUBDIR))
+    params = sum(p.numel() for p in model.parameters())
+    return TinyCheckpoint(os.path.abspath(directory), params, config.vocab_size, num_base)
+
+
+def _reinit_deterministically(model, seed: int) -> None:
+    """Seeded, version-independent weights (transformers' own init order differs between 4.x and 5.x)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if name.endswith("embed_positions.weight"):
+                continue  # Whisper's sinusoids
+            if param.ndim == 1:
+                param.copy_(torch.ones_like(param) if "norm" in name and name.endswith("weight") else torch.zeros_like(param))
+            else:
+                std = 0.02 if "embed" in name or name.endswith(("lm_head.weight", "mimo_output.weight")) else param.shape[-1] ** -0.5
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def _add_whisper_decoder_stub(whisper_dir: str) -> None:
+    """The real ``whisper-large-v3/model.safetensors`` is a full Whisper; keep a decoder key so loaders must filter."""
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(whisper_dir, "model.safetensors")
+    tensors = load_file(path)
+    import torch
+
+    tensors["model.decoder.layer_norm.weight"] = torch.ones(tensors["model.encoder.layer_norm.weight"].shape)
+    save_file(dict(sorted(tensors.items())), path, metadata={"format": "pt"})
+
+
+def _write_configs_only(directory: str, config: KimiAudioConfig) -> TinyCheckpoint:
+    config.save_pretrained(directory)
+    whisper_dir = os.path.join(directory, WHISPER_SUBDIR)
+    os.makedirs(whisper_dir, exist_ok=True)
+    with open(os.path.join(whisper_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config.whisper_config, f, indent=2, sort_keys=True)
+    return TinyCheckpoint(os.path.abspath(directory), 0, config.vocab_size, config.num_base_tokens)
