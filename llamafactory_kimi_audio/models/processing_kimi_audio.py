@@ -47,6 +47,7 @@ class KimiAudioProcessor:
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor or WhisperFeatureExtractor(feature_size=128)
         self.audio_sampling_rate = SAMPLE_RATE
+        self.name_or_path: str | None = None  # the checkpoint dir; keys the precompute cache
         self._layout: LayoutEncoder | None = None
 
     @property
@@ -118,7 +119,9 @@ class KimiAudioProcessor:
         extractor = WhisperFeatureExtractor.from_pretrained(extractor_dir) if extractor_dir else None
         if extractor is not None and extractor.feature_size != 128:
             raise ValueError(f"{extractor_dir}: Kimi-Audio needs 128 mel bins, preprocessor_config.json has {extractor.feature_size}")
-        return cls(tokenizer, extractor)
+        processor = cls(tokenizer, extractor)
+        processor.name_or_path = os.path.abspath(path)
+        return processor
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> list[str]:
         save_directory = os.fspath(save_directory)

@@ -1,0 +1,92 @@
+"""``KimiAudioPlugin``: LLaMA-Factory's multimodal plugin for Kimi-Audio.
+
+- ``process_messages`` (inside ``datasets.map``): each ``<audio>`` becomes media_begin + one placeholder per
+  12.5 Hz frame + media_end. The count comes from the file header (duration, resampling rule), never from decoding.
+- ``get_mm_inputs`` (collate time): audio read with soundfile, mixed to mono, resampled to 16 kHz; Whisper log-mel
+  per 30 s chunk and the GLM-4-Voice features (or the precompute cache's codes + Whisper rows).
+The plugin holds no model and pickles by value (``datasets`` workers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from llamafactory.data.mm_plugin import BasePlugin
+from llamafactory.extras.constants import AUDIO_PLACEHOLDER
+
+from ..audio_io import AudioError, load_audio, probe, resampled_length
+from ..models.layout import audio_marker
+from ..models.processing_kimi_audio import num_audio_tokens
+
+FAKE_AUDIO_NOTE = "the collator's silent 0.1 s audio for audio-free batches"
+
+
+@dataclass
+class KimiAudioPlugin(BasePlugin):
+    def process_messages(
+        self,
+        messages: list[dict[str, str]],
+        images: list[Any],
+        videos: list[Any],
+        audios: list[Any],
+        processor: Any,
+    ) -> list[dict[str, str]]:
+        self._validate_input(processor, images, videos, audios)
+        self._check_audio_count(messages, audios)
+        counts = iter([audio_token_count(audio) for audio in audios])
+        expanded = []
+        for message in messages:
+            content = message["content"]
+            while self.expand_mm_tokens and AUDIO_PLACEHOLDER in content:
+                content = content.replace(AUDIO_PLACEHOLDER, audio_marker(next(counts)), 1)
+            expanded.append({**message, "content": content})
+        return expanded
+
+    def _check_audio_count(self, messages: list[dict[str, str]], audios: list[Any]) -> None:
+        found = sum(message["content"].count(AUDIO_PLACEHOLDER) for message in messages)
+        if found != len(audios):
+            preview = next((m["content"] for m in messages if m["content"].strip()), "")[:80]
+            raise ValueError(
+                f"sample {preview!r} has {found} {AUDIO_PLACEHOLDER} placeholder(s) but {len(audios)} audio file(s) "
+                f"{[a for a in audios if isinstance(a, str)][:3]}; put exactly one {AUDIO_PLACEHOLDER} per audio"
+            )
+
+    def get_mm_inputs(
+        self,
+        images: list[Any],
+        videos: list[Any],
+        audios: list[Any],
+        imglens: list[int],
+        vidlens: list[int],
+        audlens: list[int],
+        batch_ids: list[list[int]],
+        processor: Any,
+    ) -> dict[str, Any]:
+        self._validate_input(processor, images, videos, audios)
+        if len(audios) == 0:
+            return {}
+        from ..data.feature_cache import lookup_cached_inputs
+
+        cached = lookup_cached_inputs(audios, processor)
+        if cached is not None:
+            return cached
+        sampling_rate = getattr(processor, "audio_sampling_rate", 16000)
+        waveforms = [load_audio(audio, sampling_rate) for audio in audios]
+        return processor.audio_inputs(waveforms)
+
+
+def audio_token_count(audio: Any) -> int:
+    """12.5 Hz frames of one audio input without decoding it (paths) or from its length (arrays)."""
+    if isinstance(audio, str):
+        info = probe(audio)
+        if info.frames == 0:
+            raise AudioError(f"{audio}: audio is empty (0 samples); remove the sample or replace the file")
+        return num_audio_tokens(info.num_samples_16k)
+    if isinstance(audio, dict):
+        if audio.get("array") is not None:
+            rate = int(audio.get("sampling_rate") or 16000)
+            return num_audio_tokens(resampled_length(len(np.asarray(audio["array"])), rate))
+        return audio_token_count(audio.get("path"))
+    return num_audio_tokens(len(np.asarray(audio).reshape(-1)))

@@ -1,0 +1,53 @@
+"""The ``kimi_audio`` template: LLaMA-Factory messages → the official Kimi-Audio layout (``models/layout.py``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from llamafactory.data.template import Template
+
+from ..models import special_tokens as st
+from ..models.layout import LayoutEncoder, Segment, split_segments
+
+INSTRUCTION_ENV = "KIMI_AUDIO_DEFAULT_INSTRUCTION"
+
+
+def default_instruction() -> str:
+    """Instruction added when a user turn holds only audio (official inference prompt; override by env var)."""
+    return os.environ.get(INSTRUCTION_ENV, st.DEFAULT_INSTRUCTION["zh"])
+
+
+class KimiAudioTemplate(Template):
+    """Encodes turns with the official rules instead of string slots (roles change the stream, not the text)."""
+
+    def _encode(self, tokenizer: Any, messages: list[dict[str, str]], system: str | None, tools: str | None):
+        if system or self.default_system:
+            raise ValueError(
+                "Kimi-Audio has no system role: remove the `system` column / default_system, or put the "
+                f"instruction into the user turn (got {(system or self.default_system)[:60]!r})"
+            )
+        if tools:
+            raise ValueError("the kimi_audio template does not support tools / function calling")
+        layout = LayoutEncoder(tokenizer)
+        encoded = []
+        for index, message in enumerate(messages):
+            role = message["role"]
+            if role == "user":
+                encoded.append(layout.user_turn(self._user_segments(message["content"]), first=index == 0))
+            elif role == "assistant":
+                encoded.append(layout.assistant_turn(message["content"]))
+            else:
+                raise ValueError(f"the kimi_audio template supports user and assistant turns only, got {role!r}")
+        return encoded
+
+    @staticmethod
+    def _user_segments(content: str) -> list[Segment]:
+        segments = split_segments(content)
+        if segments and all(segment.is_audio for segment in segments):
+            segments.insert(0, Segment(text=default_instruction()))
+        return segments
+
+    def fix_jinja_template(self, tokenizer: Any) -> None:
+        """Keep the official tokenizer files clean: the layout is not expressible as a chat template string."""
+        return None
