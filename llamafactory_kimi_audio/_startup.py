@@ -1,0 +1,222 @@
+"""Turn the LLaMA-Factory integration on in every interpreter, for the price of this one stdlib module.
+
+``llamafactory_kimi_audio.pth`` (``.start`` from Python 3.15 on, PEP 829) calls :func:`install` at every Python
+start-up. It only puts a finder at the front of ``sys.meta_path``; nothing else is imported. When ``llamafactory``
+is first imported, *before* its ``__init__`` runs, the finder loads the hooks of the entry-point group
+``llamafactory_extensions``: objects with a ``.module`` (an exact module name) that are called with that module
+right after it has executed, so before any other module can bind its names with ``from ... import``.
+
+Each hook runs at most once per process. A failing hook prints one warning line and never breaks the import
+(``LLAMAFACTORY_KIMI_AUDIO_STRICT=1`` re-raises instead). ``LLAMAFACTORY_KIMI_AUDIO_DISABLE=1`` turns all of it
+off; :func:`activate_now` turns it on explicitly in a process that imported LLaMA-Factory first. No ``typing``,
+``logging`` or ``threading`` here (``TYPE_CHECKING`` by hand): every interpreter of the environment loads this file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import DISABLE_ENV
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
+ROOT = "llamafactory"
+GROUP = "llamafactory_extensions"
+STRICT_ENV = "LLAMAFACTORY_KIMI_AUDIO_STRICT"
+_TRUE = ("1", "true", "yes")
+
+_hooks: dict[str, list[tuple[str, Callable[[ModuleType], object]]]] = {}  # module name -> [(hook name, hook)]
+_started: set[str] = set()  # hook names already run or being run: at most once per process
+_applied: list[str] = []
+_failed: dict[str, str] = {}
+_entry_points_loaded = False
+_finding: set[str] = set()  # module names whose real spec is being looked up (no recursion into ourselves)
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # one line, whatever the message
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _warn(what: str, error: str) -> None:
+    if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: every rank would print the same line
+        return
+    try:
+        sys.stderr.write(
+            f"llamafactory-kimi-audio: {what} failed ({error}); LLaMA-Factory runs without it. "
+            f"Set {DISABLE_ENV}=1 to turn the integration off, {STRICT_ENV}=1 to raise.\n"
+        )
+    except Exception:  # no usable stderr (pythonw, closed pipe)
+        pass
+
+
+def _fully_imported(module: ModuleType | None) -> bool:
+    return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
+
+
+def _run(module_name: str, module: ModuleType) -> None:
+    for hook_name, hook in list(_hooks.get(module_name, ())):
+        if hook_name in _started:
+            continue
+        _started.add(hook_name)
+        try:
+            hook(module)
+        except Exception as exc:
+            _failed[hook_name] = _describe(exc)
+            if _env_true(STRICT_ENV):
+                raise
+            _warn(f"hook {hook_name!r} on {module_name}", _failed[hook_name])
+        else:
+            _applied.append(hook_name)
+
+
+def register(hook_name: str, module_name: str, hook: Callable[[ModuleType], object]) -> None:
+    """Run ``hook(module)`` once, right after ``module_name`` executes (at once if it is already imported)."""
+    _hooks.setdefault(module_name, []).append((hook_name, hook))
+    module = sys.modules.get(module_name)
+    if _fully_imported(module):
+        _run(module_name, module)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    strict = _env_true(STRICT_ENV)
+    try:
+        from importlib.metadata import entry_points
+
+        found = sorted(entry_points(group=GROUP), key=lambda ep: ep.name)
+    except Exception as exc:
+        if strict:
+            raise
+        _warn(f"reading the entry points of {GROUP!r}", _describe(exc))
+        return
+    broken: dict[str, list[str]] = {}  # one warning line per distinct error, not one per entry point
+    for ep in found:
+        try:
+            hook = ep.load()
+            module_name = getattr(hook, "module", None)
+            if not isinstance(module_name, str) or not callable(hook):
+                raise TypeError(f"{ep.value} is not a hook (needs a str .module and __call__(module))")
+        except Exception as exc:
+            if strict:
+                raise
+            _failed[ep.name] = _describe(exc)
+            broken.setdefault(_describe(exc), []).append(ep.name)
+            continue
+        register(ep.name, module_name, hook)
+    for text, names in broken.items():
+        _warn(f"loading hook(s) {', '.join(names)}", text)
+
+
+class _Loader:
+    """Runs the real loader, then the hooks of that module; the module keeps the real loader."""
+
+    def __init__(self, real: object) -> None:
+        self._real = real
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        create = getattr(self._real, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__loader__ = self._real
+        spec = getattr(module, "__spec__", None)
+        if spec is not None:
+            spec.loader = self._real
+        self._real.exec_module(module)
+        _run(spec.name if spec is not None else module.__name__, module)
+
+    def __getattr__(self, name: str) -> object:  # get_source, get_filename, is_package, get_resource_reader, ...
+        if name == "_real":  # copied or unpickled without __init__
+            raise AttributeError(name)
+        return getattr(self._real, name)
+
+
+class _Finder:
+    """Duck-typed meta-path finder: answers for no module itself, but wraps the loader of hooked ones."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if fullname == ROOT and not _entry_points_loaded:
+            _load_entry_points()  # before llamafactory/__init__.py runs; raises only in strict mode
+        if fullname not in _hooks or fullname in _finding:
+            return None
+        _finding.add(fullname)
+        try:
+            spec = None
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec = find(fullname, path, target)
+                if spec is not None:
+                    break
+        finally:
+            _finding.discard(fullname)
+        if spec is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _Loader(spec.loader)
+        return spec
+
+    def __repr__(self) -> str:
+        return f"<{__name__}._Finder>"
+
+
+_FINDER = _Finder()
+
+
+def is_installed() -> bool:
+    """Whether this process has the post-import finder."""
+    return any(finder is _FINDER for finder in sys.meta_path)
+
+
+def install() -> None:
+    """Put the finder first on ``sys.meta_path`` unless opted out; idempotent and never raises."""
+    try:
+        if _env_true(DISABLE_ENV) or is_installed():
+            return
+        sys.meta_path.insert(0, _FINDER)
+        if ROOT in sys.modules:  # LLaMA-Factory came first (e.g. `python -c "import llamafactory, ..."`)
+            _load_entry_points()
+    except Exception:
+        if _env_true(STRICT_ENV):
+            raise
+
+
+def activate_now() -> None:
+    """Apply every hook in this process now (an explicit opt-in: ignores the opt-out variable).
+
+    Hooks whose module is already imported run at once; the others run when their module is imported.
+    """
+    if not is_installed():
+        sys.meta_path.insert(0, _FINDER)
+    _load_entry_points()
+    for module_name in list(_hooks):
+        module = sys.modules.get(module_name)
+        if _fully_imported(module):
+            _run(module_name, module)
+
+
+def applied_hooks() -> tuple[str, ...]:
+    """Names of the hooks that ran successfully in this process, in the order they ran."""
+    return tuple(_applied)
+
+
+def failed_hooks() -> dict[str, str]:
+    """Hook name -> one-line error for hooks that failed to load or to run in this process."""
+    return dict(_failed)
+
+
+def registered_hooks() -> dict[str, str]:
+    """Hook name -> the module it waits for (empty until ``llamafactory`` is imported or ``activate_now``)."""
+    return {hook_name: module_name for module_name, hooks in _hooks.items() for hook_name, _ in hooks}
