@@ -1,0 +1,73 @@
+"""``kimi-audio-lf convert``: thin wrapper over ``llamafactory_kimi_audio.data.convert``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data.convert import ConvertOptions, ConvertResult, convert, parse_split
+from ..data.sources import READERS, parse_columns
+from ..data.validate import summarize
+from ._errors import CliError
+
+HELP = "convert CSV / Kimi JSONL / sharegpt / Kaldi / folder ASR data into a LLaMA-Factory dataset"
+EXAMPLES = """examples:
+  kimi-audio-lf convert train.csv --out-dir data/ --name my_asr --root /data/wavs
+  kimi-audio-lf convert data_10k.jsonl --out-dir data/ --split 0.9,0.05,0.05 --seed 0
+  kimi-audio-lf convert kaldi/train --out-dir data/ --lang zh --strict
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
+    parser.add_argument("input", metavar="INPUT", help="CSV/TSV/JSON/JSONL file, Kaldi data dir or audio folder")
+    parser.add_argument("--out-dir", required=True, help="dataset folder (gets NAME.json and dataset_info.json)")
+    parser.add_argument("--name", help="dataset name (default: the input's file name)")
+    parser.add_argument("--root", help="folder relative audio paths resolve against (default: the input's folder)")
+    parser.add_argument("--format", default="auto", choices=["auto", *READERS], help="input format (default: auto)")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--instruction", help="user instruction for every row (default: per --lang)")
+    prompt.add_argument("--lang", default="auto", choices=["auto", "zh", "en"],
+                        help="language of the default instruction; auto = zh when transcripts are mostly CJK")
+    parser.add_argument("--split", help="train,dev[,test] fractions summing to 1, e.g. 0.9,0.05,0.05")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed for --split (default: 0)")
+    parser.add_argument("--strict", action="store_true", help="stop with exit code 2 at the first bad row")
+    parser.add_argument("--max-duration", type=float, default=30.0, metavar="SECONDS",
+                        help="warn about clips longer than this (default: 30; Kimi-Audio chunks longer audio)")
+    parser.add_argument("--drop-long", action="store_true", help="skip clips longer than --max-duration")
+    parser.add_argument("--encoding", default="auto", help="input text encoding (default: auto = BOM/UTF-8/GBK)")
+    parser.add_argument("--columns", help="CSV/JSON column names, e.g. text=no_point_text,audio=wav_path,id=utt")
+    parser.add_argument("--paths", default="auto", choices=["auto", "relative", "absolute"],
+                        help="audio paths in the output: auto = relative when under --out-dir (default)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = ConvertOptions(
+        name=args.name, root=args.root, format=args.format, instruction=args.instruction, lang=args.lang,
+        split=parse_split(args.split), seed=args.seed, strict=args.strict, max_duration=args.max_duration,
+        drop_long=args.drop_long, encoding=args.encoding, columns=parse_columns(args.columns),
+        path_style=args.paths, progress=not args.no_progress,
+    )  # fmt: skip
+    result = convert(args.input, args.out_dir, options)
+    for line in result.notes + summarize(result.issues):
+        print(line, file=sys.stderr)
+    if not result.rows_written:
+        raise CliError(f"{args.input}: no usable rows ({len(result.issues)} problems); see {result.report_path}")
+    print_result(result)
+    return 0
+
+
+def print_result(result: ConvertResult) -> None:
+    warnings = sum(issue.severity == "warning" for issue in result.issues)
+    print(f"converted {result.rows_written}/{result.rows_read} rows "
+          f"({result.rows_skipped} skipped, {warnings} warnings; format {result.format}, lang {result.lang})")
+    for name, path in result.outputs.items():
+        print(f"  {name}: {path} ({result.counts[name]} rows)")
+    stats = result.durations
+    rates = ", ".join(f"{rate} Hz × {n}" for rate, n in stats.sample_rates.items())
+    total = f"{stats.total / 3600:.2f} h" if stats.total >= 3600 else f"{stats.total / 60:.1f} min"
+    print(f"  audio: {total}, {stats.min:.1f}–{stats.max:.1f} s per clip (median {stats.median:.1f} s); {rates}")
+    print(f"  dataset_info: {result.dataset_info_path}")
+    print(f"  report: {result.report_path}")

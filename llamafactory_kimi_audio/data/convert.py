@@ -1,0 +1,292 @@
+"""Convert ASR data (CSV, Kimi JSONL, sharegpt, Kaldi, folders) into a LLaMA-Factory sharegpt dataset with audio.
+
+``convert(input, out_dir)`` reads the input (``sources.read_source``), checks every row (``validate``), and writes
+atomically into ``out_dir``:
+
+* ``NAME.json`` (or ``NAME_train/_dev/_test.json`` with ``split``): rows
+  ``{"id", "messages": [{"role": "user", "content": "<audio>INSTRUCTION"}, {"role": "assistant", "content": TEXT}],
+  "audios": [PATH]}``; paths are relative to ``out_dir`` when the audio lives under it, otherwise absolute;
+* ``dataset_info.json``: one entry per written file, merged with the entries already there;
+* ``NAME.report.json``: counts, duration statistics and every problem found.
+
+Bad rows are skipped and reported (nothing but the report is written when no row is usable); with ``strict=True``
+the first bad row raises ``DataError`` instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..audio_io import AudioInfo
+from ..eval.normalize import detect_language
+from ..models.special_tokens import DEFAULT_INSTRUCTION
+from .records import SourceRecord
+from .sources import AUDIO_EXTENSIONS, ReadOptions, read_source
+from .textio import DataError, ensure_writable_dir, write_json
+from .validate import ERROR, DurationStats, Issue, check_audio, check_text, count_by_reason
+
+SPLIT_NAMES = ("train", "dev", "test")
+SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+_CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_CJK_GAP = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
+STRICT_HINT = "(--strict stops at the first bad row; drop --strict to skip bad rows and get a full report)"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    name: str | None = None
+    root: str | None = None
+    format: str = "auto"
+    instruction: str | None = None
+    lang: str = "auto"
+    split: tuple[float, ...] | None = None
+    seed: int = 0
+    strict: bool = False
+    max_duration: float = 30.0
+    drop_long: bool = False
+    encoding: str = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
+    path_style: str = "auto"  # auto (relative under out_dir, else absolute) | relative | absolute
+    progress: bool = True
+
+
+@dataclass
+class ConvertResult:
+    name: str
+    input: str
+    out_dir: str
+    format: str
+    encoding: str | None
+    lang: str
+    instruction: str
+    outputs: dict[str, str]  # dataset name → file written
+    counts: dict[str, int]  # dataset name → rows written
+    rows_read: int
+    issues: list[Issue]
+    durations: DurationStats
+    dataset_info_path: str
+    report_path: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rows_written(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def rows_skipped(self) -> int:
+        return self.rows_read - self.rows_written
+
+    def to_report(self) -> dict[str, Any]:
+        return {
+            "input": self.input, "format": self.format, "encoding": self.encoding, "name": self.name,
+            "lang": self.lang, "instruction": self.instruction,
+            "outputs": {k: {"file": os.path.basename(v), "rows": self.counts[k]} for k, v in self.outputs.items()},
+            "rows_read": self.rows_read, "rows_written": self.rows_written, "rows_skipped": self.rows_skipped,
+            "skipped_by_reason": count_by_reason(self.issues, ERROR),
+            "warnings_by_reason": count_by_reason(self.issues, "warning"),
+            "durations": asdict(self.durations), "notes": self.notes,
+            "issues": [issue.to_dict() for issue in self.issues],
+        }  # fmt: skip
+
+
+@dataclass
+class _Row:
+    uid: str
+    audio: str
+    text: str
+    instruction: str | None
+    info: AudioInfo
+
+
+def parse_split(spec: str | None) -> tuple[float, ...] | None:
+    """``"0.9,0.05,0.05"`` → fractions for train/dev(/test); they must sum to 1."""
+    if not spec:
+        return None
+    try:
+        fractions = tuple(float(x) for x in spec.split(","))
+    except ValueError:
+        raise DataError(f"--split {spec}: expected 2 or 3 comma-separated numbers, e.g. 0.9,0.05,0.05") from None
+    return check_split(fractions, spec)
+
+
+def check_split(fractions: tuple[float, ...], spec: str | None = None) -> tuple[float, ...]:
+    spec = spec or ",".join(f"{f:g}" for f in fractions)
+    if len(fractions) not in (2, 3) or any(f < 0 for f in fractions):
+        raise DataError(f"--split {spec}: expected 2 or 3 non-negative fractions (train,dev[,test])")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise DataError(f"--split {spec}: fractions sum to {sum(fractions):g}; they must sum to 1, e.g. 0.9,0.05,0.05")
+    return fractions
+
+
+def split_counts(n: int, fractions: tuple[float, ...]) -> list[int]:
+    """Largest-remainder rounding of ``n * fractions`` (deterministic, sums to ``n``)."""
+    raw = [n * f for f in fractions]
+    counts = [int(x) for x in raw]
+    by_remainder = sorted(range(len(raw)), key=lambda i: (counts[i] - raw[i], i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def assign_splits(n: int, fractions: tuple[float, ...], seed: int) -> list[list[int]]:
+    """Row indices per split: a seeded shuffle cut by ``split_counts``; each split keeps input order."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    parts, start = [], 0
+    for count in split_counts(n, fractions):
+        parts.append(sorted(order[start : start + count]))
+        start += count
+    return parts
+
+
+def resolve_audio(audio: str, root: str, by_id: bool = False) -> str:
+    """Absolute path of ``audio``: relative paths join ``root``; ids / extension-less names try audio extensions."""
+    path = os.path.expanduser(audio)
+    if not os.path.isabs(path) and os.sep == "/" and "\\" in path and not os.path.exists(os.path.join(root, path)):
+        path = path.replace("\\", "/")  # Windows-style path written on another machine
+    path = os.path.normpath(path if os.path.isabs(path) else os.path.join(root, path))
+    if not os.path.isfile(path) and (by_id or not os.path.splitext(path)[1]):
+        found = next((path + ext for ext in AUDIO_EXTENSIONS if os.path.isfile(path + ext)), None)
+        return found or path + ".wav"
+    return path
+
+
+def output_path(path: str, out_dir: str, style: str) -> str:
+    """The path as written into the dataset (LLaMA-Factory resolves relative paths against the dataset dir)."""
+    relative = os.path.relpath(path, out_dir)
+    inside = not relative.startswith(os.pardir + os.sep) and relative != os.pardir
+    use_relative = style == "relative" or (style == "auto" and inside)
+    return (relative if use_relative else path).replace(os.sep, "/")
+
+
+def dataset_info_entry(file_name: str) -> dict[str, Any]:
+    return {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "audios": "audios"},
+        "tags": dict(SHAREGPT_TAGS),
+    }
+
+
+def merge_dataset_info(out_dir: str, entries: dict[str, dict[str, Any]]) -> str:
+    """Add/replace ``entries`` in ``out_dir/dataset_info.json``, keeping every other entry; returns the path."""
+    path = os.path.join(out_dir, "dataset_info.json")
+    info: dict[str, Any] = {}
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8-sig") as fh:
+                info = json.load(fh)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg}); fix or move it away") from err
+        if not isinstance(info, dict):
+            raise DataError(f"{path}: expected a JSON object of dataset entries; fix or move it away")
+    info.update(entries)
+    write_json(path, info)
+    return path
+
+
+def _check_record(
+    record: SourceRecord, root: str, opts: ConvertOptions, seen: dict[str, set[str]]
+) -> tuple[_Row | None, list[Issue]]:
+    uid = record.uid or f"{os.path.splitext(record.file)[0]}-{record.line}"
+    found: list[tuple[str, str]] = [("duplicate_id", f"id {uid!r} appears again")] if uid in seen["ids"] else []
+    seen["ids"].add(uid)
+    found += check_text(record.text)
+    path = resolve_audio(str(record.audio), root, record.by_id) if record.audio else ""
+    info = None
+    if not path:
+        found.append(("missing_audio", "no audio path in this row"))
+    else:
+        info, audio_issues = check_audio(path, str(record.audio), opts.max_duration)
+        found += audio_issues
+        if info is not None and path in seen["audio"]:
+            found.append(("duplicate_audio", f"audio {record.audio} is also used by an earlier row"))
+        seen["audio"].add(path)
+    renamed = {"long_audio": "long_audio_dropped"} if opts.drop_long else {}
+    issues = [Issue(renamed.get(reason, reason), record.file, record.line, msg, uid) for reason, msg in found]
+    if info is None or any(issue.severity == ERROR for issue in issues):
+        return None, issues
+    return _Row(uid, path, clean_transcript(record.text or ""), record.instruction, info), issues
+
+
+def _check_all(records: list, root: str, opts: ConvertOptions) -> tuple[list[_Row], list[Issue]]:
+    rows: list[_Row] = []
+    issues: list[Issue] = []
+    seen: dict[str, set[str]] = {"ids": set(), "audio": set()}
+    for item in tqdm(records, desc="checking audio", unit="row", disable=None if opts.progress else True):
+        row, found = (None, [item]) if isinstance(item, Issue) else _check_record(item, root, opts, seen)
+        for issue in found:
+            if opts.strict and issue.severity == ERROR:
+                raise DataError(f"{issue.one_line()} {STRICT_HINT}")
+        issues += found
+        if row is not None:
+            rows.append(row)
+    return rows, issues
+
+
+def _sharegpt(row: _Row, instruction: str, out_dir: str, style: str) -> dict[str, Any]:
+    """One LLaMA-Factory row; ``instruction`` is used when the row brought none of its own."""
+    prompt = " ".join((row.instruction or instruction).replace("<audio>", " ").split())
+    return {
+        "id": row.uid,
+        "messages": [
+            {"role": "user", "content": "<audio>" + prompt},
+            {"role": "assistant", "content": row.text},
+        ],
+        "audios": [output_path(row.audio, out_dir, style)],
+    }
+
+
+def clean_transcript(text: str) -> str:
+    """Collapse whitespace runs (newlines, U+3000) to one space and drop spaces between CJK characters."""
+    return _CJK_GAP.sub("", " ".join(text.split()))
+
+
+def default_name(input_path: str) -> str:
+    base = os.path.basename(os.path.normpath(input_path))
+    stem = base if os.path.isdir(input_path) else os.path.splitext(base)[0]
+    return re.sub(r"[^\w.-]+", "_", stem).strip("._") or "asr"
+
+
+def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None) -> ConvertResult:
+    """Convert ``input_path`` into a LLaMA-Factory dataset under ``out_dir``; see the module docstring."""
+    opts = options or ConvertOptions()
+    if opts.split is not None:
+        check_split(tuple(opts.split))
+    out_dir = ensure_writable_dir(out_dir)
+    source = read_source(input_path, opts.format, ReadOptions(opts.encoding, dict(opts.columns)))
+    root = os.path.abspath(opts.root or (input_path if os.path.isdir(input_path) else os.path.dirname(input_path)))
+    rows, issues = _check_all(source.records, root, opts)
+    lang = opts.lang if opts.lang != "auto" else detect_language(row.text for row in rows)
+    instruction = opts.instruction or DEFAULT_INSTRUCTION[lang]
+    name = opts.name or default_name(input_path)
+    parts = assign_splits(len(rows), opts.split, opts.seed) if opts.split else [list(range(len(rows)))]
+    names = [f"{name}_{s}" for s in SPLIT_NAMES[: len(parts)]] if opts.split else [name]
+    result = ConvertResult(
+        name=name, input=os.path.abspath(input_path), out_dir=out_dir, format=source.format, encoding=source.encoding,
+        lang=lang, instruction=instruction, outputs={}, counts={}, rows_read=len(source.records), issues=issues,
+        durations=DurationStats.from_infos([row.info for row in rows]),
+        dataset_info_path=os.path.join(out_dir, "dataset_info.json"),
+        report_path=os.path.join(out_dir, f"{name}.report.json"), notes=list(source.notes),
+    )  # fmt: skip
+    if opts.instruction:  # an explicit instruction replaces the ones rows brought
+        rows = [dataclasses.replace(row, instruction=None) for row in rows]
+    for ds_name, indices in zip(names, parts):
+        if not indices:
+            result.notes.append(f"{ds_name}: 0 rows, not written (too few rows for --split)")
+            continue
+        path = os.path.join(out_dir, f"{ds_name}.json")
+        write_json(path, [_sharegpt(rows[i], instruction, out_dir, opts.path_style) for i in indices])
+        result.outputs[ds_name], result.counts[ds_name] = path, len(indices)
+    if result.outputs:
+        merge_dataset_info(out_dir, {n: dataset_info_entry(os.path.basename(p)) for n, p in result.outputs.items()})
+    write_json(result.report_path, result.to_report())
+    return result

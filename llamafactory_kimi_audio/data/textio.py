@@ -1,0 +1,166 @@
+"""Text-file plumbing shared by the converter and the evaluator: encoding detection, mojibake hints, atomic writes.
+
+Spreadsheets exported on Chinese Windows arrive as GBK/GB18030, UTF-8 with a BOM, or text that was already decoded
+with the wrong codec once and saved again ("mojibake"). ``read_text`` decodes the first two correctly and reports
+which codec it used; ``mojibake_hint`` recognises the usual shapes of the third so the converter can warn per row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+
+class DataError(ValueError):
+    """A problem with an input or output file, phrased for the user (file, place, fix) on one line."""
+
+
+# BOM → codec; checked before any guessing so a BOM always wins.
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+# Tried in order when no BOM is present; GB18030 is a superset of GBK and GB2312.
+_GUESSES = ("utf-8", "gb18030")
+# (codec the text was wrongly decoded with, codec it really was); each pair is tried by ``mojibake_hint``.
+# "cp1252" is Windows' lenient flavour: bytes CP1252 leaves undefined (0x81, 0x8D, ...) pass through as U+0081...
+_MOJIBAKE_PAIRS = (("cp1252", "utf-8"), ("gbk", "utf-8"), ("latin-1", "gb18030"))
+# A UTF-8 lead byte seen as Latin-1 followed by a continuation byte seen as Latin-1/CP1252 ("Ã©", "æ•", "é›").
+_UTF8_AS_LATIN = re.compile("[\u00c2-\u00ef][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e"
+                            "\u0192\u02c6\u02dc\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039"
+                            "\u203a\u20ac\u2122]")
+
+
+def _is_cjk(char: str) -> bool:
+    code = ord(char)
+    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF
+
+
+def read_text(path: str, encoding: str = "auto") -> tuple[str, str]:
+    """Decode a whole text file; returns ``(text, codec)``. ``encoding="auto"``: BOM, then UTF-8, then GB18030."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if encoding != "auto":
+        return _decode(raw, path, encoding), encoding
+    for bom, codec in _BOMS:
+        if raw.startswith(bom):
+            return _decode(raw, path, codec), codec
+    for codec in _GUESSES:
+        with contextlib.suppress(UnicodeDecodeError):
+            return raw.decode(codec), codec
+    raise DataError(f"{path}: not valid UTF-8 or GB18030/GBK text; save it as UTF-8 or pass --encoding (e.g. big5)")
+
+
+def _decode(raw: bytes, path: str, codec: str) -> str:
+    try:
+        text = raw.decode(codec)
+    except LookupError as err:
+        raise DataError(f"unknown --encoding {codec!r}; use a Python codec name such as utf-8, gbk, gb18030") from err
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} line {line}: bytes are not valid {codec} ({err.reason}); "
+            "pass the right --encoding or leave it at auto"
+        ) from err
+    return text.removeprefix("\ufeff")
+
+
+def mojibake_hint(text: str) -> str | None:
+    """Return a one-line description when ``text`` looks like mojibake, else None.
+
+    Recognised shapes: U+FFFD replacement characters (bytes already lost), UTF-8 read as Latin-1/CP1252 ("Ã©",
+    "é\\x87\\x8d" for "重"; also when some bytes were lost on the way), UTF-8 read as GBK ("鏁版嵁" for "数据") and
+    GBK read as Latin-1 ("Êý¾Ý").
+    """
+    if "\ufffd" in text:
+        return "contains U+FFFD replacement characters (the text was decoded with the wrong codec before saving)"
+    if text.isascii():
+        return None
+    for wrong, right in _MOJIBAKE_PAIRS:
+        fixed = _redecode(text, wrong, right)
+        if fixed is not None:
+            return f"looks like {right} text decoded as {wrong}: probably {fixed[:24]!r}; re-export the file as UTF-8"
+    pairs = _UTF8_AS_LATIN.findall(text)
+    if len(pairs) >= 2:
+        return f"looks like utf-8 text decoded as cp1252 ({pairs[0]!r}, ...; bytes lost); re-export the file as UTF-8"
+    return None
+
+
+def _encode(text: str, codec: str) -> bytes:
+    if codec != "cp1252":
+        return text.encode(codec)
+    out = bytearray()
+    for char in text:
+        try:
+            out += char.encode("cp1252")
+        except UnicodeEncodeError:
+            if ord(char) > 0xFF:
+                raise
+            out.append(ord(char))  # Latin-1 / C1 control: the byte itself
+    return bytes(out)
+
+
+def _redecode(text: str, wrong: str, right: str) -> str | None:
+    try:
+        fixed = _encode(text, wrong).decode(right)
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return None
+    if fixed == text or len(fixed) >= len(text):
+        return None
+    if right == "utf-8" and wrong != "gbk":
+        return fixed  # Latin-1 text that is also valid UTF-8 only happens with mojibake pairs such as "Ã©"
+    if wrong == "latin-1":  # GBK pairs: every two non-ASCII chars must have become one CJK char, none borrowed ASCII
+        non_ascii = [c for c in fixed if not c.isascii()]
+        if not all(map(_is_cjk, non_ascii)) or 2 * len(non_ascii) != sum(not c.isascii() for c in text):
+            return None
+    return fixed if sum(map(_is_cjk, fixed)) >= 2 else None  # guards against chance decodes of real text
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Open a temp file next to ``path``; on success fsync and ``os.replace`` it, on any error delete it.
+
+    An interrupted run therefore leaves either the old file or the complete new one, never a half-written file.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        newline = "" if "b" not in mode else None
+        with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None, newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as UTF-8 JSON (non-ASCII kept readable) atomically."""
+    with atomic_open(path) as fh:
+        json.dump(obj, fh, ensure_ascii=False, indent=indent)
+        fh.write("\n")
+
+
+def write_lines(path: str, lines: Callable[[], Iterator[str]]) -> None:
+    """Write the strings produced by ``lines()`` atomically, one per line."""
+    with atomic_open(path) as fh:
+        for line in lines():
+            fh.write(line + "\n")
+
+
+def ensure_writable_dir(path: str, flag: str = "--out-dir") -> str:
+    """Create ``path`` if needed and check that files can be created in it; returns the absolute path."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise DataError(f"{path}: cannot write to the output directory ({reason}); choose a writable {flag}") from err
+    return path

@@ -1,0 +1,146 @@
+"""Row-level checks of a converted ASR dataset: every problem becomes an ``Issue`` with a reason code.
+
+Errors make the converter skip the row (or stop under ``--strict``); warnings keep it. ``REASONS`` is the single
+table of reason codes, their severity and the fix shown to the user.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from ..audio_io import TARGET_SR, AudioError, AudioInfo, probe
+from .textio import mojibake_hint
+
+ERROR = "error"
+WARNING = "warning"
+
+# reason → (severity, fix appended to the message)
+REASONS: dict[str, tuple[str, str]] = {
+    "malformed_record": (ERROR, "fix the record or delete it"),
+    "audio_count": (ERROR, "an ASR row needs exactly one audio; split multi-audio rows or fix the <audio> tags"),
+    "missing_audio": (ERROR, "fix the path or pass --root DIR (relative paths resolve against it)"),
+    "unreadable_audio": (ERROR, "re-encode it as 16 kHz mono WAV/FLAC, e.g. `sox in.x -r 16000 -c 1 out.wav`"),
+    "empty_audio": (ERROR, "replace the file or delete the row"),
+    "empty_text": (ERROR, "fill in the transcript or delete the row"),
+    "duplicate_id": (ERROR, "ids must be unique; rename one of them (the first occurrence was kept)"),
+    "missing_transcript": (ERROR, "add a transcript for this utterance or delete the audio"),
+    "kaldi_unmatched": (ERROR, "add the utterance to wav.scp or remove it from text"),
+    "kaldi_pipe": (ERROR, "run the command once, store the output as a .wav file and list that file in wav.scp"),
+    "long_audio_dropped": (ERROR, "skipped because of --drop-long; raise --max-duration to keep such clips"),
+    "long_audio": (WARNING, "kept: Kimi-Audio encodes audio in 30 s chunks; use --drop-long to skip such clips"),
+    "sample_rate": (WARNING, "kept: audio is resampled to 16 kHz at train time"),
+    "multichannel": (WARNING, "kept: channels are averaged to mono at train time"),
+    "mojibake": (WARNING, "kept, but the transcript is probably garbled"),
+    "duplicate_audio": (WARNING, "kept: the same file is used by several rows"),
+}
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem with one row (``line`` is the CSV row as Excel numbers it, or the 1-based line/item number)."""
+
+    reason: str
+    file: str
+    line: int | None
+    message: str
+    uid: str | None = None
+
+    @property
+    def severity(self) -> str:
+        return REASONS.get(self.reason, (ERROR, ""))[0]
+
+    @property
+    def where(self) -> str:
+        return f"{self.file} {self.line_label} {self.line}" if self.line else self.file
+
+    @property
+    def line_label(self) -> str:
+        return "row" if self.file.lower().endswith((".csv", ".tsv")) else "line"
+
+    def one_line(self) -> str:
+        fix = REASONS.get(self.reason, (ERROR, ""))[1]
+        return f"{self.where}: {self.message}" + (f"; {fix}" if fix else "")
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "severity": self.severity}
+
+
+@dataclass
+class DurationStats:
+    """Durations (seconds) of the accepted clips."""
+
+    count: int = 0
+    total: float = 0.0
+    min: float = 0.0
+    max: float = 0.0
+    mean: float = 0.0
+    median: float = 0.0
+    sample_rates: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_infos(cls, infos: list[AudioInfo]) -> DurationStats:
+        if not infos:
+            return cls()
+        durations = [info.duration for info in infos]
+        rates = Counter(str(info.sample_rate) for info in infos)
+        return cls(
+            count=len(durations),
+            total=round(sum(durations), 3),
+            min=round(min(durations), 3),
+            max=round(max(durations), 3),
+            mean=round(statistics.fmean(durations), 3),
+            median=round(statistics.median(durations), 3),
+            sample_rates=dict(sorted(rates.items())),
+        )
+
+
+def check_text(text: str | None) -> list[tuple[str, str]]:
+    """(reason, message) pairs for a transcript."""
+    if text is None or not text.strip():
+        return [("empty_text", "transcript is empty" if not text else "transcript is only whitespace")]
+    hint = mojibake_hint(text)
+    return [("mojibake", f"transcript {text[:20]!r} {hint}")] if hint else []
+
+
+def check_audio(path: str, shown: str, max_duration: float) -> tuple[AudioInfo | None, list[tuple[str, str]]]:
+    """Probe ``path`` (``shown`` is the path as written in the source); returns the header and (reason, message)."""
+    if not os.path.isfile(path):
+        detail = "" if shown == path else f" (resolved to {path})"
+        return None, [("missing_audio", f"audio file not found: {shown}{detail}")]
+    try:
+        info = probe(path)
+    except AudioError as err:
+        detail = str(err).removeprefix(f"{path}: ").split(";")[0].removeprefix("unreadable audio ")
+        return None, [("unreadable_audio", f"cannot read audio {shown} {detail}")]
+    if info.frames == 0:
+        return None, [("empty_audio", f"audio {shown} is empty (0 samples)")]
+    found: list[tuple[str, str]] = []
+    if info.duration > max_duration:
+        found.append(("long_audio", f"audio {shown} is {info.duration:.1f} s long (> {max_duration:g} s)"))
+    if info.sample_rate != TARGET_SR:
+        found.append(("sample_rate", f"audio {shown} is {info.sample_rate} Hz, not {TARGET_SR} Hz"))
+    if info.channels > 1:
+        found.append(("multichannel", f"audio {shown} has {info.channels} channels"))
+    return info, found
+
+
+def summarize(issues: list[Issue], examples: int = 3) -> list[str]:
+    """Human-readable lines: per reason, the count and the first few examples."""
+    by_reason: dict[str, list[Issue]] = {}
+    for issue in issues:
+        by_reason.setdefault(issue.reason, []).append(issue)
+    lines = []
+    for reason, group in sorted(by_reason.items(), key=lambda item: (item[1][0].severity != ERROR, item[0])):
+        verdict = "skipped" if group[0].severity == ERROR else "warning"
+        lines.append(f"{verdict}: {len(group)} × {reason}")
+        lines.extend(f"    {issue.one_line()}" for issue in group[:examples])
+        if len(group) > examples:
+            lines.append(f"    … and {len(group) - examples} more (see the report)")
+    return lines
+
+
+def count_by_reason(issues: list[Issue], severity: str) -> dict[str, int]:
+    return dict(sorted(Counter(i.reason for i in issues if i.severity == severity).items()))

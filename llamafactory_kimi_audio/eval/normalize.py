@@ -1,0 +1,113 @@
+"""Named text-normalisation pipelines applied to references and hypotheses before scoring.
+
+Pick one by name (``evaluate --normalizer standard``); the name and its steps are recorded in ``summary.json`` so two
+reports are only compared when they were normalised the same way.
+
+``standard`` (default)
+    1. ``nfkc``: Unicode NFKC, which folds full-width letters/digits/punctuation to half width ("ＡＢＣ１２" → "ABC12",
+       "，" → ",") and compatibility forms.
+    2. ``lowercase``.
+    3. ``remove_punctuation``: every Unicode punctuation character (categories P*, so CJK 。，、？！“”《》【】…
+       as well as ASCII) and the symbols ``~ ` ^ | ･`` become a space; apostrophes inside words are dropped instead
+       ("don't" → "dont") so contractions stay one word.
+    4. ``collapse_whitespace``: runs of whitespace (including U+3000) become one space; leading/trailing removed.
+``basic``
+    ``nfkc`` + ``collapse_whitespace``: keeps case and punctuation (for punctuation-sensitive comparisons).
+``none``
+    ``collapse_whitespace`` only.
+
+Scoring then works per utterance on the normalised strings: CER utterances (Chinese, Japanese, Korean) are compared
+character by character with all spaces removed; WER utterances (everything else) word by word.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+Step = Callable[[str], str]
+
+_APOSTROPHES = re.compile(r"(?<=\w)['\u2019](?=\w)")
+_EXTRA_PUNCT = set("~`^|\uff65")
+_WHITESPACE = re.compile(r"\s+")
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# Unicode blocks scored per character: CJK ideographs (+ ext. A, compatibility), kana, Hangul.
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF), (0x3040, 0x30FF), (0xAC00, 0xD7AF))
+
+
+def nfkc(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
+
+
+def lowercase(text: str) -> str:
+    return text.lower()
+
+
+def remove_punctuation(text: str) -> str:
+    text = _APOSTROPHES.sub("", text)
+    return "".join(" " if unicodedata.category(c).startswith("P") or c in _EXTRA_PUNCT else c for c in text)
+
+
+def collapse_whitespace(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """A named sequence of ``str -> str`` steps."""
+
+    name: str
+    steps: tuple[Step, ...]
+
+    def __call__(self, text: str) -> str:
+        for step in self.steps:
+            text = step(text)
+        return text
+
+    @property
+    def step_names(self) -> list[str]:
+        return [step.__name__ for step in self.steps]
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "steps": self.step_names}
+
+
+NORMALIZERS: dict[str, Normalizer] = {
+    "standard": Normalizer("standard", (nfkc, lowercase, remove_punctuation, collapse_whitespace)),
+    "basic": Normalizer("basic", (nfkc, collapse_whitespace)),
+    "none": Normalizer("none", (collapse_whitespace,)),
+}
+
+
+def get_normalizer(name: str) -> Normalizer:
+    try:
+        return NORMALIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown normalizer {name!r}; choose one of: {', '.join(NORMALIZERS)}") from None
+
+
+def is_cjk_char(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _CJK_RANGES)
+
+
+def cjk_ratio(texts: str | Iterable[str]) -> float:
+    """Share of CJK characters among "tokens" (each CJK character, each other word) of ``texts``; 0 when empty.
+
+    Counting a Latin word as one token keeps "我们讨论machine learning" Chinese (7 of 9 tokens) while an English
+    sentence quoting one Chinese name stays English.
+    """
+    cjk = other = 0
+    for text in [texts] if isinstance(texts, str) else texts:
+        cjk_here = sum(map(is_cjk_char, text))
+        cjk += cjk_here
+        other += len(_WORD.findall("".join(" " if is_cjk_char(c) else c for c in text)))
+    total = cjk + other
+    return cjk / total if total else 0.0
+
+
+def detect_language(texts: str | Iterable[str]) -> str:
+    """``"zh"`` (score by characters) when CJK tokens are at least half of the text, else ``"en"`` (by words)."""
+    return "zh" if cjk_ratio(texts) >= 0.5 else "en"

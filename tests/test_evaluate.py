@@ -1,0 +1,298 @@
+"""``kimi-audio-lf evaluate`` on saved predictions (no model): scoring, normalisers, reports, baselines, gates."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llamafactory_kimi_audio.cli import main
+from llamafactory_kimi_audio.eval.normalize import NORMALIZERS, cjk_ratio, detect_language
+from llamafactory_kimi_audio.eval.scoring import ScoringError, score
+from llamafactory_kimi_audio.models.special_tokens import DEFAULT_INSTRUCTION
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = main(["evaluate", *map(str, args), "--no-plot"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def generated_predictions(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    """LLaMA-Factory's ``generated_predictions.jsonl`` shape: prompt / predict / label."""
+    return jsonl(path, [{"prompt": "<audio>转写", "predict": hyp, "label": ref} for ref, hyp in pairs])
+
+
+@pytest.fixture
+def test_set(tmp_path: Path) -> Path:
+    """A converted-style dataset dir: test.json (sharegpt, relative audio) + dataset_info.json."""
+    (tmp_path / "ds" / "wavs").mkdir(parents=True)
+    rows = []
+    for uid, text in (("a", "今天天气很好"), ("b", "我们去公园"), ("c", "Hello world")):
+        sf.write(tmp_path / "ds" / "wavs" / f"{uid}.wav", np.zeros(1600, np.float32), 16000)
+        messages = [{"role": "user", "content": "<audio>转写"}, {"role": "assistant", "content": text}]
+        rows.append({"id": uid, "messages": messages, "audios": [f"wavs/{uid}.wav"]})
+    (tmp_path / "ds" / "test.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    info = {"test": {"file_name": "test.json", "formatting": "sharegpt", "columns": {"messages": "messages",
+                                                                                   "audios": "audios"}}}  # fmt: skip
+    (tmp_path / "ds" / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    return tmp_path / "ds" / "test.json"
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("kimi-audio-lf evaluate: error: ")
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------- library
+
+
+def test_cer_counts_on_fixed_strings() -> None:
+    report = score(["1"], ["今天天气很好"], ["今天天汽很好啊"])
+    utt = report.utterances[0]
+    assert (utt.metric, utt.substitutions, utt.deletions, utt.insertions, utt.hits) == ("cer", 1, 0, 1, 5)
+    assert report.cer == pytest.approx(2 / 6) and report.wer is None and report.exact_match == 0
+
+
+def test_wer_with_standard_normaliser() -> None:
+    report = score(["1", "2"], ["Hello, World!", "don't stop"], ["hello world", "do not stop now"])
+    assert [u.metric for u in report.utterances] == ["wer", "wer"]
+    assert report.utterances[0].exact and report.totals["wer"].ref_len == 4
+    assert report.wer == pytest.approx((1 + 1 + 1) / 4)  # dont→do (S), +not, +now (I)
+
+
+def test_normalisers_fold_width_case_and_cjk_punctuation() -> None:
+    standard = NORMALIZERS["standard"]
+    assert standard("ＡＢＣ１２３，Ｈｅｌｌｏ！") == "abc123 hello"
+    assert standard("“你好”，世界。《测试》…") == "你好 世界 测试"
+    assert NORMALIZERS["basic"]("Ｈｅｌｌｏ！") == "Hello!" and NORMALIZERS["none"]("  a \u3000 b ") == "a b"
+    report = score(["1"], ["你好，世界。"], ["你 好 世 界"])  # spaces do not count for CER
+    assert report.utterances[0].exact and report.cer == 0
+
+
+def test_language_auto_per_utterance() -> None:
+    assert detect_language("我们讨论machine learning和deep learning") == "zh"
+    assert detect_language("I visited 北京 last summer with my family") == "en"
+    assert cjk_ratio("") == 0.0
+    report = score(["1", "2"], ["我们去公园", "go to the park"], ["我们去公园", "go to park"])
+    assert (report.totals["cer"].n, report.totals["wer"].n) == (1, 1)
+    assert score(["1"], ["abc"], ["abd"], language="zh").utterances[0].metric == "cer"
+
+
+def test_empty_reference_and_hypothesis() -> None:
+    report = score(["1", "2", "3"], ["", "", "你好"], ["", "多余", ""])
+    rates = [u.error_rate for u in report.utterances]
+    assert rates == [0.0, 2.0, 1.0]  # errors / max(1, reference length), as jiwer
+    assert report.utterances[0].exact
+
+
+def test_score_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ScoringError, match="2 hypotheses for 3 references"):
+        score(["1", "2", "3"], ["a", "b", "c"], ["a", "b"])
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_generated_predictions_without_test_set(tmp_path: Path, capsys) -> None:
+    preds = generated_predictions(tmp_path / "generated_predictions.jsonl",
+                                  [("今天天气很好", "今天天气很好。"), ("我们去公园", "我们去公园玩")])  # fmt: skip
+    code, out, err = cli(capsys, "--predictions", preds, "--out", tmp_path / "ev")
+    assert code == 0, err
+    assert out.splitlines()[0] == "CER 9.09% (2 utts) · exact match 50.0% · n=2"
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
+    assert {"model", "normalizer", "dataset_hash", "counts", "cer", "wer", "exact_match", "n"} <= set(summary)
+    assert summary["normalizer"] == {"name": "standard", "steps": ["nfkc", "lowercase", "remove_punctuation",
+                                                                   "collapse_whitespace"]}  # fmt: skip
+    assert summary["counts"]["cer"]["insertions"] == 1 and summary["n"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "utterances.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows[1]["id"] == "1" and rows[1]["insertions"] == 1
+    csv_text = (tmp_path / "ev" / "utterances.csv").read_text(encoding="utf-8-sig")
+    assert csv_text.startswith("id,metric,error_rate") and "我们去公园玩" in csv_text
+
+
+def test_report_md_has_table_histogram_and_worst(test_set: Path, tmp_path: Path, capsys) -> None:
+    preds = jsonl(tmp_path / "p.jsonl", [{"id": "a", "hyp": "今天天气"}, {"id": "b", "hyp": "我们去公园"},
+                                         {"id": "c", "hyp": "hello word"}])  # fmt: skip
+    code, _, err = cli(capsys, "--predictions", preds, "--data", test_set, "--out", tmp_path / "ev")
+    assert code == 0, err
+    md = (tmp_path / "ev" / "report.md").read_text(encoding="utf-8")
+    assert "| CER | 18.18% | 0 | 2 | 0 | 9 | 11 |" in md and "| WER | 50.00% | 1 | 0 | 0 | 1 | 2 |" in md
+    assert "| 0 (exact) | 1 | 33.3% |" in md
+    assert "| a | CER | 33.33% | 今天天气很好 | 今天天气 |" in md and "| b |" not in md.split("worst utterances")[1]
+
+
+def test_histogram_png_when_matplotlib_is_installed(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    preds = jsonl(tmp_path / "p.jsonl", [{"ref": "a b", "hyp": "a c"}])
+    assert main(["evaluate", "--predictions", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "ev")]) == 0
+    assert preds.exists() and (tmp_path / "ev" / "error_rate_hist.png").read_bytes().startswith(b"\x89PNG")
+    assert "![error-rate histogram](error_rate_hist.png)" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_outputs_are_deterministic(tmp_path: Path, capsys) -> None:
+    preds = jsonl(tmp_path / "p.jsonl", [{"id": "x", "ref": "你好", "hyp": "你号"}])
+    for out in ("e1", "e2"):
+        assert cli(capsys, "--predictions", preds, "--out", tmp_path / out)[0] == 0
+    for name in ("summary.json", "utterances.jsonl", "utterances.csv", "report.md"):
+        assert (tmp_path / "e1" / name).read_bytes() == (tmp_path / "e2" / name).read_bytes()
+
+
+def test_max_cer_gate_exit_1_and_outputs_written(tmp_path: Path, capsys) -> None:
+    preds = generated_predictions(tmp_path / "g.jsonl", [("今天天气很好", "今天天气很")])
+    code, _, err = cli(capsys, "--predictions", preds, "--out", tmp_path / "ev", "--max-cer", "10%")
+    assert code == 1
+    assert err.strip() == "kimi-audio-lf evaluate: CER 16.67% exceeds --max-cer 10.00%"
+    assert (tmp_path / "ev" / "summary.json").exists()
+    assert cli(capsys, "--predictions", preds, "--out", tmp_path / "ev", "--max-cer", "0.2")[0] == 0
+
+
+def test_max_wer_gate(tmp_path: Path, capsys) -> None:
+    preds = jsonl(tmp_path / "p.jsonl", [{"ref": "the cat sat", "hyp": "the cat"}])
+    code, _, err = cli(capsys, "--predictions", preds, "--out", tmp_path / "ev", "--max-wer", "0.2", "--max-cer", "0")
+    assert code == 1 and "WER 33.33% exceeds --max-wer 20.00%" in err
+    assert "--max-cer ignored: no utterance was scored by CER" in err
+
+
+def test_bad_rate_value_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--predictions", "p.jsonl", "--out", str(tmp_path), "--max-cer", "ten"])
+    assert exc.value.code == 2 and "'ten' is not a rate" in capsys.readouterr().err
+
+
+def test_mismatched_prediction_and_reference_counts(test_set: Path, tmp_path: Path, capsys) -> None:
+    pairs = [("今天天气很好", "x"), ("我们去公园", "y")]
+    preds = generated_predictions(tmp_path / "generated_predictions.jsonl", pairs)
+    code, _, err = cli(capsys, "--predictions", preds, "--data", test_set, "--out", tmp_path / "ev")
+    assert code == 2
+    assert one_error_line(err).endswith(
+        "generated_predictions.jsonl has 2 predictions but test.json has 3 utterances; rows are matched by position, "
+        "so the counts must be equal (was prediction cut short, or is it another test set?)")
+
+
+def test_missing_ids_in_predictions(test_set: Path, tmp_path: Path, capsys) -> None:
+    preds = jsonl(tmp_path / "p.jsonl", [{"id": "a", "hyp": "x"}, {"id": "zz", "hyp": "y"}])
+    code, _, err = cli(capsys, "--predictions", preds, "--data", test_set, "--out", tmp_path / "ev")
+    assert code == 2
+    assert "p.jsonl: 2 of 3 utterances of test.json have no prediction (e.g. b, c)" in one_error_line(err)
+
+
+def test_positional_predictions_with_test_set_and_label_check(test_set: Path, tmp_path: Path, capsys) -> None:
+    pairs = [("今天天气很好", "今天天气很好"), ("别的句子", "我们去公园"), ("Hello world", "hello world")]
+    preds = generated_predictions(tmp_path / "g.jsonl", pairs)
+    code, out, err = cli(capsys, "--predictions", preds, "--data", test_set, "--out", tmp_path / "ev")
+    assert code == 0 and "exact match 100.0%" in out
+    assert "warning: 1 prediction labels differ from the test references" in err
+
+
+def test_predictions_csv_in_gbk(tmp_path: Path, capsys) -> None:
+    (tmp_path / "p.csv").write_bytes("id,ref,hyp\nu1,数据集,数据\nu2,你好,你好\n".encode("gbk"))
+    code, out, _ = cli(capsys, "--predictions", tmp_path / "p.csv", "--out", tmp_path / "ev")
+    assert code == 0 and out.startswith("CER 20.00% (2 utts)")
+
+
+def test_predictions_without_hypothesis_field(tmp_path: Path, capsys) -> None:
+    preds = jsonl(tmp_path / "p.jsonl", [{"id": "a", "text": "x"}])
+    code, _, err = cli(capsys, "--predictions", preds, "--out", tmp_path / "ev")
+    assert code == 2
+    assert "p.jsonl line 1: no hypothesis field among ['id', 'text']; name it one of: predict, hyp" in err
+
+
+def test_predictions_without_references_need_data(tmp_path: Path, capsys) -> None:
+    preds = jsonl(tmp_path / "p.jsonl", [{"id": "a", "hyp": "x"}])
+    code, _, err = cli(capsys, "--predictions", preds, "--out", tmp_path / "ev")
+    assert code == 2 and "p.jsonl: 1 rows have no reference (label/ref); pass --data TEST.json" in one_error_line(err)
+
+
+def test_malformed_prediction_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "p.jsonl").write_text('{"ref": "a", "hyp": "a"}\n{"ref": "b", "hyp": \n', encoding="utf-8")
+    code, _, err = cli(capsys, "--predictions", tmp_path / "p.jsonl", "--out", tmp_path / "ev")
+    assert code == 2
+    assert "p.jsonl line 2: invalid JSON (Expecting value at column 21); fix the line" in one_error_line(err)
+
+
+def test_missing_predictions_file(tmp_path: Path, capsys) -> None:
+    code, _, err = cli(capsys, "--predictions", tmp_path / "nope.jsonl", "--out", tmp_path / "ev")
+    assert code == 2 and one_error_line(err).endswith("nope.jsonl: no such predictions file; check --predictions")
+
+
+def test_baseline_comparison(tmp_path: Path, capsys) -> None:
+    before = jsonl(tmp_path / "before.jsonl", [{"id": "1", "ref": "今天天气很好", "hyp": "今天天汽"},
+                                               {"id": "2", "ref": "我们去公园", "hyp": "我们去公园"},
+                                               {"id": "3", "ref": "你好世界", "hyp": "你好"}])  # fmt: skip
+    after = jsonl(tmp_path / "after.jsonl", [{"id": "1", "ref": "今天天气很好", "hyp": "今天天气很好"},
+                                             {"id": "2", "ref": "我们去公园", "hyp": "我们去"},
+                                             {"id": "3", "ref": "你好世界", "hyp": "你好"}])  # fmt: skip
+    assert cli(capsys, "--predictions", before, "--out", tmp_path / "base")[0] == 0
+    code, out, _ = cli(capsys, "--predictions", after, "--out", tmp_path / "new", "--baseline", tmp_path / "base")
+    assert code == 0
+    assert "vs baseline: ΔCER -6.67 pt · Δexact match +0.00 pt · 1 improved, 1 regressed" in out
+    baseline = json.loads((tmp_path / "new" / "summary.json").read_text())["baseline"]
+    assert (baseline["improved"], baseline["regressed"], baseline["unchanged"]) == (1, 1, 1)
+    assert baseline["delta"]["cer"] == pytest.approx(4 / 15 - 5 / 15)
+    md = (tmp_path / "new" / "report.md").read_text(encoding="utf-8")
+    assert "## Compared with" in md and "| cer | 33.33% | 26.67% | -6.67 pt |" in md
+
+
+def test_missing_baseline(tmp_path: Path, capsys) -> None:
+    preds = jsonl(tmp_path / "p.jsonl", [{"ref": "a", "hyp": "a"}])
+    code, _, err = cli(capsys, "--predictions", preds, "--out", tmp_path / "ev", "--baseline", tmp_path / "none")
+    assert code == 2 and "none: no summary.json there; pass the --out dir of an earlier evaluate run" in err
+
+
+def test_kimi_jsonl_test_set(tmp_path: Path, capsys) -> None:
+    sf.write(tmp_path / "a.wav", np.zeros(1600, np.float32), 16000)
+    record = {"id": "k1", "task_type": "understanding", "conversation": [
+        {"role": "user", "message_type": "text", "content": "请将语音内容转录为文字。"},
+        {"role": "user", "message_type": "audio", "content": "a.wav"},
+        {"role": "assistant", "message_type": "text", "content": "标准答案"}]}  # fmt: skip
+    data = jsonl(tmp_path / "test.jsonl", [record])
+    preds = jsonl(tmp_path / "p.jsonl", [{"id": "k1", "hyp": "标准答案"}])
+    code, out, _ = cli(capsys, "--predictions", preds, "--data", data, "--out", tmp_path / "ev")
+    assert code == 0 and "exact match 100.0%" in out
+
+
+def test_model_path_calls_transcribe(test_set: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """The --model path, with ``eval.transcribe`` (written elsewhere) replaced by a fake."""
+    calls = {}
+
+    def transcribe(audios, instructions, model_path, adapter_path=None, batch_size=8, repetition_penalty=1.0,
+                   max_new_tokens=256, device=None):  # fmt: skip
+        calls.update(audios=audios, instructions=instructions, model=model_path, adapter=adapter_path, bs=batch_size)
+        return ["今天天气很好", "我们去", "hello world"]
+
+    fake = types.ModuleType("llamafactory_kimi_audio.eval.transcribe")
+    fake.transcribe = transcribe
+    monkeypatch.setitem(sys.modules, "llamafactory_kimi_audio.eval.transcribe", fake)
+    code, out, err = cli(capsys, "--model", "m", "--adapter", "lora", "--data", test_set, "--out", tmp_path / "ev",
+                         "--batch-size", "2")  # fmt: skip
+    assert code == 0, err
+    assert calls["audios"] == [str(test_set.parent / "wavs" / f"{u}.wav") for u in "abc"]
+    assert calls["instructions"] == ["转写"] * 3
+    assert (calls["model"], calls["adapter"], calls["bs"]) == ("m", "lora", 2)
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["model"] == "m" and summary["generation"]["batch_size"] == 2
+    assert DEFAULT_INSTRUCTION["zh"]  # instructions fall back to it when the test record has none
+
+
+def test_model_path_needs_data(tmp_path: Path, capsys) -> None:
+    code, _, err = cli(capsys, "--model", "m", "--out", tmp_path / "ev")
+    assert code == 2 and one_error_line(err).endswith("--model needs --data TEST.json (the utterances to transcribe)")
+
+
+def test_model_path_with_missing_audio(test_set: Path, tmp_path: Path, capsys) -> None:
+    (test_set.parent / "wavs" / "b.wav").unlink()
+    code, _, err = cli(capsys, "--model", "m", "--data", test_set, "--out", tmp_path / "ev")
+    assert code == 2 and "1 test audio files not found (e.g. " in one_error_line(err)
