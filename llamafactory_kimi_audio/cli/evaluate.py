@@ -22,7 +22,7 @@ from ._errors import EXIT_GATE, EXIT_MODEL, CliError
 HELP = "score ASR output (CER for Chinese, WER for English) and write summary.json / report.md"
 EXAMPLES = """examples:
   kimi-audio-lf evaluate --predictions saves/predict/generated_predictions.jsonl --data data/asr_test.json --out eval/
-  kimi-audio-lf evaluate --model moonshotai/Kimi-Audio-7B-Instruct --adapter saves/lora --data data/asr_test.json \\
+  kimi-audio-lf evaluate --model models/Kimi-Audio-7B-Instruct --adapter saves/lora --data data/asr_test.json \\
       --out eval/lora --baseline eval/base --max-cer 10%
 """
 
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="generated_predictions.jsonl, or a JSONL/CSV with id,ref,hyp")
-    source.add_argument("--model", help="model directory or hub id to transcribe --data with")
+    source.add_argument("--model", help="Kimi-Audio model directory to transcribe --data with")
     parser.add_argument("--adapter", help="LoRA adapter directory (with --model)")
     parser.add_argument("--data", help="test set: sharegpt JSON (from convert), Kimi JSONL, CSV, ...")
     parser.add_argument("--root", help="folder relative audio paths resolve against (default: the dataset_info dir)")
@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", help="summary.json or --out dir of an earlier run to compare with")
     parser.add_argument("--max-cer", type=parse_rate, help="exit 1 when CER is above this (0.08 or 8%%)")
     parser.add_argument("--max-wer", type=parse_rate, help="exit 1 when WER is above this (0.15 or 15%%)")
-    parser.add_argument("--instruction", help="instruction for utterances whose test record has none (with --model)")
+    parser.add_argument("--instruction",
+                        help="instruction for every utterance (--model; default: the record's own, else by language)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=256)
