@@ -74,7 +74,7 @@ def test_csv_to_sharegpt_and_dataset_info(data: Path, tmp_path: Path, capsys) ->
     rows = json.loads(raw)
     assert rows[0] == {
         "id": "a",
-        "messages": [{"role": "user", "content": "<audio>" + ZH}, {"role": "assistant", "content": "今天天气很好"}],
+        "messages": [{"role": "user", "content": ZH + "<audio>"}, {"role": "assistant", "content": "今天天气很好"}],
         "audios": [str(data / "wavs" / "a.wav")],  # outside --out-dir → absolute
     }
     info = load(tmp_path / "out" / "dataset_info.json")
@@ -93,7 +93,7 @@ def test_paths_relative_when_audio_is_inside_out_dir(data: Path, capsys) -> None
     code, _, err = cli(capsys, csv_path, "--out-dir", data)
     assert code == 0, err
     row = load(data / "rows.json")[0]
-    assert row["audios"] == ["wavs/a.wav"] and row["messages"][0]["content"] == "<audio>" + EN  # lang auto → en
+    assert row["audios"] == ["wavs/a.wav"] and row["messages"][0]["content"] == EN + "<audio>"  # lang auto → en
 
 
 def test_dataset_info_merge_keeps_other_entries(data: Path, tmp_path: Path, capsys) -> None:
@@ -115,7 +115,7 @@ def test_kimi_jsonl_official_format(data: Path, tmp_path: Path, capsys) -> None:
     assert code == 0, err
     assert "format kimi-jsonl" in out
     row = load(tmp_path / "out" / "data_10k.json")[0]
-    assert row["messages"][0]["content"] == "<audio>请将语音内容转录为文字。"  # the record's own instruction is kept
+    assert row["messages"][0]["content"] == "请将语音内容转录为文字。<audio>"  # the record's own instruction is kept
     assert row["messages"][1]["content"] == "标准答案文本"
 
 
@@ -124,14 +124,14 @@ def test_qwen_inline_audio_tags_and_flat_json(data: Path, tmp_path: Path, capsys
                               {"from": "assistant", "value": "好的"}]}  # fmt: skip
     (data / "conv.json").write_text(json.dumps([conv], ensure_ascii=False), encoding="utf-8")
     assert cli(capsys, data / "conv.json", "--out-dir", tmp_path / "o1")[0] == 0
-    assert load(tmp_path / "o1" / "conv.json")[0]["messages"][0]["content"] == "<audio>请帮我转写"
+    assert load(tmp_path / "o1" / "conv.json")[0]["messages"][0]["content"] == "请帮我转写<audio>"
     flat = [{"audio": "wavs/b.wav", "text": "hello", "prompt": "Transcribe."}, {"audio": "wavs/c.wav", "text": "hi"}]
     (data / "flat.jsonl").write_text("\n".join(json.dumps(x) for x in flat), encoding="utf-8")
     code, out, err = cli(capsys, data / "flat.jsonl", "--out-dir", tmp_path / "o2", "--lang", "en")
     assert code == 0, err
     assert "format flat-json" in out
     rows = load(tmp_path / "o2" / "flat.json")
-    assert [r["messages"][0]["content"] for r in rows] == ["<audio>Transcribe.", "<audio>" + EN]
+    assert [r["messages"][0]["content"] for r in rows] == ["Transcribe.<audio>", EN + "<audio>"]
 
 
 def test_kaldi_dir_and_folder_with_sidecars(data: Path, tmp_path: Path, capsys) -> None:

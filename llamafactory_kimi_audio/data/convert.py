@@ -4,7 +4,7 @@
 atomically into ``out_dir``:
 
 * ``NAME.json`` (or ``NAME_train/_dev/_test.json`` with ``split``): rows
-  ``{"id", "messages": [{"role": "user", "content": "<audio>INSTRUCTION"}, {"role": "assistant", "content": TEXT}],
+  ``{"id", "messages": [{"role": "user", "content": "INSTRUCTION<audio>"}, {"role": "assistant", "content": TEXT}],
   "audios": [PATH]}``; paths are relative to ``out_dir`` when the audio lives under it, otherwise absolute;
 * ``dataset_info.json``: one entry per written file, merged with the entries already there;
 * ``NAME.report.json``: counts, duration statistics and every problem found.
@@ -238,7 +238,7 @@ def _sharegpt(row: _Row, instruction: str, out_dir: str, style: str) -> dict[str
     return {
         "id": row.uid,
         "messages": [
-            {"role": "user", "content": "<audio>" + prompt},
+            {"role": "user", "content": prompt + "<audio>"},
             {"role": "assistant", "content": row.text},
         ],
         "audios": [output_path(row.audio, out_dir, style)],
