@@ -87,7 +87,7 @@ def test_language_auto_per_utterance() -> None:
     assert detect_language("I visited 北京 last summer with my family") == "en"
     assert cjk_ratio("") == 0.0
     report = score(["1", "2"], ["我们去公园", "go to the park"], ["我们去公园", "go to park"])
-    assert (report.totals["cer"].n, report.totals["wer"].n) == (1, 1)
+    assert (report.totals["cer"].n, report.totals["wer"].n) == (2, 1)  # English rows also count characters
     assert score(["1"], ["abc"], ["abd"], language="zh").utterances[0].metric == "cer"
 
 
@@ -129,7 +129,7 @@ def test_report_md_has_table_histogram_and_worst(test_set: Path, tmp_path: Path,
     code, _, err = cli(capsys, "--predictions", preds, "--data", test_set, "--out", tmp_path / "ev")
     assert code == 0, err
     md = (tmp_path / "ev" / "report.md").read_text(encoding="utf-8")
-    assert "| CER | 18.18% | 0 | 2 | 0 | 9 | 11 |" in md and "| WER | 50.00% | 1 | 0 | 0 | 1 | 2 |" in md
+    assert "| CER | 14.29% | 0 | 3 | 0 | 18 | 21 |" in md and "| WER | 50.00% | 1 | 0 | 0 | 1 | 2 |" in md
     assert "| 0 (exact) | 1 | 33.3% |" in md
     assert "| a | CER | 33.33% | 今天天气很好 | 今天天气 |" in md and "| b |" not in md.split("worst utterances")[1]
 
@@ -163,7 +163,7 @@ def test_max_wer_gate(tmp_path: Path, capsys) -> None:
     preds = jsonl(tmp_path / "p.jsonl", [{"ref": "the cat sat", "hyp": "the cat"}])
     code, _, err = cli(capsys, "--predictions", preds, "--out", tmp_path / "ev", "--max-wer", "0.2", "--max-cer", "0")
     assert code == 1 and "WER 33.33% exceeds --max-wer 20.00%" in err
-    assert "--max-cer ignored: no utterance was scored by CER" in err
+    assert "CER 33.33% exceeds --max-cer 0.00%" in err  # CER counts characters of English rows too
 
 
 def test_bad_rate_value_is_a_usage_error(tmp_path: Path, capsys) -> None:

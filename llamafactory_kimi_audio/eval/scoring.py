@@ -9,7 +9,7 @@ for a list of sentences. Empty references follow jiwer: the error rate of an utt
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace, asdict, dataclass, field
 from typing import Any
 
 import jiwer
@@ -154,7 +154,16 @@ def score(
     report = ScoreReport(rows, norm, language, {"cer": Totals(), "wer": Totals()})
     for row in rows:
         report.totals[row.metric].add(row)
+        if row.metric == "wer":  # CER is meaningful for every language: count characters of English rows too
+            report.totals["cer"].add(character_score(row))
     return report
+
+
+def character_score(row: UtteranceScore) -> UtteranceScore:
+    """The character-level (CER) alignment of an utterance that was scored by words."""
+    out = _align(" ".join(row.ref_norm.replace(" ", "")), " ".join(row.hyp_norm.replace(" ", "")))
+    return replace(row, metric="cer", hits=out.hits, substitutions=out.substitutions, deletions=out.deletions,
+                   insertions=out.insertions)
 
 
 @dataclass
