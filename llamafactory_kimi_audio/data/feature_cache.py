@@ -62,8 +62,13 @@ def write_entry(path: str, codes: Any, rows: Any) -> None:
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    save_file({"codes": codes.detach().cpu().long().contiguous(), "rows": rows.detach().cpu().contiguous()}, tmp)
-    os.replace(tmp, path)
+    try:
+        save_file({"codes": codes.detach().cpu().long().contiguous(), "rows": rows.detach().cpu().contiguous()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # interrupted or failed: leave no partial file behind
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def lookup_cached_inputs(audios: list[Any], processor: Any) -> dict[str, Any] | None:

@@ -357,13 +357,7 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         """Whisper frames of every 30 s chunk, first 4·T kept, stacked 4 → 1 to 12.5 Hz rows (spec §3.2)."""
         if self.whisper_encoder is None:
             raise ValueError(f"this checkpoint has no {WHISPER_SUBDIR}/ directory, so it cannot encode audio features")
-        encoder = self.whisper_encoder
-        dtype = next(encoder.parameters()).dtype
-        frozen = not any(p.requires_grad for p in encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            hidden = encoder(input_features.to(dtype)).last_hidden_state
-        rows = [hidden[i, : 4 * int(n)].reshape(int(n), -1) for i, n in enumerate(chunk_tokens.tolist())]
-        return torch.cat(rows)
+        return whisper_rows(self.whisper_encoder, input_features, chunk_tokens)
 
     def fuse_embeddings(self, input_ids: torch.Tensor, text_only: bool = False, **audio: Any) -> torch.Tensor:
         """Single id stream → official two-stream fused embeddings, audio scattered per sample (row-major)."""
@@ -578,6 +572,19 @@ def check_frame_count(positions: int, codes: int, rows: int) -> None:
         f"semantic codes and {rows} Whisper feature rows; every clip needs (num_samples - 1) // 1280 + 1 tokens — "
         "raise cutoff_len if samples were truncated"
     )
+
+
+def whisper_rows(encoder: nn.Module, input_features: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
+    """Whisper frames of every 30 s chunk, first 4·T kept, stacked 4 → 1 to 12.5 Hz rows (spec §3.2).
+
+    Shared by the model and ``kimi-audio-lf precompute``, so cached rows are computed exactly as online ones.
+    """
+    dtype = next(encoder.parameters()).dtype
+    frozen = not any(p.requires_grad for p in encoder.parameters())
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        hidden = encoder(input_features.to(dtype)).last_hidden_state
+    rows = [hidden[i, : 4 * int(n)].reshape(int(n), -1) for i, n in enumerate(chunk_tokens.tolist())]
+    return torch.cat(rows)
 
 
 def build_whisper_encoder(whisper_config: dict[str, Any] | None) -> nn.Module | None:

@@ -1,0 +1,90 @@
+"""``kimi-audio-lf precompute``: thin wrapper over ``llamafactory_kimi_audio.data.precompute``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._errors import EXIT_BAD_INPUT, EXIT_MODEL, CliError
+
+HELP = "encode every audio file of a dataset once (semantic codes + Whisper rows) into the feature cache"
+EXAMPLES = """examples:
+  kimi-audio-lf precompute --model Kimi-Audio-7B-Instruct --data data/my_asr.json --device cuda
+  kimi-audio-lf precompute --model Kimi-Audio-7B-Instruct --dataset-dir data --dataset my_asr,my_asr_dev
+then train with the cache:
+  export KIMI_AUDIO_FEATURE_CACHE=~/.cache/llamafactory_kimi_audio/features
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
+    parser.add_argument("--model", required=True, metavar="DIR", help="Kimi-Audio checkpoint directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", nargs="+", metavar="DATASET.json", help="LLaMA-Factory dataset file(s)")
+    source.add_argument("--dataset", metavar="NAME[,NAME]", help="dataset name(s) from DIR/dataset_info.json")
+    parser.add_argument(
+        "--dataset-dir",
+        default="data",
+        metavar="DIR",
+        help="folder of dataset_info.json for --dataset (default: data, as LLaMA-Factory)",
+    )
+    parser.add_argument(
+        "--media-dir", metavar="DIR", help="folder relative audio paths resolve against (default: the dataset folder)"
+    )
+    parser.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="cache root (default: $KIMI_AUDIO_FEATURE_CACHE or ~/.cache/llamafactory_kimi_audio/features)",
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=8, help="audio files encoded together (default: 8)")
+    parser.add_argument("--strict", action="store_true", help="stop with exit code 2 at the first bad audio file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.precompute import AudioList, EncoderError, PrecomputeOptions, collect_audio_paths, precompute
+
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    audios: AudioList = collect_audio_paths(_data_files(args))
+    for line in audios.problems:
+        print(f"precompute: {line}", file=sys.stderr)
+    if audios.problems and args.strict:
+        raise CliError(f"{len(audios.problems)} unusable dataset row(s); the first: {audios.problems[0]}")
+    if not audios.paths:
+        raise CliError("no audio files in the dataset(s); check the audio column (default: audios)")
+    options = PrecomputeOptions(
+        cache_dir=args.cache,
+        device=_device(args.device),
+        batch_size=args.batch_size,
+        strict=args.strict,
+        progress=False if args.no_progress else None,
+    )
+    try:
+        result = precompute(args.model, audios.paths, options)
+    except EncoderError as err:
+        raise CliError(str(err), code=EXIT_MODEL) from err
+    result.failed += len(audios.problems)
+    print(result.summary())
+    return EXIT_BAD_INPUT if result.failed else 0
+
+
+def _data_files(args: argparse.Namespace) -> list:
+    from ..data.precompute import data_file, dataset_files
+
+    if args.data:
+        return [data_file(path, args.media_dir) for path in args.data]
+    names = [name.strip() for name in args.dataset.split(",") if name.strip()]
+    return dataset_files(args.dataset_dir, names, args.media_dir)
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is visible to torch; use --device cpu", code=EXIT_BAD_INPUT)
+    return requested

@@ -1,0 +1,325 @@
+"""Fill the feature cache (``feature_cache.py``) ahead of training: semantic codes + Whisper rows per audio file.
+
+Only the audio encoders of a checkpoint are loaded (Whisper-large-v3 from ``<model>/whisper-large-v3/`` in bf16 on
+CUDA / fp32 on CPU, GLM-4-Voice in fp32), never the 7B language model. Inputs go through
+``KimiAudioProcessor.audio_inputs`` and the model's own ``whisper_rows``, so a cached entry holds exactly what the
+model computes online. Runs are resumable (existing entries are skipped) and every entry is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..audio_io import AudioError, load_audio
+from .feature_cache import CACHE_ENV, encoder_identity, entry_path, write_entry
+from .records import iter_json_records
+from .textio import DataError
+
+DEFAULT_CACHE = os.path.join("~", ".cache", "llamafactory_kimi_audio", "features")
+DEFAULT_AUDIO_COLUMN = "audios"
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class DataFile:
+    """One dataset file, the folder its relative audio paths resolve against and its audio column."""
+
+    path: str
+    media_dir: str
+    audio_column: str = DEFAULT_AUDIO_COLUMN
+
+
+@dataclass
+class AudioList:
+    paths: list[str] = field(default_factory=list)  # unique absolute paths, first-seen order
+    problems: list[str] = field(default_factory=list)  # one line per unusable row
+
+
+def default_cache_dir() -> str:
+    """``$KIMI_AUDIO_FEATURE_CACHE`` or ``~/.cache/llamafactory_kimi_audio/features`` (absolute)."""
+    return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
+
+
+def data_file(path: str, media_dir: str | None = None) -> DataFile:
+    """A dataset file given directly; relative audio paths resolve like LLaMA-Factory's ``media_dir``."""
+    from ..eval.inputs import media_root
+
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: dataset file not found")
+    return DataFile(os.path.abspath(path), os.path.abspath(media_dir) if media_dir else media_root(path))
+
+
+def dataset_files(dataset_dir: str, names: Iterable[str], media_dir: str | None = None) -> list[DataFile]:
+    """The local files of datasets named in ``<dataset_dir>/dataset_info.json`` (LLaMA-Factory's lookup)."""
+    info = _read_dataset_info(dataset_dir)
+    media = os.path.abspath(media_dir or dataset_dir)
+    files: list[DataFile] = []
+    for name in names:
+        entry = info.get(name)
+        if not isinstance(entry, dict):
+            known = ", ".join(sorted(info)[:10]) or "none"
+            raise DataError(f"dataset {name!r} is not in {dataset_dir}/dataset_info.json (known: {known})")
+        if "file_name" not in entry:
+            raise DataError(f"dataset {name!r} is not a local file (hub/script datasets cannot be precomputed)")
+        column = (entry.get("columns") or {}).get("audios", DEFAULT_AUDIO_COLUMN)
+        files += [DataFile(p, media, column) for p in _local_files(os.path.join(dataset_dir, entry["file_name"]))]
+    return files
+
+
+def _read_dataset_info(dataset_dir: str) -> dict[str, Any]:
+    path = os.path.join(dataset_dir, "dataset_info.json")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            info = json.load(f)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: not found; pass --dataset-dir (the folder of dataset_info.json)") from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from err
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: expected a JSON object of dataset entries")
+    return info
+
+
+def _local_files(path: str) -> list[str]:
+    if os.path.isdir(path):  # LLaMA-Factory loads every file of a folder
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith((".json", ".jsonl")))
+        return [os.path.abspath(os.path.join(path, n)) for n in names]
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: dataset file not found")
+    return [os.path.abspath(path)]
+
+
+def collect_audio_paths(files: Iterable[DataFile]) -> AudioList:
+    """Unique audio paths of sharegpt / alpaca records (a path or a list of paths in the audio column)."""
+    result, seen = AudioList(), set()
+    for data in files:
+        records, _ = iter_json_records(data.path)
+        for line, record in records:
+            for path in _record_audios(data, line, record, result.problems):
+                if path not in seen:
+                    seen.add(path)
+                    result.paths.append(path)
+    return result
+
+
+def _record_audios(data: DataFile, line: int, record: Any, problems: list[str]) -> Iterator[str]:
+    where = f"{os.path.basename(data.path)} line {line}"
+    if not isinstance(record, dict):
+        problems.append(f"{where}: {getattr(record, 'message', 'not a JSON object')}")
+        return
+    audios = record.get(data.audio_column) or []
+    for audio in [audios] if isinstance(audios, str) else audios:
+        if isinstance(audio, str) and audio:
+            yield os.path.abspath(os.path.join(data.media_dir, os.path.expanduser(audio)))
+        else:
+            problems.append(f"{where}: audio entry {audio!r} is not a file path; skipped")
+
+
+# ----------------------------------------------------------------------------------------------- encoders
+class EncoderError(RuntimeError):
+    """The checkpoint's audio encoders cannot be identified or loaded (a model problem, not a data problem)."""
+
+
+@dataclass
+class AudioEncoders:
+    """The audio front-end of a checkpoint: processor, Whisper encoder and GLM-4-Voice tokenizer."""
+
+    processor: Any
+    whisper: Any
+    semantic: Any
+    device: Any
+
+    def encode(self, waveforms: list[Any]) -> list[tuple[Any, Any]]:
+        """``(codes, rows)`` per 16 kHz waveform, as ``KimiAudioForCausalLM.frame_inputs`` computes them."""
+        import torch
+
+        from ..models.modeling_kimi_audio import whisper_rows
+        from ..models.processing_kimi_audio import CHUNK_SAMPLES
+
+        inputs = {k: v.to(self.device) for k, v in self.processor.audio_inputs(waveforms).items()}
+        with torch.no_grad():
+            codes = torch.cat(
+                self.semantic.encode_features(
+                    _as_float(inputs["semantic_input_features"]), inputs["semantic_frame_mask"]
+                )
+            )
+            rows = whisper_rows(self.whisper, inputs["audio_input_features"], inputs["audio_chunk_tokens"])
+        chunk_tokens = iter(inputs["audio_chunk_tokens"].tolist())  # per 30 s chunk, audio after audio
+        sizes = [sum(next(chunk_tokens) for _ in range(-(-len(w) // CHUNK_SAMPLES))) for w in waveforms]
+        return list(zip(codes.split(sizes), rows.split(sizes)))
+
+
+def _as_float(features: Any) -> Any:
+    import torch
+
+    # The processor ships GLM features as int32 bit patterns (immune to the collator's casts), as the model reads them.
+    return features.view(torch.float32) if features.dtype == torch.int32 else features.float()
+
+
+def load_audio_encoders(model_dir: str, device: str = "cpu") -> AudioEncoders:
+    """Load the processor and both audio encoders of ``model_dir`` (no language model)."""
+    import torch
+
+    from ..models.configuration_kimi_audio import WHISPER_SUBDIR, KimiAudioConfig
+    from ..models.glm4_voice import load_glm4_voice_tokenizer
+    from ..models.processing_kimi_audio import KimiAudioProcessor
+
+    config = KimiAudioConfig.from_pretrained(model_dir)
+    if not config.whisper_config:
+        raise FileNotFoundError(
+            f"{os.path.join(model_dir, WHISPER_SUBDIR, 'config.json')}: Whisper encoder config not found"
+        )
+    if not config.semantic_tokenizer_path:
+        raise FileNotFoundError(f"{model_dir}: GLM-4-Voice tokenizer not found (glm-4-voice-tokenizer/ next to it)")
+    target = torch.device(device)
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    whisper_file = os.path.join(model_dir, WHISPER_SUBDIR, "model.safetensors")
+    whisper = load_whisper_encoder(config.whisper_config, whisper_file, target, dtype)
+    semantic = load_glm4_voice_tokenizer(config.semantic_tokenizer_path, device=target)
+    return AudioEncoders(KimiAudioProcessor.from_pretrained(model_dir), whisper, semantic, target)
+
+
+def load_whisper_encoder(whisper_config: dict[str, Any], weights: str, device: Any, dtype: Any) -> Any:
+    """``build_whisper_encoder`` filled from the ``model.encoder.*`` tensors only (the decoder is never read)."""
+    import torch
+    from safetensors import safe_open
+
+    from ..models.modeling_kimi_audio import build_whisper_encoder
+
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{weights}: Whisper encoder weights not found")
+    with torch.device("meta"):
+        encoder = build_whisper_encoder(whisper_config)
+    prefix, expected = "model.encoder.", set(encoder.state_dict())
+    with safe_open(weights, framework="pt", device="cpu") as f:
+        names = [k for k in f.keys() if k.startswith(prefix) and k[len(prefix) :] in expected]
+        state = {k[len(prefix) :]: f.get_tensor(k) for k in names}
+    missing = sorted(expected - set(state))
+    if missing:
+        raise ValueError(f"{weights}: missing Whisper encoder tensors {missing[:5]} (expected keys model.encoder.*)")
+    encoder.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
+    return encoder.requires_grad_(False).eval()
+
+
+# ------------------------------------------------------------------------------------------------ the run
+@dataclass(frozen=True)
+class PrecomputeOptions:
+    cache_dir: str | None = None  # None: $KIMI_AUDIO_FEATURE_CACHE or ~/.cache/llamafactory_kimi_audio/features
+    device: str = "cpu"
+    batch_size: int = 8
+    strict: bool = False  # re-raise the first bad audio instead of counting it
+    progress: bool | None = None  # tqdm's disable=None: a bar only on a terminal
+
+
+@dataclass
+class PrecomputeResult:
+    cache_dir: str  # the root to export as $KIMI_AUDIO_FEATURE_CACHE
+    identity: str  # sub-folder of this checkpoint's audio encoders
+    computed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"precompute: {self.computed} computed, {self.skipped} skipped (already cached), {self.failed} failed; "
+            f"cache {os.path.join(self.cache_dir, self.identity)}\n"
+            f"  use it: export {CACHE_ENV}={self.cache_dir}"
+        )
+
+
+@dataclass
+class _Pending:
+    audio: str
+    entry: str
+    wave: Any
+
+
+def precompute(
+    model_dir: str,
+    audio_paths: list[str],
+    options: PrecomputeOptions | None = None,
+    encoders: AudioEncoders | None = None,
+    report: Callable[[str], None] | None = None,
+) -> PrecomputeResult:
+    """Write a cache entry for every audio file not yet cached; bad files are reported and counted, not fatal."""
+    options = options or PrecomputeOptions()
+    if options.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
+    from tqdm.auto import tqdm
+
+    root = os.path.abspath(os.path.expanduser(options.cache_dir)) if options.cache_dir else default_cache_dir()
+    result = PrecomputeResult(cache_dir=root, identity=_guarded(encoder_identity, model_dir))
+    disable = None if options.progress is None else not options.progress
+    with tqdm(total=len(audio_paths), desc="precompute", unit="audio", disable=disable, file=sys.stderr) as bar:
+        say = report or (lambda line: bar.write(line, file=sys.stderr))
+        load = (lambda: encoders) if encoders else (lambda: _guarded(load_audio_encoders, model_dir, options.device))
+        run = _Run(result, options, bar, say, load)
+        for audio in audio_paths:
+            run.add(audio)
+        run.flush()
+    return result
+
+
+def _guarded(function: Callable[..., Any], model_dir: str, *args: Any) -> Any:
+    try:
+        return function(model_dir, *args)
+    except (OSError, ValueError, KeyError) as err:
+        raise EncoderError(f"{model_dir}: cannot load the audio encoders ({err})") from err
+
+
+class _Run:
+    """The loop state: a batch of loaded waveforms, lazily loaded encoders, the counters."""
+
+    def __init__(
+        self,
+        result: PrecomputeResult,
+        options: PrecomputeOptions,
+        bar: Any,
+        say: Callable[[str], None],
+        load: Callable[[], AudioEncoders],
+    ) -> None:
+        self.result, self.options, self.bar, self.say, self._load = result, options, bar, say, load
+        self.encoders: AudioEncoders | None = None
+        self.pending: list[_Pending] = []
+        self.seen: set[str] = set()
+
+    def add(self, audio: str) -> None:
+        try:
+            entry = entry_path(self.result.cache_dir, self.result.identity, audio)
+            if entry in self.seen or os.path.isfile(entry):  # cached, or the same bytes under another name
+                self.result.skipped += 1
+                self.bar.update(1)
+                return
+            self.pending.append(_Pending(audio, entry, load_audio(audio)))
+        except (AudioError, OSError) as err:
+            self.fail(audio, err)
+            return
+        self.seen.add(entry)
+        if len(self.pending) >= self.options.batch_size:
+            self.flush()
+
+    def fail(self, audio: str, err: Exception) -> None:
+        if self.options.strict:
+            raise err if isinstance(err, AudioError) else AudioError(f"{audio}: {err}") from err
+        message = str(err) if audio in str(err) else f"{audio}: {err}"
+        self.say(f"precompute: skipped {message}")
+        self.result.failed += 1
+        self.result.failures.append(message)
+        self.bar.update(1)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        if self.encoders is None:
+            self.encoders = self._load()
+        batch, self.pending = self.pending, []
+        for item, (codes, rows) in zip(batch, self.encoders.encode([p.wave for p in batch])):
+            write_entry(item.entry, codes, rows)
+            self.result.computed += 1
+            self.bar.update(1)

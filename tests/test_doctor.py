@@ -1,0 +1,146 @@
+"""``kimi-audio-lf doctor``: green on a good environment + tiny checkpoint, the specific ✗ line for a broken
+checkpoint (exit 4), the opt-out variable reported. The fresh-interpreter probe runs once per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from llamafactory_kimi_audio import DISABLE_ENV, doctor
+from llamafactory_kimi_audio.cli import main
+from llamafactory_kimi_audio.integration.patches import all_patches
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
+    return {check.name: check for check in checks}
+
+
+@pytest.fixture(autouse=True)
+def _no_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+
+
+def test_all_green_on_tiny_checkpoint(tiny_checkpoint, capsys) -> None:
+    checks = doctor.run_checks(tiny_checkpoint.path)
+    failed = [c for c in checks if c.required and not c.ok]
+    assert not failed, failed
+    names = _by_name(checks)
+    assert {
+        "python",
+        "torch",
+        "transformers",
+        "peft",
+        "llamafactory",
+        "startup hook (.pth)",
+        "opt-out variable",
+        "integration active",
+        "model: special token ids",
+        "GPU",
+        "bf16",
+        "espeak-ng",
+    } <= set(names)
+    assert all(f"patch {p.name}" in names for p in all_patches())
+    assert "kimi_audio_template" in names["integration active"].detail
+    assert main(["doctor", "--model", tiny_checkpoint.path]) == 0
+    out = capsys.readouterr().out
+    assert "✓ model: whisper-large-v3/" in out and out.rstrip().splitlines()[-1].startswith(
+        "all required checks passed"
+    )
+    assert main(["doctor", "--model", tiny_checkpoint.path, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and {"name", "ok", "detail", "fix", "required"} <= set(report["checks"][0])
+
+
+def _delete_whisper(model: Path) -> None:
+    shutil.rmtree(model / "whisper-large-v3")
+
+
+def _edit_config(**changes: object):
+    def edit(model: Path) -> None:
+        config = json.loads((model / "config.json").read_text())
+        for key, value in changes.items():
+            config.pop(key) if value is None else config.__setitem__(key, value)
+        (model / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("breakage", "line", "detail"),
+    [
+        (_delete_whisper, "✗ model: whisper-large-v3/", "missing config.json, model.safetensors"),
+        (_edit_config(model_type="qwen2"), "✗ model: config.json", "expected 'moonshot_kimia'"),
+        (_edit_config(rope_theta=None), "✗ model: config fields", "missing rope_theta"),
+        (_edit_config(kimia_media_begin=7), "✗ model: special token ids", "kimia_media_begin 7 !="),
+    ],
+    ids=["no-whisper", "model-type", "no-rope-theta", "special-ids"],
+)
+def test_broken_checkpoint_fails_with_the_specific_line(
+    tiny_checkpoint, tmp_path, capsys, breakage, line, detail
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint.path, model)
+    breakage(model)
+    assert main(["doctor", "--model", str(model)]) == 4
+    out = capsys.readouterr().out.splitlines()
+    bad = [i for i, text in enumerate(out) if text.startswith("✗")]
+    assert len(bad) == 1 + ("special" not in line and "whisper" not in line), out  # + "special ids not checked"
+    first = out[bad[0]]
+    assert first.startswith(line) and detail in first
+    assert out[bad[0] + 1].strip().startswith("fix: ")
+    assert "required check(s) failed" in out[-1]
+
+
+def test_opt_out_is_reported(monkeypatch, capsys) -> None:
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    assert main(["doctor", "--json"]) == 4
+    checks = _by_name([doctor.Check(**c) for c in json.loads(capsys.readouterr().out)["checks"]])
+    assert not checks["opt-out variable"].ok and f"{DISABLE_ENV}=1" in checks["opt-out variable"].detail
+    assert checks["opt-out variable"].fix == f"unset {DISABLE_ENV}"
+    assert not checks["integration active"].ok and "off" in checks["integration active"].detail
+
+
+def test_failed_hook_and_patch_in_the_fresh_interpreter() -> None:
+    patches = [p.name for p in all_patches()]
+    state = {
+        "finder": True,
+        "template": False,
+        "applied": ["kimi_audio_models"],
+        "registered": {},
+        "failed": {"kimi_audio_template": "ImportError: boom"},
+        "patches": {n: n != patches[0] for n in patches},
+    }
+    checks = _by_name(doctor.integration_checks(probe=lambda: state))
+    active = checks["integration active"]
+    assert not active.ok and "template 'kimi_audio' missing" in active.detail and "ImportError: boom" in active.detail
+    assert not checks[f"patch {patches[0]}"].ok and checks[f"patch {patches[0]}"].fix
+    assert all(checks[f"patch {name}"].ok for name in patches[1:])
+    crashed = _by_name(doctor.integration_checks(probe=lambda: {"error": "ModuleNotFoundError: llamafactory"}))
+    assert "ModuleNotFoundError" in crashed["integration active"].detail
+
+
+def test_version_ranges_match_pyproject() -> None:
+    deps = [Requirement(d) for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    declared = {r.name: r.specifier for r in deps}
+    for dist, spec in doctor.REQUIREMENTS.items():
+        assert declared[dist] == Requirement(f"{dist}{spec}").specifier, dist
+
+
+def test_version_check_outside_the_range() -> None:
+    check = doctor.version_check("transformers", "==4.57.0")
+    assert not check.ok and check.fix == 'pip install "transformers==4.57.0"'
+    missing = doctor.version_check("surely-not-installed-dist", ">=1")
+    assert not missing.ok and "not installed" in missing.detail
+
+
+def test_missing_model_dir(tmp_path) -> None:
+    checks = doctor.checkpoint_checks(os.fspath(tmp_path / "nope"))
+    assert len(checks) == 1 and not checks[0].ok

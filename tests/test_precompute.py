@@ -1,0 +1,259 @@
+"""``kimi-audio-lf precompute``: cached codes / Whisper rows equal what the model computes online, resumable, atomic,
+and served by the LLaMA-Factory plugin. Runs on the tiny checkpoint and a few synthetic clips (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from llamafactory_kimi_audio.audio_io import AudioError, load_audio
+from llamafactory_kimi_audio.cli import main
+from llamafactory_kimi_audio.data.feature_cache import CACHE_ENV, entry_path
+from llamafactory_kimi_audio.data.precompute import (
+    PrecomputeOptions,
+    collect_audio_paths,
+    data_file,
+    dataset_files,
+    load_audio_encoders,
+    precompute,
+)
+from llamafactory_kimi_audio.models import special_tokens as st
+
+QUIET = {"progress": False}
+
+
+def _clip(seconds: float, freq: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    mono = 0.4 * np.sin(2 * np.pi * freq * t * (1 + 0.3 * t)) + 0.05 * rng.standard_normal(t.size)
+    return np.stack([mono] * channels, axis=1).astype(np.float32) if channels > 1 else mono.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    folder = tmp_path_factory.mktemp("wavs")
+    specs = [("a.wav", 0.7, 220, 16000, 1), ("b.wav", 1.9, 440, 16000, 1), ("c.wav", 1.3, 330, 22050, 2)]
+    paths = []
+    for i, (name, seconds, freq, rate, channels) in enumerate(specs):
+        sf.write(folder / name, _clip(seconds, freq, rate, channels, seed=i), rate)
+        paths.append(str(folder / name))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def bad_wav(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("bad") / "broken.wav"
+    path.write_bytes(b"RIFF\x00\x00not really a wave file")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_checkpoint) -> str:
+    return tiny_checkpoint.path
+
+
+@pytest.fixture(scope="module")
+def model(model_dir: str):
+    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
+
+    return KimiAudioForCausalLM.from_pretrained(model_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def processor(model_dir: str):
+    from llamafactory_kimi_audio.models.processing_kimi_audio import KimiAudioProcessor
+
+    return KimiAudioProcessor.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def encoders(model_dir: str):
+    return load_audio_encoders(model_dir, "cpu")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory, model_dir: str, wavs: list[str], encoders):
+    root = str(tmp_path_factory.mktemp("cache"))
+    result = precompute(model_dir, wavs, PrecomputeOptions(cache_dir=root, batch_size=2, **QUIET), encoders=encoders)
+    assert (result.computed, result.skipped, result.failed) == (3, 0, 0)
+    return result
+
+
+def _entry(cache, audio: str) -> dict[str, torch.Tensor]:
+    return load_file(entry_path(cache.cache_dir, cache.identity, audio))
+
+
+def _cached_batch(cache, audios: list[str]) -> dict[str, torch.Tensor]:
+    entries = [_entry(cache, audio) for audio in audios]
+    return {
+        "audio_codes": torch.cat([e["codes"] for e in entries]),
+        "whisper_features": torch.cat([e["rows"] for e in entries]),
+    }
+
+
+def test_entries_equal_online_features(cache, wavs, model, processor) -> None:
+    for audio in wavs:
+        wave = load_audio(audio)
+        raw = processor.audio_inputs([wave])
+        online_codes = model.audio_codes_from_features(raw["semantic_input_features"], raw["semantic_frame_mask"])
+        online_rows = model.whisper_rows(raw["audio_input_features"], raw["audio_chunk_tokens"])
+        entry = _entry(cache, audio)
+        assert entry["codes"].dtype == torch.int64 and entry["rows"].dtype == torch.float32
+        assert torch.equal(entry["codes"], online_codes)
+        torch.testing.assert_close(entry["rows"], online_rows, rtol=1e-5, atol=1e-5)
+        # frame_inputs: what the model fuses, from raw audio vs from the cache
+        ids = processor.asr_inputs([wave], [None])["input_ids"]
+        is_frame = ids == processor.tokenizer.convert_tokens_to_ids(st.AUDIO_PLACEHOLDER)
+        n = int(is_frame.sum())
+        codes_raw, rows_raw = model.frame_inputs(ids, is_frame, n, raw)
+        codes_cached, rows_cached = model.frame_inputs(ids, is_frame, n, _cached_batch(cache, [audio]))
+        assert torch.equal(codes_raw, codes_cached)
+        torch.testing.assert_close(rows_cached, rows_raw, rtol=1e-5, atol=1e-5)
+
+
+def test_batches_split_per_audio_across_30s_chunks(encoders, model) -> None:
+    waves = [_clip(30.5, 500, seed=1), _clip(0.9, 700, seed=2)]
+    encoded = encoders.encode(waves)
+    for wave, (codes, rows) in zip(waves, encoded):
+        raw = encoders.processor.audio_inputs([wave])
+        assert torch.equal(
+            codes, model.audio_codes_from_features(raw["semantic_input_features"], raw["semantic_frame_mask"])
+        )
+        torch.testing.assert_close(rows, model.whisper_rows(raw["audio_input_features"], raw["audio_chunk_tokens"]))
+    assert [c.shape[0] for c, _ in encoded] == [382, 12]  # (L - 1) // 1280 + 1 per 30 s chunk: 375 + 7
+
+
+def test_forward_with_cache_equals_raw_audio(cache, wavs, model, processor) -> None:
+    waves = [load_audio(audio) for audio in wavs]
+    batch = processor.asr_inputs(waves, [None] * len(waves), padding_side="right")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        raw = model(**batch, labels=labels).loss
+        cached = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=labels,
+            **_cached_batch(cache, wavs),
+        ).loss
+    assert torch.isfinite(raw)
+    torch.testing.assert_close(cached, raw, rtol=1e-5, atol=1e-6)
+
+
+def test_second_run_skips_everything(cache, model_dir, wavs, encoders) -> None:
+    options = PrecomputeOptions(cache_dir=cache.cache_dir, **QUIET)
+    again = precompute(model_dir, [*wavs, wavs[0]], options, encoders=encoders)
+    assert (again.computed, again.skipped, again.failed) == (0, 4, 0)
+
+
+def test_interrupted_run_leaves_only_complete_entries(tmp_path: Path, model_dir, wavs, encoders, monkeypatch) -> None:
+    import safetensors.torch
+
+    real_save, calls = safetensors.torch.save_file, []
+
+    def save_then_die(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) == 2:  # the second entry: half a file on disk, then the user hits Ctrl-C
+            Path(filename).write_bytes(b"partial")
+            raise KeyboardInterrupt
+        return real_save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_then_die)
+    options = PrecomputeOptions(cache_dir=str(tmp_path), batch_size=1, **QUIET)
+    with pytest.raises(KeyboardInterrupt):
+        precompute(model_dir, wavs, options, encoders=encoders)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].suffix == ".safetensors"
+    assert set(load_file(files[0])) == {"codes", "rows"}
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    resumed = precompute(model_dir, wavs, options, encoders=encoders)
+    assert (resumed.computed, resumed.skipped, resumed.failed) == (2, 1, 0)
+
+
+def test_bad_audio_is_reported_and_counted(tmp_path: Path, model_dir, wavs, bad_wav, encoders) -> None:
+    lines: list[str] = []
+    options = PrecomputeOptions(cache_dir=str(tmp_path), **QUIET)
+    result = precompute(model_dir, [wavs[0], bad_wav, wavs[1]], options, encoders=encoders, report=lines.append)
+    assert (result.computed, result.skipped, result.failed) == (2, 0, 1)
+    assert len(lines) == 1 and bad_wav in lines[0]
+    strict = PrecomputeOptions(cache_dir=str(tmp_path / "strict"), strict=True, **QUIET)
+    with pytest.raises(AudioError, match="broken.wav"):
+        precompute(model_dir, [bad_wav, wavs[0]], strict, encoders=encoders)
+
+
+def test_plugin_serves_cached_tensors(cache, wavs, processor, monkeypatch) -> None:
+    import llamafactory.data.mm_plugin  # noqa: F401  (LLaMA-Factory first, as in training)
+
+    from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
+
+    plugin = KimiAudioPlugin(image_token=None, video_token=None, audio_token=st.AUDIO_PLACEHOLDER)
+    n = len(wavs)
+    monkeypatch.setenv(CACHE_ENV, cache.cache_dir)
+    got = plugin.get_mm_inputs([], [], list(wavs), [0] * n, [0] * n, [1] * n, [[]] * n, processor)
+    expected = _cached_batch(cache, wavs)
+    assert set(got) == {"audio_codes", "whisper_features"}
+    assert torch.equal(got["audio_codes"], expected["audio_codes"])
+    assert torch.equal(got["whisper_features"], expected["whisper_features"])
+    monkeypatch.delenv(CACHE_ENV)
+    assert "audio_input_features" in plugin.get_mm_inputs(
+        [], [], list(wavs), [0] * n, [0] * n, [1] * n, [[]] * n, processor
+    )
+
+
+def _dataset(folder: Path, audios: list[str]) -> Path:
+    rows = [
+        {
+            "messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": "x"}],
+            "audios": [os.path.relpath(a, folder) if i % 2 else a],
+        }
+        for i, a in enumerate(audios)
+    ]
+    (folder / "asr.json").write_text(json.dumps(rows))
+    info = {
+        "asr": {
+            "file_name": "asr.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "audios": "audios"},
+        }
+    }
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+    return folder / "asr.json"
+
+
+def test_dataset_reading_resolves_relative_paths(tmp_path: Path, wavs) -> None:
+    data = _dataset(tmp_path, [*wavs, wavs[0]])
+    assert collect_audio_paths([data_file(str(data))]).paths == wavs
+    assert collect_audio_paths(dataset_files(str(tmp_path), ["asr"])).paths == wavs
+
+
+def test_cli_summary_failures_and_exit_code(tmp_path: Path, model_dir, wavs, bad_wav, capsys) -> None:
+    data = _dataset(tmp_path, [*wavs, bad_wav])
+    cache_dir = tmp_path / "cache"
+    argv = [
+        "precompute",
+        "--model",
+        model_dir,
+        "--data",
+        str(data),
+        "--cache",
+        str(cache_dir),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "3 computed, 0 skipped (already cached), 1 failed" in out
+    assert f"export {CACHE_ENV}={cache_dir}" in out
+    assert "broken.wav" in err and len([line for line in err.splitlines() if "broken.wav" in line]) == 1
+    by_name = ["precompute", "--model", model_dir, "--dataset-dir", str(tmp_path), "--dataset", "asr", *argv[5:]]
+    assert main(by_name) == 2
+    assert "0 computed, 3 skipped (already cached), 1 failed" in capsys.readouterr().out
+    assert main([*argv, "--strict"]) == 2
+    assert "broken.wav" in capsys.readouterr().err
