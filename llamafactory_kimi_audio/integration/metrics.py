@@ -22,7 +22,8 @@ def corpus_error_rates(references: list[str], hypotheses: list[str], normalizer:
     pairs = [(r, h) for r, h in zip(refs, hyps) if r]
     if not pairs:
         return {}
-    ref_chars, hyp_chars = [" ".join(r.replace(" ", "")) for r, _ in pairs], [" ".join(h.replace(" ", "")) for _, h in pairs]
+    ref_chars = [" ".join(r.replace(" ", "")) for r, _ in pairs]
+    hyp_chars = [" ".join(h.replace(" ", "")) for _, h in pairs]
     hyp_chars = [h if h else "" for h in hyp_chars]
     cer = jiwer.process_words(ref_chars, hyp_chars)
     wer = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs])

@@ -35,6 +35,29 @@ def _asr_metrics(original):
     return compute_similarity
 
 
+def _is_kimi_source(model_args: Any) -> bool:
+    from ..models.auto import is_kimi_audio_checkpoint
+    from .registration import MODEL_GROUPS
+
+    path = getattr(model_args, "model_name_or_path", None)
+    return path in MODEL_GROUPS.values() or is_kimi_audio_checkpoint(path)
+
+
+def _asr_predict_dependencies(original):
+    @functools.wraps(original)
+    def check_extra_dependencies(model_args, finetuning_args, training_args=None, *args: Any, **kwargs: Any):
+        if not (getattr(training_args, "predict_with_generate", False) and _is_kimi_source(model_args)):
+            return original(model_args, finetuning_args, training_args, *args, **kwargs)
+        # jieba / nltk / rouge_chinese only serve BLEU/ROUGE, which `asr_metrics` replaces by CER/WER (jiwer).
+        training_args.predict_with_generate = False
+        try:
+            return original(model_args, finetuning_args, training_args, *args, **kwargs)
+        finally:
+            training_args.predict_with_generate = True
+
+    return check_extra_dependencies
+
+
 def _greedy_prediction(original):
     @functools.wraps(original)
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
@@ -48,6 +71,79 @@ def _greedy_prediction(original):
     return prediction_step
 
 
+def _audio_span_guard(original):
+    """Fail at preprocessing, naming the sample, when ``cutoff_len`` cuts an audio span (the forward would fail)."""
+
+    @functools.wraps(original)
+    def _encode_data_example(self, prompt, response, system, tools, images, videos, audios):
+        input_ids, labels = original(self, prompt, response, system, tools, images, videos, audios)
+        if audios and _is_kimi_template(self.template):
+            _check_audio_spans(self, input_ids, prompt + response, system, tools, audios)
+        return input_ids, labels
+
+    return _encode_data_example
+
+
+def _is_kimi_template(template: Any) -> bool:
+    from .template import KimiAudioTemplate
+
+    return isinstance(template, KimiAudioTemplate)
+
+
+def _check_audio_spans(processor_obj: Any, input_ids: list[int], messages, system, tools, audios) -> None:
+    from ..models import special_tokens as st
+
+    tokenizer, template = processor_obj.tokenizer, processor_obj.template
+    begin, end = (tokenizer.convert_tokens_to_ids(token) for token in (st.MEDIA_BEGIN, st.MEDIA_END))
+    if input_ids.count(begin) == input_ids.count(end) == len(audios):
+        return
+    expanded = template.mm_plugin.process_messages(messages, [], [], audios, processor_obj.processor)
+    needed = sum(len(a) + len(b) for a, b in template.encode_multiturn(tokenizer, expanded, system, tools))
+    preview = next((m["content"] for m in messages if m["content"].strip()), "")[:60]
+    names = [a for a in audios if isinstance(a, str)][:3]
+    raise ValueError(
+        f"sample {preview!r} {names}: cutoff_len={processor_obj.data_args.cutoff_len} cuts its audio, which needs "
+        f"{needed} tokens in all (audio: 12.5 tokens/s); raise cutoff_len to at least {needed} or drop long clips "
+        "(kimi-audio-lf convert --max-duration SECONDS --drop-long)"
+    )
+
+
+DATA_PATCHES = [
+    Patch(
+        name=f"audio_span_guard.{kind}",
+        owner=f"llamafactory.data.processor.{kind}:{cls}",
+        attribute="_encode_data_example",
+        make_replacement=_audio_span_guard,
+        why="cutoff_len truncation must not cut an audio span silently: the sample fails at preprocessing, by name, "
+        "instead of crashing training/prediction later with a frame-count mismatch",
+    )
+    for kind, cls in (("supervised", "SupervisedDatasetProcessor"), ("unsupervised", "UnsupervisedDatasetProcessor"))
+]
+
+
+def _official_auto_map(original):
+    @functools.wraps(original)
+    def register_autoclass(config, model, tokenizer):
+        from ..models.auto import KIMI_MODEL_TYPES
+
+        if getattr(config, "model_type", None) in KIMI_MODEL_TYPES:
+            return None  # keep the checkpoint's auto_map: the native classes are not remote code
+        return original(config, model, tokenizer)
+
+    return register_autoclass
+
+
+LOADER_PATCHES = [
+    Patch(
+        name="official_auto_map",
+        owner="llamafactory.model.loader",
+        attribute="register_autoclass",
+        make_replacement=_official_auto_map,
+        why="saved / exported checkpoints keep the official auto_map instead of pointing at copies of this "
+        "package's sources (register_for_auto_class would rewrite AutoConfig/AutoModel and copy *.py files)",
+    ),
+]
+
 METRIC_PATCHES = [
     Patch(
         name="asr_metrics",
@@ -55,6 +151,13 @@ METRIC_PATCHES = [
         attribute="ComputeSimilarity",
         make_replacement=_asr_metrics,
         why="predict_with_generate reports CER/WER (jiwer) instead of BLEU/ROUGE for Kimi-Audio",
+    ),
+    Patch(
+        name="asr_predict_dependencies",
+        owner="llamafactory.hparams.parser",
+        attribute="_check_extra_dependencies",
+        make_replacement=_asr_predict_dependencies,
+        why="predict_with_generate demands jieba/nltk/rouge_chinese for BLEU/ROUGE; Kimi-Audio scores CER/WER instead",
     ),
     Patch(
         name="greedy_asr_predictions",
@@ -71,17 +174,20 @@ def apply_loader_patches(loader: ModuleType) -> None:
     from ..models.auto import register_auto_classes
 
     register_auto_classes()
+    for patch in LOADER_PATCHES:
+        patch.apply()
 
 
 def apply_metric_patches(workflow: ModuleType) -> None:
-    for patch in METRIC_PATCHES:
+    """SFT workflow patches: metrics and decoding, plus the dataset guards (datasets are built by ``run_sft``)."""
+    for patch in [*METRIC_PATCHES, *DATA_PATCHES]:
         patch.apply()
 
 
 def all_patches() -> list[Patch]:
     from ..models.auto import AUTO_PATCHES
 
-    return [*AUTO_PATCHES, *METRIC_PATCHES]
+    return [*AUTO_PATCHES, *LOADER_PATCHES, *METRIC_PATCHES, *DATA_PATCHES]
 
 
 def revert_all() -> None:

@@ -1,0 +1,317 @@
+"""The stock ``llamafactory-cli`` on a tiny Kimi-Audio checkpoint: train (LoRA / freeze / full), predict, export.
+
+Every run is a fresh interpreter, so the integration comes from the start-up hook alone; the last test turns the hook
+off and expects LLaMA-Factory's own "template does not exist" error. Runs are kept tiny (8 training utterances,
+≤ 3 steps, CPU) and share one checkpoint, one dataset and one LoRA run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from llamafactory_kimi_audio import DISABLE_ENV
+
+pytestmark = pytest.mark.slow
+
+CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
+TIMEOUT = 420
+COMMON = {
+    "trust_remote_code": True,
+    "stage": "sft",
+    "template": "kimi_audio",
+    "cutoff_len": 256,
+    "overwrite_cache": True,
+    "preprocessing_num_workers": 1,
+    "report_to": "none",
+    "use_cpu": True,
+    "overwrite_output_dir": True,
+}
+DECODER_PROJ = r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def run_cli(command: str, config: dict, workdir: Path, name: str, env: dict | None = None) -> tuple[int, str]:
+    """``llamafactory-cli COMMAND NAME.yaml`` in ``workdir`` → (exit code, stdout + stderr); the log stays on disk."""
+    config_path = workdir / f"{name}.yaml"
+    config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    full_env = {k: v for k, v in os.environ.items() if k not in (DISABLE_ENV, "LLAMAFACTORY_KIMI_AUDIO_STRICT")}
+    full_env.update(
+        HF_HOME=str(workdir / "hf_home"),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="2",
+        **(env or {}),
+    )
+    proc = subprocess.run(
+        [CLI, command, str(config_path)],
+        cwd=workdir,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    (workdir / f"{name}.log").write_text(proc.stdout)
+    return proc.returncode, proc.stdout
+
+
+def check_ok(rc: int, output: str) -> None:
+    assert rc == 0, output[-6000:]
+
+
+def trainable_params(output: str) -> tuple[int, int]:
+    match = re.search(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+)", output)
+    assert match, "no 'trainable params' line in the log"
+    return int(match.group(1).replace(",", "")), int(match.group(2).replace(",", ""))
+
+
+def logged_losses(output_dir: Path) -> list[float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert losses, "trainer_state.json has no loss entries"
+    assert all(math.isfinite(loss) for loss in losses), losses
+    return losses
+
+
+def safetensors_keys(directory: Path) -> dict[str, list[str]]:
+    """file name -> tensor names, for single-file and sharded checkpoints."""
+    index = directory / "model.safetensors.index.json"
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
+    out = {}
+    for name in files:
+        with safe_open(str(directory / name), "pt") as f:
+            out[name] = list(f.keys())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def ckpt(tiny_checkpoint) -> str:
+    return tiny_checkpoint.path
+
+
+@pytest.fixture(scope="module")
+def tiny_params(ckpt) -> dict[str, int]:
+    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
+
+    model = KimiAudioForCausalLM.from_pretrained(ckpt)
+    return {name: param.numel() for name, param in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lf_cli")
+
+
+@pytest.fixture(scope="module")
+def dataset(workdir) -> Path:
+    """8 train + 4 test synthetic utterances (tone words: no external binary), through the converter."""
+    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
+    from llamafactory_kimi_audio.data.synth import synthesize_corpus
+
+    corpus = synthesize_corpus(str(workdir / "corpus"), n_train=8, n_test=4, backend="tones")
+    data_dir = workdir / "data"
+    for csv_path, name in ((corpus.train_csv, "asr_train"), (corpus.test_csv, "asr_test")):
+        result = convert(csv_path, str(data_dir), ConvertOptions(name=name, lang="en", progress=False))
+        assert result.rows_written == (8 if name == "asr_train" else 4)
+    return data_dir
+
+
+def train_config(ckpt: str, dataset: Path, output_dir: Path, **overrides) -> dict:
+    return {
+        **COMMON,
+        "model_name_or_path": ckpt,
+        "do_train": True,
+        "dataset": "asr_train",
+        "dataset_dir": str(dataset),
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1.0e-3,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        **overrides,
+    }
+
+
+@pytest.fixture(scope="module")
+def lora_run(ckpt, dataset, workdir) -> tuple[Path, str]:
+    output_dir = workdir / "lora"
+    config = train_config(ckpt, dataset, output_dir, finetuning_type="lora", lora_target="all")
+    rc, output = run_cli("train", config, workdir, "lora")
+    check_ok(rc, output)
+    return output_dir, output
+
+
+# --------------------------------------------------------------------------------------------------------- train
+def test_lora_train(lora_run, tiny_params):
+    output_dir, output = lora_run
+    logged_losses(output_dir)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "tiktoken.model"):
+        assert (output_dir / name).is_file(), name
+    adapter_config = json.loads((output_dir / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA" and not adapter_config["modules_to_save"]
+    targets = set(adapter_config["target_modules"])
+    decoder_linears = {
+        name.rsplit(".", 1)[0] for name in tiny_params if re.fullmatch(DECODER_PROJ + r"\.weight", name)
+    }
+    assert targets == decoder_linears  # all 7 projections of every decoder layer, nothing else
+    with safe_open(str(output_dir / "adapter_model.safetensors"), "pt") as f:
+        adapter = {key: f.get_slice(key).get_shape() for key in f.keys()}
+    pattern = r"base_model\.model\." + DECODER_PROJ + r"\.lora_[AB]\.weight"
+    assert adapter and all(re.fullmatch(pattern, key) for key in adapter), sorted(adapter)[:5]
+    trainable, total = trainable_params(output)
+    assert trainable == sum(math.prod(shape) for shape in adapter.values())
+    assert total == sum(tiny_params.values()) + trainable
+
+
+def test_freeze_train(ckpt, dataset, workdir, tiny_params):
+    output_dir = workdir / "freeze"
+    config = train_config(ckpt, dataset, output_dir, finetuning_type="freeze", max_steps=2)
+    rc, output = run_cli("train", config, workdir, "freeze")
+    check_ok(rc, output)
+    logged_losses(output_dir)
+    last_two = tuple(f"model.layers.{i}." for i in range(2, 4))  # freeze_trainable_layers defaults to 2 (of 4)
+    expected = sum(n for name, n in tiny_params.items() if name.startswith(last_two))
+    assert trainable_params(output) == (expected, sum(tiny_params.values()))
+
+
+def test_full_train(ckpt, dataset, workdir, tiny_params):
+    output_dir = workdir / "full"
+    config = train_config(
+        ckpt, dataset, output_dir, finetuning_type="full", freeze_multi_modal_projector=False, max_steps=2
+    )
+    rc, output = run_cli("train", config, workdir, "full")
+    check_ok(rc, output)
+    logged_losses(output_dir)
+    frozen = ("whisper_encoder.", "model.mimo_layers.", "model.mimo_norm.", "mimo_output.")  # vq_adaptor trains here
+    expected = sum(n for name, n in tiny_params.items() if not name.startswith(frozen))
+    assert trainable_params(output) == (expected, sum(tiny_params.values()))
+    # the saved model keeps the official auto_map and ships no copy of this package's sources
+    config_json = json.loads((output_dir / "config.json").read_text())
+    base_config = json.loads((Path(ckpt) / "config.json").read_text())
+    assert config_json["auto_map"] == base_config["auto_map"]
+    assert not list(output_dir.glob("*.py"))
+
+
+# ------------------------------------------------------------------------------------------------------ predict
+def test_predict_reports_cer_and_wer(ckpt, dataset, workdir, lora_run):
+    output_dir = workdir / "predict"
+    config = {
+        **COMMON,
+        "model_name_or_path": ckpt,
+        "adapter_name_or_path": str(lora_run[0]),
+        "finetuning_type": "lora",
+        "do_predict": True,
+        "predict_with_generate": True,
+        "eval_dataset": "asr_test",
+        "dataset_dir": str(dataset),
+        "output_dir": str(output_dir),
+        "per_device_eval_batch_size": 2,
+        "max_new_tokens": 8,
+    }
+    rc, output = run_cli("train", config, workdir, "predict")
+    check_ok(rc, output)
+    for name in ("predict_results.json", "all_results.json"):
+        metrics = json.loads((output_dir / name).read_text())
+        assert "predict_cer" in metrics and "predict_wer" in metrics, metrics
+        assert all(math.isfinite(metrics[key]) for key in ("predict_cer", "predict_wer"))
+        assert not [key for key in metrics if "bleu" in key or "rouge" in key], metrics
+    rows = [json.loads(line) for line in (output_dir / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all({"prompt", "predict", "label"} <= set(row) for row in rows)
+    expected = sorted(item["messages"][1]["content"] for item in json.loads((dataset / "asr_test.json").read_text()))
+    assert sorted(row["label"] for row in rows) == expected
+
+
+# ------------------------------------------------------------------------------------------------------- export
+@pytest.fixture(scope="module")
+def exported(ckpt, workdir, lora_run) -> Path:
+    export_dir = workdir / "export"
+    config = {
+        "model_name_or_path": ckpt,
+        "adapter_name_or_path": str(lora_run[0]),
+        "template": "kimi_audio",
+        "finetuning_type": "lora",
+        "trust_remote_code": True,
+        "export_dir": str(export_dir),
+    }
+    rc, output = run_cli("export", config, workdir, "export")
+    check_ok(rc, output)
+    return export_dir
+
+
+def test_export_has_the_official_layout(exported, ckpt):
+    config = json.loads((exported / "config.json").read_text())
+    base_config = json.loads((Path(ckpt) / "config.json").read_text())
+    assert config["model_type"] == "moonshot_kimia"
+    assert config["architectures"] == ["MoonshotKimiaForCausalLM"]
+    assert config["auto_map"] == base_config["auto_map"]
+    assert not list(exported.glob("*.py")), "the export must not carry copies of this package's modules"
+    keys = [key for names in safetensors_keys(exported).values() for key in names]
+    assert "mimo_output.weight" in keys and "lm_head.weight" in keys
+    assert not [key for key in keys if "lora_" in key or key.startswith(("base_model.", "whisper_encoder."))]
+    with safe_open(str(exported / "whisper-large-v3" / "model.safetensors"), "pt") as f:
+        whisper_keys = list(f.keys())
+        with safe_open(str(Path(ckpt) / "whisper-large-v3" / "model.safetensors"), "pt") as base:
+            for key in whisper_keys:
+                torch.testing.assert_close(f.get_tensor(key), base.get_tensor(key))
+    assert whisper_keys and all(key.startswith("model.encoder.") for key in whisper_keys)
+    for name in ("tiktoken.model", "tokenizer_config.json", "whisper-large-v3/preprocessor_config.json"):
+        assert (exported / name).is_file(), name
+    assert (exported / "glm-4-voice-tokenizer" / "model.safetensors").is_file()
+    tokenizer_config = json.loads((exported / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "TikTokenTokenizer"
+
+
+def test_export_reloads_with_the_merged_weights(exported, ckpt, lora_run, dataset):
+    from peft import PeftModel
+
+    from llamafactory_kimi_audio.audio_io import load_audio
+    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
+    from llamafactory_kimi_audio.models.processing_kimi_audio import KimiAudioProcessor
+
+    sample = json.loads((dataset / "asr_test.json").read_text())[0]
+    audio = os.path.join(str(dataset), sample["audios"][0])
+    processor = KimiAudioProcessor.from_pretrained(str(exported))
+    batch = processor.asr_inputs([load_audio(audio)], ["Please transcribe the spoken content into written text."])
+    with torch.no_grad():
+        reloaded = KimiAudioForCausalLM.from_pretrained(str(exported)).eval()
+        base = KimiAudioForCausalLM.from_pretrained(ckpt).eval()
+        base_logits = base(**batch).logits
+        merged = PeftModel.from_pretrained(base, str(lora_run[0])).merge_and_unload().eval()
+        expected = merged(**batch).logits
+        got = reloaded(**batch).logits
+    assert not torch.allclose(base_logits, expected), "the LoRA adapter changed nothing"
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------ opt-out
+REMOTE_TOKENIZER = '''"""Stand-in for the Hub's tokenization_kimia.py (real checkpoints ship it, tiny ones do not)."""
+from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer as TikTokenTokenizer  # noqa
+'''
+
+
+def test_opt_out_leaves_stock_llamafactory(ckpt, dataset, workdir):
+    """With the hook off, the same recipe hits LLaMA-Factory's own error: the template comes from the hook."""
+    remote = workdir / "tiny_remote_code"  # the tiny checkpoint + the remote tokenizer file the real one has
+    remote.mkdir()
+    for item in Path(ckpt).iterdir():
+        (remote / item.name).symlink_to(item)
+    (remote / "tokenization_kimia.py").write_text(REMOTE_TOKENIZER)
+    config = train_config(str(remote), dataset, workdir / "disabled", finetuning_type="lora", lora_target="all")
+    rc, output = run_cli("train", config, workdir, "disabled", env={DISABLE_ENV: "1"})
+    assert rc != 0
+    assert "Template kimi_audio does not exist" in output, output[-4000:]
+    assert not (workdir / "disabled" / "trainer_state.json").exists()
