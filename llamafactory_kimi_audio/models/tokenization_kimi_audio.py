@@ -291,6 +291,8 @@ class KimiAudioTokenizer(PreTrainedTokenizer):
                 run.append(index)
                 continue
             token = self._added_tokens_decoder.get(index)
+            if token is None and index >= self.vocab_size:
+                continue  # an audio-code id (>= kimia_token_offset) has no text: the official detokenizer drops it
             if token is None:
                 raise IndexError(f"token id {index} is outside the vocabulary")
             if skip_special_tokens and token.special:
