@@ -158,8 +158,10 @@ def test_decode_skips_specials(tok: KimiAudioTokenizer) -> None:
     assert tok.batch_decode([ids, ids[:3]], skip_special_tokens=True) == [text, ""]
     assert tok.convert_ids_to_tokens(ids[:2], skip_special_tokens=True) == []
     assert tok.decode(["中".encode()[0]]) == "\ufffd"  # a lone UTF-8 lead byte (rank == byte value) -> U+FFFD
+    # audio-code ids (>= text vocabulary) carry no text: dropped, as the official detokenizer does
+    assert tok.decode([*tok.encode_ordinary("ok"), len(tok), len(tok) + 7]) == "ok"
     with pytest.raises(IndexError):
-        tok.decode([len(tok)])
+        tok.decode([-1])
 
 
 def test_padding(tok: KimiAudioTokenizer) -> None:
