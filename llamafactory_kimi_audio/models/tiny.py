@@ -28,7 +28,7 @@ TINY_CORPUS = [
     "the quick brown fox jumps over the lazy dog. Transcribe this audio, please!",
     "一 二 三 四 五 六 七 八 九 十 零 红 蓝 绿 你好 世界 语音 识别 音频 内容 转换 文字",
 ]
-TINY_WHISPER = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 128}
+TINY_WHISPER = {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64}
 FULL_WHISPER = {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120}
 GLM_VOCAB = {"tiny": 256, "full": 16384}
 
