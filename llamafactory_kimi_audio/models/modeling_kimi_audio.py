@@ -266,7 +266,9 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, inputs_embeds.shape[1], past_len, inputs_embeds.device)
-        bias, is_causal = attention_bias(attention_mask, inputs_embeds.shape[1], past_len, inputs_embeds.dtype)
+        bias, is_causal = attention_bias(
+            attention_mask, inputs_embeds.shape[1], past_len, inputs_embeds.dtype, inputs_embeds.device
+        )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden, mimo_hidden = inputs_embeds, None
         for index, layer in enumerate(self.layers):
@@ -289,14 +291,16 @@ def default_position_ids(mask: torch.Tensor | None, length: int, past_len: int, 
     return positions[:, -length:]
 
 
-def attention_bias(mask: torch.Tensor | None, length: int, past_len: int, dtype) -> tuple[torch.Tensor | None, bool]:
+def attention_bias(
+    mask: torch.Tensor | None, length: int, past_len: int, dtype, device=None
+) -> tuple[torch.Tensor | None, bool]:
     """Additive [B,1,L,K] bias for causal + padding masking; (None, True) when plain causal attention suffices."""
     if mask is None or bool(mask.all()):
         if past_len == 0:
             return None, length > 1
         if length == 1:
             return None, False
-        mask = torch.ones(1, past_len + length, dtype=torch.long)
+        mask = torch.ones(1, past_len + length, dtype=torch.long, device=device)
     device = mask.device
     query_pos = torch.arange(past_len, past_len + length, device=device)
     key_pos = torch.arange(mask.shape[-1], device=device)
@@ -342,7 +346,8 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
                     f"glm-4-voice-tokenizer at <model>/{SEMANTIC_SUBDIR}, set KIMI_AUDIO_SEMANTIC_TOKENIZER, or "
                     "precompute codes with `kimi-audio-lf precompute`"
                 )
-            self._semantic_tokenizer = load_glm4_voice_tokenizer(path)
+            # object.__setattr__: a plain nn.Module assignment would register it as a submodule (state_dict, .to(bf16))
+            object.__setattr__(self, "_semantic_tokenizer", load_glm4_voice_tokenizer(path))
         return self._semantic_tokenizer.to(device)
 
     def audio_codes_from_features(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
@@ -359,7 +364,9 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
             raise ValueError(f"this checkpoint has no {WHISPER_SUBDIR}/ directory, so it cannot encode audio features")
         return whisper_rows(self.whisper_encoder, input_features, chunk_tokens)
 
-    def fuse_embeddings(self, input_ids: torch.Tensor, text_only: bool = False, **audio: Any) -> torch.Tensor:
+    def fuse_embeddings(
+        self, input_ids: torch.Tensor, text_only: bool = False, text_from: int | None = None, **audio: Any
+    ) -> torch.Tensor:
         """Single id stream → official two-stream fused embeddings, audio scattered per sample (row-major)."""
         ids = self._ids
         embed = self.model.embed_tokens
@@ -367,6 +374,9 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
             return embed(input_ids) + embed(torch.full_like(input_ids, ids.blank))
         in_audio_stream = torch.isin(input_ids, torch.tensor(ids.audio_stream, device=input_ids.device)) | (input_ids >= ids.offset)
         is_frame = (input_ids == ids.placeholder) | (input_ids >= ids.offset)
+        if text_from is not None:  # generated ids (decoding without KV cache) are text whatever their value (§7)
+            generated = torch.arange(input_ids.shape[1], device=input_ids.device) >= text_from
+            in_audio_stream, is_frame = in_audio_stream & ~generated, is_frame & ~generated
         audio_ids = torch.where(in_audio_stream, input_ids, ids.blank)
         text_ids = torch.where(in_audio_stream, ids.blank, input_ids)
         num_frames = int(is_frame.sum())
@@ -421,6 +431,7 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         whisper_features: torch.Tensor | None = None,
         return_audio_logits: bool = False,
         text_only: bool = False,
+        text_from: int | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> KimiAudioCausalLMOutput | tuple:
@@ -434,7 +445,7 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
             "whisper_features": whisper_features,
         }
         if inputs_embeds is None:
-            inputs_embeds = self.fuse_embeddings(input_ids, text_only=text_only, **audio)
+            inputs_embeds = self.fuse_embeddings(input_ids, text_only=text_only, text_from=text_from, **audio)
         if return_audio_logits and past_key_values is not None:
             raise ValueError("audio logits (MIMO branch) are computed for full sequences only, without a KV cache")
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
@@ -475,6 +486,13 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         return (per_sample[has_labels] / (counts[has_labels] + 1e-4)).mean()
 
     # ------------------------------------------------------------------------------------------------- generation
+    def generate(self, inputs: torch.Tensor | None = None, *args: Any, **kwargs: Any):
+        """Records the prompt length: without a KV cache the generated ids must still be embedded as text (§7)."""
+        prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(prompt, torch.Tensor) and prompt.ndim == 2 and not prompt.is_floating_point():
+            kwargs.setdefault("generation_prompt_length", prompt.shape[1])
+        return super().generate(inputs, *args, **kwargs)
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
@@ -482,6 +500,7 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool = True,
+        generation_prompt_length: int | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -491,6 +510,8 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
             model_inputs["text_only"] = True
         else:
             model_inputs.update({key: kwargs[key] for key in AUDIO_INPUT_KEYS if kwargs.get(key) is not None})
+            if generation_prompt_length is not None and input_ids.shape[1] > generation_prompt_length:
+                model_inputs["text_from"] = generation_prompt_length
         model_inputs["input_ids"] = input_ids
         model_inputs["attention_mask"] = attention_mask
         model_inputs["position_ids"] = default_position_ids(attention_mask, input_ids.shape[1], past_len, input_ids.device)
@@ -526,7 +547,11 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         if missing:
             raise ValueError(f"{weights}: missing Whisper encoder tensors {missing[:5]} (expected keys model.encoder.*)")
         param = next(self.whisper_encoder.parameters())
-        self.whisper_encoder.load_state_dict({k: v.to(param.dtype) for k, v in state.items() if k in reference})
+        # transformers 4.x leaves the encoder (absent from the LM shards) on the meta device: assign real tensors.
+        on_meta = param.device.type == "meta"
+        device = self.get_input_embeddings().weight.device if on_meta else param.device
+        tensors = {k: v.to(device=device, dtype=param.dtype) for k, v in state.items() if k in reference}
+        self.whisper_encoder.load_state_dict(tensors, assign=on_meta)
         self.whisper_encoder.requires_grad_(False)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, state_dict=None, **kwargs: Any):
@@ -542,6 +567,7 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         target = os.path.join(save_directory, SEMANTIC_SUBDIR)
         if source and os.path.isdir(source) and os.path.abspath(source) != os.path.abspath(target):
             shutil.copytree(source, target, dirs_exist_ok=True)
+        copy_remote_code(getattr(self.config, "_name_or_path", None), save_directory)
 
 
 @dataclass(frozen=True)
@@ -585,6 +611,16 @@ def whisper_rows(encoder: nn.Module, input_features: torch.Tensor, chunk_tokens:
         hidden = encoder(input_features.to(dtype)).last_hidden_state
     rows = [hidden[i, : 4 * int(n)].reshape(int(n), -1) for i, n in enumerate(chunk_tokens.tolist())]
     return torch.cat(rows)
+
+
+def copy_remote_code(source_dir: str | None, save_directory: str) -> None:
+    """Keep the official ``*.py`` files (named by ``auto_map``) next to a saved checkpoint, so an export loads with
+    the official remote code as well; this package never executes them."""
+    if not source_dir or not os.path.isdir(source_dir) or os.path.abspath(source_dir) == os.path.abspath(save_directory):
+        return
+    for name in sorted(os.listdir(source_dir)):
+        if name.endswith(".py") and os.path.isfile(os.path.join(source_dir, name)):
+            shutil.copy2(os.path.join(source_dir, name), os.path.join(save_directory, name))
 
 
 def build_whisper_encoder(whisper_config: dict[str, Any] | None) -> nn.Module | None:
