@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEMO_INSTRUCTION = "Please transcribe the spoken content into written text."
+# Transcripts are at most four words; a random model never emits EOS, so cap the decode length.
+EVAL_ARGS = ("--max-new-tokens", "24", "--batch-size", "20")
 
 
 def demo_recipe(out_dir: str, max_steps: int = 400, dataset: str = "demo_train") -> dict[str, Any]:
@@ -121,12 +123,12 @@ def run_demo(out_dir: str = "demo_out", n_train: int = 240, n_test: int = 40, ma
         seconds[f"precompute-{split}"] = run_step(f"precompute-{split}", tool(*precompute), logs)
     test_set = os.path.join(data, "demo_test.json")
     before, after = os.path.join(out, "eval_before"), os.path.join(out, "eval_after")
-    seconds["evaluate-before"] = run_step("evaluate-before", tool("evaluate", "--model", model, "--data", test_set, "--out", before), logs)
+    seconds["evaluate-before"] = run_step("evaluate-before", tool("evaluate", "--model", model, "--data", test_set, "--out", before, *EVAL_ARGS), logs)
     recipe_path = os.path.join(out, "tiny_demo.yaml")
     write_yaml(recipe_path, demo_recipe(out, max_steps))
     seconds["train"] = run_step("train", llamafactory_cli("train", recipe_path), logs, env)
     trained = demo_recipe(out)["output_dir"]
-    evaluate = ["evaluate", "--model", trained, "--data", test_set, "--out", after, "--baseline", before]
+    evaluate = ["evaluate", "--model", trained, "--data", test_set, "--out", after, "--baseline", before, *EVAL_ARGS]
     seconds["evaluate-after"] = run_step("evaluate-after", tool(*evaluate), logs)
     return _result(out, before, after, seconds)
 

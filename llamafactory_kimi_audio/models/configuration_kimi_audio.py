@@ -125,6 +125,8 @@ class KimiAudioConfig(PretrainedConfig):
         output["architectures"] = [OFFICIAL_ARCHITECTURE]
         output.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
         output.pop("head_dim", None)
+        if output.get("dtype") is not None:  # transformers 5.x spelling; the official config.json says torch_dtype
+            output["torch_dtype"] = output.pop("dtype")
         # Local paths and the sub-model config live in their own directories, not in the official config.json.
         for key in ("whisper_config", "semantic_tokenizer_path", "rope_parameters"):
             output.pop(key, None)
