@@ -9,9 +9,9 @@ HELP = "tiny Kimi-Audio + synthetic speech → convert → llamafactory-cli trai
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default="demo_out", help="everything goes here (default: demo_out)")
-    parser.add_argument("--n-train", type=int, default=240)
+    parser.add_argument("--n-train", type=int, default=600)
     parser.add_argument("--n-test", type=int, default=40)
-    parser.add_argument("--max-steps", type=int, default=400, help="training steps of batch 16")
+    parser.add_argument("--max-steps", type=int, default=600, help="training steps of batch 16")
     parser.add_argument("--lang", choices=["en", "zh", "mixed"], default="en")
     parser.add_argument("--backend", choices=["auto", "espeak", "tones"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
