@@ -50,7 +50,9 @@ def probe(path: str) -> AudioInfo:
     import soundfile as sf
 
     if not os.path.isfile(path):
-        raise AudioError(f"{path}: audio file not found; check the path (relative paths resolve against the data root)")
+        raise AudioError(
+            f"{path}: audio file not found; check the path (relative paths resolve against the data root)"
+        )
     try:
         info = sf.info(path)
     except Exception as err:  # soundfile raises RuntimeError / LibsndfileError / TypeError depending on version

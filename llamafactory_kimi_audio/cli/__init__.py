@@ -26,7 +26,9 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kimi-audio-lf", description="Kimi-Audio ASR fine-tuning tools for LLaMA-Factory")
+    parser = argparse.ArgumentParser(
+        prog="kimi-audio-lf", description="Kimi-Audio ASR fine-tuning tools for LLaMA-Factory"
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():

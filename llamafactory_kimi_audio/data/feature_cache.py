@@ -35,7 +35,10 @@ def encoder_identity(model_dir: str) -> str:
 
     digest = hashlib.sha256()
     semantic = find_semantic_tokenizer(model_dir) or ""
-    for path in (os.path.join(model_dir, WHISPER_SUBDIR, "model.safetensors"), os.path.join(semantic, "model.safetensors")):
+    for path in (
+        os.path.join(model_dir, WHISPER_SUBDIR, "model.safetensors"),
+        os.path.join(semantic, "model.safetensors"),
+    ):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: needed to identify the audio encoders of {model_dir}")
         size = os.path.getsize(path)

@@ -9,7 +9,7 @@ for a list of sentences. Empty references follow jiwer: the error rate of an utt
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import jiwer

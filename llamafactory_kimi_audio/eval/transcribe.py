@@ -16,11 +16,15 @@ def load_for_inference(model_path: str, adapter_path: str | None = None, device:
     from ..models.processing_kimi_audio import KimiAudioProcessor
 
     if not is_kimi_audio_checkpoint(model_path):
-        raise FileNotFoundError(f"{model_path}: not a Kimi-Audio checkpoint (config.json with model_type moonshot_kimia)")
+        raise FileNotFoundError(
+            f"{model_path}: not a Kimi-Audio checkpoint (config.json with model_type moonshot_kimia)"
+        )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    model = KimiAudioForCausalLM.from_pretrained(model_path, dtype=dtype) if _has_dtype_kwarg() else (
-        KimiAudioForCausalLM.from_pretrained(model_path, torch_dtype=dtype)
+    model = (
+        KimiAudioForCausalLM.from_pretrained(model_path, dtype=dtype)
+        if _has_dtype_kwarg()
+        else (KimiAudioForCausalLM.from_pretrained(model_path, torch_dtype=dtype))
     )
     if adapter_path:
         from peft import PeftModel
@@ -28,7 +32,9 @@ def load_for_inference(model_path: str, adapter_path: str | None = None, device:
         if not os.path.isfile(os.path.join(adapter_path, "adapter_config.json")):
             raise FileNotFoundError(f"{adapter_path}: no adapter_config.json (expected a LoRA output_dir)")
         model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
-    processor_dir = adapter_path if adapter_path and os.path.isfile(os.path.join(adapter_path, "tiktoken.model")) else model_path
+    processor_dir = (
+        adapter_path if adapter_path and os.path.isfile(os.path.join(adapter_path, "tiktoken.model")) else model_path
+    )
     processor = KimiAudioProcessor.from_pretrained(processor_dir)
     return model.to(device).eval(), processor
 

@@ -89,7 +89,9 @@ class KimiAudioConfig(PretrainedConfig):
         self.whisper_config = whisper_config
         self.semantic_tokenizer_path = semantic_tokenizer_path
         if loss_reduction not in ("sample", "token"):
-            raise ValueError(f"loss_reduction must be 'sample' (official per-utterance mean) or 'token', got {loss_reduction!r}")
+            raise ValueError(
+                f"loss_reduction must be 'sample' (official per-utterance mean) or 'token', got {loss_reduction!r}"
+            )
         self.loss_reduction = loss_reduction
         kwargs.setdefault("architectures", [OFFICIAL_ARCHITECTURE])
         kwargs.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
@@ -98,7 +100,8 @@ class KimiAudioConfig(PretrainedConfig):
     def require_rope_theta(self) -> float:
         if self.rope_theta is None:
             raise ValueError(
-                "config.json has neither `rope_theta` nor `rope_parameters.rope_theta`; refusing to guess the RoPE base "
+                "config.json has neither `rope_theta` nor `rope_parameters.rope_theta`; refusing to guess the RoPE "
+                "base "
                 "(the real Kimi-Audio uses the value in its downloaded config.json)"
             )
         return self.rope_theta
@@ -139,7 +142,7 @@ SEMANTIC_TOKENIZER_ENV = "KIMI_AUDIO_SEMANTIC_TOKENIZER"
 
 
 def find_semantic_tokenizer(model_dir: str) -> str | None:
-    """The GLM-4-Voice tokenizer: $KIMI_AUDIO_SEMANTIC_TOKENIZER, ``<model>/glm-4-voice-tokenizer`` or a sibling dir."""
+    """The GLM-4-Voice tokenizer: $KIMI_AUDIO_SEMANTIC_TOKENIZER, ``<model>/glm-4-voice-tokenizer`` or a sibling."""
     candidates = [os.environ.get(SEMANTIC_TOKENIZER_ENV, "")]
     candidates += [os.path.join(model_dir, SEMANTIC_SUBDIR), os.path.join(os.path.dirname(model_dir), SEMANTIC_SUBDIR)]
     for path in candidates:

@@ -239,7 +239,9 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
         self.layers = nn.ModuleList(KimiAudioDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = KimiAudioRMSNorm(config.hidden_size, config.rms_norm_eps)
         offset = config.num_hidden_layers
-        self.mimo_layers = nn.ModuleList(KimiAudioDecoderLayer(config, offset + i) for i in range(config.kimia_mimo_layers))
+        self.mimo_layers = nn.ModuleList(
+            KimiAudioDecoderLayer(config, offset + i) for i in range(config.kimia_mimo_layers)
+        )
         self.mimo_norm = KimiAudioRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.vq_adaptor = KimiAudioVQAdaptor(config)
         self.rotary_emb = KimiAudioRotaryEmbedding(config.head_dim, config.require_rope_theta())
@@ -372,7 +374,9 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         embed = self.model.embed_tokens
         if text_only:  # decoding steps: the sampled token is text, the audio stream is blank (spec §7)
             return embed(input_ids) + embed(torch.full_like(input_ids, ids.blank))
-        in_audio_stream = torch.isin(input_ids, torch.tensor(ids.audio_stream, device=input_ids.device)) | (input_ids >= ids.offset)
+        in_audio_stream = torch.isin(input_ids, torch.tensor(ids.audio_stream, device=input_ids.device)) | (
+            input_ids >= ids.offset
+        )
         is_frame = (input_ids == ids.placeholder) | (input_ids >= ids.offset)
         if text_from is not None:  # generated ids (decoding without KV cache) are text whatever their value (§7)
             generated = torch.arange(input_ids.shape[1], device=input_ids.device) >= text_from
@@ -514,7 +518,9 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
                 model_inputs["text_from"] = generation_prompt_length
         model_inputs["input_ids"] = input_ids
         model_inputs["attention_mask"] = attention_mask
-        model_inputs["position_ids"] = default_position_ids(attention_mask, input_ids.shape[1], past_len, input_ids.device)
+        model_inputs["position_ids"] = default_position_ids(
+            attention_mask, input_ids.shape[1], past_len, input_ids.device
+        )
         model_inputs["logits_to_keep"] = 1
         return model_inputs
 
@@ -545,7 +551,12 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         reference = self.whisper_encoder.state_dict()
         missing = sorted(set(reference) - set(state))
         if missing:
-            raise ValueError(f"{weights}: missing Whisper encoder tensors {missing[:5]} (expected keys model.encoder.*)")
+            raise ValueError(
+                f"{weights}: missing Whisper encoder tensors {missing[:5]} (expected keys model.encoder.*)"
+            )
+        if any(hasattr(p, "ds_id") for p in self.whisper_encoder.parameters()):
+            load_into_zero3_partitions(self.whisper_encoder, state)  # from_pretrained under DeepSpeed ZeRO-3
+            return
         param = next(self.whisper_encoder.parameters())
         # transformers 4.x leaves the encoder (absent from the LM shards) on the meta device: assign real tensors.
         on_meta = param.device.type == "meta"
@@ -561,7 +572,9 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         lm_state = {k: v for k, v in state_dict.items() if not k.startswith("whisper_encoder.")}
         super().save_pretrained(save_directory, *args, state_dict=lm_state, **kwargs)
         if self.whisper_encoder is not None:
-            whisper_state = {k[len("whisper_encoder.") :]: v for k, v in state_dict.items() if k.startswith("whisper_encoder.")}
+            whisper_state = {
+                k[len("whisper_encoder.") :]: v for k, v in state_dict.items() if k.startswith("whisper_encoder.")
+            }
             save_whisper_dir(os.path.join(save_directory, WHISPER_SUBDIR), whisper_state, self.config.whisper_config)
         source = self.config.semantic_tokenizer_path
         target = os.path.join(save_directory, SEMANTIC_SUBDIR)
@@ -616,11 +629,34 @@ def whisper_rows(encoder: nn.Module, input_features: torch.Tensor, chunk_tokens:
 def copy_remote_code(source_dir: str | None, save_directory: str) -> None:
     """Keep the official ``*.py`` files (named by ``auto_map``) next to a saved checkpoint, so an export loads with
     the official remote code as well; this package never executes them."""
-    if not source_dir or not os.path.isdir(source_dir) or os.path.abspath(source_dir) == os.path.abspath(save_directory):
+    if (
+        not source_dir
+        or not os.path.isdir(source_dir)
+        or os.path.abspath(source_dir) == os.path.abspath(save_directory)
+    ):
         return
     for name in sorted(os.listdir(source_dir)):
         if name.endswith(".py") and os.path.isfile(os.path.join(source_dir, name)):
             shutil.copy2(os.path.join(source_dir, name), os.path.join(save_directory, name))
+
+
+def load_into_zero3_partitions(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Fill a module whose parameters DeepSpeed ZeRO-3 has partitioned (each rank holds a slice, ``param.data`` is
+    empty): gather them, copy on rank 0, and let DeepSpeed re-partition from rank 0 (a collective: every rank calls)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    params = dict(module.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0):
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            with torch.no_grad():
+                for name, param in params.items():
+                    param.copy_(state[name].to(device=param.device, dtype=param.dtype))
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            if name in state:
+                buffer.copy_(state[name].to(device=buffer.device, dtype=buffer.dtype))
+    module.requires_grad_(False)
 
 
 def build_whisper_encoder(whisper_config: dict[str, Any] | None) -> nn.Module | None:
@@ -638,7 +674,9 @@ def build_whisper_encoder(whisper_config: dict[str, Any] | None) -> nn.Module | 
     return encoder
 
 
-def save_whisper_dir(directory: str, encoder_state: dict[str, torch.Tensor], whisper_config: dict[str, Any] | None) -> None:
+def save_whisper_dir(
+    directory: str, encoder_state: dict[str, torch.Tensor], whisper_config: dict[str, Any] | None
+) -> None:
     from safetensors.torch import save_file
 
     os.makedirs(directory, exist_ok=True)

@@ -113,12 +113,19 @@ class KimiAudioProcessor:
         tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "padding_side")}
         tokenizer = KimiAudioTokenizer.from_pretrained(path, **tokenizer_kwargs)
         extractor_dir = next(
-            (d for d in (os.path.join(path, WHISPER_SUBDIR), path) if os.path.isfile(os.path.join(d, "preprocessor_config.json"))),
+            (
+                d
+                for d in (os.path.join(path, WHISPER_SUBDIR), path)
+                if os.path.isfile(os.path.join(d, "preprocessor_config.json"))
+            ),
             None,
         )
         extractor = WhisperFeatureExtractor.from_pretrained(extractor_dir) if extractor_dir else None
         if extractor is not None and extractor.feature_size != 128:
-            raise ValueError(f"{extractor_dir}: Kimi-Audio needs 128 mel bins, preprocessor_config.json has {extractor.feature_size}")
+            raise ValueError(
+                f"{extractor_dir}: Kimi-Audio needs 128 mel bins, preprocessor_config.json has "
+                f"{extractor.feature_size}"
+            )
         processor = cls(tokenizer, extractor)
         processor.name_or_path = os.path.abspath(path)
         return processor
@@ -136,7 +143,9 @@ class KimiAudioProcessor:
         return files + [marker]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(tokenizer={type(self.tokenizer).__name__}, feature_size=128, sampling_rate=16000)"
+        return (
+            f"{type(self).__name__}(tokenizer={type(self.tokenizer).__name__}, feature_size=128, sampling_rate=16000)"
+        )
 
 
 def pad_ids(sequences: list[list[int]], pad_id: int, padding_side: str = "left") -> dict[str, torch.Tensor]:

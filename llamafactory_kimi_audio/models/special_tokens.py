@@ -59,4 +59,7 @@ assert len(SPECIAL_TOKENS) == NUM_SPECIAL_TOKENS
 AUDIO_STREAM_TOKENS = (USER_MSG_START, ASSISTANT_MSG_START, MEDIA_BEGIN, MEDIA_END, SPEECH_CT, SPEECH_CTD, MSG_END)
 
 # Instruction used when a user turn holds only audio (the one of the official inference example).
-DEFAULT_INSTRUCTION = {"zh": "请将音频内容转换为文字。", "en": "Please transcribe the spoken content into written text."}
+DEFAULT_INSTRUCTION = {
+    "zh": "请将音频内容转换为文字。",
+    "en": "Please transcribe the spoken content into written text.",
+}

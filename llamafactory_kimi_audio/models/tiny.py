@@ -60,12 +60,23 @@ def kimi_config(num_base_tokens: int, preset: str) -> KimiAudioConfig:
     text_vocab = num_base_tokens + NUM_SPECIAL_TOKENS
     shapes = {
         "tiny": dict(
-            hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-            kimia_mimo_layers=2, kimia_mimo_transformer_from_layer_index=2, max_position_embeddings=2048,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            kimia_mimo_layers=2,
+            kimia_mimo_transformer_from_layer_index=2,
+            max_position_embeddings=2048,
         ),
         "full": dict(
-            hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-            num_key_value_heads=4, kimia_mimo_layers=6, kimia_mimo_transformer_from_layer_index=21,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            kimia_mimo_layers=6,
+            kimia_mimo_transformer_from_layer_index=21,
             max_position_embeddings=8192,
         ),
     }[preset]
@@ -93,7 +104,11 @@ def make_tiny_checkpoint(directory: str, preset: str = "tiny", seed: int = 0) ->
     from .tokenization_kimi_audio import train_tiny_tiktoken, write_tokenizer_files
 
     os.makedirs(directory, exist_ok=True)
-    num_base = write_tokenizer_files(directory, train_tiny_tiktoken(TINY_CORPUS, num_merges=192)) if preset == "tiny" else 151643
+    num_base = (
+        write_tokenizer_files(directory, train_tiny_tiktoken(TINY_CORPUS, num_merges=192))
+        if preset == "tiny"
+        else 151643
+    )
     config = kimi_config(num_base, preset)
     if preset == "full":
         return _write_configs_only(directory, config)
@@ -125,9 +140,15 @@ def _reinit_deterministically(model, seed: int) -> None:
             if name.endswith("embed_positions.weight"):
                 continue  # Whisper's sinusoids
             if param.ndim == 1:
-                param.copy_(torch.ones_like(param) if "norm" in name and name.endswith("weight") else torch.zeros_like(param))
+                param.copy_(
+                    torch.ones_like(param) if "norm" in name and name.endswith("weight") else torch.zeros_like(param)
+                )
             else:
-                std = 0.02 if "embed" in name or name.endswith(("lm_head.weight", "mimo_output.weight")) else param.shape[-1] ** -0.5
+                std = (
+                    0.02
+                    if "embed" in name or name.endswith(("lm_head.weight", "mimo_output.weight"))
+                    else param.shape[-1] ** -0.5
+                )
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
 
 
