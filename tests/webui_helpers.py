@@ -322,6 +322,8 @@ class GradioPage:
         the choices (``dataset.focus(list_datasets)``, ``checkpoint_path.focus(list_checkpoints)``)."""
         from selenium.webdriver.common.by import By
 
+        if self.has_chip(label, choice):  # already chosen (the Checkpoint path is shared by all tabs)
+            return
         block = self.block(label)
         inp = self.find_visible(By.CSS_SELECTOR, "input", root=block)
         self._pick(inp, choice)
@@ -331,6 +333,43 @@ class GradioPage:
             ),
             message=f"multiselect {label!r} has no {choice!r} chip",
         )
+
+    def multiselect_options(self, label: str, expected: tuple[str, ...] = (), shot: str | None = None) -> list[str]:
+        """Open the multiselect dropdown labelled ``label`` and return the choices it lists (Escape closes it).
+        The choices arrive from the server after focus, so this waits until every ``expected`` one is listed;
+        ``shot`` names a screenshot taken while the list is open."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        inp = self.find_visible(By.CSS_SELECTOR, "input", root=self.block(label))
+        self.scroll_to(inp)
+
+        def listed(_d):
+            names = [
+                o.get_attribute("aria-label") or o.text
+                for o in self._visible(By.CSS_SELECTOR, "ul[role='listbox'] li[role='option']")
+            ]
+            return names if names and all(name in names for name in expected) else False
+
+        names = None
+        deadline = time.monotonic() + self.timeout
+        while names is None:
+            inp.click()
+            try:
+                names = self.wait(listed, 5, message=f"options of {label!r}")
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                inp.send_keys(Keys.ESCAPE)
+        if shot:
+            self.screenshot(shot)
+        inp.send_keys(Keys.ESCAPE)
+        return names
+
+    def has_chip(self, label: str, choice: str) -> bool:
+        from selenium.webdriver.common.by import By
+
+        return any(t.text.strip() == choice for t in self._visible(By.CSS_SELECTOR, "div.token", self.block(label)))
 
     def _pick(self, inp, choice: str) -> None:
         """Open the list, type ``choice`` to filter it, click the matching option (retrying the opening click:
@@ -377,7 +416,9 @@ class GradioPage:
     def button(self, text: str, timeout: float | None = None):
         from selenium.webdriver.common.by import By
 
-        return self.find_visible(By.XPATH, f"//button[normalize-space()={_xpath_literal(text)}]", timeout)
+        # not a tab: the "Export" tab and the Export tab's "Export" button share their text
+        xpath = f"//button[not(@role='tab') and normalize-space()={_xpath_literal(text)}]"
+        return self.find_visible(By.XPATH, xpath, timeout)
 
     def click(self, text: str) -> None:
         btn = self.button(text)
@@ -393,18 +434,26 @@ class GradioPage:
         tab.click()
         self.wait(lambda _d: tab.get_attribute("aria-selected") == "true", message=f"tab {name!r} not selected")
 
-    def open_accordion(self, title: str) -> None:
-        """Open a ``gr.Accordion`` (Gradio 5: ``button.label-wrap`` holding the title; ``open`` class when open)."""
+    def open_accordion(self, title: str, want_open: bool = True) -> None:
+        """Open (or close) a ``gr.Accordion`` (Gradio 5: ``button.label-wrap`` holding the title; ``open`` class
+        when open)."""
         from selenium.webdriver.common.by import By
 
         btn = self.find_visible(
             By.XPATH,
             f"//button[contains(@class, 'label-wrap') and .//span[normalize-space()={_xpath_literal(title)}]]",
         )
-        if "open" not in (btn.get_attribute("class") or "").split():
+
+        def is_open(_d=None) -> bool:
+            return "open" in (btn.get_attribute("class") or "").split()
+
+        if is_open() != want_open:
             self.scroll_to(btn)
             btn.click()
-        self.wait(lambda _d: "open" in (btn.get_attribute("class") or "").split(), message=f"accordion {title!r}")
+        self.wait(lambda _d: is_open() == want_open, message=f"accordion {title!r} open != {want_open}")
+
+    def close_accordion(self, title: str) -> None:
+        self.open_accordion(title, want_open=False)
 
     # --- page state --------------------------------------------------------------------------------------
     def body_text(self) -> str:
@@ -488,6 +537,31 @@ class GradioPage:
         path = self.shots_dir / f"{len(self.shots) + 1:02d}-{name}.png"
         self.driver.save_screenshot(str(path))
         self.shots.append(path)
+        return path
+
+    def full_page_screenshot(self, name: str, until=None, margin: int = 0) -> Path:
+        """The whole page (``NN-name.png``): the window grows to the document height for the shot, then shrinks.
+        With ``until`` (an element) the shot is cut ``margin`` px below that element's bottom edge."""
+        size = self.driver.get_window_size()
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.set_window_size(size["width"], max(size["height"], min(int(height) + 140, 8000)))
+        try:
+            self.driver.execute_script("window.scrollTo(0, 0);")
+            time.sleep(0.8)  # re-layout at the new height
+            path = self.shots_dir / f"{len(self.shots) + 1:02d}-{name}.png"
+            self.driver.save_screenshot(str(path))
+            if until is not None:
+                from PIL import Image
+
+                bottom = self.driver.execute_script(
+                    "return arguments[0].getBoundingClientRect().bottom * window.devicePixelRatio;", until
+                )
+                with Image.open(path) as image:
+                    cut = image.crop((0, 0, image.width, min(image.height, int(bottom) + margin)))
+                cut.save(path)
+            self.shots.append(path)
+        finally:
+            self.driver.set_window_size(size["width"], size["height"])
         return path
 
 
