@@ -44,7 +44,7 @@ def demo_recipe(out_dir: str, max_steps: int = 600, dataset: str = "demo_train")
         "overwrite_output_dir": True,
         "report_to": "none",
         "per_device_train_batch_size": 16,
-        "learning_rate": 2.0e-3,
+        "learning_rate": 1.0e-3,
         "max_steps": max_steps,
         "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.1,

@@ -365,7 +365,9 @@ def make_tiny_glm4_voice_tokenizer(directory: str | os.PathLike, seed: int = 0, 
             elif p.ndim == 1:  # biases, layer-norm shifts, ema_count
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
             else:  # fan-in scaled projections (codebook and positions are overwritten below)
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
+                # small residual branches keep codes local in time (random attention would blur a 4 s block)
+                scale = 0.1 if name.endswith(("out_proj.weight", "fc2.weight")) else 1.0
+                p.copy_(scale * torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
         module.embed_positions.weight.copy_(0.1 * _sinusoids(cfg.max_source_positions, cfg.d_model))
         module.embed_positions2.weight.copy_(0.1 * _sinusoids(module.embed_positions2.num_embeddings, cfg.d_model))
         rng = np.random.default_rng(seed)

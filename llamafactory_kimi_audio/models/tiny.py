@@ -144,11 +144,12 @@ def _reinit_deterministically(model, seed: int) -> None:
                     torch.ones_like(param) if "norm" in name and name.endswith("weight") else torch.zeros_like(param)
                 )
             else:
-                std = (
-                    0.02
-                    if "embed" in name or name.endswith(("lm_head.weight", "mimo_output.weight"))
-                    else param.shape[-1] ** -0.5
-                )
+                # LM: the usual 0.02 (trains well from scratch); the frozen random Whisper: fan-in scaled, so its
+                # features keep the input's variance instead of vanishing.
+                fan_in = param[0].numel()
+                std = fan_in**-0.5 if name.startswith("whisper_encoder.") else 0.02
+                if name.startswith("whisper_encoder.") and name.endswith(("out_proj.weight", "fc2.weight")):
+                    std *= 0.1  # small residual branches: random attention would smear every frame over the clip
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
 
 
