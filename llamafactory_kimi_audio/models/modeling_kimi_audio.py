@@ -126,6 +126,7 @@ def sdpa_attention(q, k, v, bias, is_causal: bool, dropout: float) -> torch.Tens
 
 
 ATTENTION_FUNCTIONS = {"eager": eager_attention, "sdpa": sdpa_attention}
+SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 class KimiAudioAttention(nn.Module):
@@ -150,11 +151,15 @@ class KimiAudioAttention(nn.Module):
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         groups = self.num_heads // self.num_kv_heads
-        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
         implementation = getattr(self.config, "_attn_implementation", None) or "sdpa"
         attention = ATTENTION_FUNCTIONS.get(implementation, sdpa_attention)
         dropout = self.config.attention_dropout if self.training else 0.0
-        out = attention(q, k, v, attention_bias, is_causal, dropout)
+        if attention is sdpa_attention and attention_bias is None and groups > 1 and SDPA_HAS_GQA:
+            # no mask: the fused kernel reads the 4 KV heads itself instead of 7x expanded copies (same math)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal, enable_gqa=True)
+        else:
+            k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+            out = attention(q, k, v, attention_bias, is_causal, dropout)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -303,6 +308,11 @@ def attention_bias(
         if length == 1:
             return None, False
         mask = torch.ones(1, past_len + length, dtype=torch.long, device=device)
+    elif past_len == 0 and length > 1 and mask.shape[-1] == length and bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        # Right padding (training batches): pads only follow the real tokens, so causal attention alone gives every
+        # real query exactly its keys; only the pad rows (never read: no labels, later than every real token)
+        # change. No [B,1,L,L] bias, and SDPA can take the flash kernel.
+        return None, True
     device = mask.device
     query_pos = torch.arange(past_len, past_len + length, device=device)
     key_pos = torch.arange(mask.shape[-1], device=device)
@@ -356,7 +366,8 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         # Features travel as int32 bit patterns so the collator's cast to bf16 cannot touch the fp32 GLM input.
         encoder = self.semantic_tokenizer(features.device)
         features = features.view(torch.float32) if features.dtype == torch.int32 else features.float()
-        with torch.no_grad():
+        # no autocast: the Trainer's bf16 autocast would run GLM-4-Voice's matmuls in bf16 (codes must be fp32's)
+        with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
             codes = encoder.encode_features(features, frame_mask)
         return torch.cat([c.to(features.device) for c in codes])
 
@@ -389,7 +400,8 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         codes, rows = self.frame_inputs(input_ids, is_frame, num_frames, audio)
         audio_ids = audio_ids.masked_scatter(is_frame, codes + ids.offset)
         audio_embeds = embed(audio_ids)
-        adapted = self.model.vq_adaptor(rows.to(audio_embeds.dtype))
+        # .to(): under bf16 autocast (the HF Trainer's bf16=True) the adaptor's LayerNorm returns float32
+        adapted = self.model.vq_adaptor(rows.to(audio_embeds.dtype)).to(audio_embeds.dtype)
         scattered = torch.zeros_like(audio_embeds).masked_scatter(is_frame[..., None], adapted)
         sqrt2 = torch.tensor(BF16_SQRT2, dtype=audio_embeds.dtype, device=audio_embeds.device)
         fused = torch.where(is_frame[..., None], (audio_embeds + scattered) * sqrt2, audio_embeds)
@@ -620,7 +632,9 @@ def whisper_rows(encoder: nn.Module, input_features: torch.Tensor, chunk_tokens:
     """
     dtype = next(encoder.parameters()).dtype
     frozen = not any(p.requires_grad for p in encoder.parameters())
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+    # no autocast: online rows (inside the Trainer's bf16 autocast) must equal precomputed ones (none)
+    autocast_off = torch.autocast(input_features.device.type, enabled=False)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen), autocast_off:
         hidden = encoder(input_features.to(dtype)).last_hidden_state
     rows = [hidden[i, : 4 * int(n)].reshape(int(n), -1) for i, n in enumerate(chunk_tokens.tolist())]
     return torch.cat(rows)
@@ -642,7 +656,7 @@ def copy_remote_code(source_dir: str | None, save_directory: str) -> None:
 
 def load_into_zero3_partitions(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Fill a module whose parameters DeepSpeed ZeRO-3 has partitioned (each rank holds a slice, ``param.data`` is
-    empty): gather them, copy on rank 0, and let DeepSpeed re-partition from rank 0 (a collective: every rank calls)."""
+    empty): gather them, copy on rank 0, let DeepSpeed re-partition from rank 0 (a collective: every rank calls)."""
     import deepspeed
     import torch.distributed as dist
 

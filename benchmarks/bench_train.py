@@ -1,0 +1,392 @@
+"""LoRA training throughput of the full-size Kimi-Audio through LLaMA-Factory, next to a text-only Qwen2-7B.
+
+Every case is a real ``llamafactory.train.tuner.run_exp`` (the function ``llamafactory-cli train`` calls) with
+``train_from_scratch: true`` (random weights from ``from_config``, built directly on the GPU), the ``kimi_audio``
+template and plugin, LLaMA-Factory's collator, trainer and PEFT LoRA (``lora_target: all``), ``max_steps`` steps on a
+synthetic corpus of 5–15 s clips. A callback times every optimizer step (CUDA-synchronised) and counts its tokens.
+
+    python benchmarks/bench_train.py --tiny                 # CPU, tiny checkpoint, seconds
+    python benchmarks/bench_train.py --out results.jsonl    # GPU 0, full size
+
+Cases (``--cases`` picks some):
+  kimi_cached_mb8_ckpt   recipe defaults: micro-batch 8, gradient checkpointing on, features from the precompute cache
+  kimi_cached_mb8        the same without gradient checkpointing
+  kimi_cached_mb8_group  + ``train_sampling_strategy: group_by_length``
+  kimi_cached_mb16_group micro-batch 16
+  qwen_text_mb8 / qwen_text_mb8_group / qwen_text_mb16_group
+                         text-only Qwen2-7B shape (vocab 152064) on the same token stream (audio positions → text ids)
+  kimi_raw_mb8           raw audio online: Whisper-large-v3 (30 s padding) + GLM-4-Voice on the GPU every step
+  kimi_cached_mb1        our path at batch 1 (for the official contrast)
+  kimi_official_mb1      official semantics: Whisper online (codes precomputed), MIMO branch + audio head computed,
+                         text + audio cross-entropy over all positions in fp32, batch 1
+  kimi_qlora_mb8         bitsandbytes NF4 (double quant) decoder + MIMO linears, LoRA on top, gradient checkpointing
+  kimi_cached_mb8_group_v0  attention as before this benchmark's changes: a materialised [B,1,L,L] bias for any padded
+                         batch (SDPA's memory-efficient kernel) and K/V expanded 7x for GQA
+  kimi_cached_mb8_group_nogqa  the new attention without ``enable_gqa``; *_mb16_group_v0 / _nogqa the same at 16
+  kimi_cached_mb32_group / qwen_text_mb32_group  micro-batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
+    "kimi_cached_mb8_group": dict(bs=8, group=True),
+    "qwen_text_mb8_group": dict(bs=8, group=True, text=True),
+    "kimi_cached_mb8_ckpt": dict(bs=8, ckpt=True),
+    "kimi_raw_mb8": dict(bs=8, mode="raw"),
+    "kimi_official_mb1": dict(bs=1, mode="official"),
+    "kimi_cached_mb1": dict(bs=1),
+    "kimi_qlora_mb8": dict(bs=8, qlora=True, ckpt=True),
+    "kimi_cached_mb8": dict(bs=8),
+    "qwen_text_mb8": dict(bs=8, text=True),
+    "kimi_cached_mb8_group_v0": dict(bs=8, group=True, attention="v0"),
+    "kimi_cached_mb16_group": dict(bs=16, group=True),
+    "qwen_text_mb16_group": dict(bs=16, group=True, text=True),
+    "kimi_cached_mb8_group_nogqa": dict(bs=8, group=True, attention="nogqa"),
+    "kimi_cached_mb16_group_v0": dict(bs=16, group=True, attention="v0"),
+    "kimi_cached_mb16_group_nogqa": dict(bs=16, group=True, attention="nogqa"),
+    "kimi_cached_mb32_group": dict(bs=32, group=True),
+    "qwen_text_mb32_group": dict(bs=32, group=True, text=True),
+}
+DEFAULT_CASES = list(KIMI_CASES)
+
+
+def lf_args(model_dir: str, data_dir: str, out_dir: str, tokenized: str, spec: dict[str, Any], a) -> dict[str, Any]:
+    text = spec.get("text", False)
+    args = {
+        "model_name_or_path": model_dir,
+        "train_from_scratch": True,
+        "trust_remote_code": True,
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "lora_rank": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "dataset": "bench_asr",
+        "dataset_dir": data_dir,
+        "template": "qwen" if text else "kimi_audio",
+        "cutoff_len": 1024,
+        "tokenized_path": tokenized,
+        "preprocessing_num_workers": a.workers,
+        "dataloader_num_workers": a.workers if not a.tiny else 0,
+        "output_dir": out_dir,
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": spec["bs"],
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1.0e-4,
+        "lr_scheduler_type": "constant",
+        "max_steps": a.steps,
+        "logging_steps": max(1, a.steps // 4),
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        "disable_gradient_checkpointing": not spec.get("ckpt", False),
+    }
+    if spec.get("group"):
+        args["train_sampling_strategy"] = "group_by_length"
+    if a.tiny:
+        args.update(use_cpu=True, bf16=False)
+    else:
+        args.update(bf16=True)
+    return args
+
+
+# ----------------------------------------------------------------------------------- case-specific model changes
+class Patched:
+    """Undo list for the in-process monkeypatches a case needs."""
+
+    def __init__(self) -> None:
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def set(self, owner: Any, name: str, value: Any) -> None:
+        self._undo.append((owner, name, owner.__dict__[name] if name in owner.__dict__ else None))
+        setattr(owner, name, value)
+
+    def restore(self) -> None:
+        for owner, name, value in reversed(self._undo):
+            if value is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+        self._undo.clear()
+
+
+def official_semantics(patched: Patched) -> None:
+    """Forward as the official ``finetune.py``: MIMO branch + audio head on every position, text logits on every
+    position, fp32 cross-entropy for both heads (audio mask all False for ASR, so the audio loss is 0 but paid)."""
+    import torch
+    import torch.nn.functional as F
+
+    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
+
+    original = KimiAudioForCausalLM.forward
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        kwargs.pop("return_audio_logits", None)
+        out = original(self, input_ids=input_ids, attention_mask=attention_mask, return_audio_logits=True, **kwargs)
+        if labels is None:
+            return out
+        shift = labels[:, 1:]
+        mask = shift != -100
+
+        def per_sample_ce(logits, targets, weight):
+            ce = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                targets.reshape(-1).clamp(min=0),
+                reduction="none",
+            ).view_as(targets)
+            return ((ce * weight).sum(1) / (weight.sum(1) + 1e-4)).mean()
+
+        text_loss = per_sample_ce(out.logits, shift, mask)
+        audio_loss = per_sample_ce(out.audio_logits, torch.zeros_like(shift), torch.zeros_like(mask))
+        out.loss = text_loss + audio_loss
+        return out
+
+    patched.set(KimiAudioForCausalLM, "forward", forward)
+
+    from llamafactory_kimi_audio.data.feature_cache import lookup_cached_inputs
+    from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
+
+    def get_mm_inputs(self, images, videos, audios, imglens, vidlens, audlens, batch_ids, processor):
+        """Official data path: semantic codes extracted offline (here: the cache), Whisper run online (30 s pad)."""
+        from llamafactory_kimi_audio.audio_io import load_audio
+
+        if not audios:
+            return {}
+        cached = lookup_cached_inputs(audios, processor)
+        raw = processor.audio_inputs([load_audio(a, 16000) for a in audios], with_semantic=False)
+        return {"audio_codes": cached["audio_codes"], **raw}
+
+    patched.set(KimiAudioPlugin, "get_mm_inputs", get_mm_inputs)
+
+
+def attention_v0(patched: Patched) -> None:
+    """The model's attention before the right-padding / GQA changes (for the A/B figure)."""
+    import torch
+
+    from llamafactory_kimi_audio.models import modeling_kimi_audio as m
+
+    def attention_bias(mask, length, past_len, dtype, device=None):
+        if mask is None or bool(mask.all()):
+            if past_len == 0:
+                return None, length > 1
+            if length == 1:
+                return None, False
+            mask = torch.ones(1, past_len + length, dtype=torch.long, device=device)
+        device = mask.device
+        query_pos = torch.arange(past_len, past_len + length, device=device)
+        key_pos = torch.arange(mask.shape[-1], device=device)
+        allowed = (key_pos[None, :] <= query_pos[:, None])[None] & mask[:, None, :].bool()
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return bias[:, None], False
+
+    patched.set(m, "attention_bias", attention_bias)
+    if hasattr(m, "SDPA_HAS_GQA"):
+        patched.set(m, "SDPA_HAS_GQA", False)
+
+
+def qlora_models(patched: Patched) -> None:
+    """Quantise the decoder + MIMO linears to bitsandbytes NF4 (double quant, bf16 compute/storage) right after
+    ``from_config`` — what ``quantization_bit: 4`` does on ``from_pretrained``, which ``train_from_scratch`` skips."""
+    import torch
+    import transformers
+
+    auto = transformers.AutoModelForCausalLM
+    built = auto.from_config.__func__
+
+    def from_config(cls, config, *args, **kwargs):
+        import bitsandbytes as bnb
+
+        model = built(cls, config, *args, **kwargs)
+        targets = [
+            (name, module)
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and (".layers." in name) and not name.startswith("whisper")
+        ]
+        for name, linear in targets:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            q = bnb.nn.Linear4bit(
+                linear.in_features, linear.out_features, bias=linear.bias is not None, compute_dtype=torch.bfloat16,
+                compress_statistics=True, quant_type="nf4", quant_storage=torch.bfloat16, device="meta",
+            )  # fmt: skip
+            q.weight = bnb.nn.Params4bit(
+                linear.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4",
+                quant_storage=torch.bfloat16,
+            ).to(linear.weight.device)  # fmt: skip
+            if linear.bias is not None:
+                q.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+            setattr(parent, child, q)
+            del linear
+        gc.collect()
+        torch.cuda.empty_cache()
+        model.is_loaded_in_4bit = True
+        return model
+
+    patched.set(auto, "from_config", classmethod(from_config))
+
+
+# -------------------------------------------------------------------------------------------------- the runner
+def placeholder_token_id(model_dir: str) -> int:
+    from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
+    from llamafactory_kimi_audio.models.modeling_kimi_audio import special_id
+    from llamafactory_kimi_audio.models.special_tokens import AUDIO_PLACEHOLDER
+
+    return special_id(KimiAudioConfig.from_pretrained(model_dir), AUDIO_PLACEHOLDER)
+
+
+def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[str, Any]:
+    import torch
+    from llamafactory.train.tuner import run_exp
+
+    from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
+
+    text = spec.get("text", False)
+    mode = spec.get("mode", "cached")
+    model_dir = paths["qwen"] if text else paths["kimi"]
+    tokenized = paths["qwen_tok"] if text else paths["kimi_tok"]
+    os.environ.pop("KIMI_AUDIO_FEATURE_CACHE", None)
+    if mode in ("cached", "official"):
+        os.environ["KIMI_AUDIO_FEATURE_CACHE"] = paths["cache"]
+    patched = Patched()
+    if mode == "official":
+        official_semantics(patched)
+    if spec.get("qlora"):
+        qlora_models(patched)
+    if spec.get("attention") == "v0":
+        attention_v0(patched)
+    elif spec.get("attention") == "nogqa":
+        from llamafactory_kimi_audio.models import modeling_kimi_audio as m
+
+        patched.set(m, "SDPA_HAS_GQA", False)
+    callback = common.make_callback(None if text else placeholder_token_id(paths["kimi"]))
+    args = lf_args(model_dir, paths["data"], os.path.join(paths["work"], "out", name), tokenized, spec, a)
+    started = time.perf_counter()
+    try:
+        run_exp(args=args, callbacks=[callback])
+    finally:
+        patched.restore()
+    wall = time.perf_counter() - started
+    kimi = KimiAudioConfig.from_pretrained(paths["kimi"])
+    shapes = common.Shapes.of(kimi)
+    if text:
+        shapes = common.Shapes(**{**shapes.__dict__, "vocab": kimi.kimia_text_output_vocab})
+    steps = callback.state.steps
+    extra = 0.0
+    if mode in ("raw", "official") and steps:
+        # one 30 s chunk per clip (all clips < 30 s): the frozen Whisper forward, not counted in MFU
+        extra = common.whisper_flops(shapes, len(steps[-1].lengths))
+    result = common.summarise(name, steps, shapes, a.warmup, callback.state.peak_bytes, extra_flops_per_step=extra)
+    result.update(wall_s=wall, spec=spec)
+    del callback
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def prepare(a) -> dict[str, str]:
+    """Model dirs, corpus, random feature cache, and the two tokenized datasets (Kimi through LF, then text-only)."""
+    from llamafactory.train.tuner import run_exp
+
+    preset = "tiny" if a.tiny else "full"
+    work = os.path.abspath(a.work)
+    paths = {
+        "work": work,
+        "kimi": os.path.join(work, f"kimi-{preset}"),
+        "qwen": os.path.join(work, f"qwen2-{preset}"),
+        "data": os.path.join(work, "data"),
+        "cache": os.path.join(work, "feature_cache"),
+        "kimi_tok": os.path.join(work, f"tokenized-kimi-{preset}-{a.samples}"),
+        "qwen_tok": os.path.join(work, f"tokenized-qwen-{preset}-{a.samples}"),
+    }
+    t0 = time.perf_counter()
+    common.make_kimi_dir(paths["kimi"], preset, device="cpu" if a.tiny else "cuda")
+    common.make_corpus(paths["data"], a.samples)
+    common.fill_random_feature_cache(paths["cache"], paths["kimi"], common.corpus_audio_paths(paths["data"]))
+    print(f"[bench] model dir + corpus + cache: {time.perf_counter() - t0:.1f}s", flush=True)
+    if not os.path.isdir(paths["kimi_tok"]):
+        # one LLaMA-Factory pass that tokenizes (and saves) the dataset: 1 step at batch 1, not measured
+        spec = dict(bs=1)
+        args = lf_args(paths["kimi"], paths["data"], os.path.join(work, "out", "tokenize"), paths["kimi_tok"], spec, a)
+        args["max_steps"] = 1
+        os.environ["KIMI_AUDIO_FEATURE_CACHE"] = paths["cache"]
+        t0 = time.perf_counter()
+        run_exp(args=args)
+        print(f"[bench] tokenize + 1 warm-up step: {time.perf_counter() - t0:.1f}s", flush=True)
+    from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
+
+    base = KimiAudioConfig.from_pretrained(paths["kimi"]).num_base_tokens
+    common.make_qwen_dir(paths["qwen"], preset, paths["kimi"])
+    common.make_text_only_tokenized(paths["kimi_tok"], paths["qwen_tok"], base)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="CPU run on the tiny checkpoint (seconds)")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES))
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per case (default 24, tiny 4)")
+    parser.add_argument("--warmup", type=int, default=None, help="steps left out of the figures (default 4, tiny 1)")
+    parser.add_argument("--samples", type=int, default=None, help="corpus size (default 400, tiny 32)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/kimi_bench"))
+    parser.add_argument("--out", default=None, help="append one JSON line per case")
+    parser.add_argument("--budget", type=int, default=0, help="skip the remaining cases after this many seconds")
+    a = parser.parse_args(argv)
+    a.steps = a.steps or (4 if a.tiny else 24)
+    a.warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 4)
+    a.samples = a.samples or (32 if a.tiny else 400)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    common.build_on_gpu(not a.tiny)
+    paths = prepare(a)
+    rows = []
+    started = time.perf_counter()
+    for name in [c for c in a.cases.split(",") if c]:
+        spec = KIMI_CASES[name]
+        if a.budget and time.perf_counter() - started > a.budget:
+            rows.append({"case": name, "error": "skipped (time budget)"})
+            continue
+        print(f"[bench] ===== {name} {spec}", flush=True)
+        try:
+            row = run_case(name, spec, paths, a)
+        except Exception as exc:  # one failing case must not lose the others' figures
+            traceback.print_exc()
+            row = {"case": name, "error": f"{type(exc).__name__}: {exc}"}
+        rows.append(row)
+        print("[bench] " + json.dumps(row), flush=True)
+        if a.out:
+            with open(a.out, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+    print(common.format_table(rows))
+    by_name = {r["case"]: r for r in rows if "error" not in r}
+    for kimi, qwen in (
+        ("kimi_cached_mb8", "qwen_text_mb8"),
+        ("kimi_cached_mb8_group", "qwen_text_mb8_group"),
+        ("kimi_cached_mb8_group_v0", "qwen_text_mb8_group"),
+        ("kimi_cached_mb16_group", "qwen_text_mb16_group"),
+        ("kimi_cached_mb32_group", "qwen_text_mb32_group"),
+    ):
+        if kimi in by_name and qwen in by_name:
+            ratio = by_name[kimi]["tokens_per_s"] / by_name[qwen]["tokens_per_s"]
+            print(f"throughput ratio {kimi} / {qwen} = {ratio:.3f}")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

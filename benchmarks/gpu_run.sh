@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU runs behind benchmarks/RESULTS.md, from the repository root on a 2 × H200 machine (device kind
+# nvidia-h200-x2), with the wheels of .whl/ (see RESULTS.md, "Environment"):
+#   bash benchmarks/gpu_run.sh bench   # GPU 0: bench_train.py; GPU 1: bench_precompute.py, then the saved checkpoint
+#   bash benchmarks/gpu_run.sh dist    # both GPUs: bench_dist.py (DDP, ZeRO-2, ZeRO-3, full + ZeRO-3)
+# Results land in $OUT (default /tmp/bench_out). Each phase re-creates what it needs if the machine is fresh.
+set -uo pipefail
+PHASE=${1:?bench or dist}
+OUT=${OUT:-/tmp/bench_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false BENCH_WORK=/tmp/kimi_bench
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+if [ "$(python3 -c 'import transformers; print(transformers.__version__)' 2>/dev/null)" != "5.6.0" ] \
+    || ! python3 -c 'import llamafactory_kimi_audio' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade .whl/*.whl || exit 1
+fi
+# this checkout's package, always (a warm machine may hold an older build)
+python3 -m pip install -q --no-index --no-deps --no-compile --force-reinstall .whl/llamafactory_kimi_audio-*.whl || exit 1
+python3 benchmarks/common.py install-hooks /tmp/benchhooks || exit 1
+export PYTHONPATH=/tmp/benchhooks
+
+python3 - <<'EOF' || exit 1
+import importlib.metadata as md, sys, torch
+import llamafactory.train.tuner  # noqa: F401  (runs the start-up hooks)
+from llamafactory_kimi_audio import _startup
+names = ["torch", "transformers", "peft", "accelerate", "llamafactory", "trl", "datasets", "tokenizers",
+         "deepspeed", "bitsandbytes", "llamafactory-kimi-audio"]
+versions = {}
+for name in names:
+    try:
+        versions[name] = md.version(name)
+    except md.PackageNotFoundError:
+        versions[name] = None
+print("python", sys.version.split()[0], versions, "cuda", torch.version.cuda, torch.cuda.device_count(), "GPUs")
+print("hooks", _startup.applied_hooks(), "failed", _startup.failed_hooks())
+assert not _startup.failed_hooks()
+EOF
+
+case "$PHASE" in
+bench)
+  { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; nproc; } > "$OUT/machine.txt"
+  CUDA_VISIBLE_DEVICES=0 python3 benchmarks/common.py setup --work "$BENCH_WORK" --samples 400 || exit 1
+  (
+    CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_precompute.py --workers 8 --out "$OUT/precompute.jsonl" \
+      > "$OUT/precompute.log" 2>&1
+    CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_dist.py --prepare-only > "$OUT/dist_prepare.log" 2>&1
+  ) &
+  CUDA_VISIBLE_DEVICES=0 python3 benchmarks/bench_train.py --budget "${TRAIN_BUDGET:-420}" --out "$OUT/train.jsonl" \
+    > "$OUT/train.log" 2>&1
+  wait
+  tail -30 "$OUT/train.log"; tail -12 "$OUT/precompute.log"; tail -3 "$OUT/dist_prepare.log"
+  ;;
+dist)
+  python3 benchmarks/bench_dist.py --budget "${DIST_BUDGET:-450}" --out "$OUT/dist.jsonl" --logs /tmp/kimi_bench/logs \
+    2>&1 | tee "$OUT/dist.log"
+  tar czf "$OUT/dist_logs.tgz" -C /tmp/kimi_bench logs
+  ;;
+esac
