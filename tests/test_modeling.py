@@ -569,6 +569,9 @@ def generation_case(model, processor, ids, tik, whisper_ref, glm):
     gen_model = copy.deepcopy(model)
     with torch.no_grad():
         gen_model.model.embed_tokens.weight.mul_(50.0)
+        for layer in gen_model.model.layers:  # louder residual branches: the 0.02-std tiny weights otherwise
+            layer.self_attn.o_proj.weight.mul_(5.0)  # let the embedding dominate and decode no base-text token
+            layer.mlp.down_proj.weight.mul_(5.0)
     n = gen_model.config.num_hidden_layers
     gen_ref = qwen2_reference(
         gen_model, [f"model.layers.{i}" for i in range(n)], "model.norm.weight", "lm_head.weight"
