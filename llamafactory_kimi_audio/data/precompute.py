@@ -260,10 +260,34 @@ def precompute(
         say = report or (lambda line: bar.write(line, file=sys.stderr))
         load = (lambda: encoders) if encoders else (lambda: _guarded(load_audio_encoders, model_dir, options.device))
         run = _Run(result, options, bar, say, load)
-        for audio in audio_paths:
-            run.add(audio)
+        # Similar durations share a batch (GLM-4-Voice then computes little padding); decoding and hashing of the
+        # next files overlap with the encoders in a few threads (soundfile and numpy release the GIL).
+        ordered = sorted(audio_paths, key=_file_size)
+        for audio, prepared in prefetch(ordered, run.prepare, window=4 * options.batch_size):
+            run.add(audio, prepared)
         run.flush()
     return result
+
+
+def _file_size(path: str) -> int:
+    return os.path.getsize(path) if os.path.isfile(path) else 0
+
+
+def prefetch(items: list[str], function: Callable[[str], Any], window: int, workers: int = 4) -> Iterator[tuple]:
+    """``(item, function(item))`` in order, computed ``window`` items ahead in a thread pool (bounded memory)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        queue: deque = deque()
+        for item in items:
+            queue.append((item, pool.submit(function, item)))
+            if len(queue) > window:
+                head, future = queue.popleft()
+                yield head, future.result()
+        while queue:
+            head, future = queue.popleft()
+            yield head, future.result()
 
 
 def _guarded(function: Callable[..., Any], model_dir: str, *args: Any) -> Any:
@@ -289,17 +313,24 @@ class _Run:
         self.pending: list[_Pending] = []
         self.seen: set[str] = set()
 
-    def add(self, audio: str) -> None:
+    def prepare(self, audio: str) -> tuple[str, Any] | Exception:
+        """(cache entry, waveform or None when already cached), or the error; runs in a worker thread."""
         try:
             entry = entry_path(self.result.cache_dir, self.result.identity, audio)
-            if entry in self.seen or os.path.isfile(entry):  # cached, or the same bytes under another name
-                self.result.skipped += 1
-                self.bar.update(1)
-                return
-            self.pending.append(_Pending(audio, entry, load_audio(audio)))
+            return entry, None if os.path.isfile(entry) else load_audio(audio)
         except (AudioError, OSError) as err:
-            self.fail(audio, err)
+            return err
+
+    def add(self, audio: str, prepared: tuple[str, Any] | Exception) -> None:
+        if isinstance(prepared, Exception):
+            self.fail(audio, prepared)
             return
+        entry, wave = prepared
+        if entry in self.seen or wave is None:  # cached, or the same bytes under another name
+            self.result.skipped += 1
+            self.bar.update(1)
+            return
+        self.pending.append(_Pending(audio, entry, wave))
         self.seen.add(entry)
         if len(self.pending) >= self.options.batch_size:
             self.flush()
