@@ -20,11 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
+    from ._errors import EXIT_ENV, CliError
 
-    result = run_demo(
-        args.out_dir, n_train=args.n_train, n_test=args.n_test, max_steps=args.max_steps, backend=args.backend,
-        lang=args.lang, seed=args.seed, silence=args.silence,
-    )  # fmt: skip
+    try:
+        result = run_demo(
+            args.out_dir, n_train=args.n_train, n_test=args.n_test, max_steps=args.max_steps, backend=args.backend,
+            lang=args.lang, seed=args.seed, silence=args.silence,
+        )  # fmt: skip
+    except RuntimeError as err:  # a step failed; the message names its log and shows the tail
+        raise CliError(str(err), EXIT_ENV) from err
     timings = ", ".join(f"{name} {sec:.0f}s" for name, sec in result.seconds.items())
     print(f"{result.summary()}\n  steps: {timings}")
     return 0
