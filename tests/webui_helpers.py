@@ -301,11 +301,12 @@ class GradioPage:
         inp = self.find_visible(By.CSS_SELECTOR, f"input[role='listbox'][aria-label={_css_str(label)}]")
         self.scroll_to(inp)
         inp.click()
-        options = self.wait(
-            lambda _d: self._visible(By.CSS_SELECTOR, "ul[role='listbox'] li[role='option']"),
-            message=f"options of {label!r}",
-        )
-        names = [o.get_attribute("aria-label") or o.text for o in options]
+        def read_names(_driver) -> list[str] | None:
+            # Read inside the wait: Gradio re-renders the list while it opens, and wait() retries stale elements.
+            options = self._visible(By.CSS_SELECTOR, "ul[role='listbox'] li[role='option']")
+            return [o.get_attribute("aria-label") or o.text for o in options] or None
+
+        names = self.wait(read_names, message=f"options of {label!r}")
         inp.send_keys(Keys.ESCAPE)
         return names
 
