@@ -920,3 +920,12 @@ def test_mimo_audio_logits_fork_after_configured_layer(model, layout, ids, tik, 
     shifted = [f"model.layers.{i}" for i in range(fork + 2)] + layers[fork + 1 :]
     wrong = reference_logits(qwen2_reference(model, shifted, "model.mimo_norm.weight", "mimo_output.weight"), embeds)
     assert not torch.allclose(both.audio_logits[0], wrong, atol=1e-3)
+
+
+def test_device_map_loads_the_whisper_encoder(ckpt) -> None:
+    """LLaMA-Factory loads with device_map={"": device}; transformers 4.x would dispatch meta Whisper weights."""
+    plain = KimiAudioForCausalLM.from_pretrained(ckpt)
+    mapped = KimiAudioForCausalLM.from_pretrained(ckpt, device_map={"": "cpu"})
+    reference, loaded = plain.whisper_encoder.state_dict(), mapped.whisper_encoder.state_dict()
+    for name, tensor in reference.items():
+        assert loaded[name].device.type == "cpu" and torch.equal(tensor, loaded[name]), name

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import __version__ as transformers_version
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -546,10 +547,19 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         elif config.whisper_config is None:
             config.attach_audio_dirs(path)
         kwargs.pop("trust_remote_code", None)
+        # transformers 4.x dispatches a device_map before we can fill the Whisper encoder from its own file (its
+        # parameters would still be on the meta device): load on the CPU, fill, then move to the single device.
+        target = (
+            _single_device(kwargs.get("device_map")) if _TRANSFORMERS_MAJOR < 5 and config.whisper_config else None
+        )
+        if target is not None:
+            kwargs.pop("device_map")
         model = super().from_pretrained(path, *args, config=config, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
         loaded.load_whisper_encoder(path)
         loaded.generation_config = default_generation_config(loaded.config, path)
+        if target is not None:
+            loaded.to(target)
         return model
 
     def load_whisper_encoder(self, model_dir: str) -> None:
@@ -613,6 +623,20 @@ class StreamIds:
             text_eos=special_id(config, TEXT_EOS),
             audio_stream=tuple(stream),
         )
+
+
+_TRANSFORMERS_MAJOR = int(transformers_version.split(".")[0])
+
+
+def _single_device(device_map: Any) -> Any:
+    """The one device of a device_map such as ``{"": 0}`` / ``"cuda:0"``; None for none or a multi-device map."""
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        device_map = device_map[""]
+    if isinstance(device_map, int):
+        return torch.device("cuda", device_map)
+    if isinstance(device_map, (str, torch.device)) and str(device_map) not in ("auto", "balanced", "sequential"):
+        return torch.device(device_map)
+    return None
 
 
 def check_frame_count(positions: int, codes: int, rows: int) -> None:
