@@ -7,7 +7,6 @@ the same source of truth.
 
 from __future__ import annotations
 
-import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,7 +58,3 @@ class Patch:
         self._original = None
         return True
 
-
-def wraps_original(original: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """functools.wraps that also keeps ``__wrapped__`` pointing at the original (so ``inspect`` sees it)."""
-    return functools.wraps(original)

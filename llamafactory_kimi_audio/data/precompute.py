@@ -187,21 +187,14 @@ def load_audio_encoders(model_dir: str, device: str = "cpu") -> AudioEncoders:
 def load_whisper_encoder(whisper_config: dict[str, Any], weights: str, device: Any, dtype: Any) -> Any:
     """``build_whisper_encoder`` filled from the ``model.encoder.*`` tensors only (the decoder is never read)."""
     import torch
-    from safetensors import safe_open
 
-    from ..models.modeling_kimi_audio import build_whisper_encoder
+    from ..models.modeling_kimi_audio import build_whisper_encoder, read_whisper_encoder_state
 
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{weights}: Whisper encoder weights not found")
     with torch.device("meta"):
         encoder = build_whisper_encoder(whisper_config)
-    prefix, expected = "model.encoder.", set(encoder.state_dict())
-    with safe_open(weights, framework="pt", device="cpu") as f:
-        names = [k for k in f.keys() if k.startswith(prefix) and k[len(prefix) :] in expected]
-        state = {k[len(prefix) :]: f.get_tensor(k) for k in names}
-    missing = sorted(expected - set(state))
-    if missing:
-        raise ValueError(f"{weights}: missing Whisper encoder tensors {missing[:5]} (expected keys model.encoder.*)")
+    state = read_whisper_encoder_state(weights, encoder.state_dict())
     encoder.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
     return encoder.requires_grad_(False).eval()
 

@@ -9,8 +9,6 @@ import numpy as np
 
 from ..eval.normalize import get_normalizer
 
-IGNORE_INDEX = -100
-
 
 def corpus_error_rates(references: list[str], hypotheses: list[str], normalizer: str = "standard") -> dict[str, float]:
     """Corpus-level CER (characters, spaces removed) and WER (words) after normalisation, plus exact match."""
@@ -43,14 +41,9 @@ class ComputeAsrMetrics:
     hypotheses: list[str] = field(default_factory=list)
 
     def decode(self, rows: np.ndarray) -> list[str]:
-        eos = self.tokenizer.eos_token_id
-        text_vocab = getattr(self.tokenizer, "num_base_tokens", None) or len(self.tokenizer)
-        texts = []
-        for row in rows.tolist():
-            row = [t for t in row if t != IGNORE_INDEX and t >= 0]
-            row = row[: row.index(eos)] if eos in row else row
-            texts.append(self.tokenizer.decode([t for t in row if t < text_vocab], skip_special_tokens=True).strip())
-        return texts
+        from ..models.processing_kimi_audio import transcript_text
+
+        return [transcript_text(self.tokenizer, [t for t in row if t >= 0]) for row in rows.tolist()]
 
     def __call__(self, eval_preds: Any, compute_result: bool = True) -> dict[str, float] | None:
         from llamafactory.extras.misc import numpify

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -566,16 +567,8 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         weights = os.path.join(model_dir, WHISPER_SUBDIR, "model.safetensors")
         if self.whisper_encoder is None or not os.path.isfile(weights):
             return
-        from safetensors.torch import load_file
-
-        prefix = "model.encoder."
-        state = {k[len(prefix) :]: v for k, v in load_file(weights).items() if k.startswith(prefix)}
         reference = self.whisper_encoder.state_dict()
-        missing = sorted(set(reference) - set(state))
-        if missing:
-            raise ValueError(
-                f"{weights}: missing Whisper encoder tensors {missing[:5]} (expected keys model.encoder.*)"
-            )
+        state = read_whisper_encoder_state(weights, reference)
         if any(hasattr(p, "ds_id") for p in self.whisper_encoder.parameters()):
             load_into_zero3_partitions(self.whisper_encoder, state)  # from_pretrained under DeepSpeed ZeRO-3
             return
@@ -583,7 +576,7 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         # transformers 4.x leaves the encoder (absent from the LM shards) on the meta device: assign real tensors.
         on_meta = param.device.type == "meta"
         device = self.get_input_embeddings().weight.device if on_meta else param.device
-        tensors = {k: v.to(device=device, dtype=param.dtype) for k, v in state.items() if k in reference}
+        tensors = {k: v.to(device=device, dtype=param.dtype) for k, v in state.items()}
         self.whisper_encoder.load_state_dict(tensors, assign=on_meta)
         self.whisper_encoder.requires_grad_(False)
 
@@ -695,6 +688,20 @@ def load_into_zero3_partitions(module: nn.Module, state: dict[str, torch.Tensor]
             if name in state:
                 buffer.copy_(state[name].to(device=buffer.device, dtype=buffer.dtype))
     module.requires_grad_(False)
+
+
+def read_whisper_encoder_state(weights: str, expected: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The ``model.encoder.*`` tensors named by ``expected`` from a full Whisper file; the decoder is never read."""
+    from safetensors import safe_open
+
+    prefix, expected = "model.encoder.", set(expected)
+    with safe_open(weights, framework="pt", device="cpu") as f:
+        names = [k for k in f.keys() if k.startswith(prefix) and k[len(prefix) :] in expected]
+        state = {k[len(prefix) :]: f.get_tensor(k) for k in names}
+    missing = sorted(expected - set(state))
+    if missing:
+        raise ValueError(f"{weights}: missing Whisper encoder tensors {missing[:5]} (expected keys model.encoder.*)")
+    return state
 
 
 def build_whisper_encoder(whisper_config: dict[str, Any] | None) -> nn.Module | None:

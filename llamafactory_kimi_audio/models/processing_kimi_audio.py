@@ -93,14 +93,7 @@ class KimiAudioProcessor:
         return batch
 
     def decode_transcripts(self, generated: torch.Tensor) -> list[str]:
-        """Text before ``<|im_kimia_text_eos|>``, audio ids and specials dropped (spec §7)."""
-        eos = self.tokenizer.convert_tokens_to_ids(st.TEXT_EOS)
-        text_vocab = getattr(self.tokenizer, "num_base_tokens", None) or eos
-        results = []
-        for row in generated.tolist():
-            row = row[: row.index(eos)] if eos in row else row
-            results.append(self.tokenizer.decode([t for t in row if t < text_vocab]).strip())
-        return results
+        return [transcript_text(self.tokenizer, row) for row in generated.tolist()]
 
     # ---------------------------------------------------------------------------------------- persistence
     @classmethod
@@ -157,3 +150,11 @@ def pad_ids(sequences: list[list[int]], pad_id: int, padding_side: str = "left")
         ids[row, span] = torch.tensor(seq, dtype=torch.long)
         mask[row, span] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def transcript_text(tokenizer, ids: list[int]) -> str:
+    """Text before ``<|im_kimia_text_eos|>``, audio ids and specials dropped (spec §7)."""
+    eos = tokenizer.convert_tokens_to_ids(st.TEXT_EOS)
+    text_vocab = getattr(tokenizer, "num_base_tokens", None) or eos
+    ids = ids[: ids.index(eos)] if eos in ids else ids
+    return tokenizer.decode([t for t in ids if t < text_vocab]).strip()
