@@ -12,7 +12,7 @@ import torch
 def load_for_inference(model_path: str, adapter_path: str | None = None, device: str | None = None):
     """(model, processor) in eval mode; a LoRA adapter is merged for speed."""
     from ..models.auto import is_kimi_audio_checkpoint
-    from ..models.modeling_kimi_audio import KimiAudioForCausalLM
+    from ..models.modeling_kimi_audio import TRANSFORMERS_MAJOR, KimiAudioForCausalLM
     from ..models.processing_kimi_audio import KimiAudioProcessor
 
     if not is_kimi_audio_checkpoint(model_path):
@@ -21,11 +21,8 @@ def load_for_inference(model_path: str, adapter_path: str | None = None, device:
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    model = (
-        KimiAudioForCausalLM.from_pretrained(model_path, dtype=dtype)
-        if _has_dtype_kwarg()
-        else (KimiAudioForCausalLM.from_pretrained(model_path, torch_dtype=dtype))
-    )
+    dtype_kwarg = "dtype" if TRANSFORMERS_MAJOR >= 5 else "torch_dtype"  # 5.x renamed it
+    model = KimiAudioForCausalLM.from_pretrained(model_path, **{dtype_kwarg: dtype})
     if adapter_path:
         from peft import PeftModel
 
@@ -37,12 +34,6 @@ def load_for_inference(model_path: str, adapter_path: str | None = None, device:
     )
     processor = KimiAudioProcessor.from_pretrained(processor_dir)
     return model.to(device).eval(), processor
-
-
-def _has_dtype_kwarg() -> bool:
-    import transformers
-
-    return int(transformers.__version__.split(".")[0]) >= 5
 
 
 def batches(items: list, size: int) -> Iterator[list]:

@@ -550,9 +550,7 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         kwargs.pop("trust_remote_code", None)
         # transformers 4.x dispatches a device_map before we can fill the Whisper encoder from its own file (its
         # parameters would still be on the meta device): load on the CPU, fill, then move to the single device.
-        target = (
-            _single_device(kwargs.get("device_map")) if _TRANSFORMERS_MAJOR < 5 and config.whisper_config else None
-        )
+        target = _single_device(kwargs.get("device_map")) if TRANSFORMERS_MAJOR < 5 and config.whisper_config else None
         if target is not None:
             kwargs.pop("device_map")
         model = super().from_pretrained(path, *args, config=config, **kwargs)
@@ -618,7 +616,7 @@ class StreamIds:
         )
 
 
-_TRANSFORMERS_MAJOR = int(transformers_version.split(".")[0])
+TRANSFORMERS_MAJOR = int(transformers_version.split(".")[0])
 
 
 def _single_device(device_map: Any) -> Any:
