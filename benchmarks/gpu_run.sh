@@ -52,8 +52,16 @@ bench)
   tail -30 "$OUT/train.log"; tail -12 "$OUT/precompute.log"; tail -3 "$OUT/dist_prepare.log"
   ;;
 dist)
+  # ZeRO offload swaps the Trainer's AdamW for DeepSpeedCPUAdam, which DeepSpeed JIT-compiles on first use (ninja +
+  # the CUDA toolkit); build it now, beside the checkpoint preparation, and log how long it takes
+  python3 -c 'import time; from deepspeed.ops.op_builder import CPUAdamBuilder; t = time.time(); CPUAdamBuilder().load(); print(f"cpu_adam ready in {time.time() - t:.0f}s")' \
+    > "$OUT/cpu_adam.log" 2>&1 &
+  # DIST_ARGS: e.g. "--cases lora_1gpu,full_z3_offload --steps 4 --warmup 1"
+  # shellcheck disable=SC2086
   python3 benchmarks/bench_dist.py --budget "${DIST_BUDGET:-450}" --out "$OUT/dist.jsonl" --logs /tmp/kimi_bench/logs \
-    2>&1 | tee "$OUT/dist.log"
+    ${DIST_ARGS:-} 2>&1 | tee "$OUT/dist.log"
+  wait
+  cat "$OUT/cpu_adam.log"
   tar czf "$OUT/dist_logs.tgz" -C /tmp/kimi_bench logs
   ;;
 esac

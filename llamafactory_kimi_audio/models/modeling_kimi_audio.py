@@ -274,6 +274,8 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
             past_key_values = DynamicCache()
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 4:
+                raise ValueError("a 4-D (packed) attention_mask needs the position_ids of its packed sequences")
             position_ids = default_position_ids(attention_mask, inputs_embeds.shape[1], past_len, inputs_embeds.device)
         bias, is_causal = attention_bias(
             attention_mask, inputs_embeds.shape[1], past_len, inputs_embeds.dtype, inputs_embeds.device
@@ -292,6 +294,16 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
         return output, mimo_hidden
 
 
+def packed_segments(position_ids: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Batch-wide utterance numbers [B, L] of packed rows (a new utterance wherever its positions restart at 0), or
+    None for unpacked batches. Packing is recognised by its 4-D block-diagonal mask (``neat_packing``)."""
+    if position_ids is None or mask is None or mask.dim() != 4 or position_ids.dim() != 2:
+        return None
+    starts = position_ids == 0
+    starts[:, 0] = True  # every row opens a new utterance, even if its positions do not start at 0
+    return starts.long().flatten().cumsum(0).view_as(position_ids) - 1
+
+
 def default_position_ids(mask: torch.Tensor | None, length: int, past_len: int, device) -> torch.Tensor:
     """Positions 0..L-1 of every sample's real tokens (left padding included), continuing after the cache."""
     if mask is None:
@@ -303,7 +315,15 @@ def default_position_ids(mask: torch.Tensor | None, length: int, past_len: int, 
 def attention_bias(
     mask: torch.Tensor | None, length: int, past_len: int, dtype, device=None
 ) -> tuple[torch.Tensor | None, bool]:
-    """Additive [B,1,L,K] bias for causal + padding masking; (None, True) when plain causal attention suffices."""
+    """Additive [B,1,L,K] bias for causal + padding masking; (None, True) when plain causal attention suffices.
+
+    A 4-D mask is taken as given (LLaMA-Factory's ``neat_packing`` passes a block-diagonal causal one, additive or
+    boolean): it already says which keys each query may see.
+    """
+    if mask is not None and mask.dim() == 4:
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return mask.to(dtype), False
     if mask is None or bool(mask.all()):
         if past_len == 0:
             return None, length > 1
@@ -473,7 +493,7 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         loss = logits = None
         if labels is not None:
-            loss = self.text_loss(hidden, labels)
+            loss = self.text_loss(hidden, labels, packed_segments(position_ids, attention_mask))
         else:
             kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
             logits = self.lm_head(kept)
@@ -483,11 +503,14 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         )
         return output if return_dict is not False else output.to_tuple()
 
-    def text_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def text_loss(
+        self, hidden: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Cross-entropy of the text head at labelled positions only (no fp32 logits over unlabelled positions).
 
         ``sample`` reduction = the official per-utterance mean ``Σ CE / (n + 1e-4)`` (spec §5.4), averaged over the
-        utterances of the batch that have labels; ``token`` = the usual mean over all labelled tokens.
+        utterances of the batch that have labels; ``token`` = the usual mean over all labelled tokens. ``segments``
+        [B, L] numbers the utterances of packed rows (see ``packed_segments``); without it a row is one utterance.
         """
         shift_labels = labels[:, 1:].to(hidden.device)
         selected = shift_labels != IGNORE_INDEX
@@ -495,9 +518,14 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         token_loss = F.cross_entropy(logits, shift_labels[selected], reduction="none")
         if self.config.loss_reduction == "token":
             return token_loss.sum() / selected.sum().clamp(min=1)
-        sample_index = torch.arange(labels.shape[0], device=hidden.device)[:, None].expand_as(selected)[selected]
-        per_sample = torch.zeros(labels.shape[0], device=hidden.device).index_add(0, sample_index, token_loss)
-        counts = selected.sum(dim=1)
+        if segments is None:
+            segments = torch.arange(labels.shape[0], device=hidden.device)[:, None].expand_as(labels)
+        segments = segments[:, 1:].to(hidden.device)  # a label belongs to the utterance of the token it predicts
+        total = int(segments.max()) + 1
+        per_sample = torch.zeros(total, device=hidden.device).index_add(0, segments[selected], token_loss)
+        counts = torch.zeros(total, dtype=torch.long, device=hidden.device).index_add(
+            0, segments[selected], torch.ones_like(segments[selected])
+        )
         has_labels = counts > 0
         if not bool(has_labels.any()):
             return per_sample.sum() + 0.0 * hidden.sum()  # keep the graph connected (DDP) for label-free batches
