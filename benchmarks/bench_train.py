@@ -24,6 +24,8 @@ Cases (``--cases`` picks some):
                          batch (SDPA's memory-efficient kernel) and K/V expanded 7x for GQA
   kimi_cached_mb8_group_nogqa  the new attention without ``enable_gqa``; *_mb16_group_v0 / _nogqa the same at 16
   kimi_cached_mb32_group / qwen_text_mb32_group  micro-batch 32
+  kimi_cached_mb32_group_nodrop  the same with lora_dropout 0 (PEFT then skips a dropout copy of every LoRA input)
+  kimi_packed1024_mb4[_nodrop]  packing + neat_packing into 1,024-token rows (block-diagonal attention), micro-batch 4
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_cached_mb16_group_nogqa": dict(bs=16, group=True, attention="nogqa"),
     "kimi_cached_mb32_group": dict(bs=32, group=True),
     "qwen_text_mb32_group": dict(bs=32, group=True, text=True),
+    "kimi_cached_mb32_group_nodrop": dict(bs=32, group=True, lora_dropout=0.0),
+    "kimi_packed1024_mb4": dict(bs=4, packing=1024),
+    "kimi_packed1024_mb4_nodrop": dict(bs=4, packing=1024, lora_dropout=0.0),
 }
 DEFAULT_CASES = list(KIMI_CASES)
 
@@ -75,7 +80,7 @@ def lf_args(model_dir: str, data_dir: str, out_dir: str, tokenized: str, spec: d
         "lora_target": "all",
         "lora_rank": 16,
         "lora_alpha": 32,
-        "lora_dropout": 0.05,
+        "lora_dropout": spec.get("lora_dropout", 0.05),
         "dataset": "bench_asr",
         "dataset_dir": data_dir,
         "template": "qwen" if text else "kimi_audio",
@@ -98,6 +103,8 @@ def lf_args(model_dir: str, data_dir: str, out_dir: str, tokenized: str, spec: d
     }
     if spec.get("group"):
         args["train_sampling_strategy"] = "group_by_length"
+    if spec.get("packing"):  # LLaMA-Factory packs (neat_packing: block-diagonal attention) while tokenizing
+        args.update(packing=True, neat_packing=True, cutoff_len=spec["packing"], tokenized_path=None)
     if a.tiny:
         args.update(use_cpu=True, bf16=False)
     else:
@@ -274,10 +281,13 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
 
         patched.set(m, "SDPA_HAS_GQA", False)
     callback = common.make_callback(None if text else placeholder_token_id(paths["kimi"]))
+    callbacks = [callback]
+    if name in a.profile.split(","):
+        callbacks.append(common.make_profiler_callback(os.path.join(a.profile_dir, name), a.warmup + 1))
     args = lf_args(model_dir, paths["data"], os.path.join(paths["work"], "out", name), tokenized, spec, a)
     started = time.perf_counter()
     try:
-        run_exp(args=args, callbacks=[callback])
+        run_exp(args=args, callbacks=callbacks)
     finally:
         patched.restore()
     wall = time.perf_counter() - started
@@ -347,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/kimi_bench"))
     parser.add_argument("--out", default=None, help="append one JSON line per case")
     parser.add_argument("--budget", type=int, default=0, help="skip the remaining cases after this many seconds")
+    parser.add_argument("--profile", default="", help="cases to profile (torch.profiler, 2 steps after the warm-up)")
+    parser.add_argument("--profile-dir", default="profiles", help="where the profiles go (one folder per case)")
     a = parser.parse_args(argv)
     a.steps = a.steps or (4 if a.tiny else 24)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 4)

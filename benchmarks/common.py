@@ -379,6 +379,71 @@ class BenchCallbackState:
     current: dict[str, Any] = field(default_factory=dict)
 
 
+def packed_lengths(mask: Any, position_ids: Any) -> list[int]:
+    """Real tokens of every utterance in packed rows: positions restart at 0 per utterance; a token is real when the
+    block-diagonal 4-D mask lets it see itself (pad rows are fully masked)."""
+    import torch
+
+    real = (torch.diagonal(mask[:, 0], dim1=-2, dim2=-1) == 0).cpu()
+    starts = (position_ids == 0).cpu()
+    lengths = []
+    for row_real, row_starts in zip(real, starts):
+        bounds = [*row_starts.nonzero().flatten().tolist(), len(row_real)]
+        lengths += [int(row_real[a:b].sum()) for a, b in zip(bounds, bounds[1:])]
+    return [n for n in lengths if n]
+
+
+def make_profiler_callback(out_dir: str, first_step: int, steps: int = 2):
+    """``torch.profiler`` over optimizer steps ``first_step .. first_step + steps - 1``: writes the kernel table, the
+    GPU-busy share of the wall time and a gzipped Chrome trace into ``out_dir``."""
+    import gzip
+    import shutil
+
+    import torch
+    from transformers import TrainerCallback
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+
+    class ProfileCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.prof = None
+            self.t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.prof is None and state.global_step == first_step:
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is None or state.global_step != first_step + steps:
+                return
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+            os.makedirs(out_dir, exist_ok=True)
+            averages = self.prof.key_averages()
+            kernels = [e for e in averages if e.device_type == torch.autograd.DeviceType.CUDA]
+            busy = sum(e.self_device_time_total for e in kernels) / 1e6
+            key = "self_device_time_total" if kernels else "self_cpu_time_total"
+            by_ops = averages.table(sort_by=key, row_limit=60)
+            summary = f"wall {wall:.3f}s over {steps} steps; GPU kernels {busy:.3f}s = {100 * busy / wall:.1f}% busy\n"
+            with open(os.path.join(out_dir, "profile.txt"), "w", encoding="utf-8") as f:
+                f.write(summary + by_ops)
+            trace = os.path.join(out_dir, "trace.json")
+            self.prof.export_chrome_trace(trace)
+            with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.remove(trace)
+            print("[profile] " + summary, flush=True)
+            self.prof = None
+
+    return ProfileCallback()
+
+
 def make_callback(placeholder_id: int | None = None):
     """A ``TrainerCallback`` that times every optimizer step (device-synchronised) and counts its tokens from the
     model's inputs (a forward pre-hook: real, padded and labelled tokens, audio frames)."""
@@ -400,7 +465,12 @@ def make_callback(placeholder_id: int | None = None):
         if ids is None:
             return
         cur = state.current
-        lengths = mask.sum(-1).tolist() if mask is not None and mask.dim() == 2 else [ids.shape[-1]] * ids.shape[0]
+        if mask is not None and mask.dim() == 4:  # neat_packing: one length per packed utterance
+            lengths = packed_lengths(mask, kwargs["position_ids"])
+        elif mask is not None:
+            lengths = mask.sum(-1).tolist()
+        else:
+            lengths = [ids.shape[-1]] * ids.shape[0]
         cur.setdefault("lengths", []).extend(int(n) for n in lengths)
         cur["padded"] = cur.get("padded", 0) + ids.numel()
         if labels is not None:

@@ -46,9 +46,12 @@ bench)
       > "$OUT/precompute.log" 2>&1
     CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_dist.py --prepare-only > "$OUT/dist_prepare.log" 2>&1
   ) &
+  # TRAIN_ARGS: e.g. "--cases kimi_cached_mb32_group --profile kimi_cached_mb32_group" (profiles go to profiles.tgz)
+  # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=0 python3 benchmarks/bench_train.py --budget "${TRAIN_BUDGET:-420}" --out "$OUT/train.jsonl" \
-    > "$OUT/train.log" 2>&1
+    --profile-dir /tmp/kimi_profiles ${TRAIN_ARGS:-} > "$OUT/train.log" 2>&1
   wait
+  [ -d /tmp/kimi_profiles ] && tar czf "$OUT/profiles.tgz" -C /tmp kimi_profiles
   tail -30 "$OUT/train.log"; tail -12 "$OUT/precompute.log"; tail -3 "$OUT/dist_prepare.log"
   ;;
 dist)

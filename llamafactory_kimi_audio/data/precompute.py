@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,12 +137,20 @@ class AudioEncoders:
 
     def encode(self, waveforms: list[Any]) -> list[tuple[Any, Any]]:
         """``(codes, rows)`` per 16 kHz waveform, as ``KimiAudioForCausalLM.frame_inputs`` computes them."""
+        return self.encode_features(self.features(waveforms), [len(w) for w in waveforms])
+
+    def features(self, waveforms: list[Any]) -> dict[str, Any]:
+        """Both log-mels of a batch (CPU); thread-safe, so it can run while the encoders work on the last batch."""
+        return self.processor.audio_inputs(waveforms)
+
+    def encode_features(self, features: dict[str, Any], lengths: list[int]) -> list[tuple[Any, Any]]:
+        """``(codes, rows)`` per waveform of ``lengths`` samples from ``features`` (the encoders' device)."""
         import torch
 
         from ..models.modeling_kimi_audio import whisper_rows
         from ..models.processing_kimi_audio import CHUNK_SAMPLES
 
-        inputs = {k: v.to(self.device) for k, v in self.processor.audio_inputs(waveforms).items()}
+        inputs = {k: v.to(self.device) for k, v in features.items()}
         with torch.no_grad():
             codes = torch.cat(
                 self.semantic.encode_features(
@@ -150,7 +159,7 @@ class AudioEncoders:
             )
             rows = whisper_rows(self.whisper, inputs["audio_input_features"], inputs["audio_chunk_tokens"])
         chunk_tokens = iter(inputs["audio_chunk_tokens"].tolist())  # per 30 s chunk, audio after audio
-        sizes = [sum(next(chunk_tokens) for _ in range(-(-len(w) // CHUNK_SAMPLES))) for w in waveforms]
+        sizes = [sum(next(chunk_tokens) for _ in range(-(-n // CHUNK_SAMPLES))) for n in lengths]
         return list(zip(codes.split(sizes), rows.split(sizes)))
 
 
@@ -252,13 +261,16 @@ def precompute(
     with tqdm(total=len(audio_paths), desc="precompute", unit="audio", disable=disable, file=sys.stderr) as bar:
         say = report or (lambda line: bar.write(line, file=sys.stderr))
         load = (lambda: encoders) if encoders else (lambda: _guarded(load_audio_encoders, model_dir, options.device))
-        run = _Run(result, options, bar, say, load)
-        # Similar durations share a batch (GLM-4-Voice then computes little padding); decoding and hashing of the
-        # next files overlap with the encoders in a few threads (soundfile and numpy release the GIL).
+        # Similar durations share a batch (GLM-4-Voice then computes little padding). Three stages overlap: decoding
+        # and hashing of the next files (a few threads), the log-mels of the next batch (one thread) and the encoders
+        # on the current one; soundfile, numpy and torch release the GIL.
         ordered = sorted(audio_paths, key=_file_size)
-        for audio, prepared in prefetch(ordered, run.prepare, window=4 * options.batch_size):
-            run.add(audio, prepared)
-        run.flush()
+        with ThreadPoolExecutor(max_workers=1) as featurizer:
+            run = _Run(result, options, bar, say, load, featurizer)
+            for audio, prepared in prefetch(ordered, run.prepare, window=4 * options.batch_size):
+                run.add(audio, prepared)
+            run.flush()
+            run.finish()
     return result
 
 
@@ -269,7 +281,6 @@ def _file_size(path: str) -> int:
 def prefetch(items: list[str], function: Callable[[str], Any], window: int, workers: int = 4) -> Iterator[tuple]:
     """``(item, function(item))`` in order, computed ``window`` items ahead in a thread pool (bounded memory)."""
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         queue: deque = deque()
@@ -300,10 +311,13 @@ class _Run:
         bar: Any,
         say: Callable[[str], None],
         load: Callable[[], AudioEncoders],
+        featurizer: ThreadPoolExecutor,
     ) -> None:
         self.result, self.options, self.bar, self.say, self._load = result, options, bar, say, load
+        self.featurizer = featurizer
         self.encoders: AudioEncoders | None = None
         self.pending: list[_Pending] = []
+        self.in_flight: tuple[list[_Pending], Future] | None = None  # a batch whose log-mels are being computed
         self.seen: set[str] = set()
 
     def prepare(self, audio: str) -> tuple[str, Any] | Exception:
@@ -338,12 +352,23 @@ class _Run:
         self.bar.update(1)
 
     def flush(self) -> None:
+        """Start the log-mels of the pending batch, then encode the batch before it meanwhile."""
         if not self.pending:
             return
         if self.encoders is None:
             self.encoders = self._load()
         batch, self.pending = self.pending, []
-        for item, (codes, rows) in zip(batch, self.encoders.encode([p.wave for p in batch])):
+        future = self.featurizer.submit(self.encoders.features, [p.wave for p in batch])
+        self.finish()
+        self.in_flight = (batch, future)
+
+    def finish(self) -> None:
+        """Encode the batch in flight and write its entries."""
+        if self.in_flight is None:
+            return
+        (batch, future), self.in_flight = self.in_flight, None
+        outputs = self.encoders.encode_features(future.result(), [len(p.wave) for p in batch])
+        for item, (codes, rows) in zip(batch, outputs):
             write_entry(item.entry, codes, rows)
             self.result.computed += 1
             self.bar.update(1)
