@@ -26,6 +26,8 @@ Cases (``--cases`` picks some):
   kimi_cached_mb32_group / qwen_text_mb32_group  micro-batch 32
   kimi_cached_mb32_group_nodrop  the same with lora_dropout 0 (PEFT then skips a dropout copy of every LoRA input)
   kimi_packed1024_mb4[_nodrop]  packing + neat_packing into 1,024-token rows (block-diagonal attention), micro-batch 4
+  *_unfused              PEFT's own LoRA forward instead of the package's fused one (models/fused_lora.py)
+  kimi_cached_mb48_group_nodrop  micro-batch 48
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "qwen_text_mb32_group": dict(bs=32, group=True, text=True),
     "kimi_cached_mb32_group_nodrop": dict(bs=32, group=True, lora_dropout=0.0),
     "kimi_packed1024_mb4": dict(bs=4, packing=1024),
+    "kimi_cached_mb32_group_nodrop_unfused": dict(bs=32, group=True, lora_dropout=0.0, unfused=True),
+    "kimi_cached_mb32_group_unfused": dict(bs=32, group=True, unfused=True),
+    "kimi_cached_mb48_group_nodrop": dict(bs=48, group=True, lora_dropout=0.0),
+    "kimi_cached_mb8_ckpt_unfused": dict(bs=8, ckpt=True, unfused=True),
     "kimi_packed1024_mb4_nodrop": dict(bs=4, packing=1024, lora_dropout=0.0),
 }
 DEFAULT_CASES = list(KIMI_CASES)
@@ -276,7 +282,11 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         qlora_models(patched)
     if spec.get("attention") == "v0":
         attention_v0(patched)
-    elif spec.get("attention") == "nogqa":
+    if spec.get("unfused"):  # PEFT's own LoRA forward (the package's fused_lora patch then installs nothing)
+        from llamafactory_kimi_audio.models import fused_lora
+
+        patched.set(fused_lora, "install_fused_lora", lambda model: 0)
+    if spec.get("attention") == "nogqa":
         from llamafactory_kimi_audio.models import modeling_kimi_audio as m
 
         patched.set(m, "SDPA_HAS_GQA", False)

@@ -133,7 +133,28 @@ def _official_auto_map(original):
     return register_autoclass
 
 
+def _fused_lora(original):
+    @functools.wraps(original)
+    def init_adapter(config, model, model_args, finetuning_args, is_trainable, *args: Any, **kwargs: Any):
+        model = original(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs)
+        if _is_kimi_model(model):
+            from ..models.fused_lora import install_fused_lora
+
+            install_fused_lora(model)
+        return model
+
+    return init_adapter
+
+
 LOADER_PATCHES = [
+    Patch(
+        name="fused_lora",
+        owner="llamafactory.model.loader",
+        attribute="init_adapter",
+        make_replacement=_fused_lora,
+        why="PEFT's LoRA forward copies every input to fp32 and back under bf16 autocast and scales/adds in two extra "
+        "passes; Kimi-Audio's LoRA layers get a forward with the same math in one addmm (models/fused_lora.py)",
+    ),
     Patch(
         name="official_auto_map",
         owner="llamafactory.model.loader",

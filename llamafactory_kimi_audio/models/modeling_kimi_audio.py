@@ -346,6 +346,10 @@ def attention_bias(
 class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
     """The official ``MoonshotKimiaForCausalLM`` (text + audio heads) plus the frozen Whisper-large-v3 encoder."""
 
+    # Never quantised: bitsandbytes / QLoRA leave these modules as they are (their weights are not in the LM shards
+    # but in whisper-large-v3/, loaded after from_pretrained). Upcast to fp32 only for an fp16 load.
+    _keep_in_fp32_modules = ["whisper_encoder"]
+
     def __init__(self, config: KimiAudioConfig):
         super().__init__(config)
         self.model = KimiAudioModel(config)

@@ -1,0 +1,85 @@
+"""A leaner forward for PEFT's LoRA ``Linear`` layers (same math, fewer and cheaper kernels).
+
+PEFT computes ``result + lora_B(lora_A(dropout(x.to(fp32)))) * scaling``. Under bf16 autocast with fp32 LoRA weights
+(LLaMA-Factory's default) that copies every LoRA input to fp32 and back, then makes two more passes over the
+[tokens, out_features] output (scale, add). For a 7B model at short ASR sequences these element-wise passes took about
+a third of the GPU time of a LoRA step (``benchmarks/RESULTS.md``). Here the input keeps its dtype and
+``addmm(result, h, Bᵀ, alpha=scaling)`` folds the scale and the add into the second matmul's epilogue. The only
+numerical difference is one rounding fewer (the sum is accumulated before it is rounded to bf16).
+
+Anything unusual goes through PEFT's own forward unchanged: merged or disabled adapters, several active adapters,
+mixed-adapter batches, DoRA and other variants, a LoRA bias, ZeRO-3-partitioned weights (their gathering hooks fire
+on module calls only), and inputs whose dtype differs from the LoRA weights' without autocast to reconcile them.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _single_plain_adapter(layer: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
+    """The one active vanilla adapter the fused path can serve, or None to take PEFT's forward."""
+    if args or kwargs or layer.disable_adapters or layer.merged:
+        return None
+    active = [name for name in layer.active_adapters if name in layer.lora_A]
+    if len(active) != 1:
+        return None
+    name = active[0]
+    if name in getattr(layer, "lora_variant", {}) or layer.use_dora.get(name, False):
+        return None
+    weight_a, lora_b = layer.lora_A[name].weight, layer.lora_B[name]
+    if lora_b.bias is not None or hasattr(weight_a, "ds_id") or hasattr(lora_b.weight, "ds_id"):
+        return None
+    if x.dtype != weight_a.dtype and not torch.is_autocast_enabled(x.device.type):
+        return None  # PEFT casts the input to the weights' dtype
+    return name
+
+
+def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    name = _single_plain_adapter(self, x, args, kwargs)
+    if name is None:
+        return self._peft_forward(x, *args, **kwargs)
+    result = self.base_layer(x)
+    hidden = self.lora_A[name](self.lora_dropout[name](x))
+    out = torch.addmm(
+        result.reshape(-1, result.shape[-1]),
+        hidden.reshape(-1, hidden.shape[-1]),
+        self.lora_B[name].weight.t(),
+        alpha=self.scaling[name],
+    )
+    return out.view(result.shape)
+
+
+def _lora_linear_class() -> type | None:
+    try:
+        from peft.tuners.lora.layer import Linear
+    except ImportError:
+        return None
+    return Linear
+
+
+def install_fused_lora(model: nn.Module) -> int:
+    """Give every plain PEFT LoRA ``Linear`` of ``model`` the fused forward; idempotent. Returns how many got it."""
+    linear = _lora_linear_class()
+    count = 0
+    for module in model.modules():
+        if linear is None or type(module) is not linear or "_peft_forward" in module.__dict__:
+            continue
+        module._peft_forward = module.forward
+        module.forward = types.MethodType(fused_lora_forward, module)
+        count += 1
+    return count
+
+
+def remove_fused_lora(model: nn.Module) -> int:
+    """Undo ``install_fused_lora``."""
+    count = 0
+    for module in model.modules():
+        if "_peft_forward" in module.__dict__:
+            del module.forward, module._peft_forward
+            count += 1
+    return count

@@ -1,0 +1,160 @@
+"""The fused LoRA forward gives PEFT's outputs and gradients, falls back to PEFT where it must, and is what
+LLaMA-Factory's loader installs on a Kimi-Audio LoRA model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora.layer import Linear as LoraLinear
+from torch import nn
+
+from llamafactory_kimi_audio.models.fused_lora import install_fused_lora, remove_fused_lora
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(16, 48), nn.Linear(48, 16, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def toy_pair(dropout: float = 0.0, **config):
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["up", "down"], init_lora_weights=False)
+    peft_model = get_peft_model(Toy(), lora, **config)
+    fused = copy.deepcopy(peft_model)
+    assert install_fused_lora(fused) == 2
+    return peft_model, fused
+
+
+def outputs_and_grads(model, x):
+    model.zero_grad()
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    out.float().square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.detach(), x.grad.clone(), grads
+
+
+def assert_same(a, b, **tol):
+    (out_a, dx_a, g_a), (out_b, dx_b, g_b) = a, b
+    torch.testing.assert_close(out_a, out_b, **tol)
+    torch.testing.assert_close(dx_a, dx_b, **tol)
+    assert g_a.keys() == g_b.keys() and any("lora_A" in n for n in g_a)
+    for name in g_a:
+        torch.testing.assert_close(g_a[name], g_b[name], **tol)
+
+
+def test_fp32_outputs_and_gradients_equal_peft():
+    peft_model, fused = toy_pair()
+    x = torch.randn(3, 5, 16)
+    assert_same(outputs_and_grads(peft_model, x), outputs_and_grads(fused, x), rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_draws_the_same_mask():
+    peft_model, fused = toy_pair(dropout=0.3)
+    x = torch.randn(2, 7, 16)
+    torch.manual_seed(1)
+    expected = outputs_and_grads(peft_model.train(), x)
+    torch.manual_seed(1)
+    assert_same(expected, outputs_and_grads(fused.train(), x), rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_matches_within_bf16_rounding():
+    peft_model, fused = toy_pair()
+    for model in (peft_model, fused):  # LLaMA-Factory's layout: bf16 base weights, fp32 LoRA weights
+        for name, param in model.named_parameters():
+            if "lora_" not in name:
+                param.data = param.data.to(torch.bfloat16)
+    x = torch.randn(4, 6, 16, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = outputs_and_grads(peft_model, x), outputs_and_grads(fused, x)
+    assert expected[0].dtype == got[0].dtype == torch.bfloat16
+    # bf16 rounds differently (one rounding fewer in the fused sum): compare whole tensors by relative error
+    pairs = [(expected[0], got[0]), (expected[1], got[1])] + [(expected[2][n], got[2][n]) for n in expected[2]]
+    for want, have in pairs:
+        assert torch.linalg.norm((have - want).float()) <= 1e-2 * torch.linalg.norm(want.float())
+
+
+def test_mismatched_dtype_without_autocast_falls_back_to_peft():
+    peft_model, fused = toy_pair()
+    for model in (peft_model, fused):
+        model.base_model.model.up.base_layer.to(torch.bfloat16)
+    x = torch.randn(2, 3, 16, dtype=torch.bfloat16)
+    layer = fused.base_model.model.up
+    calls = []
+    original = layer._peft_forward
+    layer._peft_forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    with torch.no_grad():
+        expected = peft_model.base_model.model.up(x)
+        got = layer(x)
+    assert calls == [1]
+    torch.testing.assert_close(got, expected)
+
+
+def test_disabled_and_merged_adapters_take_peft_paths():
+    peft_model, fused = toy_pair()
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        with fused.disable_adapter(), peft_model.disable_adapter():
+            torch.testing.assert_close(fused(x), peft_model(x))
+            torch.testing.assert_close(fused(x), peft_model.base_model.model.down.base_layer(
+                torch.relu(peft_model.base_model.model.up.base_layer(x))))  # fmt: skip
+        unmerged = fused(x)
+        fused.merge_adapter()
+        torch.testing.assert_close(fused(x), unmerged, rtol=1e-5, atol=1e-6)
+
+
+def test_install_is_idempotent_and_removable():
+    peft_model, fused = toy_pair()
+    assert install_fused_lora(fused) == 0
+    assert remove_fused_lora(fused) == 2
+    assert all("_peft_forward" not in m.__dict__ for m in fused.modules())
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), peft_model(x))
+
+
+@pytest.fixture(scope="module")
+def lora_kimi(tiny_checkpoint):
+    from llamafactory.hparams import FinetuningArguments, ModelArguments
+    from llamafactory.model import load_model, load_tokenizer
+
+    model_args = ModelArguments(model_name_or_path=tiny_checkpoint.path, trust_remote_code=True)
+    tokenizer = load_tokenizer(model_args)["tokenizer"]
+    finetuning = FinetuningArguments(finetuning_type="lora", lora_target="all", lora_rank=4, lora_alpha=8)
+    return load_model(tokenizer, model_args, finetuning, is_trainable=True)
+
+
+def test_the_loader_installs_it_on_kimi_lora_layers(lora_kimi):
+    lora_layers = [m for m in lora_kimi.modules() if type(m) is LoraLinear]
+    assert lora_layers and all("_peft_forward" in m.__dict__ for m in lora_layers)
+    for layer in lora_layers:  # B starts at 0: give the adapters something to add
+        nn.init.normal_(layer.lora_B["default"].weight, std=0.05)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 400, (2, 12))
+    batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+
+    def loss_and_grads():
+        lora_kimi.zero_grad()
+        loss = lora_kimi(**batch).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in lora_kimi.named_parameters() if p.requires_grad}
+
+    fused_loss, fused_grads = loss_and_grads()
+    assert remove_fused_lora(lora_kimi) == len(lora_layers)
+    try:
+        plain_loss, plain_grads = loss_and_grads()
+    finally:
+        install_fused_lora(lora_kimi)
+    torch.testing.assert_close(fused_loss, plain_loss, rtol=1e-5, atol=1e-6)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)
