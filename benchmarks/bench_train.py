@@ -28,6 +28,7 @@ Cases (``--cases`` picks some):
   kimi_packed1024_mb4[_nodrop]  packing + neat_packing into 1,024-token rows (block-diagonal attention), micro-batch 4
   *_unfused              PEFT's own LoRA forward instead of the package's fused one (models/fused_lora.py)
   kimi_cached_mb48_group_nodrop  micro-batch 48
+  *_compiled             KIMI_AUDIO_COMPILE_POINTWISE=1: RMSNorm / RoPE / SwiGLU fused by torch.compile
 """
 
 from __future__ import annotations
@@ -69,9 +70,13 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_cached_mb32_group_unfused": dict(bs=32, group=True, unfused=True),
     "kimi_cached_mb48_group_nodrop": dict(bs=48, group=True, lora_dropout=0.0),
     "kimi_cached_mb8_ckpt_unfused": dict(bs=8, ckpt=True, unfused=True),
+    "kimi_cached_mb32_group_nodrop_compiled": dict(bs=32, group=True, lora_dropout=0.0, compile=True),
+    "kimi_packed1024_mb4_nodrop_compiled": dict(bs=4, packing=1024, lora_dropout=0.0, compile=True),
+    "kimi_cached_mb8_ckpt_compiled": dict(bs=8, ckpt=True, compile=True),
     "kimi_packed1024_mb4_nodrop": dict(bs=4, packing=1024, lora_dropout=0.0),
 }
 DEFAULT_CASES = list(KIMI_CASES)
+COMPILE_ENV = "KIMI_AUDIO_COMPILE_POINTWISE"  # models/pointwise.py
 
 
 def lf_args(model_dir: str, data_dir: str, out_dir: str, tokenized: str, spec: dict[str, Any], a) -> dict[str, Any]:
@@ -295,11 +300,14 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     if name in a.profile.split(","):
         callbacks.append(common.make_profiler_callback(os.path.join(a.profile_dir, name), a.warmup + 1))
     args = lf_args(model_dir, paths["data"], os.path.join(paths["work"], "out", name), tokenized, spec, a)
+    if spec.get("compile"):
+        os.environ[COMPILE_ENV] = "1"
     started = time.perf_counter()
     try:
         run_exp(args=args, callbacks=callbacks)
     finally:
         patched.restore()
+        os.environ.pop(COMPILE_ENV, None)
     wall = time.perf_counter() - started
     kimi = KimiAudioConfig.from_pretrained(paths["kimi"])
     shapes = common.Shapes.of(kimi)

@@ -45,8 +45,8 @@ bench)
     # QLORA=1: examples/kimi_qlora.yaml as shipped, on the random checkpoint saved in the official layout
     [ -z "${QLORA:-}" ] || CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_dist.py --cases qlora_recipe \
       --out "$OUT/qlora.jsonl" > "$OUT/qlora.log" 2>&1
-    CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_precompute.py --workers 8 --out "$OUT/precompute.jsonl" \
-      > "$OUT/precompute.log" 2>&1
+    [ -n "${SKIP_PRECOMPUTE:-}" ] || CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_precompute.py --workers 8 \
+      --out "$OUT/precompute.jsonl" > "$OUT/precompute.log" 2>&1
     [ -n "${SKIP_DIST_PREPARE:-}" ] || CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_dist.py --prepare-only \
       > "$OUT/dist_prepare.log" 2>&1
   ) &
@@ -56,7 +56,7 @@ bench)
     --profile-dir /tmp/kimi_profiles ${TRAIN_ARGS:-} > "$OUT/train.log" 2>&1
   wait
   [ -d /tmp/kimi_profiles ] && tar czf "$OUT/profiles.tgz" -C /tmp kimi_profiles
-  tail -30 "$OUT/train.log"; tail -12 "$OUT/precompute.log"; tail -3 "$OUT/dist_prepare.log" "$OUT/qlora.log" 2>/dev/null
+  tail -30 "$OUT/train.log"; tail -12 "$OUT/precompute.log" "$OUT/dist_prepare.log" "$OUT/qlora.log" 2>/dev/null
   ;;
 dist)
   # ZeRO offload swaps the Trainer's AdamW for DeepSpeedCPUAdam, which DeepSpeed JIT-compiles on first use (ninja +

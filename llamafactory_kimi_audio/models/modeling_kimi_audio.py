@@ -31,6 +31,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
+from .pointwise import fused, rms_norm, rotary, swiglu
 from .special_tokens import AUDIO_PLACEHOLDER, AUDIO_STREAM_TOKENS, SPECIAL_TOKENS, TEXT_BLANK, TEXT_EOS
 
 try:  # transformers >= 4.52
@@ -68,11 +69,7 @@ class KimiAudioRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
+        return fused(rms_norm)(hidden_states, self.weight, self.variance_epsilon)
 
 
 class KimiAudioRotaryEmbedding(nn.Module):
@@ -91,16 +88,6 @@ class KimiAudioRotaryEmbedding(nn.Module):
         freqs = position_ids[..., None].float() * inv_freq  # [B, L, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
 def repeat_kv(hidden: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -149,7 +136,7 @@ class KimiAudioAttention(nn.Module):
         q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, k, *position_embeddings)
+        q, k = fused(rotary)(q, k, *position_embeddings)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         groups = self.num_heads // self.num_kv_heads
@@ -173,7 +160,7 @@ class KimiAudioMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(fused(swiglu)(self.gate_proj(x), self.up_proj(x)))
 
 
 class KimiAudioDecoderLayer(GradientCheckpointingLayer):

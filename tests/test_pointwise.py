@@ -1,0 +1,74 @@
+"""``KIMI_AUDIO_COMPILE_POINTWISE=1`` fuses RMSNorm / RoPE / SwiGLU with torch.compile: same values and gradients
+as eager, in the functions and in the whole model's loss."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from llamafactory_kimi_audio.models import pointwise
+from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def compiling(monkeypatch):
+    monkeypatch.setenv(pointwise.COMPILE_ENV, "1")
+    monkeypatch.setattr(pointwise, "_compiled", {})
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def run(function, *tensors):
+    inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
+    out = function(*inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    sum(o.float().square().sum() for o in outs).backward()
+    return [o.detach() for o in outs], [i.grad for i in inputs if i.grad is not None]
+
+
+def test_off_by_default_returns_the_eager_function(monkeypatch):
+    monkeypatch.delenv(pointwise.COMPILE_ENV, raising=False)
+    assert pointwise.fused(pointwise.swiglu) is pointwise.swiglu
+
+
+def test_compiled_functions_match_eager(compiling):
+    torch.manual_seed(0)
+    q, k, cos, sin = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    cases = [
+        (pointwise.rms_norm, (torch.randn(2, 5, 16), torch.randn(16)), {"eps": 1e-6}),
+        (pointwise.rotary, (q, k, cos, sin), {}),
+        (pointwise.swiglu, (torch.randn(3, 7, 32), torch.randn(3, 7, 32)), {}),
+    ]
+    for function, tensors, extra in cases:
+        compiled = pointwise.fused(function)
+        assert compiled is not function and pointwise.fused(function) is compiled  # compiled once
+        expected = run(functools.partial(function, **extra), *tensors)
+        got = run(functools.partial(compiled, **extra), *tensors)
+        for want, have in zip(expected[0] + expected[1], got[0] + got[1]):
+            torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
+        # another length runs the same compiled function (dynamic shapes)
+        longer = [torch.cat([t, t], dim=-2) if t.dim() > 1 else t for t in tensors]
+        want = run(functools.partial(function, **extra), *longer)[0]
+        torch.testing.assert_close(run(functools.partial(compiled, **extra), *longer)[0], want)
+
+
+def test_model_loss_is_unchanged_when_compiled(tiny_checkpoint, monkeypatch):
+    model = KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path)
+    ids = torch.randint(0, 400, (2, 11))
+    with torch.no_grad():
+        eager = model(input_ids=ids, labels=ids).loss
+    monkeypatch.setenv(pointwise.COMPILE_ENV, "1")
+    monkeypatch.setattr(pointwise, "_compiled", {})
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            compiled = model(input_ids=ids, labels=ids).loss
+        assert set(pointwise._compiled) == {pointwise.rms_norm, pointwise.rotary, pointwise.swiglu}
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
