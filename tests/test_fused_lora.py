@@ -158,3 +158,17 @@ def test_the_loader_installs_it_on_kimi_lora_layers(lora_kimi):
     assert fused_grads.keys() == plain_grads.keys()
     for name in plain_grads:
         torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_opt_out_keeps_peft_forward(tiny_checkpoint, monkeypatch):
+    from llamafactory.hparams import FinetuningArguments, ModelArguments
+    from llamafactory.model import load_model, load_tokenizer
+
+    from llamafactory_kimi_audio.integration.patches import FUSED_LORA_ENV
+
+    monkeypatch.setenv(FUSED_LORA_ENV, "0")
+    model_args = ModelArguments(model_name_or_path=tiny_checkpoint.path, trust_remote_code=True)
+    tokenizer = load_tokenizer(model_args)["tokenizer"]
+    model = load_model(tokenizer, model_args, FinetuningArguments(finetuning_type="lora"), is_trainable=True)
+    layers = [m for m in model.modules() if type(m) is LoraLinear]
+    assert layers and not any("_peft_forward" in m.__dict__ for m in layers)

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cache root (default: $KIMI_AUDIO_FEATURE_CACHE or ~/.cache/llamafactory_kimi_audio/features)",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=8, help="audio files encoded together (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=32, help="audio files encoded together (default: 32)")
     parser.add_argument("--strict", action="store_true", help="stop with exit code 2 at the first bad audio file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

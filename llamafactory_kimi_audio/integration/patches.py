@@ -7,6 +7,7 @@ Registrations (template, plugin, model groups, composite) go through LLaMA-Facto
 from __future__ import annotations
 
 import functools
+import os
 from types import ModuleType
 from typing import Any
 
@@ -133,11 +134,14 @@ def _official_auto_map(original):
     return register_autoclass
 
 
+FUSED_LORA_ENV = "KIMI_AUDIO_FUSED_LORA"  # "0": PEFT's own LoRA forward
+
+
 def _fused_lora(original):
     @functools.wraps(original)
     def init_adapter(config, model, model_args, finetuning_args, is_trainable, *args: Any, **kwargs: Any):
         model = original(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs)
-        if _is_kimi_model(model):
+        if _is_kimi_model(model) and os.environ.get(FUSED_LORA_ENV, "1") != "0":
             from ..models.fused_lora import install_fused_lora
 
             install_fused_lora(model)
