@@ -73,6 +73,8 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_cached_mb32_group_nodrop_compiled": dict(bs=32, group=True, lora_dropout=0.0, compile=True),
     "kimi_packed1024_mb4_nodrop_compiled": dict(bs=4, packing=1024, lora_dropout=0.0, compile=True),
     "kimi_cached_mb8_ckpt_compiled": dict(bs=8, ckpt=True, compile=True),
+    "kimi_cached_mb32_group_nodrop_layers": dict(bs=32, group=True, lora_dropout=0.0, compile="layers"),
+    "kimi_packed1024_mb4_nodrop_layers": dict(bs=4, packing=1024, lora_dropout=0.0, compile="layers"),
     "kimi_packed1024_mb4_nodrop": dict(bs=4, packing=1024, lora_dropout=0.0),
 }
 DEFAULT_CASES = list(KIMI_CASES)
@@ -301,7 +303,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         callbacks.append(common.make_profiler_callback(os.path.join(a.profile_dir, name), a.warmup + 1))
     args = lf_args(model_dir, paths["data"], os.path.join(paths["work"], "out", name), tokenized, spec, a)
     if spec.get("compile"):
-        os.environ[COMPILE_ENV] = "1"
+        os.environ[COMPILE_ENV] = "1" if spec["compile"] is True else spec["compile"]
     started = time.perf_counter()
     try:
         run_exp(args=args, callbacks=callbacks)

@@ -72,3 +72,28 @@ def test_model_loss_is_unchanged_when_compiled(tiny_checkpoint, monkeypatch):
     finally:
         torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_layers_train_like_eager(tiny_checkpoint, monkeypatch):
+    """``=layers`` compiles whole decoder layers in training: same loss and gradients as eager."""
+    model = KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).train()
+    ids = torch.randint(0, 400, (2, 11))
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.model.layers.parameters()]
+
+    eager = loss_and_grads()
+    monkeypatch.setenv(pointwise.COMPILE_ENV, "layers")
+    monkeypatch.setattr(pointwise, "_compiled", {})
+    torch._dynamo.reset()
+    try:
+        compiled = loss_and_grads()
+        assert set(pointwise._compiled) == set(model.model.layers)
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-5)
+    for want, have in zip(eager[1], compiled[1]):
+        torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-5)

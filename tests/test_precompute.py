@@ -15,15 +15,9 @@ from safetensors.torch import load_file
 
 from llamafactory_kimi_audio.audio_io import AudioError, load_audio
 from llamafactory_kimi_audio.cli import main
+from llamafactory_kimi_audio.data.dataset_audio import collect_audio_paths, data_file, dataset_files
 from llamafactory_kimi_audio.data.feature_cache import CACHE_ENV, entry_path
-from llamafactory_kimi_audio.data.precompute import (
-    PrecomputeOptions,
-    collect_audio_paths,
-    data_file,
-    dataset_files,
-    load_audio_encoders,
-    precompute,
-)
+from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, load_audio_encoders, precompute
 from llamafactory_kimi_audio.models import special_tokens as st
 
 QUIET = {"progress": False}

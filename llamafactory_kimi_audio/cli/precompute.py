@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.precompute import AudioList, EncoderError, PrecomputeOptions, collect_audio_paths, precompute
+    from ..data.dataset_audio import AudioList, collect_audio_paths
+    from ..data.precompute import EncoderError, PrecomputeOptions, precompute
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _data_files(args: argparse.Namespace) -> list:
-    from ..data.precompute import data_file, dataset_files
+    from ..data.dataset_audio import data_file, dataset_files
 
     if args.data:
         return [data_file(path, args.media_dir) for path in args.data]

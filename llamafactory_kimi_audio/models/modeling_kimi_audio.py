@@ -31,7 +31,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
-from .pointwise import fused, rms_norm, rotary, swiglu
+from .pointwise import fused, fused_layer, rms_norm, rotary, swiglu
 from .special_tokens import AUDIO_PLACEHOLDER, AUDIO_STREAM_TOKENS, SPECIAL_TOKENS, TEXT_BLANK, TEXT_EOS
 
 try:  # transformers >= 4.52
@@ -270,7 +270,7 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden, mimo_hidden = inputs_embeds, None
         for index, layer in enumerate(self.layers):
-            hidden = layer(hidden, position_embeddings, bias, is_causal, past_key_values=past_key_values)
+            hidden = fused_layer(layer)(hidden, position_embeddings, bias, is_causal, past_key_values=past_key_values)
             if run_mimo and index == self.config.kimia_mimo_transformer_from_layer_index:
                 mimo_hidden = hidden
         if mimo_hidden is not None:

@@ -47,8 +47,19 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 def fused(function: Callable) -> Callable:
     """``function`` itself, or its compiled twin when ``KIMI_AUDIO_COMPILE_POINTWISE=1`` (compiled once, lazily)."""
     if os.environ.get(COMPILE_ENV, "0") != "1":
-        return function
+        return function  # also for "layers": the whole layer is compiled around it
     compiled = _compiled.get(function)
     if compiled is None:
         compiled = _compiled[function] = torch.compile(function, dynamic=True)
+    return compiled
+
+
+def fused_layer(layer: torch.nn.Module) -> Callable:
+    """With ``KIMI_AUDIO_COMPILE_POINTWISE=layers`` (training only), the whole decoder layer — LoRA linears, norms,
+    attention — compiled as one graph, so the element-wise work between the matmuls fuses too. Experimental."""
+    if os.environ.get(COMPILE_ENV, "0") != "layers" or not layer.training:
+        return layer
+    compiled = _compiled.get(layer)
+    if compiled is None:
+        compiled = _compiled[layer] = torch.compile(layer, dynamic=True)
     return compiled
