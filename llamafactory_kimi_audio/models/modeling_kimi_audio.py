@@ -574,11 +574,24 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
             kwargs.pop("device_map")
         model = super().from_pretrained(path, *args, config=config, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
+        dtype = loaded.get_input_embeddings().weight.dtype
+        # 4.x upcasts _keep_in_fp32_modules for every quantised load, 5.x for fp16 loads only: do as 5.x does
+        if TRANSFORMERS_MAJOR < 5 and loaded.whisper_encoder is not None and dtype != torch.float16:
+            loaded.whisper_encoder.to(dtype)
         loaded.load_whisper_encoder(path)
         loaded.generation_config = default_generation_config(loaded.config, path)
         if target is not None:
             loaded.to(target)
         return model
+
+    def _move_missing_keys_from_meta_to_cpu(self, *args: Any, **kwargs: Any) -> Any:
+        """transformers 4.x only: the Whisper encoder is not in the LM shards, so 4.x leaves it on the meta device, and
+        a device_map dispatch (which bitsandbytes always sets) then fails on it. Give it CPU storage first; its weights
+        are read from ``whisper-large-v3/`` right after loading."""
+        result = super()._move_missing_keys_from_meta_to_cpu(*args, **kwargs)
+        if self.whisper_encoder is not None and any(p.is_meta for p in self.whisper_encoder.parameters()):
+            self.whisper_encoder.to_empty(device="cpu")
+        return result
 
     def load_whisper_encoder(self, model_dir: str) -> None:
         weights = os.path.join(model_dir, WHISPER_SUBDIR, "model.safetensors")
