@@ -177,6 +177,19 @@ def test_lora_train(lora_run, tiny_params):
     assert total == sum(tiny_params.values()) + trainable
 
 
+def test_packed_lora_train(ckpt, dataset, workdir):
+    """``packing`` + ``neat_packing`` through the CLI: rows of several utterances train, the adapter is saved."""
+    output_dir = workdir / "packed"
+    config = train_config(
+        ckpt, dataset, output_dir, finetuning_type="lora", packing=True, neat_packing=True, cutoff_len=512,
+        per_device_train_batch_size=1, max_steps=2,
+    )  # fmt: skip
+    rc, output = run_cli("train", config, workdir, "packed")
+    check_ok(rc, output)
+    logged_losses(output_dir)
+    assert (output_dir / "adapter_model.safetensors").is_file()
+
+
 def test_freeze_train(ckpt, dataset, workdir, tiny_params):
     output_dir = workdir / "freeze"
     config = train_config(ckpt, dataset, output_dir, finetuning_type="freeze", max_steps=2)
