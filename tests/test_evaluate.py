@@ -98,6 +98,20 @@ def test_empty_reference_and_hypothesis() -> None:
     assert report.utterances[0].exact
 
 
+def test_llamafactory_metrics_report_the_evaluator_figures() -> None:
+    """``predict_cer`` / ``predict_wer`` in LLaMA-Factory runs are the numbers ``kimi-audio-lf evaluate`` prints."""
+    from llamafactory_kimi_audio.integration.metrics import corpus_error_rates
+
+    refs, hyps = ["今天天气很好", "hello world again", "你好"], ["今天天汽很好", "hello word again", "你好"]
+    rates = corpus_error_rates(refs, hyps)
+    assert rates == {"cer": round(100 * 2 / 23, 4), "wer": round(100 / 3, 4), "exact_match": round(100 / 3, 4)}
+    report = score(["a", "b", "c"], refs, hyps)
+    assert (rates["cer"], rates["wer"]) == (round(100 * report.cer, 4), round(100 * report.wer, 4))
+    zh_only = corpus_error_rates(["今天天气很好"], ["今天天汽很好"])
+    assert zh_only == {"cer": round(100 / 6, 4), "exact_match": 0.0}  # no WER for unsegmented Chinese
+    assert corpus_error_rates([], []) == {}
+
+
 def test_score_rejects_mismatched_lengths() -> None:
     with pytest.raises(ScoringError, match="2 hypotheses for 3 references"):
         score(["1", "2", "3"], ["a", "b", "c"], ["a", "b"])

@@ -7,29 +7,18 @@ from typing import Any
 
 import numpy as np
 
-from ..eval.normalize import get_normalizer
-
 
 def corpus_error_rates(references: list[str], hypotheses: list[str], normalizer: str = "standard") -> dict[str, float]:
-    """Corpus-level CER (characters, spaces removed) and WER (words) after normalisation, plus exact match."""
-    import jiwer
+    """The corpus figures ``kimi-audio-lf evaluate`` reports for the same pairs, in %: CER over every utterance (by
+    characters), WER over the utterances of space-delimited languages (by words; absent when there are none, e.g. an
+    all-Chinese test set), exact match."""
+    from ..eval.scoring import score
 
-    normalize = get_normalizer(normalizer)
-    refs = [normalize(r) for r in references]
-    hyps = [normalize(h) for h in hypotheses]
-    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
-    if not pairs:
+    report = score([str(i) for i in range(len(references))], references, hypotheses, normalizer)
+    if not report.n:
         return {}
-    ref_chars = [" ".join(r.replace(" ", "")) for r, _ in pairs]
-    hyp_chars = [" ".join(h.replace(" ", "")) for _, h in pairs]
-    hyp_chars = [h if h else "" for h in hyp_chars]
-    cer = jiwer.process_words(ref_chars, hyp_chars)
-    wer = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs])
-    return {
-        "cer": round(100 * cer.wer, 4),
-        "wer": round(100 * wer.wer, 4),
-        "exact_match": round(100 * float(np.mean([r == h for r, h in pairs])), 4),
-    }
+    rates = {"cer": report.cer, "wer": report.wer, "exact_match": report.exact_match}
+    return {key: round(100 * value, 4) for key, value in rates.items() if value is not None}
 
 
 @dataclass
