@@ -107,3 +107,23 @@ def test_a_packed_mask_without_position_ids_is_refused(setup):
     packed.pop("position_ids")
     with pytest.raises(ValueError, match="position_ids"):
         setup["model"](**packed)
+
+
+def test_packing_without_neat_packing_warns(setup, monkeypatch):
+    """Plain ``packing: true`` (2-D mask, positions restarting per utterance) trains with cross-attention: say so."""
+    from llamafactory_kimi_audio.models import modeling_kimi_audio
+
+    packed, plain = packed_and_plain_batches(setup)
+    warnings: list[str] = []
+    monkeypatch.setattr(modeling_kimi_audio.logger, "warning_once", warnings.append)
+    model = setup["model"]
+    model.train()
+    try:
+        with torch.no_grad():
+            model(**dict(packed, attention_mask=torch.ones_like(packed["input_ids"])))
+            assert len(warnings) == 1 and "neat_packing" in warnings[0]
+            model(**packed)  # neat packing: the block mask is there
+            model(**plain)  # ordinary batches: positions never restart
+    finally:
+        model.eval()
+    assert len(warnings) == 1

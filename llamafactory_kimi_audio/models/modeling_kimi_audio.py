@@ -29,10 +29,13 @@ from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import __version__ as transformers_version
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
 
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
 from .pointwise import fused, fused_layer, rms_norm, rotary, swiglu
 from .special_tokens import AUDIO_PLACEHOLDER, AUDIO_STREAM_TOKENS, SPECIAL_TOKENS, TEXT_BLANK, TEXT_EOS
+
+logger = logging.get_logger(__name__)
 
 try:  # transformers >= 4.52
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -264,6 +267,8 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
             if attention_mask is not None and attention_mask.dim() == 4:
                 raise ValueError("a 4-D (packed) attention_mask needs the position_ids of its packed sequences")
             position_ids = default_position_ids(attention_mask, inputs_embeds.shape[1], past_len, inputs_embeds.device)
+        elif self.training and (attention_mask is None or attention_mask.dim() == 2):
+            warn_if_packed_without_blocks(position_ids)
         bias, is_causal = attention_bias(
             attention_mask, inputs_embeds.shape[1], past_len, inputs_embeds.dtype, inputs_embeds.device
         )
@@ -279,6 +284,15 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
             mimo_hidden = self.mimo_norm(mimo_hidden)
         output = BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=past_key_values)
         return output, mimo_hidden
+
+
+def warn_if_packed_without_blocks(position_ids: torch.Tensor) -> None:
+    """Positions that restart inside a row mean packed utterances; without a 4-D block mask they see each other."""
+    if position_ids.dim() == 2 and position_ids.shape[1] > 1 and bool((position_ids[:, 1:] == 0).any()):
+        logger.warning_once(
+            "packed rows without a block-diagonal mask: utterances attend to the ones packed before them; "
+            "set neat_packing: true next to packing: true"
+        )
 
 
 def packed_segments(position_ids: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
