@@ -581,11 +581,6 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         elif config.whisper_config is None:
             config.attach_audio_dirs(path)
         kwargs.pop("trust_remote_code", None)
-        # transformers 4.x dispatches a device_map before we can fill the Whisper encoder from its own file (its
-        # parameters would still be on the meta device): load on the CPU, fill, then move to the single device.
-        target = _single_device(kwargs.get("device_map")) if TRANSFORMERS_MAJOR < 5 and config.whisper_config else None
-        if target is not None:
-            kwargs.pop("device_map")
         model = super().from_pretrained(path, *args, config=config, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
         dtype = loaded.get_input_embeddings().weight.dtype
@@ -594,14 +589,13 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
             loaded.whisper_encoder.to(dtype)
         loaded.load_whisper_encoder(path)
         loaded.generation_config = default_generation_config(loaded.config, path)
-        if target is not None:
-            loaded.to(target)
         return model
 
     def _move_missing_keys_from_meta_to_cpu(self, *args: Any, **kwargs: Any) -> Any:
-        """transformers 4.x only: the Whisper encoder is not in the LM shards, so 4.x leaves it on the meta device, and
-        a device_map dispatch (which bitsandbytes always sets) then fails on it. Give it CPU storage first; its weights
-        are read from ``whisper-large-v3/`` right after loading."""
+        """transformers 4.x only (every 4.55–4.57 load calls it): the Whisper encoder is not in the LM shards, so 4.x
+        would leave it on the meta device, and a device_map dispatch (LLaMA-Factory's ``{"": device}``, bitsandbytes'
+        own) would fail on it. Give it CPU storage first; its weights are read from ``whisper-large-v3/`` right after
+        loading."""
         result = super()._move_missing_keys_from_meta_to_cpu(*args, **kwargs)
         if self.whisper_encoder is not None and any(p.is_meta for p in self.whisper_encoder.parameters()):
             self.whisper_encoder.to_empty(device="cpu")
@@ -617,11 +611,9 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
             load_into_zero3_partitions(self.whisper_encoder, state)  # from_pretrained under DeepSpeed ZeRO-3
             return
         param = next(self.whisper_encoder.parameters())
-        # transformers 4.x leaves the encoder (absent from the LM shards) on the meta device: assign real tensors.
-        on_meta = param.device.type == "meta"
-        device = self.get_input_embeddings().weight.device if on_meta else param.device
-        tensors = {k: v.to(device=device, dtype=param.dtype) for k, v in state.items()}
-        self.whisper_encoder.load_state_dict(tensors, assign=on_meta)
+        self.whisper_encoder.load_state_dict(
+            {k: v.to(device=param.device, dtype=param.dtype) for k, v in state.items()}
+        )
         self.whisper_encoder.requires_grad_(False)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, state_dict=None, **kwargs: Any):
@@ -663,17 +655,6 @@ class StreamIds:
 
 
 TRANSFORMERS_MAJOR = int(transformers_version.split(".")[0])
-
-
-def _single_device(device_map: Any) -> Any:
-    """The one device of a device_map such as ``{"": 0}`` / ``"cuda:0"``; None for none or a multi-device map."""
-    if isinstance(device_map, dict) and set(device_map) == {""}:
-        device_map = device_map[""]
-    if isinstance(device_map, int):
-        return torch.device("cuda", device_map)
-    if isinstance(device_map, (str, torch.device)) and str(device_map) not in ("auto", "balanced", "sequential"):
-        return torch.device(device_map)
-    return None
 
 
 def check_frame_count(positions: int, codes: int, rows: int) -> None:
