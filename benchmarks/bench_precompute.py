@@ -133,9 +133,6 @@ def overlapped(
         paths = sorted(paths, key=lambda p: sf.info(p).frames)
 
     from llamafactory_kimi_audio.data.feature_cache import encoder_identity, entry_path, write_entry
-    from llamafactory_kimi_audio.data.precompute import _as_float
-    from llamafactory_kimi_audio.models.modeling_kimi_audio import whisper_rows
-    from llamafactory_kimi_audio.models.processing_kimi_audio import CHUNK_SAMPLES
 
     processor = encoders.processor
 
@@ -153,18 +150,8 @@ def overlapped(
         sync(device)
         t0 = time.perf_counter()
         for names, lengths, batch in loader:
-            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.no_grad():
-                codes = torch.cat(
-                    encoders.semantic.encode_features(
-                        _as_float(inputs["semantic_input_features"]), inputs["semantic_frame_mask"]
-                    )
-                )
-                rows = whisper_rows(encoders.whisper, inputs["audio_input_features"], inputs["audio_chunk_tokens"])
-            chunk_tokens = iter(inputs["audio_chunk_tokens"].tolist())
-            sizes = [sum(next(chunk_tokens) for _ in range(-(-n // CHUNK_SAMPLES))) for n in lengths]
-            for name, c, r in zip(names, codes.split(sizes), rows.split(sizes)):
-                write_entry(entry_path(cache, identity, name), c, r)
+            for name, (codes, rows) in zip(names, encoders.encode_features(batch, lengths)):
+                write_entry(entry_path(cache, identity, name), codes, rows)
         sync(device)
         return time.perf_counter() - t0
     finally:
