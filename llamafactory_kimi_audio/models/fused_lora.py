@@ -65,9 +65,11 @@ def _lora_linear_class() -> type | None:
 def install_fused_lora(model: nn.Module) -> int:
     """Give every plain PEFT LoRA ``Linear`` of ``model`` the fused forward; idempotent. Returns how many got it."""
     linear = _lora_linear_class()
+    if linear is None:
+        return 0
     count = 0
     for module in model.modules():
-        if linear is None or type(module) is not linear or "_peft_forward" in module.__dict__:
+        if type(module) is not linear or "_peft_forward" in module.__dict__:
             continue
         module._peft_forward = module.forward
         module.forward = types.MethodType(fused_lora_forward, module)

@@ -523,10 +523,11 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         token_loss = F.cross_entropy(logits, shift_labels[selected], reduction="none")
         if self.config.loss_reduction == "token":
             return token_loss.sum() / selected.sum().clamp(min=1)
+        # utterance numbers: one per row, or per packed utterance (at most one per token: no device sync for a max)
+        total = labels.shape[0] if segments is None else segments.numel()
         if segments is None:
             segments = torch.arange(labels.shape[0], device=hidden.device)[:, None].expand_as(labels)
         segments = segments[:, 1:].to(hidden.device)  # a label belongs to the utterance of the token it predicts
-        total = int(segments.max()) + 1
         per_sample = torch.zeros(total, device=hidden.device).index_add(0, segments[selected], token_loss)
         counts = torch.zeros(total, dtype=torch.long, device=hidden.device).index_add(
             0, segments[selected], torch.ones_like(segments[selected])
