@@ -25,10 +25,10 @@ class Toy(nn.Module):
         return self.down(torch.relu(self.up(x)))
 
 
-def toy_pair(dropout: float = 0.0, **config):
+def toy_pair(dropout: float = 0.0):
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["up", "down"], init_lora_weights=False)
-    peft_model = get_peft_model(Toy(), lora, **config)
+    peft_model = get_peft_model(Toy(), lora)
     fused = copy.deepcopy(peft_model)
     assert install_fused_lora(fused) == 2
     return peft_model, fused
