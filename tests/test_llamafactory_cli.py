@@ -190,6 +190,35 @@ def test_packed_lora_train(ckpt, dataset, workdir):
     assert (output_dir / "adapter_model.safetensors").is_file()
 
 
+def broken_audio_dataset(dataset: Path) -> str:
+    """``asr_train`` with its first audio replaced by a corrupt WAV file, as a new dataset_info.json entry."""
+    broken = dataset / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    records = json.loads((dataset / "asr_train.json").read_text(encoding="utf-8"))
+    records[0]["audios"] = [str(broken)]
+    (dataset / "asr_broken.json").write_text(json.dumps(records), encoding="utf-8")
+    info = json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))
+    info["asr_broken"] = {**info["asr_train"], "file_name": "asr_broken.json"}
+    (dataset / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    return str(broken)
+
+
+@pytest.mark.parametrize("problem", ["broken_audio", "cutoff_cuts_audio"])
+def test_bad_input_ends_with_one_line(problem, ckpt, dataset, workdir):
+    """A corrupt audio file, or a cutoff_len that cuts an audio span: exit code 2 and one line naming the file or the
+    sample and the fix, not a traceback through datasets / LLaMA-Factory."""
+    if problem == "broken_audio":
+        overrides, expected = {"dataset": "asr_broken"}, [broken_audio_dataset(dataset), "re-encode it"]
+    else:
+        overrides, expected = {"cutoff_len": 12}, ["cutoff_len=12 cuts its audio", "raise cutoff_len"]
+    config = {**train_config(ckpt, dataset, workdir / problem, finetuning_type="lora"), **overrides}
+    rc, output = run_cli("train", config, workdir, problem)
+    assert rc == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("llamafactory-cli: ") and all(part in last for part in expected), last
+
+
 def test_freeze_train(ckpt, dataset, workdir, tiny_params):
     output_dir = workdir / "freeze"
     config = train_config(ckpt, dataset, output_dir, finetuning_type="freeze", max_steps=2)

@@ -30,5 +30,6 @@ TEMPLATE = Hook("llamafactory.data.template", f"{_REG}:register_kimi_template")
 COMPOSITE = Hook("llamafactory.model.model_utils.visual", f"{_REG}:register_composite")
 LOADER = Hook("llamafactory.model.loader", f"{_PATCHES}:apply_loader_patches")
 METRICS = Hook("llamafactory.train.sft.workflow", f"{_PATCHES}:apply_metric_patches")
+TUNER = Hook("llamafactory.train.tuner", f"{_PATCHES}:apply_tuner_patches")
 
-ALL_HOOKS = (MODEL_GROUPS, MM_PLUGIN, TEMPLATE, COMPOSITE, LOADER, METRICS)
+ALL_HOOKS = (MODEL_GROUPS, MM_PLUGIN, TEMPLATE, COMPOSITE, LOADER, METRICS, TUNER)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from types import ModuleType
 from typing import Any
 
+from ..audio_io import AudioError
+from ..data.textio import DataError
 from ..patching import Patch
 
 
@@ -102,7 +105,7 @@ def _check_audio_spans(processor_obj: Any, input_ids: list[int], messages, syste
     needed = sum(len(a) + len(b) for a, b in template.encode_multiturn(tokenizer, expanded, system, tools))
     preview = next((m["content"] for m in messages if m["content"].strip()), "")[:60]
     names = [a for a in audios if isinstance(a, str)][:3]
-    raise ValueError(
+    raise DataError(
         f"sample {preview!r} {names}: cutoff_len={processor_obj.data_args.cutoff_len} cuts its audio, which needs "
         f"{needed} tokens in all (audio: 12.5 tokens/s); raise cutoff_len to at least {needed} or drop long clips "
         "(kimi-audio-lf convert --max-duration SECONDS --drop-long)"
@@ -194,6 +197,41 @@ METRIC_PATCHES = [
 ]
 
 
+DEBUG_ENV = "KIMI_AUDIO_LF_DEBUG"  # "1": keep the traceback of bad-input errors (as `kimi-audio-lf --debug`)
+
+
+def _one_line_input_errors(original):
+    @functools.wraps(original)
+    def run_exp(*args: Any, **kwargs: Any):
+        try:
+            return original(*args, **kwargs)
+        except (AudioError, DataError) as err:
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            print(f"llamafactory-cli: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return run_exp
+
+
+TUNER_PATCHES = [
+    Patch(
+        name="one_line_input_errors",
+        owner="llamafactory.train.tuner",
+        attribute="run_exp",
+        make_replacement=_one_line_input_errors,
+        why="a bad audio file or a sample cut by cutoff_len ends the run with this package's one-line message "
+        "(file / sample and the fix, exit code 2) instead of a traceback through datasets and LLaMA-Factory; "
+        f"{DEBUG_ENV}=1 keeps the traceback",
+    ),
+]
+
+
+def apply_tuner_patches(tuner: ModuleType) -> None:
+    for patch in TUNER_PATCHES:
+        patch.apply()
+
+
 def apply_loader_patches(loader: ModuleType) -> None:
     """Official Kimi-Audio dirs load the native config/tokenizer/processor/model through the names the loader uses."""
     from ..models.auto import register_auto_classes
@@ -212,7 +250,7 @@ def apply_metric_patches(workflow: ModuleType) -> None:
 def all_patches() -> list[Patch]:
     from ..models.auto import AUTO_PATCHES
 
-    return [*AUTO_PATCHES, *LOADER_PATCHES, *METRIC_PATCHES, *DATA_PATCHES]
+    return [*AUTO_PATCHES, *LOADER_PATCHES, *METRIC_PATCHES, *DATA_PATCHES, *TUNER_PATCHES]
 
 
 def revert_all() -> None:
