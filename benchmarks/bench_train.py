@@ -29,6 +29,12 @@ Cases (``--cases`` picks some):
   *_unfused              PEFT's own LoRA forward instead of the package's fused one (models/fused_lora.py)
   kimi_cached_mb48_group_nodrop  micro-batch 48
   *_compiled             KIMI_AUDIO_COMPILE_POINTWISE=1: RMSNorm / RoPE / SwiGLU fused by torch.compile
+  *_layers               KIMI_AUDIO_COMPILE_POINTWISE=layers: whole decoder layers compiled
+  kimi_packed2048_* / kimi_packed1024_mb8_*  twice the tokens per step (2,048-token rows, or 8 rows)
+  *_nanfilter            the HF Trainer's default ``logging_nan_inf_filter: true`` (a device sync after every backward;
+                         the recipes and the other cases turn it off)
+  *_nonblocking          ``accelerator_config: {non_blocking: true}``: batches copied to the GPU without a sync
+  *_walkcount            the model's parameter count walked every step as before (not counted once per phase)
 """
 
 from __future__ import annotations
@@ -76,8 +82,20 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_cached_mb32_group_nodrop_layers": dict(bs=32, group=True, lora_dropout=0.0, compile="layers"),
     "kimi_packed1024_mb4_nodrop_layers": dict(bs=4, packing=1024, lora_dropout=0.0, compile="layers"),
     "kimi_packed1024_mb4_nodrop": dict(bs=4, packing=1024, lora_dropout=0.0),
+    "kimi_packed1024_mb8_nodrop_layers": dict(bs=8, packing=1024, lora_dropout=0.0, compile="layers"),
+    "kimi_packed2048_mb4_nodrop_layers": dict(bs=4, packing=2048, lora_dropout=0.0, compile="layers"),
+    "kimi_packed1024_mb4_nodrop_layers_nanfilter": dict(
+        bs=4, packing=1024, lora_dropout=0.0, compile="layers", nan_filter=True
+    ),
+    "kimi_packed1024_mb4_nodrop_layers_nonblocking": dict(
+        bs=4, packing=1024, lora_dropout=0.0, compile="layers", non_blocking=True
+    ),
+    "kimi_packed1024_mb4_nodrop_layers_walkcount": dict(
+        bs=4, packing=1024, lora_dropout=0.0, compile="layers", walk_count=True
+    ),
 }
 DEFAULT_CASES = list(KIMI_CASES)
+PROFILED_STEPS = 2
 COMPILE_ENV = "KIMI_AUDIO_COMPILE_POINTWISE"  # models/pointwise.py
 
 
@@ -113,7 +131,11 @@ def lf_args(model_dir: str, data_dir: str, out_dir: str, tokenized: str, spec: d
         "report_to": "none",
         "seed": 0,
         "disable_gradient_checkpointing": not spec.get("ckpt", False),
+        # as the recipes: no NaN check of every step's loss, a device sync that drains the GPU's queue each step
+        "logging_nan_inf_filter": spec.get("nan_filter", False),
     }
+    if spec.get("non_blocking"):  # accelerate copies each (pinned) batch to the GPU without waiting for the GPU
+        args["accelerator_config"] = {"non_blocking": True}
     if spec.get("group"):
         args["train_sampling_strategy"] = "group_by_length"
     if spec.get("packing"):  # LLaMA-Factory packs (neat_packing: block-diagonal attention) while tokenizing
@@ -269,6 +291,17 @@ def placeholder_token_id(model_dir: str) -> int:
     return special_id(KimiAudioConfig.from_pretrained(model_dir), AUDIO_PLACEHOLDER)
 
 
+def forget_compiled() -> None:
+    """Each case builds a new model: drop the compiled layers (and dynamo's caches, whose recompile limit counts across
+    cases) so that one case's compilation cannot turn the next one's into silent eager fallbacks."""
+    import torch
+
+    from llamafactory_kimi_audio.models import pointwise
+
+    pointwise._compiled.clear()
+    torch._dynamo.reset()
+
+
 def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[str, Any]:
     import torch
     from llamafactory.train.tuner import run_exp
@@ -293,14 +326,21 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         from llamafactory_kimi_audio.models import fused_lora
 
         patched.set(fused_lora, "install_fused_lora", lambda model: 0)
+    if spec.get("walk_count"):  # transformers' own num_parameters: a walk over every module, every step
+        from transformers import PreTrainedModel
+
+        from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
+
+        patched.set(KimiAudioForCausalLM, "num_parameters", PreTrainedModel.num_parameters)
     if spec.get("attention") == "nogqa":
         from llamafactory_kimi_audio.models import modeling_kimi_audio as m
 
         patched.set(m, "SDPA_HAS_GQA", False)
     callback = common.make_callback(None if text else placeholder_token_id(paths["kimi"]))
     callbacks = [callback]
-    if name in a.profile.split(","):
-        callbacks.append(common.make_profiler_callback(os.path.join(a.profile_dir, name), a.warmup + 1))
+    profiled = name in a.profile.split(",")
+    if profiled:  # the last two steps, left out of the figures (the profiler slows them down)
+        callbacks.append(common.make_profiler_callback(os.path.join(a.profile_dir, name), a.steps - PROFILED_STEPS))
     args = lf_args(model_dir, paths["data"], os.path.join(paths["work"], "out", name), tokenized, spec, a)
     if spec.get("compile"):
         os.environ[COMPILE_ENV] = "1" if spec["compile"] is True else spec["compile"]
@@ -310,12 +350,13 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     finally:
         patched.restore()
         os.environ.pop(COMPILE_ENV, None)
+        forget_compiled()
     wall = time.perf_counter() - started
     kimi = KimiAudioConfig.from_pretrained(paths["kimi"])
     shapes = common.Shapes.of(kimi)
     if text:
         shapes = common.Shapes(**{**shapes.__dict__, "vocab": kimi.kimia_text_output_vocab})
-    steps = callback.state.steps
+    steps = callback.state.steps[: -PROFILED_STEPS if profiled else None]
     extra = 0.0
     if mode in ("raw", "official") and steps:
         # one 30 s chunk per clip (all clips < 30 s): the frozen Whisper forward, not counted in MFU
@@ -377,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/kimi_bench"))
     parser.add_argument("--out", default=None, help="append one JSON line per case")
     parser.add_argument("--budget", type=int, default=0, help="skip the remaining cases after this many seconds")
-    parser.add_argument("--profile", default="", help="cases to profile (torch.profiler, 2 steps after the warm-up)")
+    parser.add_argument("--profile", default="", help="cases to profile (torch.profiler, their last 2 steps)")
     parser.add_argument("--profile-dir", default="profiles", help="where the profiles go (one folder per case)")
     a = parser.parse_args(argv)
     a.steps = a.steps or (4 if a.tiny else 24)

@@ -379,12 +379,11 @@ class BenchCallbackState:
     current: dict[str, Any] = field(default_factory=dict)
 
 
-def packed_lengths(mask: Any, position_ids: Any) -> list[int]:
+def packed_lengths(diagonal: Any, position_ids: Any) -> list[int]:
     """Real tokens of every utterance in packed rows: positions restart at 0 per utterance; a token is real when the
-    block-diagonal 4-D mask lets it see itself (pad rows are fully masked)."""
-    import torch
-
-    real = (torch.diagonal(mask[:, 0], dim1=-2, dim2=-1) == 0).cpu()
+    block-diagonal 4-D mask lets it see itself (``diagonal`` [B, L] of that mask, 0 = visible; pad rows are fully
+    masked)."""
+    real = (diagonal == 0).cpu()
     starts = (position_ids == 0).cpu()
     lengths = []
     for row_real, row_starts in zip(real, starts):
@@ -445,77 +444,93 @@ def make_profiler_callback(out_dir: str, first_step: int, steps: int = 2):
 
 
 def make_callback(placeholder_id: int | None = None):
-    """A ``TrainerCallback`` that times every optimizer step (device-synchronised) and counts its tokens from the
-    model's inputs (a forward pre-hook: real, padded and labelled tokens, audio frames)."""
+    """A ``TrainerCallback`` that times every optimizer step and counts its tokens, without adding work to the step.
+
+    On a GPU each step ends with a CUDA event and a step lasts from the previous step's event to its own, on the GPU's
+    clock: the sum over steps is the wall time of the run, host gaps included, and nothing synchronises the device
+    mid-run (a per-step ``synchronize`` would drain the queue that lets the host prepare the next step while the GPU
+    finishes this one). A forward pre-hook keeps the model's inputs (references, plus the diagonal of a packed 4-D
+    mask), and the real, padded and labelled tokens and audio frames are counted after training.
+    """
     import torch
     from transformers import TrainerCallback
 
     state = BenchCallbackState()
+    cuda = torch.cuda.is_available()
 
-    def sync() -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    def count(module, args, kwargs) -> None:
-        if not module.training:
-            return
+    def keep_inputs(module, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask")
-        labels = kwargs.get("labels")
-        if ids is None:
+        if not module.training or ids is None:
             return
-        cur = state.current
-        if mask is not None and mask.dim() == 4:  # neat_packing: one length per packed utterance
-            lengths = packed_lengths(mask, kwargs["position_ids"])
-        elif mask is not None:
-            lengths = mask.sum(-1).tolist()
-        else:
-            lengths = [ids.shape[-1]] * ids.shape[0]
-        cur.setdefault("lengths", []).extend(int(n) for n in lengths)
-        cur["padded"] = cur.get("padded", 0) + ids.numel()
-        if labels is not None:
-            cur["labelled"] = cur.get("labelled", 0) + int((labels[:, 1:] != -100).sum())
-        if placeholder_id is not None:
-            cur["audio_frames"] = cur.get("audio_frames", 0) + int((ids == placeholder_id).sum())
+        mask = kwargs.get("attention_mask")
+        packed = mask is not None and mask.dim() == 4
+        if packed:  # neat_packing: keep only the diagonal (a token that sees itself is real)
+            mask = torch.diagonal(mask[:, 0], dim1=-2, dim2=-1).clone()
+        kept = dict(ids=ids, mask=mask, packed=packed, position_ids=kwargs.get("position_ids"))
+        state.current.setdefault("inputs", []).append({**kept, "labels": kwargs.get("labels")})
+
+    def now() -> Any:
+        if cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
 
     class BenchCallback(TrainerCallback):
         def __init__(self) -> None:
             self.state = state
             self._handle = None
-            self._t0 = 0.0
+            self._marks: list[tuple[Any, Any, list[dict]]] = []
 
         def on_train_begin(self, args, train_state, control, model=None, **kwargs):
             if model is not None:
-                self._handle = model.register_forward_pre_hook(count, with_kwargs=True)
-            if torch.cuda.is_available():
+                self._handle = model.register_forward_pre_hook(keep_inputs, with_kwargs=True)
+            if cuda:
+                torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
 
         def on_step_begin(self, args, train_state, control, **kwargs):
-            sync()
-            self._t0 = time.perf_counter()
-            state.current = {}
+            state.current = {"begin": now() if not self._marks else None}
 
         def on_step_end(self, args, train_state, control, **kwargs):
-            sync()
-            cur = state.current
-            state.steps.append(
-                StepRecord(
-                    time.perf_counter() - self._t0,
-                    cur.get("lengths", []),
-                    cur.get("padded", 0),
-                    cur.get("labelled", 0),
-                    cur.get("audio_frames", 0),
-                )  # fmt: skip
-            )
+            self._marks.append((state.current["begin"], now(), state.current.get("inputs", [])))
 
         def on_train_end(self, args, train_state, control, **kwargs):
-            if torch.cuda.is_available():
+            if cuda:
+                torch.cuda.synchronize()
                 state.peak_bytes = torch.cuda.max_memory_allocated()
+            previous = None
+            for begin, end, inputs in self._marks:
+                start = begin if previous is None else previous
+                seconds = start.elapsed_time(end) / 1e3 if cuda else end - start
+                state.steps.append(step_record(seconds, inputs, placeholder_id))
+                previous = end
+            self._marks.clear()
             if self._handle is not None:
                 self._handle.remove()
                 self._handle = None
 
     return BenchCallback()
+
+
+def step_record(seconds: float, inputs: list[dict], placeholder_id: int | None) -> StepRecord:
+    """Token counts of one optimizer step from the inputs of its forward passes."""
+    lengths: list[int] = []
+    padded = labelled = audio_frames = 0
+    for kept in inputs:
+        ids, mask, labels = kept["ids"], kept["mask"], kept["labels"]
+        if kept["packed"]:  # one length per packed utterance
+            lengths += packed_lengths(mask, kept["position_ids"])
+        elif mask is not None:
+            lengths += [int(n) for n in mask.sum(-1).tolist()]
+        else:
+            lengths += [ids.shape[-1]] * ids.shape[0]
+        padded += ids.numel()
+        if labels is not None:
+            labelled += int((labels[:, 1:] != -100).sum())
+        if placeholder_id is not None:
+            audio_frames += int((ids == placeholder_id).sum())
+    return StepRecord(seconds, lengths, padded, labelled, audio_frames)
 
 
 def summarise(

@@ -40,6 +40,10 @@ EOF
 case "$PHASE" in
 bench)
   { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; nproc; } > "$OUT/machine.txt"
+  # PYTEST_ARGS: GPU-only tests first, alone on GPU 0 (e.g. "tests/test_packing.py -k cuda")
+  # shellcheck disable=SC2086
+  [ -z "${PYTEST_ARGS:-}" ] || CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q -p no:cacheprovider $PYTEST_ARGS \
+    > "$OUT/pytest.log" 2>&1
   CUDA_VISIBLE_DEVICES=0 python3 benchmarks/common.py setup --work "$BENCH_WORK" --samples 400 || exit 1
   (
     # QLORA=1: examples/kimi_qlora.yaml as shipped, on the random checkpoint saved in the official layout
@@ -56,7 +60,7 @@ bench)
     --profile-dir /tmp/kimi_profiles ${TRAIN_ARGS:-} > "$OUT/train.log" 2>&1
   wait
   [ -d /tmp/kimi_profiles ] && tar czf "$OUT/profiles.tgz" -C /tmp kimi_profiles
-  tail -30 "$OUT/train.log"; tail -12 "$OUT/precompute.log" "$OUT/dist_prepare.log" "$OUT/qlora.log" 2>/dev/null
+  tail -30 "$OUT/train.log"; tail -12 "$OUT/pytest.log" 2>/dev/null; tail -12 "$OUT/precompute.log" "$OUT/dist_prepare.log" "$OUT/qlora.log" 2>/dev/null
   ;;
 dist)
   # ZeRO offload swaps the Trainer's AdamW for DeepSpeedCPUAdam, which DeepSpeed JIT-compiles on first use (ninja +

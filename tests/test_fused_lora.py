@@ -172,3 +172,27 @@ def test_opt_out_keeps_peft_forward(tiny_checkpoint, monkeypatch):
     model = load_model(tokenizer, model_args, FinetuningArguments(finetuning_type="lora"), is_trainable=True)
     layers = [m for m in model.modules() if type(m) is LoraLinear]
     assert layers and not any("_peft_forward" in m.__dict__ for m in layers)
+
+
+def test_parameter_count_walks_the_modules_once_per_training_phase(lora_kimi, monkeypatch):
+    """The HF Trainer asks for ``num_parameters(exclude_embeddings=True)`` after every step; the answer stays the
+    same, but the module walk behind it (ms of host time on the 7B) happens once per ``train()``."""
+    base = lora_kimi.get_base_model()
+    walks: list[int] = []
+    named_parameters = base.named_parameters
+
+    def counting_walk(*args, **kwargs):
+        walks.append(1)
+        return named_parameters(*args, **kwargs)
+
+    monkeypatch.setattr(base, "named_parameters", counting_walk)
+    lora_kimi.eval()
+    expected = lora_kimi.num_parameters(exclude_embeddings=True)
+    assert lora_kimi.num_parameters(exclude_embeddings=True) == expected and len(walks) == 2  # not cached in eval
+    assert expected < lora_kimi.num_parameters()  # the embeddings are left out
+    walks.clear()
+    lora_kimi.train()
+    assert [lora_kimi.num_parameters(exclude_embeddings=True) for _ in range(3)] == [expected] * 3
+    assert len(walks) == 1
+    lora_kimi.train()  # a new phase (e.g. after evaluation) counts again
+    assert lora_kimi.num_parameters(exclude_embeddings=True) == expected and len(walks) == 2

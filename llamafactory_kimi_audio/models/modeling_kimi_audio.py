@@ -572,6 +572,23 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         model_inputs["logits_to_keep"] = 1
         return model_inputs
 
+    # ------------------------------------------------------------------------------------------------ bookkeeping
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Counted once per training phase. The HF Trainer asks after every optimizer step (for its ``total_flos``
+        log), and the count walks every module: ~4,000 once LoRA wraps the 7B, ~10 ms of host time per step while the
+        GPU waits. Modules and trainable flags are set before ``train()``, which starts a new count."""
+        if not self.training:
+            return super().num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+        counts = self.__dict__.setdefault("_training_parameter_counts", {})
+        key = (only_trainable, exclude_embeddings)
+        if key not in counts:
+            counts[key] = super().num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+        return counts[key]
+
+    def train(self, mode: bool = True) -> KimiAudioForCausalLM:
+        self.__dict__.pop("_training_parameter_counts", None)
+        return super().train(mode)
+
     # ---------------------------------------------------------------------------------------- loading and saving
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
