@@ -34,6 +34,8 @@ Cases (``--cases`` picks some):
   *_nanfilter            the HF Trainer's default ``logging_nan_inf_filter: true`` (a device sync after every backward;
                          the recipes and the other cases turn it off)
   *_nonblocking          ``accelerator_config: {non_blocking: true}``: batches copied to the GPU without a sync
+  *_dense                KIMI_AUDIO_VARLEN_ATTENTION=0: packed rows through SDPA with the dense [B,1,L,L] block mask
+                         instead of one variable-length FlashAttention sequence per utterance
   *_walkcount            the model's parameter count walked every step as before (not counted once per phase)
 """
 
@@ -90,6 +92,12 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_packed1024_mb4_nodrop_layers_nonblocking": dict(
         bs=4, packing=1024, lora_dropout=0.0, compile="layers", non_blocking=True
     ),
+    "kimi_packed1024_mb4_nodrop_layers_dense": dict(
+        bs=4, packing=1024, lora_dropout=0.0, compile="layers", dense=True
+    ),
+    "kimi_packed1024_mb8_nodrop_layers_dense": dict(
+        bs=8, packing=1024, lora_dropout=0.0, compile="layers", dense=True
+    ),
     "kimi_packed1024_mb4_nodrop_layers_walkcount": dict(
         bs=4, packing=1024, lora_dropout=0.0, compile="layers", walk_count=True
     ),
@@ -97,6 +105,7 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
 DEFAULT_CASES = list(KIMI_CASES)
 PROFILED_STEPS = 2
 COMPILE_ENV = "KIMI_AUDIO_COMPILE_POINTWISE"  # models/pointwise.py
+VARLEN_ENV = "KIMI_AUDIO_VARLEN_ATTENTION"  # models/packed_attention.py
 
 
 def lf_args(model_dir: str, data_dir: str, out_dir: str, tokenized: str, spec: dict[str, Any], a) -> dict[str, Any]:
@@ -344,12 +353,15 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     args = lf_args(model_dir, paths["data"], os.path.join(paths["work"], "out", name), tokenized, spec, a)
     if spec.get("compile"):
         os.environ[COMPILE_ENV] = "1" if spec["compile"] is True else spec["compile"]
+    if spec.get("dense"):
+        os.environ[VARLEN_ENV] = "0"
     started = time.perf_counter()
     try:
         run_exp(args=args, callbacks=callbacks)
     finally:
         patched.restore()
         os.environ.pop(COMPILE_ENV, None)
+        os.environ.pop(VARLEN_ENV, None)
         forget_compiled()
     wall = time.perf_counter() - started
     kimi = KimiAudioConfig.from_pretrained(paths["kimi"])

@@ -446,11 +446,12 @@ def make_profiler_callback(out_dir: str, first_step: int, steps: int = 2):
 def make_callback(placeholder_id: int | None = None):
     """A ``TrainerCallback`` that times every optimizer step and counts its tokens, without adding work to the step.
 
-    On a GPU each step ends with a CUDA event and a step lasts from the previous step's event to its own, on the GPU's
-    clock: the sum over steps is the wall time of the run, host gaps included, and nothing synchronises the device
-    mid-run (a per-step ``synchronize`` would drain the queue that lets the host prepare the next step while the GPU
-    finishes this one). A forward pre-hook keeps the model's inputs (references, plus the diagonal of a packed 4-D
-    mask), and the real, padded and labelled tokens and audio frames are counted after training.
+    On a GPU a step is timed by CUDA events recorded at its begin and end callbacks, on the GPU's clock, and nothing
+    synchronises the device mid-run (a per-step ``synchronize`` would drain the queue that lets the host prepare the
+    next step while the GPU finishes this one). As with the host timer before it, what the Trainer does between steps
+    while the GPU idles (fetching the next batch, a new epoch's data workers) is left out. A forward pre-hook keeps the
+    model's inputs (references, plus the diagonal of a packed 4-D mask), and the real, padded and labelled tokens and
+    audio frames are counted after training.
     """
     import torch
     from transformers import TrainerCallback
@@ -490,7 +491,7 @@ def make_callback(placeholder_id: int | None = None):
                 torch.cuda.reset_peak_memory_stats()
 
         def on_step_begin(self, args, train_state, control, **kwargs):
-            state.current = {"begin": now() if not self._marks else None}
+            state.current = {"begin": now()}
 
         def on_step_end(self, args, train_state, control, **kwargs):
             self._marks.append((state.current["begin"], now(), state.current.get("inputs", [])))
@@ -499,12 +500,9 @@ def make_callback(placeholder_id: int | None = None):
             if cuda:
                 torch.cuda.synchronize()
                 state.peak_bytes = torch.cuda.max_memory_allocated()
-            previous = None
             for begin, end, inputs in self._marks:
-                start = begin if previous is None else previous
-                seconds = start.elapsed_time(end) / 1e3 if cuda else end - start
+                seconds = begin.elapsed_time(end) / 1e3 if cuda else end - begin
                 state.steps.append(step_record(seconds, inputs, placeholder_id))
-                previous = end
             self._marks.clear()
             if self._handle is not None:
                 self._handle.remove()

@@ -127,3 +127,89 @@ def test_packing_without_neat_packing_warns(setup, monkeypatch):
     finally:
         model.eval()
     assert len(warnings) == 1
+
+
+def reference_varlen(q, k, v, cu_seqlens, max_len):
+    """What variable-length causal attention computes, sequence by sequence ([T, H, D] tokens, GQA by groups)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    assert bounds[0] == 0 and bounds[-1] == q.shape[0] and max(b - a for a, b in zip(bounds, bounds[1:])) <= max_len
+    for a, b in zip(bounds, bounds[1:]):
+        pieces = [x[a:b].transpose(0, 1) for x in (q, k, v)]
+        out[a:b] = torch.nn.functional.scaled_dot_product_attention(*pieces, is_causal=True).transpose(0, 1)
+    return out
+
+
+def test_packed_rows_run_as_one_sequence_per_utterance(setup, monkeypatch):
+    """The variable-length path (GPU + bf16 only; here with a reference kernel) splits packed rows into their
+    utterances, plus one sequence for each row's pad tail, and gives the dense-mask loss."""
+    from llamafactory_kimi_audio.models import modeling_kimi_audio, packed_attention
+
+    packed, plain = packed_and_plain_batches(setup)
+    model = setup["model"]
+    with torch.no_grad():
+        dense = model(**packed).loss
+        plain_loss = model(**plain).loss
+    calls: list[torch.Tensor] = []
+
+    def kernel(q, k, v, cu_seqlens, max_len):
+        calls.append(cu_seqlens)
+        return reference_varlen(q, k, v, cu_seqlens, max_len)
+
+    monkeypatch.setattr(modeling_kimi_audio, "varlen_applies", lambda hidden: True)
+    monkeypatch.setattr(packed_attention, "call_varlen", kernel)
+    monkeypatch.setattr(packed_attention, "_NEW_API", True)  # K/V heads passed as they are
+    with torch.no_grad():
+        varlen = model(**packed).loss
+    assert len(calls) == len(model.model.layers)
+    lengths = calls[0].diff().tolist()
+    real = int((torch.diagonal(packed["attention_mask"][:, 0], dim1=-2, dim2=-1) == 0).sum())
+    row = packed["input_ids"].shape[1]
+    assert len(lengths) == len(UTTERANCES) + (real < row) and sum(lengths) == row and sum(lengths[:4]) == real
+    torch.testing.assert_close(varlen, dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(varlen, plain_loss, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="variable-length FlashAttention runs on CUDA only")
+def test_varlen_attention_matches_the_dense_mask_on_cuda(setup, monkeypatch):
+    """bf16 on a GPU: the real kernel against the dense-mask path, loss and gradients; the opt-out keeps SDPA."""
+    from llamafactory_kimi_audio.models import packed_attention
+
+    if packed_attention.varlen_attn is None:
+        pytest.skip("torch.nn.attention.varlen needs PyTorch >= 2.9")
+    packed, _ = packed_and_plain_batches(setup)
+    model = setup["model"].to("cuda", torch.bfloat16)
+    batch = {key: value.cuda() if torch.is_tensor(value) else value for key, value in packed.items()}
+    batch["attention_mask"] = batch["attention_mask"].to(torch.bfloat16)
+    for parameter in model.model.layers.parameters():  # the fixture's model is loaded for inference: frozen
+        monkeypatch.setattr(parameter, "requires_grad", True)
+    calls: list[object] = []
+    monkeypatch.setattr(packed_attention, "call_varlen", spy(packed_attention.call_varlen, calls))
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach().float(), torch.cat([p.grad.float().flatten() for p in model.model.layers.parameters()])
+
+    try:
+        varlen = loss_and_grads()
+        assert len(calls) == len(model.model.layers)
+        monkeypatch.setenv(packed_attention.VARLEN_ENV, "0")
+        dense = loss_and_grads()
+        assert len(calls) == len(model.model.layers)
+    finally:
+        model.zero_grad()
+        model.to("cpu", torch.float32)
+    torch.testing.assert_close(varlen[0], dense[0], rtol=2e-2, atol=2e-2)
+    assert (varlen[1] - dense[1]).norm() <= 0.05 * dense[1].norm()
+
+
+def spy(function, calls: list):
+    def wrapper(*args, **kwargs):
+        calls.append(args[3] if len(args) > 3 else None)
+        return function(*args, **kwargs)
+
+    return wrapper

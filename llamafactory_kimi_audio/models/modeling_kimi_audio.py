@@ -32,6 +32,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils import logging
 
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
+from .packed_attention import PackedSequences, packed_sequences, varlen_applies, varlen_sdpa
 from .pointwise import fused, fused_layer, rms_norm, rotary, swiglu
 from .special_tokens import AUDIO_PLACEHOLDER, AUDIO_STREAM_TOKENS, SPECIAL_TOKENS, TEXT_BLANK, TEXT_EOS
 
@@ -146,7 +147,9 @@ class KimiAudioAttention(nn.Module):
         implementation = getattr(self.config, "_attn_implementation", None) or "sdpa"
         attention = ATTENTION_FUNCTIONS.get(implementation, sdpa_attention)
         dropout = self.config.attention_dropout if self.training else 0.0
-        if attention is sdpa_attention and attention_bias is None and groups > 1 and SDPA_HAS_GQA:
+        if isinstance(attention_bias, PackedSequences):  # packed rows: one causal sequence per utterance
+            out = varlen_sdpa(q, k, v, attention_bias)
+        elif attention is sdpa_attention and attention_bias is None and groups > 1 and SDPA_HAS_GQA:
             # no mask: the fused kernel reads the 4 KV heads itself instead of 7x expanded copies (same math)
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal, enable_gqa=True)
         else:
@@ -272,6 +275,9 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
         bias, is_causal = attention_bias(
             attention_mask, inputs_embeds.shape[1], past_len, inputs_embeds.dtype, inputs_embeds.device
         )
+        packed = attention_mask is not None and attention_mask.dim() == 4
+        if packed and self.packs_through_varlen(inputs_embeds, past_len):
+            bias = packed_sequences(position_ids, bias)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden, mimo_hidden = inputs_embeds, None
         for index, layer in enumerate(self.layers):
@@ -284,6 +290,13 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
             mimo_hidden = self.mimo_norm(mimo_hidden)
         output = BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=past_key_values)
         return output, mimo_hidden
+
+    def packs_through_varlen(self, hidden: torch.Tensor, past_len: int) -> bool:
+        """Packed rows through variable-length FlashAttention (packed_attention.py): SDPA attention, no KV cache, no
+        attention dropout (the kernel has none), a GPU and fp16/bf16."""
+        if past_len or getattr(self.config, "_attn_implementation", None) == "eager":
+            return False
+        return (not self.training or not self.config.attention_dropout) and varlen_applies(hidden)
 
 
 def warn_if_packed_without_blocks(position_ids: torch.Tensor) -> None:
