@@ -142,7 +142,8 @@ def reference_varlen(q, k, v, cu_seqlens, max_len):
     return out
 
 
-def test_packed_rows_run_as_one_sequence_per_utterance(setup, monkeypatch):
+@pytest.mark.parametrize("native_gqa", [True, False], ids=["gqa", "kv-repeated"])
+def test_packed_rows_run_as_one_sequence_per_utterance(setup, monkeypatch, native_gqa):
     """The variable-length path (GPU + bf16 only; here with a reference kernel) splits packed rows into their
     utterances, plus one sequence for each row's pad tail, and gives the dense-mask loss."""
     from llamafactory_kimi_audio.models import modeling_kimi_audio, packed_attention
@@ -160,7 +161,7 @@ def test_packed_rows_run_as_one_sequence_per_utterance(setup, monkeypatch):
 
     monkeypatch.setattr(modeling_kimi_audio, "varlen_applies", lambda hidden: True)
     monkeypatch.setattr(packed_attention, "call_varlen", kernel)
-    monkeypatch.setattr(packed_attention, "_NEW_API", True)  # K/V heads passed as they are
+    monkeypatch.setattr(packed_attention, "_NATIVE_GQA", native_gqa)  # else K/V heads repeated to the query heads
     with torch.no_grad():
         varlen = model(**packed).loss
     assert len(calls) == len(model.model.layers)

@@ -22,8 +22,11 @@ try:
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # PyTorch < 2.9
     varlen_attn = None
-# PyTorch 2.9-2.10 take ``is_causal`` (and as many K/V heads as query heads); later versions a causal window and GQA
-_NEW_API = varlen_attn is not None and "window_size" in inspect.signature(varlen_attn).parameters
+# the signature moved between releases: causality by ``is_causal`` or by a (-1, 0) window; GQA native only in later
+# ones (before, K/V heads are repeated to the query heads)
+_PARAMETERS = inspect.signature(varlen_attn).parameters if varlen_attn is not None else {}
+_CAUSAL = {"window_size": (-1, 0)} if "window_size" in _PARAMETERS else {"is_causal": True}
+_NATIVE_GQA = "enable_gqa" in _PARAMETERS
 
 
 class PackedSequences(NamedTuple):
@@ -60,7 +63,7 @@ def varlen_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: Packe
     def tokens(x: torch.Tensor) -> torch.Tensor:  # [B,h,L,D] → [B·L, h, D]
         return x.transpose(1, 2).reshape(batch * length, x.shape[1], dim)
 
-    if not _NEW_API and k.shape[1] != heads:
+    if not _NATIVE_GQA and k.shape[1] != heads:
         groups = heads // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     out = call_varlen(tokens(q), tokens(k), tokens(v), packed.cu_seqlens, packed.max_len)
@@ -68,7 +71,5 @@ def varlen_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: Packe
 
 
 def call_varlen(q, k, v, cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
-    if _NEW_API:
-        causal = {"window_size": (-1, 0), "enable_gqa": k.shape[1] != q.shape[1]}
-        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **causal)
-    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, is_causal=True)
+    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **_CAUSAL, **gqa)
