@@ -3,6 +3,7 @@
 # nvidia-h200-x2), with the wheels of .whl/ (see RESULTS.md, "Environment"):
 #   bash benchmarks/gpu_run.sh bench   # GPU 0: bench_train.py; GPU 1: bench_precompute.py, then the saved checkpoint
 #   bash benchmarks/gpu_run.sh dist    # both GPUs: bench_dist.py (DDP, ZeRO-2, ZeRO-3, full + ZeRO-3)
+# On a one-GPU machine (nvidia-h200) set SKIP_PRECOMPUTE=1 SKIP_DIST_PREPARE=1 for `bench` (the GPU 1 jobs).
 # Results land in $OUT (default /tmp/bench_out). Each phase re-creates what it needs if the machine is fresh.
 set -uo pipefail
 PHASE=${1:?bench or dist}
