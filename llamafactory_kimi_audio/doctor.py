@@ -53,7 +53,7 @@ def run_checks(model_dir: str | None = None) -> list[Check]:
     checks = [python_check(), *version_checks(), pth_check(), opt_out_check(), *integration_checks()]
     if model_dir is not None:
         checks += checkpoint_checks(model_dir)
-    return checks + [*gpu_checks(), espeak_check()]
+    return checks + [*gpu_checks(), packed_attention_check(), espeak_check()]
 
 
 # ----------------------------------------------------------------------------------------------- versions
@@ -229,6 +229,19 @@ def gpu_checks() -> list[Check]:
             required=False,
         ),
     ]
+
+
+def packed_attention_check() -> Check:
+    """Packed rows (``packing`` + ``neat_packing``) attend per utterance only with torch's variable-length kernel."""
+    import torch
+
+    from .models import packed_attention
+
+    name = "packed-row attention"
+    if packed_attention.varlen_attn is not None:
+        return Check(name, True, f"variable-length FlashAttention (torch {torch.__version__})", required=False)
+    detail = f"torch {torch.__version__} has no torch.nn.attention.varlen: packed rows use SDPA with a dense mask"
+    return Check(name, False, detail, "torch >= 2.9 makes packing: true + neat_packing: true faster", required=False)
 
 
 def espeak_check() -> Check:

@@ -45,6 +45,7 @@ def test_all_green_on_tiny_checkpoint(tiny_checkpoint, capsys) -> None:
         "model: special token ids",
         "GPU",
         "bf16",
+        "packed-row attention",
         "espeak-ng",
     } <= set(names)
     assert all(f"patch {p.name}" in names for p in all_patches())
@@ -144,3 +145,14 @@ def test_version_check_outside_the_range() -> None:
 def test_missing_model_dir(tmp_path) -> None:
     checks = doctor.checkpoint_checks(os.fspath(tmp_path / "nope"))
     assert len(checks) == 1 and not checks[0].ok
+
+
+def test_packed_row_attention_follows_torch(monkeypatch) -> None:
+    from llamafactory_kimi_audio.models import packed_attention
+
+    available = packed_attention.varlen_attn is not None
+    check = doctor.packed_attention_check()
+    assert check.ok is available and not check.required
+    monkeypatch.setattr(packed_attention, "varlen_attn", None)
+    check = doctor.packed_attention_check()
+    assert not check.ok and not check.required and "torch >= 2.9" in check.fix and "dense mask" in check.detail
