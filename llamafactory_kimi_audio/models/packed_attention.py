@@ -36,11 +36,20 @@ class PackedSequences(NamedTuple):
     max_len: int  # an upper bound (the row length): the exact maximum would cost a device sync
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def varlen_applies(hidden: torch.Tensor) -> bool:
     if os.environ.get(VARLEN_ENV, "1") == "0" or varlen_attn is None:
         return False
-    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else hidden.dtype
-    return hidden.is_cuda and dtype in (torch.float16, torch.bfloat16)
+    return hidden.is_cuda and compute_dtype(hidden.dtype) in HALF_DTYPES
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What attention runs in: fp32 activations under CUDA autocast go to its fp16/bf16, as SDPA's inputs would."""
+    if dtype not in HALF_DTYPES and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return dtype
 
 
 def packed_sequences(position_ids: torch.Tensor, bias: torch.Tensor) -> PackedSequences:
@@ -59,9 +68,10 @@ def packed_sequences(position_ids: torch.Tensor, bias: torch.Tensor) -> PackedSe
 def varlen_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
     """Causal attention of [B,H,L,D] queries over [B,Hkv,L,D] keys/values within each packed sequence → [B,H,L,D]."""
     batch, heads, length, dim = q.shape
+    half = compute_dtype(q.dtype)
 
-    def tokens(x: torch.Tensor) -> torch.Tensor:  # [B,h,L,D] → [B·L, h, D]
-        return x.transpose(1, 2).reshape(batch * length, x.shape[1], dim)
+    def tokens(x: torch.Tensor) -> torch.Tensor:  # [B,h,L,D] → [B·L, h, D] in fp16/bf16
+        return x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(half)
 
     if not _NATIVE_GQA and k.shape[1] != heads:
         groups = heads // k.shape[1]
