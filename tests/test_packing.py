@@ -174,35 +174,48 @@ def test_packed_rows_run_as_one_sequence_per_utterance(setup, monkeypatch, nativ
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="variable-length FlashAttention runs on CUDA only")
-def test_varlen_attention_matches_the_dense_mask_on_cuda(setup, monkeypatch):
-    """bf16 on a GPU: the real kernel against the dense-mask path, loss and gradients; the opt-out keeps SDPA."""
+@pytest.mark.parametrize("mode", ["bf16", "fp32-autocast", "bf16-checkpointing"])
+def test_varlen_attention_matches_the_dense_mask_on_cuda(setup, monkeypatch, mode):
+    """On a GPU: the real kernel against the dense-mask path, loss and gradients, for a bf16 model, an fp32 model
+    under bf16 autocast (the Trainer's bf16 without a bf16 load) and with gradient checkpointing in training."""
+    import contextlib
+
     from llamafactory_kimi_audio.models import packed_attention
 
     if packed_attention.varlen_attn is None:
         pytest.skip("torch.nn.attention.varlen needs PyTorch >= 2.9")
     packed, _ = packed_and_plain_batches(setup)
-    model = setup["model"].to("cuda", torch.bfloat16)
+    dtype = torch.float32 if mode == "fp32-autocast" else torch.bfloat16
+    model = setup["model"].to("cuda", dtype)
     batch = {key: value.cuda() if torch.is_tensor(value) else value for key, value in packed.items()}
-    batch["attention_mask"] = batch["attention_mask"].to(torch.bfloat16)
+    batch["attention_mask"] = batch["attention_mask"].to(dtype)
     for parameter in model.model.layers.parameters():  # the fixture's model is loaded for inference: frozen
         monkeypatch.setattr(parameter, "requires_grad", True)
+    if mode == "bf16-checkpointing":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+    autocast = torch.autocast("cuda", torch.bfloat16) if mode == "fp32-autocast" else contextlib.nullcontext()
     calls: list[object] = []
     monkeypatch.setattr(packed_attention, "call_varlen", spy(packed_attention.call_varlen, calls))
 
     def loss_and_grads():
         model.zero_grad()
-        loss = model(**batch).loss
+        with autocast:
+            loss = model(**batch).loss
         loss.backward()
         return loss.detach().float(), torch.cat([p.grad.float().flatten() for p in model.model.layers.parameters()])
 
     try:
         varlen = loss_and_grads()
-        assert len(calls) == len(model.model.layers)
+        assert len(calls) >= len(model.model.layers)  # (checkpointing runs each layer's forward twice)
         monkeypatch.setenv(packed_attention.VARLEN_ENV, "0")
+        seen = len(calls)
         dense = loss_and_grads()
-        assert len(calls) == len(model.model.layers)
+        assert len(calls) == seen
     finally:
         model.zero_grad()
+        model.gradient_checkpointing_disable()
+        model.eval()
         model.to("cpu", torch.float32)
     torch.testing.assert_close(varlen[0], dense[0], rtol=2e-2, atol=2e-2)
     assert (varlen[1] - dense[1]).norm() <= 0.05 * dense[1].norm()
