@@ -32,7 +32,15 @@ def recipe(name: str, tiny_checkpoint, tmp_path) -> dict:
 
 
 @pytest.mark.parametrize(
-    "name", ["kimi_lora.yaml", "kimi_qlora.yaml", "kimi_lora_ds_z3.yaml", "kimi_full_ds_z3.yaml", "kimi_predict.yaml"]
+    "name",
+    [
+        "kimi_lora.yaml",
+        "kimi_lora_packed.yaml",
+        "kimi_qlora.yaml",
+        "kimi_lora_ds_z3.yaml",
+        "kimi_full_ds_z3.yaml",
+        "kimi_predict.yaml",
+    ],
 )
 def test_training_recipes_parse(name, tiny_checkpoint, tmp_path) -> None:
     import llamafactory.train.tuner  # noqa: F401  (as `llamafactory-cli train` does: the SFT hooks apply first)
@@ -43,6 +51,8 @@ def test_training_recipes_parse(name, tiny_checkpoint, tmp_path) -> None:
     assert finetuning_args.finetuning_type in ("lora", "full")
     if finetuning_args.finetuning_type == "lora" and training_args.do_train:
         assert finetuning_args.lora_target == ["all"]
+    if data_args.packing:  # packed rows must keep utterances apart (block-diagonal mask)
+        assert data_args.neat_packing
 
 
 def test_merge_recipe_parses(tiny_checkpoint, tmp_path) -> None:
