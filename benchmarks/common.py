@@ -467,8 +467,10 @@ def make_callback(placeholder_id: int | None = None):
         packed = mask is not None and mask.dim() == 4
         if packed:  # neat_packing: keep only the diagonal (a token that sees itself is real)
             mask = torch.diagonal(mask[:, 0], dim1=-2, dim2=-1).clone()
-        kept = dict(ids=ids, mask=mask, packed=packed, position_ids=kwargs.get("position_ids"))
-        state.current.setdefault("inputs", []).append({**kept, "labels": kwargs.get("labels")})
+        kept = dict(
+            ids=ids, mask=mask, packed=packed, position_ids=kwargs.get("position_ids"), labels=kwargs.get("labels")
+        )
+        state.current.setdefault("inputs", []).append(kept)
 
     def now() -> Any:
         if cuda:

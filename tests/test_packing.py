@@ -154,13 +154,8 @@ def test_packed_rows_run_as_one_sequence_per_utterance(setup, monkeypatch, nativ
         dense = model(**packed).loss
         plain_loss = model(**plain).loss
     calls: list[torch.Tensor] = []
-
-    def kernel(q, k, v, cu_seqlens, max_len):
-        calls.append(cu_seqlens)
-        return reference_varlen(q, k, v, cu_seqlens, max_len)
-
     monkeypatch.setattr(modeling_kimi_audio, "varlen_applies", lambda hidden: True)
-    monkeypatch.setattr(packed_attention, "call_varlen", kernel)
+    monkeypatch.setattr(packed_attention, "call_varlen", recording(reference_varlen, calls))
     monkeypatch.setattr(packed_attention, "_NATIVE_GQA", native_gqa)  # else K/V heads repeated to the query heads
     with torch.no_grad():
         varlen = model(**packed).loss
@@ -168,7 +163,8 @@ def test_packed_rows_run_as_one_sequence_per_utterance(setup, monkeypatch, nativ
     lengths = calls[0].diff().tolist()
     real = int((torch.diagonal(packed["attention_mask"][:, 0], dim1=-2, dim2=-1) == 0).sum())
     row = packed["input_ids"].shape[1]
-    assert len(lengths) == len(UTTERANCES) + (real < row) and sum(lengths) == row and sum(lengths[:4]) == real
+    utterances = len(UTTERANCES)
+    assert len(lengths) == utterances + (real < row) and sum(lengths) == row and sum(lengths[:utterances]) == real
     torch.testing.assert_close(varlen, dense, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(varlen, plain_loss, rtol=1e-4, atol=1e-5)
 
@@ -195,8 +191,8 @@ def test_varlen_attention_matches_the_dense_mask_on_cuda(setup, monkeypatch, mod
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
     autocast = torch.autocast("cuda", torch.bfloat16) if mode == "fp32-autocast" else contextlib.nullcontext()
-    calls: list[object] = []
-    monkeypatch.setattr(packed_attention, "call_varlen", spy(packed_attention.call_varlen, calls))
+    calls: list[torch.Tensor] = []
+    monkeypatch.setattr(packed_attention, "call_varlen", recording(packed_attention.call_varlen, calls))
 
     def loss_and_grads():
         model.zero_grad()
@@ -221,9 +217,11 @@ def test_varlen_attention_matches_the_dense_mask_on_cuda(setup, monkeypatch, mod
     assert (varlen[1] - dense[1]).norm() <= 0.05 * dense[1].norm()
 
 
-def spy(function, calls: list):
-    def wrapper(*args, **kwargs):
-        calls.append(args[3] if len(args) > 3 else None)
-        return function(*args, **kwargs)
+def recording(kernel, calls: list):
+    """``kernel`` (``call_varlen``'s signature), noting the ``cu_seqlens`` of every call in ``calls``."""
+
+    def wrapper(q, k, v, cu_seqlens, max_len):
+        calls.append(cu_seqlens)
+        return kernel(q, k, v, cu_seqlens, max_len)
 
     return wrapper
