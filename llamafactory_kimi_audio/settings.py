@@ -1,0 +1,149 @@
+"""Every environment variable of the package, in one table: name, default, one parsing rule, what it does.
+
+All names share the prefix ``KIMI_AUDIO_``; the older names (``LLAMAFACTORY_KIMI_AUDIO_*``, ``KIMI_AUDIO_LF_*``)
+still work as deprecated aliases. Values are read once per process and cached (:func:`reload` re-reads them, for
+tests). Switches accept ``1/true/yes/on`` and ``0/false/no/off`` (any case); anything else is one warning and the
+default. Stdlib only: the start-up hook imports this module in every interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+PREFIX = "KIMI_AUDIO_"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class Setting:
+    """One environment variable: ``kind`` is ``"switch"`` (bool), ``"choice"`` (one of ``choices``) or ``"text"``."""
+
+    __slots__ = ("name", "default", "kind", "doc", "aliases", "choices")
+
+    def __init__(
+        self,
+        name: str,
+        default: object,
+        kind: str,
+        doc: str,
+        aliases: tuple[str, ...] = (),
+        choices: tuple[str, ...] = (),
+    ) -> None:
+        self.name, self.default, self.kind, self.doc = name, default, kind, doc
+        self.aliases, self.choices = aliases, choices
+
+    def parse(self, raw: str) -> object:
+        value = raw.strip()
+        if self.kind == "text":
+            return value or self.default
+        if self.kind == "switch":
+            if value.lower() in _TRUE:
+                return True
+            if value.lower() in _FALSE or not value:
+                return False if value else self.default
+            _warn(f"{self.name}={raw!r} is not a switch (use 1 or 0); using the default {self.default}")
+            return self.default
+        if value.lower() in self.choices:
+            return value.lower()
+        if value.lower() in _TRUE + _FALSE and self.choices:  # 1/0 spell the first two choices ("off", "on")
+            return self.choices[1] if value.lower() in _TRUE else self.choices[0]
+        if value:
+            _warn(f"{self.name}={raw!r} is not one of {', '.join(self.choices)}; using {self.default!r}")
+        return self.default
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "KIMI_AUDIO_DISABLE",
+        False,
+        "switch",
+        "Turn the whole LLaMA-Factory integration off in every process (the start-up hook does nothing).",
+        aliases=("LLAMAFACTORY_KIMI_AUDIO_DISABLE",),
+    ),
+    Setting(
+        "KIMI_AUDIO_STRICT",
+        False,
+        "switch",
+        "Raise instead of warning when a hook or patch of the integration fails.",
+        aliases=("LLAMAFACTORY_KIMI_AUDIO_STRICT",),
+    ),
+    Setting(
+        "KIMI_AUDIO_DEBUG",
+        False,
+        "switch",
+        "Keep the full traceback of bad-input errors (as `kimi-audio-lf --debug`).",
+        aliases=("KIMI_AUDIO_LF_DEBUG",),
+    ),
+    Setting("KIMI_AUDIO_FUSED_LORA", True, "switch", "Fused LoRA forward on Kimi-Audio layers (0: PEFT's own)."),
+    Setting(
+        "KIMI_AUDIO_VARLEN_ATTENTION",
+        True,
+        "switch",
+        "Packed rows use variable-length FlashAttention on CUDA (0: SDPA with the dense block mask).",
+    ),
+    Setting(
+        "KIMI_AUDIO_COMPILE_POINTWISE",
+        "off",
+        "choice",
+        "torch.compile for the element-wise kernels: off, on (RMSNorm, RoPE, SwiGLU) or layers (whole layers).",
+        choices=("off", "on", "layers"),
+    ),
+    Setting("KIMI_AUDIO_DEFAULT_INSTRUCTION", "", "text", "Instruction used when a sample has no user text."),
+    Setting("KIMI_AUDIO_SEMANTIC_TOKENIZER", "", "text", "Directory of the GLM-4-Voice tokenizer, if not beside."),
+    Setting("KIMI_AUDIO_FEATURE_CACHE", "", "text", "Feature cache directory (precompute writes, training reads)."),
+)
+BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+_values: dict[str, object] = {}
+_warned: set[str] = set()
+
+
+def _warn(message: str) -> None:
+    if message in _warned:
+        return
+    _warned.add(message)
+    try:
+        sys.stderr.write(f"llamafactory-kimi-audio: {message}\n")
+    except Exception:  # no usable stderr
+        pass
+
+
+def raw_value(name: str) -> tuple[str | None, str]:
+    """The raw string of a setting and the variable it came from (the new name wins over a deprecated alias)."""
+    setting = BY_NAME[name]
+    for candidate in (setting.name, *setting.aliases):
+        raw = os.environ.get(candidate)
+        if raw is not None:
+            if candidate != setting.name:
+                _warn(f"{candidate} is deprecated; set {setting.name} instead")
+            return raw, candidate
+    return None, setting.name
+
+
+def get(name: str) -> object:
+    """The parsed value of setting ``name`` (read from the environment once per process)."""
+    if name not in _values:
+        raw, _ = raw_value(name)
+        _values[name] = BY_NAME[name].default if raw is None else BY_NAME[name].parse(raw)
+    return _values[name]
+
+
+def enabled(name: str) -> bool:
+    return bool(get(name))
+
+
+def reload() -> None:
+    """Forget the cached values (tests that change the environment)."""
+    _values.clear()
+
+
+def env_for(name: str, value: object) -> dict[str, str]:
+    """The environment entry that sets ``name`` to ``value`` in a child process."""
+    if isinstance(value, bool):
+        return {name: "1" if value else "0"}
+    return {name: str(value)}
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(name, current value, doc) for every setting: for `doctor` and the README."""
+    return [(s.name, repr(get(s.name)), s.doc) for s in SETTINGS]
