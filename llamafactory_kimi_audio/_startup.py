@@ -7,9 +7,12 @@ is first imported, *before* its ``__init__`` runs, the finder loads the hooks of
 right after it has executed, so before any other module can bind its names with ``from ... import``.
 
 Each hook runs at most once per process. A failing hook prints one warning line and never breaks the import
-(``LLAMAFACTORY_KIMI_AUDIO_STRICT=1`` re-raises instead). ``LLAMAFACTORY_KIMI_AUDIO_DISABLE=1`` turns all of it
-off; :func:`activate_now` turns it on explicitly in a process that imported LLaMA-Factory first. No ``typing``,
-``logging`` or ``threading`` here (``TYPE_CHECKING`` by hand): every interpreter of the environment loads this file.
+(``KIMI_AUDIO_STRICT=1`` re-raises instead); :func:`activate_now` retries it. A hook that needs one of this package's
+modules while that module is itself importing LLaMA-Factory (``import llamafactory_kimi_audio.integration.mm_plugin``
+first) waits for :func:`resume` at the end of that module instead of failing. ``KIMI_AUDIO_DISABLE=1`` turns all of
+it off (``settings.py``; the old ``LLAMAFACTORY_KIMI_AUDIO_*`` names still work); :func:`activate_now` turns it on
+explicitly in a process that imported LLaMA-Factory first. No ``typing``, ``logging`` or ``threading`` here
+(``TYPE_CHECKING`` by hand): every interpreter of the environment loads this file.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import DISABLE_ENV
+from . import DISABLE_ENV, settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,8 +30,7 @@ if TYPE_CHECKING:
 
 ROOT = "llamafactory"
 GROUP = "llamafactory_extensions"
-STRICT_ENV = "LLAMAFACTORY_KIMI_AUDIO_STRICT"
-_TRUE = ("1", "true", "yes")
+STRICT_ENV = "KIMI_AUDIO_STRICT"
 
 _hooks: dict[str, list[tuple[str, Callable[[ModuleType], object]]]] = {}  # module name -> [(hook name, hook)]
 _started: set[str] = set()  # hook names already run or being run: at most once per process
@@ -36,10 +38,11 @@ _applied: list[str] = []
 _failed: dict[str, str] = {}
 _entry_points_loaded = False
 _finding: set[str] = set()  # module names whose real spec is being looked up (no recursion into ourselves)
+_waiting: dict[str, list[str]] = {}  # our module still importing -> trigger modules whose hooks wait for it
 
 
 def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUE
+    return bool(settings.get(name))
 
 
 def _describe(exc: BaseException) -> str:
@@ -63,6 +66,13 @@ def _fully_imported(module: ModuleType | None) -> bool:
     return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 
+def _importing_module(exc: ImportError) -> str | None:
+    """Our own module that ``exc`` found half-imported (a circular import through LLaMA-Factory), if any."""
+    name = getattr(exc, "name", None) or ""
+    module = sys.modules.get(name)
+    return name if name.startswith(__package__ + ".") and module is not None and not _fully_imported(module) else None
+
+
 def _run(module_name: str, module: ModuleType) -> None:
     for hook_name, hook in list(_hooks.get(module_name, ())):
         if hook_name in _started:
@@ -70,13 +80,32 @@ def _run(module_name: str, module: ModuleType) -> None:
         _started.add(hook_name)
         try:
             hook(module)
+        except ImportError as exc:
+            if (waiting_for := _importing_module(exc)) is None:
+                _hook_failed(hook_name, module_name, exc)
+            else:  # runs again from resume(waiting_for) once that module has finished
+                _started.discard(hook_name)
+                _waiting.setdefault(waiting_for, []).append(module_name)
         except Exception as exc:
-            _failed[hook_name] = _describe(exc)
-            if _env_true(STRICT_ENV):
-                raise
-            _warn(f"hook {hook_name!r} on {module_name}", _failed[hook_name])
+            _hook_failed(hook_name, module_name, exc)
         else:
+            _failed.pop(hook_name, None)
             _applied.append(hook_name)
+
+
+def _hook_failed(hook_name: str, module_name: str, exc: Exception) -> None:
+    _failed[hook_name] = _describe(exc)
+    if _env_true(STRICT_ENV):
+        raise exc
+    _warn(f"hook {hook_name!r} on {module_name}", _failed[hook_name])
+
+
+def resume(module_name: str) -> None:
+    """Run the hooks that waited for ``module_name`` (called at the end of the modules that import LLaMA-Factory)."""
+    for trigger in dict.fromkeys(_waiting.pop(module_name, ())):
+        module = sys.modules.get(trigger)
+        if _fully_imported(module):
+            _run(trigger, module)
 
 
 def register(hook_name: str, module_name: str, hook: Callable[[ModuleType], object]) -> None:
@@ -196,11 +225,13 @@ def install() -> None:
 def activate_now() -> None:
     """Apply every hook in this process now (an explicit opt-in: ignores the opt-out variable).
 
-    Hooks whose module is already imported run at once; the others run when their module is imported.
+    Hooks whose module is already imported run at once (again, if they failed before); the others run when their
+    module is imported.
     """
     if not is_installed():
         sys.meta_path.insert(0, _FINDER)
     _load_entry_points()
+    _started.difference_update(_failed)  # failed hooks get another chance
     for module_name in list(_hooks):
         module = sys.modules.get(module_name)
         if _fully_imported(module):

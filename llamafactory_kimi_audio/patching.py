@@ -1,50 +1,115 @@
-"""A reversible, idempotent attribute patch (OpenTelemetry's instrument/uninstrument shape).
+"""A reversible, idempotent attribute patch (OpenTelemetry's instrument/uninstrument shape), with its compatibility
+check.
 
-Every monkeypatch of this package is a named ``Patch`` listed in one table (``integration/patches.py`` for
-LLaMA-Factory, ``models/auto.py`` for transformers' Auto classes), so ``apply`` / ``revert`` / ``doctor`` all read
-the same source of truth.
+Every monkeypatch of this package is one ``Patch`` row of the table in ``integration/patches.py``: LLaMA-Factory,
+transformers' Auto classes and PEFT's LoRA layer alike. A row names the module whose import triggers it, the
+distribution that owns the patched attribute and, for wrappers that pass arguments by position, the parameters the
+original must have. :func:`Patch.problem` checks both before anything is replaced, so a new LLaMA-Factory / PEFT /
+transformers release gives one warning at start-up instead of a ``TypeError`` in the middle of a run.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 _MARK = "__kimi_audio_patch__"
+_MISSING = object()
+
+# Distribution -> the versions the patches were written against (pyproject.toml's pins).
+SUPPORTED_VERSIONS = {
+    "llamafactory": "==0.9.5",
+    "transformers": ">=4.55.0,<=5.6.0,!=4.57.0",
+    "peft": ">=0.18.0,<0.19",
+}
+DISTRIBUTION_NAMES = {"llamafactory": "LLaMA-Factory", "transformers": "transformers", "peft": "PEFT"}
+
+
+@cache
+def installed_version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def version_problem(distribution: str) -> str | None:
+    """``None`` when the installed ``distribution`` is in :data:`SUPPORTED_VERSIONS`, else a phrase naming both."""
+    from packaging.specifiers import SpecifierSet
+
+    found, wanted = installed_version(distribution), SUPPORTED_VERSIONS[distribution]
+    if found is None or SpecifierSet(wanted).contains(found, prereleases=True):
+        return None
+    return f"{DISTRIBUTION_NAMES[distribution]} {found} is installed, the patches are written for {wanted}"
 
 
 @dataclass
 class Patch:
     name: str  # stable id shown by `kimi-audio-lf doctor`
+    trigger: str  # the module whose import applies this patch (its hook in integration/hooks.py)
     owner: str  # "package.module" or "package.module:Class"
     attribute: str
     make_replacement: Callable[[Any], Any]  # original -> replacement
     why: str = ""
+    distribution: str = "llamafactory"  # who owns `owner`: its version is checked before patching
+    parameters: tuple[str, ...] = ()  # leading parameter names the wrapper relies on ("" = not checked)
     wrap_classmethod: bool = False
-    _original: Any = field(default=None, repr=False)
+    _original: Any = field(default=_MISSING, repr=False)
 
     def resolve_owner(self) -> Any:
         module_name, _, class_name = self.owner.partition(":")
         owner = importlib.import_module(module_name)
         return getattr(owner, class_name) if class_name else owner
 
+    def _current(self) -> Any:
+        """The attribute as stored (a classmethod object stays one), looked up through the MRO."""
+        return inspect.getattr_static(self.resolve_owner(), self.attribute)
+
+    def original(self) -> Any:
+        """The function the patch wraps (a classmethod's underlying function); meant for an unpatched owner."""
+        raw = self._current()
+        return raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
+
     @property
     def applied(self) -> bool:
         try:
-            current = self.resolve_owner().__dict__.get(self.attribute)
-        except ImportError:
+            current = self._current()
+        except (ImportError, AttributeError):
             return False
         return getattr(getattr(current, "__func__", current), _MARK, None) == self.name
+
+    def signature_problem(self) -> str | None:
+        """``None`` when the original still takes :attr:`parameters` first, else what changed."""
+        if not self.parameters or self.applied:
+            return None
+        try:
+            found = tuple(inspect.signature(self.original(), follow_wrapped=False).parameters)
+        except (TypeError, ValueError) as err:
+            return f"{self.owner}.{self.attribute} has no readable signature ({err})"
+        except (ImportError, AttributeError) as err:
+            return f"{self.owner}.{self.attribute} is gone ({type(err).__name__}: {err})"
+        if found[: len(self.parameters)] != self.parameters:
+            return f"{self.owner}.{self.attribute}{_args(found)} no longer takes {_args(self.parameters)}"
+        return None
+
+    def problem(self) -> str | None:
+        """Why this patch must not be applied here (a changed signature), or ``None``."""
+        return self.signature_problem()
 
     def apply(self) -> bool:
         """Install the replacement; a second call is a no-op. Returns True when something changed."""
         if self.applied:
             return False
         owner = self.resolve_owner()
-        raw = owner.__dict__.get(self.attribute, getattr(owner, self.attribute))
-        original = raw.__func__ if isinstance(raw, classmethod) else raw
+        raw = owner.__dict__.get(self.attribute)  # None: inherited (revert deletes ours again)
+        original = inspect.getattr_static(owner, self.attribute) if raw is None else raw
+        original = original.__func__ if isinstance(original, classmethod) else original
         replacement = self.make_replacement(original)
         setattr(replacement, _MARK, self.name)
         self._original = raw
@@ -52,9 +117,17 @@ class Patch:
         return True
 
     def revert(self) -> bool:
+        """Put the original object back (or remove ours when the attribute was inherited)."""
         if not self.applied:
             return False
-        setattr(self.resolve_owner(), self.attribute, self._original)
-        self._original = None
+        owner = self.resolve_owner()
+        if self._original is None:
+            delattr(owner, self.attribute)
+        else:
+            setattr(owner, self.attribute, self._original)
+        self._original = _MISSING
         return True
 
+
+def _args(names: tuple[str, ...]) -> str:
+    return f"({', '.join(names)})"

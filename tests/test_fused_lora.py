@@ -1,5 +1,5 @@
 """The fused LoRA forward gives PEFT's outputs and gradients, falls back to PEFT where it must, and is what
-LLaMA-Factory's loader installs on a Kimi-Audio LoRA model."""
+LLaMA-Factory's loader installs on a Kimi-Audio LoRA model (through the patch table's ``fused_lora.forward`` row)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,32 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
-from llamafactory_kimi_audio.models.fused_lora import install_fused_lora, remove_fused_lora
+from llamafactory_kimi_audio import settings
+from llamafactory_kimi_audio.integration.patches import PATCHES, apply_patches
+from llamafactory_kimi_audio.models import fused_lora
+from llamafactory_kimi_audio.models.fused_lora import FUSED_FLAG, install_fused_lora, remove_fused_lora
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+FORWARD_ROW = next(patch for patch in PATCHES if patch.name == "fused_lora.forward")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fused_forward_row():
+    """PEFT's LoRA ``Linear.forward`` as LLaMA-Factory processes have it (the row is applied at the loader hook)."""
+    was_applied = FORWARD_ROW.applied
+    assert apply_patches([FORWARD_ROW]) == ([] if was_applied else ["fused_lora.forward"])
+    yield
+    if not was_applied:
+        FORWARD_ROW.revert()
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts the layer calls that take the fused path."""
+    calls: list[int] = []
+    real = fused_lora.fused_lora_forward
+    monkeypatch.setattr(fused_lora, "fused_lora_forward", lambda *a: calls.append(1) or real(*a))
+    return calls
 
 
 class Toy(nn.Module):
@@ -52,10 +75,13 @@ def assert_same(a, b, **tol):
         torch.testing.assert_close(g_a[name], g_b[name], **tol)
 
 
-def test_fp32_outputs_and_gradients_equal_peft():
+def test_fp32_outputs_and_gradients_equal_peft(fused_calls):
     peft_model, fused = toy_pair()
     x = torch.randn(3, 5, 16)
-    assert_same(outputs_and_grads(peft_model, x), outputs_and_grads(fused, x), rtol=1e-5, atol=1e-6)
+    expected = outputs_and_grads(peft_model, x)
+    assert fused_calls == []  # unmarked layers keep PEFT's forward
+    assert_same(expected, outputs_and_grads(fused, x), rtol=1e-5, atol=1e-6)
+    assert fused_calls == [1, 1]
 
 
 def test_dropout_draws_the_same_mask():
@@ -83,19 +109,16 @@ def test_bf16_autocast_matches_within_bf16_rounding():
         assert torch.linalg.norm((have - want).float()) <= 1e-2 * torch.linalg.norm(want.float())
 
 
-def test_mismatched_dtype_without_autocast_falls_back_to_peft():
+def test_mismatched_dtype_without_autocast_falls_back_to_peft(fused_calls):
     peft_model, fused = toy_pair()
     for model in (peft_model, fused):
         model.base_model.model.up.base_layer.to(torch.bfloat16)
     x = torch.randn(2, 3, 16, dtype=torch.bfloat16)
     layer = fused.base_model.model.up
-    calls = []
-    original = layer._peft_forward
-    layer._peft_forward = lambda *a, **k: calls.append(1) or original(*a, **k)
     with torch.no_grad():
         expected = peft_model.base_model.model.up(x)
         got = layer(x)
-    assert calls == [1]
+    assert fused_calls == []
     torch.testing.assert_close(got, expected)
 
 
@@ -116,7 +139,7 @@ def test_install_is_idempotent_and_removable():
     peft_model, fused = toy_pair()
     assert install_fused_lora(fused) == 0
     assert remove_fused_lora(fused) == 2
-    assert all("_peft_forward" not in m.__dict__ for m in fused.modules())
+    assert all(FUSED_FLAG not in m.__dict__ for m in fused.modules())
     x = torch.randn(2, 16)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), peft_model(x))
@@ -135,7 +158,7 @@ def lora_kimi(tiny_checkpoint):
 
 def test_the_loader_installs_it_on_kimi_lora_layers(lora_kimi):
     lora_layers = [m for m in lora_kimi.modules() if type(m) is LoraLinear]
-    assert lora_layers and all("_peft_forward" in m.__dict__ for m in lora_layers)
+    assert lora_layers and all(m.__dict__.get(FUSED_FLAG) for m in lora_layers)
     for layer in lora_layers:  # B starts at 0: give the adapters something to add
         nn.init.normal_(layer.lora_B["default"].weight, std=0.05)
     torch.manual_seed(0)
@@ -164,14 +187,14 @@ def test_opt_out_keeps_peft_forward(tiny_checkpoint, monkeypatch):
     from llamafactory.hparams import FinetuningArguments, ModelArguments
     from llamafactory.model import load_model, load_tokenizer
 
-    from llamafactory_kimi_audio.integration.patches import FUSED_LORA_ENV
-
-    monkeypatch.setenv(FUSED_LORA_ENV, "0")
+    monkeypatch.setenv("KIMI_AUDIO_FUSED_LORA", "0")
+    settings.reload()
     model_args = ModelArguments(model_name_or_path=tiny_checkpoint.path, trust_remote_code=True)
     tokenizer = load_tokenizer(model_args)["tokenizer"]
     model = load_model(tokenizer, model_args, FinetuningArguments(finetuning_type="lora"), is_trainable=True)
     layers = [m for m in model.modules() if type(m) is LoraLinear]
-    assert layers and not any("_peft_forward" in m.__dict__ for m in layers)
+    settings.reload()
+    assert layers and not any(FUSED_FLAG in m.__dict__ for m in layers)
 
 
 def test_parameter_count_walks_the_modules_once_per_training_phase(lora_kimi, monkeypatch):

@@ -722,11 +722,12 @@ def test_save_load_round_trip_and_native_auto_dispatch(model, processor, ckpt, t
             f.write(FAKE_REMOTE)
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    from llamafactory_kimi_audio.models.auto import AUTO_PATCHES, register_auto_classes, unregister_auto_patches
+    from llamafactory_kimi_audio import use_native_auto_classes
+    from llamafactory_kimi_audio.integration.patches import AUTO_PATCHES
     from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer
 
     was_applied = all(p.applied for p in AUTO_PATCHES)
-    register_auto_classes()
+    use_native_auto_classes()
     try:
         assert type(AutoConfig.from_pretrained(out, trust_remote_code=True)) is KimiAudioConfig
         auto_model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
@@ -737,7 +738,8 @@ def test_save_load_round_trip_and_native_auto_dispatch(model, processor, ckpt, t
         assert all(torch.equal(auto_state[k], v) for k, v in state.items())
     finally:
         if not was_applied:
-            unregister_auto_patches()
+            for patch in AUTO_PATCHES:
+                patch.revert()
     assert not any("moonshot_kimia" in name or "tokenization_kimia" in name for name in sys.modules)
 
 

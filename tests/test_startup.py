@@ -109,8 +109,10 @@ def test_interpreter_start_adds_only_the_finder():
         print(json.dumps({"modules": sorted(sys.modules), "first_finder": repr(sys.meta_path[0])}))
         """
     off, on = last_json(run(code, env={DISABLE_ENV: "TRUE"})), last_json(run(code))
-    # `from __future__ import annotations` (in both modules) imports the tiny stdlib module __future__.
-    assert set(on["modules"]) - set(off["modules"]) == {"__future__", PACKAGE, f"{PACKAGE}._startup"}
+    # `from __future__ import annotations` (in these modules) imports the tiny stdlib module __future__; the .pth
+    # blocks SIGINT with the builtin _signal while the package imports (see test_pth_survives_base_exceptions).
+    added = set(on["modules"]) - set(off["modules"])
+    assert added - {"_signal"} == {"__future__", PACKAGE, f"{PACKAGE}._startup", f"{PACKAGE}.settings"}
     assert set(off["modules"]) <= set(on["modules"])
     assert on["first_finder"] == f"<{PACKAGE}._startup._Finder>"
     assert PACKAGE not in off["first_finder"]
@@ -123,6 +125,51 @@ def test_pth_of_a_half_uninstalled_package_is_silent(tmp_path: Path):
         [sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "[]\n", "")
+
+
+@pytest.mark.parametrize("raised", ["SystemExit(3)", "KeyboardInterrupt()", "GeneratorExit()", "ImportError('x')"])
+def test_pth_survives_base_exceptions(tmp_path: Path, raised: str):
+    """A package that raises anything while it imports (a broken install, a stray sys.exit) must not kill every
+    interpreter of the environment at start-up; the interpreter runs on without the integration."""
+    site_dir, shadow = tmp_path / "site", tmp_path / "shadow" / PACKAGE
+    site_dir.mkdir()
+    shadow.mkdir(parents=True)
+    (site_dir / f"{PACKAGE}.pth").write_text((REPO / f"{PACKAGE}.pth").read_text())
+    (shadow / "__init__.py").write_text(f"raise {raised}\n")
+    ours = "[m for m in sys.modules if 'kimi' in m]"
+    code = f"import site, sys; site.addsitedir({str(site_dir)!r}); print('alive', {ours})"
+    env = {k: v for k, v in os.environ.items() if k not in (DISABLE_ENV, "LLAMAFACTORY_KIMI_AUDIO_DISABLE")}
+    env["PYTHONPATH"] = str(shadow.parent)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "alive []\n", "")
+
+
+def test_pth_delivers_a_real_ctrl_c_after_the_import(tmp_path: Path):
+    """SIGINT is blocked only while the package imports: a real Ctrl-C that lands then is delivered right after, so
+    it is not swallowed with the exceptions that the import itself raises."""
+    site_dir, shadow = tmp_path / "site", tmp_path / "shadow" / PACKAGE
+    site_dir.mkdir()
+    shadow.mkdir(parents=True)
+    (site_dir / f"{PACKAGE}.pth").write_text((REPO / f"{PACKAGE}.pth").read_text())
+    (shadow / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    code = f"import site; site.addsitedir({str(site_dir)!r}); print('not reached')"
+    env = {k: v for k, v in os.environ.items() if k not in (DISABLE_ENV, "LLAMAFACTORY_KIMI_AUDIO_DISABLE")}
+    env["PYTHONPATH"] = str(shadow.parent)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert "KeyboardInterrupt" in result.stderr and "not reached" not in result.stdout
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("name", ["KIMI_AUDIO_DISABLE", "LLAMAFACTORY_KIMI_AUDIO_DISABLE"])
+def test_pth_honours_both_opt_out_names(name: str):
+    out = last_json(
+        run("import json, sys; print(json.dumps([m for m in sys.modules if 'kimi' in m]))", env={name: "1"})
+    )
+    assert out == []
 
 
 def test_hooks_run_after_their_module_and_failures_warn_once(fake: Path):
@@ -255,8 +302,10 @@ def test_spawn_children_get_hooks(fake: Path, tmp_path: Path):
 def test_real_llamafactory_runs_the_hooks_of_imported_modules():
     from importlib.metadata import entry_points
 
+    from llamafactory_kimi_audio.integration.patches import triggers
+
     declared = {ep.name: ep.load().module for ep in entry_points(group="llamafactory_extensions")}
-    assert set(declared.values()) == {hook.module for hook in ALL_HOOKS}
+    assert set(declared.values()) == {hook.module for hook in ALL_HOOKS} == set(triggers())
     out = last_json(
         run(
             """\
@@ -290,3 +339,25 @@ def test_torchrun_child_gets_hooks(fake: Path, tmp_path: Path):
     except subprocess.TimeoutExpired:
         pytest.skip("torchrun took longer than 60 s")
     assert last_json(result) == [["SourceFileLoader"], ["fake_root", "fake_boom", "fake_mark"]]
+
+
+def test_our_plugin_module_imported_before_llamafactory_still_registers():
+    """``import llamafactory_kimi_audio.integration.mm_plugin`` first: the hooks that need that half-imported module
+    wait for it instead of failing, so ``kimi_audio`` is registered, silently; ``activate()`` retries failures."""
+    result = run(
+        """\
+        import json
+        import llamafactory_kimi_audio.integration.mm_plugin as ours
+        import llamafactory.data.template as T
+        from llamafactory.data.mm_plugin import PLUGINS
+        import llamafactory_kimi_audio, llamafactory_kimi_audio._startup as s
+
+        llamafactory_kimi_audio.activate()
+        print(json.dumps({"template": "kimi_audio" in T.TEMPLATES, "plugin": PLUGINS.get("kimi_audio") is
+                          ours.KimiAudioPlugin, "failed": s.failed_hooks(), "applied": s.applied_hooks()}))
+        """
+    )
+    out = last_json(result)
+    assert out["template"] and out["plugin"] and out["failed"] == {}, result.stderr
+    assert {"kimi_audio_plugin", "kimi_audio_template"} <= set(out["applied"])
+    assert HOOK_PREFIX not in result.stderr

@@ -31,7 +31,8 @@ from llamafactory.model import load_model, load_tokenizer
 from llamafactory.model.model_utils.misc import find_all_linear_modules
 from llamafactory.model.model_utils.visual import COMPOSITE_MODELS, patch_target_modules
 
-from llamafactory_kimi_audio import DISABLE_ENV
+from llamafactory_kimi_audio import DISABLE_ENV, settings
+from llamafactory_kimi_audio.errors import InputError
 from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
 from llamafactory_kimi_audio.integration.template import INSTRUCTION_ENV, KimiAudioTemplate
 
@@ -210,7 +211,12 @@ def test_audio_only_turn_gets_the_default_instruction(template, tok, processor, 
     end = [ids["msg_end"], ids["assistant_start"]]
     assert prompt == [ids["user_start"], *enc(tok, DEFAULT_INSTRUCTION), *audio_part, *end]
     monkeypatch.setenv(INSTRUCTION_ENV, "Transcribe.")
-    prompt, _ = template.encode_oneturn(tok, processed)
+    settings.reload()  # settings are read once per process
+    try:
+        prompt, _ = template.encode_oneturn(tok, processed)
+    finally:
+        monkeypatch.undo()
+        settings.reload()
     assert prompt == [ids["user_start"], *enc(tok, "Transcribe."), *audio_part, *end]
 
 
@@ -331,7 +337,7 @@ def test_placeholder_audio_mismatch_names_the_sample(plugin, processor, wav_a, w
     content = "<audio>" * placeholders + "say the magic words"
     messages = [{"role": "user", "content": content}, {"role": "assistant", "content": "abracadabra"}]
     audios = [wav_a[0], wav_b[0]][:n_audios]
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(InputError) as info:  # exit code 2 through the run guard
         plugin.process_messages(messages, [], [], audios, processor)
     text = str(info.value)
     assert "say the magic words" in text

@@ -1,35 +1,33 @@
 """The post-import hooks this package declares as entry points (group ``llamafactory_extensions``).
 
-Each hook names the LLaMA-Factory module that *defines* what it touches and the callback to run right after that
-module has executed. This module stays import-light: callbacks are resolved only when their module is imported.
+One generic hook per trigger module of the patch table (``patches.py``): right after that module has executed it
+applies the table's registrations and patch rows for it. This module stays import-light: the table is imported
+only when a trigger module is imported.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
 
 @dataclass(frozen=True)
 class Hook:
-    module: str  # the LLaMA-Factory module whose execution triggers the hook
-    target: str  # "package.module:function", called with that module
+    module: str  # the module whose execution triggers the hook
 
     def __call__(self, module: ModuleType) -> None:
-        owner, _, name = self.target.partition(":")
-        getattr(importlib.import_module(owner), name)(module)
+        from .patches import apply_trigger
+
+        apply_trigger(module)
 
 
-_REG = "llamafactory_kimi_audio.integration.registration"
-_PATCHES = "llamafactory_kimi_audio.integration.patches"
-
-MODEL_GROUPS = Hook("llamafactory.extras.constants", f"{_REG}:register_model_groups")
-MM_PLUGIN = Hook("llamafactory.data.mm_plugin", f"{_REG}:register_plugin")
-TEMPLATE = Hook("llamafactory.data.template", f"{_REG}:register_kimi_template")
-COMPOSITE = Hook("llamafactory.model.model_utils.visual", f"{_REG}:register_composite")
-LOADER = Hook("llamafactory.model.loader", f"{_PATCHES}:apply_loader_patches")
-METRICS = Hook("llamafactory.train.sft.workflow", f"{_PATCHES}:apply_metric_patches")
-TUNER = Hook("llamafactory.train.tuner", f"{_PATCHES}:apply_tuner_patches")
+# The entry points of pyproject.toml, one per trigger of the table (tests/test_startup.py checks they match).
+MODEL_GROUPS = Hook("llamafactory.extras.constants")
+MM_PLUGIN = Hook("llamafactory.data.mm_plugin")
+TEMPLATE = Hook("llamafactory.data.template")
+COMPOSITE = Hook("llamafactory.model.model_utils.visual")
+LOADER = Hook("llamafactory.model.loader")
+METRICS = Hook("llamafactory.train.sft.workflow")
+TUNER = Hook("llamafactory.train.tuner")
 
 ALL_HOOKS = (MODEL_GROUPS, MM_PLUGIN, TEMPLATE, COMPOSITE, LOADER, METRICS, TUNER)

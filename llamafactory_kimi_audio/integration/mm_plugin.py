@@ -16,11 +16,11 @@ import numpy as np
 from llamafactory.data.mm_plugin import BasePlugin
 from llamafactory.extras.constants import AUDIO_PLACEHOLDER
 
+from .._startup import resume
 from ..audio_io import AudioError, load_audio, probe, resampled_length
+from ..errors import InputError
 from ..models.layout import audio_marker
 from ..models.processing_kimi_audio import num_audio_tokens
-
-FAKE_AUDIO_NOTE = "the collator's silent 0.1 s audio for audio-free batches"
 
 
 @dataclass
@@ -48,7 +48,7 @@ class KimiAudioPlugin(BasePlugin):
         found = sum(message["content"].count(AUDIO_PLACEHOLDER) for message in messages)
         if found != len(audios):
             preview = next((m["content"] for m in messages if m["content"].strip()), "")[:80]
-            raise ValueError(
+            raise InputError(
                 f"sample {preview!r} has {found} {AUDIO_PLACEHOLDER} placeholder(s) but {len(audios)} audio file(s) "
                 f"{[a for a in audios if isinstance(a, str)][:3]}; put exactly one {AUDIO_PLACEHOLDER} per audio"
             )
@@ -90,3 +90,6 @@ def audio_token_count(audio: Any) -> int:
             return num_audio_tokens(resampled_length(len(np.asarray(audio["array"])), rate))
         return audio_token_count(audio.get("path"))
     return num_audio_tokens(len(np.asarray(audio).reshape(-1)))
+
+
+resume(__name__)  # hooks that needed this module while it was importing LLaMA-Factory run now

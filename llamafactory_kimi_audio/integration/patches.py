@@ -1,258 +1,238 @@
-"""The named patches of LLaMA-Factory / transformers this package applies — one table, each with apply/revert.
+"""THE table of every patch this package applies: LLaMA-Factory, transformers' Auto classes, PEFT's LoRA layer.
 
-Registrations (template, plugin, model groups, composite) go through LLaMA-Factory's registries in
-``registration.py``; only what no registry reaches is patched here, at the module that defines the name.
+Where to add a patch: one ``Patch`` row in :data:`PATCHES` (the wrapper goes in ``wrappers.py`` or a module of its
+own). ``trigger`` is the module whose import applies the row; :func:`apply_trigger` is the one generic hook that
+``hooks.py`` runs for every trigger. Registrations into LLaMA-Factory's and transformers' own registries are no
+patches; they are listed per trigger in :data:`REGISTRATIONS`. Before a row is applied, the installed version of the
+patched distribution and the parameters of the wrapped function are checked (``patching.py``): a mismatch is one
+warning that names both versions and the opt-out variable, and a row whose signature changed is skipped.
+``kimi-audio-lf doctor`` reads :func:`patch_rows`; the README's table is this one.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
-from ..audio_io import AudioError
-from ..data.textio import DataError
-from ..patching import Patch
+from .. import settings
+from ..errors import EnvironmentProblem
+from ..patching import SUPPORTED_VERSIONS, Patch, installed_version, version_problem
+from . import registration as reg
+from . import wrappers as w
+from .auto_classes import AUTO_CLASSES, route_to_native
+from .run_guard import make_run_guard
+
+LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
+SFT_WORKFLOW = "llamafactory.train.sft.workflow"  # run_sft: imports the trainer, the data processors, the metrics
+TUNER = "llamafactory.train.tuner"
+OPT_OUT = "KIMI_AUDIO_DISABLE"
 
 
-def _is_kimi_tokenizer(tokenizer: Any) -> bool:
-    return type(tokenizer).__name__ == "KimiAudioTokenizer"
+def _fused_forward(original):
+    from ..models.fused_lora import make_fused_forward
+
+    return make_fused_forward(original)
 
 
-def _is_kimi_model(model: Any) -> bool:
-    base = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
-    base = getattr(getattr(base, "base_model", None), "model", base)  # PEFT
-    return getattr(getattr(base, "config", None), "model_type", None) == "moonshot_kimia"
+def _registries(loader: ModuleType) -> None:
+    from ..models.auto import register_auto_classes
+
+    register_auto_classes()
 
 
-def _asr_metrics(original):
-    @functools.wraps(original)
-    def compute_similarity(tokenizer, *args: Any, **kwargs: Any):
-        if _is_kimi_tokenizer(tokenizer):
-            from .metrics import ComputeAsrMetrics
-
-            return ComputeAsrMetrics(tokenizer)
-        return original(tokenizer, *args, **kwargs)
-
-    return compute_similarity
-
-
-def _is_kimi_source(model_args: Any) -> bool:
-    from ..models.auto import is_kimi_audio_checkpoint
-    from .registration import MODEL_GROUPS
-
-    path = getattr(model_args, "model_name_or_path", None)
-    return path in MODEL_GROUPS.values() or is_kimi_audio_checkpoint(path)
-
-
-def _asr_predict_dependencies(original):
-    @functools.wraps(original)
-    def check_extra_dependencies(model_args, finetuning_args, training_args=None, *args: Any, **kwargs: Any):
-        if not (getattr(training_args, "predict_with_generate", False) and _is_kimi_source(model_args)):
-            return original(model_args, finetuning_args, training_args, *args, **kwargs)
-        # jieba / nltk / rouge_chinese only serve BLEU/ROUGE, which `asr_metrics` replaces by CER/WER (jiwer).
-        training_args.predict_with_generate = False
-        try:
-            return original(model_args, finetuning_args, training_args, *args, **kwargs)
-        finally:
-            training_args.predict_with_generate = True
-
-    return check_extra_dependencies
-
-
-def _greedy_prediction(original):
-    @functools.wraps(original)
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
-        if _is_kimi_model(model) and getattr(self, "_gen_kwargs", None):
-            # ASR is scored on greedy transcripts (the official decoding, spec §7); sampling would make CER noisy.
-            for key in ("temperature", "top_p", "top_k"):
-                self._gen_kwargs.pop(key, None)
-            self._gen_kwargs["do_sample"] = False
-        return original(self, model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
-
-    return prediction_step
-
-
-def _audio_span_guard(original):
-    """Fail at preprocessing, naming the sample, when ``cutoff_len`` cuts an audio span (the forward would fail)."""
-
-    @functools.wraps(original)
-    def _encode_data_example(self, prompt, response, system, tools, images, videos, audios):
-        input_ids, labels = original(self, prompt, response, system, tools, images, videos, audios)
-        if audios and _is_kimi_template(self.template):
-            _check_audio_spans(self, input_ids, prompt + response, system, tools, audios)
-        return input_ids, labels
-
-    return _encode_data_example
-
-
-def _is_kimi_template(template: Any) -> bool:
-    from .template import KimiAudioTemplate
-
-    return isinstance(template, KimiAudioTemplate)
-
-
-def _check_audio_spans(processor_obj: Any, input_ids: list[int], messages, system, tools, audios) -> None:
-    from ..models import special_tokens as st
-
-    tokenizer, template = processor_obj.tokenizer, processor_obj.template
-    begin, end = (tokenizer.convert_tokens_to_ids(token) for token in (st.MEDIA_BEGIN, st.MEDIA_END))
-    if input_ids.count(begin) == input_ids.count(end) == len(audios):
-        return
-    expanded = template.mm_plugin.process_messages(messages, [], [], audios, processor_obj.processor)
-    needed = sum(len(a) + len(b) for a, b in template.encode_multiturn(tokenizer, expanded, system, tools))
-    preview = next((m["content"] for m in messages if m["content"].strip()), "")[:60]
-    names = [a for a in audios if isinstance(a, str)][:3]
-    raise DataError(
-        f"sample {preview!r} {names}: cutoff_len={processor_obj.data_args.cutoff_len} cuts its audio, which needs "
-        f"{needed} tokens in all (audio: 12.5 tokens/s); raise cutoff_len to at least {needed} or drop long clips "
-        "(kimi-audio-lf convert --max-duration SECONDS --drop-long)"
-    )
-
-
-DATA_PATCHES = [
+AUTO_PATCHES = [
     Patch(
-        name=f"audio_span_guard.{kind}",
-        owner=f"llamafactory.data.processor.{kind}:{cls}",
-        attribute="_encode_data_example",
-        make_replacement=_audio_span_guard,
-        why="cutoff_len truncation must not cut an audio span silently: the sample fails at preprocessing, by name, "
-        "instead of crashing training/prediction later with a frame-count mismatch",
+        name=f"native_dispatch.{auto}",
+        trigger=LOADER,
+        owner=f"transformers:{auto}",
+        attribute="from_pretrained",
+        make_replacement=route_to_native(auto),
+        distribution="transformers",
+        parameters=("cls", "pretrained_model_name_or_path"),
+        wrap_classmethod=True,
+        why="Kimi-Audio directories load the native classes, never the flash-attn-only remote code, also with "
+        "trust_remote_code=True and for official exports that say model_type 'qwen2' (integration/auto_classes.py)",
     )
-    for kind, cls in (("supervised", "SupervisedDatasetProcessor"), ("unsupervised", "UnsupervisedDatasetProcessor"))
+    for auto in AUTO_CLASSES
 ]
-
-
-def _official_auto_map(original):
-    @functools.wraps(original)
-    def register_autoclass(config, model, tokenizer):
-        from ..models.auto import KIMI_MODEL_TYPES
-
-        if getattr(config, "model_type", None) in KIMI_MODEL_TYPES:
-            return None  # keep the checkpoint's auto_map: the native classes are not remote code
-        return original(config, model, tokenizer)
-
-    return register_autoclass
-
-
-FUSED_LORA_ENV = "KIMI_AUDIO_FUSED_LORA"  # "0": PEFT's own LoRA forward
-
-
-def _fused_lora(original):
-    @functools.wraps(original)
-    def init_adapter(config, model, model_args, finetuning_args, is_trainable, *args: Any, **kwargs: Any):
-        model = original(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs)
-        if _is_kimi_model(model) and os.environ.get(FUSED_LORA_ENV, "1") != "0":
-            from ..models.fused_lora import install_fused_lora
-
-            install_fused_lora(model)
-        return model
-
-    return init_adapter
-
 
 LOADER_PATCHES = [
     Patch(
         name="fused_lora",
-        owner="llamafactory.model.loader",
+        trigger=LOADER,
+        owner=LOADER,
         attribute="init_adapter",
-        make_replacement=_fused_lora,
-        why="PEFT's LoRA forward copies every input to fp32 and back under bf16 autocast and scales/adds in two extra "
-        "passes; Kimi-Audio's LoRA layers get a forward with the same math in one addmm (models/fused_lora.py)",
+        make_replacement=w.make_fused_lora,
+        parameters=("config", "model", "model_args", "finetuning_args", "is_trainable"),
+        why="marks Kimi-Audio's LoRA layers for the fused forward (KIMI_AUDIO_FUSED_LORA=0: PEFT's own)",
+    ),
+    Patch(
+        name="fused_lora.forward",
+        trigger=LOADER,
+        owner="peft.tuners.lora.layer:Linear",
+        attribute="forward",
+        make_replacement=_fused_forward,
+        distribution="peft",
+        parameters=("self", "x"),
+        why="PEFT's LoRA forward copies every input to fp32 and back under bf16 autocast and scales/adds in two "
+        "extra passes; marked layers run the same math in one addmm (models/fused_lora.py), others PEFT's forward",
     ),
     Patch(
         name="official_auto_map",
-        owner="llamafactory.model.loader",
+        trigger=LOADER,
+        owner=LOADER,
         attribute="register_autoclass",
-        make_replacement=_official_auto_map,
+        make_replacement=w.make_official_auto_map,
+        parameters=("config", "model", "tokenizer"),
         why="saved / exported checkpoints keep the official auto_map instead of pointing at copies of this "
         "package's sources (register_for_auto_class would rewrite AutoConfig/AutoModel and copy *.py files)",
     ),
+    Patch(
+        name="speed_switches",
+        trigger=LOADER,
+        owner=LOADER,
+        attribute="patch_config",
+        make_replacement=w.make_speed_switches,
+        parameters=("config", "tokenizer", "model_args", "init_kwargs", "is_trainable"),
+        why="the model's speed switches are config attributes (use_varlen_attention, compile_pointwise), set from "
+        "KIMI_AUDIO_VARLEN_ATTENTION / KIMI_AUDIO_COMPILE_POINTWISE before the model is built",
+    ),
 ]
 
-METRIC_PATCHES = [
+SFT_PATCHES = [
     Patch(
         name="asr_metrics",
-        owner="llamafactory.train.sft.workflow",
+        trigger=SFT_WORKFLOW,
+        owner=SFT_WORKFLOW,
         attribute="ComputeSimilarity",
-        make_replacement=_asr_metrics,
+        make_replacement=w.make_asr_metrics,
+        parameters=("tokenizer",),
         why="predict_with_generate reports CER/WER (jiwer) instead of BLEU/ROUGE for Kimi-Audio",
     ),
     Patch(
         name="asr_predict_dependencies",
+        trigger=SFT_WORKFLOW,
         owner="llamafactory.hparams.parser",
         attribute="_check_extra_dependencies",
-        make_replacement=_asr_predict_dependencies,
+        make_replacement=w.make_asr_predict_dependencies,
+        parameters=("model_args", "finetuning_args", "training_args"),
         why="predict_with_generate demands jieba/nltk/rouge_chinese for BLEU/ROUGE; Kimi-Audio scores CER/WER instead",
     ),
     Patch(
         name="greedy_asr_predictions",
+        trigger=SFT_WORKFLOW,
         owner="llamafactory.train.sft.trainer:CustomSeq2SeqTrainer",
         attribute="prediction_step",
-        make_replacement=_greedy_prediction,
+        make_replacement=w.make_greedy_prediction,
+        parameters=("self", "model", "inputs", "prediction_loss_only", "ignore_keys"),
         why="LLaMA-Factory samples by default (do_sample=True, T=0.95); ASR evaluation decodes greedily",
     ),
+    *(
+        Patch(
+            name=f"audio_span_guard.{kind}",
+            trigger=SFT_WORKFLOW,
+            owner=f"llamafactory.data.processor.{kind}:{cls}",
+            attribute="_encode_data_example",
+            make_replacement=w.make_audio_span_guard,
+            parameters=("self", "prompt", "response", "system", "tools", "images", "videos", "audios"),
+            why="cutoff_len must not cut an audio span silently: the sample fails at preprocessing, by name, instead "
+            "of a frame-count mismatch later (the processors are first used by run_sft)",
+        )
+        for kind, cls in (
+            ("supervised", "SupervisedDatasetProcessor"),
+            ("unsupervised", "UnsupervisedDatasetProcessor"),
+        )
+    ),
 ]
-
-
-DEBUG_ENV = "KIMI_AUDIO_LF_DEBUG"  # "1": keep the traceback of bad-input errors (as `kimi-audio-lf --debug`)
-
-
-def _one_line_input_errors(original):
-    @functools.wraps(original)
-    def run_exp(*args: Any, **kwargs: Any):
-        try:
-            return original(*args, **kwargs)
-        except (AudioError, DataError) as err:
-            if os.environ.get(DEBUG_ENV) == "1":
-                raise
-            print(f"llamafactory-cli: {err}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-
-    return run_exp
-
 
 TUNER_PATCHES = [
     Patch(
-        name="one_line_input_errors",
-        owner="llamafactory.train.tuner",
+        name="one_line_errors",
+        trigger=TUNER,
+        owner=TUNER,
         attribute="run_exp",
-        make_replacement=_one_line_input_errors,
-        why="a bad audio file or a sample cut by cutoff_len ends the run with this package's one-line message "
-        "(file / sample and the fix, exit code 2) instead of a traceback through datasets and LLaMA-Factory; "
-        f"{DEBUG_ENV}=1 keeps the traceback",
+        make_replacement=make_run_guard,
+        parameters=("args",),
+        why="a Kimi-Audio run ends with the package's one-line message (file / sample / setting and the fix) and "
+        "its exit code instead of a traceback; KIMI_AUDIO_DEBUG=1 keeps the traceback (integration/run_guard.py)",
     ),
 ]
 
+PATCHES: tuple[Patch, ...] = (*AUTO_PATCHES, *LOADER_PATCHES, *SFT_PATCHES, *TUNER_PATCHES)
 
-def apply_tuner_patches(tuner: ModuleType) -> None:
-    for patch in TUNER_PATCHES:
-        patch.apply()
-
-
-def apply_loader_patches(loader: ModuleType) -> None:
-    """Official Kimi-Audio dirs load the native config/tokenizer/processor/model through the names the loader uses."""
-    from ..models.auto import register_auto_classes
-
-    register_auto_classes()
-    for patch in LOADER_PATCHES:
-        patch.apply()
+REGISTRATIONS: dict[str, tuple[Callable[[ModuleType], None], ...]] = {
+    "llamafactory.extras.constants": (reg.register_model_groups,),
+    "llamafactory.data.mm_plugin": (reg.register_plugin,),
+    "llamafactory.data.template": (reg.register_kimi_template,),
+    "llamafactory.model.model_utils.visual": (reg.register_composite,),
+    LOADER: (_registries,),
+}
 
 
-def apply_metric_patches(workflow: ModuleType) -> None:
-    """SFT workflow patches: metrics and decoding, plus the dataset guards (datasets are built by ``run_sft``)."""
-    for patch in [*METRIC_PATCHES, *DATA_PATCHES]:
-        patch.apply()
+def triggers() -> list[str]:
+    """Every module whose import applies something, in the order first listed."""
+    return list(dict.fromkeys([*REGISTRATIONS, *(patch.trigger for patch in PATCHES)]))
+
+
+def apply_trigger(module: ModuleType) -> list[str]:
+    """The generic hook: the registrations and patch rows of ``module``. Returns the names of the rows applied."""
+    for register in REGISTRATIONS.get(module.__name__, ()):
+        register(module)
+    return apply_patches(patch for patch in PATCHES if patch.trigger == module.__name__)
+
+
+def apply_patches(patches: Iterable[Patch]) -> list[str]:
+    """Apply rows after the version / signature check; a row whose signature changed is skipped, with one warning."""
+    patches = list(patches)
+    skipped = {patch.name: problem for patch in patches if (problem := patch.problem()) is not None}
+    _warn_incompatible(patches, skipped)
+    return [patch.name for patch in patches if patch.name not in skipped and patch.apply()]
+
+
+_warned: set[str] = set()
+
+
+def _warn_incompatible(patches: list[Patch], skipped: dict[str, str]) -> None:
+    versions = [v for d in dict.fromkeys(p.distribution for p in patches) if (v := version_problem(d)) is not None]
+    versions = [text for text in versions if text not in _warned]
+    if not versions and not skipped:
+        return
+    _warned.update(versions)
+    parts = versions + [f"skipped patch {name}: {problem}" for name, problem in skipped.items()]
+    message = (
+        f"{'; '.join(parts)}. Kimi-Audio runs may fail; install the supported versions "
+        f"(pip install 'llamafactory-kimi-audio'), or set {OPT_OUT}=1 to run LLaMA-Factory without this integration"
+    )
+    if settings.enabled("KIMI_AUDIO_STRICT"):
+        raise EnvironmentProblem(message)
+    if os.environ.get("RANK", "0") in ("", "0"):
+        sys.stderr.write(f"llamafactory-kimi-audio: {message}\n")
+
+
+def patch_rows() -> list[dict[str, Any]]:
+    """One dict per row (for ``doctor`` and the README): what, where, why, versions, state in this process."""
+    return [
+        {
+            "name": patch.name,
+            "trigger": patch.trigger,
+            "target": f"{patch.owner}.{patch.attribute}",
+            "distribution": patch.distribution,
+            "supported": SUPPORTED_VERSIONS[patch.distribution],
+            "installed": installed_version(patch.distribution),
+            "applied": patch.applied,
+            "why": patch.why,
+        }
+        for patch in PATCHES
+    ]
 
 
 def all_patches() -> list[Patch]:
-    from ..models.auto import AUTO_PATCHES
-
-    return [*AUTO_PATCHES, *LOADER_PATCHES, *METRIC_PATCHES, *DATA_PATCHES, *TUNER_PATCHES]
+    return list(PATCHES)
 
 
-def revert_all() -> None:
-    for patch in all_patches():
-        patch.revert()
+def revert_all() -> list[str]:
+    """Undo every applied row (tests; a process that wants stock LLaMA-Factory back). Returns the reverted names."""
+    return [patch.name for patch in reversed(PATCHES) if patch.revert()]

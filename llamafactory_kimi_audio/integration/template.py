@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from llamafactory.data.template import Template
 
+from .. import settings
+from .._startup import resume
+from ..errors import InputError
 from ..models import special_tokens as st
 from ..models.layout import LayoutEncoder, Segment, split_segments
 
@@ -14,8 +16,8 @@ INSTRUCTION_ENV = "KIMI_AUDIO_DEFAULT_INSTRUCTION"
 
 
 def default_instruction() -> str:
-    """Instruction added when a user turn holds only audio (official inference prompt; override by env var)."""
-    return os.environ.get(INSTRUCTION_ENV, st.DEFAULT_INSTRUCTION["zh"])
+    """Instruction added to a user turn that holds only audio (the official one; KIMI_AUDIO_DEFAULT_INSTRUCTION)."""
+    return str(settings.get(INSTRUCTION_ENV) or st.DEFAULT_INSTRUCTION["zh"])
 
 
 class KimiAudioTemplate(Template):
@@ -23,12 +25,12 @@ class KimiAudioTemplate(Template):
 
     def _encode(self, tokenizer: Any, messages: list[dict[str, str]], system: str | None, tools: str | None):
         if system or self.default_system:
-            raise ValueError(
+            raise InputError(
                 "Kimi-Audio has no system role: remove the `system` column / default_system, or put the "
                 f"instruction into the user turn (got {(system or self.default_system)[:60]!r})"
             )
         if tools:
-            raise ValueError("the kimi_audio template does not support tools / function calling")
+            raise InputError("the kimi_audio template does not support tools / function calling")
         layout = LayoutEncoder(tokenizer)
         encoded = []
         for index, message in enumerate(messages):
@@ -38,7 +40,7 @@ class KimiAudioTemplate(Template):
             elif role == "assistant":
                 encoded.append(layout.assistant_turn(message["content"]))
             else:
-                raise ValueError(f"the kimi_audio template supports user and assistant turns only, got {role!r}")
+                raise InputError(f"the kimi_audio template supports user and assistant turns only, got {role!r}")
         return encoded
 
     @staticmethod
@@ -51,3 +53,6 @@ class KimiAudioTemplate(Template):
     def fix_jinja_template(self, tokenizer: Any) -> None:
         """Keep the official tokenizer files clean: the layout is not expressible as a chat template string."""
         return None
+
+
+resume(__name__)  # hooks that needed this module while it was importing LLaMA-Factory run now

@@ -1,9 +1,7 @@
-"""Auto-class registration: ``Auto*.from_pretrained(<official Kimi-Audio dir>)`` returns the native classes.
+"""Which directories hold a Kimi-Audio checkpoint, and transformers' registries for the native classes.
 
-``register`` makes ``moonshot_kimia`` a known local type. That is not enough on its own: the official directory
-carries ``auto_map`` + remote ``.py`` files, and with ``trust_remote_code=True`` (the LLaMA-Factory Web UI always
-sets it) transformers prefers remote code. The ``native_dispatch`` patches route Kimi-Audio checkpoints to the
-native classes whatever ``trust_remote_code`` says; every other model is untouched.
+Pure transformers: the routing of ``Auto*.from_pretrained`` that registries cannot express (``trust_remote_code=True``,
+official exports whose ``config.json`` says ``model_type: "qwen2"``) is a patch in ``integration/auto_classes.py``.
 """
 
 from __future__ import annotations
@@ -12,91 +10,70 @@ import json
 import os
 from typing import Any
 
-from ..patching import Patch
+from .configuration_kimi_audio import OFFICIAL_ARCHITECTURE, KimiAudioConfig
 
 KIMI_MODEL_TYPES = ("moonshot_kimia", "kimi_audio")
+_REMOTE_MODULE = "moonshot_kimia"  # configuration_moonshot_kimia / modeling_moonshot_kimia in auto_map
+
+
+def read_config_json(model_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``config.json`` of a local directory, or ``None`` (no directory, no file, not JSON)."""
+    config_file = os.path.join(os.fspath(model_dir), "config.json")
+    if not os.path.isfile(config_file):
+        return None
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _fields(source: Any) -> dict[str, Any] | None:
+    if isinstance(source, (str, os.PathLike)):
+        return read_config_json(source)
+    if hasattr(source, "model_type"):  # a config object
+        return {key: getattr(source, key, None) for key in ("model_type", "architectures", "auto_map")}
+    return None
+
+
+def _named_kimi_audio(fields: dict[str, Any]) -> bool:
+    """The official classes named by ``architectures`` or ``auto_map``, whatever ``model_type`` says."""
+    architectures = fields.get("architectures") or []
+    auto_map = fields.get("auto_map") or {}
+    auto_targets = [v for value in auto_map.values() for v in (value if isinstance(value, list) else [value])]
+    return OFFICIAL_ARCHITECTURE in architectures or any(_REMOTE_MODULE in str(t) for t in auto_targets)
 
 
 def is_kimi_audio_checkpoint(source: Any) -> bool:
-    """True for a KimiAudioConfig or a local directory whose config.json is a Kimi-Audio config."""
-    model_type = getattr(source, "model_type", None)
-    if model_type is None and isinstance(source, (str, os.PathLike)):
-        config_file = os.path.join(os.fspath(source), "config.json")
-        if os.path.isfile(config_file):
-            try:
-                with open(config_file, encoding="utf-8") as f:
-                    model_type = json.load(f).get("model_type")
-            except (OSError, ValueError):
-                return False
-    return model_type in KIMI_MODEL_TYPES
+    """True for a Kimi-Audio config object or local directory: by ``model_type``, ``architectures`` or ``auto_map``.
+
+    The official fine-tune export writes ``model_type: "qwen2"`` (its config class inherits it) next to
+    ``architectures: ["MoonshotKimiaForCausalLM"]`` and the ``auto_map``; those directories count as well.
+    """
+    fields = _fields(source)
+    if fields is None:
+        return False
+    return fields.get("model_type") in KIMI_MODEL_TYPES or _named_kimi_audio(fields)
 
 
-def _native_class(auto_name: str):
-    from .configuration_kimi_audio import KimiAudioConfig
-    from .modeling_kimi_audio import KimiAudioForCausalLM
-    from .processing_kimi_audio import KimiAudioProcessor
-    from .tokenization_kimi_audio import KimiAudioTokenizer
-
-    return {
-        "AutoConfig": KimiAudioConfig,
-        "AutoModelForCausalLM": KimiAudioForCausalLM,
-        "AutoModel": KimiAudioForCausalLM,
-        "AutoTokenizer": KimiAudioTokenizer,
-        "AutoProcessor": KimiAudioProcessor,
-    }[auto_name]
-
-
-def _dispatch(auto_name: str):
-    def make(original):
-        def from_pretrained(cls, pretrained_model_name_or_path=None, *args: Any, **kwargs: Any):
-            source = kwargs.get("config") if auto_name.startswith("AutoModel") else None
-            if is_kimi_audio_checkpoint(source) or is_kimi_audio_checkpoint(pretrained_model_name_or_path):
-                kwargs.pop("trust_remote_code", None)
-                if auto_name in ("AutoTokenizer", "AutoProcessor"):
-                    kwargs.pop("use_fast", None)
-                return _native_class(auto_name).from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            return original(cls, pretrained_model_name_or_path, *args, **kwargs)
-
-        from_pretrained.__wrapped__ = original
-        from_pretrained.__doc__ = original.__doc__
-        return from_pretrained
-
-    return make
-
-
-AUTO_PATCHES = [
-    Patch(
-        name=f"native_dispatch.{auto}",
-        owner=f"transformers:{auto}",
-        attribute="from_pretrained",
-        make_replacement=_dispatch(auto),
-        wrap_classmethod=True,
-        why="official Kimi-Audio dirs load the native classes, never the flash-attn-only remote code",
-    )
-    for auto in ("AutoConfig", "AutoModelForCausalLM", "AutoModel", "AutoTokenizer", "AutoProcessor")
-]
-
-_registered = False
+def mismatched_model_type(source: Any) -> str | None:
+    """The ``model_type`` of a Kimi-Audio checkpoint that does not say ``moonshot_kimia`` (e.g. "qwen2"), else None."""
+    fields = _fields(source)
+    if fields is None or fields.get("model_type") in KIMI_MODEL_TYPES or not _named_kimi_audio(fields):
+        return None
+    return str(fields.get("model_type"))
 
 
 def register_auto_classes() -> None:
-    """Idempotent: register the native classes and route official checkpoint directories to them."""
-    global _registered
-    if not _registered:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """Make ``moonshot_kimia`` a model type transformers knows (idempotent). Enough for a ``from_pretrained`` without
+    ``trust_remote_code`` on a directory whose ``config.json`` says ``moonshot_kimia``."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-        from .configuration_kimi_audio import KimiAudioConfig
-        from .modeling_kimi_audio import KimiAudioForCausalLM
-        from .tokenization_kimi_audio import KimiAudioTokenizer
+    from .modeling_kimi_audio import KimiAudioForCausalLM
+    from .tokenization_kimi_audio import KimiAudioTokenizer
 
-        AutoConfig.register(KimiAudioConfig.model_type, KimiAudioConfig, exist_ok=True)
-        AutoModelForCausalLM.register(KimiAudioConfig, KimiAudioForCausalLM, exist_ok=True)
-        AutoTokenizer.register(KimiAudioConfig, slow_tokenizer_class=KimiAudioTokenizer, exist_ok=True)
-        _registered = True
-    for patch in AUTO_PATCHES:
-        patch.apply()
-
-
-def unregister_auto_patches() -> None:
-    for patch in AUTO_PATCHES:
-        patch.revert()
+    AutoConfig.register(KimiAudioConfig.model_type, KimiAudioConfig, exist_ok=True)
+    AutoModelForCausalLM.register(KimiAudioConfig, KimiAudioForCausalLM, exist_ok=True)
+    AutoModel.register(KimiAudioConfig, KimiAudioForCausalLM, exist_ok=True)
+    AutoTokenizer.register(KimiAudioConfig, slow_tokenizer_class=KimiAudioTokenizer, exist_ok=True)

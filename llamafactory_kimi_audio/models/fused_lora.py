@@ -7,6 +7,9 @@ a third of the GPU time of a LoRA step (``benchmarks/RESULTS.md``). Here the inp
 ``addmm(result, h, Bᵀ, alpha=scaling)`` folds the scale and the add into the second matmul's epilogue. The only
 numerical difference is one rounding fewer (the sum is accumulated before it is rounded to bf16).
 
+The forward is installed on PEFT's LoRA ``Linear`` class by a row of the patch table
+(``integration/patches.py``: ``make_fused_forward``) and serves only the layers that :func:`install_fused_lora`
+marked (Kimi-Audio's, when ``KIMI_AUDIO_FUSED_LORA`` is on); every other layer keeps PEFT's forward.
 Anything unusual goes through PEFT's own forward unchanged: merged or disabled adapters, several active adapters,
 mixed-adapter batches, DoRA and other variants, a LoRA bias, ZeRO-3-partitioned weights (their gathering hooks fire
 on module calls only), and inputs whose dtype differs from the LoRA weights' without autocast to reconcile them.
@@ -14,7 +17,6 @@ on module calls only), and inputs whose dtype differs from the LoRA weights' wit
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
@@ -39,10 +41,10 @@ def _single_plain_adapter(layer: Any, x: torch.Tensor, args: tuple, kwargs: dict
     return name
 
 
-def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    name = _single_plain_adapter(self, x, args, kwargs)
-    if name is None:
-        return self._peft_forward(x, *args, **kwargs)
+FUSED_FLAG = "kimi_audio_fused_lora"  # instance attribute of the layers that take the fused path
+
+
+def fused_lora_forward(self: Any, x: torch.Tensor, name: str) -> torch.Tensor:
     result = self.base_layer(x)
     hidden = self.lora_A[name](self.lora_dropout[name](x))
     out = torch.addmm(
@@ -54,6 +56,21 @@ def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     return out.view(result.shape)
 
 
+def make_fused_forward(peft_forward):
+    """``peft.tuners.lora.layer.Linear.forward`` -> the same forward, fused for the layers marked by install."""
+
+    def forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.__dict__.get(FUSED_FLAG):
+            name = _single_plain_adapter(self, x, args, kwargs)
+            if name is not None:
+                return fused_lora_forward(self, x, name)
+        return peft_forward(self, x, *args, **kwargs)
+
+    forward.__wrapped__ = peft_forward
+    forward.__doc__ = peft_forward.__doc__
+    return forward
+
+
 def _lora_linear_class() -> type | None:
     try:
         from peft.tuners.lora.layer import Linear
@@ -63,17 +80,18 @@ def _lora_linear_class() -> type | None:
 
 
 def install_fused_lora(model: nn.Module) -> int:
-    """Give every plain PEFT LoRA ``Linear`` of ``model`` the fused forward; idempotent. Returns how many got it."""
+    """Mark every plain PEFT LoRA ``Linear`` of ``model`` for the fused forward; idempotent. Returns how many.
+
+    The marks take effect where the patch table's ``fused_lora.forward`` row is applied (LLaMA-Factory processes,
+    ``llamafactory_kimi_audio.use_fused_lora()``)."""
     linear = _lora_linear_class()
     if linear is None:
         return 0
     count = 0
     for module in model.modules():
-        if type(module) is not linear or "_peft_forward" in module.__dict__:
-            continue
-        module._peft_forward = module.forward
-        module.forward = types.MethodType(fused_lora_forward, module)
-        count += 1
+        if type(module) is linear and not module.__dict__.get(FUSED_FLAG):
+            module.__dict__[FUSED_FLAG] = True
+            count += 1
     return count
 
 
@@ -81,7 +99,6 @@ def remove_fused_lora(model: nn.Module) -> int:
     """Undo ``install_fused_lora``."""
     count = 0
     for module in model.modules():
-        if "_peft_forward" in module.__dict__:
-            del module.forward, module._peft_forward
+        if module.__dict__.pop(FUSED_FLAG, False):
             count += 1
     return count

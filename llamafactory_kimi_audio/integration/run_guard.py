@@ -1,0 +1,94 @@
+"""``llamafactory-cli train`` ends a Kimi-Audio run with one line (the problem and its fix) and a documented exit code.
+
+The guard wraps ``llamafactory.train.tuner.run_exp`` (a row of the patch table). Before the run it checks what a
+Kimi-Audio recipe (``template: kimi_audio``) needs of ``model_name_or_path``; during the run it turns the package's
+errors (``errors.KimiAudioError`` and the data / audio errors) into ``llamafactory-cli: <message>`` and
+``exit_code``, including errors raised in DataLoader workers, whose message torch wraps in the worker's traceback.
+``KIMI_AUDIO_DEBUG=1`` keeps the traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any
+
+from .. import settings
+from ..audio_io import AudioError
+from ..data.textio import DataError
+from ..errors import EXIT_BAD_INPUT, KimiAudioError, ModelError
+from .registration import MODEL_GROUPS, TEMPLATE_NAME
+
+ONE_LINE_ERRORS = (KimiAudioError, AudioError, DataError)
+_HUB_HINT = "not a valid model identifier"
+
+
+def unwrap_worker_message(message: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker (torch prepends the worker traceback)."""
+    if not (message.startswith("Caught ") and "Original Traceback" in message):
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1].strip()
+    name, sep, text = last.partition(": ")
+    return text if sep and " " not in name else last
+
+
+def _recipe(args: Any) -> dict[str, Any] | None:
+    try:
+        from llamafactory.hparams.parser import read_args
+
+        recipe = read_args(args)
+    except Exception:  # LLaMA-Factory reports its own argument errors
+        return None
+    return recipe if isinstance(recipe, dict) else None
+
+
+def _looks_local(path: str) -> bool:
+    return os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") != 1 or os.path.exists(path)
+
+
+def check_kimi_recipe(recipe: dict[str, Any]) -> None:
+    """A ``kimi_audio`` recipe needs a Kimi-Audio checkpoint: an existing directory that holds one, or a Hub id."""
+    from ..models.auto import is_kimi_audio_checkpoint, read_config_json
+
+    path = str(recipe.get("model_name_or_path") or "")
+    if not path or path in MODEL_GROUPS.values():
+        return
+    fix = "set model_name_or_path to a Kimi-Audio checkpoint (moonshotai/Kimi-Audio-7B-Instruct or a local copy)"
+    if os.path.isdir(path):
+        if not is_kimi_audio_checkpoint(path):
+            model_type = (read_config_json(path) or {}).get("model_type", "no config.json")
+            raise ModelError(
+                f"template {TEMPLATE_NAME} needs a Kimi-Audio checkpoint, but model_name_or_path {path} is not one "
+                f"(model_type: {model_type}); {fix}, or use this model's own template"
+            )
+    elif _looks_local(path):
+        raise ModelError(f"model_name_or_path {path}: no such directory; {fix}")
+
+
+def _one_line(err: BaseException, kimi_recipe: bool) -> tuple[str, int] | None:
+    if isinstance(err, ONE_LINE_ERRORS):
+        return unwrap_worker_message(str(err)), getattr(err, "exit_code", EXIT_BAD_INPUT)
+    if kimi_recipe and isinstance(err, OSError) and _HUB_HINT in str(err):
+        first = " ".join(str(err).split(". ")[0].split())
+        return f"{first}; set model_name_or_path to a Kimi-Audio checkpoint", ModelError.exit_code
+    return None
+
+
+def make_run_guard(original):
+    @functools.wraps(original)
+    def run_exp(args: Any = None, *more: Any, **kwargs: Any):
+        recipe = _recipe(args)
+        kimi_recipe = recipe is not None and recipe.get("template") == TEMPLATE_NAME
+        try:
+            if kimi_recipe:
+                check_kimi_recipe(recipe)
+            return original(args, *more, **kwargs)
+        except Exception as err:
+            line = _one_line(err, kimi_recipe)
+            if line is None or settings.enabled("KIMI_AUDIO_DEBUG"):
+                raise
+            print(f"llamafactory-cli: {line[0]}", file=sys.stderr, flush=True)
+            raise SystemExit(line[1]) from None
+
+    return run_exp

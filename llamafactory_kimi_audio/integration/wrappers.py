@@ -1,0 +1,146 @@
+"""The replacements that the LLaMA-Factory rows of the patch table (``patches.py``) install.
+
+Each ``make_*`` takes the original and returns the wrapper; the wrappers change behaviour for Kimi-Audio models,
+tokenizers, templates and recipes only and call the original for everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from .. import settings
+from ..data.textio import DataError
+
+KIMI_MODEL_TYPE = "moonshot_kimia"
+
+
+def is_kimi_tokenizer(tokenizer: Any) -> bool:
+    return type(tokenizer).__name__ == "KimiAudioTokenizer"
+
+
+def is_kimi_model(model: Any) -> bool:
+    base = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
+    base = getattr(getattr(base, "base_model", None), "model", base)  # PEFT
+    return getattr(getattr(base, "config", None), "model_type", None) == KIMI_MODEL_TYPE
+
+
+def is_kimi_source(model_args: Any) -> bool:
+    from ..models.auto import is_kimi_audio_checkpoint
+    from .registration import MODEL_GROUPS
+
+    path = getattr(model_args, "model_name_or_path", None)
+    return path in MODEL_GROUPS.values() or is_kimi_audio_checkpoint(path)
+
+
+def make_asr_metrics(original):
+    @functools.wraps(original)
+    def compute_similarity(tokenizer, *args: Any, **kwargs: Any):
+        if is_kimi_tokenizer(tokenizer):
+            from .metrics import ComputeAsrMetrics
+
+            return ComputeAsrMetrics(tokenizer)
+        return original(tokenizer, *args, **kwargs)
+
+    return compute_similarity
+
+
+def make_asr_predict_dependencies(original):
+    @functools.wraps(original)
+    def check_extra_dependencies(model_args, finetuning_args, training_args=None, *args: Any, **kwargs: Any):
+        if not (getattr(training_args, "predict_with_generate", False) and is_kimi_source(model_args)):
+            return original(model_args, finetuning_args, training_args, *args, **kwargs)
+        # jieba / nltk / rouge_chinese only serve BLEU/ROUGE, which `asr_metrics` replaces by CER/WER (jiwer).
+        training_args.predict_with_generate = False
+        try:
+            return original(model_args, finetuning_args, training_args, *args, **kwargs)
+        finally:
+            training_args.predict_with_generate = True
+
+    return check_extra_dependencies
+
+
+def make_greedy_prediction(original):
+    @functools.wraps(original)
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if is_kimi_model(model) and getattr(self, "_gen_kwargs", None):
+            # ASR is scored on greedy transcripts (the official decoding, spec §7); sampling would make CER noisy.
+            for key in ("temperature", "top_p", "top_k"):
+                self._gen_kwargs.pop(key, None)
+            self._gen_kwargs["do_sample"] = False
+        return original(self, model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+
+    return prediction_step
+
+
+def make_audio_span_guard(original):
+    """Fail at preprocessing, naming the sample, when ``cutoff_len`` cuts an audio span (the forward would fail)."""
+
+    @functools.wraps(original)
+    def _encode_data_example(self, prompt, response, system, tools, images, videos, audios):
+        input_ids, labels = original(self, prompt, response, system, tools, images, videos, audios)
+        if audios and _is_kimi_template(self.template):
+            _check_audio_spans(self, input_ids, prompt + response, system, tools, audios)
+        return input_ids, labels
+
+    return _encode_data_example
+
+
+def _is_kimi_template(template: Any) -> bool:
+    from .template import KimiAudioTemplate
+
+    return isinstance(template, KimiAudioTemplate)
+
+
+def _check_audio_spans(processor_obj: Any, input_ids: list[int], messages, system, tools, audios) -> None:
+    from ..models import special_tokens as st
+
+    tokenizer, template = processor_obj.tokenizer, processor_obj.template
+    begin, end = (tokenizer.convert_tokens_to_ids(token) for token in (st.MEDIA_BEGIN, st.MEDIA_END))
+    if input_ids.count(begin) == input_ids.count(end) == len(audios):
+        return
+    expanded = template.mm_plugin.process_messages(messages, [], [], audios, processor_obj.processor)
+    needed = sum(len(a) + len(b) for a, b in template.encode_multiturn(tokenizer, expanded, system, tools))
+    preview = next((m["content"] for m in messages if m["content"].strip()), "")[:60]
+    names = [a for a in audios if isinstance(a, str)][:3]
+    raise DataError(
+        f"sample {preview!r} {names}: cutoff_len={processor_obj.data_args.cutoff_len} cuts its audio, which needs "
+        f"{needed} tokens in all (audio: 12.5 tokens/s); raise cutoff_len to at least {needed} or drop long clips "
+        "(kimi-audio-lf convert --max-duration SECONDS --drop-long)"
+    )
+
+
+def make_official_auto_map(original):
+    @functools.wraps(original)
+    def register_autoclass(config, model, tokenizer):
+        if getattr(config, "model_type", None) == KIMI_MODEL_TYPE:
+            return None  # keep the checkpoint's auto_map: the native classes are not remote code
+        return original(config, model, tokenizer)
+
+    return register_autoclass
+
+
+def make_fused_lora(original):
+    @functools.wraps(original)
+    def init_adapter(config, model, model_args, finetuning_args, is_trainable, *args: Any, **kwargs: Any):
+        model = original(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs)
+        if is_kimi_model(model) and settings.enabled("KIMI_AUDIO_FUSED_LORA"):
+            from ..models.fused_lora import install_fused_lora
+
+            install_fused_lora(model)
+        return model
+
+    return init_adapter
+
+
+def make_speed_switches(original):
+    """The model's speed switches are config attributes; the settings (environment) decide them, once, here."""
+
+    @functools.wraps(original)
+    def patch_config(config, tokenizer, model_args, init_kwargs, is_trainable, *args: Any, **kwargs: Any):
+        original(config, tokenizer, model_args, init_kwargs, is_trainable, *args, **kwargs)
+        if getattr(config, "model_type", None) == KIMI_MODEL_TYPE:
+            config.use_varlen_attention = settings.enabled("KIMI_AUDIO_VARLEN_ATTENTION")
+            config.compile_pointwise = settings.get("KIMI_AUDIO_COMPILE_POINTWISE")
+
+    return patch_config

@@ -1,0 +1,107 @@
+"""The patch table: every row applies, re-applies as a no-op, reverts to the identical original; incompatible
+versions or signatures give one warning (never a TypeError mid-run); hooks and triggers are the same list."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import llamafactory.model.loader  # noqa: F401 - the triggers: the start-up hook applies the table
+import llamafactory.train.sft.workflow  # noqa: F401
+import llamafactory.train.tuner  # noqa: F401
+import pytest
+
+from llamafactory_kimi_audio import patching, settings
+from llamafactory_kimi_audio.errors import EnvironmentProblem
+from llamafactory_kimi_audio.integration import patches
+from llamafactory_kimi_audio.integration.hooks import ALL_HOOKS
+from llamafactory_kimi_audio.integration.patches import PATCHES, apply_patches, patch_rows, revert_all
+
+
+def stored(patch: patching.Patch) -> object:
+    """What the owner holds in its own ``__dict__`` (absent = inherited)."""
+    return patch.resolve_owner().__dict__.get(patch.attribute, "<inherited>")
+
+
+@pytest.fixture
+def pristine():
+    """Every row reverted for the test, and re-applied afterwards as the start-up hook left them."""
+    applied_before = {patch.name for patch in PATCHES if patch.applied}
+    revert_all()
+    yield
+    revert_all()
+    apply_patches(patch for patch in PATCHES if patch.name in applied_before)
+
+
+def test_every_row_is_applied_by_the_hooks():
+    assert [row["name"] for row in patch_rows() if not row["applied"]] == []
+    assert {hook.module for hook in ALL_HOOKS} == set(patches.triggers())
+    assert {patch.trigger for patch in PATCHES} <= set(patches.triggers())
+    assert len({patch.name for patch in PATCHES}) == len(PATCHES)
+
+
+def test_apply_twice_revert_gives_back_the_originals(pristine):
+    originals = {patch.name: stored(patch) for patch in PATCHES}
+    assert not any(patch.applied for patch in PATCHES)
+    for patch in PATCHES:
+        assert patch.problem() is None, patch.problem()
+        assert patch.apply() is True and patch.applied
+        replaced = stored(patch)
+        assert replaced is not originals[patch.name]
+        assert patch.apply() is False and stored(patch) is replaced  # the second apply is a no-op
+    for patch in PATCHES:
+        assert patch.revert() is True and not patch.applied
+        assert stored(patch) is originals[patch.name], patch.name
+        assert patch.revert() is False
+    assert revert_all() == []
+
+
+def test_revert_all_undoes_every_row(pristine):
+    assert apply_patches(PATCHES) == [patch.name for patch in PATCHES]
+    assert sorted(revert_all()) == sorted(patch.name for patch in PATCHES)
+    assert not any(row["applied"] for row in patch_rows())
+
+
+def test_wrappers_keep_the_wrapped_signatures():
+    for patch in PATCHES:
+        if patch.parameters and not patch.wrap_classmethod:
+            wrapper = patch._current()
+            params = tuple(inspect.signature(wrapper, follow_wrapped=False).parameters)
+            assert params[: len(patch.parameters)] == patch.parameters, patch.name
+
+
+def test_changed_signature_skips_the_row_with_one_warning(pristine, capsys):
+    row = next(patch for patch in PATCHES if patch.name == "greedy_asr_predictions")
+    changed = dataclasses.replace(row, parameters=("self", "model", "batch"))
+    original = stored(row)
+    assert apply_patches([changed]) == []
+    assert stored(row) is original and not row.applied
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "skipped patch greedy_asr_predictions" in line and "no longer takes (self, model, batch)" in line
+    assert "KIMI_AUDIO_DISABLE=1" in line
+
+
+def test_unsupported_version_is_one_warning_naming_both(pristine, capsys, monkeypatch):
+    monkeypatch.setitem(patching.SUPPORTED_VERSIONS, "peft", ">=9.0")
+    monkeypatch.setattr(patches, "_warned", set())
+    row = next(patch for patch in PATCHES if patch.name == "fused_lora.forward")
+    assert apply_patches([row]) == ["fused_lora.forward"]  # same signature: applied, with the warning
+    row.revert()
+    assert apply_patches([row]) == ["fused_lora.forward"]
+    (line,) = capsys.readouterr().err.splitlines()  # once per process
+    installed = patching.installed_version("peft")
+    assert f"PEFT {installed} is installed, the patches are written for >=9.0" in line
+    assert "KIMI_AUDIO_DISABLE=1" in line
+
+
+def test_strict_mode_raises_an_environment_problem(pristine, monkeypatch):
+    monkeypatch.setenv("KIMI_AUDIO_STRICT", "1")
+    settings.reload()
+    row = next(patch for patch in PATCHES if patch.name == "official_auto_map")
+    try:
+        with pytest.raises(EnvironmentProblem, match="no longer takes"):
+            apply_patches([dataclasses.replace(row, parameters=("cfg",))])
+    finally:
+        monkeypatch.undo()
+        settings.reload()
+    assert not row.applied

@@ -1,0 +1,91 @@
+"""settings.py: one prefix, deprecated aliases with one message, one parsing rule, defaults, read once per process."""
+
+from __future__ import annotations
+
+import pytest
+
+from llamafactory_kimi_audio import settings
+
+
+@pytest.fixture
+def env(monkeypatch, capsys):
+    """Set variables, re-read the settings; the cache and the warned messages are reset around each test."""
+    for setting in settings.SETTINGS:
+        for name in (setting.name, *setting.aliases):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(settings, "_warned", set())
+    settings.reload()
+
+    def set_env(**values: str):
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        settings.reload()
+        capsys.readouterr()
+
+    yield set_env
+    monkeypatch.undo()
+    settings.reload()
+
+
+def test_one_prefix_and_every_default(env):
+    assert all(setting.name.startswith(settings.PREFIX) for setting in settings.SETTINGS)
+    assert {s.name: settings.get(s.name) for s in settings.SETTINGS} == {s.name: s.default for s in settings.SETTINGS}
+    assert settings.get("KIMI_AUDIO_FUSED_LORA") is True and settings.get("KIMI_AUDIO_DISABLE") is False
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("1", True), ("TRUE", True), (" yes ", True), ("on", True), ("0", False), ("False", False), ("off", False)],
+)
+def test_switches_share_one_parsing_rule(env, raw, expected):
+    env(KIMI_AUDIO_STRICT=raw, KIMI_AUDIO_FUSED_LORA=raw)
+    assert settings.get("KIMI_AUDIO_STRICT") is expected and settings.get("KIMI_AUDIO_FUSED_LORA") is expected
+
+
+def test_a_bad_value_is_one_warning_and_the_default(env, capsys):
+    env(KIMI_AUDIO_FUSED_LORA="maybe", KIMI_AUDIO_COMPILE_POINTWISE="fast")
+    assert settings.get("KIMI_AUDIO_FUSED_LORA") is True
+    assert settings.get("KIMI_AUDIO_COMPILE_POINTWISE") == "off"
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "llamafactory-kimi-audio: KIMI_AUDIO_FUSED_LORA='maybe' is not a switch (use 1 or 0); using the default True",
+        "llamafactory-kimi-audio: KIMI_AUDIO_COMPILE_POINTWISE='fast' is not one of off, on, layers; using 'off'",
+    ]
+
+
+@pytest.mark.parametrize("raw, expected", [("layers", "layers"), ("ON", "on"), ("1", "on"), ("0", "off")])
+def test_choices(env, raw, expected):
+    env(KIMI_AUDIO_COMPILE_POINTWISE=raw)
+    assert settings.get("KIMI_AUDIO_COMPILE_POINTWISE") == expected
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("LLAMAFACTORY_KIMI_AUDIO_DISABLE", "KIMI_AUDIO_DISABLE"),
+        ("LLAMAFACTORY_KIMI_AUDIO_STRICT", "KIMI_AUDIO_STRICT"),
+        ("KIMI_AUDIO_LF_DEBUG", "KIMI_AUDIO_DEBUG"),
+    ],
+)
+def test_deprecated_aliases_work_with_one_message(env, capsys, old, new):
+    env(**{old: "1"})
+    assert settings.get(new) is True and settings.get(new) is True
+    assert capsys.readouterr().err == f"llamafactory-kimi-audio: {old} is deprecated; set {new} instead\n"
+    env(**{new: "0"})  # the new name wins over the alias
+    assert settings.get(new) is False
+
+
+def test_read_once_per_process(env, monkeypatch):
+    env(KIMI_AUDIO_DEFAULT_INSTRUCTION="Transcribe.")
+    assert settings.get("KIMI_AUDIO_DEFAULT_INSTRUCTION") == "Transcribe."
+    monkeypatch.setenv("KIMI_AUDIO_DEFAULT_INSTRUCTION", "Changed.")
+    assert settings.get("KIMI_AUDIO_DEFAULT_INSTRUCTION") == "Transcribe."  # cached
+    settings.reload()
+    assert settings.get("KIMI_AUDIO_DEFAULT_INSTRUCTION") == "Changed."
+
+
+def test_env_for_and_describe(env):
+    assert settings.env_for("KIMI_AUDIO_FUSED_LORA", False) == {"KIMI_AUDIO_FUSED_LORA": "0"}
+    assert settings.env_for("KIMI_AUDIO_COMPILE_POINTWISE", "layers") == {"KIMI_AUDIO_COMPILE_POINTWISE": "layers"}
+    rows = settings.describe()
+    assert [row[0] for row in rows] == [s.name for s in settings.SETTINGS] and all(row[2] for row in rows)
