@@ -339,6 +339,24 @@ def test_export_reloads_with_the_merged_weights(exported, ckpt, lora_run, datase
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("trust", [False, True])
+def test_export_reloads_in_plain_transformers(exported, tmp_path, trust):
+    """README "Use from Python": a fresh interpreter without LLaMA-Factory loads the exported directory through
+    ``use_native_auto_classes()`` (with and without trust_remote_code), runs it, saves it and loads it again."""
+    from test_auto_classes import run_child
+
+    out, stderr = run_child(str(exported), tmp_path / "resaved", trust)
+    assert out["classes"] == [
+        "KimiAudioConfig",
+        "KimiAudioForCausalLM",
+        "KimiAudioTokenizer",
+        "KimiAudioProcessor",
+        "KimiAudioForCausalLM",
+    ]
+    assert out["same_logits"] and out["remote_code"] == [] and not out["llamafactory"]
+    assert "model_type" not in stderr
+
+
 # ------------------------------------------------------------------------------------------------------ opt-out
 REMOTE_TOKENIZER = '''"""Stand-in for the Hub's tokenization_kimia.py (real checkpoints ship it, tiny ones do not)."""
 from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer as TikTokenTokenizer  # noqa

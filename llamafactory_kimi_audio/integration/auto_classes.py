@@ -51,6 +51,23 @@ def warn_model_type_mismatch(source: Any) -> None:
     )
 
 
+def native_config(pretrained: Any, **kwargs: Any) -> Any:
+    """``KimiAudioConfig.from_pretrained`` for a directory whose ``config.json`` may say another ``model_type``: no
+    transformers warning about it (ours names the mismatch) and ``config.model_type`` stays ``moonshot_kimia``."""
+    from transformers.utils import logging as hf_logging
+
+    config_logger = hf_logging.get_logger("transformers.configuration_utils")
+    level = config_logger.level
+    config_logger.setLevel(hf_logging.ERROR)
+    try:
+        loaded = native_class("AutoConfig").from_pretrained(pretrained, **kwargs)
+    finally:
+        config_logger.setLevel(level)
+    config = loaded[0] if isinstance(loaded, tuple) else loaded
+    config.__dict__.pop("model_type", None)  # the file's "qwen2" would shadow the class's model_type
+    return loaded
+
+
 def _kimi_source(auto_name: str, pretrained: Any, kwargs: dict[str, Any]) -> bool:
     config = kwargs.get("config") if auto_name.startswith("AutoModel") else None
     return is_kimi_audio_checkpoint(config) or is_kimi_audio_checkpoint(pretrained)
@@ -64,8 +81,13 @@ def route_to_native(auto_name: str):
         def from_pretrained(cls, pretrained_model_name_or_path=None, *args: Any, **kwargs: Any):
             if not _kimi_source(auto_name, pretrained_model_name_or_path, kwargs):
                 return original(cls, pretrained_model_name_or_path, *args, **kwargs)
-            warn_model_type_mismatch(pretrained_model_name_or_path)
             kwargs.pop("trust_remote_code", None)
+            if mismatched_model_type(pretrained_model_name_or_path) is not None:
+                warn_model_type_mismatch(pretrained_model_name_or_path)
+                if auto_name == "AutoConfig":
+                    return native_config(pretrained_model_name_or_path, **kwargs)
+                if auto_name.startswith("AutoModel") and kwargs.get("config") is None:
+                    kwargs["config"] = native_config(pretrained_model_name_or_path)
             if auto_name in ("AutoTokenizer", "AutoProcessor"):
                 kwargs.pop("use_fast", None)
             return native_class(auto_name).from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

@@ -1,0 +1,105 @@
+"""Plain transformers: ``use_native_auto_classes()`` routes the Auto classes to the native Kimi-Audio classes, for
+the package's own layout and for the official fine-tune export (``model_type: "qwen2"``), in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from llamafactory_kimi_audio.models.auto import is_kimi_audio_checkpoint, mismatched_model_type
+
+CHILD = textwrap.dedent(
+    """\
+    import json, sys
+    import torch
+    import llamafactory_kimi_audio
+    llamafactory_kimi_audio.use_native_auto_classes()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+
+    path, out_dir, trust = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    kwargs = {"trust_remote_code": True} if trust else {}
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    processor = AutoProcessor.from_pretrained(path, **kwargs)
+    probe = {"input_ids": torch.tensor([[3, 10, 20, 30, 40]])}
+    with torch.no_grad():
+        logits = model(**probe).logits
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    again = AutoModelForCausalLM.from_pretrained(out_dir, **kwargs).eval()
+    with torch.no_grad():
+        same = torch.equal(again(**probe).logits, logits)
+    print(json.dumps({
+        "classes": [type(x).__name__ for x in (config, model, tokenizer, processor, again)],
+        "model_type": [config.model_type, model.config.model_type],
+        "saved_model_type": json.load(open(out_dir + "/config.json"))["model_type"],
+        "same_logits": same,
+        "remote_code": sorted(m for m in sys.modules if "moonshot_kimia" in m or "tokenization_kimia" in m),
+        "llamafactory": "llamafactory" in sys.modules,
+    }))
+    """
+)
+
+
+def run_child(path: str, out_dir: Path, trust: bool) -> tuple[dict, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_AUDIO_", "LLAMAFACTORY_KIMI_AUDIO_"))}
+    env["HF_HUB_OFFLINE"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, path, str(out_dir), "1" if trust else "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+@pytest.fixture(scope="module")
+def official_export(tiny_checkpoint, tmp_path_factory) -> str:
+    """The tiny checkpoint with the config.json the official fine-tune export writes (model_type "qwen2")."""
+    target = tmp_path_factory.mktemp("official_export") / "ckpt"
+    shutil.copytree(tiny_checkpoint.path, target)
+    config = json.loads((target / "config.json").read_text())
+    assert config["architectures"] == ["MoonshotKimiaForCausalLM"] and config["auto_map"]
+    config["model_type"] = "qwen2"
+    (target / "config.json").write_text(json.dumps(config))
+    return str(target)
+
+
+def test_detection_by_architectures_and_auto_map(official_export, tiny_checkpoint, tmp_path):
+    assert is_kimi_audio_checkpoint(official_export) and mismatched_model_type(official_export) == "qwen2"
+    assert is_kimi_audio_checkpoint(tiny_checkpoint.path) and mismatched_model_type(tiny_checkpoint.path) is None
+    plain = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
+    (tmp_path / "config.json").write_text(json.dumps(plain))
+    assert not is_kimi_audio_checkpoint(tmp_path) and mismatched_model_type(tmp_path) is None
+    (tmp_path / "config.json").write_text(json.dumps({**plain, "architectures": [], "auto_map": {
+        "AutoModelForCausalLM": "modeling_moonshot_kimia.MoonshotKimiaForCausalLM"}}))  # fmt: skip
+    assert is_kimi_audio_checkpoint(tmp_path) and mismatched_model_type(tmp_path) == "qwen2"
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_official_export_loads_natively_with_one_warning(official_export, tmp_path, trust):
+    out, stderr = run_child(official_export, tmp_path / "resaved", trust)
+    native = ["KimiAudioConfig", "KimiAudioForCausalLM", "KimiAudioTokenizer", "KimiAudioProcessor"]
+    assert out["classes"] == [*native, "KimiAudioForCausalLM"]
+    assert out["model_type"] == ["moonshot_kimia", "moonshot_kimia"] and out["saved_model_type"] == "moonshot_kimia"
+    assert out["same_logits"] and out["remote_code"] == [] and not out["llamafactory"]
+    warnings = [line for line in stderr.splitlines() if "model_type" in line or "model of type" in line]
+    assert len(warnings) == 1, stderr[-3000:]
+    assert "model_type 'qwen2'" in warnings[0] and "MoonshotKimiaForCausalLM" in warnings[0]
+    assert official_export in warnings[0]
+
+
+def test_package_layout_loads_without_warning(tiny_checkpoint, tmp_path):
+    out, stderr = run_child(tiny_checkpoint.path, tmp_path / "resaved", True)
+    assert out["classes"][:2] == ["KimiAudioConfig", "KimiAudioForCausalLM"] and out["same_logits"]
+    assert "model_type" not in stderr
