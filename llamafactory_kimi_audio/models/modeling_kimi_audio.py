@@ -7,7 +7,7 @@ streams are recovered from ids: control / media / audio-code ids (and the audio 
 stream, everything else to the text stream. Placeholders are replaced by the GLM-4-Voice semantic code of their
 12.5 Hz frame, and those positions also receive the Whisper feature through the adaptor (spec §3.3)::
 
-    e = E[audio] + E[text];   at audio frames: e = bf16(√2) · (E[code] + adaptor(whisper)) + E[blank]
+    e = E[audio] + E[text];   at audio frames: e = √2 · (E[code] + adaptor(whisper)) + E[blank]
 
 Weight names equal the official checkpoint (``model.layers.*``, ``model.mimo_layers.*``, ``model.vq_adaptor.*``,
 ``lm_head``, ``mimo_output``); the Whisper encoder lives in ``<model>/whisper-large-v3/`` as in the official layout.
@@ -44,8 +44,6 @@ except ImportError:  # pragma: no cover - older transformers are outside the sup
     GradientCheckpointingLayer = nn.Module
 
 IGNORE_INDEX = -100
-# The official code scales by torch.sqrt(torch.tensor(2.0, dtype=bfloat16)) = 1.4140625, not by the exact √2.
-BF16_SQRT2 = float(torch.tensor(2.0, dtype=torch.bfloat16).sqrt())
 AUDIO_INPUT_KEYS = (
     "audio_input_features",
     "audio_chunk_tokens",
@@ -440,12 +438,14 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
         codes, rows = self.frame_inputs(input_ids, is_frame, num_frames, audio)
         audio_ids = audio_ids.masked_scatter(is_frame, codes + ids.offset)
         audio_embeds = embed(audio_ids)
-        # .to(): under bf16 autocast (the HF Trainer's bf16=True) the adaptor's LayerNorm returns float32
-        adapted = self.model.vq_adaptor(rows.to(audio_embeds.dtype)).to(audio_embeds.dtype)
-        scattered = torch.zeros_like(audio_embeds).masked_scatter(is_frame[..., None], adapted)
-        sqrt2 = torch.tensor(BF16_SQRT2, dtype=audio_embeds.dtype, device=audio_embeds.device)
+        adapted = self.model.vq_adaptor(rows.to(audio_embeds.dtype))
+        scattered = adapted.new_zeros(audio_embeds.shape).masked_scatter(is_frame[..., None], adapted)
+        # As the original: √2 in the adaptor output's dtype, so bf16's 1.4140625 only in pure bf16; fp32 √2 for fp32
+        # and under bf16 autocast (CUDA runs the adaptor's LayerNorm in fp32). The sums follow type promotion; the
+        # result is rounded once, back to the embedding dtype.
+        sqrt2 = torch.tensor(2.0, dtype=adapted.dtype, device=adapted.device).sqrt()
         fused = torch.where(is_frame[..., None], (audio_embeds + scattered) * sqrt2, audio_embeds)
-        return fused + embed(text_ids)
+        return (fused + embed(text_ids)).to(audio_embeds.dtype)
 
     def frame_inputs(self, input_ids, is_frame, num_frames: int, audio: dict[str, Any]):
         """Semantic codes (no offset) and Whisper rows for every audio frame position, in batch-major order."""
