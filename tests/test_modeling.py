@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 import shutil
@@ -958,3 +959,53 @@ def test_device_map_loads_the_whisper_encoder(ckpt) -> None:
     reference, loaded = plain.whisper_encoder.state_dict(), mapped.whisper_encoder.state_dict()
     for name, tensor in reference.items():
         assert loaded[name].device.type == "cpu" and torch.equal(tensor, loaded[name]), name
+
+
+# ================================================================================================ 12. resume
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_resume_from_a_full_checkpoint_is_quiet_and_keeps_the_whisper_encoder(ckpt, tmp_path) -> None:
+    """Checkpoints hold the LM only (the frozen Whisper encoder lives in ``whisper-large-v3/``): resuming a full
+    fine-tune through the HF Trainer must restore the trained LM weights, keep the encoder, and warn about nothing."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, 7, 8, 9, 10]}] * 4
+    dataset = Dataset.from_list(rows)
+
+    def trainer(steps: int) -> Trainer:
+        model = KimiAudioForCausalLM.from_pretrained(ckpt)
+        args = TrainingArguments(
+            output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2, learning_rate=1e-2,
+            save_strategy="steps", save_steps=1, report_to=[], use_cpu=True, logging_strategy="no",
+        )  # fmt: skip
+        return Trainer(model=model, args=args, train_dataset=dataset)
+
+    first = trainer(1)
+    first.train()
+    checkpoint = tmp_path / "checkpoint-1"
+    assert not any(k.startswith("whisper_encoder.") for k in load_file(str(checkpoint / "model.safetensors")))
+    trained = {k: v.clone() for k, v in first.model.state_dict().items()}
+
+    second = trainer(1)  # max_steps reached: resuming loads the weights and trains no further step
+    records = _Records()
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(records)
+    try:
+        second.train(resume_from_checkpoint=str(checkpoint))
+    finally:
+        hf_logger.removeHandler(records)
+    assert not [m for m in records.messages if "missing keys" in m or "unexpected keys" in m], records.messages
+    resumed = second.model.state_dict()
+    assert resumed.keys() == trained.keys()
+    for name, tensor in trained.items():
+        assert torch.equal(resumed[name], tensor), name
+    embed = "model.embed_tokens.weight"
+    assert not torch.equal(trained[embed], KimiAudioForCausalLM.from_pretrained(ckpt).state_dict()[embed])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -646,6 +646,21 @@ class KimiAudioForCausalLM(KimiAudioPreTrainedModel, GenerationMixin):
             {k: v.to(device=param.device, dtype=param.dtype) for k, v in state.items()}
         )
         self.whisper_encoder.requires_grad_(False)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """A state dict without any ``whisper_encoder.*`` key is an LM checkpoint of the official layout (every save,
+        Trainer checkpoints included: the frozen encoder lives in ``whisper-large-v3/``). It leaves the encoder as
+        loaded and does not report the encoder's keys missing, so resuming is quiet; anything else is loaded as usual."""
+        if self.whisper_encoder is None or any(key.startswith("whisper_encoder.") for key in state_dict):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [key for key in result.missing_keys if not key.startswith("whisper_encoder.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: missing keys {missing}, "
+                f"unexpected keys {result.unexpected_keys}"
+            )
+        return type(result)(missing, result.unexpected_keys)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, state_dict=None, **kwargs: Any):
         """Official layout: LM shards without the Whisper encoder, ``whisper-large-v3/`` and the GLM-4-Voice dir."""
