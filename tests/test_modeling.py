@@ -35,7 +35,7 @@ from tiktoken.load import load_tiktoken_bpe
 from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from llamafactory_kimi_audio.models import modeling_kimi_audio
+from llamafactory_kimi_audio.models import attention
 from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
 from llamafactory_kimi_audio.models.layout import LayoutEncoder, audio_marker
 from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
@@ -449,13 +449,13 @@ def test_left_padded_generation_batch_equals_per_sample(model, processor, layout
 # ===================================================================================== 3. SDPA == eager (padded)
 def test_sdpa_equals_eager_on_padded_batches(model, processor, layout, ids, waves, audio_case, ckpt, monkeypatch):
     calls = {"eager": 0}
-    eager = modeling_kimi_audio.ATTENTION_FUNCTIONS["eager"]
+    eager = attention.eager_attention_forward
 
     def counting_eager(*args, **kwargs):
         calls["eager"] += 1
         return eager(*args, **kwargs)
 
-    monkeypatch.setitem(modeling_kimi_audio.ATTENTION_FUNCTIONS, "eager", counting_eager)
+    monkeypatch.setattr(attention, "eager_attention_forward", counting_eager)
     audio = audio_case["precomputed"]
     left = {
         k: v for k, v in processor.asr_inputs(waves, [INSTRUCTION] * 3).items() if k in ("input_ids", "attention_mask")
@@ -922,6 +922,23 @@ def test_config_official_fields_rope_theta_and_rope_parameters(tmp_path, ckpt, m
     _write_config(copied, missing)
     with pytest.raises(ValueError, match="rope_theta"):
         KimiAudioForCausalLM.from_pretrained(copied)
+
+
+def test_speed_switches_are_config_attributes_never_saved(tmp_path, model) -> None:
+    """``use_varlen_attention`` / ``compile_pointwise`` are per-process switches (the integration sets them from its
+    settings): validated, and never written into config.json, which stays loadable as the official one."""
+    config = copy.deepcopy(model.config)
+    assert (config.use_varlen_attention, config.compile_pointwise) == (True, "off")
+    config.use_varlen_attention, config.compile_pointwise = False, "layers"
+    config.save_pretrained(tmp_path / "saved")
+    with open(tmp_path / "saved" / "config.json", encoding="utf-8") as f:
+        written = json.load(f)
+    assert not {"use_varlen_attention", "compile_pointwise"} & set(written)
+    reloaded = KimiAudioConfig.from_pretrained(tmp_path / "saved")
+    assert (reloaded.use_varlen_attention, reloaded.compile_pointwise) == (True, "off")
+    assert KimiAudioConfig(rope_theta=1e6, compile_pointwise="on").compile_pointwise == "on"
+    with pytest.raises(ValueError, match="compile_pointwise must be one of off, on, layers"):
+        KimiAudioConfig(rope_theta=1e6, compile_pointwise="1")
 
 
 # ================================================================================================= 11. MIMO

@@ -114,8 +114,9 @@ def make_tiny_checkpoint(directory: str, preset: str = "tiny", seed: int = 0) ->
         return _write_configs_only(directory, config)
     import torch
 
+    from .checkpoint_io import default_generation_config
     from .glm4_voice import make_tiny_glm4_voice_tokenizer
-    from .modeling_kimi_audio import KimiAudioForCausalLM, default_generation_config
+    from .modeling_kimi_audio import KimiAudioForCausalLM
 
     glm_dir = os.path.join(directory, SEMANTIC_SUBDIR)
     make_tiny_glm4_voice_tokenizer(glm_dir, seed=seed, vocab_size=GLM_VOCAB[preset])
