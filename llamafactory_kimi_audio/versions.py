@@ -1,7 +1,8 @@
 """What the installed torch and transformers can do, detected once, in one place.
 
 Parsed with ``packaging`` (local labels such as ``+cu130`` and dev builds included) or detected from the API itself,
-never by splitting version strings by hand. Supported: transformers 4.55–5.6, torch ≥ 2.4.
+never by splitting version strings by hand. Supported: transformers 4.55–5.6, torch ≥ 2.4. SDPA's grouped-query
+support is decided by transformers' own ``sdpa_attention_forward``, which the model calls through the registry.
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ from packaging.version import Version
 TRANSFORMERS_VERSION = Version(transformers.__version__)
 TRANSFORMERS_MAJOR = TRANSFORMERS_VERSION.major
 TORCH_VERSION = Version(torch.__version__)
-
-# ``scaled_dot_product_attention(..., enable_gqa=True)`` (torch ≥ 2.5): fewer K/V heads than query heads, no copies.
-SDPA_HAS_GQA = TORCH_VERSION.release[:2] >= (2, 5)
 
 # 5.x renamed ``from_pretrained(torch_dtype=...)`` to ``dtype=`` and warns on the old name.
 DTYPE_KWARG = "dtype" if TRANSFORMERS_MAJOR >= 5 else "torch_dtype"

@@ -132,14 +132,20 @@ class KimiAudioConfig(PretrainedConfig):
         if self.semantic_tokenizer_path is None:
             self.semantic_tokenizer_path = find_semantic_tokenizer(model_dir)
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """What ``save_pretrained`` writes. The dtype under the official name ``torch_dtype`` (5.x says ``dtype``);
+        renamed here, not in ``to_dict``, whose keys 5.x reads back as attributes (``torch_dtype`` would warn)."""
+        output = super().to_diff_dict()
+        if output.get("dtype") is not None:
+            output["torch_dtype"] = output.pop("dtype")
+        return output
+
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
         output["model_type"] = self.model_type
         output["architectures"] = [OFFICIAL_ARCHITECTURE]
         output.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
         output.pop("head_dim", None)
-        if output.get("dtype") is not None:  # transformers 5.x spelling; the official config.json says torch_dtype
-            output["torch_dtype"] = output.pop("dtype")
         # Local paths and the sub-model config live in their own directories, not in the official config.json.
         for key in ("whisper_config", "semantic_tokenizer_path", "rope_parameters", *RUNTIME_SWITCHES):
             output.pop(key, None)
