@@ -54,6 +54,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
+from llamafactory_kimi_audio import settings  # noqa: E402
+
 KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_cached_mb8_group": dict(bs=8, group=True),
     "qwen_text_mb8_group": dict(bs=8, group=True, text=True),
@@ -104,8 +106,8 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
 }
 DEFAULT_CASES = list(KIMI_CASES)
 PROFILED_STEPS = 2
-COMPILE_ENV = "KIMI_AUDIO_COMPILE_POINTWISE"  # models/pointwise.py
-VARLEN_ENV = "KIMI_AUDIO_VARLEN_ATTENTION"  # models/packed_attention.py
+COMPILE_ENV = "KIMI_AUDIO_COMPILE_POINTWISE"  # settings.py; the integration sets config.compile_pointwise from it
+VARLEN_ENV = "KIMI_AUDIO_VARLEN_ATTENTION"  # settings.py; the integration sets config.use_varlen_attention
 
 
 def lf_args(model_dir: str, data_dir: str, out_dir: str, tokenized: str, spec: dict[str, Any], a) -> dict[str, Any]:
@@ -246,8 +248,14 @@ def attention_v0(patched: Patched) -> None:
         return bias[:, None], False
 
     patched.set(m, "attention_bias", attention_bias)
-    if hasattr(m, "SDPA_HAS_GQA"):
-        patched.set(m, "SDPA_HAS_GQA", False)
+    no_sdpa_gqa(patched)
+
+
+def no_sdpa_gqa(patched: Patched) -> None:
+    """SDPA with K/V heads repeated to the query heads (transformers' sdpa_attention_forward decides GQA here)."""
+    from transformers.integrations import sdpa_attention
+
+    patched.set(sdpa_attention, "use_gqa_in_sdpa", lambda attention_mask, key: False)
 
 
 def qlora_models(patched: Patched) -> None:
@@ -342,9 +350,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
 
         patched.set(KimiAudioForCausalLM, "num_parameters", PreTrainedModel.num_parameters)
     if spec.get("attention") == "nogqa":
-        from llamafactory_kimi_audio.models import modeling_kimi_audio as m
-
-        patched.set(m, "SDPA_HAS_GQA", False)
+        no_sdpa_gqa(patched)
     callback = common.make_callback(None if text else placeholder_token_id(paths["kimi"]))
     callbacks = [callback]
     profiled = name in a.profile.split(",")
@@ -355,6 +361,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         os.environ[COMPILE_ENV] = "1" if spec["compile"] is True else spec["compile"]
     if spec.get("dense"):
         os.environ[VARLEN_ENV] = "0"
+    settings.reload()  # the integration reads the switches (and the cache dir) into the model config per process
     started = time.perf_counter()
     try:
         run_exp(args=args, callbacks=callbacks)
@@ -362,6 +369,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         patched.restore()
         os.environ.pop(COMPILE_ENV, None)
         os.environ.pop(VARLEN_ENV, None)
+        settings.reload()
         forget_compiled()
     wall = time.perf_counter() - started
     kimi = KimiAudioConfig.from_pretrained(paths["kimi"])

@@ -6,7 +6,7 @@ References used here never call the code under test:
   spec's numbering (§4) shifted onto the tiny base vocabulary, and text tokens from ``tiktoken`` + the spec regex;
 - embeddings follow spec §3.3 literally: a zero-padded ``[L, 4·d]`` Whisper buffer filled between media markers, the
   VQ adaptor written with ``F.linear``/``F.silu``/``F.layer_norm`` from the checkpoint tensors, masked, then
-  ``(E[a] + adaptor) · bf16(√2)`` at continuous positions and ``+ E[text]`` everywhere;
+  ``(E[a] + adaptor) · √2`` (√2 in the adaptor output's dtype) at continuous positions and ``+ E[text]`` everywhere;
 - the decoder is a stock ``transformers.Qwen2ForCausalLM`` holding the same tensors (spec §2.1: identical names);
   the MIMO head is a stock Qwen2 whose layers are main ``0..k`` followed by the MIMO layers (spec §3.4);
 - Whisper rows use transformers' ``WhisperEncoder`` loaded from ``whisper-large-v3/model.safetensors`` (spec §3.2);
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
+import logging
 import os
 import re
 import shutil
@@ -35,7 +35,7 @@ from tiktoken.load import load_tiktoken_bpe
 from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from llamafactory_kimi_audio.models import modeling_kimi_audio
+from llamafactory_kimi_audio.models import attention
 from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
 from llamafactory_kimi_audio.models.layout import LayoutEncoder, audio_marker
 from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
@@ -60,6 +60,7 @@ SPEC_PAT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 BF16_SQRT2 = 1.4140625  # torch.sqrt(torch.tensor(2.0, dtype=torch.bfloat16))
+FP32_SQRT2 = 1.4142135381698608  # torch.sqrt(torch.tensor(2.0)): math.sqrt(2) rounded to fp32
 INSTRUCTION = "Please transcribe the spoken content into written text."
 SR = 16000
 
@@ -140,7 +141,7 @@ def reference_embeddings(state, config, ids: SpecIds, audio, text, is_cont, whis
     h = F.linear(h, state[a + "3.weight"], state[a + "3.bias"])
     h = F.layer_norm(h, (h.shape[-1],), state[a + "4.weight"], state[a + "4.bias"], eps=config.rms_norm_eps)
     w = h * is_cont[:, None]
-    sqrt2 = torch.sqrt(torch.tensor(2.0, dtype=torch.bfloat16)).to(dtype) if sqrt2 is None else sqrt2
+    sqrt2 = torch.sqrt(torch.tensor(2.0, dtype=w.dtype)) if sqrt2 is None else sqrt2  # in the adaptor output's dtype
     audio_emb = embed[audio]
     audio_emb = torch.where(is_cont[:, None], (audio_emb + w) * sqrt2, audio_emb)
     return audio_emb + embed[text]
@@ -448,13 +449,13 @@ def test_left_padded_generation_batch_equals_per_sample(model, processor, layout
 # ===================================================================================== 3. SDPA == eager (padded)
 def test_sdpa_equals_eager_on_padded_batches(model, processor, layout, ids, waves, audio_case, ckpt, monkeypatch):
     calls = {"eager": 0}
-    eager = modeling_kimi_audio.ATTENTION_FUNCTIONS["eager"]
+    eager = attention.eager_attention_forward
 
     def counting_eager(*args, **kwargs):
         calls["eager"] += 1
         return eager(*args, **kwargs)
 
-    monkeypatch.setitem(modeling_kimi_audio.ATTENTION_FUNCTIONS, "eager", counting_eager)
+    monkeypatch.setattr(attention, "eager_attention_forward", counting_eager)
     audio = audio_case["precomputed"]
     left = {
         k: v for k, v in processor.asr_inputs(waves, [INSTRUCTION] * 3).items() if k in ("input_ids", "attention_mask")
@@ -744,8 +745,7 @@ def test_save_load_round_trip_and_native_auto_dispatch(model, processor, ckpt, t
 
 
 # ============================================================================================== 7. bf16 path
-def test_bf16_forward_loss_and_bf16_sqrt2(model, processor, layout, ids, tik, waves):
-    assert modeling_kimi_audio.BF16_SQRT2 == BF16_SQRT2 == float(torch.tensor(2.0, dtype=torch.bfloat16).sqrt())
+def test_bf16_forward_loss_and_fusion(model, processor, layout, ids, tik, waves):
     m = copy.deepcopy(model).to(torch.bfloat16)
     glm_dtypes = {p.dtype for p in m.semantic_tokenizer(torch.device("cpu")).parameters()}
     assert glm_dtypes == {torch.float32}  # .to(bf16) does not reach the GLM-4-Voice tokenizer (it must run in fp32)
@@ -765,16 +765,46 @@ def test_bf16_forward_loss_and_bf16_sqrt2(model, processor, layout, ids, tik, wa
     with torch.no_grad():
         fused = m.fuse_embeddings(layout_ids[None], audio_codes=codes, whisper_features=rows)[0]
         ref = reference_embeddings(m.state_dict(), m.config, ids, audio_s, text_s, cont_s, rows)[:n]
-        assert fused.dtype == torch.bfloat16
-        torch.testing.assert_close(fused, ref, rtol=1.6e-2, atol=1e-2)
-        # A zero adaptor output (LayerNorm gain and bias 0) isolates the scale: bf16(E[code]·1.4140625) + E[blank].
-        m.model.vq_adaptor.layers[4].weight.zero_()
-        m.model.vq_adaptor.layers[4].bias.zero_()
-        fused = m.fuse_embeddings(layout_ids[None], audio_codes=codes, whisper_features=rows)[0][cont_s[:n]]
-    embed = m.model.embed_tokens.weight
+    assert fused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused, ref, rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("regime", ["fp32", "bf16", "bf16_autocast"])
+def test_sqrt2_is_computed_in_the_dtype_of_the_adaptor_output(model, layout, ids, tik, regime):
+    """Spec §3.3: the original scales by ``torch.sqrt(torch.tensor(2.0, dtype=<adaptor output dtype>))``: bf16's
+    1.4140625 in pure bf16; fp32 √2 for fp32 weights and under bf16 autocast, where CUDA runs the adaptor's LayerNorm
+    in fp32 (emulated by a hook: CPU autocast keeps LayerNorm in bf16). A zero adaptor output (LayerNorm gain and bias
+    0) isolates the scale, so the hand computation is exact: ``E[code] · √2 + E[blank]`` in the original's dtypes."""
+    m = copy.deepcopy(model)
+    if regime != "fp32":
+        m.to(torch.bfloat16)
+    m.model.vq_adaptor.layers[4].weight.data.zero_()
+    m.model.vq_adaptor.layers[4].bias.data.zero_()
+    rng = np.random.default_rng(5)
+    (_, _, cont, _), layout_ids, _, codes = training_sample(layout, ids, tik, rng, 6, "red blue")
+    rows = torch.randn(6, m.config.kimia_adaptor_input_dim, generator=torch.Generator().manual_seed(5))
+    hook = m.model.vq_adaptor.register_forward_hook(lambda module, args, output: output.float())
+    if regime != "bf16_autocast":
+        hook.remove()
+    with torch.no_grad():
+        fused = m.fuse_embeddings(layout_ids[None], audio_codes=codes, whisper_features=rows)[0]
+    hook.remove()
+    frames_only = fused[cont[: layout_ids.shape[0]]]
+    embed = m.model.embed_tokens.weight.detach()
     code_emb, blank_emb = embed[codes + ids.offset], embed[ids.blank]
-    assert torch.equal(fused, code_emb * torch.tensor(BF16_SQRT2, dtype=torch.bfloat16) + blank_emb)
-    assert not torch.equal(fused, code_emb * math.sqrt(2) + blank_emb)  # the test can tell the two constants apart
+
+    def by_hand(sqrt2: float, dtype: torch.dtype) -> torch.Tensor:
+        scaled = code_emb.to(dtype) * torch.tensor(sqrt2, dtype=dtype)
+        return (scaled + blank_emb).to(embed.dtype)
+
+    expected, other = {
+        "fp32": (by_hand(FP32_SQRT2, torch.float32), by_hand(BF16_SQRT2, torch.float32)),
+        "bf16": (by_hand(BF16_SQRT2, torch.bfloat16), by_hand(FP32_SQRT2, torch.float32)),
+        "bf16_autocast": (by_hand(FP32_SQRT2, torch.float32), by_hand(BF16_SQRT2, torch.bfloat16)),
+    }[regime]
+    assert frames_only.dtype == embed.dtype
+    assert torch.equal(frames_only, expected)
+    assert not torch.equal(frames_only, other)  # the test tells the two constants (and roundings) apart
 
 
 # ======================================================================================= 8. audio longer than 30 s
@@ -896,6 +926,23 @@ def test_config_official_fields_rope_theta_and_rope_parameters(tmp_path, ckpt, m
         KimiAudioForCausalLM.from_pretrained(copied)
 
 
+def test_speed_switches_are_config_attributes_never_saved(tmp_path, model) -> None:
+    """``use_varlen_attention`` / ``compile_pointwise`` are per-process switches (the integration sets them from its
+    settings): validated, and never written into config.json, which stays loadable as the official one."""
+    config = copy.deepcopy(model.config)
+    assert (config.use_varlen_attention, config.compile_pointwise) == (True, "off")
+    config.use_varlen_attention, config.compile_pointwise = False, "layers"
+    config.save_pretrained(tmp_path / "saved")
+    with open(tmp_path / "saved" / "config.json", encoding="utf-8") as f:
+        written = json.load(f)
+    assert not {"use_varlen_attention", "compile_pointwise"} & set(written)
+    reloaded = KimiAudioConfig.from_pretrained(tmp_path / "saved")
+    assert (reloaded.use_varlen_attention, reloaded.compile_pointwise) == (True, "off")
+    assert KimiAudioConfig(rope_theta=1e6, compile_pointwise="on").compile_pointwise == "on"
+    with pytest.raises(ValueError, match="compile_pointwise must be one of off, on, layers"):
+        KimiAudioConfig(rope_theta=1e6, compile_pointwise="1")
+
+
 # ================================================================================================= 11. MIMO
 def test_mimo_audio_logits_fork_after_configured_layer(model, layout, ids, tik, text_ref):
     rng = np.random.default_rng(11)
@@ -931,3 +978,53 @@ def test_device_map_loads_the_whisper_encoder(ckpt) -> None:
     reference, loaded = plain.whisper_encoder.state_dict(), mapped.whisper_encoder.state_dict()
     for name, tensor in reference.items():
         assert loaded[name].device.type == "cpu" and torch.equal(tensor, loaded[name]), name
+
+
+# ================================================================================================ 12. resume
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_resume_from_a_full_checkpoint_is_quiet_and_keeps_the_whisper_encoder(ckpt, tmp_path) -> None:
+    """Checkpoints hold the LM only (the frozen Whisper encoder lives in ``whisper-large-v3/``): resuming a full
+    fine-tune through the HF Trainer must restore the trained LM weights, keep the encoder, and warn about nothing."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, 7, 8, 9, 10]}] * 4
+    dataset = Dataset.from_list(rows)
+
+    def trainer(steps: int) -> Trainer:
+        model = KimiAudioForCausalLM.from_pretrained(ckpt)
+        args = TrainingArguments(
+            output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2, learning_rate=1e-2,
+            save_strategy="steps", save_steps=1, report_to=[], use_cpu=True, logging_strategy="no",
+        )  # fmt: skip
+        return Trainer(model=model, args=args, train_dataset=dataset)
+
+    first = trainer(1)
+    first.train()
+    checkpoint = tmp_path / "checkpoint-1"
+    assert not any(k.startswith("whisper_encoder.") for k in load_file(str(checkpoint / "model.safetensors")))
+    trained = {k: v.clone() for k, v in first.model.state_dict().items()}
+
+    second = trainer(1)  # max_steps reached: resuming loads the weights and trains no further step
+    records = _Records()
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(records)
+    try:
+        second.train(resume_from_checkpoint=str(checkpoint))
+    finally:
+        hf_logger.removeHandler(records)
+    assert not [m for m in records.messages if "missing keys" in m or "unexpected keys" in m], records.messages
+    resumed = second.model.state_dict()
+    assert resumed.keys() == trained.keys()
+    for name, tensor in trained.items():
+        assert torch.equal(resumed[name], tensor), name
+    embed = "model.embed_tokens.weight"
+    assert not torch.equal(trained[embed], KimiAudioForCausalLM.from_pretrained(ckpt).state_dict()[embed])

@@ -111,11 +111,11 @@ def test_a_packed_mask_without_position_ids_is_refused(setup):
 
 def test_packing_without_neat_packing_warns(setup, monkeypatch):
     """Plain ``packing: true`` (2-D mask, positions restarting per utterance) trains with cross-attention: say so."""
-    from llamafactory_kimi_audio.models import modeling_kimi_audio
+    from llamafactory_kimi_audio.models import masks
 
     packed, plain = packed_and_plain_batches(setup)
     warnings: list[str] = []
-    monkeypatch.setattr(modeling_kimi_audio.logger, "warning_once", warnings.append)
+    monkeypatch.setattr(masks.logger, "warning_once", warnings.append)
     model = setup["model"]
     model.train()
     try:
@@ -204,7 +204,7 @@ def test_varlen_attention_matches_the_dense_mask_on_cuda(setup, monkeypatch, mod
     try:
         varlen = loss_and_grads()
         assert len(calls) >= len(model.model.layers)  # (checkpointing runs each layer's forward twice)
-        monkeypatch.setenv(packed_attention.VARLEN_ENV, "0")
+        monkeypatch.setattr(model.config, "use_varlen_attention", False)
         seen = len(calls)
         dense = loss_and_grads()
         assert len(calls) == seen

@@ -1,4 +1,4 @@
-"""``KIMI_AUDIO_COMPILE_POINTWISE=1`` fuses RMSNorm / RoPE / SwiGLU with torch.compile: same values and gradients
+"""``config.compile_pointwise = "on"`` fuses RMSNorm / RoPE / SwiGLU with torch.compile: same values and gradients
 as eager, in the functions and in the whole model's loss."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture
 def compiling(monkeypatch):
-    monkeypatch.setenv(pointwise.COMPILE_ENV, "1")
     monkeypatch.setattr(pointwise, "_compiled", {})
     torch._dynamo.reset()
     yield
@@ -31,9 +30,10 @@ def run(function, *tensors):
     return [o.detach() for o in outs], [i.grad for i in inputs if i.grad is not None]
 
 
-def test_off_by_default_returns_the_eager_function(monkeypatch):
-    monkeypatch.delenv(pointwise.COMPILE_ENV, raising=False)
-    assert pointwise.fused(pointwise.swiglu) is pointwise.swiglu
+def test_off_and_layers_return_the_eager_function(tiny_checkpoint):
+    assert KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).config.compile_pointwise == "off"
+    for mode in ("off", "layers"):  # "layers" compiles the whole layer around the eager function
+        assert pointwise.fused(pointwise.swiglu, mode) is pointwise.swiglu
 
 
 def test_compiled_functions_match_eager(compiling):
@@ -45,8 +45,8 @@ def test_compiled_functions_match_eager(compiling):
         (pointwise.swiglu, (torch.randn(3, 7, 32), torch.randn(3, 7, 32)), {}),
     ]
     for function, tensors, extra in cases:
-        compiled = pointwise.fused(function)
-        assert compiled is not function and pointwise.fused(function) is compiled  # compiled once
+        compiled = pointwise.fused(function, "on")
+        assert compiled is not function and pointwise.fused(function, "on") is compiled  # compiled once
         expected = run(functools.partial(function, **extra), *tensors)
         got = run(functools.partial(compiled, **extra), *tensors)
         for want, have in zip(expected[0] + expected[1], got[0] + got[1]):
@@ -62,7 +62,7 @@ def test_model_loss_is_unchanged_when_compiled(tiny_checkpoint, monkeypatch):
     ids = torch.randint(0, 400, (2, 11))
     with torch.no_grad():
         eager = model(input_ids=ids, labels=ids).loss
-    monkeypatch.setenv(pointwise.COMPILE_ENV, "1")
+    monkeypatch.setattr(model.config, "compile_pointwise", "on")
     monkeypatch.setattr(pointwise, "_compiled", {})
     torch._dynamo.reset()
     try:
@@ -86,7 +86,7 @@ def test_compiled_layers_train_like_eager(tiny_checkpoint, monkeypatch):
         return loss.detach(), [p.grad.clone() for p in model.model.layers.parameters()]
 
     eager = loss_and_grads()
-    monkeypatch.setenv(pointwise.COMPILE_ENV, "layers")
+    monkeypatch.setattr(model.config, "compile_pointwise", "layers")
     monkeypatch.setattr(pointwise, "_compiled", {})
     torch._dynamo.reset()
     try:

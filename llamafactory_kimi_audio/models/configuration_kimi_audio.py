@@ -8,12 +8,15 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .pointwise import COMPILE_MODES
+
 OFFICIAL_ARCHITECTURE = "MoonshotKimiaForCausalLM"
 OFFICIAL_AUTO_MAP = {
     "AutoConfig": "configuration_moonshot_kimia.KimiAudioConfig",
     "AutoModel": "modeling_moonshot_kimia.MoonshotKimiaForCausalLM",
     "AutoModelForCausalLM": "modeling_moonshot_kimia.MoonshotKimiaForCausalLM",
 }
+RUNTIME_SWITCHES = ("use_varlen_attention", "compile_pointwise")
 WHISPER_SUBDIR = "whisper-large-v3"
 SEMANTIC_SUBDIR = "glm-4-voice-tokenizer"
 
@@ -52,6 +55,8 @@ class KimiAudioConfig(PretrainedConfig):
         whisper_config: dict[str, Any] | None = None,
         semantic_tokenizer_path: str | None = None,
         loss_reduction: str = "sample",
+        use_varlen_attention: bool = True,
+        compile_pointwise: str = "off",
         **kwargs: Any,
     ):
         rope_parameters = kwargs.pop("rope_parameters", None) or {}
@@ -93,6 +98,11 @@ class KimiAudioConfig(PretrainedConfig):
                 f"loss_reduction must be 'sample' (official per-utterance mean) or 'token', got {loss_reduction!r}"
             )
         self.loss_reduction = loss_reduction
+        # Speed switches of this process (set by the LLaMA-Factory integration from its settings); never saved.
+        self.use_varlen_attention = bool(use_varlen_attention)
+        if compile_pointwise not in COMPILE_MODES:
+            raise ValueError(f"compile_pointwise must be one of {', '.join(COMPILE_MODES)}, got {compile_pointwise!r}")
+        self.compile_pointwise = compile_pointwise
         kwargs.setdefault("architectures", [OFFICIAL_ARCHITECTURE])
         kwargs.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
@@ -122,16 +132,22 @@ class KimiAudioConfig(PretrainedConfig):
         if self.semantic_tokenizer_path is None:
             self.semantic_tokenizer_path = find_semantic_tokenizer(model_dir)
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """What ``save_pretrained`` writes. The dtype under the official name ``torch_dtype`` (5.x says ``dtype``);
+        renamed here, not in ``to_dict``, whose keys 5.x reads back as attributes (``torch_dtype`` would warn)."""
+        output = super().to_diff_dict()
+        if output.get("dtype") is not None:
+            output["torch_dtype"] = output.pop("dtype")
+        return output
+
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
         output["model_type"] = self.model_type
         output["architectures"] = [OFFICIAL_ARCHITECTURE]
         output.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
         output.pop("head_dim", None)
-        if output.get("dtype") is not None:  # transformers 5.x spelling; the official config.json says torch_dtype
-            output["torch_dtype"] = output.pop("dtype")
         # Local paths and the sub-model config live in their own directories, not in the official config.json.
-        for key in ("whisper_config", "semantic_tokenizer_path", "rope_parameters"):
+        for key in ("whisper_config", "semantic_tokenizer_path", "rope_parameters", *RUNTIME_SWITCHES):
             output.pop(key, None)
         if output.get("loss_reduction") == "sample":
             output.pop("loss_reduction")

@@ -5,28 +5,22 @@ own utterance. SDPA takes that mask as a dense [B,1,L,L] bias and computes every
 work of the utterances themselves at ASR lengths (~175 tokens per utterance, 1,024-token rows). PyTorch's
 ``varlen_attn`` (≥ 2.9, CUDA, fp16/bf16) instead runs causal attention over each utterance as its own sequence of the
 flattened batch. Real tokens get the same attention; the pad tail of a row becomes one sequence of its own, which
-nothing reads. Used automatically where it applies; ``KIMI_AUDIO_VARLEN_ATTENTION=0`` keeps the dense mask.
+nothing reads. Registered with transformers' ``AttentionInterface`` as ``kimi_audio_varlen``; used automatically
+where it applies, unless ``config.use_varlen_attention`` is False (then the dense mask).
 """
 
 from __future__ import annotations
 
-import inspect
-import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+from transformers import AttentionInterface
 
-VARLEN_ENV = "KIMI_AUDIO_VARLEN_ATTENTION"
+from ..versions import VARLEN_CAUSAL_KWARGS, VARLEN_HAS_GQA, varlen_attn
+from .masks import utterance_starts
 
-try:
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # PyTorch < 2.9
-    varlen_attn = None
-# the signature moved between releases: causality by ``is_causal`` or by a (-1, 0) window; GQA native only in later
-# ones (before, K/V heads are repeated to the query heads)
-_PARAMETERS = inspect.signature(varlen_attn).parameters if varlen_attn is not None else {}
-_CAUSAL = {"window_size": (-1, 0)} if "window_size" in _PARAMETERS else {"is_causal": True}
-_NATIVE_GQA = "enable_gqa" in _PARAMETERS
+VARLEN_ATTENTION = "kimi_audio_varlen"
+_NATIVE_GQA = VARLEN_HAS_GQA  # else K/V heads are repeated to the query heads
 
 
 class PackedSequences(NamedTuple):
@@ -40,9 +34,7 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def varlen_applies(hidden: torch.Tensor) -> bool:
-    if os.environ.get(VARLEN_ENV, "1") == "0" or varlen_attn is None:
-        return False
-    return hidden.is_cuda and compute_dtype(hidden.dtype) in HALF_DTYPES
+    return varlen_attn is not None and hidden.is_cuda and compute_dtype(hidden.dtype) in HALF_DTYPES
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -56,7 +48,7 @@ def packed_sequences(position_ids: torch.Tensor, bias: torch.Tensor) -> PackedSe
     """An utterance starts where its positions restart at 0 (``neat_packing`` rows); the pad tail of a row (the
     tokens the [B,1,L,L] ``bias`` does not even let see themselves) is one more sequence."""
     real = torch.diagonal(bias[:, 0], dim1=-2, dim2=-1) == 0
-    starts = (position_ids == 0) & real
+    starts = utterance_starts(position_ids) & real
     starts[:, 1:] |= real[:, 1:] != real[:, :-1]
     starts[:, 0] = True
     flat = starts.flatten()
@@ -65,21 +57,32 @@ def packed_sequences(position_ids: torch.Tensor, bias: torch.Tensor) -> PackedSe
     return PackedSequences(cu_seqlens, position_ids.shape[1])
 
 
-def varlen_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
-    """Causal attention of [B,H,L,D] queries over [B,Hkv,L,D] keys/values within each packed sequence → [B,H,L,D]."""
-    batch, heads, length, dim = q.shape
-    half = compute_dtype(q.dtype)
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: PackedSequences,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """``AttentionInterface`` signature: causal attention of [B,H,L,D] queries over [B,Hkv,L,D] keys/values within
+    each packed sequence of ``attention_mask`` → ([B,L,H,D], no weights). No dropout: the kernel has none."""
+    batch, heads, length, dim = query.shape
+    half = compute_dtype(query.dtype)
 
     def tokens(x: torch.Tensor) -> torch.Tensor:  # [B,h,L,D] → [B·L, h, D] in fp16/bf16
         return x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(half)
 
-    if not _NATIVE_GQA and k.shape[1] != heads:
-        groups = heads // k.shape[1]
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    out = call_varlen(tokens(q), tokens(k), tokens(v), packed.cu_seqlens, packed.max_len)
-    return out.view(batch, length, heads, dim).transpose(1, 2)
+    if not _NATIVE_GQA and key.shape[1] != heads:
+        groups = heads // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    out = call_varlen(tokens(query), tokens(key), tokens(value), attention_mask.cu_seqlens, attention_mask.max_len)
+    return out.view(batch, length, heads, dim), None
 
 
 def call_varlen(q, k, v, cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
     gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
-    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **_CAUSAL, **gqa)
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **VARLEN_CAUSAL_KWARGS, **gqa)
+
+
+AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)

@@ -2,20 +2,19 @@
 
 Eager PyTorch runs each as a chain of memory-bound kernels (RMSNorm alone is eight in the forward pass); at the short
 sequences of ASR fine-tuning these chains and their launches are a large share of a LoRA step. With
-``KIMI_AUDIO_COMPILE_POINTWISE=1`` each function is compiled once (dynamic shapes, so varying batch lengths do not
+``config.compile_pointwise = "on"`` each function is compiled once (dynamic shapes, so varying batch lengths do not
 recompile) into a few fused kernels, forward and backward. Off by default: compiling costs time at the first step and
 needs Triton on GPUs (a C++ compiler on CPUs). The math is the official one either way.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-COMPILE_ENV = "KIMI_AUDIO_COMPILE_POINTWISE"
+COMPILE_MODES = ("off", "on", "layers")
 _compiled: dict[Callable, Callable] = {}
 
 
@@ -44,9 +43,10 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def fused(function: Callable) -> Callable:
-    """``function`` itself, or its compiled twin when ``KIMI_AUDIO_COMPILE_POINTWISE=1`` (compiled once, lazily)."""
-    if os.environ.get(COMPILE_ENV, "0") != "1":
+def fused(function: Callable, mode: str) -> Callable:
+    """``function`` itself, or its compiled twin when ``mode`` (``config.compile_pointwise``) is ``"on"`` (compiled
+    once, lazily)."""
+    if mode != "on":
         return function  # also for "layers": the whole layer is compiled around it
     compiled = _compiled.get(function)
     if compiled is None:
@@ -54,10 +54,11 @@ def fused(function: Callable) -> Callable:
     return compiled
 
 
-def fused_layer(layer: torch.nn.Module) -> Callable:
-    """With ``KIMI_AUDIO_COMPILE_POINTWISE=layers`` (training only), the whole decoder layer — LoRA linears, norms,
-    attention — compiled as one graph, so the element-wise work between the matmuls fuses too. Experimental."""
-    if os.environ.get(COMPILE_ENV, "0") != "layers" or not layer.training:
+def fused_layer(layer: torch.nn.Module, mode: str) -> Callable:
+    """With ``mode`` (``config.compile_pointwise``) ``"layers"`` (training only), the whole decoder layer — LoRA
+    linears, norms, attention — compiled as one graph, so the element-wise work between the matmuls fuses too.
+    Experimental."""
+    if mode != "layers" or not layer.training:
         return layer
     compiled = _compiled.get(layer)
     if compiled is None:

@@ -63,3 +63,8 @@ DEFAULT_INSTRUCTION = {
     "zh": "请将音频内容转换为文字。",
     "en": "Please transcribe the spoken content into written text.",
 }
+
+
+def special_id(config, token: str) -> int:
+    """Id of a Kimi special token for a ``KimiAudioConfig``: base vocabulary size + its fixed index (spec §4)."""
+    return config.num_base_tokens + SPECIAL_TOKENS.index(token)

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ..versions import DTYPE_KWARG
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
 from .special_tokens import DEFAULT_INSTRUCTION, MEDIA_BEGIN, MEDIA_END, NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
 
@@ -92,7 +93,7 @@ def kimi_config(num_base_tokens: int, preset: str) -> KimiAudioConfig:
         kimia_adaptor_input_dim=4 * whisper["d_model"],
         rope_theta=1000000.0,  # Qwen2.5-7B's base; the real config.json is always read for the real model
         whisper_config=whisper,
-        torch_dtype="float32" if preset == "tiny" else "bfloat16",
+        **{DTYPE_KWARG: "float32" if preset == "tiny" else "bfloat16"},  # 5.x warns on torch_dtype
         **shapes,
     )
 
@@ -114,8 +115,9 @@ def make_tiny_checkpoint(directory: str, preset: str = "tiny", seed: int = 0) ->
         return _write_configs_only(directory, config)
     import torch
 
+    from .checkpoint_io import default_generation_config
     from .glm4_voice import make_tiny_glm4_voice_tokenizer
-    from .modeling_kimi_audio import KimiAudioForCausalLM, default_generation_config
+    from .modeling_kimi_audio import KimiAudioForCausalLM
 
     glm_dir = os.path.join(directory, SEMANTIC_SUBDIR)
     make_tiny_glm4_voice_tokenizer(glm_dir, seed=seed, vocab_size=GLM_VOCAB[preset])

@@ -1,0 +1,167 @@
+"""Loading and saving in the official Kimi-Audio directory layout.
+
+The LM shards hold ``model.*``, ``lm_head`` and ``mimo_output`` only; the frozen Whisper encoder lives in
+``whisper-large-v3/`` (a full Whisper file), the GLM-4-Voice tokenizer in ``glm-4-voice-tokenizer/``, and the
+official remote-code ``*.py`` files stay next to the config. ``OfficialLayoutMixin`` gives ``KimiAudioForCausalLM``
+that layout on top of ``PreTrainedModel`` (transformers 4.55–5.6, DeepSpeed ZeRO-3 included).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationConfig
+
+from ..versions import TRANSFORMERS_MAJOR
+from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
+from .special_tokens import SPECIAL_TOKENS, TEXT_EOS, special_id
+from .whisper_encoder import read_whisper_encoder_state, save_whisper_dir
+
+WHISPER_KEYS = "whisper_encoder."
+
+
+class OfficialLayoutMixin:
+    """``from_pretrained`` / ``save_pretrained`` / ``load_state_dict`` of the official layout (mixed in first)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        path = os.fspath(pretrained_model_name_or_path)
+        config = kwargs.pop("config", None)
+        if not isinstance(config, KimiAudioConfig):
+            config = KimiAudioConfig.from_pretrained(path)
+        elif config.whisper_config is None:
+            config.attach_audio_dirs(path)
+        kwargs.pop("trust_remote_code", None)
+        model = super().from_pretrained(path, *args, config=config, **kwargs)
+        loaded = model[0] if isinstance(model, tuple) else model
+        dtype = loaded.get_input_embeddings().weight.dtype
+        # 4.x upcasts _keep_in_fp32_modules for every quantised load, 5.x for fp16 loads only: do as 5.x does
+        if TRANSFORMERS_MAJOR < 5 and loaded.whisper_encoder is not None and dtype != torch.float16:
+            loaded.whisper_encoder.to(dtype)
+        loaded.load_whisper_encoder(path)
+        loaded.generation_config = default_generation_config(loaded.config, path)
+        return model
+
+    def _move_missing_keys_from_meta_to_cpu(self, *args: Any, **kwargs: Any) -> Any:
+        """transformers 4.x only (every 4.55–4.57 load calls it): the Whisper encoder is not in the LM shards, so 4.x
+        would leave it on the meta device, and a device_map dispatch (LLaMA-Factory's ``{"": device}``, bitsandbytes'
+        own) would fail on it. Give it CPU storage first; its weights are read from ``whisper-large-v3/`` right after
+        loading."""
+        result = super()._move_missing_keys_from_meta_to_cpu(*args, **kwargs)
+        if self.whisper_encoder is not None and any(p.is_meta for p in self.whisper_encoder.parameters()):
+            self.whisper_encoder.to_empty(device="cpu")
+        return result
+
+    def load_whisper_encoder(self, model_dir: str) -> None:
+        weights = os.path.join(model_dir, WHISPER_SUBDIR, "model.safetensors")
+        if self.whisper_encoder is None or not os.path.isfile(weights):
+            return
+        state = read_whisper_encoder_state(weights, self.whisper_encoder.state_dict())
+        if any(hasattr(p, "ds_id") for p in self.whisper_encoder.parameters()):
+            load_into_zero3_partitions(self.whisper_encoder, state)  # from_pretrained under DeepSpeed ZeRO-3
+            return
+        param = next(self.whisper_encoder.parameters())
+        self.whisper_encoder.load_state_dict(
+            {k: v.to(device=param.device, dtype=param.dtype) for k, v in state.items()}
+        )
+        self.whisper_encoder.requires_grad_(False)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """A state dict without any ``whisper_encoder.*`` key is an LM checkpoint of the official layout (every
+        save, Trainer checkpoints included). It leaves the frozen encoder as loaded and does not report the encoder's
+        keys missing, so resuming is quiet; anything else is loaded as usual."""
+        if self.whisper_encoder is None or any(key.startswith(WHISPER_KEYS) for key in state_dict):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [key for key in result.missing_keys if not key.startswith(WHISPER_KEYS)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: missing keys {missing}, "
+                f"unexpected keys {result.unexpected_keys}"
+            )
+        return type(result)(missing, result.unexpected_keys)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, state_dict=None, **kwargs: Any):
+        """Official layout: LM shards without the Whisper encoder, ``whisper-large-v3/`` and the GLM-4-Voice dir."""
+        save_directory = os.fspath(save_directory)
+        state_dict = state_dict if state_dict is not None else self.state_dict()
+        lm_state = {k: v for k, v in state_dict.items() if not k.startswith(WHISPER_KEYS)}
+        super().save_pretrained(save_directory, *args, state_dict=lm_state, **kwargs)
+        if self.whisper_encoder is not None:
+            whisper_state = {k[len(WHISPER_KEYS) :]: v for k, v in state_dict.items() if k.startswith(WHISPER_KEYS)}
+            save_whisper_dir(os.path.join(save_directory, WHISPER_SUBDIR), whisper_state, self.config.whisper_config)
+        source = self.config.semantic_tokenizer_path
+        target = os.path.join(save_directory, SEMANTIC_SUBDIR)
+        if source and os.path.isdir(source) and os.path.abspath(source) != os.path.abspath(target):
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        copy_remote_code(getattr(self.config, "_name_or_path", None), save_directory)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Counted once per training phase. The HF Trainer asks after every optimizer step (for its ``total_flos``
+        log), and the count walks every module: ~4,000 once LoRA wraps the 7B, ~10 ms of host time per step while the
+        GPU waits. Modules and trainable flags are set before ``train()``, which starts a new count."""
+        if not self.training:
+            return super().num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+        counts = self.__dict__.setdefault("_training_parameter_counts", {})
+        key = (only_trainable, exclude_embeddings)
+        if key not in counts:
+            counts[key] = super().num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+        return counts[key]
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_training_parameter_counts", None)
+        return super().train(mode)
+
+
+def copy_remote_code(source_dir: str | None, save_directory: str) -> None:
+    """Keep the official ``*.py`` files (named by ``auto_map``) next to a saved checkpoint, so an export loads with
+    the official remote code as well; this package never executes them."""
+    if (
+        not source_dir
+        or not os.path.isdir(source_dir)
+        or os.path.abspath(source_dir) == os.path.abspath(save_directory)
+    ):
+        return
+    for name in sorted(os.listdir(source_dir)):
+        if name.endswith(".py") and os.path.isfile(os.path.join(source_dir, name)):
+            shutil.copy2(os.path.join(source_dir, name), os.path.join(save_directory, name))
+
+
+def load_into_zero3_partitions(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Fill a module whose parameters DeepSpeed ZeRO-3 has partitioned (each rank holds a slice, ``param.data`` is
+    empty): gather them, copy on rank 0, let DeepSpeed re-partition from rank 0 (a collective: every rank calls)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    params = dict(module.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0):
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            with torch.no_grad():
+                for name, param in params.items():
+                    param.copy_(state[name].to(device=param.device, dtype=param.dtype))
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            if name in state:
+                buffer.copy_(state[name].to(device=buffer.device, dtype=buffer.dtype))
+    module.requires_grad_(False)
+
+
+def default_generation_config(config: KimiAudioConfig, model_dir: str | None = None) -> GenerationConfig:
+    """Greedy decoding that stops at ``<|im_kimia_text_eos|>`` (spec §7), unless the checkpoint ships its own."""
+    eos = special_id(config, TEXT_EOS)
+    pad = special_id(config, SPECIAL_TOKENS[-1])
+    generation = GenerationConfig(do_sample=False, eos_token_id=eos, pad_token_id=pad, max_new_tokens=512)
+    if model_dir and os.path.isfile(os.path.join(model_dir, "generation_config.json")):
+        try:
+            shipped = GenerationConfig.from_pretrained(model_dir)
+            shipped.eos_token_id = shipped.eos_token_id or eos
+            shipped.pad_token_id = pad if shipped.pad_token_id is None else shipped.pad_token_id
+            return shipped
+        except Exception:  # a foreign generation_config.json must not block loading
+            return generation
+    return generation
