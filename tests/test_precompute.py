@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from llamafactory_kimi_audio import settings
 from llamafactory_kimi_audio.audio_io import AudioError, load_audio
 from llamafactory_kimi_audio.cli import main
 from llamafactory_kimi_audio.data.dataset_audio import collect_audio_paths, data_file, dataset_files
@@ -189,12 +190,14 @@ def test_plugin_serves_cached_tensors(cache, wavs, processor, monkeypatch) -> No
     plugin = KimiAudioPlugin(image_token=None, video_token=None, audio_token=st.AUDIO_PLACEHOLDER)
     n = len(wavs)
     monkeypatch.setenv(CACHE_ENV, cache.cache_dir)
+    settings.reload()  # settings are read once per process
     got = plugin.get_mm_inputs([], [], list(wavs), [0] * n, [0] * n, [1] * n, [[]] * n, processor)
     expected = _cached_batch(cache, wavs)
     assert set(got) == {"audio_codes", "whisper_features"}
     assert torch.equal(got["audio_codes"], expected["audio_codes"])
     assert torch.equal(got["whisper_features"], expected["whisper_features"])
     monkeypatch.delenv(CACHE_ENV)
+    settings.reload()
     assert "audio_input_features" in plugin.get_mm_inputs(
         [], [], list(wavs), [0] * n, [0] * n, [1] * n, [[]] * n, processor
     )
