@@ -283,8 +283,8 @@ BAD_ROWS = [  # (id, make the audio, text, expected line in stderr, written?)
         "truncated",
         truncated_wav,
         "x",
-        "rows.csv row 2: audio truncated.wav is truncated: its header declares 8000 frames (0.50 s) but the file holds "
-        "4000 (0.25 s); copy the file again from its source or re-export it (or delete its row)",
+        "rows.csv row 2: audio truncated.wav is truncated: its header declares 8000 frames (0.50 s) but the file "
+        "holds 4000 (0.25 s); copy the file again from its source or re-export it (or delete its row)",
         False,
     ),
 ]
@@ -481,3 +481,47 @@ def test_semicolon_csv_and_flat_record_without_text(data: Path, tmp_path: Path, 
     code, _, err = cli(capsys, data / "flat.jsonl", "--out-dir", tmp_path / "o2")
     assert code == 0
     assert "flat.jsonl line 2: no transcript key in ['audio', 'caption']; fix the record or delete it" in err
+
+
+# ------------------------------------------------------------------------------- garbled and empty transcripts
+GARBLED = "数据集准备".encode().decode("cp1252", errors="replace")  # UTF-8 bytes read as CP1252 (U+FFFD for holes)
+
+
+def mixed_rows(data: Path) -> Path:
+    """Rows 2 and 4 garbled, row 5 empty, rows 3 and 6 clean Chinese."""
+    rows = ["id,audio,text", f"a,wavs/a.wav,{GARBLED}", "b,wavs/b.wav,今天天气很好", f"c,wavs/c.wav,{GARBLED}x"]
+    wav(data / "wavs" / "d.wav")
+    wav(data / "wavs" / "e.wav")
+    return write_csv(data / "rows.csv", [*rows, "d,wavs/d.wav,", "e,wavs/e.wav,我们去公园"])
+
+
+def test_mojibake_rows_are_skipped_and_reported_by_row(data: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = cli(capsys, mixed_rows(data), "--out-dir", tmp_path / "o")
+    assert code == 0 and out.startswith("converted 2/5 rows (3 skipped")
+    assert "skipped: 2 × mojibake (rows.csv rows 2, 4)" in err.splitlines()
+    assert "skipped: 1 × empty_text (rows.csv row 5)" in err.splitlines()
+    assert "; skipped (pass --keep-mojibake to keep such rows)" in err
+    report = load(tmp_path / "o" / "rows.report.json")
+    assert report["skipped_by_reason"] == {"empty_text": 1, "mojibake": 2}
+    assert [i["line"] for i in report["issues"] if i["reason"] == "mojibake"] == [2, 4]
+    assert [r["id"] for r in load(tmp_path / "o" / "rows.json")] == ["b", "e"]
+
+
+def test_keep_mojibake_keeps_them_without_changing_the_language(data: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = cli(capsys, mixed_rows(data), "--out-dir", tmp_path / "o", "--keep-mojibake")
+    assert code == 0 and out.startswith("converted 4/5 rows (1 skipped, 2 warnings") and "lang zh" in out
+    assert "warning: 2 × mojibake_kept (rows.csv rows 2, 4)" in err.splitlines()
+    rows = load(tmp_path / "o" / "rows.json")
+    assert [r["id"] for r in rows] == ["a", "b", "c", "e"]
+    assert {r["messages"][0]["content"] for r in rows} == {ZH + "<audio>"}  # garbled rows do not vote for English
+
+
+def test_no_split_note_without_split(data: Path, tmp_path: Path, capsys) -> None:
+    write_csv(data / "rows.csv", ["id,audio,text", "a,wavs/none.wav,hi"])
+    code, _, err = cli(capsys, data / "rows.csv", "--out-dir", tmp_path / "o")
+    assert code == 2 and "--split" not in err
+    code, _, err = cli(capsys, data / "rows.csv", "--out-dir", tmp_path / "o", "--split", "0.5,0.5")
+    assert code == 2 and "--split" not in err  # no rows at all: the cause is the rows, not the split
+    write_csv(data / "one.csv", ["id,audio,text", "a,wavs/a.wav,hi"])
+    code, _, err = cli(capsys, data / "one.csv", "--out-dir", tmp_path / "o", "--split", "0.5,0.5")
+    assert code == 0 and "one_dev: 0 rows, not written (too few rows for --split)" in err
