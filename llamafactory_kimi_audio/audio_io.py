@@ -121,24 +121,29 @@ def check_complete_wav(path: str, sample_rate: int) -> None:
     )
 
 
-def _wav_data_sizes(path: str, scan: int = 1 << 16) -> tuple[int, int, int] | None:
+def _wav_data_sizes(path: str, max_chunks: int = 64) -> tuple[int, int, int] | None:
     """``(declared data bytes, data bytes present, block align)`` of a RIFF/WAVE file; None for anything else or
-    a streamed WAV whose size fields were left at 0 / 0xFFFFFFFF."""
+    a streamed WAV whose size fields were left at 0 / 0xFFFFFFFF. Reads only the chunk headers (a few bytes each),
+    since every training sample is probed."""
     file_size = os.path.getsize(path)
     with open(path, "rb") as fh:
-        head = fh.read(scan)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    block, pos = 0, 12
-    while pos + 8 <= len(head):
-        chunk, size = head[pos : pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
-        if chunk == b"fmt " and pos + 22 <= len(head):
-            block = struct.unpack_from("<H", head, pos + 20)[0]
-        if chunk == b"data":
-            if size in (0, 0xFFFFFFFF) or block <= 0:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block, pos = 0, 12
+        for _ in range(max_chunks):
+            fh.seek(pos)
+            header = fh.read(24)  # chunk id + size, and for "fmt " the fields up to block align (body offset 12)
+            if len(header) < 8:
                 return None
-            return size, file_size - (pos + 8), block
-        pos += 8 + size + (size & 1)  # chunks are padded to an even size
+            chunk, size = header[:4], struct.unpack_from("<I", header, 4)[0]
+            if chunk == b"fmt " and len(header) >= 22:
+                block = struct.unpack_from("<H", header, 20)[0]
+            if chunk == b"data":
+                if size in (0, 0xFFFFFFFF) or block <= 0:
+                    return None
+                return size, file_size - (pos + 8), block
+            pos += 8 + size + (size & 1)  # chunks are padded to an even size
     return None
 
 

@@ -116,6 +116,18 @@ def test_complete_and_streamed_wavs_are_accepted(tmp_path: Path) -> None:
     assert probe(str(extra)).frames == 8000
 
 
+def test_truncation_found_behind_other_chunks(tmp_path: Path) -> None:
+    """A chunk of odd size (padded to even) before ``data``, as tagging tools write; then the file is cut."""
+    raw = write(tmp_path / "plain.wav", 8000, 16000, subtype="PCM_16").read_bytes()
+    assert raw[36:40] == b"data"  # canonical layout: RIFF header, fmt chunk, data chunk
+    tagged = raw[:36] + b"LIST" + struct.pack("<I", 5) + b"INFO\x00\x00" + raw[36:]
+    (tmp_path / "tagged.wav").write_bytes(tagged)
+    assert probe(str(tmp_path / "tagged.wav")).frames == 8000
+    (tmp_path / "cut.wav").write_bytes(tagged[: len(tagged) - 2 * 1000])
+    with pytest.raises(TruncatedAudioError, match="declares 8000 frames .* holds 7000 "):
+        probe(str(tmp_path / "cut.wav"))
+
+
 def test_training_refuses_a_truncated_wav(tmp_path: Path) -> None:
     """The plugin counts placeholders from the header (dataset preprocessing) and decodes at collate time."""
     import llamafactory.data.mm_plugin  # noqa: F401  (LLaMA-Factory first, as in training)
