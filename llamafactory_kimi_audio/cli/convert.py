@@ -61,20 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+# flags whose value goes to the ConvertOptions field of the same name
+_SAME_NAME = "name root format instruction lang seed strict max_duration drop_long keep_mojibake encoding".split()
+
+
 def run(args: argparse.Namespace) -> int:
+    same = {name: getattr(args, name) for name in _SAME_NAME}
     options = ConvertOptions(
-        name=args.name,
-        root=args.root,
-        format=args.format,
-        instruction=args.instruction,
-        lang=args.lang,
+        **same,
         split=parse_split(args.split),
-        seed=args.seed,
-        strict=args.strict,
-        max_duration=args.max_duration,
-        drop_long=args.drop_long,
-        keep_mojibake=args.keep_mojibake,
-        encoding=args.encoding,
         columns=parse_columns(args.columns),
         path_style=args.paths,
         progress=not args.no_progress,
