@@ -340,3 +340,18 @@ def test_wrong_model_directory_is_a_model_error(tmp_path: Path, wavs, capsys) ->
     assert main([*argv, "--cache", str(tmp_path / "c")]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"kimi-audio-lf precompute: error: {tmp_path / 'nope'}: cannot load")
+
+
+def test_missing_dataset_files_name_the_fix(tmp_path: Path, model_dir, capsys) -> None:
+    base = ["precompute", "--model", model_dir, "--device", "cpu", "--no-progress"]
+    cases = [
+        (["--data", str(tmp_path / "none.json")], f"{tmp_path / 'none.json'}: dataset file not found; check the path"),
+        (["--dataset", "asr", "--dataset-dir", str(tmp_path / "nodir")], "not found; pass --dataset-dir"),
+    ]
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "dataset_info.json").write_text(json.dumps({"asr": {"file_name": "gone.json"}}))
+    cases.append((["--dataset", "asr", "--dataset-dir", str(tmp_path / "set")], "fix the file_name of 'asr' in "))
+    for extra, expected in cases:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0] and "Errno" not in err[0], err

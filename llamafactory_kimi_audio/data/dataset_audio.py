@@ -33,7 +33,7 @@ class AudioList:
 def data_file(path: str, media_dir: str | None = None) -> DataFile:
     """A dataset file given directly; relative audio paths resolve like LLaMA-Factory's ``media_dir``."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: dataset file not found")
+        raise DataError(f"{path}: dataset file not found; check the path given to --data")
     return DataFile(os.path.abspath(path), os.path.abspath(media_dir) if media_dir else media_root(path))
 
 
@@ -50,7 +50,10 @@ def dataset_files(dataset_dir: str, names: Iterable[str], media_dir: str | None 
         if "file_name" not in entry:
             raise DataError(f"dataset {name!r} is not a local file (hub/script datasets cannot be precomputed)")
         column = (entry.get("columns") or {}).get("audios", DEFAULT_AUDIO_COLUMN)
-        files += [DataFile(p, media, column) for p in _local_files(os.path.join(dataset_dir, entry["file_name"]))]
+        local = _local_files(
+            os.path.join(dataset_dir, entry["file_name"]), f"{name!r} in {dataset_dir}/{DATASET_INFO}"
+        )
+        files += [DataFile(p, media, column) for p in local]
     return files
 
 
@@ -62,12 +65,12 @@ def _read_dataset_info(dataset_dir: str) -> dict[str, Any]:
     return info
 
 
-def _local_files(path: str) -> list[str]:
+def _local_files(path: str, entry: str) -> list[str]:
     if os.path.isdir(path):  # LLaMA-Factory loads every file of a folder
         names = sorted(n for n in os.listdir(path) if n.lower().endswith((".json", ".jsonl")))
         return [os.path.abspath(os.path.join(path, n)) for n in names]
     if not os.path.isfile(path):
-        raise DataError(f"{path}: dataset file not found")
+        raise DataError(f"{path}: dataset file not found; fix the file_name of {entry}")
     return [os.path.abspath(path)]
 
 
