@@ -54,6 +54,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
+from llamafactory_kimi_audio import settings  # noqa: E402
+
 KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_cached_mb8_group": dict(bs=8, group=True),
     "qwen_text_mb8_group": dict(bs=8, group=True, text=True),
@@ -324,6 +326,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     os.environ.pop("KIMI_AUDIO_FEATURE_CACHE", None)
     if mode in ("cached", "official"):
         os.environ["KIMI_AUDIO_FEATURE_CACHE"] = paths["cache"]
+    settings.reload()  # settings are read once per process; this run changed the environment
     patched = Patched()
     if mode == "official":
         official_semantics(patched)
@@ -408,6 +411,7 @@ def prepare(a) -> dict[str, str]:
         args = lf_args(paths["kimi"], paths["data"], os.path.join(work, "out", "tokenize"), paths["kimi_tok"], spec, a)
         args["max_steps"] = 1
         os.environ["KIMI_AUDIO_FEATURE_CACHE"] = paths["cache"]
+        settings.reload()
         t0 = time.perf_counter()
         run_exp(args=args)
         print(f"[bench] tokenize + 1 warm-up step: {time.perf_counter() - t0:.1f}s", flush=True)
