@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..constants import CHUNK_SECONDS
 from ..data.convert import ConvertOptions, ConvertResult, convert, parse_split
 from ..data.sources import READERS, parse_columns
 from ..data.textio import DataError
@@ -40,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-duration",
         type=float,
-        default=30.0,
+        default=float(CHUNK_SECONDS),
         metavar="SECONDS",
-        help="warn about clips longer than this (default: 30; Kimi-Audio chunks longer audio)",
+        help=f"warn about clips longer than this (default: {CHUNK_SECONDS}; Kimi-Audio chunks longer audio)",
     )
     parser.add_argument("--drop-long", action="store_true", help="skip clips longer than --max-duration")
     parser.add_argument(
