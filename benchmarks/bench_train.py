@@ -332,6 +332,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     os.environ.pop("KIMI_AUDIO_FEATURE_CACHE", None)
     if mode in ("cached", "official"):
         os.environ["KIMI_AUDIO_FEATURE_CACHE"] = paths["cache"]
+    settings.reload()  # settings are read once per process; this run changed the environment
     patched = Patched()
     if mode == "official":
         official_semantics(patched)
@@ -416,6 +417,7 @@ def prepare(a) -> dict[str, str]:
         args = lf_args(paths["kimi"], paths["data"], os.path.join(work, "out", "tokenize"), paths["kimi_tok"], spec, a)
         args["max_steps"] = 1
         os.environ["KIMI_AUDIO_FEATURE_CACHE"] = paths["cache"]
+        settings.reload()
         t0 = time.perf_counter()
         run_exp(args=args)
         print(f"[bench] tokenize + 1 warm-up step: {time.perf_counter() - t0:.1f}s", flush=True)

@@ -1,24 +1,38 @@
-"""Audio reading shared by the plugin, the converter and the evaluator: soundfile only (no torchcodec).
+"""Audio reading shared by the plugin, the converter, precompute and the evaluator: soundfile only (no torchcodec).
 
-Every path returns mono float32 at 16 kHz. Lengths after resampling are computable from the header alone
-(``resampled_length``), which is what lets placeholder counts be derived without decoding the audio.
+Every path returns mono float32 at 16 kHz, computed as the official pipeline's ``librosa.load(path, sr=16000)``
+does: the channels are averaged first, then the float32 signal is resampled by soxr at "HQ" quality (librosa's
+default ``res_type="soxr_hq"``) and cut or zero-padded to ``ceil(frames * 16000 / sr)`` samples. That length is
+computable from the header alone (``resampled_length``), which lets placeholder counts be derived without decoding.
+
+A WAV whose header declares more audio than the file holds (a copy cut short) is refused by ``probe``, so the
+converter, training and precompute never pair half a clip with its whole transcript.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-TARGET_SR = 16000
+from .constants import SAMPLE_RATE
+from .errors import InputError
+
+TARGET_SR = SAMPLE_RATE  # the name the rest of the package imported before constants.py
+SOXR_QUALITY = "soxr_hq"  # librosa.resample's default res_type, passed to soxr.resample unchanged
+TRUNCATED_FIX = "copy the file again from its source or re-export it (or delete its row)"
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """An audio input that cannot be used; the message names the file and the fix."""
+
+
+class TruncatedAudioError(AudioError):
+    """The file holds fewer samples than its header declares."""
 
 
 @dataclass(frozen=True)
@@ -38,35 +52,25 @@ class AudioInfo:
 
 
 def resampled_length(frames: int, sample_rate: int, target_sr: int = TARGET_SR) -> int:
-    """Length of ``resample(x)`` for ``frames`` input samples (the same rule as ``scipy.signal.resample_poly``)."""
+    """Length of ``resample(x)`` for ``frames`` input samples: librosa's ``ceil(frames * (target / sr))``."""
     if sample_rate == target_sr:
         return frames
-    ratio = Fraction(target_sr, sample_rate)
-    return math.ceil(frames * ratio.numerator / ratio.denominator)
-
-
-def probe(path: str) -> AudioInfo:
-    """Read the header of an audio file, raising AudioError with the path on any problem."""
-    import soundfile as sf
-
-    if not os.path.isfile(path):
-        raise AudioError(
-            f"{path}: audio file not found; check the path (relative paths resolve against the data root)"
-        )
-    try:
-        info = sf.info(path)
-    except Exception as err:  # soundfile raises RuntimeError / LibsndfileError / TypeError depending on version
-        raise AudioError(f"{path}: unreadable audio ({_short(err)}); re-encode it as WAV/FLAC, e.g. with sox") from err
-    return AudioInfo(path=path, sample_rate=int(info.samplerate), frames=int(info.frames), channels=int(info.channels))
+    return int(math.ceil(frames * (float(target_sr) / sample_rate)))  # float ratio, exactly as librosa computes it
 
 
 def resample(wave: np.ndarray, sample_rate: int, target_sr: int = TARGET_SR) -> np.ndarray:
+    """``librosa.resample(wave, orig_sr=sample_rate, target_sr=target_sr)`` with its defaults, for float32 mono."""
+    wave = np.asarray(wave, dtype=np.float32)
     if sample_rate == target_sr:
-        return wave.astype(np.float32, copy=False)
-    from scipy.signal import resample_poly
+        return wave
+    length = resampled_length(len(wave), sample_rate, target_sr)
+    if wave.size == 0:
+        return np.zeros(length, dtype=np.float32)
+    import soxr
 
-    ratio = Fraction(target_sr, sample_rate)
-    return resample_poly(wave.astype(np.float64), ratio.numerator, ratio.denominator).astype(np.float32)
+    out = soxr.resample(wave, sample_rate, target_sr, quality=SOXR_QUALITY)
+    out = out[:length] if len(out) >= length else np.pad(out, (0, length - len(out)))  # librosa's fix_length
+    return np.asarray(out, dtype=np.float32)
 
 
 def to_mono_float(wave: np.ndarray) -> np.ndarray:
@@ -79,6 +83,70 @@ def to_mono_float(wave: np.ndarray) -> np.ndarray:
     return wave.reshape(-1)
 
 
+def probe(path: str) -> AudioInfo:
+    """Read the header of an audio file, raising AudioError with the path on any problem (truncation included)."""
+    import soundfile as sf
+
+    if not os.path.isfile(path):
+        raise AudioError(
+            f"{path}: audio file not found; check the path (relative paths resolve against the data root)"
+        )
+    try:
+        info = sf.info(path)
+    except Exception as err:  # soundfile raises RuntimeError / LibsndfileError / TypeError depending on version
+        raise AudioError(f"{path}: unreadable audio ({_short(err)}); re-encode it as WAV/FLAC, e.g. with sox") from err
+    result = AudioInfo(
+        path=path, sample_rate=int(info.samplerate), frames=int(info.frames), channels=int(info.channels)
+    )
+    check_complete_wav(path, result.sample_rate)
+    return result
+
+
+def check_complete_wav(path: str, sample_rate: int) -> None:
+    """Raise TruncatedAudioError when a RIFF/WAVE file's ``data`` chunk declares more bytes than the file holds.
+
+    libsndfile silently shortens such a file to the bytes present, so only the header tells it was cut. Other
+    containers are checked when decoded (``load_audio`` compares the decoded length with the header).
+    """
+    declared = _wav_data_sizes(path)
+    if declared is None:
+        return
+    size, present, block = declared
+    if present >= size:
+        return
+    want, have = size // block, present // block
+    raise TruncatedAudioError(
+        f"{path}: truncated audio: the WAV header declares {want} frames ({want / sample_rate:.2f} s) but the file "
+        f"holds {have} ({have / sample_rate:.2f} s); {TRUNCATED_FIX}"
+    )
+
+
+def _wav_data_sizes(path: str, max_chunks: int = 64) -> tuple[int, int, int] | None:
+    """``(declared data bytes, data bytes present, block align)`` of a RIFF/WAVE file; None for anything else or
+    a streamed WAV whose size fields were left at 0 / 0xFFFFFFFF. Reads only the chunk headers (a few bytes each),
+    since every training sample is probed."""
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block, pos = 0, 12
+        for _ in range(max_chunks):
+            fh.seek(pos)
+            header = fh.read(24)  # chunk id + size, and for "fmt " the fields up to block align (body offset 12)
+            if len(header) < 8:
+                return None
+            chunk, size = header[:4], struct.unpack_from("<I", header, 4)[0]
+            if chunk == b"fmt " and len(header) >= 22:
+                block = struct.unpack_from("<H", header, 20)[0]
+            if chunk == b"data":
+                if size in (0, 0xFFFFFFFF) or block <= 0:
+                    return None
+                return size, file_size - (pos + 8), block
+            pos += 8 + size + (size & 1)  # chunks are padded to an even size
+    return None
+
+
 def load_audio(source: Any, sample_rate: int | None = None) -> np.ndarray:
     """Load a path, a ``{"array", "sampling_rate"}`` / ``{"path"}`` dict or an array as 16 kHz mono float32."""
     if isinstance(source, dict):
@@ -86,19 +154,28 @@ def load_audio(source: Any, sample_rate: int | None = None) -> np.ndarray:
             return load_audio(np.asarray(source["array"]), int(source.get("sampling_rate") or TARGET_SR))
         return load_audio(source.get("path"))
     if isinstance(source, (str, os.PathLike)):
-        import soundfile as sf
-
-        path = os.fspath(source)
-        info = probe(path)
-        try:
-            wave, sr = sf.read(path, dtype="float32", always_2d=True)
-        except Exception as err:
-            raise AudioError(f"{path}: cannot decode audio ({_short(err)}); re-encode it as WAV/FLAC") from err
-        if info.frames == 0 or wave.shape[0] == 0:
-            raise AudioError(f"{path}: audio is empty (0 samples); remove the row or replace the file")
-        return resample(wave.mean(axis=1), int(sr))
+        return _load_file(os.fspath(source))
     wave = to_mono_float(np.asarray(source))
     return resample(wave, sample_rate or TARGET_SR)
+
+
+def _load_file(path: str) -> np.ndarray:
+    import soundfile as sf
+
+    info = probe(path)
+    try:
+        wave, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as err:
+        raise AudioError(f"{path}: cannot decode audio ({_short(err)}); re-encode it as WAV/FLAC") from err
+    if info.frames == 0 or wave.shape[0] == 0:
+        raise AudioError(f"{path}: audio is empty (0 samples); remove the row or replace the file")
+    if wave.shape[0] < info.frames:
+        raise TruncatedAudioError(
+            f"{path}: truncated audio: the header declares {info.frames} frames but only {wave.shape[0]} could be "
+            f"decoded; {TRUNCATED_FIX}"
+        )
+    # librosa.to_mono: the mean over channels of the (channels, frames) view, in float32
+    return resample(np.mean(wave.T, axis=0), int(sr))
 
 
 def _short(err: Exception) -> str:

@@ -30,6 +30,14 @@ def wav(path: Path, seconds: float = 0.5, sr: int = 16000, channels: int = 1) ->
     return path
 
 
+def truncated_wav(path: Path) -> Path:
+    """A real 0.5 s 16 kHz PCM-16 WAV (8000 frames) cut after half of its samples, as an interrupted copy leaves it."""
+    wav(path)
+    with open(path, "r+b") as fh:
+        fh.truncate(44 + 2 * 4000)  # the 44-byte canonical header + 4000 of the 8000 frames
+    return path
+
+
 def write_csv(path: Path, rows: list[str], encoding: str = "utf-8") -> Path:
     path.write_bytes(("\n".join(rows) + "\n").encode(encoding))
     return path
@@ -106,10 +114,14 @@ def test_dataset_info_merge_keeps_other_entries(data: Path, tmp_path: Path, caps
 
 
 def test_kimi_jsonl_official_format(data: Path, tmp_path: Path, capsys) -> None:
-    record = {"task_type": "understanding", "conversation": [
-        {"role": "user", "message_type": "text", "content": "请将语音内容转录为文字。"},
-        {"role": "user", "message_type": "audio", "content": str(data / "wavs" / "a.wav"), "audio_tokens": [1, 2]},
-        {"role": "assistant", "message_type": "text", "content": "标准答案文本"}]}  # fmt: skip
+    record = {
+        "task_type": "understanding",
+        "conversation": [
+            {"role": "user", "message_type": "text", "content": "请将语音内容转录为文字。"},
+            {"role": "user", "message_type": "audio", "content": str(data / "wavs" / "a.wav"), "audio_tokens": [1, 2]},
+            {"role": "assistant", "message_type": "text", "content": "标准答案文本"},
+        ],
+    }
     (data / "data_10k.jsonl").write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
     code, out, err = cli(capsys, data / "data_10k.jsonl", "--out-dir", tmp_path / "out")
     assert code == 0, err
@@ -120,8 +132,12 @@ def test_kimi_jsonl_official_format(data: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_qwen_inline_audio_tags_and_flat_json(data: Path, tmp_path: Path, capsys) -> None:
-    conv = {"conversations": [{"from": "user", "value": "<audio>wavs/a.wav</audio> 请帮我转写"},
-                              {"from": "assistant", "value": "好的"}]}  # fmt: skip
+    conv = {
+        "conversations": [
+            {"from": "user", "value": "<audio>wavs/a.wav</audio> 请帮我转写"},
+            {"from": "assistant", "value": "好的"},
+        ]
+    }
     (data / "conv.json").write_text(json.dumps([conv], ensure_ascii=False), encoding="utf-8")
     assert cli(capsys, data / "conv.json", "--out-dir", tmp_path / "o1")[0] == 0
     assert load(tmp_path / "o1" / "conv.json")[0]["messages"][0]["content"] == "请帮我转写<audio>"
@@ -181,8 +197,20 @@ def test_library_returns_dataclass(data: Path, tmp_path: Path) -> None:
 def test_subprocess_stdout_stderr_split(data: Path, tmp_path: Path) -> None:
     write_csv(data / "rows.csv", ["id,audio,text", "a,wavs/a.wav,hi", "b,wavs/none.wav,x"])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "llamafactory_kimi_audio.cli", "convert", str(data / "rows.csv"),
-                           "--out-dir", str(tmp_path / "o")], capture_output=True, text=True, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llamafactory_kimi_audio.cli",
+            "convert",
+            str(data / "rows.csv"),
+            "--out-dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("converted 1/2 rows") and "missing_audio" not in proc.stdout
     assert "rows.csv row 3: audio file not found: wavs/none.wav" in proc.stderr
@@ -192,27 +220,74 @@ def test_subprocess_stdout_stderr_split(data: Path, tmp_path: Path) -> None:
 
 
 BAD_ROWS = [  # (id, make the audio, text, expected line in stderr, written?)
-    ("corrupt", lambda p: p.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk"), "x",
-     "rows.csv row 2: cannot read audio corrupt.wav (", False),
-    ("empty", lambda p: sf.write(p, np.zeros(0, np.float32), 16000), "x",
-     "rows.csv row 2: audio empty.wav is empty (0 samples); replace the file or delete the row", False),
-    ("tel", lambda p: wav(p, sr=8000), "x",
-     "rows.csv row 2: audio tel.wav is 8000 Hz, not 16000 Hz; kept: audio is resampled to 16 kHz", True),
-    ("stereo", lambda p: wav(p, sr=48000, channels=2), "x",
-     "rows.csv row 2: audio stereo.wav has 2 channels; kept: channels are averaged to mono", True),
-    ("long", lambda p: wav(p, seconds=31, sr=8000), "x",
-     "rows.csv row 2: audio long.wav is 31.0 s long (> 30 s); kept: Kimi-Audio encodes audio in 30 s chunks", True),
-    ("missing", lambda p: None, "x",
-     "rows.csv row 2: audio file not found: missing.wav (resolved to ", False),
-    ("notext", wav, "",
-     "rows.csv row 2: transcript is empty; fill in the transcript or delete the row", False),
-    ("blank", wav, "   ",
-     "rows.csv row 2: transcript is only whitespace; fill in the transcript or delete the row", False),
-    ("moji", wav, "æ•°æ®é›†",
-     "rows.csv row 2: transcript 'æ•°æ®é›†' looks like utf-8 text decoded as cp1252 ('æ•', ...; bytes lost)", True),
-    ("moji2", wav, "é\x87\x8dè¦\x81",
-     r"rows.csv row 2: transcript 'é\x87\x8dè¦\x81' looks like utf-8 text decoded as cp1252: probably '重要'", True),
-]  # fmt: skip
+    (
+        "corrupt",
+        lambda p: p.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk"),
+        "x",
+        "rows.csv row 2: cannot read audio corrupt.wav (",
+        False,
+    ),
+    (
+        "empty",
+        lambda p: sf.write(p, np.zeros(0, np.float32), 16000),
+        "x",
+        "rows.csv row 2: audio empty.wav is empty (0 samples); replace the file or delete the row",
+        False,
+    ),
+    (
+        "tel",
+        lambda p: wav(p, sr=8000),
+        "x",
+        "rows.csv row 2: audio tel.wav is 8000 Hz, not 16000 Hz; kept: audio is resampled to 16 kHz",
+        True,
+    ),
+    (
+        "stereo",
+        lambda p: wav(p, sr=48000, channels=2),
+        "x",
+        "rows.csv row 2: audio stereo.wav has 2 channels; kept: channels are averaged to mono",
+        True,
+    ),
+    (
+        "long",
+        lambda p: wav(p, seconds=31, sr=8000),
+        "x",
+        "rows.csv row 2: audio long.wav is 31.0 s long (> 30 s); kept: Kimi-Audio encodes audio in 30 s chunks",
+        True,
+    ),
+    ("missing", lambda p: None, "x", "rows.csv row 2: audio file not found: missing.wav (resolved to ", False),
+    ("notext", wav, "", "rows.csv row 2: transcript is empty; fill in the transcript or delete the row", False),
+    (
+        "blank",
+        wav,
+        "   ",
+        "rows.csv row 2: transcript is only whitespace; fill in the transcript or delete the row",
+        False,
+    ),
+    (
+        "moji",
+        wav,
+        "æ•°æ®é›†",
+        "rows.csv row 2: transcript 'æ•°æ®é›†' looks like utf-8 text decoded as cp1252 ('æ•', ...; bytes lost); "
+        "re-export the file as UTF-8; skipped (pass --keep-mojibake to keep such rows)",
+        False,
+    ),
+    (
+        "moji2",
+        wav,
+        "é\x87\x8dè¦\x81",
+        r"rows.csv row 2: transcript 'é\x87\x8dè¦\x81' looks like utf-8 text decoded as cp1252: probably '重要'",
+        False,
+    ),
+    (
+        "truncated",
+        truncated_wav,
+        "x",
+        "rows.csv row 2: audio truncated.wav is truncated: its header declares 8000 frames (0.50 s) but the file "
+        "holds 4000 (0.25 s); copy the file again from its source or re-export it (or delete its row)",
+        False,
+    ),
+]
 
 
 @pytest.mark.parametrize(("uid", "make", "text", "expected", "written"), BAD_ROWS, ids=[r[0] for r in BAD_ROWS])
@@ -265,8 +340,12 @@ def test_mojibake_detector_shapes() -> None:
 
 
 def test_audio_count_mismatch_in_sharegpt(data: Path, tmp_path: Path, capsys) -> None:
-    rows = [{"messages": [{"role": "user", "content": "<audio><audio>转写"}, {"role": "assistant", "content": "x"}],
-             "audios": ["wavs/a.wav"]}]  # fmt: skip
+    rows = [
+        {
+            "messages": [{"role": "user", "content": "<audio><audio>转写"}, {"role": "assistant", "content": "x"}],
+            "audios": ["wavs/a.wav"],
+        }
+    ]
     (data / "sg.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     code, _, err = cli(capsys, data / "sg.json", "--out-dir", tmp_path / "o")
     assert code == 2
@@ -402,3 +481,47 @@ def test_semicolon_csv_and_flat_record_without_text(data: Path, tmp_path: Path, 
     code, _, err = cli(capsys, data / "flat.jsonl", "--out-dir", tmp_path / "o2")
     assert code == 0
     assert "flat.jsonl line 2: no transcript key in ['audio', 'caption']; fix the record or delete it" in err
+
+
+# ------------------------------------------------------------------------------- garbled and empty transcripts
+GARBLED = "数据集准备".encode().decode("cp1252", errors="replace")  # UTF-8 bytes read as CP1252 (U+FFFD for holes)
+
+
+def mixed_rows(data: Path) -> Path:
+    """Rows 2 and 4 garbled, row 5 empty, rows 3 and 6 clean Chinese."""
+    rows = ["id,audio,text", f"a,wavs/a.wav,{GARBLED}", "b,wavs/b.wav,今天天气很好", f"c,wavs/c.wav,{GARBLED}x"]
+    wav(data / "wavs" / "d.wav")
+    wav(data / "wavs" / "e.wav")
+    return write_csv(data / "rows.csv", [*rows, "d,wavs/d.wav,", "e,wavs/e.wav,我们去公园"])
+
+
+def test_mojibake_rows_are_skipped_and_reported_by_row(data: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = cli(capsys, mixed_rows(data), "--out-dir", tmp_path / "o")
+    assert code == 0 and out.startswith("converted 2/5 rows (3 skipped")
+    assert "skipped: 2 × mojibake (rows.csv rows 2, 4)" in err.splitlines()
+    assert "skipped: 1 × empty_text (rows.csv row 5)" in err.splitlines()
+    assert "; skipped (pass --keep-mojibake to keep such rows)" in err
+    report = load(tmp_path / "o" / "rows.report.json")
+    assert report["skipped_by_reason"] == {"empty_text": 1, "mojibake": 2}
+    assert [i["line"] for i in report["issues"] if i["reason"] == "mojibake"] == [2, 4]
+    assert [r["id"] for r in load(tmp_path / "o" / "rows.json")] == ["b", "e"]
+
+
+def test_keep_mojibake_keeps_them_without_changing_the_language(data: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = cli(capsys, mixed_rows(data), "--out-dir", tmp_path / "o", "--keep-mojibake")
+    assert code == 0 and out.startswith("converted 4/5 rows (1 skipped, 2 warnings") and "lang zh" in out
+    assert "warning: 2 × mojibake_kept (rows.csv rows 2, 4)" in err.splitlines()
+    rows = load(tmp_path / "o" / "rows.json")
+    assert [r["id"] for r in rows] == ["a", "b", "c", "e"]
+    assert {r["messages"][0]["content"] for r in rows} == {ZH + "<audio>"}  # garbled rows do not vote for English
+
+
+def test_no_split_note_without_split(data: Path, tmp_path: Path, capsys) -> None:
+    write_csv(data / "rows.csv", ["id,audio,text", "a,wavs/none.wav,hi"])
+    code, _, err = cli(capsys, data / "rows.csv", "--out-dir", tmp_path / "o")
+    assert code == 2 and "--split" not in err
+    code, _, err = cli(capsys, data / "rows.csv", "--out-dir", tmp_path / "o", "--split", "0.5,0.5")
+    assert code == 2 and "--split" not in err  # no rows at all: the cause is the rows, not the split
+    write_csv(data / "one.csv", ["id,audio,text", "a,wavs/a.wav,hi"])
+    code, _, err = cli(capsys, data / "one.csv", "--out-dir", tmp_path / "o", "--split", "0.5,0.5")
+    assert code == 0 and "one_dev: 0 rows, not written (too few rows for --split)" in err

@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from llamafactory_kimi_audio import settings
 from llamafactory_kimi_audio.audio_io import AudioError, load_audio
 from llamafactory_kimi_audio.cli import main
 from llamafactory_kimi_audio.data.dataset_audio import collect_audio_paths, data_file, dataset_files
@@ -189,12 +190,14 @@ def test_plugin_serves_cached_tensors(cache, wavs, processor, monkeypatch) -> No
     plugin = KimiAudioPlugin(image_token=None, video_token=None, audio_token=st.AUDIO_PLACEHOLDER)
     n = len(wavs)
     monkeypatch.setenv(CACHE_ENV, cache.cache_dir)
+    settings.reload()  # settings are read once per process
     got = plugin.get_mm_inputs([], [], list(wavs), [0] * n, [0] * n, [1] * n, [[]] * n, processor)
     expected = _cached_batch(cache, wavs)
     assert set(got) == {"audio_codes", "whisper_features"}
     assert torch.equal(got["audio_codes"], expected["audio_codes"])
     assert torch.equal(got["whisper_features"], expected["whisper_features"])
     monkeypatch.delenv(CACHE_ENV)
+    settings.reload()
     assert "audio_input_features" in plugin.get_mm_inputs(
         [], [], list(wavs), [0] * n, [0] * n, [1] * n, [[]] * n, processor
     )
@@ -251,3 +254,104 @@ def test_cli_summary_failures_and_exit_code(tmp_path: Path, model_dir, wavs, bad
     assert "0 computed, 3 skipped (already cached), 1 failed" in capsys.readouterr().out
     assert main([*argv, "--strict"]) == 2
     assert "broken.wav" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- bad cache entries, bad files
+def _damage(entries: list[str]) -> None:
+    """The first entry cut in half (a copy that stopped), the second with a garbled header (a disk error)."""
+    size = os.path.getsize(entries[0])
+    with open(entries[0], "r+b") as fh:
+        fh.truncate(size // 2)
+    with open(entries[1], "r+b") as fh:
+        fh.write(b"\xff" * 8)
+
+
+def test_bad_cache_entry_stops_training_with_one_line(tmp_path: Path, cache, wavs, processor, monkeypatch) -> None:
+    import shutil
+
+    import llamafactory.data.mm_plugin  # noqa: F401  (LLaMA-Factory first, as in training)
+
+    from llamafactory_kimi_audio.data.feature_cache import CacheEntryError
+    from llamafactory_kimi_audio.errors import InputError
+    from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
+
+    root = str(tmp_path / "cache")
+    shutil.copytree(cache.cache_dir, root)
+    entries = [entry_path(root, cache.identity, audio) for audio in wavs[:2]]
+    _damage(entries)
+    plugin = KimiAudioPlugin(image_token=None, video_token=None, audio_token=st.AUDIO_PLACEHOLDER)
+    monkeypatch.setenv(CACHE_ENV, root)
+    settings.reload()
+    for entry, audio in zip(entries, wavs):
+        with pytest.raises(CacheEntryError) as info:
+            plugin.get_mm_inputs([], [], [audio], [0], [0], [1], [[]], processor)
+        message = str(info.value)
+        assert message.startswith(f"{entry}: unreadable feature-cache entry of {audio} (") and "\n" not in message
+        assert message.endswith(
+            "re-run `kimi-audio-lf precompute` on the dataset (it rewrites bad entries) or delete the file"
+        )
+        assert isinstance(info.value, InputError)
+    monkeypatch.delenv(CACHE_ENV)
+    settings.reload()
+
+
+def test_rerun_rewrites_bad_entries(tmp_path: Path, cache, model_dir, wavs, encoders) -> None:
+    import shutil
+
+    root = str(tmp_path / "cache")
+    shutil.copytree(cache.cache_dir, root)
+    entries = [entry_path(root, cache.identity, audio) for audio in wavs[:2]]
+    _damage(entries)
+    lines: list[str] = []
+    options = PrecomputeOptions(cache_dir=root, **QUIET)
+    again = precompute(model_dir, wavs, options, encoders=encoders, report=lines.append)
+    assert (again.computed, again.repaired, again.skipped, again.failed) == (2, 2, 1, 0)
+    assert "2 computed (2 replacing corrupt or truncated entries), 1 skipped" in again.summary()
+    assert [line.split(" (")[0] for line in lines] == [
+        f"precompute: rewriting the unreadable cache entry {entry} of {audio}"
+        for entry, audio in sorted(zip(entries, wavs), key=lambda pair: os.path.getsize(pair[1]))
+    ]
+    for audio in wavs:
+        rewritten, original = load_file(entry_path(root, cache.identity, audio)), _entry(cache, audio)
+        assert all(torch.equal(rewritten[key], original[key]) for key in ("codes", "rows"))
+
+
+def test_missing_and_truncated_audio_are_one_line_each(tmp_path: Path, model_dir, wavs, capsys) -> None:
+    cut = tmp_path / "cut.wav"
+    sf.write(cut, _clip(0.5, 300), 16000, subtype="PCM_16")
+    with open(cut, "r+b") as fh:
+        fh.truncate(44 + 2 * 4000)
+    missing = str(tmp_path / "gone.wav")
+    data = _dataset(tmp_path, [wavs[0], missing, str(cut)])
+    argv = ["precompute", "--model", model_dir, "--data", str(data), "--cache", str(tmp_path / "c"), "--no-progress"]
+    assert main([*argv, "--device", "cpu"]) == 2
+    out, err = capsys.readouterr()
+    assert "1 computed, 0 skipped (already cached), 2 failed" in out and "Errno" not in err
+    assert f"precompute: skipped {missing}: audio file not found; fix the path in the dataset" in err
+    assert f"precompute: skipped {cut}: truncated audio: the WAV header declares 8000 frames" in err
+    assert main([*argv, "--device", "cpu", "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kimi-audio-lf precompute: error: ") and "Errno" not in err[0]
+
+
+def test_wrong_model_directory_is_a_model_error(tmp_path: Path, wavs, capsys) -> None:
+    data = _dataset(tmp_path, wavs[:1])
+    argv = ["precompute", "--model", str(tmp_path / "nope"), "--data", str(data), "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--cache", str(tmp_path / "c")]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"kimi-audio-lf precompute: error: {tmp_path / 'nope'}: cannot load")
+
+
+def test_missing_dataset_files_name_the_fix(tmp_path: Path, model_dir, capsys) -> None:
+    base = ["precompute", "--model", model_dir, "--device", "cpu", "--no-progress"]
+    cases = [
+        (["--data", str(tmp_path / "none.json")], f"{tmp_path / 'none.json'}: dataset file not found; check the path"),
+        (["--dataset", "asr", "--dataset-dir", str(tmp_path / "nodir")], "not found; pass --dataset-dir"),
+    ]
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "dataset_info.json").write_text(json.dumps({"asr": {"file_name": "gone.json"}}))
+    cases.append((["--dataset", "asr", "--dataset-dir", str(tmp_path / "set")], "fix the file_name of 'asr' in "))
+    for extra, expected in cases:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0] and "Errno" not in err[0], err

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 
 from llamafactory_kimi_audio.cli import main as cli_main
-from llamafactory_kimi_audio.cli._errors import EXIT_ENV, CliError
 from llamafactory_kimi_audio.data import synth
 from llamafactory_kimi_audio.data.synth import Utterance, synthesize_corpus
+from llamafactory_kimi_audio.errors import EXIT_ENV, EnvironmentProblem
 
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None
 needs_espeak = pytest.mark.skipif(not HAVE_ESPEAK, reason="espeak-ng binary not on PATH (apt-get install espeak-ng)")
@@ -84,8 +84,10 @@ def _digest(folder: str) -> dict[str, str]:
 
 
 def test_tones_deterministic(tmp_path):
-    a, b, c = (synthesize_corpus(str(tmp_path / n), 12, 4, "en", seed=s, backend="tones")
-               for n, s in (("a", 5), ("b", 5), ("c", 6)))
+    a, b, c = (
+        synthesize_corpus(str(tmp_path / n), 12, 4, "en", seed=s, backend="tones")
+        for n, s in (("a", 5), ("b", 5), ("c", 6))
+    )
     assert open(a.transcripts_csv, "rb").read() == open(b.transcripts_csv, "rb").read()
     assert _digest(a.out_dir) == _digest(b.out_dir)
     assert open(a.transcripts_csv, "rb").read() != open(c.transcripts_csv, "rb").read()
@@ -110,9 +112,9 @@ def test_missing_espeak_falls_back_with_warning(tmp_path, monkeypatch, capsys):
 
 def test_missing_espeak_with_explicit_backend_is_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
-    with pytest.raises(CliError) as info:
+    with pytest.raises(EnvironmentProblem) as info:
         synthesize_corpus(str(tmp_path), 6, 2, backend="espeak")
-    assert info.value.code == EXIT_ENV and "apt-get install espeak-ng" in str(info.value)
+    assert info.value.exit_code == EXIT_ENV and "apt-get install espeak-ng" in str(info.value)
     assert cli_main(["synth", str(tmp_path / "cli"), "--backend", "espeak"]) == EXIT_ENV
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "espeak-ng not found" in err[0] and "apt-get install espeak-ng" in err[0]
@@ -132,7 +134,7 @@ def _spectrum(x: np.ndarray) -> np.ndarray:
 
 
 def _render_word(backend: str, lang: str, word: str, tmp_path) -> np.ndarray:
-    render = synth._espeak_render if backend == "espeak" else synth._tones_render
+    render = synth.espeak_render if backend == "espeak" else synth.tones_render
     return render(Utterance(f"w_{word.encode().hex()}", "train", lang, (word,), seed=7), str(tmp_path))
 
 
@@ -153,14 +155,20 @@ def test_words_audible_and_spectrally_distinct(backend, lang, pair, tmp_path):
 def test_words_identifiable_across_voices(backend, tmp_path):
     """Learnability proxy: a nearest-centroid classifier on time-averaged spectra, trained on other renders of each
     word (other voice / speed / pitch / jitter), identifies held-out single-word renders far above chance."""
-    render = synth._espeak_render if backend == "espeak" else synth._tones_render
-    spectra = {w: [_spectrum(render(Utterance(f"{i}_{j}", "train", "en", (w,), seed=100 + j), str(tmp_path)))
-                   for j in range(4)] for i, w in enumerate(synth.EN_WORDS)}
+    render = synth.espeak_render if backend == "espeak" else synth.tones_render
+    spectra = {
+        w: [
+            _spectrum(render(Utterance(f"{i}_{j}", "train", "en", (w,), seed=100 + j), str(tmp_path)))
+            for j in range(4)
+        ]
+        for i, w in enumerate(synth.EN_WORDS)
+    }
     hits = 0
     for word, specs in spectra.items():
         for j, spec in enumerate(specs):
-            cents = {w: np.mean([s for k, s in enumerate(ss) if (w, k) != (word, j)], axis=0)
-                     for w, ss in spectra.items()}
+            cents = {
+                w: np.mean([s for k, s in enumerate(ss) if (w, k) != (word, j)], axis=0) for w, ss in spectra.items()
+            }
             hits += min(cents, key=lambda w: np.linalg.norm(cents[w] - spec)) == word
     accuracy = hits / (4 * len(spectra))
     assert accuracy > 0.5, f"held-out word accuracy {accuracy:.2f} (chance {1 / len(spectra):.2f})"

@@ -24,9 +24,12 @@ class CliError(Exception):
 def exit_code_for(err: BaseException) -> int | None:
     """Exit code for errors we phrase ourselves; None means an unexpected bug (show the traceback)."""
     from ..audio_io import AudioError
+    from ..errors import KimiAudioError
 
     if isinstance(err, CliError):
         return err.code
+    if isinstance(err, KimiAudioError):
+        return err.exit_code
     if isinstance(err, (AudioError, UnicodeDecodeError)):
         return EXIT_BAD_INPUT
     if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):

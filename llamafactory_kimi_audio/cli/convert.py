@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..constants import CHUNK_SECONDS
 from ..data.convert import ConvertOptions, ConvertResult, convert, parse_split
 from ..data.sources import READERS, parse_columns
+from ..data.textio import DataError
 from ..data.validate import summarize
-from ._errors import CliError
 
 HELP = "convert CSV / Kimi JSONL / sharegpt / Kaldi / folder ASR data into a LLaMA-Factory dataset"
 EXAMPLES = """examples:
@@ -28,41 +29,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto", choices=["auto", *READERS], help="input format (default: auto)")
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--instruction", help="user instruction for every row (default: per --lang)")
-    prompt.add_argument("--lang", default="auto", choices=["auto", "zh", "en"],
-                        help="language of the default instruction; auto = zh when transcripts are mostly CJK")
+    prompt.add_argument(
+        "--lang",
+        default="auto",
+        choices=["auto", "zh", "en"],
+        help="language of the default instruction; auto = zh when transcripts are mostly CJK",
+    )
     parser.add_argument("--split", help="train,dev[,test] fractions summing to 1, e.g. 0.9,0.05,0.05")
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed for --split (default: 0)")
     parser.add_argument("--strict", action="store_true", help="stop with exit code 2 at the first bad row")
-    parser.add_argument("--max-duration", type=float, default=30.0, metavar="SECONDS",
-                        help="warn about clips longer than this (default: 30; Kimi-Audio chunks longer audio)")
+    parser.add_argument(
+        "--max-duration",
+        type=float,
+        default=float(CHUNK_SECONDS),
+        metavar="SECONDS",
+        help=f"warn about clips longer than this (default: {CHUNK_SECONDS}; Kimi-Audio chunks longer audio)",
+    )
     parser.add_argument("--drop-long", action="store_true", help="skip clips longer than --max-duration")
+    parser.add_argument(
+        "--keep-mojibake",
+        action="store_true",
+        help="keep rows whose transcript looks garbled by a wrong codec (default: skip and report)",
+    )
     parser.add_argument("--encoding", default="auto", help="input text encoding (default: auto = BOM/UTF-8/GBK)")
     parser.add_argument("--columns", help="CSV/JSON column names, e.g. text=no_point_text,audio=wav_path,id=utt")
-    parser.add_argument("--paths", default="auto", choices=["auto", "relative", "absolute"],
-                        help="audio paths in the output: auto = relative when under --out-dir (default)")
+    parser.add_argument(
+        "--paths",
+        default="auto",
+        choices=["auto", "relative", "absolute"],
+        help="audio paths in the output: auto = relative when under --out-dir (default)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+# flags whose value goes to the ConvertOptions field of the same name
+_SAME_NAME = "name root format instruction lang seed strict max_duration drop_long keep_mojibake encoding".split()
+
+
 def run(args: argparse.Namespace) -> int:
+    same = {name: getattr(args, name) for name in _SAME_NAME}
     options = ConvertOptions(
-        name=args.name, root=args.root, format=args.format, instruction=args.instruction, lang=args.lang,
-        split=parse_split(args.split), seed=args.seed, strict=args.strict, max_duration=args.max_duration,
-        drop_long=args.drop_long, encoding=args.encoding, columns=parse_columns(args.columns),
-        path_style=args.paths, progress=not args.no_progress,
-    )  # fmt: skip
+        **same,
+        split=parse_split(args.split),
+        columns=parse_columns(args.columns),
+        path_style=args.paths,
+        progress=not args.no_progress,
+    )
     result = convert(args.input, args.out_dir, options)
     for line in result.notes + summarize(result.issues):
         print(line, file=sys.stderr)
     if not result.rows_written:
-        raise CliError(f"{args.input}: no usable rows ({len(result.issues)} problems); see {result.report_path}")
+        raise DataError(f"{args.input}: no usable rows ({len(result.issues)} problems); see {result.report_path}")
     print_result(result)
     return 0
 
 
 def print_result(result: ConvertResult) -> None:
     warnings = sum(issue.severity == "warning" for issue in result.issues)
-    print(f"converted {result.rows_written}/{result.rows_read} rows "
-          f"({result.rows_skipped} skipped, {warnings} warnings; format {result.format}, lang {result.lang})")
+    print(
+        f"converted {result.rows_written}/{result.rows_read} rows "
+        f"({result.rows_skipped} skipped, {warnings} warnings; format {result.format}, lang {result.lang})"
+    )
     for name, path in result.outputs.items():
         print(f"  {name}: {path} ({result.counts[name]} rows)")
     stats = result.durations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._errors import EXIT_BAD_INPUT, EXIT_MODEL, CliError
+from ..errors import EXIT_BAD_INPUT, InputError
 
 HELP = "encode every audio file of a dataset once (semantic codes + Whisper rows) into the feature cache"
 EXAMPLES = """examples:
@@ -45,17 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.dataset_audio import AudioList, collect_audio_paths
-    from ..data.precompute import EncoderError, PrecomputeOptions, precompute
+    from ..data.precompute import PrecomputeOptions, precompute
 
     if args.batch_size < 1:
-        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     audios: AudioList = collect_audio_paths(_data_files(args))
     for line in audios.problems:
         print(f"precompute: {line}", file=sys.stderr)
     if audios.problems and args.strict:
-        raise CliError(f"{len(audios.problems)} unusable dataset row(s); the first: {audios.problems[0]}")
+        raise InputError(f"{len(audios.problems)} unusable dataset row(s); the first: {audios.problems[0]}")
     if not audios.paths:
-        raise CliError("no audio files in the dataset(s); check the audio column (default: audios)")
+        raise InputError("no audio files in the dataset(s); check the audio column (default: audios)")
     options = PrecomputeOptions(
         cache_dir=args.cache,
         device=_device(args.device),
@@ -63,10 +63,7 @@ def run(args: argparse.Namespace) -> int:
         strict=args.strict,
         progress=False if args.no_progress else None,
     )
-    try:
-        result = precompute(args.model, audios.paths, options)
-    except EncoderError as err:
-        raise CliError(str(err), code=EXIT_MODEL) from err
+    result = precompute(args.model, audios.paths, options)  # EncoderError is a ModelError: exit code 3
     result.failed += len(audios.problems)
     print(result.summary())
     return EXIT_BAD_INPUT if result.failed else 0
@@ -87,5 +84,5 @@ def _device(requested: str | None) -> str:
     if requested is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise CliError("--device cuda: no CUDA device is visible to torch; use --device cpu", code=EXIT_BAD_INPUT)
+        raise InputError("--device cuda: no CUDA device is visible to torch; use --device cpu")
     return requested

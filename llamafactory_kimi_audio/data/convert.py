@@ -16,9 +16,7 @@ the first bad row raises ``DataError`` instead.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import random
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,17 +24,17 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..audio_io import AudioInfo
-from ..eval.normalize import detect_language
+from ..constants import CHUNK_SECONDS
+from ..jsonio import DATASET_INFO, read_dataset_info
 from ..models.special_tokens import DEFAULT_INSTRUCTION
+from ..text import detect_language, drop_spaceless_gaps
 from .records import SourceRecord
 from .sources import AUDIO_EXTENSIONS, ReadOptions, read_source
+from .splits import SPLIT_NAMES, assign_splits, check_split, parse_split, split_counts  # noqa: F401 (API)
 from .textio import DataError, ensure_writable_dir, write_json
 from .validate import ERROR, DurationStats, Issue, check_audio, check_text, count_by_reason
 
-SPLIT_NAMES = ("train", "dev", "test")
 SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
-_CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
-_CJK_GAP = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
 STRICT_HINT = "(--strict stops at the first bad row; drop --strict to skip bad rows and get a full report)"
 
 
@@ -50,8 +48,9 @@ class ConvertOptions:
     split: tuple[float, ...] | None = None
     seed: int = 0
     strict: bool = False
-    max_duration: float = 30.0
+    max_duration: float = float(CHUNK_SECONDS)
     drop_long: bool = False
+    keep_mojibake: bool = False  # keep rows whose transcript looks garbled (default: skip and report them)
     encoding: str = "auto"
     columns: dict[str, str] = field(default_factory=dict)
     path_style: str = "auto"  # auto (relative under out_dir, else absolute) | relative | absolute
@@ -86,15 +85,22 @@ class ConvertResult:
 
     def to_report(self) -> dict[str, Any]:
         return {
-            "input": self.input, "format": self.format, "encoding": self.encoding, "name": self.name,
-            "lang": self.lang, "instruction": self.instruction,
+            "input": self.input,
+            "format": self.format,
+            "encoding": self.encoding,
+            "name": self.name,
+            "lang": self.lang,
+            "instruction": self.instruction,
             "outputs": {k: {"file": os.path.basename(v), "rows": self.counts[k]} for k, v in self.outputs.items()},
-            "rows_read": self.rows_read, "rows_written": self.rows_written, "rows_skipped": self.rows_skipped,
+            "rows_read": self.rows_read,
+            "rows_written": self.rows_written,
+            "rows_skipped": self.rows_skipped,
             "skipped_by_reason": count_by_reason(self.issues, ERROR),
             "warnings_by_reason": count_by_reason(self.issues, "warning"),
-            "durations": asdict(self.durations), "notes": self.notes,
+            "durations": asdict(self.durations),
+            "notes": self.notes,
             "issues": [issue.to_dict() for issue in self.issues],
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -104,47 +110,7 @@ class _Row:
     text: str
     instruction: str | None
     info: AudioInfo
-
-
-def parse_split(spec: str | None) -> tuple[float, ...] | None:
-    """``"0.9,0.05,0.05"`` → fractions for train/dev(/test); they must sum to 1."""
-    if not spec:
-        return None
-    try:
-        fractions = tuple(float(x) for x in spec.split(","))
-    except ValueError:
-        raise DataError(f"--split {spec}: expected 2 or 3 comma-separated numbers, e.g. 0.9,0.05,0.05") from None
-    return check_split(fractions, spec)
-
-
-def check_split(fractions: tuple[float, ...], spec: str | None = None) -> tuple[float, ...]:
-    spec = spec or ",".join(f"{f:g}" for f in fractions)
-    if len(fractions) not in (2, 3) or any(f < 0 for f in fractions):
-        raise DataError(f"--split {spec}: expected 2 or 3 non-negative fractions (train,dev[,test])")
-    if abs(sum(fractions) - 1.0) > 1e-6:
-        raise DataError(f"--split {spec}: fractions sum to {sum(fractions):g}; they must sum to 1, e.g. 0.9,0.05,0.05")
-    return fractions
-
-
-def split_counts(n: int, fractions: tuple[float, ...]) -> list[int]:
-    """Largest-remainder rounding of ``n * fractions`` (deterministic, sums to ``n``)."""
-    raw = [n * f for f in fractions]
-    counts = [int(x) for x in raw]
-    by_remainder = sorted(range(len(raw)), key=lambda i: (counts[i] - raw[i], i))
-    for i in by_remainder[: n - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-def assign_splits(n: int, fractions: tuple[float, ...], seed: int) -> list[list[int]]:
-    """Row indices per split: a seeded shuffle cut by ``split_counts``; each split keeps input order."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    parts, start = [], 0
-    for count in split_counts(n, fractions):
-        parts.append(sorted(order[start : start + count]))
-        start += count
-    return parts
+    garbled: bool = False  # kept by --keep-mojibake: left out of the language detection
 
 
 def resolve_audio(audio: str, root: str, by_id: bool = False) -> str:
@@ -178,16 +144,8 @@ def dataset_info_entry(file_name: str) -> dict[str, Any]:
 
 def merge_dataset_info(out_dir: str, entries: dict[str, dict[str, Any]]) -> str:
     """Add/replace ``entries`` in ``out_dir/dataset_info.json``, keeping every other entry; returns the path."""
-    path = os.path.join(out_dir, "dataset_info.json")
-    info: dict[str, Any] = {}
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8-sig") as fh:
-                info = json.load(fh)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg}); fix or move it away") from err
-        if not isinstance(info, dict):
-            raise DataError(f"{path}: expected a JSON object of dataset entries; fix or move it away")
+    path = os.path.join(out_dir, DATASET_INFO)
+    info = read_dataset_info(out_dir) or {}
     info.update(entries)
     write_json(path, info)
     return path
@@ -211,10 +169,12 @@ def _check_record(
             found.append(("duplicate_audio", f"audio {record.audio} is also used by an earlier row"))
         seen["audio"].add(path)
     renamed = {"long_audio": "long_audio_dropped"} if opts.drop_long else {}
+    renamed.update({"mojibake": "mojibake_kept"} if opts.keep_mojibake else {})
     issues = [Issue(renamed.get(reason, reason), record.file, record.line, msg, uid) for reason, msg in found]
     if info is None or any(issue.severity == ERROR for issue in issues):
         return None, issues
-    return _Row(uid, path, clean_transcript(record.text or ""), record.instruction, info), issues
+    garbled = any(issue.reason == "mojibake_kept" for issue in issues)
+    return _Row(uid, path, clean_transcript(record.text or ""), record.instruction, info, garbled), issues
 
 
 def _check_all(records: list, root: str, opts: ConvertOptions) -> tuple[list[_Row], list[Issue]]:
@@ -247,7 +207,7 @@ def _sharegpt(row: _Row, instruction: str, out_dir: str, style: str) -> dict[str
 
 def clean_transcript(text: str) -> str:
     """Collapse whitespace runs (newlines, U+3000) to one space and drop spaces between CJK characters."""
-    return _CJK_GAP.sub("", " ".join(text.split()))
+    return drop_spaceless_gaps(" ".join(text.split()))
 
 
 def default_name(input_path: str) -> str:
@@ -265,23 +225,34 @@ def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None
     source = read_source(input_path, opts.format, ReadOptions(opts.encoding, dict(opts.columns)))
     root = os.path.abspath(opts.root or (input_path if os.path.isdir(input_path) else os.path.dirname(input_path)))
     rows, issues = _check_all(source.records, root, opts)
-    lang = opts.lang if opts.lang != "auto" else detect_language(row.text for row in rows)
+    lang = opts.lang if opts.lang != "auto" else detect_language(row.text for row in rows if not row.garbled)
     instruction = opts.instruction or DEFAULT_INSTRUCTION[lang]
     name = opts.name or default_name(input_path)
     parts = assign_splits(len(rows), opts.split, opts.seed) if opts.split else [list(range(len(rows)))]
     names = [f"{name}_{s}" for s in SPLIT_NAMES[: len(parts)]] if opts.split else [name]
     result = ConvertResult(
-        name=name, input=os.path.abspath(input_path), out_dir=out_dir, format=source.format, encoding=source.encoding,
-        lang=lang, instruction=instruction, outputs={}, counts={}, rows_read=len(source.records), issues=issues,
+        name=name,
+        input=os.path.abspath(input_path),
+        out_dir=out_dir,
+        format=source.format,
+        encoding=source.encoding,
+        lang=lang,
+        instruction=instruction,
+        outputs={},
+        counts={},
+        rows_read=len(source.records),
+        issues=issues,
         durations=DurationStats.from_infos([row.info for row in rows]),
-        dataset_info_path=os.path.join(out_dir, "dataset_info.json"),
-        report_path=os.path.join(out_dir, f"{name}.report.json"), notes=list(source.notes),
-    )  # fmt: skip
+        dataset_info_path=os.path.join(out_dir, DATASET_INFO),
+        report_path=os.path.join(out_dir, f"{name}.report.json"),
+        notes=list(source.notes),
+    )
     if opts.instruction:  # an explicit instruction replaces the ones rows brought
         rows = [dataclasses.replace(row, instruction=None) for row in rows]
     for ds_name, indices in zip(names, parts):
         if not indices:
-            result.notes.append(f"{ds_name}: 0 rows, not written (too few rows for --split)")
+            if rows:  # no rows at all is the caller's "no usable rows" error, not a --split problem
+                result.notes.append(f"{ds_name}: 0 rows, not written (too few rows for --split)")
             continue
         path = os.path.join(out_dir, f"{ds_name}.json")
         write_json(path, [_sharegpt(rows[i], instruction, out_dir, opts.path_style) for i in indices])

@@ -3,12 +3,12 @@ named in ``dataset_info.json`` or given directly; relative paths resolve the way
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..jsonio import DATASET_INFO, media_root, read_dataset_info
 from .records import iter_json_records
 from .textio import DataError
 
@@ -32,10 +32,8 @@ class AudioList:
 
 def data_file(path: str, media_dir: str | None = None) -> DataFile:
     """A dataset file given directly; relative audio paths resolve like LLaMA-Factory's ``media_dir``."""
-    from ..eval.inputs import media_root
-
     if not os.path.isfile(path):
-        raise DataError(f"{path}: dataset file not found")
+        raise DataError(f"{path}: dataset file not found; check the path given to --data")
     return DataFile(os.path.abspath(path), os.path.abspath(media_dir) if media_dir else media_root(path))
 
 
@@ -52,30 +50,27 @@ def dataset_files(dataset_dir: str, names: Iterable[str], media_dir: str | None 
         if "file_name" not in entry:
             raise DataError(f"dataset {name!r} is not a local file (hub/script datasets cannot be precomputed)")
         column = (entry.get("columns") or {}).get("audios", DEFAULT_AUDIO_COLUMN)
-        files += [DataFile(p, media, column) for p in _local_files(os.path.join(dataset_dir, entry["file_name"]))]
+        local = _local_files(
+            os.path.join(dataset_dir, entry["file_name"]), f"{name!r} in {dataset_dir}/{DATASET_INFO}"
+        )
+        files += [DataFile(p, media, column) for p in local]
     return files
 
 
 def _read_dataset_info(dataset_dir: str) -> dict[str, Any]:
-    path = os.path.join(dataset_dir, "dataset_info.json")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            info = json.load(f)
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: not found; pass --dataset-dir (the folder of dataset_info.json)") from err
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from err
-    if not isinstance(info, dict):
-        raise DataError(f"{path}: expected a JSON object of dataset entries")
+    info = read_dataset_info(dataset_dir)
+    if info is None:
+        path = os.path.join(dataset_dir, DATASET_INFO)
+        raise DataError(f"{path}: not found; pass --dataset-dir (the folder of {DATASET_INFO})")
     return info
 
 
-def _local_files(path: str) -> list[str]:
+def _local_files(path: str, entry: str) -> list[str]:
     if os.path.isdir(path):  # LLaMA-Factory loads every file of a folder
         names = sorted(n for n in os.listdir(path) if n.lower().endswith((".json", ".jsonl")))
         return [os.path.abspath(os.path.join(path, n)) for n in names]
     if not os.path.isfile(path):
-        raise DataError(f"{path}: dataset file not found")
+        raise DataError(f"{path}: dataset file not found; fix the file_name of {entry}")
     return [os.path.abspath(path)]
 
 

@@ -4,6 +4,9 @@
 Key = sha256(audio file bytes) + the identity of the audio encoders (their weight files), so a cache can never
 serve features of another model. Entries are ``<root>/<identity>/<key[:2]>/<key>.safetensors`` holding ``codes``
 (int64, no Kimi offset) and ``rows`` (Whisper rows, [T, 4·d_model]), written atomically.
+
+An entry that cannot be read back (a disk error, a copy cut short) stops training with one line naming the entry
+and its audio (``CacheEntryError``); ``precompute`` checks existing entries the same way and rewrites bad ones.
 """
 
 from __future__ import annotations
@@ -13,12 +16,21 @@ import hashlib
 import os
 from typing import Any
 
+from .textio import DataError
+
 CACHE_ENV = "KIMI_AUDIO_FEATURE_CACHE"
+REPAIR_HINT = "re-run `kimi-audio-lf precompute` on the dataset (it rewrites bad entries) or delete the file"
+
+
+class CacheEntryError(DataError):
+    """A feature-cache entry that is corrupt, truncated or not of this package's layout."""
 
 
 def cache_root() -> str | None:
-    root = os.environ.get(CACHE_ENV)
-    return os.path.abspath(root) if root else None
+    from .. import settings
+
+    root = str(settings.get(CACHE_ENV) or "")
+    return os.path.abspath(os.path.expanduser(root)) if root else None
 
 
 def file_digest(path: str, chunk: int = 1 << 20) -> str:
@@ -74,6 +86,36 @@ def write_entry(path: str, codes: Any, rows: Any) -> None:
         raise
 
 
+def entry_problem(path: str) -> str | None:
+    """Why the entry at ``path`` cannot be used (reads only its header), or None when it is sound."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as entry:
+            keys = set(entry.keys())
+            if keys != {"codes", "rows"}:
+                return f"it holds {sorted(keys)} instead of codes and rows"
+            codes, rows = entry.get_slice("codes").get_shape(), entry.get_slice("rows").get_shape()
+    except Exception as err:  # safetensors raises its own SafetensorError (truncated / garbled header), or OSError
+        return str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    if len(codes) != 1 or len(rows) != 2 or codes[0] != rows[0] or codes[0] == 0:
+        return f"codes {list(codes)} and rows {list(rows)} do not describe one clip"
+    return None
+
+
+def read_entry(path: str, audio: str) -> dict[str, Any]:
+    """The tensors of one entry, or CacheEntryError naming the entry, its audio and the fix."""
+    from safetensors.torch import load_file
+
+    problem = entry_problem(path)
+    if problem is None:
+        try:
+            return load_file(path)
+        except Exception as err:  # the data region can still be short of what the header promised
+            problem = str(err).strip().splitlines()[0][:160] or type(err).__name__
+    raise CacheEntryError(f"{path}: unreadable feature-cache entry of {audio} ({problem}); {REPAIR_HINT}")
+
+
 def lookup_cached_inputs(audios: list[Any], processor: Any) -> dict[str, Any] | None:
     """Cached ``audio_codes`` + ``whisper_features`` for a batch, or None unless every audio is cached."""
     root, model_dir = cache_root(), getattr(processor, "name_or_path", None)
@@ -84,9 +126,8 @@ def lookup_cached_inputs(audios: list[Any], processor: Any) -> dict[str, Any] | 
     if not all(os.path.isfile(p) for p in paths):
         return None
     import torch
-    from safetensors.torch import load_file
 
-    entries = [load_file(p) for p in paths]
+    entries = [read_entry(path, audio) for path, audio in zip(paths, audios)]
     return {
         "audio_codes": torch.cat([e["codes"] for e in entries]),
         "whisper_features": torch.cat([e["rows"] for e in entries]),

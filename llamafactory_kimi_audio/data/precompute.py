@@ -3,7 +3,8 @@
 Only the audio encoders of a checkpoint are loaded (Whisper-large-v3 from ``<model>/whisper-large-v3/`` in bf16 on
 CUDA / fp32 on CPU, GLM-4-Voice in fp32), never the 7B language model. Inputs go through
 ``KimiAudioProcessor.audio_inputs`` and the model's own ``whisper_rows``, so a cached entry holds exactly what the
-model computes online. Runs are resumable (existing entries are skipped) and every entry is written atomically.
+model computes online. Runs are resumable (sound existing entries are skipped, corrupt or truncated ones are
+rewritten) and every entry is written atomically.
 """
 
 from __future__ import annotations
@@ -16,101 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..audio_io import AudioError, load_audio
-from .feature_cache import CACHE_ENV, encoder_identity, entry_path, write_entry
+from ..errors import InputError
+from .encoders import AudioEncoders, EncoderError, load_audio_encoders
+from .feature_cache import CACHE_ENV, cache_root, encoder_identity, entry_path, entry_problem, write_entry
 
 DEFAULT_CACHE = os.path.join("~", ".cache", "llamafactory_kimi_audio", "features")
 
 
 def default_cache_dir() -> str:
     """``$KIMI_AUDIO_FEATURE_CACHE`` or ``~/.cache/llamafactory_kimi_audio/features`` (absolute)."""
-    return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
-
-
-# ----------------------------------------------------------------------------------------------- encoders
-class EncoderError(RuntimeError):
-    """The checkpoint's audio encoders cannot be identified or loaded (a model problem, not a data problem)."""
-
-
-@dataclass
-class AudioEncoders:
-    """The audio front-end of a checkpoint: processor, Whisper encoder and GLM-4-Voice tokenizer."""
-
-    processor: Any
-    whisper: Any
-    semantic: Any
-    device: Any
-
-    def encode(self, waveforms: list[Any]) -> list[tuple[Any, Any]]:
-        """``(codes, rows)`` per 16 kHz waveform, as ``KimiAudioForCausalLM.frame_inputs`` computes them."""
-        return self.encode_features(self.features(waveforms), [len(w) for w in waveforms])
-
-    def features(self, waveforms: list[Any]) -> dict[str, Any]:
-        """Both log-mels of a batch (CPU); thread-safe, so it can run while the encoders work on the last batch."""
-        return self.processor.audio_inputs(waveforms)
-
-    def encode_features(self, features: dict[str, Any], lengths: list[int]) -> list[tuple[Any, Any]]:
-        """``(codes, rows)`` per waveform of ``lengths`` samples from ``features`` (the encoders' device)."""
-        import torch
-
-        from ..models.modeling_kimi_audio import whisper_rows
-        from ..models.processing_kimi_audio import CHUNK_SAMPLES
-
-        inputs = {k: v.to(self.device) for k, v in features.items()}
-        with torch.no_grad():
-            codes = torch.cat(
-                self.semantic.encode_features(
-                    _as_float(inputs["semantic_input_features"]), inputs["semantic_frame_mask"]
-                )
-            )
-            rows = whisper_rows(self.whisper, inputs["audio_input_features"], inputs["audio_chunk_tokens"])
-        chunk_tokens = iter(inputs["audio_chunk_tokens"].tolist())  # per 30 s chunk, audio after audio
-        sizes = [sum(next(chunk_tokens) for _ in range(-(-n // CHUNK_SAMPLES))) for n in lengths]
-        return list(zip(codes.split(sizes), rows.split(sizes)))
-
-
-def _as_float(features: Any) -> Any:
-    import torch
-
-    # The processor ships GLM features as int32 bit patterns (immune to the collator's casts), as the model reads them.
-    return features.view(torch.float32) if features.dtype == torch.int32 else features.float()
-
-
-def load_audio_encoders(model_dir: str, device: str = "cpu") -> AudioEncoders:
-    """Load the processor and both audio encoders of ``model_dir`` (no language model)."""
-    import torch
-
-    from ..models.configuration_kimi_audio import WHISPER_SUBDIR, KimiAudioConfig
-    from ..models.glm4_voice import load_glm4_voice_tokenizer
-    from ..models.processing_kimi_audio import KimiAudioProcessor
-
-    config = KimiAudioConfig.from_pretrained(model_dir)
-    if not config.whisper_config:
-        raise FileNotFoundError(
-            f"{os.path.join(model_dir, WHISPER_SUBDIR, 'config.json')}: Whisper encoder config not found"
-        )
-    if not config.semantic_tokenizer_path:
-        raise FileNotFoundError(f"{model_dir}: GLM-4-Voice tokenizer not found (glm-4-voice-tokenizer/ next to it)")
-    target = torch.device(device)
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-    whisper_file = os.path.join(model_dir, WHISPER_SUBDIR, "model.safetensors")
-    whisper = load_whisper_encoder(config.whisper_config, whisper_file, target, dtype)
-    semantic = load_glm4_voice_tokenizer(config.semantic_tokenizer_path, device=target)
-    return AudioEncoders(KimiAudioProcessor.from_pretrained(model_dir), whisper, semantic, target)
-
-
-def load_whisper_encoder(whisper_config: dict[str, Any], weights: str, device: Any, dtype: Any) -> Any:
-    """``build_whisper_encoder`` filled from the ``model.encoder.*`` tensors only (the decoder is never read)."""
-    import torch
-
-    from ..models.modeling_kimi_audio import build_whisper_encoder, read_whisper_encoder_state
-
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"{weights}: Whisper encoder weights not found")
-    with torch.device("meta"):
-        encoder = build_whisper_encoder(whisper_config)
-    state = read_whisper_encoder_state(weights, encoder.state_dict())
-    encoder.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
-    return encoder.requires_grad_(False).eval()
+    return os.path.abspath(os.path.expanduser(cache_root() or DEFAULT_CACHE))
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -128,16 +44,22 @@ class PrecomputeResult:
     cache_dir: str  # the root to export as $KIMI_AUDIO_FEATURE_CACHE
     identity: str  # sub-folder of this checkpoint's audio encoders
     computed: int = 0
+    repaired: int = 0  # of the computed: entries that existed but were corrupt or truncated
     skipped: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
-            f"precompute: {self.computed} computed, {self.skipped} skipped (already cached), {self.failed} failed; "
+            f"precompute: {self.computed} computed{self._repaired}, {self.skipped} skipped (already cached), "
+            f"{self.failed} failed; "
             f"cache {os.path.join(self.cache_dir, self.identity)}\n"
             f"  use it: export {CACHE_ENV}={self.cache_dir}"
         )
+
+    @property
+    def _repaired(self) -> str:
+        return f" ({self.repaired} replacing corrupt or truncated entries)" if self.repaired else ""
 
 
 @dataclass
@@ -145,6 +67,13 @@ class _Pending:
     audio: str
     entry: str
     wave: Any
+
+
+@dataclass
+class _Prepared:
+    entry: str
+    wave: Any  # None: the entry exists and is sound
+    problem: str | None = None  # why an existing entry is rewritten
 
 
 def precompute(
@@ -157,7 +86,7 @@ def precompute(
     """Write a cache entry for every audio file not yet cached; bad files are reported and counted, not fatal."""
     options = options or PrecomputeOptions()
     if options.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
+        raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
     from tqdm.auto import tqdm
 
     root = os.path.abspath(os.path.expanduser(options.cache_dir)) if options.cache_dir else default_cache_dir()
@@ -225,25 +154,41 @@ class _Run:
         self.in_flight: tuple[list[_Pending], Future] | None = None  # a batch whose log-mels are being computed
         self.seen: set[str] = set()
 
-    def prepare(self, audio: str) -> tuple[str, Any] | Exception:
-        """(cache entry, waveform or None when already cached), or the error; runs in a worker thread."""
+    def prepare(self, audio: str) -> _Prepared | Exception:
+        """The cache entry and the waveform to encode (None when a sound entry exists), or the error; runs in a
+        worker thread."""
+        if not os.path.isfile(audio):
+            return AudioError(
+                f"{audio}: audio file not found; fix the path in the dataset (relative paths resolve "
+                "against --media-dir, by default the folder of dataset_info.json or of the file)"
+            )
         try:
             entry = entry_path(self.result.cache_dir, self.result.identity, audio)
-            return entry, None if os.path.isfile(entry) else load_audio(audio)
-        except (AudioError, OSError) as err:
+            exists = os.path.isfile(entry)
+            problem = entry_problem(entry) if exists else None
+            return (
+                _Prepared(entry, None) if exists and problem is None else _Prepared(entry, load_audio(audio), problem)
+            )
+        except AudioError as err:
             return err
+        except OSError as err:
+            return AudioError(f"{audio}: cannot read the file ({err.strerror or type(err).__name__}); check it")
 
-    def add(self, audio: str, prepared: tuple[str, Any] | Exception) -> None:
+    def add(self, audio: str, prepared: _Prepared | Exception) -> None:
         if isinstance(prepared, Exception):
             self.fail(audio, prepared)
             return
-        entry, wave = prepared
-        if entry in self.seen or wave is None:  # cached, or the same bytes under another name
+        if prepared.entry in self.seen or prepared.wave is None:  # cached, or the same bytes under another name
             self.result.skipped += 1
             self.bar.update(1)
             return
-        self.pending.append(_Pending(audio, entry, wave))
-        self.seen.add(entry)
+        if prepared.problem is not None:
+            self.say(
+                f"precompute: rewriting the unreadable cache entry {prepared.entry} of {audio} ({prepared.problem})"
+            )
+            self.result.repaired += 1
+        self.pending.append(_Pending(audio, prepared.entry, prepared.wave))
+        self.seen.add(prepared.entry)
         if len(self.pending) >= self.options.batch_size:
             self.flush()
 

@@ -31,15 +31,50 @@ __all__ = ["COLUMN_ALIASES", "READERS", "ReadOptions", "Source", "SourceRecord",
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "id": ("id", "utt", "utt_id", "uttid", "utterance_id", "key", "name", "audio_id", "file_id", "编号", "名称"),
     "audio": (
-        "audio", "path", "wav", "file", "audio_path", "wav_path", "audio_file", "audio_filepath", "filepath",
-        "file_path", "filename", "file_name", "音频", "音频路径", "音频文件", "路径", "文件", "文件名", "文件路径",
+        "audio",
+        "path",
+        "wav",
+        "file",
+        "audio_path",
+        "wav_path",
+        "audio_file",
+        "audio_filepath",
+        "filepath",
+        "file_path",
+        "filename",
+        "file_name",
+        "音频",
+        "音频路径",
+        "音频文件",
+        "路径",
+        "文件",
+        "文件名",
+        "文件路径",
     ),
     "text": (
-        "text", "transcript", "transcription", "sentence", "label", "normalized_text", "no_point_text", "answer",
-        "target", "文本", "转写", "转写文本", "标注", "标注文本", "内容", "文字", "转录", "句子", "答案", "识别结果",
+        "text",
+        "transcript",
+        "transcription",
+        "sentence",
+        "label",
+        "normalized_text",
+        "no_point_text",
+        "answer",
+        "target",
+        "文本",
+        "转写",
+        "转写文本",
+        "标注",
+        "标注文本",
+        "内容",
+        "文字",
+        "转录",
+        "句子",
+        "答案",
+        "识别结果",
     ),
     "instruction": ("instruction", "prompt", "指令", "提示", "提示词"),
-}  # fmt: skip
+}
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 SIDECAR_EXTENSIONS = (".txt", ".lab")
 
@@ -97,8 +132,15 @@ def _record_from_row(row: dict, mapping: dict[str, str], file: str, line: int) -
     audio = cell("audio") if "audio" in mapping else uid
     if isinstance(audio, dict):  # HF style {"path": ...}
         audio = audio.get("path")
-    return SourceRecord(file, line, str(uid) if uid not in (None, "") else None, audio, cell("text"),
-                        cell("instruction") or None, by_id="audio" not in mapping)
+    return SourceRecord(
+        file,
+        line,
+        str(uid) if uid not in (None, "") else None,
+        audio,
+        cell("text"),
+        cell("instruction") or None,
+        by_id="audio" not in mapping,
+    )
 
 
 def _read_table(path: str, opts: ReadOptions, delimiter: str | None) -> Source:
@@ -153,8 +195,10 @@ def _read_kaldi_table(path: str, opts: ReadOptions) -> Iterator[tuple[int, str, 
 
 def read_kaldi(path: str, opts: ReadOptions) -> Source:
     if os.path.exists(os.path.join(path, "segments")):
-        raise DataError(f"{path}/segments: segmented Kaldi data is not supported; cut the segments into files first "
-                        "(e.g. `extract-segments scp:wav.scp segments ark:- | wav-copy ark:- ark,scp:...`)")
+        raise DataError(
+            f"{path}/segments: segmented Kaldi data is not supported; cut the segments into files first "
+            "(e.g. `extract-segments scp:wav.scp segments ark:- | wav-copy ark:- ark,scp:...`)"
+        )
     wavs = {key: value for _, key, value in _read_kaldi_table(os.path.join(path, "wav.scp"), opts)}
     records: list[SourceRecord | Issue] = []
     seen: set[str] = set()
@@ -183,8 +227,14 @@ def read_folder(path: str, opts: ReadOptions) -> Source:
             audio = os.path.join(directory, file)
             uid = os.path.relpath(os.path.join(directory, stem), path).replace(os.sep, "/")
             rel = os.path.relpath(audio, path)
-            sidecar = next((os.path.join(directory, stem + s) for s in SIDECAR_EXTENSIONS
-                            if os.path.isfile(os.path.join(directory, stem + s))), None)
+            sidecar = next(
+                (
+                    os.path.join(directory, stem + s)
+                    for s in SIDECAR_EXTENSIONS
+                    if os.path.isfile(os.path.join(directory, stem + s))
+                ),
+                None,
+            )
             if sidecar is None:
                 records.append(Issue("missing_transcript", rel, None, f"no {stem}.txt or {stem}.lab next to it", uid))
                 continue
@@ -215,8 +265,9 @@ def detect_format(path: str, encoding: str = "auto") -> str:
     if ext in _EXTENSION_FORMATS:
         return _EXTENSION_FORMATS[ext]
     if ext not in (".json", ".jsonl"):
-        raise DataError(f"{path}: cannot tell the format from the extension {ext!r}; pass --format "
-                        f"({'|'.join(READERS)})")
+        raise DataError(
+            f"{path}: cannot tell the format from the extension {ext!r}; pass --format ({'|'.join(READERS)})"
+        )
     items, _ = iter_json_records(path, encoding)
     first = next((obj for _, obj in items if isinstance(obj, dict)), {})
     return next((fmt for key, fmt in _JSON_KEY_FORMATS.items() if key in first), "flat-json")

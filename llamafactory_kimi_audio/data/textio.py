@@ -15,8 +15,11 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from ..errors import InputError
+from ..text import is_han
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """A problem with an input or output file, phrased for the user (file, place, fix) on one line."""
 
 
@@ -28,14 +31,11 @@ _GUESSES = ("utf-8", "gb18030")
 # "cp1252" is Windows' lenient flavour: bytes CP1252 leaves undefined (0x81, 0x8D, ...) pass through as U+0081...
 _MOJIBAKE_PAIRS = (("cp1252", "utf-8"), ("gbk", "utf-8"), ("latin-1", "gb18030"))
 # A UTF-8 lead byte seen as Latin-1 followed by a continuation byte seen as Latin-1/CP1252 ("Ã©", "æ•", "é›").
-_UTF8_AS_LATIN = re.compile("[\u00c2-\u00ef][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e"
-                            "\u0192\u02c6\u02dc\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039"
-                            "\u203a\u20ac\u2122]")
-
-
-def _is_cjk(char: str) -> bool:
-    code = ord(char)
-    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF
+_UTF8_AS_LATIN = re.compile(
+    "[\u00c2-\u00ef][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e"
+    "\u0192\u02c6\u02dc\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039"
+    "\u203a\u20ac\u2122]"
+)
 
 
 def read_text(path: str, encoding: str = "auto") -> tuple[str, str]:
@@ -113,9 +113,9 @@ def _redecode(text: str, wrong: str, right: str) -> str | None:
         return fixed  # Latin-1 text that is also valid UTF-8 only happens with mojibake pairs such as "Ã©"
     if wrong == "latin-1":  # GBK pairs: every two non-ASCII chars must have become one CJK char, none borrowed ASCII
         non_ascii = [c for c in fixed if not c.isascii()]
-        if not all(map(_is_cjk, non_ascii)) or 2 * len(non_ascii) != sum(not c.isascii() for c in text):
+        if not all(map(is_han, non_ascii)) or 2 * len(non_ascii) != sum(not c.isascii() for c in text):
             return None
-    return fixed if sum(map(_is_cjk, fixed)) >= 2 else None  # guards against chance decodes of real text
+    return fixed if sum(map(is_han, fixed)) >= 2 else None  # guards against chance decodes of real text
 
 
 @contextlib.contextmanager

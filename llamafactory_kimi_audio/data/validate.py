@@ -11,7 +11,8 @@ import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from ..audio_io import TARGET_SR, AudioError, AudioInfo, probe
+from ..audio_io import TRUNCATED_FIX, AudioError, AudioInfo, TruncatedAudioError, probe
+from ..constants import CHUNK_SECONDS, SAMPLE_RATE
 from .textio import mojibake_hint
 
 ERROR = "error"
@@ -24,16 +25,21 @@ REASONS: dict[str, tuple[str, str]] = {
     "missing_audio": (ERROR, "fix the path or pass --root DIR (relative paths resolve against it)"),
     "unreadable_audio": (ERROR, "re-encode it as 16 kHz mono WAV/FLAC, e.g. `sox in.x -r 16000 -c 1 out.wav`"),
     "empty_audio": (ERROR, "replace the file or delete the row"),
+    "truncated_audio": (ERROR, TRUNCATED_FIX),
     "empty_text": (ERROR, "fill in the transcript or delete the row"),
     "duplicate_id": (ERROR, "ids must be unique; rename one of them (the first occurrence was kept)"),
     "missing_transcript": (ERROR, "add a transcript for this utterance or delete the audio"),
     "kaldi_unmatched": (ERROR, "add the utterance to wav.scp or remove it from text"),
     "kaldi_pipe": (ERROR, "run the command once, store the output as a .wav file and list that file in wav.scp"),
     "long_audio_dropped": (ERROR, "skipped because of --drop-long; raise --max-duration to keep such clips"),
-    "long_audio": (WARNING, "kept: Kimi-Audio encodes audio in 30 s chunks; use --drop-long to skip such clips"),
+    "long_audio": (
+        WARNING,
+        f"kept: Kimi-Audio encodes audio in {CHUNK_SECONDS} s chunks; use --drop-long to skip such clips",
+    ),
     "sample_rate": (WARNING, "kept: audio is resampled to 16 kHz at train time"),
     "multichannel": (WARNING, "kept: channels are averaged to mono at train time"),
-    "mojibake": (WARNING, "kept, but the transcript is probably garbled"),
+    "mojibake": (ERROR, "skipped (pass --keep-mojibake to keep such rows)"),
+    "mojibake_kept": (WARNING, "kept because of --keep-mojibake, but the transcript is probably garbled"),
     "duplicate_audio": (WARNING, "kept: the same file is used by several rows"),
 }
 
@@ -112,6 +118,9 @@ def check_audio(path: str, shown: str, max_duration: float) -> tuple[AudioInfo |
         return None, [("missing_audio", f"audio file not found: {shown}{detail}")]
     try:
         info = probe(path)
+    except TruncatedAudioError as err:
+        detail = str(err).removeprefix(f"{path}: truncated audio: the WAV header").split(";")[0]
+        return None, [("truncated_audio", f"audio {shown} is truncated: its header{detail}")]
     except AudioError as err:
         detail = str(err).removeprefix(f"{path}: ").split(";")[0].removeprefix("unreadable audio ")
         return None, [("unreadable_audio", f"cannot read audio {shown} {detail}")]
@@ -120,8 +129,8 @@ def check_audio(path: str, shown: str, max_duration: float) -> tuple[AudioInfo |
     found: list[tuple[str, str]] = []
     if info.duration > max_duration:
         found.append(("long_audio", f"audio {shown} is {info.duration:.1f} s long (> {max_duration:g} s)"))
-    if info.sample_rate != TARGET_SR:
-        found.append(("sample_rate", f"audio {shown} is {info.sample_rate} Hz, not {TARGET_SR} Hz"))
+    if info.sample_rate != SAMPLE_RATE:
+        found.append(("sample_rate", f"audio {shown} is {info.sample_rate} Hz, not {SAMPLE_RATE} Hz"))
     if info.channels > 1:
         found.append(("multichannel", f"audio {shown} has {info.channels} channels"))
     return info, found
@@ -135,11 +144,25 @@ def summarize(issues: list[Issue], examples: int = 3) -> list[str]:
     lines = []
     for reason, group in sorted(by_reason.items(), key=lambda item: (item[1][0].severity != ERROR, item[0])):
         verdict = "skipped" if group[0].severity == ERROR else "warning"
-        lines.append(f"{verdict}: {len(group)} × {reason}")
+        lines.append(f"{verdict}: {len(group)} × {reason}{_places(group)}")
         lines.extend(f"    {issue.one_line()}" for issue in group[:examples])
         if len(group) > examples:
             lines.append(f"    … and {len(group) - examples} more (see the report)")
     return lines
+
+
+def _places(group: list[Issue], shown: int = 20) -> str:
+    """`` (rows.csv rows 2, 5, 9)``: where the issues of one reason are, so they can be fixed without the report."""
+    by_file: dict[str, list[str]] = {}
+    for issue in group:
+        if issue.line:
+            by_file.setdefault(issue.file, []).append(str(issue.line))
+    parts = []
+    for file, lines in by_file.items():
+        label = Issue("", file, None, "").line_label
+        more = f" … (+{len(lines) - shown})" if len(lines) > shown else ""
+        parts.append(f"{file} {label}{'s' if len(lines) > 1 else ''} {', '.join(lines[:shown])}{more}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def count_by_reason(issues: list[Issue], severity: str) -> dict[str, int]:

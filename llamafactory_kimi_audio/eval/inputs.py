@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from ..data.records import SourceRecord, iter_json_records
 from ..data.sources import ReadOptions, read_source
 from ..data.textio import DataError, read_text
 from ..data.validate import Issue
+from ..jsonio import media_root
 
 PREDICTION_KEYS: dict[str, tuple[str, ...]] = {
     "id": ("id", "key", "utt", "utt_id", "uttid", "name"),
@@ -38,27 +38,6 @@ class Prediction:
     id: str | None
     ref: str | None
     hyp: str
-
-
-def media_root(data_path: str) -> str:
-    """Folder relative audio paths resolve against: the ``dataset_info.json`` folder naming this file, as
-    LLaMA-Factory's ``media_dir`` defaults to ``dataset_dir``; else the file's own folder."""
-    folder = os.path.dirname(os.path.abspath(data_path))
-    candidate = folder
-    for _ in range(3):
-        info_path = os.path.join(candidate, "dataset_info.json")
-        if os.path.isfile(info_path):
-            try:
-                with open(info_path, encoding="utf-8-sig") as fh:
-                    entries = json.load(fh)
-            except (OSError, json.JSONDecodeError):
-                entries = {}
-            files = {os.path.abspath(os.path.join(candidate, str(e.get("file_name", "")))) for e in entries.values()
-                     if isinstance(e, dict)}
-            if os.path.abspath(data_path) in files:
-                return candidate
-        candidate = os.path.dirname(candidate)
-    return folder
 
 
 def load_test_set(path: str, root: str | None = None, encoding: str = "auto") -> list[TestItem]:

@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from ..text import cjk_ratio, detect_language, is_cjk_char  # noqa: F401  (defined once in text.py, used from here)
 
 Step = Callable[[str], str]
 
 _APOSTROPHES = re.compile(r"(?<=\w)['\u2019](?=\w)")
 _EXTRA_PUNCT = set("~`^|\uff65")
 _WHITESPACE = re.compile(r"\s+")
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
-# Unicode blocks scored per character: CJK ideographs (+ ext. A, compatibility), kana, Hangul.
-_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF), (0x3040, 0x30FF), (0xAC00, 0xD7AF))
 
 
 def nfkc(text: str) -> str:
@@ -86,28 +85,3 @@ def get_normalizer(name: str) -> Normalizer:
         return NORMALIZERS[name]
     except KeyError:
         raise ValueError(f"unknown normalizer {name!r}; choose one of: {', '.join(NORMALIZERS)}") from None
-
-
-def is_cjk_char(char: str) -> bool:
-    code = ord(char)
-    return any(low <= code <= high for low, high in _CJK_RANGES)
-
-
-def cjk_ratio(texts: str | Iterable[str]) -> float:
-    """Share of CJK characters among "tokens" (each CJK character, each other word) of ``texts``; 0 when empty.
-
-    Counting a Latin word as one token keeps "我们讨论machine learning" Chinese (7 of 9 tokens) while an English
-    sentence quoting one Chinese name stays English.
-    """
-    cjk = other = 0
-    for text in [texts] if isinstance(texts, str) else texts:
-        cjk_here = sum(map(is_cjk_char, text))
-        cjk += cjk_here
-        other += len(_WORD.findall("".join(" " if is_cjk_char(c) else c for c in text)))
-    total = cjk + other
-    return cjk / total if total else 0.0
-
-
-def detect_language(texts: str | Iterable[str]) -> str:
-    """``"zh"`` (score by characters) when CJK tokens are at least half of the text, else ``"en"`` (by words)."""
-    return "zh" if cjk_ratio(texts) >= 0.5 else "en"

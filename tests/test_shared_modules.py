@@ -1,0 +1,127 @@
+"""The modules below ``data/`` and ``eval/`` (``constants``, ``text``, ``jsonio``), the error classes of ``data/``,
+and the import direction ``eval → data``: ``data/`` never imports ``eval/`` or ``cli/``."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from llamafactory_kimi_audio import text
+from llamafactory_kimi_audio.errors import EnvironmentProblem, InputError, ModelError
+from llamafactory_kimi_audio.jsonio import media_root, read_dataset_info
+
+PACKAGE = Path(__file__).resolve().parents[1] / "llamafactory_kimi_audio"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Package-relative names a module imports (``..eval.normalize`` from ``data/x.py`` → ``eval.normalize``)."""
+    package = path.parent.relative_to(PACKAGE).parts
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = [*package[: len(package) - node.level + 1], *filter(None, (node.module or "").split("."))]
+            names |= {".".join(base)} if node.module else {".".join([*base, alias.name]) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llamafactory_kimi_audio."):
+            names.add(node.module.removeprefix("llamafactory_kimi_audio."))
+        elif isinstance(node, ast.Import):
+            names |= {a.name.removeprefix("llamafactory_kimi_audio.") for a in node.names}
+    return names
+
+
+@pytest.mark.parametrize(
+    ("files", "forbidden"),
+    [
+        ("data/*.py", ("eval", "cli", "integration")),
+        ("audio_io.py", ("data", "eval", "cli", "integration", "models")),
+        ("constants.py", ("data", "eval", "cli", "integration", "models")),
+        ("text.py", ("data", "eval", "cli", "integration", "models")),
+        ("jsonio.py", ("data", "eval", "cli", "integration", "models")),
+    ],
+)
+def test_import_direction(files: str, forbidden: tuple[str, ...]) -> None:
+    paths = sorted(PACKAGE.glob(files))
+    assert paths
+    for path in paths:
+        bad = {name for name in imported_modules(path) if name.split(".")[0] in forbidden}
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
+
+
+def test_library_errors_sit_in_the_hierarchy() -> None:
+    from llamafactory_kimi_audio.audio_io import AudioError
+    from llamafactory_kimi_audio.data.encoders import EncoderError
+    from llamafactory_kimi_audio.data.feature_cache import CacheEntryError
+    from llamafactory_kimi_audio.data.textio import DataError
+
+    for kind, root, code in [
+        (AudioError, InputError, 2),
+        (DataError, InputError, 2),
+        (CacheEntryError, InputError, 2),
+    ]:
+        assert issubclass(kind, root) and issubclass(kind, ValueError) and kind("x").exit_code == code
+    assert issubclass(EncoderError, ModelError) and not issubclass(EncoderError, ValueError)
+    assert EncoderError("x").exit_code == 3 and EnvironmentProblem("x").exit_code == 4
+
+
+def test_synth_raises_library_errors(monkeypatch) -> None:
+    import shutil
+
+    from llamafactory_kimi_audio.data import synth
+
+    with pytest.raises(InputError, match="unknown lang 'fr'"):
+        synth.plan_utterances(3, 1, "fr", 0)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    with pytest.raises(EnvironmentProblem, match="espeak-ng not found on PATH"):
+        synth.resolve_backend("espeak")
+
+
+# ------------------------------------------------------------------------------------------------------ text.py
+def test_character_classes() -> None:
+    assert [text.is_han(c) for c in "数かA한"] == [True, False, False, False]
+    assert [text.is_cjk_char(c) for c in "数かA한，"] == [True, True, False, True, False]
+    assert text.drop_spaceless_gaps("今天 天气 ， 很好 ok") == "今天天气，很好 ok"
+    assert text.drop_spaceless_gaps("안녕 하세요") == "안녕 하세요"  # Korean keeps its word spaces
+
+
+def test_language_detection_counts_words_and_characters() -> None:
+    assert text.detect_language("我们讨论machine learning和deep learning") == "zh"
+    assert text.detect_language("I visited 北京 last summer with my family") == "en"
+    assert text.detect_language(["你好", "hello world", "再见"]) == "zh"  # 4 characters vs 2 words
+    assert text.cjk_ratio("") == 0.0 and text.detect_language("") == "en"
+
+
+def test_eval_uses_the_same_functions() -> None:
+    from llamafactory_kimi_audio.eval import normalize
+
+    assert normalize.detect_language is text.detect_language and normalize.is_cjk_char is text.is_cjk_char
+
+
+# ---------------------------------------------------------------------------------------------------- jsonio.py
+def test_dataset_info_absent_valid_and_broken(tmp_path: Path) -> None:
+    assert read_dataset_info(str(tmp_path)) is None
+    (tmp_path / "dataset_info.json").write_text('{"a": {"file_name": "a.json"}}', encoding="utf-8-sig")
+    assert read_dataset_info(str(tmp_path)) == {"a": {"file_name": "a.json"}}
+    cases = [
+        (b'{"a": 1,\n oops}', "dataset_info.json line 2: invalid JSON (Expecting property name"),
+        (b"[1, 2]", "dataset_info.json: expected a JSON object of dataset entries, got list"),
+        ('{"a": "数据"}'.encode("gbk"), "dataset_info.json: not UTF-8 text"),
+    ]
+    for raw, message in cases:
+        (tmp_path / "dataset_info.json").write_bytes(raw)
+        with pytest.raises(InputError) as info:
+            read_dataset_info(str(tmp_path))
+        assert message in str(info.value) and str(info.value).startswith(str(tmp_path))
+
+
+def test_media_root_finds_the_dataset_folder(tmp_path: Path) -> None:
+    data = tmp_path / "sets" / "asr" / "test.json"
+    data.parent.mkdir(parents=True)
+    data.write_text("[]", encoding="utf-8")
+    assert media_root(str(data)) == str(data.parent)
+    (tmp_path / "sets" / "dataset_info.json").write_text(json.dumps({"t": {"file_name": "asr/test.json"}}))
+    assert media_root(str(data)) == str(tmp_path / "sets")
+    (tmp_path / "sets" / "dataset_info.json").write_text("{broken")
+    with pytest.raises(InputError, match="dataset_info.json line 1: invalid JSON"):
+        media_root(str(data))  # one policy: a dataset_info.json that cannot be read is never silently skipped
