@@ -807,8 +807,7 @@ def test_sqrt2_is_computed_in_the_dtype_of_the_adaptor_output(model, layout, ids
 
 # ======================================================================================= 8. audio longer than 30 s
 def test_audio_longer_than_30_seconds(model, processor, layout, whisper_ref):
-    wave = speechy(31 * SR, seed=31)
-    assert frames(len(wave)) == 388
+    wave = speechy(31 * SR, seed=31)  # 388 frames
     audio = processor.audio_inputs([wave])
     assert audio["audio_chunk_tokens"].tolist() == [375, 13]  # 30 s chunk + 1 s chunk (spec §3.2)
     assert audio["audio_input_features"].shape == (2, 128, 3000)
@@ -836,7 +835,6 @@ def test_audio_token_count_mismatch_names_both_numbers(model, processor, layout)
     rows_12 = torch.randn(12, model.config.kimia_adaptor_input_dim)
     check((13, 12), input_ids=ids_13, audio_codes=torch.zeros(12, dtype=torch.long), whisper_features=rows_12)
     wave = speechy(int(0.9 * SR), seed=1)  # 12 frames
-    assert frames(len(wave)) == 12
     check((13, 12), input_ids=ids_13, **processor.audio_inputs([wave]))
     with pytest.raises(ValueError, match="13"), torch.no_grad():
         model(input_ids=ids_13)  # frames in the ids, no audio at all

@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .constants import MODEL_TYPE
 from .pointwise import COMPILE_MODES
 
 OFFICIAL_ARCHITECTURE = "MoonshotKimiaForCausalLM"
@@ -22,7 +23,7 @@ SEMANTIC_SUBDIR = "glm-4-voice-tokenizer"
 
 
 class KimiAudioConfig(PretrainedConfig):
-    model_type = "moonshot_kimia"
+    model_type = MODEL_TYPE
     keys_to_ignore_at_inference = ["past_key_values"]
 
     def __init__(

@@ -32,6 +32,7 @@ from ..versions import TRANSFORMERS_MAJOR
 from .attention import KimiAudioAttention
 from .checkpoint_io import OfficialLayoutMixin, default_generation_config
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
+from .constants import SAMPLES_PER_TOKEN
 from .masks import attention_bias, default_position_ids, packed_segments, warn_if_packed_without_blocks
 from .packed_attention import packed_sequences, varlen_applies
 from .pointwise import fused, fused_layer, rms_norm, swiglu
@@ -485,7 +486,8 @@ def check_frame_count(positions: int, codes: int, rows: int) -> None:
         return
     raise ValueError(
         f"audio token count mismatch: the text has {positions} audio frame tokens but the audio gives {codes} "
-        f"semantic codes and {rows} Whisper feature rows; every clip needs (num_samples - 1) // 1280 + 1 tokens — "
+        f"semantic codes and {rows} Whisper feature rows; every clip needs "
+        f"(num_samples - 1) // {SAMPLES_PER_TOKEN} + 1 tokens — "
         "raise cutoff_len if samples were truncated"
     )
 
