@@ -1,4 +1,4 @@
-"""``KimiAudioProcessor``: a transformers ``ProcessorMixin`` registered with ``AutoProcessor`` (tiny checkpoint, CPU)."""
+"""``KimiAudioProcessor``: a transformers ``ProcessorMixin``, registered with ``AutoProcessor`` (tiny, CPU)."""
 
 from __future__ import annotations
 
