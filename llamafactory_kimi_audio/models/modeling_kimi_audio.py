@@ -369,14 +369,8 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         **kwargs: Any,
     ) -> KimiAudioCausalLMOutput | tuple:
         """Audio inputs (see ``KimiAudioProcessor``) are consumed only where the ids hold audio frame tokens."""
-        audio = {
-            "audio_input_features": audio_input_features,
-            "audio_chunk_tokens": audio_chunk_tokens,
-            "semantic_input_features": semantic_input_features,
-            "semantic_frame_mask": semantic_frame_mask,
-            "audio_codes": audio_codes,
-            "whisper_features": whisper_features,
-        }
+        given = (audio_input_features, audio_chunk_tokens, semantic_input_features, semantic_frame_mask, audio_codes)
+        audio = dict(zip(AUDIO_INPUT_KEYS, (*given, whisper_features)))
         if inputs_embeds is None:
             inputs_embeds = self.fuse_embeddings(input_ids, text_only=text_only, text_from=text_from, **audio)
         if return_audio_logits and past_key_values is not None:
