@@ -998,9 +998,16 @@ def test_resume_from_a_full_checkpoint_is_quiet_and_keeps_the_whisper_encoder(ck
     def trainer(steps: int) -> Trainer:
         model = KimiAudioForCausalLM.from_pretrained(ckpt)
         args = TrainingArguments(
-            output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2, learning_rate=1e-2,
-            save_strategy="steps", save_steps=1, report_to=[], use_cpu=True, logging_strategy="no",
-        )  # fmt: skip
+            output_dir=str(tmp_path),
+            max_steps=steps,
+            per_device_train_batch_size=2,
+            learning_rate=1e-2,
+            save_strategy="steps",
+            save_steps=1,
+            report_to=[],
+            use_cpu=True,
+            logging_strategy="no",
+        )
         return Trainer(model=model, args=args, train_dataset=dataset)
 
     first = trainer(1)

@@ -79,7 +79,10 @@ def test_saved_by_the_mixin_and_reloaded_through_auto_processor(processor, tiny_
     env = {**os.environ, "KIMI_AUDIO_DISABLE": "1"}
     result = subprocess.run(
         [sys.executable, "-c", AUTO_LOAD, tiny_checkpoint.path, str(saved)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[:2] == ["KimiAudioProcessor KimiAudioTokenizer 128"] * 2

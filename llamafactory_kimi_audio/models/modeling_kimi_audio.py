@@ -26,7 +26,6 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import logging
 
 from ..versions import TRANSFORMERS_MAJOR
 from .attention import KimiAudioAttention
@@ -38,8 +37,6 @@ from .packed_attention import packed_sequences, varlen_applies
 from .pointwise import fused, fused_layer, rms_norm, swiglu
 from .special_tokens import AUDIO_PLACEHOLDER, AUDIO_STREAM_TOKENS, TEXT_BLANK, special_id
 from .whisper_encoder import build_whisper_encoder, encode_whisper_rows, read_whisper_encoder_state, save_whisper_dir
-
-logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
 AUDIO_INPUT_KEYS = (
