@@ -70,7 +70,7 @@ def breakdown(paths: list[str], encoders, device: str, batch_size: int) -> dict[
 
     from llamafactory_kimi_audio.audio_io import load_audio
     from llamafactory_kimi_audio.data.encoders import _as_float
-    from llamafactory_kimi_audio.models.modeling_kimi_audio import whisper_rows
+    from llamafactory_kimi_audio.models.whisper_encoder import encode_whisper_rows as whisper_rows
 
     times = dict(decode=0.0, whisper_logmel=0.0, glm_logmel=0.0, whisper_gpu=0.0, glm_gpu=0.0)
     processor = encoders.processor

@@ -32,8 +32,7 @@ GPU_INIT_ENV = "KIMI_BENCH_GPU_INIT"
 # ------------------------------------------------------------------------------------------- model directories
 def full_vocab_ranks() -> dict[bytes, int]:
     """A tiktoken vocabulary of the real size: the tiny BPE merges, then filler tokens text never produces."""
-    from llamafactory_kimi_audio.models.tiny import TINY_CORPUS
-    from llamafactory_kimi_audio.models.tokenization_kimi_audio import train_tiny_tiktoken
+    from llamafactory_kimi_audio.models.tiny import TINY_CORPUS, train_tiny_tiktoken
 
     ranks = train_tiny_tiktoken(TINY_CORPUS, num_merges=192)
     index = 0

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import inspect
 
-import torch
 import transformers
 from packaging.version import Version
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
 TRANSFORMERS_MAJOR = TRANSFORMERS_VERSION.major
-TORCH_VERSION = Version(torch.__version__)
 
 # 5.x renamed ``from_pretrained(torch_dtype=...)`` to ``dtype=`` and warns on the old name.
 DTYPE_KWARG = "dtype" if TRANSFORMERS_MAJOR >= 5 else "torch_dtype"

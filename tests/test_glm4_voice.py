@@ -5,22 +5,21 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from llamafactory_kimi_audio.models.constants import num_audio_tokens
 from llamafactory_kimi_audio.models.glm4_voice import (
     Glm4VoiceConfig,
     Glm4VoiceEncoder,
     glm4_voice_features,
     load_glm4_voice_tokenizer,
-    make_tiny_glm4_voice_tokenizer,
-    n_codes,
     save_glm4_voice_tokenizer,
 )
+from llamafactory_kimi_audio.models.tiny import make_tiny_glm4_voice_tokenizer
 
 FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 VOCAB = 256
@@ -46,12 +45,13 @@ def speechy(n: int, seed: int) -> np.ndarray:
     return (0.2 * x / max(np.abs(x).max(), 1e-9)).astype(np.float32)
 
 
-def test_n_codes_helper():
-    assert [n_codes(x) for x in (0, 1, 1279, 1280, 1281, 2560, 2561, 480000, 480001, 496000)] == [
-        0, 1, 1, 1, 2, 2, 3, 375, 376, 388,
+def test_audio_token_count():
+    assert [num_audio_tokens(x) for x in (1, 1279, 1280, 1281, 2560, 2561, 480000, 480001, 496000)] == [
+        1, 1, 1, 2, 2, 3, 375, 376, 388,
     ]  # fmt: skip
-    with pytest.raises(ValueError):
-        n_codes(-1)
+    for empty in (0, -1):
+        with pytest.raises(ValueError, match="empty"):
+            num_audio_tokens(empty)
 
 
 def test_code_count(enc):
@@ -59,7 +59,7 @@ def test_code_count(enc):
     codes = enc.tokenize([speechy(n, i) for i, n in enumerate(lengths)])
     for n, c in zip(lengths, codes):
         assert c.dtype == torch.int64 and c.ndim == 1
-        assert len(c) == -(-n // 1280) == n_codes(n), n
+        assert len(c) == -(-n // 1280) == num_audio_tokens(n), n
         assert 0 <= int(c.min()) and int(c.max()) < VOCAB
     assert len(set(torch.cat(codes).tolist())) > 10  # the tiny codebook is actually used
 
@@ -204,10 +204,8 @@ def test_config_validation(tmp_path):
     assert Glm4VoiceConfig.from_dict(Glm4VoiceConfig().to_dict()) == Glm4VoiceConfig()
 
 
-def test_tiny_checkpoint_is_deterministic_and_fast(tiny_dir, tmp_path):
-    start = time.perf_counter()
+def test_tiny_checkpoint_is_deterministic(tiny_dir, tmp_path):
     make_tiny_glm4_voice_tokenizer(tmp_path / "a", seed=0, vocab_size=VOCAB)
-    assert time.perf_counter() - start < 2.0
     make_tiny_glm4_voice_tokenizer(tmp_path / "b", seed=1, vocab_size=VOCAB)
     for name in FILES:
         assert (tmp_path / "a" / name).read_bytes() == open(os.path.join(tiny_dir, name), "rb").read(), name

@@ -809,8 +809,7 @@ def test_sqrt2_is_computed_in_the_dtype_of_the_adaptor_output(model, layout, ids
 
 # ======================================================================================= 8. audio longer than 30 s
 def test_audio_longer_than_30_seconds(model, processor, layout, whisper_ref):
-    wave = speechy(31 * SR, seed=31)
-    assert frames(len(wave)) == 388
+    wave = speechy(31 * SR, seed=31)  # 388 frames
     audio = processor.audio_inputs([wave])
     assert audio["audio_chunk_tokens"].tolist() == [375, 13]  # 30 s chunk + 1 s chunk (spec §3.2)
     assert audio["audio_input_features"].shape == (2, 128, 3000)
@@ -838,7 +837,6 @@ def test_audio_token_count_mismatch_names_both_numbers(model, processor, layout)
     rows_12 = torch.randn(12, model.config.kimia_adaptor_input_dim)
     check((13, 12), input_ids=ids_13, audio_codes=torch.zeros(12, dtype=torch.long), whisper_features=rows_12)
     wave = speechy(int(0.9 * SR), seed=1)  # 12 frames
-    assert frames(len(wave)) == 12
     check((13, 12), input_ids=ids_13, **processor.audio_inputs([wave]))
     with pytest.raises(ValueError, match="13"), torch.no_grad():
         model(input_ids=ids_13)  # frames in the ids, no audio at all
@@ -1002,9 +1000,16 @@ def test_resume_from_a_full_checkpoint_is_quiet_and_keeps_the_whisper_encoder(ck
     def trainer(steps: int) -> Trainer:
         model = KimiAudioForCausalLM.from_pretrained(ckpt)
         args = TrainingArguments(
-            output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2, learning_rate=1e-2,
-            save_strategy="steps", save_steps=1, report_to=[], use_cpu=True, logging_strategy="no",
-        )  # fmt: skip
+            output_dir=str(tmp_path),
+            max_steps=steps,
+            per_device_train_batch_size=2,
+            learning_rate=1e-2,
+            save_strategy="steps",
+            save_steps=1,
+            report_to=[],
+            use_cpu=True,
+            logging_strategy="no",
+        )
         return Trainer(model=model, args=args, train_dataset=dataset)
 
     first = trainer(1)

@@ -14,10 +14,10 @@ import pytest
 import tiktoken
 
 from llamafactory_kimi_audio.models import special_tokens as st
+from llamafactory_kimi_audio.models.tiny import train_tiny_tiktoken
 from llamafactory_kimi_audio.models.tokenization_kimi_audio import (
     PAT_STR,
     KimiAudioTokenizer,
-    train_tiny_tiktoken,
     write_tiktoken_model,
     write_tokenizer_files,
 )

@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .constants import MODEL_TYPE
 from .pointwise import COMPILE_MODES
 
 OFFICIAL_ARCHITECTURE = "MoonshotKimiaForCausalLM"
@@ -16,13 +17,14 @@ OFFICIAL_AUTO_MAP = {
     "AutoModel": "modeling_moonshot_kimia.MoonshotKimiaForCausalLM",
     "AutoModelForCausalLM": "modeling_moonshot_kimia.MoonshotKimiaForCausalLM",
 }
+LOSS_REDUCTIONS = ("sample", "token")  # the official per-utterance mean, or the mean over all labelled tokens
 RUNTIME_SWITCHES = ("use_varlen_attention", "compile_pointwise")
 WHISPER_SUBDIR = "whisper-large-v3"
 SEMANTIC_SUBDIR = "glm-4-voice-tokenizer"
 
 
 class KimiAudioConfig(PretrainedConfig):
-    model_type = "moonshot_kimia"
+    model_type = MODEL_TYPE
     keys_to_ignore_at_inference = ["past_key_values"]
 
     def __init__(
@@ -59,12 +61,11 @@ class KimiAudioConfig(PretrainedConfig):
         compile_pointwise: str = "off",
         **kwargs: Any,
     ):
-        rope_parameters = kwargs.pop("rope_parameters", None) or {}
-        rope_scaling = kwargs.pop("rope_scaling", None)
-        if rope_theta is None:
-            rope_theta = rope_parameters.get("rope_theta")
-        if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type", "default")) != "default":
-            raise ValueError(f"Kimi-Audio uses plain RoPE; rope_scaling={rope_scaling} is not supported")
+        rope_theta = plain_rope_theta(
+            rope_theta, kwargs.pop("rope_parameters", None), kwargs.pop("rope_scaling", None)
+        )
+        check_choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS)
+        check_choice("compile_pointwise", compile_pointwise, COMPILE_MODES)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -93,15 +94,9 @@ class KimiAudioConfig(PretrainedConfig):
         self.use_whisper_feature = use_whisper_feature
         self.whisper_config = whisper_config
         self.semantic_tokenizer_path = semantic_tokenizer_path
-        if loss_reduction not in ("sample", "token"):
-            raise ValueError(
-                f"loss_reduction must be 'sample' (official per-utterance mean) or 'token', got {loss_reduction!r}"
-            )
         self.loss_reduction = loss_reduction
         # Speed switches of this process (set by the LLaMA-Factory integration from its settings); never saved.
         self.use_varlen_attention = bool(use_varlen_attention)
-        if compile_pointwise not in COMPILE_MODES:
-            raise ValueError(f"compile_pointwise must be one of {', '.join(COMPILE_MODES)}, got {compile_pointwise!r}")
         self.compile_pointwise = compile_pointwise
         kwargs.setdefault("architectures", [OFFICIAL_ARCHITECTURE])
         kwargs.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
@@ -152,6 +147,18 @@ class KimiAudioConfig(PretrainedConfig):
         if output.get("loss_reduction") == "sample":
             output.pop("loss_reduction")
         return output
+
+
+def plain_rope_theta(rope_theta: float | None, rope_parameters: dict | None, rope_scaling: dict | None):
+    """The RoPE base from ``rope_theta`` or 5.x's ``rope_parameters``; any RoPE scaling is refused."""
+    if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type", "default")) != "default":
+        raise ValueError(f"Kimi-Audio uses plain RoPE; rope_scaling={rope_scaling} is not supported")
+    return rope_theta if rope_theta is not None else (rope_parameters or {}).get("rope_theta")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 SEMANTIC_TOKENIZER_ENV = "KIMI_AUDIO_SEMANTIC_TOKENIZER"

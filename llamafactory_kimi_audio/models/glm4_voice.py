@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SAMPLE_RATE = 16000
+from .constants import CHUNK_SAMPLES, SAMPLE_RATE, SAMPLES_PER_TOKEN, WHISPER_MEL_BINS
+
 HOP_LENGTH = 160
-CHUNK_SAMPLES = 30 * SAMPLE_RATE  # the reference tokenizes 30 s chunks independently
 _OPTIONAL_KEYS = ("embed_positions2.weight", "ema_count", "ema_weight")  # stored in the Hub file, unused for codes
 
 # WhisperVQConfig class defaults: what the original reads for a key absent from config.json (spec §1).
@@ -116,13 +116,6 @@ class Glm4VoiceConfig:
         return copy.deepcopy(dict(sorted({**_HUB_EXTRA, **shapes, **self.extra, **own}.items())))
 
 
-def n_codes(num_samples: int) -> int:
-    """Number of codes for ``num_samples`` samples at 16 kHz: ceil(L / 1280), 0 for L = 0."""
-    if num_samples < 0:
-        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    return 0 if num_samples == 0 else (num_samples - 1) // 1280 + 1
-
-
 @functools.lru_cache(maxsize=4)
 def _feature_extractor(num_mel_bins: int) -> Any:
     from transformers import WhisperFeatureExtractor
@@ -140,7 +133,7 @@ def _as_waveform(wave: Any, what: str) -> np.ndarray:
 
 
 def glm4_voice_features(
-    chunks: Sequence[np.ndarray], num_mel_bins: int = 128, pad_to_multiple_of: int = 1280
+    chunks: Sequence[np.ndarray], num_mel_bins: int = WHISPER_MEL_BINS, pad_to_multiple_of: int = SAMPLES_PER_TOKEN
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-mel features of <= 30 s chunks, as the reference computes them (spec §3.1), on CPU.
 
@@ -159,7 +152,7 @@ def glm4_voice_features(
     return out["input_features"].to(torch.float32), out["attention_mask"].to(torch.long)  # mask already [:, ::160]
 
 
-def _sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
     inv = torch.exp(-math.log(max_timescale) / (channels // 2 - 1) * torch.arange(channels // 2, dtype=torch.float32))
     angle = torch.arange(length, dtype=torch.float32)[:, None] * inv[None, :]
     return torch.cat([angle.sin(), angle.cos()], dim=1)
@@ -333,52 +326,3 @@ def save_glm4_voice_tokenizer(module: Glm4VoiceEncoder, directory: str | os.Path
             f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()}
     save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-
-
-def _synthetic_audio(rng: np.random.Generator, count: int, seconds: float = 2.5) -> list[np.ndarray]:
-    """Chirps, tone pairs, harmonic stacks, noise bursts and AM noise: varied content for the tiny codebook."""
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    kinds = (
-        lambda f0, f1: np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))),
-        lambda f0, f1: np.sin(2 * np.pi * f0 * t) + 0.3 * np.sin(2 * np.pi * f1 * t),
-        lambda f0, f1: sum(np.sin(2 * np.pi * (f0 / 8) * h * t) / h for h in range(1, 12)),
-        lambda f0, f1: rng.standard_normal(t.size) * (rng.random(t.size // 1600 + 1).repeat(1600)[: t.size] > 0.5),
-        lambda f0, f1: rng.standard_normal(t.size) * (1 + np.sin(2 * np.pi * f1 / 500 * t)),
-    )
-    clips = [kinds[i % len(kinds)](*rng.uniform(80, 4000, size=2)) for i in range(count)]
-    return [(rng.uniform(0.05, 0.8) * x / np.abs(x).max()).astype(np.float32) for x in clips]
-
-
-def make_tiny_glm4_voice_tokenizer(directory: str | os.PathLike, seed: int = 0, vocab_size: int = 256) -> str:
-    """A deterministic tiny tokenizer of the spec §7 test config, saved in the Hub layout; returns ``directory``."""
-    cfg = Glm4VoiceConfig(d_model=64, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=256,
-                          quantize_position=2, pooling_position=2, quantize_vocab_size=vocab_size,
-                          extra={"_name_or_path": "tiny-glm-4-voice-tokenizer"})  # fmt: skip
-    gen = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):
-        module = Glm4VoiceEncoder(cfg)
-    module.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, p in module.state_dict().items():
-            if name.endswith("layer_norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif p.ndim == 1:  # biases, layer-norm shifts, ema_count
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-            else:  # fan-in scaled projections (codebook and positions are overwritten below)
-                # small residual branches keep codes local in time (random attention would blur a 4 s block)
-                scale = 0.1 if name.endswith(("out_proj.weight", "fc2.weight")) else 1.0
-                p.copy_(scale * torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
-        module.embed_positions.weight.copy_(0.1 * _sinusoids(cfg.max_source_positions, cfg.d_model))
-        module.embed_positions2.weight.copy_(0.1 * _sinusoids(module.embed_positions2.num_embeddings, cfg.d_model))
-        rng = np.random.default_rng(seed)
-        feats, mask = glm4_voice_features(_synthetic_audio(rng, 12))
-        states, keep = module(feats, mask)
-        pool = states[keep]  # [N, d], N = 12 * 32
-        rows = torch.from_numpy(rng.integers(0, pool.shape[0], size=vocab_size))
-        rows[: min(vocab_size, pool.shape[0])] = torch.from_numpy(rng.permutation(pool.shape[0])[:vocab_size])
-        jitter = torch.randn(vocab_size, cfg.d_model, generator=gen) * 0.05 * pool.std(0)
-        module.codebook.weight.copy_(pool[rows] + jitter)
-        module.ema_count.fill_(1.0)
-        module.ema_weight.copy_(module.codebook.weight)
-    save_glm4_voice_tokenizer(module, directory)
-    return str(directory)

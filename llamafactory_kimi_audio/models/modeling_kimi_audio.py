@@ -26,19 +26,17 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import logging
 
 from ..versions import TRANSFORMERS_MAJOR
 from .attention import KimiAudioAttention
 from .checkpoint_io import OfficialLayoutMixin, default_generation_config
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
+from .constants import SAMPLES_PER_TOKEN
 from .masks import attention_bias, default_position_ids, packed_segments, warn_if_packed_without_blocks
 from .packed_attention import packed_sequences, varlen_applies
 from .pointwise import fused, fused_layer, rms_norm, swiglu
 from .special_tokens import AUDIO_PLACEHOLDER, AUDIO_STREAM_TOKENS, TEXT_BLANK, special_id
 from .whisper_encoder import build_whisper_encoder, encode_whisper_rows, read_whisper_encoder_state, save_whisper_dir
-
-logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
 AUDIO_INPUT_KEYS = (
@@ -368,14 +366,8 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         **kwargs: Any,
     ) -> KimiAudioCausalLMOutput | tuple:
         """Audio inputs (see ``KimiAudioProcessor``) are consumed only where the ids hold audio frame tokens."""
-        audio = {
-            "audio_input_features": audio_input_features,
-            "audio_chunk_tokens": audio_chunk_tokens,
-            "semantic_input_features": semantic_input_features,
-            "semantic_frame_mask": semantic_frame_mask,
-            "audio_codes": audio_codes,
-            "whisper_features": whisper_features,
-        }
+        given = (audio_input_features, audio_chunk_tokens, semantic_input_features, semantic_frame_mask, audio_codes)
+        audio = dict(zip(AUDIO_INPUT_KEYS, (*given, whisper_features)))
         if inputs_embeds is None:
             inputs_embeds = self.fuse_embeddings(input_ids, text_only=text_only, text_from=text_from, **audio)
         if return_audio_logits and past_key_values is not None:
@@ -485,7 +477,8 @@ def check_frame_count(positions: int, codes: int, rows: int) -> None:
         return
     raise ValueError(
         f"audio token count mismatch: the text has {positions} audio frame tokens but the audio gives {codes} "
-        f"semantic codes and {rows} Whisper feature rows; every clip needs (num_samples - 1) // 1280 + 1 tokens — "
+        f"semantic codes and {rows} Whisper feature rows; every clip needs "
+        f"(num_samples - 1) // {SAMPLES_PER_TOKEN} + 1 tokens — "
         "raise cutoff_len if samples were truncated"
     )
 

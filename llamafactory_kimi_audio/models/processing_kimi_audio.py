@@ -5,61 +5,58 @@ model on first use, so the processor pickles cheaply into ``datasets.map`` and D
 30 s chunk (spec §3.2, glm doc §4):
 
 - ``audio_input_features`` [C, 128, 3000]: Whisper log-mel of the chunk padded to 30 s,
-- ``audio_chunk_tokens`` [C]: 12.5 Hz frames of the chunk, ``(L - 1) // 1280 + 1``,
+- ``audio_chunk_tokens`` [C]: 12.5 Hz frames of the chunk, ``(L - 1) // 1280 + 1`` (``num_audio_tokens``),
 - ``semantic_input_features`` [C, 128, F] int32 (fp32 bit patterns, immune to dtype casts) + ``semantic_frame_mask``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import BatchFeature, ProcessorMixin, WhisperFeatureExtractor
 
 from . import special_tokens as st
 from .configuration_kimi_audio import WHISPER_SUBDIR
+from .constants import CHUNK_SAMPLES, SAMPLE_RATE, WHISPER_MEL_BINS, num_audio_tokens
 from .layout import LayoutEncoder
-
-SAMPLE_RATE = 16000
-CHUNK_SAMPLES = 30 * SAMPLE_RATE
-SAMPLES_PER_TOKEN = 1280
-
-
-def num_audio_tokens(num_samples: int) -> int:
-    """12.5 Hz frames of a 16 kHz clip; equal for Whisper rows and GLM-4-Voice codes (480000 is a multiple of 1280)."""
-    if num_samples <= 0:
-        raise ValueError("audio clip is empty (0 samples)")
-    return (num_samples - 1) // SAMPLES_PER_TOKEN + 1
 
 
 def split_chunks(wave: np.ndarray) -> list[np.ndarray]:
     return [wave[start : start + CHUNK_SAMPLES] for start in range(0, len(wave), CHUNK_SAMPLES)]
 
 
-class KimiAudioProcessor:
-    """Processor in the LLaMA-Factory sense: ``tokenizer``, ``feature_extractor``, ``audio_sampling_rate``."""
+class KimiAudioProcessor(ProcessorMixin):
+    """A ``ProcessorMixin`` (as ``Qwen2AudioProcessor``): ``feature_extractor`` (Whisper, 128 mel bins) and
+    ``tokenizer``, plus what LLaMA-Factory reads (``audio_sampling_rate``) and what the plugin calls
+    (``audio_inputs``). Saved by the mixin; registered with ``AutoProcessor`` by ``register_auto_processor``."""
 
-    def __init__(self, tokenizer, feature_extractor=None):
-        from transformers import WhisperFeatureExtractor
+    # transformers 4.x reads the attributes and their classes from here, 5.x from the signature of __init__
+    attributes = ["feature_extractor", "tokenizer"]
+    feature_extractor_class = "WhisperFeatureExtractor"
+    tokenizer_class = "AutoTokenizer"
 
-        self.tokenizer = tokenizer
-        self.feature_extractor = feature_extractor or WhisperFeatureExtractor(feature_size=128)
+    def __init__(self, feature_extractor=None, tokenizer=None, **kwargs: Any):
+        if tokenizer is None:
+            raise ValueError("KimiAudioProcessor needs a tokenizer (a KimiAudioTokenizer)")
+        feature_extractor = feature_extractor or WhisperFeatureExtractor(feature_size=WHISPER_MEL_BINS)
+        super().__init__(feature_extractor, tokenizer, **kwargs)
         self.audio_sampling_rate = SAMPLE_RATE
         self.name_or_path: str | None = None  # the checkpoint dir; keys the precompute cache
-        self._layout: LayoutEncoder | None = None
 
     @property
     def layout(self) -> LayoutEncoder:
-        if self._layout is None:
-            self._layout = LayoutEncoder(self.tokenizer)
-        return self._layout
+        return LayoutEncoder(self.tokenizer)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_layout"] = None
-        return state
+    def __call__(self, audio: list[np.ndarray] | None = None, text: Any = None, **kwargs: Any) -> BatchFeature:
+        """ASR prompts for 16 kHz mono ``audio`` clips, each with an optional instruction in ``text`` (the
+        ``asr_inputs`` batch: ids, mask and audio inputs)."""
+        if audio is None:
+            raise ValueError("KimiAudioProcessor needs audio: a list of 16 kHz mono waveforms")
+        instructions = text if isinstance(text, (list, tuple)) else [text] * len(audio)
+        return BatchFeature(self.asr_inputs(list(audio), list(instructions), kwargs.get("padding_side", "left")))
 
     # ----------------------------------------------------------------------------------------------- audio
     def audio_inputs(self, waveforms: list[np.ndarray], with_semantic: bool = True) -> dict[str, torch.Tensor]:
@@ -87,8 +84,11 @@ class KimiAudioProcessor:
         self, waveforms: list[np.ndarray], instructions: list[str | None], padding_side: str = "left"
     ) -> dict[str, torch.Tensor]:
         """A padded batch of ASR prompts (instruction before audio, as in the official examples) + audio inputs."""
-        prompts = [self.layout.asr_prompt(num_audio_tokens(len(w)), text) for w, text in zip(waveforms, instructions)]
-        batch = pad_ids(prompts, self.tokenizer.convert_tokens_to_ids(st.PAD), padding_side)
+        layout = self.layout
+        prompts = [layout.asr_prompt(num_audio_tokens(len(w)), text) for w, text in zip(waveforms, instructions)]
+        features = [{"input_ids": prompt} for prompt in prompts]
+        batch = self.tokenizer.pad(features, padding=True, padding_side=padding_side, return_tensors="pt")
+        batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         batch.update(self.audio_inputs(waveforms))
         return batch
 
@@ -98,58 +98,40 @@ class KimiAudioProcessor:
     # ---------------------------------------------------------------------------------------- persistence
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> KimiAudioProcessor:
-        from transformers import WhisperFeatureExtractor
-
+        """The official layout, which the mixin's loader cannot read: the tokenizer is ``KimiAudioTokenizer`` (the
+        directory names remote code for it), the feature extractor sits in ``whisper-large-v3/`` (or at the top of a
+        directory this class saved; the official 128-bin defaults when neither has one)."""
         from .tokenization_kimi_audio import KimiAudioTokenizer
 
         path = os.fspath(pretrained_model_name_or_path)
         tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "padding_side")}
         tokenizer = KimiAudioTokenizer.from_pretrained(path, **tokenizer_kwargs)
-        extractor_dir = next(
-            (
-                d
-                for d in (os.path.join(path, WHISPER_SUBDIR), path)
-                if os.path.isfile(os.path.join(d, "preprocessor_config.json"))
-            ),
-            None,
-        )
-        extractor = WhisperFeatureExtractor.from_pretrained(extractor_dir) if extractor_dir else None
-        if extractor is not None and extractor.feature_size != 128:
-            raise ValueError(
-                f"{extractor_dir}: Kimi-Audio needs 128 mel bins, preprocessor_config.json has "
-                f"{extractor.feature_size}"
-            )
-        processor = cls(tokenizer, extractor)
+        processor = cls(feature_extractor=load_feature_extractor(path), tokenizer=tokenizer)
         processor.name_or_path = os.path.abspath(path)
         return processor
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> list[str]:
-        save_directory = os.fspath(save_directory)
-        os.makedirs(save_directory, exist_ok=True)
-        files = list(self.tokenizer.save_pretrained(save_directory))
-        whisper_dir = os.path.join(save_directory, WHISPER_SUBDIR)
-        os.makedirs(whisper_dir, exist_ok=True)
-        files += list(self.feature_extractor.save_pretrained(whisper_dir))
-        marker = os.path.join(save_directory, "processor_config.json")
-        with open(marker, "w", encoding="utf-8") as f:
-            json.dump({"processor_class": type(self).__name__}, f, indent=2)
-        return files + [marker]
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(tokenizer={type(self.tokenizer).__name__}, feature_size=128, sampling_rate=16000)"
-        )
+def load_feature_extractor(model_dir: str) -> WhisperFeatureExtractor | None:
+    for directory in (os.path.join(model_dir, WHISPER_SUBDIR), model_dir):
+        if os.path.isfile(os.path.join(directory, "preprocessor_config.json")):
+            extractor = WhisperFeatureExtractor.from_pretrained(directory)
+            if extractor.feature_size != WHISPER_MEL_BINS:
+                raise ValueError(
+                    f"{directory}: Kimi-Audio needs {WHISPER_MEL_BINS} mel bins, preprocessor_config.json has "
+                    f"{extractor.feature_size}"
+                )
+            return extractor
+    return None
 
 
-def pad_ids(sequences: list[list[int]], pad_id: int, padding_side: str = "left") -> dict[str, torch.Tensor]:
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(length - len(seq), length) if padding_side == "left" else slice(0, len(seq))
-        ids[row, span] = torch.tensor(seq, dtype=torch.long)
-        mask[row, span] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+def register_auto_processor() -> None:
+    """``AutoProcessor.from_pretrained`` → ``KimiAudioProcessor`` for Kimi-Audio configs and for directories this
+    class saved (transformers' registry API; idempotent)."""
+    from transformers import AutoProcessor
+
+    from .configuration_kimi_audio import KimiAudioConfig
+
+    AutoProcessor.register(KimiAudioConfig, KimiAudioProcessor, exist_ok=True)
 
 
 def transcript_text(tokenizer, ids: list[int]) -> str:

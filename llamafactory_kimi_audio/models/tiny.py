@@ -15,13 +15,22 @@ vocabulary), only the base vocabulary is small, so every id is resolved at run t
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import regex
+import torch
+
 from ..versions import DTYPE_KWARG
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
+from .constants import SAMPLE_RATE
+from .glm4_voice import Glm4VoiceConfig, Glm4VoiceEncoder, glm4_voice_features, save_glm4_voice_tokenizer, sinusoids
 from .special_tokens import DEFAULT_INSTRUCTION, MEDIA_BEGIN, MEDIA_END, NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
+from .tokenization_kimi_audio import PAT_STR, write_tokenizer_files
 
 TINY_CORPUS = [
     *DEFAULT_INSTRUCTION.values(),
@@ -102,8 +111,6 @@ def make_tiny_checkpoint(directory: str, preset: str = "tiny", seed: int = 0) ->
     """Write a complete checkpoint (``tiny``) or only the configs of the real shapes (``full``)."""
     if preset not in GLM_VOCAB:
         raise ValueError(f"unknown preset {preset!r}; choose 'tiny' or 'full'")
-    from .tokenization_kimi_audio import train_tiny_tiktoken, write_tokenizer_files
-
     os.makedirs(directory, exist_ok=True)
     num_base = (
         write_tokenizer_files(directory, train_tiny_tiktoken(TINY_CORPUS, num_merges=192))
@@ -113,10 +120,7 @@ def make_tiny_checkpoint(directory: str, preset: str = "tiny", seed: int = 0) ->
     config = kimi_config(num_base, preset)
     if preset == "full":
         return _write_configs_only(directory, config)
-    import torch
-
     from .checkpoint_io import default_generation_config
-    from .glm4_voice import make_tiny_glm4_voice_tokenizer
     from .modeling_kimi_audio import KimiAudioForCausalLM
 
     glm_dir = os.path.join(directory, SEMANTIC_SUBDIR)
@@ -134,8 +138,6 @@ def make_tiny_checkpoint(directory: str, preset: str = "tiny", seed: int = 0) ->
 
 def _reinit_deterministically(model, seed: int) -> None:
     """Seeded, version-independent weights (transformers' own init order differs between 4.x and 5.x)."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
@@ -161,8 +163,6 @@ def _add_whisper_decoder_stub(whisper_dir: str) -> None:
 
     path = os.path.join(whisper_dir, "model.safetensors")
     tensors = load_file(path)
-    import torch
-
     tensors["model.decoder.layer_norm.weight"] = torch.ones(tensors["model.encoder.layer_norm.weight"].shape)
     save_file(dict(sorted(tensors.items())), path, metadata={"format": "pt"})
 
@@ -174,3 +174,82 @@ def _write_configs_only(directory: str, config: KimiAudioConfig) -> TinyCheckpoi
     with open(os.path.join(whisper_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config.whisper_config, f, indent=2, sort_keys=True)
     return TinyCheckpoint(os.path.abspath(directory), 0, config.vocab_size, config.num_base_tokens)
+
+
+def train_tiny_tiktoken(texts: list[str], num_merges: int = 256, pat_str: str = PAT_STR) -> dict[bytes, int]:
+    """Deterministic tiny byte-level BPE: bytes 0..255 get ranks 0..255, then up to ``num_merges`` learned tokens.
+
+    Merges are learned greedily over the pre-tokenizer pieces of ``texts`` (most frequent adjacent pair first, ties
+    broken by the merged bytes, then by the left part); ranks stay contiguous.
+    """
+    ranks = {bytes([b]): b for b in range(256)}
+    words = Counter(piece.encode("utf-8") for text in texts for piece in regex.findall(pat_str, text))
+    seqs = [[bytes([b]) for b in word] for word in words]
+    freqs = list(words.values())
+    while len(ranks) < 256 + num_merges:
+        pairs: dict[tuple[bytes, bytes], int] = {}
+        for seq, freq in zip(seqs, freqs):
+            for pair in zip(seq, seq[1:]):
+                pairs[pair] = pairs.get(pair, 0) + freq
+        if not pairs:
+            break
+        left, right = min(pairs, key=lambda p: (-pairs[p], p[0] + p[1], p[0]))
+        merged = left + right
+        ranks.setdefault(merged, len(ranks))
+        for k, seq in enumerate(seqs):
+            out, i = [], 0
+            while i < len(seq):
+                pair = i + 1 < len(seq) and seq[i] == left and seq[i + 1] == right
+                out.append(merged if pair else seq[i])
+                i += 2 if pair else 1
+            seqs[k] = out
+    return ranks
+
+
+def synthetic_audio(rng: np.random.Generator, count: int, seconds: float = 2.5) -> list[np.ndarray]:
+    """Chirps, tone pairs, harmonic stacks, noise bursts and AM noise: varied content for the tiny codebook."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    kinds = (
+        lambda f0, f1: np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))),
+        lambda f0, f1: np.sin(2 * np.pi * f0 * t) + 0.3 * np.sin(2 * np.pi * f1 * t),
+        lambda f0, f1: sum(np.sin(2 * np.pi * (f0 / 8) * h * t) / h for h in range(1, 12)),
+        lambda f0, f1: rng.standard_normal(t.size) * (rng.random(t.size // 1600 + 1).repeat(1600)[: t.size] > 0.5),
+        lambda f0, f1: rng.standard_normal(t.size) * (1 + np.sin(2 * np.pi * f1 / 500 * t)),
+    )
+    clips = [kinds[i % len(kinds)](*rng.uniform(80, 4000, size=2)) for i in range(count)]
+    return [(rng.uniform(0.05, 0.8) * x / np.abs(x).max()).astype(np.float32) for x in clips]
+
+
+def make_tiny_glm4_voice_tokenizer(directory: str | os.PathLike, seed: int = 0, vocab_size: int = 256) -> str:
+    """A deterministic tiny tokenizer of the spec §7 test config, saved in the Hub layout; returns ``directory``."""
+    cfg = Glm4VoiceConfig(d_model=64, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=256,
+                          quantize_position=2, pooling_position=2, quantize_vocab_size=vocab_size,
+                          extra={"_name_or_path": "tiny-glm-4-voice-tokenizer"})  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        module = Glm4VoiceEncoder(cfg)
+    module.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, p in module.state_dict().items():
+            if name.endswith("layer_norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.ndim == 1:  # biases, layer-norm shifts, ema_count
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+            else:  # fan-in scaled projections (codebook and positions are overwritten below)
+                # small residual branches keep codes local in time (random attention would blur a 4 s block)
+                scale = 0.1 if name.endswith(("out_proj.weight", "fc2.weight")) else 1.0
+                p.copy_(scale * torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
+        module.embed_positions.weight.copy_(0.1 * sinusoids(cfg.max_source_positions, cfg.d_model))
+        module.embed_positions2.weight.copy_(0.1 * sinusoids(module.embed_positions2.num_embeddings, cfg.d_model))
+        rng = np.random.default_rng(seed)
+        feats, mask = glm4_voice_features(synthetic_audio(rng, 12))
+        states, keep = module(feats, mask)
+        pool = states[keep]  # [N, d], N = 12 * 32
+        rows = torch.from_numpy(rng.integers(0, pool.shape[0], size=vocab_size))
+        rows[: min(vocab_size, pool.shape[0])] = torch.from_numpy(rng.permutation(pool.shape[0])[:vocab_size])
+        jitter = torch.randn(vocab_size, cfg.d_model, generator=gen) * 0.05 * pool.std(0)
+        module.codebook.weight.copy_(pool[rows] + jitter)
+        module.ema_count.fill_(1.0)
+        module.ema_weight.copy_(module.codebook.weight)
+    save_glm4_voice_tokenizer(module, directory)
+    return str(directory)

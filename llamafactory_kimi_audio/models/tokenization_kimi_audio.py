@@ -13,10 +13,8 @@ import base64
 import json
 import logging
 import os
-from collections import Counter
 from typing import Any
 
-import regex
 import tiktoken
 from transformers import AddedToken, PreTrainedTokenizer
 
@@ -71,36 +69,6 @@ def write_tiktoken_model(path: str | os.PathLike, ranks: dict[bytes, int]) -> No
     lines = [base64.b64encode(token) + b" " + str(rank).encode() + b"\n" for token, rank in ordered]
     with open(path, "wb") as f:
         f.write(b"".join(lines))
-
-
-def train_tiny_tiktoken(texts: list[str], num_merges: int = 256, pat_str: str = PAT_STR) -> dict[bytes, int]:
-    """Deterministic tiny byte-level BPE: bytes 0..255 get ranks 0..255, then up to ``num_merges`` learned tokens.
-
-    Merges are learned greedily over the pre-tokenizer pieces of ``texts`` (most frequent adjacent pair first, ties
-    broken by the merged bytes, then by the left part); ranks stay contiguous.
-    """
-    ranks = {bytes([b]): b for b in range(256)}
-    words = Counter(piece.encode("utf-8") for text in texts for piece in regex.findall(pat_str, text))
-    seqs = [[bytes([b]) for b in word] for word in words]
-    freqs = list(words.values())
-    while len(ranks) < 256 + num_merges:
-        pairs: dict[tuple[bytes, bytes], int] = {}
-        for seq, freq in zip(seqs, freqs):
-            for pair in zip(seq, seq[1:]):
-                pairs[pair] = pairs.get(pair, 0) + freq
-        if not pairs:
-            break
-        left, right = min(pairs, key=lambda p: (-pairs[p], p[0] + p[1], p[0]))
-        merged = left + right
-        ranks.setdefault(merged, len(ranks))
-        for k, seq in enumerate(seqs):
-            out, i = [], 0
-            while i < len(seq):
-                pair = i + 1 < len(seq) and seq[i] == left and seq[i + 1] == right
-                out.append(merged if pair else seq[i])
-                i += 2 if pair else 1
-            seqs[k] = out
-    return ranks
 
 
 def official_tokenizer_config(num_base_tokens: int, pat_str: str = PAT_STR) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .constants import WHISPER_MEL_BINS
+
 ENCODER_PREFIX = "model.encoder."
 
 
@@ -55,7 +57,7 @@ def save_whisper_dir(
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
         json.dump(whisper_config or {}, f, indent=2, sort_keys=True)
-    WhisperFeatureExtractor(feature_size=128).save_pretrained(directory)
+    WhisperFeatureExtractor(feature_size=WHISPER_MEL_BINS).save_pretrained(directory)
 
 
 def encode_whisper_rows(encoder: nn.Module, input_features: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
