@@ -37,6 +37,9 @@ _started: set[str] = set()  # hook names already run or being run: at most once 
 _applied: list[str] = []
 _failed: dict[str, str] = {}
 _entry_points_loaded = False
+_opted_out = False  # KIMI_AUDIO_DISABLE: no entry point, no patch; only the opt-out notice below
+NOTICE_HOOK = "kimi_audio_opt_out_notice"
+NOTICE_MODULE = "llamafactory.train.tuner"
 _finding: set[str] = set()  # module names whose real spec is being looked up (no recursion into ourselves)
 _waiting: dict[str, list[str]] = {}  # our module still importing -> trigger modules whose hooks wait for it
 
@@ -177,7 +180,7 @@ class _Finder:
     """Duck-typed meta-path finder: answers for no module itself, but wraps the loader of hooked ones."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
-        if fullname == ROOT and not _entry_points_loaded:
+        if fullname == ROOT and not _entry_points_loaded and not _opted_out:
             _load_entry_points()  # before llamafactory/__init__.py runs; raises only in strict mode
         if fullname not in _hooks or fullname in _finding:
             return None
@@ -209,10 +212,26 @@ def is_installed() -> bool:
     return any(finder is _FINDER for finder in sys.meta_path)
 
 
+def _opt_out_notice(tuner: ModuleType) -> None:
+    from .integration.patches import apply_opt_out_notice
+
+    apply_opt_out_notice(tuner)
+
+
 def install() -> None:
-    """Put the finder first on ``sys.meta_path`` unless opted out; idempotent and never raises."""
+    """Put the finder first on ``sys.meta_path``; idempotent and never raises.
+
+    Opted out (``KIMI_AUDIO_DISABLE``), the finder runs no entry point: its only hook makes a ``kimi_audio`` recipe
+    that then fails in ``llamafactory-cli train`` say that the opt-out variable is set.
+    """
+    global _opted_out
     try:
-        if _env_true(DISABLE_ENV) or is_installed():
+        if is_installed():
+            return
+        if _env_true(DISABLE_ENV):
+            _opted_out = True
+            _hooks.setdefault(NOTICE_MODULE, []).append((NOTICE_HOOK, _opt_out_notice))
+            sys.meta_path.insert(0, _FINDER)
             return
         sys.meta_path.insert(0, _FINDER)
         if ROOT in sys.modules:  # LLaMA-Factory came first (e.g. `python -c "import llamafactory, ..."`)
@@ -228,8 +247,12 @@ def activate_now() -> None:
     Hooks whose module is already imported run at once (again, if they failed before); the others run when their
     module is imported.
     """
+    global _opted_out
     if not is_installed():
         sys.meta_path.insert(0, _FINDER)
+    if _opted_out:  # the explicit opt-in wins: the notice goes, the real hooks come
+        _opted_out = False
+        _hooks[NOTICE_MODULE] = [hook for hook in _hooks.get(NOTICE_MODULE, []) if hook[0] != NOTICE_HOOK]
     _load_entry_points()
     _started.difference_update(_failed)  # failed hooks get another chance
     for module_name in list(_hooks):

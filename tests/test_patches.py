@@ -15,7 +15,13 @@ from llamafactory_kimi_audio import patching, settings
 from llamafactory_kimi_audio.errors import EnvironmentProblem
 from llamafactory_kimi_audio.integration import patches
 from llamafactory_kimi_audio.integration.hooks import ALL_HOOKS
-from llamafactory_kimi_audio.integration.patches import PATCHES, apply_patches, patch_rows, revert_all
+from llamafactory_kimi_audio.integration.patches import (
+    OPT_OUT_NOTICE,
+    PATCHES,
+    apply_patches,
+    patch_rows,
+    revert_all,
+)
 
 
 def stored(patch: patching.Patch) -> object:
@@ -34,26 +40,23 @@ def pristine():
 
 
 def test_every_row_is_applied_by_the_hooks():
-    assert [row["name"] for row in patch_rows() if not row["applied"]] == []
+    assert [row["name"] for row in patch_rows() if not row["applied"]] == ["opt_out_notice"]
     assert {hook.module for hook in ALL_HOOKS} == set(patches.triggers())
     assert {patch.trigger for patch in PATCHES} <= set(patches.triggers())
     assert len({patch.name for patch in PATCHES}) == len(PATCHES)
 
 
-def test_apply_twice_revert_gives_back_the_originals(pristine):
-    originals = {patch.name: stored(patch) for patch in PATCHES}
-    assert not any(patch.applied for patch in PATCHES)
-    for patch in PATCHES:
-        assert patch.problem() is None, patch.problem()
-        assert patch.apply() is True and patch.applied
-        replaced = stored(patch)
-        assert replaced is not originals[patch.name]
-        assert patch.apply() is False and stored(patch) is replaced  # the second apply is a no-op
-    for patch in PATCHES:
-        assert patch.revert() is True and not patch.applied
-        assert stored(patch) is originals[patch.name], patch.name
-        assert patch.revert() is False
-    assert revert_all() == []
+@pytest.mark.parametrize("patch", [*PATCHES, OPT_OUT_NOTICE], ids=lambda patch: patch.name)
+def test_apply_twice_revert_gives_back_the_original(pristine, patch):
+    original = stored(patch)
+    assert not patch.applied and patch.problem() is None, patch.problem()
+    assert patch.apply() is True and patch.applied
+    replaced = stored(patch)
+    assert replaced is not original
+    assert patch.apply() is False and stored(patch) is replaced  # the second apply is a no-op
+    assert patch.revert() is True and not patch.applied
+    assert stored(patch) is original
+    assert patch.revert() is False
 
 
 def test_revert_all_undoes_every_row(pristine):

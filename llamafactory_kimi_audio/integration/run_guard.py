@@ -17,7 +17,7 @@ from typing import Any
 from .. import settings
 from ..audio_io import AudioError
 from ..data.textio import DataError
-from ..errors import EXIT_BAD_INPUT, KimiAudioError, ModelError
+from ..errors import EXIT_BAD_INPUT, EnvironmentProblem, KimiAudioError, ModelError
 from .registration import MODEL_GROUPS, TEMPLATE_NAME
 
 ONE_LINE_ERRORS = (KimiAudioError, AudioError, DataError)
@@ -90,5 +90,29 @@ def make_run_guard(original):
                 raise
             print(f"llamafactory-cli: {line[0]}", file=sys.stderr, flush=True)
             raise SystemExit(line[1]) from None
+
+    return run_exp
+
+
+def make_opt_out_notice(original):
+    """With ``KIMI_AUDIO_DISABLE`` set, a ``kimi_audio`` recipe fails inside stock LLaMA-Factory (no template, remote
+    code): say which variable turned the integration off instead of that traceback."""
+
+    @functools.wraps(original)
+    def run_exp(args: Any = None, *more: Any, **kwargs: Any):
+        try:
+            return original(args, *more, **kwargs)
+        except Exception:
+            recipe = _recipe(args)
+            if recipe is None or recipe.get("template") != TEMPLATE_NAME or settings.enabled("KIMI_AUDIO_DEBUG"):
+                raise
+            raw, variable = settings.raw_value("KIMI_AUDIO_DISABLE")
+            print(
+                f"llamafactory-cli: this recipe uses template {TEMPLATE_NAME}, but {variable}={raw} turns the "
+                f"Kimi-Audio integration off (no template, plugin or native model); unset {variable} to train it",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(EnvironmentProblem.exit_code) from None
 
     return run_exp
