@@ -75,6 +75,18 @@ def _one_line(err: BaseException, kimi_recipe: bool) -> tuple[str, int] | None:
     return None
 
 
+def _close_progress_bars() -> None:
+    """Close open tqdm bars first: one closed at exit would redraw itself after our line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def print_one_line(message: str) -> None:
+    _close_progress_bars()
+    print(f"llamafactory-cli: {message}", file=sys.stderr, flush=True)
+
+
 def make_run_guard(original):
     @functools.wraps(original)
     def run_exp(args: Any = None, *more: Any, **kwargs: Any):
@@ -88,7 +100,7 @@ def make_run_guard(original):
             line = _one_line(err, kimi_recipe)
             if line is None or settings.enabled("KIMI_AUDIO_DEBUG"):
                 raise
-            print(f"llamafactory-cli: {line[0]}", file=sys.stderr, flush=True)
+            print_one_line(line[0])
             raise SystemExit(line[1]) from None
 
     return run_exp
@@ -107,11 +119,9 @@ def make_opt_out_notice(original):
             if recipe is None or recipe.get("template") != TEMPLATE_NAME or settings.enabled("KIMI_AUDIO_DEBUG"):
                 raise
             raw, variable = settings.raw_value("KIMI_AUDIO_DISABLE")
-            print(
-                f"llamafactory-cli: this recipe uses template {TEMPLATE_NAME}, but {variable}={raw} turns the "
-                f"Kimi-Audio integration off (no template, plugin or native model); unset {variable} to train it",
-                file=sys.stderr,
-                flush=True,
+            print_one_line(
+                f"this recipe uses template {TEMPLATE_NAME}, but {variable}={raw} turns the Kimi-Audio integration "
+                f"off (no template, plugin or native model); unset {variable} to train it"
             )
             raise SystemExit(EnvironmentProblem.exit_code) from None
 
