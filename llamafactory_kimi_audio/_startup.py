@@ -1,7 +1,7 @@
-"""Turn the LLaMA-Factory integration on in every interpreter, for the price of this one stdlib module.
+"""Turn the LLaMA-Factory integration on in every interpreter, for the price of two stdlib-only modules.
 
 ``llamafactory_kimi_audio.pth`` (``.start`` from Python 3.15 on, PEP 829) calls :func:`install` at every Python
-start-up. It only puts a finder at the front of ``sys.meta_path``; nothing else is imported. When ``llamafactory``
+start-up. It only puts a finder at the front of ``sys.meta_path``; nothing but ``settings`` is imported. When ``llamafactory``
 is first imported, *before* its ``__init__`` runs, the finder loads the hooks of the entry-point group
 ``llamafactory_extensions``: objects with a ``.module`` (an exact module name) that are called with that module
 right after it has executed, so before any other module can bind its names with ``from ... import``.
@@ -10,9 +10,9 @@ Each hook runs at most once per process. A failing hook prints one warning line 
 (``KIMI_AUDIO_STRICT=1`` re-raises instead); :func:`activate_now` retries it. A hook that needs one of this package's
 modules while that module is itself importing LLaMA-Factory (``import llamafactory_kimi_audio.integration.mm_plugin``
 first) waits for :func:`resume` at the end of that module instead of failing. ``KIMI_AUDIO_DISABLE=1`` turns all of
-it off (``settings.py``; the old ``LLAMAFACTORY_KIMI_AUDIO_*`` names still work); :func:`activate_now` turns it on
-explicitly in a process that imported LLaMA-Factory first. No ``typing``, ``logging`` or ``threading`` here
-(``TYPE_CHECKING`` by hand): every interpreter of the environment loads this file.
+it off but a notice for a failing ``kimi_audio`` recipe (``settings.py``; the old ``LLAMAFACTORY_KIMI_AUDIO_*``
+names still work); :func:`activate_now` turns it on explicitly in a process that imported LLaMA-Factory first.
+No ``typing``, ``logging`` or ``threading`` here (``TYPE_CHECKING`` by hand): every interpreter loads this file.
 """
 
 from __future__ import annotations

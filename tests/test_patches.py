@@ -108,3 +108,54 @@ def test_strict_mode_raises_an_environment_problem(pristine, monkeypatch):
         monkeypatch.undo()
         settings.reload()
     assert not row.applied
+
+
+SPEED_AND_DTYPE_CHILD = """\
+import json, logging, sys, traceback
+from transformers.utils import logging as hf_logging
+
+culprits = []
+
+
+class Record(logging.Handler):
+    def emit(self, record):
+        if "torch_dtype" in record.getMessage():  # the first frame outside transformers and logging caused it
+            frames = [f.filename for f in traceback.extract_stack()[:-1]]
+            outside = [f for f in frames if "/transformers/" not in f and "/logging/" not in f]
+            culprits.append(outside[-1])
+
+
+hf_logging.get_logger("transformers").addHandler(Record())
+logging.Logger.warning_once = logging.Logger.warning  # every access, not the first one only
+from llamafactory.hparams import FinetuningArguments, ModelArguments
+from llamafactory.model import load_model, load_tokenizer
+
+args = ModelArguments(model_name_or_path=sys.argv[1], trust_remote_code=True)
+model = load_model(load_tokenizer(args)["tokenizer"], args, FinetuningArguments(finetuning_type="lora"), True)
+config = model.get_base_model().config
+print(json.dumps({"varlen": config.use_varlen_attention, "compile": config.compile_pointwise, "culprits": culprits}))
+"""
+
+
+def test_loader_sets_the_speed_switches_without_torch_dtype_notices(tiny_checkpoint):
+    """The settings become config attributes before the model is built; neither LLaMA-Factory's read of
+    ``config.torch_dtype`` nor its ``from_pretrained(torch_dtype=...)`` reaches the user as a deprecation on 5.x."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_AUDIO_", "LLAMAFACTORY_KIMI_AUDIO_"))}
+    env.update(KIMI_AUDIO_VARLEN_ATTENTION="0", KIMI_AUDIO_COMPILE_POINTWISE="off", HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-c", SPEED_AND_DTYPE_CHILD, tiny_checkpoint.path],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["varlen"] is False and out["compile"] == "off"
+    ours_or_llamafactory = [c for c in out["culprits"] if "/llamafactory" in c and "/models/" not in c]
+    assert ours_or_llamafactory == [], out["culprits"]
