@@ -241,6 +241,8 @@ def bad_input_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tup
     if problem == "wrong_model_path":
         missing = str(workdir / "no_such_model")
         return {"model_name_or_path": missing}, 3, [missing, "no such directory", "model_name_or_path"]
+    if problem == "unknown_hub_id":  # HF_HUB_OFFLINE=1 in run_cli: the hub client cannot find it
+        return {"model_name_or_path": "moonshotai/no-such-kimi"}, 3, ["moonshotai/no-such-kimi", "model_name_or_path"]
     # a non-Kimi model with the kimi_audio template
     other = workdir / "qwen2_model"
     other.mkdir(exist_ok=True)
@@ -250,7 +252,15 @@ def bad_input_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tup
 
 @pytest.mark.parametrize(
     "problem",
-    ["broken_audio", "cutoff_cuts_audio", "placeholders", "worker_error", "wrong_model_path", "non_kimi_model"],
+    [
+        "broken_audio",
+        "cutoff_cuts_audio",
+        "placeholders",
+        "worker_error",
+        "wrong_model_path",
+        "unknown_hub_id",
+        "non_kimi_model",
+    ],
 )
 def test_bad_input_ends_with_one_line(problem, ckpt, dataset, workdir):
     """Bad data, a bad recipe or a wrong model: the documented exit code and one line naming the file, sample or

@@ -372,3 +372,21 @@ def test_our_plugin_module_imported_before_llamafactory_still_registers():
     assert out["template"] and out["plugin"] and out["failed"] == {}, result.stderr
     assert {"kimi_audio_plugin", "kimi_audio_template"} <= set(out["applied"])
     assert HOOK_PREFIX not in result.stderr
+
+
+def test_activate_retries_a_failed_hook(fake: Path):
+    result = run(
+        """\
+        import json, os
+        os.environ["FAKE_BOOM"] = "1"
+        import llamafactory.target
+        import llamafactory_kimi_audio, llamafactory_kimi_audio._startup as s
+
+        failed = s.failed_hooks()
+        del os.environ["FAKE_BOOM"]
+        llamafactory_kimi_audio.activate()
+        print(json.dumps([list(failed), s.failed_hooks(), s.applied_hooks()]))
+        """,
+        path=fake,
+    )
+    assert last_json(result) == [["fake_boom"], {}, ["fake_root", "fake_mark", "fake_boom"]]

@@ -21,7 +21,8 @@ from ..errors import EXIT_BAD_INPUT, EnvironmentProblem, KimiAudioError, ModelEr
 from .registration import MODEL_GROUPS, TEMPLATE_NAME
 
 ONE_LINE_ERRORS = (KimiAudioError, AudioError, DataError)
-_HUB_HINT = "not a valid model identifier"
+_HUB_HINTS = ("huggingface.co", "not a valid model identifier", "Repository Not Found")
+_FIX_MODEL = "set model_name_or_path to a Kimi-Audio checkpoint (moonshotai/Kimi-Audio-7B-Instruct or a local copy)"
 
 
 def unwrap_worker_message(message: str) -> str:
@@ -54,7 +55,7 @@ def check_kimi_recipe(recipe: dict[str, Any]) -> None:
     path = str(recipe.get("model_name_or_path") or "")
     if not path or path in MODEL_GROUPS.values():
         return
-    fix = "set model_name_or_path to a Kimi-Audio checkpoint (moonshotai/Kimi-Audio-7B-Instruct or a local copy)"
+    fix = _FIX_MODEL
     if os.path.isdir(path):
         if not is_kimi_audio_checkpoint(path):
             model_type = (read_config_json(path) or {}).get("model_type", "no config.json")
@@ -66,13 +67,25 @@ def check_kimi_recipe(recipe: dict[str, Any]) -> None:
         raise ModelError(f"model_name_or_path {path}: no such directory; {fix}")
 
 
-def _one_line(err: BaseException, kimi_recipe: bool) -> tuple[str, int] | None:
+def _one_line(err: BaseException, recipe: dict[str, Any] | None) -> tuple[str, int] | None:
+    """(message, exit code) for the errors that end a run with one line; None keeps the traceback (a bug)."""
     if isinstance(err, ONE_LINE_ERRORS):
         return unwrap_worker_message(str(err)), getattr(err, "exit_code", EXIT_BAD_INPUT)
-    if kimi_recipe and isinstance(err, OSError) and _HUB_HINT in str(err):
-        first = " ".join(str(err).split(". ")[0].split())
-        return f"{first}; set model_name_or_path to a Kimi-Audio checkpoint", ModelError.exit_code
+    hub_error = next((e for e in _chain(err) if any(hint in str(e) for hint in _HUB_HINTS)), None)
+    if recipe is not None and isinstance(err, OSError) and hub_error is not None:
+        first = " ".join(str(hub_error).strip().splitlines()[0].split())  # the hub client's first sentence
+        path = recipe.get("model_name_or_path")
+        return f"model_name_or_path {path}: {first}; {_FIX_MODEL}", ModelError.exit_code
     return None
+
+
+def _chain(err: BaseException | None):
+    """``err`` and its causes (LLaMA-Factory re-raises hub errors as ``OSError("Failed to load tokenizer.")``)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
 
 
 def _close_progress_bars() -> None:
@@ -97,7 +110,7 @@ def make_run_guard(original):
                 check_kimi_recipe(recipe)
             return original(args, *more, **kwargs)
         except Exception as err:
-            line = _one_line(err, kimi_recipe)
+            line = _one_line(err, recipe if kimi_recipe else None)
             if line is None or settings.enabled("KIMI_AUDIO_DEBUG"):
                 raise
             print_one_line(line[0])
