@@ -214,8 +214,8 @@ def _warn_incompatible(patches: list[Patch], skipped: dict[str, str]) -> None:
     _warned.update(versions)
     parts = versions + [f"skipped patch {name}: {problem}" for name, problem in skipped.items()]
     message = (
-        f"{'; '.join(parts)}. Kimi-Audio runs may fail; install the supported versions "
-        f"(pip install 'llamafactory-kimi-audio'), or set {OPT_OUT}=1 to run LLaMA-Factory without this integration"
+        f"{'; '.join(parts)}. Kimi-Audio runs may fail: install a supported version, or set {OPT_OUT}=1 to run "
+        "LLaMA-Factory without this integration"
     )
     if settings.enabled("KIMI_AUDIO_STRICT"):
         raise EnvironmentProblem(message)
@@ -238,6 +238,7 @@ def patch_rows() -> list[dict[str, Any]]:
             "supported": SUPPORTED_VERSIONS[patch.distribution],
             "installed": installed_version(patch.distribution),
             "applied": patch.applied,
+            "opt_out_only": patch is OPT_OUT_NOTICE,  # applied instead of the others when KIMI_AUDIO_DISABLE is set
             "why": patch.why,
         }
         for patch in (*PATCHES, OPT_OUT_NOTICE)

@@ -55,16 +55,15 @@ def check_kimi_recipe(recipe: dict[str, Any]) -> None:
     path = str(recipe.get("model_name_or_path") or "")
     if not path or path in MODEL_GROUPS.values():
         return
-    fix = _FIX_MODEL
     if os.path.isdir(path):
         if not is_kimi_audio_checkpoint(path):
             model_type = (read_config_json(path) or {}).get("model_type", "no config.json")
             raise ModelError(
                 f"template {TEMPLATE_NAME} needs a Kimi-Audio checkpoint, but model_name_or_path {path} is not one "
-                f"(model_type: {model_type}); {fix}, or use this model's own template"
+                f"(model_type: {model_type}); {_FIX_MODEL}, or use this model's own template"
             )
     elif _looks_local(path):
-        raise ModelError(f"model_name_or_path {path}: no such directory; {fix}")
+        raise ModelError(f"model_name_or_path {path}: no such directory; {_FIX_MODEL}")
 
 
 def _one_line(err: BaseException, recipe: dict[str, Any] | None) -> tuple[str, int] | None:
