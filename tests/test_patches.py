@@ -159,3 +159,14 @@ def test_loader_sets_the_speed_switches_without_torch_dtype_notices(tiny_checkpo
     assert out["varlen"] is False and out["compile"] == "off"
     ours_or_llamafactory = [c for c in out["culprits"] if "/llamafactory" in c and "/models/" not in c]
     assert ours_or_llamafactory == [], out["culprits"]
+
+
+def test_readme_lists_every_row():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| patch | applied when this is imported |") :].split("\n\n")[0]
+    for patch in PATCHES:
+        family = patch.name.split(".")[0]
+        assert f"`{patch.name}`" in table or f"`{family}.*`" in table or f"`{family}`" in table, patch.name
+        assert f"`{patch.trigger}`" in table, patch.trigger
