@@ -1,7 +1,7 @@
-"""Turn the LLaMA-Factory integration on in every interpreter, for the price of this one stdlib module.
+"""Turn the LLaMA-Factory integration on in every interpreter, for the price of two stdlib-only modules.
 
 ``llamafactory_kimi_audio.pth`` (``.start`` from Python 3.15 on, PEP 829) calls :func:`install` at every Python
-start-up. It only puts a finder at the front of ``sys.meta_path``; nothing else is imported. When ``llamafactory``
+start-up. It only puts a finder at the front of ``sys.meta_path``; nothing but ``settings`` is imported. When ``llamafactory``
 is first imported, *before* its ``__init__`` runs, the finder loads the hooks of the entry-point group
 ``llamafactory_extensions``: objects with a ``.module`` (an exact module name) that are called with that module
 right after it has executed, so before any other module can bind its names with ``from ... import``.
@@ -10,9 +10,9 @@ Each hook runs at most once per process. A failing hook prints one warning line 
 (``KIMI_AUDIO_STRICT=1`` re-raises instead); :func:`activate_now` retries it. A hook that needs one of this package's
 modules while that module is itself importing LLaMA-Factory (``import llamafactory_kimi_audio.integration.mm_plugin``
 first) waits for :func:`resume` at the end of that module instead of failing. ``KIMI_AUDIO_DISABLE=1`` turns all of
-it off (``settings.py``; the old ``LLAMAFACTORY_KIMI_AUDIO_*`` names still work); :func:`activate_now` turns it on
-explicitly in a process that imported LLaMA-Factory first. No ``typing``, ``logging`` or ``threading`` here
-(``TYPE_CHECKING`` by hand): every interpreter of the environment loads this file.
+it off but a notice for a failing ``kimi_audio`` recipe (``settings.py``; the old ``LLAMAFACTORY_KIMI_AUDIO_*``
+names still work); :func:`activate_now` turns it on explicitly in a process that imported LLaMA-Factory first.
+No ``typing``, ``logging`` or ``threading`` here (``TYPE_CHECKING`` by hand): every interpreter loads this file.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ _started: set[str] = set()  # hook names already run or being run: at most once 
 _applied: list[str] = []
 _failed: dict[str, str] = {}
 _entry_points_loaded = False
+_opted_out = False  # KIMI_AUDIO_DISABLE: no entry point, no patch; only the opt-out notice below
+NOTICE_HOOK = "kimi_audio_opt_out_notice"
+NOTICE_MODULE = "llamafactory.train.tuner"
 _finding: set[str] = set()  # module names whose real spec is being looked up (no recursion into ourselves)
 _waiting: dict[str, list[str]] = {}  # our module still importing -> trigger modules whose hooks wait for it
 
@@ -177,7 +180,7 @@ class _Finder:
     """Duck-typed meta-path finder: answers for no module itself, but wraps the loader of hooked ones."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
-        if fullname == ROOT and not _entry_points_loaded:
+        if fullname == ROOT and not _entry_points_loaded and not _opted_out:
             _load_entry_points()  # before llamafactory/__init__.py runs; raises only in strict mode
         if fullname not in _hooks or fullname in _finding:
             return None
@@ -209,10 +212,26 @@ def is_installed() -> bool:
     return any(finder is _FINDER for finder in sys.meta_path)
 
 
+def _opt_out_notice(tuner: ModuleType) -> None:
+    from .integration.patches import apply_opt_out_notice
+
+    apply_opt_out_notice(tuner)
+
+
 def install() -> None:
-    """Put the finder first on ``sys.meta_path`` unless opted out; idempotent and never raises."""
+    """Put the finder first on ``sys.meta_path``; idempotent and never raises.
+
+    Opted out (``KIMI_AUDIO_DISABLE``), the finder runs no entry point: its only hook makes a ``kimi_audio`` recipe
+    that then fails in ``llamafactory-cli train`` say that the opt-out variable is set.
+    """
+    global _opted_out
     try:
-        if _env_true(DISABLE_ENV) or is_installed():
+        if is_installed():
+            return
+        if _env_true(DISABLE_ENV):
+            _opted_out = True
+            _hooks.setdefault(NOTICE_MODULE, []).append((NOTICE_HOOK, _opt_out_notice))
+            sys.meta_path.insert(0, _FINDER)
             return
         sys.meta_path.insert(0, _FINDER)
         if ROOT in sys.modules:  # LLaMA-Factory came first (e.g. `python -c "import llamafactory, ..."`)
@@ -228,8 +247,12 @@ def activate_now() -> None:
     Hooks whose module is already imported run at once (again, if they failed before); the others run when their
     module is imported.
     """
+    global _opted_out
     if not is_installed():
         sys.meta_path.insert(0, _FINDER)
+    if _opted_out:  # the explicit opt-in wins: the notice goes, the real hooks come
+        _opted_out = False
+        _hooks[NOTICE_MODULE] = [hook for hook in _hooks.get(NOTICE_MODULE, []) if hook[0] != NOTICE_HOOK]
     _load_entry_points()
     _started.difference_update(_failed)  # failed hooks get another chance
     for module_name in list(_hooks):

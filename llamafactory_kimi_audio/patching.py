@@ -4,8 +4,9 @@ check.
 Every monkeypatch of this package is one ``Patch`` row of the table in ``integration/patches.py``: LLaMA-Factory,
 transformers' Auto classes and PEFT's LoRA layer alike. A row names the module whose import triggers it, the
 distribution that owns the patched attribute and, for wrappers that pass arguments by position, the parameters the
-original must have. :func:`Patch.problem` checks both before anything is replaced, so a new LLaMA-Factory / PEFT /
-transformers release gives one warning at start-up instead of a ``TypeError`` in the middle of a run.
+original must have. :func:`version_problem` and :meth:`Patch.problem` check both before anything is replaced
+(``integration/patches.py: apply_patches``), so a new LLaMA-Factory / PEFT / transformers release gives one warning
+at start-up instead of a ``TypeError`` in the middle of a run.
 """
 
 from __future__ import annotations

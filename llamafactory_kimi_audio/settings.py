@@ -58,7 +58,8 @@ SETTINGS: tuple[Setting, ...] = (
         "KIMI_AUDIO_DISABLE",
         False,
         "switch",
-        "Turn the whole LLaMA-Factory integration off in every process (the start-up hook does nothing).",
+        "Turn the LLaMA-Factory integration off in every process: no registration, no patch (a kimi_audio recipe "
+        "that then fails says that this variable is set).",
         aliases=("LLAMAFACTORY_KIMI_AUDIO_DISABLE",),
     ),
     Setting(

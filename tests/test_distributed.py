@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from llamafactory_kimi_audio import DISABLE_ENV
-
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TIMEOUT = 240
+TIMEOUT = 900  # generous: a loaded 2-core machine is several times slower than an idle one
 RANK_PROBE = """
 import json, os, sys
 import llamafactory.data.template as template
@@ -49,7 +47,7 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in (DISABLE_ENV, "LLAMAFACTORY_KIMI_AUDIO_STRICT")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_AUDIO_", "LLAMAFACTORY_KIMI_AUDIO_"))}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.update(
         HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
@@ -119,7 +117,7 @@ def test_lora_ddp_gloo_through_the_stock_launcher(dataset, tiny_checkpoint, tmp_
         "report_to": "none",
         "use_cpu": True,
         "ddp_backend": "gloo",
-        "ddp_timeout": 120,
+        "ddp_timeout": 600,
     }
     config_path = tmp_path / "lora_ddp.yaml"
     config_path.write_text(json.dumps(config))

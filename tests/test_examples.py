@@ -53,6 +53,23 @@ def test_training_recipes_parse(name, tiny_checkpoint, tmp_path) -> None:
         assert finetuning_args.lora_target == ["all"]
     if data_args.packing:  # packed rows must keep utterances apart (block-diagonal mask)
         assert data_args.neat_packing
+    if training_args.do_train:  # an integer number of steps: warmup_ratio is deprecated on transformers 5
+        assert isinstance(training_args.warmup_steps, int) and training_args.warmup_steps > 0
+        assert not getattr(training_args, "warmup_ratio", None)
+
+
+def test_no_recipe_uses_deprecated_keys() -> None:
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        args = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert not {"warmup_ratio", "torch_dtype"} & set(args), path.name
+
+
+def test_tiny_demo_header_names_the_directories_it_uses() -> None:
+    text = (EXAMPLES / "tiny_demo.yaml").read_text(encoding="utf-8")
+    args = yaml.safe_load(text)
+    header = "".join(line for line in text.splitlines() if line.startswith("#"))
+    assert f"make-tiny {args['model_name_or_path']}`" in header
+    assert args["dataset_dir"].startswith("demo_out/") and "demo_out/" in header
 
 
 def test_merge_recipe_parses(tiny_checkpoint, tmp_path) -> None:

@@ -15,7 +15,13 @@ from llamafactory_kimi_audio import patching, settings
 from llamafactory_kimi_audio.errors import EnvironmentProblem
 from llamafactory_kimi_audio.integration import patches
 from llamafactory_kimi_audio.integration.hooks import ALL_HOOKS
-from llamafactory_kimi_audio.integration.patches import PATCHES, apply_patches, patch_rows, revert_all
+from llamafactory_kimi_audio.integration.patches import (
+    OPT_OUT_NOTICE,
+    PATCHES,
+    apply_patches,
+    patch_rows,
+    revert_all,
+)
 
 
 def stored(patch: patching.Patch) -> object:
@@ -34,26 +40,23 @@ def pristine():
 
 
 def test_every_row_is_applied_by_the_hooks():
-    assert [row["name"] for row in patch_rows() if not row["applied"]] == []
+    assert [row["name"] for row in patch_rows() if not row["applied"]] == ["opt_out_notice"]
     assert {hook.module for hook in ALL_HOOKS} == set(patches.triggers())
     assert {patch.trigger for patch in PATCHES} <= set(patches.triggers())
     assert len({patch.name for patch in PATCHES}) == len(PATCHES)
 
 
-def test_apply_twice_revert_gives_back_the_originals(pristine):
-    originals = {patch.name: stored(patch) for patch in PATCHES}
-    assert not any(patch.applied for patch in PATCHES)
-    for patch in PATCHES:
-        assert patch.problem() is None, patch.problem()
-        assert patch.apply() is True and patch.applied
-        replaced = stored(patch)
-        assert replaced is not originals[patch.name]
-        assert patch.apply() is False and stored(patch) is replaced  # the second apply is a no-op
-    for patch in PATCHES:
-        assert patch.revert() is True and not patch.applied
-        assert stored(patch) is originals[patch.name], patch.name
-        assert patch.revert() is False
-    assert revert_all() == []
+@pytest.mark.parametrize("patch", [*PATCHES, OPT_OUT_NOTICE], ids=lambda patch: patch.name)
+def test_apply_twice_revert_gives_back_the_original(pristine, patch):
+    original = stored(patch)
+    assert not patch.applied and patch.problem() is None, patch.problem()
+    assert patch.apply() is True and patch.applied
+    replaced = stored(patch)
+    assert replaced is not original
+    assert patch.apply() is False and stored(patch) is replaced  # the second apply is a no-op
+    assert patch.revert() is True and not patch.applied
+    assert stored(patch) is original
+    assert patch.revert() is False
 
 
 def test_revert_all_undoes_every_row(pristine):
@@ -105,3 +108,65 @@ def test_strict_mode_raises_an_environment_problem(pristine, monkeypatch):
         monkeypatch.undo()
         settings.reload()
     assert not row.applied
+
+
+SPEED_AND_DTYPE_CHILD = """\
+import json, logging, sys, traceback
+from transformers.utils import logging as hf_logging
+
+culprits = []
+
+
+class Record(logging.Handler):
+    def emit(self, record):
+        if "torch_dtype" in record.getMessage():  # the first frame outside transformers and logging caused it
+            frames = [f.filename for f in traceback.extract_stack()[:-1]]
+            outside = [f for f in frames if "/transformers/" not in f and "/logging/" not in f]
+            culprits.append(outside[-1])
+
+
+hf_logging.get_logger("transformers").addHandler(Record())
+logging.Logger.warning_once = logging.Logger.warning  # every access, not the first one only
+from llamafactory.hparams import FinetuningArguments, ModelArguments
+from llamafactory.model import load_model, load_tokenizer
+
+args = ModelArguments(model_name_or_path=sys.argv[1], trust_remote_code=True)
+model = load_model(load_tokenizer(args)["tokenizer"], args, FinetuningArguments(finetuning_type="lora"), True)
+config = model.get_base_model().config
+print(json.dumps({"varlen": config.use_varlen_attention, "compile": config.compile_pointwise, "culprits": culprits}))
+"""
+
+
+def test_loader_sets_the_speed_switches_without_torch_dtype_notices(tiny_checkpoint):
+    """The settings become config attributes before the model is built; neither LLaMA-Factory's read of
+    ``config.torch_dtype`` nor its ``from_pretrained(torch_dtype=...)`` reaches the user as a deprecation on 5.x."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_AUDIO_", "LLAMAFACTORY_KIMI_AUDIO_"))}
+    env.update(KIMI_AUDIO_VARLEN_ATTENTION="0", KIMI_AUDIO_COMPILE_POINTWISE="off", HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-c", SPEED_AND_DTYPE_CHILD, tiny_checkpoint.path],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["varlen"] is False and out["compile"] == "off"
+    ours_or_llamafactory = [c for c in out["culprits"] if "/llamafactory" in c and "/models/" not in c]
+    assert ours_or_llamafactory == [], out["culprits"]
+
+
+def test_readme_lists_every_row():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| patch | applied when this is imported |") :].split("\n\n")[0]
+    for patch in PATCHES:
+        family = patch.name.split(".")[0]
+        assert f"`{patch.name}`" in table or f"`{family}.*`" in table or f"`{family}`" in table, patch.name
+        assert f"`{patch.trigger}`" in table, patch.trigger

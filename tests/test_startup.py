@@ -106,16 +106,21 @@ def test_startup_files_installed_in_site_packages():
 def test_interpreter_start_adds_only_the_finder():
     code = """\
         import json, sys
-        print(json.dumps({"modules": sorted(sys.modules), "first_finder": repr(sys.meta_path[0])}))
+        import llamafactory_kimi_audio._startup as s
+        print(json.dumps({"modules": sorted(sys.modules), "first_finder": repr(sys.meta_path[0]),
+                          "hooks": s.registered_hooks()}))
         """
-    off, on = last_json(run(code, env={DISABLE_ENV: "TRUE"})), last_json(run(code))
+    bare = run("import json, sys; print(json.dumps(sorted(sys.modules)))", flags=("-S",))
+    on, off = last_json(run(code)), last_json(run(code, env={DISABLE_ENV: "TRUE"}))
     # `from __future__ import annotations` (in these modules) imports the tiny stdlib module __future__; the .pth
-    # blocks SIGINT with the builtin _signal while the package imports (see test_pth_survives_base_exceptions).
-    added = set(on["modules"]) - set(off["modules"])
-    assert added - {"_signal"} == {"__future__", PACKAGE, f"{PACKAGE}._startup", f"{PACKAGE}.settings"}
-    assert set(off["modules"]) <= set(on["modules"])
-    assert on["first_finder"] == f"<{PACKAGE}._startup._Finder>"
-    assert PACKAGE not in off["first_finder"]
+    # blocks SIGINT with the builtin _signal while the package imports (see test_pth_delivers_a_real_ctrl_c...).
+    ours = {"__future__", "_signal", PACKAGE, f"{PACKAGE}._startup", f"{PACKAGE}.settings"}
+    assert not {m for m in on["modules"] if "kimi" in m or m == "llamafactory"} - ours
+    assert set(on["modules"]) == set(off["modules"])
+    assert {m for m in set(on["modules"]) - set(last_json(bare)) if "kimi" in m} == ours - {"__future__", "_signal"}
+    assert on["first_finder"] == off["first_finder"] == f"<{PACKAGE}._startup._Finder>"
+    assert on["hooks"] == {}  # entry points are read when llamafactory is first imported
+    assert off["hooks"] == {"kimi_audio_opt_out_notice": "llamafactory.train.tuner"}  # opted out: the notice only
 
 
 def test_pth_of_a_half_uninstalled_package_is_silent(tmp_path: Path):
@@ -165,11 +170,17 @@ def test_pth_delivers_a_real_ctrl_c_after_the_import(tmp_path: Path):
 
 
 @pytest.mark.parametrize("name", ["KIMI_AUDIO_DISABLE", "LLAMAFACTORY_KIMI_AUDIO_DISABLE"])
-def test_pth_honours_both_opt_out_names(name: str):
-    out = last_json(
-        run("import json, sys; print(json.dumps([m for m in sys.modules if 'kimi' in m]))", env={name: "1"})
-    )
-    assert out == []
+def test_both_opt_out_names_turn_the_hooks_off(fake: Path, name: str):
+    code = """\
+        import json
+        import llamafactory.target as target
+        import llamafactory_kimi_audio._startup as s
+        print(json.dumps([hasattr(target, "HOOKED"), s.registered_hooks(), s.applied_hooks()]))
+        """
+    result = run(code, env={name: "1"}, path=fake)
+    assert last_json(result) == [False, {"kimi_audio_opt_out_notice": "llamafactory.train.tuner"}, []]
+    deprecated = f"llamafactory-kimi-audio: {name} is deprecated; set KIMI_AUDIO_DISABLE instead\n"
+    assert result.stderr == ("" if name == "KIMI_AUDIO_DISABLE" else deprecated)
 
 
 def test_hooks_run_after_their_module_and_failures_warn_once(fake: Path):
@@ -241,7 +252,7 @@ def test_opt_out_then_activate_now(fake: Path):
             import json, sys
             import llamafactory.target as target
 
-            before = {"hooked": hasattr(target, "HOOKED"), "ours": [m for m in sys.modules if "kimi" in m]}
+            before = {"hooked": hasattr(target, "HOOKED"), "fakehooks": "fakehooks" in sys.modules}
             import llamafactory_kimi_audio
             import llamafactory_kimi_audio._startup as s
 
@@ -255,7 +266,7 @@ def test_opt_out_then_activate_now(fake: Path):
             path=fake,
         )
     )
-    assert out["before"] == {"hooked": False, "ours": []}
+    assert out["before"] == {"hooked": False, "fakehooks": False}  # opted out: no entry point was even loaded
     assert out["target"] == out["later"] == ["SourceFileLoader"]
     assert out["applied"] == ["fake_boom", "fake_mark", "fake_root", "fake_later"]
 
@@ -361,3 +372,21 @@ def test_our_plugin_module_imported_before_llamafactory_still_registers():
     assert out["template"] and out["plugin"] and out["failed"] == {}, result.stderr
     assert {"kimi_audio_plugin", "kimi_audio_template"} <= set(out["applied"])
     assert HOOK_PREFIX not in result.stderr
+
+
+def test_activate_retries_a_failed_hook(fake: Path):
+    result = run(
+        """\
+        import json, os
+        os.environ["FAKE_BOOM"] = "1"
+        import llamafactory.target
+        import llamafactory_kimi_audio, llamafactory_kimi_audio._startup as s
+
+        failed = s.failed_hooks()
+        del os.environ["FAKE_BOOM"]
+        llamafactory_kimi_audio.activate()
+        print(json.dumps([list(failed), s.failed_hooks(), s.applied_hooks()]))
+        """,
+        path=fake,
+    )
+    assert last_json(result) == [["fake_boom"], {}, ["fake_root", "fake_mark", "fake_boom"]]

@@ -32,7 +32,7 @@ from llamafactory.model.model_utils.misc import find_all_linear_modules
 from llamafactory.model.model_utils.visual import COMPOSITE_MODELS, patch_target_modules
 
 from llamafactory_kimi_audio import DISABLE_ENV, settings
-from llamafactory_kimi_audio.errors import InputError
+from llamafactory_kimi_audio.errors import InputError, ModelError
 from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
 from llamafactory_kimi_audio.integration.template import INSTRUCTION_ENV, KimiAudioTemplate
 
@@ -344,6 +344,14 @@ def test_placeholder_audio_mismatch_names_the_sample(plugin, processor, wav_a, w
     assert f"{placeholders} <audio>" in text and f"{n_audios} audio" in text
     for path in audios:
         assert path in text
+
+
+def test_kimi_template_without_a_kimi_processor_says_so(plugin):
+    """A non-Kimi model under template kimi_audio has no Kimi-Audio processor: say that, not LLaMA-Factory's
+    "Audio feature extractor was not found"."""
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    with pytest.raises(ModelError, match="template kimi_audio needs a Kimi-Audio checkpoint"):
+        plugin.process_messages(messages, [], [], [], None)
 
 
 # ----------------------------------------------------------------------------------------------------- collator

@@ -68,6 +68,20 @@ def native_config(pretrained: Any, **kwargs: Any) -> Any:
     return loaded
 
 
+def transformers_major() -> int:
+    from ..patching import installed_version
+
+    return int((installed_version("transformers") or "0").split(".")[0])
+
+
+def modern_dtype_keyword(kwargs: dict[str, Any]) -> None:
+    """transformers 5 renamed ``from_pretrained(torch_dtype=...)`` to ``dtype`` and warns on the old name, which
+    LLaMA-Factory 0.9.5 still passes (``torch_dtype="auto"``); 4.55 knows only the old name."""
+    if "torch_dtype" in kwargs and transformers_major() >= 5:
+        value = kwargs.pop("torch_dtype")
+        kwargs.setdefault("dtype", value)
+
+
 def _kimi_source(auto_name: str, pretrained: Any, kwargs: dict[str, Any]) -> bool:
     config = kwargs.get("config") if auto_name.startswith("AutoModel") else None
     return is_kimi_audio_checkpoint(config) or is_kimi_audio_checkpoint(pretrained)
@@ -90,6 +104,8 @@ def route_to_native(auto_name: str):
                     kwargs["config"] = native_config(pretrained_model_name_or_path)
             if auto_name in ("AutoTokenizer", "AutoProcessor"):
                 kwargs.pop("use_fast", None)
+            if auto_name.startswith("AutoModel"):
+                modern_dtype_keyword(kwargs)
             return native_class(auto_name).from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
         return from_pretrained

@@ -18,7 +18,7 @@ from llamafactory.extras.constants import AUDIO_PLACEHOLDER
 
 from .._startup import resume
 from ..audio_io import AudioError, load_audio, probe, resampled_length
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ..models.layout import audio_marker
 from ..models.processing_kimi_audio import num_audio_tokens
 
@@ -43,6 +43,15 @@ class KimiAudioPlugin(BasePlugin):
                 content = content.replace(AUDIO_PLACEHOLDER, audio_marker(next(counts)), 1)
             expanded.append({**message, "content": content})
         return expanded
+
+    def _validate_input(self, processor: Any, images: list[Any], videos: list[Any], audios: list[Any]) -> None:
+        extractor = getattr(processor, "feature_extractor", None) or getattr(processor, "audio_processor", None)
+        if extractor is None:
+            raise ModelError(  # LLaMA-Factory would say "Audio feature extractor was not found"
+                "template kimi_audio needs a Kimi-Audio checkpoint, but the loaded model has no Kimi-Audio processor; "
+                "set model_name_or_path to a Kimi-Audio checkpoint, or use this model's own template"
+            )
+        super()._validate_input(processor, images, videos, audios)
 
     def _check_audio_count(self, messages: list[dict[str, str]], audios: list[Any]) -> None:
         found = sum(message["content"].count(AUDIO_PLACEHOLDER) for message in messages)

@@ -23,7 +23,7 @@ from ..patching import SUPPORTED_VERSIONS, Patch, installed_version, version_pro
 from . import registration as reg
 from . import wrappers as w
 from .auto_classes import AUTO_CLASSES, route_to_native
-from .run_guard import make_run_guard
+from .run_guard import make_opt_out_notice, make_run_guard
 
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
 SFT_WORKFLOW = "llamafactory.train.sft.workflow"  # run_sft: imports the trainer, the data processors, the metrics
@@ -163,6 +163,17 @@ TUNER_PATCHES = [
 
 PATCHES: tuple[Patch, ...] = (*AUTO_PATCHES, *LOADER_PATCHES, *SFT_PATCHES, *TUNER_PATCHES)
 
+# Applied instead of everything above when KIMI_AUDIO_DISABLE is set (_startup.install's only hook then).
+OPT_OUT_NOTICE = Patch(
+    name="opt_out_notice",
+    trigger=TUNER,
+    owner=TUNER,
+    attribute="run_exp",
+    make_replacement=make_opt_out_notice,
+    parameters=("args",),
+    why=f"only with {OPT_OUT}=1: a kimi_audio recipe that then fails says which variable turned the integration off",
+)
+
 REGISTRATIONS: dict[str, tuple[Callable[[ModuleType], None], ...]] = {
     "llamafactory.extras.constants": (reg.register_model_groups,),
     "llamafactory.data.mm_plugin": (reg.register_plugin,),
@@ -203,13 +214,17 @@ def _warn_incompatible(patches: list[Patch], skipped: dict[str, str]) -> None:
     _warned.update(versions)
     parts = versions + [f"skipped patch {name}: {problem}" for name, problem in skipped.items()]
     message = (
-        f"{'; '.join(parts)}. Kimi-Audio runs may fail; install the supported versions "
-        f"(pip install 'llamafactory-kimi-audio'), or set {OPT_OUT}=1 to run LLaMA-Factory without this integration"
+        f"{'; '.join(parts)}. Kimi-Audio runs may fail: install a supported version, or set {OPT_OUT}=1 to run "
+        "LLaMA-Factory without this integration"
     )
     if settings.enabled("KIMI_AUDIO_STRICT"):
         raise EnvironmentProblem(message)
     if os.environ.get("RANK", "0") in ("", "0"):
         sys.stderr.write(f"llamafactory-kimi-audio: {message}\n")
+
+
+def apply_opt_out_notice(tuner: ModuleType) -> list[str]:
+    return apply_patches([OPT_OUT_NOTICE])
 
 
 def patch_rows() -> list[dict[str, Any]]:
@@ -223,9 +238,10 @@ def patch_rows() -> list[dict[str, Any]]:
             "supported": SUPPORTED_VERSIONS[patch.distribution],
             "installed": installed_version(patch.distribution),
             "applied": patch.applied,
+            "opt_out_only": patch is OPT_OUT_NOTICE,  # applied instead of the others when KIMI_AUDIO_DISABLE is set
             "why": patch.why,
         }
-        for patch in PATCHES
+        for patch in (*PATCHES, OPT_OUT_NOTICE)
     ]
 
 
@@ -235,4 +251,4 @@ def all_patches() -> list[Patch]:
 
 def revert_all() -> list[str]:
     """Undo every applied row (tests; a process that wants stock LLaMA-Factory back). Returns the reverted names."""
-    return [patch.name for patch in reversed(PATCHES) if patch.revert()]
+    return [patch.name for patch in reversed((*PATCHES, OPT_OUT_NOTICE)) if patch.revert()]

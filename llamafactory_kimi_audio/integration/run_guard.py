@@ -17,11 +17,12 @@ from typing import Any
 from .. import settings
 from ..audio_io import AudioError
 from ..data.textio import DataError
-from ..errors import EXIT_BAD_INPUT, KimiAudioError, ModelError
+from ..errors import EXIT_BAD_INPUT, EnvironmentProblem, KimiAudioError, ModelError
 from .registration import MODEL_GROUPS, TEMPLATE_NAME
 
 ONE_LINE_ERRORS = (KimiAudioError, AudioError, DataError)
-_HUB_HINT = "not a valid model identifier"
+_HUB_HINTS = ("huggingface.co", "not a valid model identifier", "Repository Not Found")
+_FIX_MODEL = "set model_name_or_path to a Kimi-Audio checkpoint (moonshotai/Kimi-Audio-7B-Instruct or a local copy)"
 
 
 def unwrap_worker_message(message: str) -> str:
@@ -54,25 +55,48 @@ def check_kimi_recipe(recipe: dict[str, Any]) -> None:
     path = str(recipe.get("model_name_or_path") or "")
     if not path or path in MODEL_GROUPS.values():
         return
-    fix = "set model_name_or_path to a Kimi-Audio checkpoint (moonshotai/Kimi-Audio-7B-Instruct or a local copy)"
     if os.path.isdir(path):
         if not is_kimi_audio_checkpoint(path):
             model_type = (read_config_json(path) or {}).get("model_type", "no config.json")
             raise ModelError(
                 f"template {TEMPLATE_NAME} needs a Kimi-Audio checkpoint, but model_name_or_path {path} is not one "
-                f"(model_type: {model_type}); {fix}, or use this model's own template"
+                f"(model_type: {model_type}); {_FIX_MODEL}, or use this model's own template"
             )
     elif _looks_local(path):
-        raise ModelError(f"model_name_or_path {path}: no such directory; {fix}")
+        raise ModelError(f"model_name_or_path {path}: no such directory; {_FIX_MODEL}")
 
 
-def _one_line(err: BaseException, kimi_recipe: bool) -> tuple[str, int] | None:
+def _one_line(err: BaseException, recipe: dict[str, Any] | None) -> tuple[str, int] | None:
+    """(message, exit code) for the errors that end a run with one line; None keeps the traceback (a bug)."""
     if isinstance(err, ONE_LINE_ERRORS):
         return unwrap_worker_message(str(err)), getattr(err, "exit_code", EXIT_BAD_INPUT)
-    if kimi_recipe and isinstance(err, OSError) and _HUB_HINT in str(err):
-        first = " ".join(str(err).split(". ")[0].split())
-        return f"{first}; set model_name_or_path to a Kimi-Audio checkpoint", ModelError.exit_code
+    hub_error = next((e for e in _chain(err) if any(hint in str(e) for hint in _HUB_HINTS)), None)
+    if recipe is not None and isinstance(err, OSError) and hub_error is not None:
+        first = " ".join(str(hub_error).strip().splitlines()[0].split())  # the hub client's first sentence
+        path = recipe.get("model_name_or_path")
+        return f"model_name_or_path {path}: {first}; {_FIX_MODEL}", ModelError.exit_code
     return None
+
+
+def _chain(err: BaseException | None):
+    """``err`` and its causes (LLaMA-Factory re-raises hub errors as ``OSError("Failed to load tokenizer.")``)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _close_progress_bars() -> None:
+    """Close open tqdm bars first: one closed at exit would redraw itself after our line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def print_one_line(message: str) -> None:
+    _close_progress_bars()
+    print(f"llamafactory-cli: {message}", file=sys.stderr, flush=True)
 
 
 def make_run_guard(original):
@@ -85,10 +109,32 @@ def make_run_guard(original):
                 check_kimi_recipe(recipe)
             return original(args, *more, **kwargs)
         except Exception as err:
-            line = _one_line(err, kimi_recipe)
+            line = _one_line(err, recipe if kimi_recipe else None)
             if line is None or settings.enabled("KIMI_AUDIO_DEBUG"):
                 raise
-            print(f"llamafactory-cli: {line[0]}", file=sys.stderr, flush=True)
+            print_one_line(line[0])
             raise SystemExit(line[1]) from None
+
+    return run_exp
+
+
+def make_opt_out_notice(original):
+    """With ``KIMI_AUDIO_DISABLE`` set, a ``kimi_audio`` recipe fails inside stock LLaMA-Factory (no template, remote
+    code): say which variable turned the integration off instead of that traceback."""
+
+    @functools.wraps(original)
+    def run_exp(args: Any = None, *more: Any, **kwargs: Any):
+        try:
+            return original(args, *more, **kwargs)
+        except Exception:
+            recipe = _recipe(args)
+            if recipe is None or recipe.get("template") != TEMPLATE_NAME or settings.enabled("KIMI_AUDIO_DEBUG"):
+                raise
+            raw, variable = settings.raw_value("KIMI_AUDIO_DISABLE")
+            print_one_line(
+                f"this recipe uses template {TEMPLATE_NAME}, but {variable}={raw} turns the Kimi-Audio integration "
+                f"off (no template, plugin or native model); unset {variable} to train it"
+            )
+            raise SystemExit(EnvironmentProblem.exit_code) from None
 
     return run_exp

@@ -6,7 +6,10 @@ tokenizers, templates and recipes only and call the original for everything else
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from .. import settings
@@ -133,14 +136,34 @@ def make_fused_lora(original):
     return init_adapter
 
 
+class _NoTorchDtypeNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`torch_dtype` is deprecated" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_torch_dtype_access() -> Iterator[None]:
+    """LLaMA-Factory 0.9.5's ``patch_config`` reads ``config.torch_dtype``, which transformers 5 reports as
+    deprecated: a notice the user can do nothing about (the attribute is read, not set by the recipe)."""
+    config_logger = logging.getLogger("transformers.configuration_utils")
+    quiet = _NoTorchDtypeNotice()
+    config_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        config_logger.removeFilter(quiet)
+
+
 def make_speed_switches(original):
     """The model's speed switches are config attributes; the settings (environment) decide them, once, here."""
 
     @functools.wraps(original)
     def patch_config(config, tokenizer, model_args, init_kwargs, is_trainable, *args: Any, **kwargs: Any):
-        original(config, tokenizer, model_args, init_kwargs, is_trainable, *args, **kwargs)
-        if getattr(config, "model_type", None) == KIMI_MODEL_TYPE:
-            config.use_varlen_attention = settings.enabled("KIMI_AUDIO_VARLEN_ATTENTION")
-            config.compile_pointwise = settings.get("KIMI_AUDIO_COMPILE_POINTWISE")
+        if getattr(config, "model_type", None) != KIMI_MODEL_TYPE:
+            return original(config, tokenizer, model_args, init_kwargs, is_trainable, *args, **kwargs)
+        with _quiet_torch_dtype_access():
+            original(config, tokenizer, model_args, init_kwargs, is_trainable, *args, **kwargs)
+        config.use_varlen_attention = settings.enabled("KIMI_AUDIO_VARLEN_ATTENTION")
+        config.compile_pointwise = settings.get("KIMI_AUDIO_COMPILE_POINTWISE")
 
     return patch_config

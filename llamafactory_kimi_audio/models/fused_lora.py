@@ -82,8 +82,8 @@ def _lora_linear_class() -> type | None:
 def install_fused_lora(model: nn.Module) -> int:
     """Mark every plain PEFT LoRA ``Linear`` of ``model`` for the fused forward; idempotent. Returns how many.
 
-    The marks take effect where the patch table's ``fused_lora.forward`` row is applied (LLaMA-Factory processes,
-    ``llamafactory_kimi_audio.use_fused_lora()``)."""
+    The marks take effect where the patch table's ``fused_lora.forward`` row is applied (every LLaMA-Factory process;
+    elsewhere ``integration.patches.apply_patches``)."""
     linear = _lora_linear_class()
     if linear is None:
         return 0
