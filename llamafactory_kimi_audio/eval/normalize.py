@@ -27,6 +27,8 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ..errors import InputError
+
 Step = Callable[[str], str]
 
 _APOSTROPHES = re.compile(r"(?<=\w)['\u2019](?=\w)")
@@ -85,7 +87,7 @@ def get_normalizer(name: str) -> Normalizer:
     try:
         return NORMALIZERS[name]
     except KeyError:
-        raise ValueError(f"unknown normalizer {name!r}; choose one of: {', '.join(NORMALIZERS)}") from None
+        raise InputError(f"unknown normalizer {name!r}; choose one of: {', '.join(NORMALIZERS)}") from None
 
 
 def is_cjk_char(char: str) -> bool:
