@@ -427,3 +427,11 @@ def test_error_table() -> None:
     legacy = CliError("old style", 4)
     assert isinstance(legacy, KimiAudioError) and legacy.code == 4 and exit_code_for(legacy) == 4
     assert exit_code_for(CliError("default")) == 2
+
+
+def test_language_flag_picks_which_utterances_get_wer_while_cer_covers_all() -> None:
+    """What ``evaluate --help`` says: CER counts every utterance; --language decides who also gets WER."""
+    refs, hyps = ["我们去公园", "go to the park"], ["我们去公园", "go to park"]
+    for language, n_wer in (("auto", 1), ("en", 2), ("zh", 0)):
+        report = score(["1", "2"], refs, hyps, language=language)
+        assert (report.totals["cer"].n, report.totals["wer"].n) == (2, n_wer), language
