@@ -2,8 +2,9 @@
 ``llamafactory-cli train`` (the demo pipeline) learns to transcribe held-out word sequences, and the same run with
 every audio replaced by silence does not (a model that ignored its audio would still lower the training loss).
 
-Measured on 2 CPU cores (espeak-ng speech, 600 utterances, 600 steps): held-out CER 100 % → ~40 %, silence
-control ~77 %; each run takes about two minutes.
+Measured with the demo's 2 threads (espeak-ng 1.51, 600 utterances, 600 steps, 40 test utterances): held-out CER
+100 % → 48.5 %; tone fallback 23.3 %; silence control ~77 %. Each run takes a few minutes (about ten on a busy
+2-core machine).
 """
 
 from __future__ import annotations
