@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from . import DISABLE_ENV
+from . import settings
 from .doctor_checkpoint import Check, checkpoint_checks
+
+DISABLE = "KIMI_AUDIO_DISABLE"
 
 REQUIREMENTS = {  # distribution -> supported versions (= pyproject.toml's dependencies)
     "torch": ">=2.4",
@@ -48,11 +50,21 @@ def all_required_ok(checks: list[Check]) -> bool:
     return all(c.ok for c in checks if c.required)
 
 
-def run_checks(model_dir: str | None = None) -> list[Check]:
-    """Every check: versions, start-up hook and patches (fresh interpreter), the checkpoint, GPU and tools."""
-    checks = [python_check(), *version_checks(), pth_check(), opt_out_check(), *integration_checks()]
+def run_checks(model_dir: str | None = None, progress: Callable[[str], None] | None = None) -> list[Check]:
+    """Every check: versions, start-up hook and patches (fresh interpreter), the checkpoint, GPU and tools.
+
+    ``progress`` gets a line before each slow stage (the fresh interpreter imports LLaMA-Factory: up to minutes).
+    """
+    say = progress or (lambda _line: None)
+    settings.reload()  # the environment as it is now, not as this process first saw it
+    say("checking Python, package versions and the start-up hook")
+    checks = [python_check(), *version_checks(), pth_check(), opt_out_check()]
+    say("starting a fresh interpreter that imports LLaMA-Factory (hooks, template, patches; can take a minute)")
+    checks += integration_checks()
     if model_dir is not None:
+        say(f"checking the checkpoint {model_dir}")
         checks += checkpoint_checks(model_dir)
+    say("checking torch, GPU and tools")
     return checks + [*gpu_checks(), packed_attention_check(), espeak_check()]
 
 
@@ -112,20 +124,18 @@ def pth_check() -> Check:
     return Check("startup hook (.pth)", False, f"{PTH_FILE} not found in {', '.join(site_dirs())}", fix)
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+def _opted_out() -> tuple[bool, str, str | None]:
+    """(opted out?, the variable that says so or the setting's name, its raw value), read now (not cached)."""
+    raw, variable = settings.raw_value(DISABLE)
+    return raw is not None and bool(settings.BY_NAME[DISABLE].parse(raw)), variable, raw
 
 
 def opt_out_check() -> Check:
-    if _env_true(DISABLE_ENV):
-        value = os.environ[DISABLE_ENV]
-        return Check(
-            "opt-out variable",
-            False,
-            f"{DISABLE_ENV}={value}: the integration is off in every interpreter",
-            f"unset {DISABLE_ENV}",
-        )
-    return Check("opt-out variable", True, f"{DISABLE_ENV} not set")
+    off, variable, raw = _opted_out()
+    if off:
+        detail = f"{variable}={raw}: the integration is off in every interpreter"
+        return Check("opt-out variable", False, detail, f"unset {variable}")
+    return Check("opt-out variable", True, f"{variable} not set" if raw is None else f"{variable}={raw}")
 
 
 _probe_cache: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -136,7 +146,7 @@ def probe_fresh_interpreter(timeout: float = 300.0) -> dict[str, Any]:
 
     Returns the probe's JSON, or ``{"error": "..."}`` when the interpreter fails. Cached per process and environment.
     """
-    key = (sys.executable, os.environ.get(DISABLE_ENV, ""), os.environ.get("PYTHONPATH", ""))
+    key = (sys.executable, str(_opted_out()), os.environ.get("PYTHONPATH", ""))
     if key not in _probe_cache:
         _probe_cache[key] = _run_probe(timeout)
     return _probe_cache[key]
@@ -159,11 +169,12 @@ def integration_checks(probe: Callable[[], dict[str, Any]] = probe_fresh_interpr
     from .integration.patches import all_patches
 
     names = [patch.name for patch in all_patches()]
-    if _env_true(DISABLE_ENV):  # the .pth and install() both return at once: nothing to probe
-        detail = f"off: {DISABLE_ENV} is set, so no hook runs and the template is not registered"
+    off, variable, _ = _opted_out()
+    if off:  # the .pth and install() both return at once: nothing to probe
+        detail = f"off: {variable} is set, so no hook runs and the template is not registered"
         return [
-            Check("integration active", False, detail, f"unset {DISABLE_ENV}"),
-            Check("patches", False, f"not applied (opted out): {', '.join(names)}", f"unset {DISABLE_ENV}"),
+            Check("integration active", False, detail, f"unset {variable}"),
+            Check("patches", False, f"not applied (opted out): {', '.join(names)}", f"unset {variable}"),
         ]
     state = probe()
     if "error" in state:
@@ -186,7 +197,7 @@ def _active_check(state: dict[str, Any]) -> Check:
     problems += [] if state["template"] else [f"template {TEMPLATE!r} missing"]
     problems += [f"hook {name} failed ({error})" for name, error in failed.items()]
     problems += [f"hooks not applied: {', '.join(missing)}"] if missing else []
-    fix = "see the .pth check above; reinstall the package; LLAMAFACTORY_KIMI_AUDIO_STRICT=1 shows hook tracebacks"
+    fix = "see the .pth check above; reinstall the package; KIMI_AUDIO_STRICT=1 shows hook tracebacks"
     return Check("integration active", False, "; ".join(problems), fix)
 
 
@@ -211,10 +222,9 @@ def _patch_check(patch: Any, state: dict[str, Any]) -> Check:
 def gpu_checks() -> list[Check]:
     import torch
 
-    fix = "install a CUDA build of torch and check CUDA_VISIBLE_DEVICES (CPU runs only the tiny demo)"
     if not torch.cuda.is_available():
         return [
-            Check("GPU", False, "no CUDA device visible to torch", fix, required=False),
+            Check("GPU", False, *_no_gpu(torch.version.cuda), required=False),
             Check("bf16", False, "needs a CUDA GPU", "use an Ampere or newer GPU", required=False),
         ]
     names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
@@ -231,17 +241,34 @@ def gpu_checks() -> list[Check]:
     ]
 
 
+def _no_gpu(cuda_build: str | None) -> tuple[str, str]:
+    """(detail, fix) when torch sees no GPU: a CPU-only torch needs another build; a CUDA build needs a device."""
+    if cuda_build is None:
+        detail = "this torch is a CPU-only build (CPU runs only the tiny demo)"
+        return detail, "for a GPU machine, install a CUDA build of torch (see pytorch.org for the command)"
+    detail = f"torch is a CUDA {cuda_build} build but sees no GPU (CPU runs only the tiny demo)"
+    return detail, "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES"
+
+
 def packed_attention_check() -> Check:
-    """Packed rows (``packing`` + ``neat_packing``) attend per utterance only with torch's variable-length kernel."""
+    """Packed rows (``packing`` + ``neat_packing``) attend per utterance only with torch's variable-length kernel,
+    which runs on CUDA only."""
     import torch
 
     from .models import packed_attention
 
     name = "packed-row attention"
-    if packed_attention.varlen_attn is not None:
-        return Check(name, True, f"variable-length FlashAttention (torch {torch.__version__})", required=False)
-    detail = f"torch {torch.__version__} has no torch.nn.attention.varlen: packed rows use SDPA with a dense mask"
-    return Check(name, False, detail, "torch >= 2.9 makes packing: true + neat_packing: true faster", required=False)
+    if packed_attention.varlen_attn is None:
+        detail = f"torch {torch.__version__} has no torch.nn.attention.varlen: packed rows use SDPA with a dense mask"
+        fix = "torch >= 2.9 makes packing: true + neat_packing: true faster"
+        return Check(name, False, detail, fix, required=False)
+    if not settings.enabled("KIMI_AUDIO_VARLEN_ATTENTION"):
+        detail = "KIMI_AUDIO_VARLEN_ATTENTION=0: packed rows use SDPA with a dense mask"
+        return Check(name, False, detail, "unset KIMI_AUDIO_VARLEN_ATTENTION", required=False)
+    if not torch.cuda.is_available():
+        detail = "no CUDA device: packed rows use SDPA with a dense mask (variable-length FlashAttention is CUDA-only)"
+        return Check(name, False, detail, "", required=False)
+    return Check(name, True, f"variable-length FlashAttention (torch {torch.__version__})", required=False)
 
 
 def espeak_check() -> Check:

@@ -51,7 +51,8 @@ def test_all_green_on_tiny_checkpoint(tiny_checkpoint, capsys) -> None:
     assert all(f"patch {p.name}" in names for p in all_patches())
     assert "kimi_audio_template" in names["integration active"].detail
     assert main(["doctor", "--model", tiny_checkpoint.path]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "doctor: starting a fresh interpreter" in err and "doctor: checking the checkpoint" in err  # progress
     assert "✓ model: whisper-large-v3/" in out and out.rstrip().splitlines()[-1].startswith(
         "all required checks passed"
     )
@@ -147,12 +148,36 @@ def test_missing_model_dir(tmp_path) -> None:
     assert len(checks) == 1 and not checks[0].ok
 
 
-def test_packed_row_attention_follows_torch(monkeypatch) -> None:
+def test_packed_row_attention_needs_the_kernel_cuda_and_the_setting(monkeypatch) -> None:
+    import torch
+
+    from llamafactory_kimi_audio import settings
     from llamafactory_kimi_audio.models import packed_attention
 
-    available = packed_attention.varlen_attn is not None
+    available = packed_attention.varlen_attn is not None and torch.cuda.is_available()
     check = doctor.packed_attention_check()
     assert check.ok is available and not check.required
+    if packed_attention.varlen_attn is not None and not torch.cuda.is_available():
+        assert "no CUDA device" in check.detail and "dense mask" in check.detail  # never a ✓ without CUDA
+    monkeypatch.setenv("KIMI_AUDIO_VARLEN_ATTENTION", "0")
+    settings.reload()
+    check = doctor.packed_attention_check()
+    assert not check.ok and (packed_attention.varlen_attn is None or "KIMI_AUDIO_VARLEN_ATTENTION=0" in check.detail)
     monkeypatch.setattr(packed_attention, "varlen_attn", None)
     check = doctor.packed_attention_check()
     assert not check.ok and not check.required and "torch >= 2.9" in check.fix and "dense mask" in check.detail
+    monkeypatch.undo()
+    settings.reload()
+
+
+def test_no_gpu_advice_depends_on_the_torch_build() -> None:
+    import torch
+
+    detail, fix = doctor._no_gpu("12.4")
+    assert "CUDA 12.4 build but sees no GPU" in detail and "nvidia-smi" in fix and "install" not in fix
+    detail, fix = doctor._no_gpu(None)
+    assert "CPU-only build" in detail and "install a CUDA build of torch" in fix
+    if not torch.cuda.is_available():
+        gpu = _by_name(doctor.gpu_checks())["GPU"]
+        assert not gpu.ok and not gpu.required
+        assert ("install a CUDA build" in gpu.fix) is (torch.version.cuda is None)

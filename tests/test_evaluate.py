@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,6 @@ import soundfile as sf
 from llamafactory_kimi_audio.cli import main
 from llamafactory_kimi_audio.eval.normalize import NORMALIZERS, cjk_ratio, detect_language
 from llamafactory_kimi_audio.eval.scoring import ScoringError, score
-from llamafactory_kimi_audio.models.special_tokens import DEFAULT_INSTRUCTION
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
@@ -43,8 +42,13 @@ def test_set(tmp_path: Path) -> Path:
         messages = [{"role": "user", "content": "<audio>转写"}, {"role": "assistant", "content": text}]
         rows.append({"id": uid, "messages": messages, "audios": [f"wavs/{uid}.wav"]})
     (tmp_path / "ds" / "test.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    info = {"test": {"file_name": "test.json", "formatting": "sharegpt", "columns": {"messages": "messages",
-                                                                                   "audios": "audios"}}}  # fmt: skip
+    info = {
+        "test": {
+            "file_name": "test.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "audios": "audios"},
+        }
+    }
     (tmp_path / "ds" / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
     return tmp_path / "ds" / "test.json"
 
@@ -91,11 +95,10 @@ def test_language_auto_per_utterance() -> None:
     assert score(["1"], ["abc"], ["abd"], language="zh").utterances[0].metric == "cer"
 
 
-def test_empty_reference_and_hypothesis() -> None:
-    report = score(["1", "2", "3"], ["", "", "你好"], ["", "多余", ""])
-    rates = [u.error_rate for u in report.utterances]
-    assert rates == [0.0, 2.0, 1.0]  # errors / max(1, reference length), as jiwer
-    assert report.utterances[0].exact
+def test_empty_references_are_not_scored_but_listed() -> None:
+    report = score(["1", "2", "3"], ["", " ... ", "你好"], ["", "多余", ""])
+    assert [u.id for u in report.utterances] == ["3"] and report.skipped_empty == ["1", "2"]
+    assert report.cer == 1.0 and report.n == 1  # only the utterance with a reference counts
 
 
 def test_llamafactory_metrics_report_the_evaluator_figures() -> None:
@@ -121,15 +124,18 @@ def test_score_rejects_mismatched_lengths() -> None:
 
 
 def test_generated_predictions_without_test_set(tmp_path: Path, capsys) -> None:
-    preds = generated_predictions(tmp_path / "generated_predictions.jsonl",
-                                  [("今天天气很好", "今天天气很好。"), ("我们去公园", "我们去公园玩")])  # fmt: skip
+    preds = generated_predictions(
+        tmp_path / "generated_predictions.jsonl", [("今天天气很好", "今天天气很好。"), ("我们去公园", "我们去公园玩")]
+    )
     code, out, err = cli(capsys, "--predictions", preds, "--out", tmp_path / "ev")
     assert code == 0, err
     assert out.splitlines()[0] == "CER 9.09% (2 utts) · exact match 50.0% · n=2"
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
     assert {"model", "normalizer", "dataset_hash", "counts", "cer", "wer", "exact_match", "n"} <= set(summary)
-    assert summary["normalizer"] == {"name": "standard", "steps": ["nfkc", "lowercase", "remove_punctuation",
-                                                                   "collapse_whitespace"]}  # fmt: skip
+    assert summary["normalizer"] == {
+        "name": "standard",
+        "steps": ["nfkc", "lowercase", "remove_punctuation", "collapse_whitespace"],
+    }
     assert summary["counts"]["cer"]["insertions"] == 1 and summary["n"] == 2
     rows = [json.loads(x) for x in (tmp_path / "ev" / "utterances.jsonl").read_text(encoding="utf-8").splitlines()]
     assert rows[1]["id"] == "1" and rows[1]["insertions"] == 1
@@ -138,8 +144,10 @@ def test_generated_predictions_without_test_set(tmp_path: Path, capsys) -> None:
 
 
 def test_report_md_has_table_histogram_and_worst(test_set: Path, tmp_path: Path, capsys) -> None:
-    preds = jsonl(tmp_path / "p.jsonl", [{"id": "a", "hyp": "今天天气"}, {"id": "b", "hyp": "我们去公园"},
-                                         {"id": "c", "hyp": "hello word"}])  # fmt: skip
+    preds = jsonl(
+        tmp_path / "p.jsonl",
+        [{"id": "a", "hyp": "今天天气"}, {"id": "b", "hyp": "我们去公园"}, {"id": "c", "hyp": "hello word"}],
+    )
     code, _, err = cli(capsys, "--predictions", preds, "--data", test_set, "--out", tmp_path / "ev")
     assert code == 0, err
     md = (tmp_path / "ev" / "report.md").read_text(encoding="utf-8")
@@ -193,7 +201,8 @@ def test_mismatched_prediction_and_reference_counts(test_set: Path, tmp_path: Pa
     assert code == 2
     assert one_error_line(err).endswith(
         "generated_predictions.jsonl has 2 predictions but test.json has 3 utterances; rows are matched by position, "
-        "so the counts must be equal (was prediction cut short, or is it another test set?)")
+        "so the counts must be equal (was prediction cut short, or is it another test set?)"
+    )
 
 
 def test_missing_ids_in_predictions(test_set: Path, tmp_path: Path, capsys) -> None:
@@ -243,12 +252,22 @@ def test_missing_predictions_file(tmp_path: Path, capsys) -> None:
 
 
 def test_baseline_comparison(tmp_path: Path, capsys) -> None:
-    before = jsonl(tmp_path / "before.jsonl", [{"id": "1", "ref": "今天天气很好", "hyp": "今天天汽"},
-                                               {"id": "2", "ref": "我们去公园", "hyp": "我们去公园"},
-                                               {"id": "3", "ref": "你好世界", "hyp": "你好"}])  # fmt: skip
-    after = jsonl(tmp_path / "after.jsonl", [{"id": "1", "ref": "今天天气很好", "hyp": "今天天气很好"},
-                                             {"id": "2", "ref": "我们去公园", "hyp": "我们去"},
-                                             {"id": "3", "ref": "你好世界", "hyp": "你好"}])  # fmt: skip
+    before = jsonl(
+        tmp_path / "before.jsonl",
+        [
+            {"id": "1", "ref": "今天天气很好", "hyp": "今天天汽"},
+            {"id": "2", "ref": "我们去公园", "hyp": "我们去公园"},
+            {"id": "3", "ref": "你好世界", "hyp": "你好"},
+        ],
+    )
+    after = jsonl(
+        tmp_path / "after.jsonl",
+        [
+            {"id": "1", "ref": "今天天气很好", "hyp": "今天天气很好"},
+            {"id": "2", "ref": "我们去公园", "hyp": "我们去"},
+            {"id": "3", "ref": "你好世界", "hyp": "你好"},
+        ],
+    )
     assert cli(capsys, "--predictions", before, "--out", tmp_path / "base")[0] == 0
     code, out, _ = cli(capsys, "--predictions", after, "--out", tmp_path / "new", "--baseline", tmp_path / "base")
     assert code == 0
@@ -268,37 +287,86 @@ def test_missing_baseline(tmp_path: Path, capsys) -> None:
 
 def test_kimi_jsonl_test_set(tmp_path: Path, capsys) -> None:
     sf.write(tmp_path / "a.wav", np.zeros(1600, np.float32), 16000)
-    record = {"id": "k1", "task_type": "understanding", "conversation": [
-        {"role": "user", "message_type": "text", "content": "请将语音内容转录为文字。"},
-        {"role": "user", "message_type": "audio", "content": "a.wav"},
-        {"role": "assistant", "message_type": "text", "content": "标准答案"}]}  # fmt: skip
+    record = {
+        "id": "k1",
+        "task_type": "understanding",
+        "conversation": [
+            {"role": "user", "message_type": "text", "content": "请将语音内容转录为文字。"},
+            {"role": "user", "message_type": "audio", "content": "a.wav"},
+            {"role": "assistant", "message_type": "text", "content": "标准答案"},
+        ],
+    }
     data = jsonl(tmp_path / "test.jsonl", [record])
     preds = jsonl(tmp_path / "p.jsonl", [{"id": "k1", "hyp": "标准答案"}])
     code, out, _ = cli(capsys, "--predictions", preds, "--data", data, "--out", tmp_path / "ev")
     assert code == 0 and "exact match 100.0%" in out
 
 
-def test_model_path_calls_transcribe(test_set: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    """The --model path, with ``eval.transcribe`` (written elsewhere) replaced by a fake."""
-    calls = {}
-
-    def transcribe(audios, instructions, model_path, adapter_path=None, batch_size=8, repetition_penalty=1.0,
-                   max_new_tokens=256, device=None):  # fmt: skip
-        calls.update(audios=audios, instructions=instructions, model=model_path, adapter=adapter_path, bs=batch_size)
-        return ["今天天气很好", "我们去", "hello world"]
-
-    fake = types.ModuleType("llamafactory_kimi_audio.eval.transcribe")
-    fake.transcribe = transcribe
-    monkeypatch.setitem(sys.modules, "llamafactory_kimi_audio.eval.transcribe", fake)
-    code, out, err = cli(capsys, "--model", "m", "--adapter", "lora", "--data", test_set, "--out", tmp_path / "ev",
-                         "--batch-size", "2")  # fmt: skip
+def test_empty_reference_warns_with_the_count_and_is_listed(tmp_path: Path, capsys) -> None:
+    rows = [{"id": "u1", "ref": "", "hyp": "noise"}, {"id": "u2", "ref": "a b", "hyp": "a b"}]
+    preds = jsonl(tmp_path / "p.jsonl", rows)
+    code, out, err = cli(capsys, "--predictions", preds, "--out", tmp_path / "ev")
     assert code == 0, err
-    assert calls["audios"] == [str(test_set.parent / "wavs" / f"{u}.wav") for u in "abc"]
-    assert calls["instructions"] == ["转写"] * 3
-    assert (calls["model"], calls["adapter"], calls["bs"]) == ("m", "lora", 2)
-    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
-    assert summary["model"] == "m" and summary["generation"]["batch_size"] == 2
-    assert DEFAULT_INSTRUCTION["zh"]  # instructions fall back to it when the test record has none
+    assert "warning: 1 utterances have an empty reference and were not scored (e.g. u1)" in err
+    assert "n=1" in out
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["skipped_empty_reference"] == ["u1"] and summary["n"] == 1 and summary["wer"] == 0
+    assert "1 not scored (empty reference: u1)" in (tmp_path / "ev" / "report.md").read_text(encoding="utf-8")
+
+
+def test_only_empty_references_is_an_input_error(tmp_path: Path, capsys) -> None:
+    preds = jsonl(tmp_path / "p.jsonl", [{"id": "u1", "ref": "", "hyp": "x"}])
+    code, _, err = cli(capsys, "--predictions", preds, "--out", tmp_path / "ev")
+    assert code == 2 and "all 1 references are empty: nothing to score" in one_error_line(err)
+
+
+def test_wrong_model_path_is_a_model_error_exit_3(test_set: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = cli(capsys, "--model", tmp_path / "no-such-model", "--data", test_set, "--out", tmp_path / "ev")
+    assert code == 3 and "no-such-model: no such model directory" in one_error_line(err)
+    code, _, err = cli(capsys, "--model", test_set.parent, "--data", test_set, "--out", tmp_path / "ev")
+    assert code == 3 and "not a Kimi-Audio checkpoint" in one_error_line(err)
+
+
+def test_wrong_adapter_path_is_a_model_error(tiny_checkpoint, test_set: Path, tmp_path: Path, capsys) -> None:
+    args = ("--model", tiny_checkpoint.path, "--adapter", tmp_path, "--data", test_set, "--out", tmp_path / "ev")
+    code, _, err = cli(capsys, *args)
+    assert code == 3 and "no adapter_config.json" in one_error_line(err)
+
+
+def test_model_path_transcribes_with_the_real_model(tiny_checkpoint, test_set: Path, tmp_path: Path, capsys) -> None:
+    args = ("--model", tiny_checkpoint.path, "--data", test_set, "--out", tmp_path / "ev", "--max-new-tokens", "4")
+    code, out, err = cli(capsys, *args, "--batch-size", "2")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["model"] == str(tiny_checkpoint.path) and summary["n"] == 3
+    assert summary["generation"] == {"batch_size": 2, "repetition_penalty": 1.0, "max_new_tokens": 4}
+    assert summary["dataset"] == str(test_set)
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "utterances.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b", "c"] and all(isinstance(r["hyp"], str) for r in rows)
+
+
+def test_library_reuses_one_loaded_model(tiny_checkpoint, test_set: Path, tmp_path: Path) -> None:
+    """``eval.evaluate`` takes a loaded model: two test sets, one load; same transcripts as the CLI's."""
+    from llamafactory_kimi_audio.eval import Generation, evaluate, load_for_inference
+    from llamafactory_kimi_audio.eval.inputs import load_test_set
+
+    model, processor = load_for_inference(str(tiny_checkpoint.path), device="cpu")
+    generation = Generation(batch_size=3, max_new_tokens=4)
+    first = evaluate(str(test_set), model=model, processor=processor, generation=generation, progress=False)
+    items = load_test_set(str(test_set))[:2]
+    second = evaluate(
+        items,
+        model=model,
+        processor=processor,
+        generation=generation,
+        progress=False,
+        out_dir=str(tmp_path / "ev"),
+        plot=False,
+    )
+    assert [u.hyp for u in second.report.utterances] == [u.hyp for u in first.report.utterances][:2]
+    assert first.paths == {}
+    assert set(second.paths) == {"utterances.jsonl", "utterances.csv", "summary.json", "report.md"}
+    assert first.summary["generation"]["batch_size"] == 3 and second.report.n == 2
 
 
 def test_model_path_needs_data(tmp_path: Path, capsys) -> None:
@@ -310,3 +378,60 @@ def test_model_path_with_missing_audio(test_set: Path, tmp_path: Path, capsys) -
     (test_set.parent / "wavs" / "b.wav").unlink()
     code, _, err = cli(capsys, "--model", "m", "--data", test_set, "--out", tmp_path / "ev")
     assert code == 2 and "1 test audio files not found (e.g. " in one_error_line(err)
+
+
+# --------------------------------------------------------------------------------------------- CLI error table
+
+BUG_SCRIPT = """
+import sys
+import llamafactory_kimi_audio.cli.evaluate as command
+from llamafactory_kimi_audio.errors import InputError
+
+def run(args):
+    raise {error}
+
+command.run = run
+from llamafactory_kimi_audio.cli import main
+sys.exit(main(["evaluate", "--predictions", "p.jsonl", "--out", "ev"]))
+"""
+
+
+def run_with_error(error: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    script = BUG_SCRIPT.format(error=error)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+
+
+def test_a_value_error_bug_keeps_its_traceback_and_exits_1(tmp_path: Path) -> None:
+    done = run_with_error("ValueError('a bug deep inside')", tmp_path)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr and "ValueError: a bug deep inside" in done.stderr
+
+
+def test_an_input_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    done = run_with_error("InputError('x.csv row 3: empty text; fix the row')", tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "kimi-audio-lf evaluate: error: x.csv row 3: empty text; fix the row"
+
+
+def test_error_table() -> None:
+    from llamafactory_kimi_audio.audio_io import AudioError
+    from llamafactory_kimi_audio.cli._errors import CliError, exit_code_for
+    from llamafactory_kimi_audio.data.textio import DataError
+    from llamafactory_kimi_audio.errors import EnvironmentProblem, GateFailed, KimiAudioError, ModelError
+
+    assert exit_code_for(ValueError("bug")) is None and exit_code_for(RuntimeError("bug")) is None
+    assert exit_code_for(KeyError("bug")) is None
+    assert [exit_code_for(e("m")) for e in (ModelError, EnvironmentProblem, GateFailed)] == [3, 4, 1]
+    assert exit_code_for(DataError("bad row")) == 2 and exit_code_for(AudioError("bad wav")) == 2
+    assert exit_code_for(FileNotFoundError(2, "No such file", "x.wav")) == 2
+    legacy = CliError("old style", 4)
+    assert isinstance(legacy, KimiAudioError) and legacy.code == 4 and exit_code_for(legacy) == 4
+    assert exit_code_for(CliError("default")) == 2
+
+
+def test_language_flag_picks_which_utterances_get_wer_while_cer_covers_all() -> None:
+    """What ``evaluate --help`` says: CER counts every utterance; --language decides who also gets WER."""
+    refs, hyps = ["我们去公园", "go to the park"], ["我们去公园", "go to park"]
+    for language, n_wer in (("auto", 1), ("en", 2), ("zh", 0)):
+        report = score(["1", "2"], refs, hyps, language=language)
+        assert (report.totals["cer"].n, report.totals["wer"].n) == (2, n_wer), language

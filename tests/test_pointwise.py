@@ -36,6 +36,7 @@ def test_off_and_layers_return_the_eager_function(tiny_checkpoint):
         assert pointwise.fused(pointwise.swiglu, mode) is pointwise.swiglu
 
 
+@pytest.mark.slow  # torch.compile: minutes on a small CPU
 def test_compiled_functions_match_eager(compiling):
     torch.manual_seed(0)
     q, k, cos, sin = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
@@ -57,6 +58,7 @@ def test_compiled_functions_match_eager(compiling):
         torch.testing.assert_close(run(functools.partial(compiled, **extra), *longer)[0], want)
 
 
+@pytest.mark.slow  # torch.compile: minutes on a small CPU
 def test_model_loss_is_unchanged_when_compiled(tiny_checkpoint, monkeypatch):
     model = KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path)
     ids = torch.randint(0, 400, (2, 11))
@@ -74,6 +76,7 @@ def test_model_loss_is_unchanged_when_compiled(tiny_checkpoint, monkeypatch):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # torch.compile: minutes on a small CPU
 def test_compiled_layers_train_like_eager(tiny_checkpoint, monkeypatch):
     """``=layers`` compiles whole decoder layers in training: same loss and gradients as eager."""
     model = KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).train()

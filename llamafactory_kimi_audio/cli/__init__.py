@@ -1,18 +1,18 @@
 """``kimi-audio-lf``: one command, thin subcommands over the libraries in ``data/``, ``eval/`` and ``models/``.
 
 Each subcommand module exposes ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. Known errors become
-one line on stderr and a documented exit code (see ``_errors.py``); ``--debug`` or ``KIMI_AUDIO_LF_DEBUG=1`` shows
-the traceback instead.
+one line on stderr and a documented exit code (the table in ``_errors.py``); ``--debug`` or ``KIMI_AUDIO_DEBUG=1``
+shows the traceback instead. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-from ._errors import exit_code_for
+from .. import settings
+from ._errors import EXIT_INTERRUPTED, exit_code_for
 
 SUBCOMMANDS = {
     "convert": "convert",
@@ -32,12 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(f"{__name__}.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{module_name}":
-                raise
-            continue  # subcommand not shipped in this build
+        module = importlib.import_module(f"{__name__}.{module_name}")
         sub_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub_parser)
         sub_parser.set_defaults(_run=module.run)
@@ -46,12 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get("KIMI_AUDIO_LF_DEBUG") == "1"
+    debug = args.debug or settings.enabled("KIMI_AUDIO_DEBUG")
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("kimi-audio-lf: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as err:
         code = exit_code_for(err)
         if debug or code is None:

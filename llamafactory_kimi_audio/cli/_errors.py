@@ -1,39 +1,71 @@
-"""Exception → exit code table of the CLI (documented in the README).
+"""The CLI's one table from exception class to exit code (the codes are documented in ``errors.py`` and the README).
 
-0 success · 1 quality gate failed (e.g. ``evaluate --max-cer``) · 2 bad input data or arguments ·
-3 model / checkpoint problem · 4 environment problem (versions, missing tools) · 130 interrupted.
+Package errors (``KimiAudioError``) carry their own exit code. The few other classes listed here are problems with
+what the user passed in (a path that does not exist, a file in the wrong encoding); they print one line too. Every
+other exception is a bug: it keeps its traceback (Python's exit status 1).
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_GATE = 1
-EXIT_BAD_INPUT = 2
-EXIT_MODEL = 3
-EXIT_ENV = 4
+from ..errors import (
+    EXIT_BAD_INPUT,
+    EXIT_ENV,
+    EXIT_GATE,
+    EXIT_INTERRUPTED,
+    EXIT_MODEL,
+    EXIT_OK,
+    KimiAudioError,
+)
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_ENV",
+    "EXIT_GATE",
+    "EXIT_INTERRUPTED",
+    "EXIT_MODEL",
+    "EXIT_OK",
+    "CliError",
+    "exit_code_for",
+    "user_input_errors",
+]
 
 
-class CliError(Exception):
-    """An error already phrased for the user, carrying its exit code."""
+class CliError(KimiAudioError):
+    """Kept for code written against the old CLI error: ``CliError(message, code)``; prefer the classes in
+    ``errors.py`` (``InputError``, ``ModelError``, ``EnvironmentProblem``, ``GateFailed``)."""
 
-    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
-        super().__init__(message)
-        self.code = code
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message, code)
+
+    @property
+    def code(self) -> int:
+        return self.exit_code
+
+
+def user_input_errors() -> dict[type[BaseException], int]:
+    """Exceptions outside the package hierarchy that mean "bad input", in the order they are checked."""
+    from ..audio_io import AudioError
+    from ..data.textio import DataError
+
+    return {
+        # library errors of data/ and audio_io already phrased for the user (ValueError subclasses of their own)
+        DataError: EXIT_BAD_INPUT,
+        AudioError: EXIT_BAD_INPUT,
+        # a text file in another encoding than the one given (--encoding)
+        UnicodeDecodeError: EXIT_BAD_INPUT,
+        # a path the user typed: the message names it
+        FileNotFoundError: EXIT_BAD_INPUT,
+        NotADirectoryError: EXIT_BAD_INPUT,
+        IsADirectoryError: EXIT_BAD_INPUT,
+        PermissionError: EXIT_BAD_INPUT,
+    }
 
 
 def exit_code_for(err: BaseException) -> int | None:
-    """Exit code for errors we phrase ourselves; None means an unexpected bug (show the traceback)."""
-    from ..audio_io import AudioError
-    from ..errors import KimiAudioError
-
-    if isinstance(err, CliError):
-        return err.code
+    """The exit code of an error phrased for the user; None for anything else (a bug: show its traceback)."""
     if isinstance(err, KimiAudioError):
         return err.exit_code
-    if isinstance(err, (AudioError, UnicodeDecodeError)):
-        return EXIT_BAD_INPUT
-    if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
-        return EXIT_BAD_INPUT
-    if isinstance(err, ValueError):
-        return EXIT_BAD_INPUT
+    for cls, code in user_input_errors().items():
+        if isinstance(err, cls):
+            return code
     return None

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ._errors import EXIT_ENV, EXIT_OK
+from ..errors import EXIT_ENV, EXIT_OK
 
 HELP = "check versions, the LLaMA-Factory start-up hook and patches, a checkpoint, GPU and tools"
 MARKS = {"ok": ("✓", "ok"), "fail": ("✗", "FAIL"), "optional": ("!", "warn")}
@@ -20,12 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..doctor import all_required_ok, as_json, run_checks
 
-    checks = run_checks(args.model)
+    checks = run_checks(args.model, progress=_progress)
     if args.json:
         print(json.dumps(as_json(checks), indent=2, ensure_ascii=False))
     else:
         print("\n".join(render(checks, unicode=_can_print("✓✗"))))
     return EXIT_OK if all_required_ok(checks) else EXIT_ENV
+
+
+def _progress(line: str) -> None:
+    """Stages on stderr (stdout stays the table or the JSON): the fresh-interpreter probe takes a while."""
+    print(f"doctor: {line} …", file=sys.stderr, flush=True)
 
 
 def render(checks: list, unicode: bool = True) -> list[str]:

@@ -1,7 +1,8 @@
 """``kimi-audio-lf evaluate``: CER/WER of a model (or of saved predictions) on a test set, with a report.
 
-Exit codes: 0 ok · 1 ``--max-cer`` / ``--max-wer`` exceeded (outputs are still written) · 2 bad input ·
-3 model problem.
+Argument parsing and printing only; the work is ``eval.evaluate`` (``eval/evaluation.py``). Exit codes: 0 ok ·
+1 ``--max-cer`` / ``--max-wer`` exceeded (outputs are still written) · 2 bad input · 3 model problem (e.g. a wrong
+``--model`` path).
 """
 
 from __future__ import annotations
@@ -9,21 +10,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 
-from ..data.textio import DataError, ensure_writable_dir
-from ..eval.inputs import Paired, TestItem, load_predictions, load_test_set, pair
-from ..eval.normalize import NORMALIZERS, detect_language
-from ..eval.report import build_summary, load_baseline, write_outputs
-from ..eval.scoring import ScoreReport, compare, score
-from ..models.special_tokens import DEFAULT_INSTRUCTION
-from ._errors import EXIT_GATE, EXIT_MODEL, CliError
+from ..data.textio import ensure_writable_dir
+from ..errors import EXIT_GATE
+from ..eval.normalize import NORMALIZERS
+from ..eval.scoring import ScoreReport
 
-HELP = "score ASR output (CER for Chinese, WER for English) and write summary.json / report.md"
+HELP = (
+    "score ASR output (CER over every utterance, WER over utterances in space-delimited languages) "
+    "and write summary.json / report.md"
+)
 EXAMPLES = """examples:
   kimi-audio-lf evaluate --predictions saves/predict/generated_predictions.jsonl --data data/asr_test.json --out eval/
   kimi-audio-lf evaluate --model models/Kimi-Audio-7B-Instruct --adapter saves/lora --data data/asr_test.json \\
       --out eval/lora --baseline eval/base --max-cer 10%
+
+Utterances whose reference is empty are not scored; a warning gives their number and summary.json lists them.
 """
 
 
@@ -38,16 +40,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="folder relative audio paths resolve against (default: the dataset_info dir)")
     parser.add_argument("--out", required=True, help="output folder for utterances.*, summary.json, report.md")
     parser.add_argument("--normalizer", default="standard", choices=list(NORMALIZERS), help="default: standard")
-    parser.add_argument("--language", default="auto", choices=["auto", "zh", "en"],
-                        help="zh = CER, en = WER, auto = per utterance from the reference (default)")
+    parser.add_argument(
+        "--language",
+        default="auto",
+        choices=["auto", "zh", "en"],
+        help="CER always counts characters of every utterance; this picks which utterances also get WER (by words): "
+        "auto = those whose reference is not mostly Chinese/Japanese/Korean (default), en = all, zh = none",
+    )
     parser.add_argument("--baseline", help="summary.json or --out dir of an earlier run to compare with")
     parser.add_argument("--max-cer", type=parse_rate, help="exit 1 when CER is above this (0.08 or 8%%)")
     parser.add_argument("--max-wer", type=parse_rate, help="exit 1 when WER is above this (0.15 or 15%%)")
-    parser.add_argument("--instruction",
-                        help="instruction for every utterance (--model; default: the record's own, else by language)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--instruction", help="instruction for every utterance (--model; default: the record's own, else by language)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="utterances per generate call (default: 8)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="default: 1.0 (none)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="default: 256")
     parser.add_argument("--device", help="e.g. cuda:0 (default: automatic)")
     parser.add_argument("--encoding", default="auto", help="text encoding of CSV inputs (default: auto)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the histogram PNG")
@@ -62,57 +70,66 @@ def parse_rate(value: str) -> float:
         raise argparse.ArgumentTypeError(message) from None
 
 
-def _transcribe(items: list[TestItem], args: argparse.Namespace) -> list[str]:
-    missing = [item.audio or item.id for item in items if not os.path.isfile(item.audio)]
-    if missing:
-        raise DataError(f"{len(missing)} test audio files not found (e.g. {', '.join(missing[:3])}); "
-                        "check the paths or pass --root")
-    from ..eval.transcribe import transcribe  # heavy (torch, the model); only for --model
-
-    default = args.instruction or DEFAULT_INSTRUCTION[detect_language(i.reference for i in items)]
-    instructions = [args.instruction or item.instruction or default for item in items]
-    hyps = transcribe([i.audio for i in items], instructions, args.model, adapter_path=args.adapter,
-                      batch_size=args.batch_size, repetition_penalty=args.repetition_penalty,
-                      max_new_tokens=args.max_new_tokens, device=args.device)
-    if len(hyps) != len(items):
-        raise CliError(f"the model returned {len(hyps)} transcripts for {len(items)} audios", EXIT_MODEL)
-    return list(hyps)
-
-
-def _inputs(args: argparse.Namespace) -> tuple[Paired, dict[str, Any]]:
-    items = load_test_set(args.data, args.root, args.encoding) if args.data else None
-    meta: dict[str, Any] = {"dataset": os.path.abspath(args.data) if args.data else None}
-    if args.predictions:
-        predictions = load_predictions(args.predictions, args.encoding)
-        paired = pair(predictions, items, os.path.basename(args.predictions), os.path.basename(args.data or ""))
-        return paired, {**meta, "predictions": os.path.abspath(args.predictions)}
-    if items is None:
-        raise DataError("--model needs --data TEST.json (the utterances to transcribe)")
-    hyps = _transcribe(items, args)
-    generation = {"batch_size": args.batch_size, "repetition_penalty": args.repetition_penalty,
-                  "max_new_tokens": args.max_new_tokens}
-    paired = Paired([i.id for i in items], [i.reference for i in items], hyps, [i.audio for i in items])
-    return paired, {**meta, "model": args.model, "adapter": args.adapter, "generation": generation}
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..eval.evaluation import evaluate
+
     out_dir = ensure_writable_dir(args.out, "--out")
-    paired, meta = _inputs(args)
-    if paired.label_mismatches:
-        print(f"warning: {paired.label_mismatches} prediction labels differ from the test references; check that "
-              "the predictions belong to this test set (the test references are used)", file=sys.stderr)
-    report = score(paired.ids, paired.refs, paired.hyps, args.normalizer, args.language, paired.audios)
-    comparison = None
-    if args.baseline:
-        base_summary, base_rows, base_name = load_baseline(args.baseline)
-        comparison = compare(report, base_summary, base_rows, base_name)
-    summary = build_summary(report, meta, comparison)
-    paths = write_outputs(out_dir, report, summary, plot=not args.no_plot)
-    print_summary(report, summary, paths["report.md"])
-    return _gate(report, args)
+    data, model_args = _model_args(args) if args.model else (args.data, {})
+    result = evaluate(
+        data,
+        predictions=args.predictions,
+        out_dir=out_dir,
+        baseline=args.baseline,
+        normalizer=args.normalizer,
+        language=args.language,
+        root=args.root,
+        encoding=args.encoding,
+        plot=not args.no_plot,
+        **model_args,
+    )
+    if result.label_mismatches:
+        warn(
+            f"{result.label_mismatches} prediction labels differ from the test references; check that the "
+            "predictions belong to this test set (the test references are used)"
+        )
+    if result.skipped_empty:
+        examples = ", ".join(result.skipped_empty[:3])
+        warn(
+            f"{len(result.skipped_empty)} utterances have an empty reference and were not scored (e.g. {examples}); "
+            "fix their transcripts or drop them (summary.json lists them)"
+        )
+    print_summary(result.report, result.summary, result.paths["report.md"])
+    failures, notes = result.gate(args.max_cer, args.max_wer)
+    for note in notes:
+        warn(note)
+    for failure in failures:
+        print(f"kimi-audio-lf evaluate: {failure}", file=sys.stderr)
+    return EXIT_GATE if failures else 0
 
 
-def print_summary(report: ScoreReport, summary: dict[str, Any], report_path: str) -> None:
+def _model_args(args: argparse.Namespace) -> tuple[list, dict]:
+    """Load the model once the test set is known to be complete (a missing audio fails before the slow load)."""
+    from ..errors import InputError
+    from ..eval.evaluation import require_audio
+    from ..eval.inputs import load_test_set
+    from ..eval.transcribe import Generation, load_for_inference
+
+    if not args.data:
+        raise InputError("--model needs --data TEST.json (the utterances to transcribe)")
+    items = load_test_set(args.data, args.root, args.encoding)
+    require_audio(items)
+    model, processor = load_for_inference(args.model, args.adapter, args.device)
+    generation = Generation(args.batch_size, args.repetition_penalty, args.max_new_tokens)
+    meta = {"model": args.model, "adapter": args.adapter, "dataset": os.path.abspath(args.data)}
+    loaded = {"model": model, "processor": processor, "generation": generation, "instruction": args.instruction}
+    return items, {**loaded, "meta": meta}
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def print_summary(report: ScoreReport, summary: dict, report_path: str) -> None:
     parts = [f"{metric.upper()} {100 * t.rate:.2f}% ({t.n} utts)" for metric, t in report.totals.items() if t.n]
     exact = "–" if report.exact_match is None else f"{100 * report.exact_match:.1f}%"
     print(" · ".join([*parts, f"exact match {exact}", f"n={report.n}"]))
@@ -123,18 +140,3 @@ def print_summary(report: ScoreReport, summary: dict[str, Any], report_path: str
         counts = f"{baseline['improved']} improved, {baseline['regressed']} regressed"
         print(f"vs baseline: {' · '.join([*deltas, counts])}")
     print(f"report: {report_path}")
-
-
-def _gate(report: ScoreReport, args: argparse.Namespace) -> int:
-    code = 0
-    for metric, limit in (("cer", args.max_cer), ("wer", args.max_wer)):
-        rate = report.totals[metric].rate
-        if limit is None:
-            continue
-        if rate is None:
-            print(f"warning: --max-{metric} ignored: no utterance was scored by {metric.upper()}", file=sys.stderr)
-        elif rate > limit:
-            print(f"kimi-audio-lf evaluate: {metric.upper()} {100 * rate:.2f}% exceeds --max-{metric} "
-                  f"{100 * limit:.2f}%", file=sys.stderr)
-            code = EXIT_GATE
-    return code

@@ -27,6 +27,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import InputError
 from ..text import cjk_ratio, detect_language, is_cjk_char  # noqa: F401  (defined once in text.py, used from here)
 
 Step = Callable[[str], str]
@@ -84,4 +85,4 @@ def get_normalizer(name: str) -> Normalizer:
     try:
         return NORMALIZERS[name]
     except KeyError:
-        raise ValueError(f"unknown normalizer {name!r}; choose one of: {', '.join(NORMALIZERS)}") from None
+        raise InputError(f"unknown normalizer {name!r}; choose one of: {', '.join(NORMALIZERS)}") from None

@@ -18,11 +18,34 @@ from .. import __version__
 from ..data.textio import DataError, atomic_open, write_json, write_lines
 from .scoring import Comparison, ScoreReport, UtteranceScore
 
-CSV_FIELDS = ("id", "metric", "error_rate", "errors", "ref_len", "hits", "substitutions", "deletions", "insertions",
-              "exact", "ref", "hyp", "ref_norm", "hyp_norm", "audio")
+CSV_FIELDS = (
+    "id",
+    "metric",
+    "error_rate",
+    "errors",
+    "ref_len",
+    "hits",
+    "substitutions",
+    "deletions",
+    "insertions",
+    "exact",
+    "ref",
+    "hyp",
+    "ref_norm",
+    "hyp_norm",
+    "audio",
+)
 # (label, upper bound inclusive); the first bin is exact matches only.
-HISTOGRAM_BINS = (("0 (exact)", 0.0), ("0–5%", 0.05), ("5–10%", 0.10), ("10–20%", 0.20), ("20–30%", 0.30),
-                  ("30–50%", 0.50), ("50–100%", 1.0), ("> 100%", float("inf")))
+HISTOGRAM_BINS = (
+    ("0 (exact)", 0.0),
+    ("0–5%", 0.05),
+    ("5–10%", 0.10),
+    ("10–20%", 0.20),
+    ("20–30%", 0.30),
+    ("30–50%", 0.50),
+    ("50–100%", 1.0),
+    ("> 100%", float("inf")),
+)
 WORST_N = 10
 PLOT_NAME = "error_rate_hist.png"
 
@@ -39,14 +62,24 @@ def build_summary(report: ScoreReport, meta: dict[str, Any], comparison: Compari
     """The ``summary.json`` payload; ``meta`` adds model / dataset / generation fields."""
     ids = [u.id for u in report.utterances]
     summary = {
-        "model": meta.get("model"), "adapter": meta.get("adapter"), "predictions": meta.get("predictions"),
-        "dataset": meta.get("dataset"), "dataset_hash": dataset_hash(ids, [u.ref for u in report.utterances]),
-        "normalizer": report.normalizer.describe(), "language": report.language,
-        "n": report.n, "n_cer": report.totals["cer"].n, "n_wer": report.totals["wer"].n,
-        "cer": report.cer, "wer": report.wer, "exact_match": report.exact_match,
+        "model": meta.get("model"),
+        "adapter": meta.get("adapter"),
+        "predictions": meta.get("predictions"),
+        "dataset": meta.get("dataset"),
+        "dataset_hash": dataset_hash(ids, [u.ref for u in report.utterances]),
+        "normalizer": report.normalizer.describe(),
+        "language": report.language,
+        "n": report.n,
+        "n_cer": report.totals["cer"].n,
+        "n_wer": report.totals["wer"].n,
+        "cer": report.cer,
+        "wer": report.wer,
+        "exact_match": report.exact_match,
         "counts": {metric: totals.to_dict() for metric, totals in report.totals.items()},
-        "generation": meta.get("generation"), "version": __version__,
-    }  # fmt: skip
+        "skipped_empty_reference": list(report.skipped_empty),
+        "generation": meta.get("generation"),
+        "version": __version__,
+    }
     if comparison is not None:
         summary["baseline"] = comparison.to_dict()
     return summary
@@ -74,34 +107,59 @@ def worst(utterances: Sequence[UtteranceScore], n: int = WORST_N) -> list[Uttera
     return sorted((u for u in utterances if u.errors), key=lambda u: (-u.error_rate, -u.errors, u.id))[:n]
 
 
+def _counts(summary: dict[str, Any], report: ScoreReport) -> str:
+    counts = f"{report.n} ({summary['n_cer']} by CER, {summary['n_wer']} by WER)"
+    skipped = report.skipped_empty
+    skipped_note = f"{len(skipped)} not scored (empty reference: {', '.join(skipped[:5])}{'…' * (len(skipped) > 5)})"
+    return f"{counts}; {skipped_note}" if skipped else counts
+
+
 def render_markdown(summary: dict[str, Any], report: ScoreReport, plot: str | None = None) -> str:
     lines = ["# ASR evaluation report", "", "| | |", "|---|---|"]
     source = summary.get("model") or summary.get("predictions") or "–"
-    for label, value in (("model / predictions", source), ("adapter", summary.get("adapter") or "–"),
-                         ("dataset", summary.get("dataset") or "–"), ("dataset hash", summary["dataset_hash"]),
-                         ("normaliser", f"{report.normalizer.name} ({' → '.join(report.normalizer.step_names)})"),
-                         ("utterances", f"{report.n} ({summary['n_cer']} by CER, {summary['n_wer']} by WER)")):
+    for label, value in (
+        ("model / predictions", source),
+        ("adapter", summary.get("adapter") or "–"),
+        ("dataset", summary.get("dataset") or "–"),
+        ("dataset hash", summary["dataset_hash"]),
+        ("normaliser", f"{report.normalizer.name} ({' → '.join(report.normalizer.step_names)})"),
+        ("utterances", _counts(summary, report)),
+    ):
         lines.append(f"| {label} | {_cell(str(value))} |")
     lines += ["", "| metric | value | S | D | I | hits | reference length |", "|---|---|---|---|---|---|---|"]
     for metric, totals in report.totals.items():
         if totals.n:
-            lines.append(f"| {metric.upper()} | {_pct(totals.rate)} | {totals.substitutions} | {totals.deletions} | "
-                         f"{totals.insertions} | {totals.hits} | {totals.ref_len} |")
+            lines.append(
+                f"| {metric.upper()} | {_pct(totals.rate)} | {totals.substitutions} | {totals.deletions} | "
+                f"{totals.insertions} | {totals.hits} | {totals.ref_len} |"
+            )
     lines.append(f"| exact match | {_pct(report.exact_match)} | | | | | |")
     lines += _baseline_lines(summary.get("baseline"))
-    lines += ["", "## Per-utterance error rate (CER or WER)", "", "| error rate | utterances | share | |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Per-utterance error rate (CER or WER)",
+        "",
+        "| error rate | utterances | share | |",
+        "|---|---|---|---|",
+    ]
     for label, count in histogram([u.error_rate for u in report.utterances]):
         share = count / report.n if report.n else 0.0
         lines.append(f"| {label} | {count} | {100 * share:.1f}% | {'█' * round(20 * share)} |")
     if plot:
         lines += ["", f"![error-rate histogram]({plot})"]
-    lines += ["", f"## {WORST_N} worst utterances", "", "| id | metric | rate | reference | hypothesis |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## {WORST_N} worst utterances",
+        "",
+        "| id | metric | rate | reference | hypothesis |",
+        "|---|---|---|---|---|",
+    ]
     bad = worst(report.utterances)
     for utt in bad:
-        lines.append(f"| {_cell(utt.id, 40)} | {utt.metric.upper()} | {_pct(utt.error_rate)} | {_cell(utt.ref)} | "
-                     f"{_cell(utt.hyp) or '*(empty)*'} |")
+        lines.append(
+            f"| {_cell(utt.id, 40)} | {utt.metric.upper()} | {_pct(utt.error_rate)} | {_cell(utt.ref)} | "
+            f"{_cell(utt.hyp) or '*(empty)*'} |"
+        )
     if not bad:
         lines.append("| – | | | every utterance matches its reference | |")
     return "\n".join(lines) + "\n"
@@ -110,15 +168,23 @@ def render_markdown(summary: dict[str, Any], report: ScoreReport, plot: str | No
 def _baseline_lines(baseline: dict[str, Any] | None) -> list[str]:
     if not baseline:
         return []
-    lines = ["", f"## Compared with {baseline['baseline']}", "", "| metric | before | after | change |",
-             "|---|---|---|---|"]
+    lines = [
+        "",
+        f"## Compared with {baseline['baseline']}",
+        "",
+        "| metric | before | after | change |",
+        "|---|---|---|---|",
+    ]
     for key in ("cer", "wer", "exact_match"):
         before, after, delta = baseline["before"].get(key), baseline["after"].get(key), baseline["delta"].get(key)
         if before is not None or after is not None:
             change = "–" if delta is None else f"{100 * delta:+.2f} pt"
             lines.append(f"| {key.replace('_', ' ')} | {_pct(before)} | {_pct(after)} | {change} |")
-    lines += ["", f"Per utterance ({baseline['matched']} matched by id): {baseline['improved']} improved, "
-              f"{baseline['regressed']} regressed, {baseline['unchanged']} unchanged."]
+    lines += [
+        "",
+        f"Per utterance ({baseline['matched']} matched by id): {baseline['improved']} improved, "
+        f"{baseline['regressed']} regressed, {baseline['unchanged']} unchanged.",
+    ]
     if not baseline["same_normalizer"]:
         lines.append("**Warning:** the baseline used a different normaliser; the numbers are not comparable.")
     return lines
@@ -156,10 +222,13 @@ def _csv_text(report: ScoreReport) -> str:
 
 def write_outputs(out_dir: str, report: ScoreReport, summary: dict[str, Any], plot: bool = True) -> dict[str, str]:
     """Write every output file into ``out_dir``; returns name → path."""
-    paths = {name: os.path.join(out_dir, name)
-             for name in ("utterances.jsonl", "utterances.csv", "summary.json", "report.md")}
-    write_lines(paths["utterances.jsonl"],
-                lambda: (json.dumps(u.to_dict(), ensure_ascii=False) for u in report.utterances))
+    paths = {
+        name: os.path.join(out_dir, name)
+        for name in ("utterances.jsonl", "utterances.csv", "summary.json", "report.md")
+    }
+    write_lines(
+        paths["utterances.jsonl"], lambda: (json.dumps(u.to_dict(), ensure_ascii=False) for u in report.utterances)
+    )
     with atomic_open(paths["utterances.csv"], encoding="utf-8-sig") as fh:
         fh.write(_csv_text(report))
     write_json(paths["summary.json"], summary)

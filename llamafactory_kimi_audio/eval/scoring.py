@@ -3,7 +3,11 @@
 Each utterance is scored by one metric. ``language="auto"`` decides per utterance from its reference (mostly CJK →
 CER, character by character with spaces removed; otherwise WER, word by word). Corpus CER and WER are
 ``(S + D + I) / (S + D + hits)`` summed over the utterances scored with that metric, as ``jiwer`` computes them
-for a list of sentences. Empty references follow jiwer: the error rate of an utterance is ``errors / max(1, N)``.
+for a list of sentences.
+
+An utterance whose reference is empty after normalisation has no error rate (nothing to divide by): it is not
+scored, and its id is listed in ``ScoreReport.skipped_empty`` (``evaluate`` warns with the count and records the ids
+in ``summary.json``; a test set whose references are all empty is an error there).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from typing import Any
 
 import jiwer
 
+from ..errors import InputError
 from .normalize import Normalizer, detect_language, get_normalizer
 
 METRIC_BY_LANGUAGE = {"zh": "cer", "en": "wer"}
 
 
-class ScoringError(ValueError):
+class ScoringError(InputError):
     """Inputs that cannot be scored together (e.g. different numbers of references and hypotheses)."""
 
 
@@ -96,6 +101,7 @@ class ScoreReport:
     normalizer: Normalizer
     language: str
     totals: dict[str, Totals] = field(default_factory=dict)  # "cer" / "wer"
+    skipped_empty: list[str] = field(default_factory=list)  # ids of utterances with an empty reference (not scored)
 
     @property
     def n(self) -> int:
@@ -129,8 +135,9 @@ def score_utterance(
         out = _align(" ".join(ref_norm.replace(" ", "")), " ".join(hyp_norm.replace(" ", "")))
     else:
         out = _align(ref_norm, hyp_norm)
-    return UtteranceScore(uid, ref, hyp, ref_norm, hyp_norm, metric, out.hits, out.substitutions, out.deletions,
-                          out.insertions, audio)
+    return UtteranceScore(
+        uid, ref, hyp, ref_norm, hyp_norm, metric, out.hits, out.substitutions, out.deletions, out.insertions, audio
+    )
 
 
 def score(
@@ -143,15 +150,20 @@ def score(
 ) -> ScoreReport:
     """Score hypotheses against references (same order); ``language`` is ``auto``, ``zh`` (CER) or ``en`` (WER)."""
     if not (len(ids) == len(refs) == len(hyps)):
-        raise ScoringError(f"{len(hyps)} hypotheses for {len(refs)} references ({len(ids)} ids); "
-                           "every utterance needs exactly one of each")
+        raise ScoringError(
+            f"{len(hyps)} hypotheses for {len(refs)} references ({len(ids)} ids); "
+            "every utterance needs exactly one of each"
+        )
     if language not in ("auto", *METRIC_BY_LANGUAGE):
         raise ScoringError(f"unknown language {language!r}; use auto, zh (CER) or en (WER)")
     norm = get_normalizer(normalizer) if isinstance(normalizer, str) else normalizer
     audio_list = list(audios) if audios is not None else [None] * len(ids)
-    rows = [score_utterance(str(i), r or "", h or "", norm, language, a)
-            for i, r, h, a in zip(ids, refs, hyps, audio_list)]
-    report = ScoreReport(rows, norm, language, {"cer": Totals(), "wer": Totals()})
+    rows = [
+        score_utterance(str(i), r or "", h or "", norm, language, a) for i, r, h, a in zip(ids, refs, hyps, audio_list)
+    ]
+    skipped = [row.id for row in rows if not row.ref_norm]
+    rows = [row for row in rows if row.ref_norm]
+    report = ScoreReport(rows, norm, language, {"cer": Totals(), "wer": Totals()}, skipped)
     for row in rows:
         report.totals[row.metric].add(row)
         if row.metric == "wer":  # CER is meaningful for every language: count characters of English rows too
@@ -162,8 +174,14 @@ def score(
 def character_score(row: UtteranceScore) -> UtteranceScore:
     """The character-level (CER) alignment of an utterance that was scored by words."""
     out = _align(" ".join(row.ref_norm.replace(" ", "")), " ".join(row.hyp_norm.replace(" ", "")))
-    return replace(row, metric="cer", hits=out.hits, substitutions=out.substitutions, deletions=out.deletions,
-                   insertions=out.insertions)
+    return replace(
+        row,
+        metric="cer",
+        hits=out.hits,
+        substitutions=out.substitutions,
+        deletions=out.deletions,
+        insertions=out.insertions,
+    )
 
 
 @dataclass
@@ -190,8 +208,12 @@ class Comparison:
         return {**asdict(self), "delta": self.delta}
 
 
-def compare(report: ScoreReport, baseline_summary: dict[str, Any], baseline_rows: list[dict[str, Any]] | None,
-            baseline_name: str) -> Comparison:
+def compare(
+    report: ScoreReport,
+    baseline_summary: dict[str, Any],
+    baseline_rows: list[dict[str, Any]] | None,
+    baseline_name: str,
+) -> Comparison:
     """Corpus deltas from the baseline's summary; improved/regressed counts from its per-utterance rows."""
     before_rates = {row["id"]: float(row["error_rate"]) for row in baseline_rows or []}
     improved = regressed = unchanged = 0
@@ -209,8 +231,10 @@ def compare(report: ScoreReport, baseline_summary: dict[str, Any], baseline_rows
         before={k: baseline_summary.get(k) for k in ("cer", "wer", "exact_match")},
         after={"cer": report.cer, "wer": report.wer, "exact_match": report.exact_match},
         matched=improved + regressed + unchanged,
-        improved=improved, regressed=regressed, unchanged=unchanged,
+        improved=improved,
+        regressed=regressed,
+        unchanged=unchanged,
         only_in_baseline=len(set(before_rates) - current_ids),
         only_in_current=len(current_ids - set(before_rates)) if baseline_rows is not None else 0,
         same_normalizer=(baseline_summary.get("normalizer") or {}).get("name") == report.normalizer.name,
-    )  # fmt: skip
+    )

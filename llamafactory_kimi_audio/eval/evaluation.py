@@ -1,0 +1,155 @@
+"""Evaluation as a library: ``evaluate(...) -> EvalResult`` scores saved predictions, or transcribes a test set with
+a model the caller already loaded, then compares with a baseline and writes the reports.
+
+    from llamafactory_kimi_audio.eval import evaluate
+    from llamafactory_kimi_audio.eval import load_for_inference
+
+    model, processor = load_for_inference("models/Kimi-Audio-7B-Instruct", adapter_path="saves/lora")
+    for name in ("test_clean", "test_noisy"):
+        result = evaluate(f"data/{name}.json", model=model, processor=processor, out_dir=f"eval/{name}")
+        print(name, result.report.cer)
+
+``kimi-audio-lf evaluate`` is this function plus argument parsing and printing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data.textio import ensure_writable_dir
+from ..errors import InputError, ModelError
+from .inputs import Paired, TestItem, load_predictions, load_test_set, pair
+from .normalize import detect_language
+from .report import build_summary, load_baseline, write_outputs
+from .scoring import ScoreReport, compare, score
+
+
+@dataclass
+class EvalResult:
+    """Scores, the ``summary.json`` payload, and the paths written (empty without ``out_dir``)."""
+
+    report: ScoreReport
+    summary: dict[str, Any]
+    paths: dict[str, str] = field(default_factory=dict)
+    label_mismatches: int = 0  # predictions whose own label differs from the test set's reference
+
+    @property
+    def skipped_empty(self) -> list[str]:
+        """Ids of utterances not scored because their reference is empty."""
+        return self.report.skipped_empty
+
+    def gate(self, max_cer: float | None = None, max_wer: float | None = None) -> tuple[list[str], list[str]]:
+        """``(failures, notes)``: the limits exceeded, and the limits that could not be checked."""
+        failures, notes = [], []
+        for metric, limit in (("cer", max_cer), ("wer", max_wer)):
+            rate = self.report.totals[metric].rate
+            if limit is None:
+                continue
+            if rate is None:
+                notes.append(f"--max-{metric} ignored: no utterance was scored by {metric.upper()}")
+            elif rate > limit:
+                failures.append(f"{metric.upper()} {100 * rate:.2f}% exceeds --max-{metric} {100 * limit:.2f}%")
+        return failures, notes
+
+
+def require_audio(items: Sequence[TestItem]) -> None:
+    """InputError naming a few missing files, before any model is loaded."""
+    missing = [item.audio or item.id for item in items if not os.path.isfile(item.audio)]
+    if missing:
+        raise InputError(
+            f"{len(missing)} test audio files not found (e.g. {', '.join(missing[:3])}); "
+            "check the paths or pass --root"
+        )
+
+
+def instructions_for(items: Sequence[TestItem], instruction: str | None = None) -> list[str]:
+    """``instruction`` for every item if given; else each record's own; else the default of the set's language."""
+    from ..models.special_tokens import DEFAULT_INSTRUCTION
+
+    default = instruction or DEFAULT_INSTRUCTION[detect_language(i.reference for i in items)]
+    return [instruction or item.instruction or default for item in items]
+
+
+def transcribe_items(
+    model: Any,
+    processor: Any,
+    items: Sequence[TestItem],
+    instruction: str | None = None,
+    generation: Any = None,
+    progress: bool = True,
+) -> Paired:
+    """Transcribe a loaded test set with a loaded model; references from the test set."""
+    from .transcribe import Generation, transcribe
+
+    require_audio(items)
+    audios = [item.audio for item in items]
+    hyps = transcribe(
+        model, processor, audios, instructions_for(items, instruction), generation or Generation(), progress=progress
+    )
+    if len(hyps) != len(items):
+        raise ModelError(f"the model returned {len(hyps)} transcripts for {len(items)} audios")
+    return Paired([i.id for i in items], [i.reference for i in items], list(hyps), audios)
+
+
+def _paired(
+    data: str | Sequence[TestItem] | None, predictions: str | None, model: Any, processor: Any, options: dict[str, Any]
+) -> tuple[Paired, dict[str, Any]]:
+    items = load_test_set(data, options["root"], options["encoding"]) if isinstance(data, str) else data
+    meta: dict[str, Any] = {"dataset": os.path.abspath(data) if isinstance(data, str) else None}
+    if predictions is not None:
+        paired = pair(
+            load_predictions(predictions, options["encoding"]),
+            None if items is None else list(items),
+            os.path.basename(predictions),
+            os.path.basename(data) if isinstance(data, str) else "",
+        )
+        return paired, {**meta, "predictions": os.path.abspath(predictions)}
+    if model is None or processor is None:
+        raise InputError("evaluate needs predictions, or a loaded model and processor (--model)")
+    if items is None:
+        raise InputError("--model needs --data TEST.json (the utterances to transcribe)")
+    generation = options["generation"]
+    paired = transcribe_items(model, processor, items, options["instruction"], generation, options["progress"])
+    name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return paired, {**meta, "model": name, "generation": generation.to_dict() if generation else None}
+
+
+def evaluate(
+    data: str | Sequence[TestItem] | None = None,
+    *,
+    predictions: str | None = None,
+    model: Any = None,
+    processor: Any = None,
+    out_dir: str | None = None,
+    baseline: str | None = None,
+    normalizer: str = "standard",
+    language: str = "auto",
+    meta: dict[str, Any] | None = None,
+    **options: Any,
+) -> EvalResult:
+    """Score ``predictions`` (a file) or the transcripts of ``model`` on ``data`` (a test-set file or loaded items).
+
+    ``options``: ``root``, ``encoding`` (test set / predictions reading), ``instruction``, ``generation`` (a
+    ``transcribe.Generation``), ``progress``, ``plot``. ``meta`` overrides summary fields (e.g. the model path).
+    Writes ``utterances.*``, ``summary.json`` and ``report.md`` into ``out_dir`` when given.
+    """
+    unknown = set(options) - {"root", "encoding", "instruction", "generation", "progress", "plot"}
+    if unknown:
+        raise TypeError(f"evaluate() got unexpected options: {', '.join(sorted(unknown))}")
+    defaults = {"root": None, "encoding": "auto", "instruction": None, "generation": None, "progress": True}
+    paired, found = _paired(data, predictions, model, processor, {**defaults, **options})
+    report = score(paired.ids, paired.refs, paired.hyps, normalizer, language, paired.audios)
+    if not report.n:
+        raise InputError(
+            f"all {len(report.skipped_empty)} references are empty: nothing to score; check that the "
+            "test set's transcripts were read (the text column)"
+        )
+    comparison = compare(report, *load_baseline(baseline)) if baseline else None
+    summary = build_summary(report, {**found, **(meta or {})}, comparison)
+    paths = {}
+    if out_dir:
+        paths = write_outputs(ensure_writable_dir(out_dir, "out_dir"), report, summary, plot=options.get("plot", True))
+    return EvalResult(report, summary, paths, paired.label_mismatches)
