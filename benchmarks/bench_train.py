@@ -36,6 +36,7 @@ Cases (``--cases`` picks some):
   *_nonblocking          ``accelerator_config: {non_blocking: true}``: batches copied to the GPU without a sync
   *_dense                KIMI_AUDIO_VARLEN_ATTENTION=0: packed rows through SDPA with the dense [B,1,L,L] block mask
                          instead of one variable-length FlashAttention sequence per utterance
+  *_ckpt                 gradient checkpointing on (packed rows: the candidates for a 24 GB default recipe)
   *_walkcount            the model's parameter count walked every step as before (not counted once per phase)
 """
 
@@ -100,6 +101,10 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_packed1024_mb8_nodrop_layers_dense": dict(
         bs=8, packing=1024, lora_dropout=0.0, compile="layers", dense=True
     ),
+    "kimi_packed1024_mb4_nodrop_ckpt": dict(bs=4, packing=1024, lora_dropout=0.0, ckpt=True),
+    "kimi_packed1024_mb4_nodrop_ckpt_layers": dict(bs=4, packing=1024, lora_dropout=0.0, ckpt=True, compile="layers"),
+    "kimi_packed1024_mb8_nodrop_ckpt_layers": dict(bs=8, packing=1024, lora_dropout=0.0, ckpt=True, compile="layers"),
+    "kimi_packed1024_mb8_nodrop_ckpt": dict(bs=8, packing=1024, lora_dropout=0.0, ckpt=True),
     "kimi_packed1024_mb4_nodrop_layers_walkcount": dict(
         bs=4, packing=1024, lora_dropout=0.0, compile="layers", walk_count=True
     ),
