@@ -27,6 +27,8 @@ Cases (``--cases`` picks some):
   kimi_cached_mb32_group_nodrop  the same with lora_dropout 0 (PEFT then skips a dropout copy of every LoRA input)
   kimi_packed1024_mb4[_nodrop]  packing + neat_packing into 1,024-token rows (block-diagonal attention), micro-batch 4
   *_unfused              PEFT's own LoRA forward instead of the package's fused one (models/fused_lora.py)
+  qwen_*_fused           the text-only baseline with the package's fused LoRA forward too (it is model-agnostic):
+                         Kimi vs these measures Kimi's own cost; Kimi vs the plain qwen_* cases what a user sees
   kimi_cached_mb48_group_nodrop  micro-batch 48
   *_compiled             KIMI_AUDIO_COMPILE_POINTWISE=1: RMSNorm / RoPE / SwiGLU fused by torch.compile
   *_layers               KIMI_AUDIO_COMPILE_POINTWISE=layers: whole decoder layers compiled
@@ -46,6 +48,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -75,6 +78,8 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_cached_mb16_group_nogqa": dict(bs=16, group=True, attention="nogqa"),
     "kimi_cached_mb32_group": dict(bs=32, group=True),
     "qwen_text_mb32_group": dict(bs=32, group=True, text=True),
+    "qwen_text_mb8_group_fused": dict(bs=8, group=True, text=True, fused=True),
+    "qwen_text_mb32_group_fused": dict(bs=32, group=True, text=True, fused=True),
     "kimi_cached_mb32_group_nodrop": dict(bs=32, group=True, lora_dropout=0.0),
     "kimi_packed1024_mb4": dict(bs=4, packing=1024),
     "kimi_cached_mb32_group_nodrop_unfused": dict(bs=32, group=True, lora_dropout=0.0, unfused=True),
@@ -313,6 +318,19 @@ def placeholder_token_id(model_dir: str) -> int:
     return special_id(KimiAudioConfig.from_pretrained(model_dir), AUDIO_PLACEHOLDER)
 
 
+def fused_lora_callback():
+    """Give a non-Kimi model the package's fused LoRA forward at train begin (the loader installs it on Kimi only)."""
+    from transformers import TrainerCallback
+
+    from llamafactory_kimi_audio.models.fused_lora import install_fused_lora
+
+    class FusedLora(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            print(f"[bench] fused LoRA forward on {install_fused_lora(model)} layers", flush=True)
+
+    return FusedLora()
+
+
 def forget_compiled() -> None:
     """Each case builds a new model: drop the compiled layers (and dynamo's caches, whose recompile limit counts across
     cases) so that one case's compilation cannot turn the next one's into silent eager fallbacks."""
@@ -359,6 +377,8 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         no_sdpa_gqa(patched)
     callback = common.make_callback(None if text else placeholder_token_id(paths["kimi"]))
     callbacks = [callback]
+    if spec.get("fused"):
+        callbacks.append(fused_lora_callback())
     profiled = name in a.profile.split(",")
     if profiled:  # the last two steps, left out of the figures (the profiler slows them down)
         callbacks.append(common.make_profiler_callback(os.path.join(a.profile_dir, name), a.steps - PROFILED_STEPS))
@@ -434,6 +454,33 @@ def prepare(a) -> dict[str, str]:
     return paths
 
 
+RATIO_PAIRS = (
+    ("kimi_cached_mb8", "qwen_text_mb8"),
+    ("kimi_cached_mb8_group", "qwen_text_mb8_group"),
+    ("kimi_cached_mb8_group", "qwen_text_mb8_group_fused"),
+    ("kimi_cached_mb8_group_v0", "qwen_text_mb8_group"),
+    ("kimi_cached_mb16_group", "qwen_text_mb16_group"),
+    ("kimi_cached_mb32_group", "qwen_text_mb32_group"),
+    ("kimi_cached_mb32_group", "qwen_text_mb32_group_fused"),
+)
+
+
+def print_ratios(rows: list[dict[str, Any]]) -> None:
+    """Kimi / text-only tokens/s per round (cases of one round ran next to each other), with the median and spread."""
+    by_round: dict[tuple[str, int], float] = {
+        (r["case"], r.get("round", 0)): r["tokens_per_s"] for r in rows if "error" not in r
+    }
+    for kimi, qwen in RATIO_PAIRS:
+        rounds = sorted(n for case, n in by_round if case == kimi and (qwen, n) in by_round)
+        ratios = [by_round[kimi, n] / by_round[qwen, n] for n in rounds]
+        if ratios:
+            listed = ", ".join(f"{x:.3f}" for x in ratios)
+            print(
+                f"throughput ratio {kimi} / {qwen}: median {statistics.median(ratios):.3f}, "
+                f"range {min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} interleaved pair(s) [{listed}]"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="CPU run on the tiny checkpoint (seconds)")
@@ -445,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/kimi_bench"))
     parser.add_argument("--out", default=None, help="append one JSON line per case")
     parser.add_argument("--budget", type=int, default=0, help="skip the remaining cases after this many seconds")
+    parser.add_argument("--repeat", type=int, default=1, help="run the case list this many times, interleaved")
     parser.add_argument("--profile", default="", help="cases to profile (torch.profiler, their last 2 steps)")
     parser.add_argument("--profile-dir", default="profiles", help="where the profiles go (one folder per case)")
     a = parser.parse_args(argv)
@@ -457,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = prepare(a)
     rows = []
     started = time.perf_counter()
-    for name in [c for c in a.cases.split(",") if c]:
+    names = [c for c in a.cases.split(",") if c]
+    for round_no, name in [(r, n) for r in range(a.repeat) for n in names]:
         spec = KIMI_CASES[name]
         if a.budget and time.perf_counter() - started > a.budget:
             rows.append({"case": name, "error": "skipped (time budget)"})
@@ -465,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] ===== {name} {spec}", flush=True)
         try:
             row = run_case(name, spec, paths, a)
+            row["round"] = round_no
         except Exception as exc:  # one failing case must not lose the others' figures
             traceback.print_exc()
             row = {"case": name, "error": f"{type(exc).__name__}: {exc}"}
@@ -474,17 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(a.out, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
     print(common.format_table(rows))
-    by_name = {r["case"]: r for r in rows if "error" not in r}
-    for kimi, qwen in (
-        ("kimi_cached_mb8", "qwen_text_mb8"),
-        ("kimi_cached_mb8_group", "qwen_text_mb8_group"),
-        ("kimi_cached_mb8_group_v0", "qwen_text_mb8_group"),
-        ("kimi_cached_mb16_group", "qwen_text_mb16_group"),
-        ("kimi_cached_mb32_group", "qwen_text_mb32_group"),
-    ):
-        if kimi in by_name and qwen in by_name:
-            ratio = by_name[kimi]["tokens_per_s"] / by_name[qwen]["tokens_per_s"]
-            print(f"throughput ratio {kimi} / {qwen} = {ratio:.3f}")
+    print_ratios(rows)
     return 0 if all("error" not in r for r in rows) else 1
 
 
