@@ -11,9 +11,10 @@ import os
 from typing import Any
 
 from .configuration_kimi_audio import OFFICIAL_ARCHITECTURE, KimiAudioConfig
+from .constants import MODEL_TYPE
 
-KIMI_MODEL_TYPES = ("moonshot_kimia", "kimi_audio")
-_REMOTE_MODULE = "moonshot_kimia"  # configuration_moonshot_kimia / modeling_moonshot_kimia in auto_map
+KIMI_MODEL_TYPES = (MODEL_TYPE, "kimi_audio")
+_REMOTE_MODULE = MODEL_TYPE  # configuration_moonshot_kimia / modeling_moonshot_kimia in auto_map
 
 
 def read_config_json(model_dir: str | os.PathLike) -> dict[str, Any] | None:
