@@ -100,6 +100,7 @@ class KimiAudioConfig(PretrainedConfig):
         self.compile_pointwise = compile_pointwise
         kwargs.setdefault("architectures", [OFFICIAL_ARCHITECTURE])
         kwargs.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
+        kwargs.pop("model_type", None)  # an official export's "qwen2" would shadow the class's model_type
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     def require_rope_theta(self) -> float:
