@@ -27,6 +27,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from ..errors import ModelError
 from .attention import KimiAudioAttention
 from .checkpoint_io import OfficialLayoutMixin
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
@@ -285,7 +286,7 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
     def whisper_rows(self, input_features: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
         """Whisper frames of every 30 s chunk, first 4·T kept, stacked 4 → 1 to 12.5 Hz rows (spec §3.2)."""
         if self.whisper_encoder is None:
-            raise ValueError(f"this checkpoint has no {WHISPER_SUBDIR}/ directory, so it cannot encode audio features")
+            raise ModelError(f"this checkpoint has no {WHISPER_SUBDIR}/ directory, so it cannot encode audio features")
         return encode_whisper_rows(self.whisper_encoder, input_features, chunk_tokens)
 
     def fuse_embeddings(
