@@ -312,8 +312,7 @@ def qlora_models(patched: Patched) -> None:
 # -------------------------------------------------------------------------------------------------- the runner
 def placeholder_token_id(model_dir: str) -> int:
     from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
-    from llamafactory_kimi_audio.models.modeling_kimi_audio import special_id
-    from llamafactory_kimi_audio.models.special_tokens import AUDIO_PLACEHOLDER
+    from llamafactory_kimi_audio.models.special_tokens import AUDIO_PLACEHOLDER, special_id
 
     return special_id(KimiAudioConfig.from_pretrained(model_dir), AUDIO_PLACEHOLDER)
 

@@ -61,9 +61,9 @@ def _make_full_kimi_dir(directory: str, device: str, seed: int) -> None:
 
     from llamafactory_kimi_audio.models.configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR
     from llamafactory_kimi_audio.models.glm4_voice import Glm4VoiceConfig, Glm4VoiceEncoder, save_glm4_voice_tokenizer
-    from llamafactory_kimi_audio.models.modeling_kimi_audio import build_whisper_encoder, save_whisper_dir
     from llamafactory_kimi_audio.models.tiny import make_tiny_checkpoint
     from llamafactory_kimi_audio.models.tokenization_kimi_audio import write_tokenizer_files
+    from llamafactory_kimi_audio.models.whisper_encoder import build_whisper_encoder, save_whisper_dir
 
     info = make_tiny_checkpoint(directory, preset="full")
     assert write_tokenizer_files(directory, full_vocab_ranks()) == info.num_base_tokens == FULL_BASE_TOKENS

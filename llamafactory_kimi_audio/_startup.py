@@ -1,8 +1,8 @@
 """Turn the LLaMA-Factory integration on in every interpreter, for the price of two stdlib-only modules.
 
 ``llamafactory_kimi_audio.pth`` (``.start`` from Python 3.15 on, PEP 829) calls :func:`install` at every Python
-start-up. It only puts a finder at the front of ``sys.meta_path``; nothing but ``settings`` is imported. When ``llamafactory``
-is first imported, *before* its ``__init__`` runs, the finder loads the hooks of the entry-point group
+start-up. It only puts a finder at the front of ``sys.meta_path``; nothing but ``settings`` is imported. When
+``llamafactory`` is first imported, *before* its ``__init__`` runs, the finder loads the hooks of the entry-point group
 ``llamafactory_extensions``: objects with a ``.module`` (an exact module name) that are called with that module
 right after it has executed, so before any other module can bind its names with ``from ... import``.
 

@@ -1,4 +1,4 @@
-"""Audio constants of Kimi-Audio's front-end, defined once for every layer (architecture spec §3.2).
+"""Audio constants of Kimi-Audio's front-end for the data side; defined once in ``models/constants.py``.
 
 Audio is read at 16 kHz mono, encoded in independent 30 s chunks, and one 12.5 Hz token covers 1280 samples
 (80 ms). 480000 is a multiple of 1280, so tokens never straddle a chunk boundary.
@@ -6,10 +6,9 @@ Audio is read at 16 kHz mono, encoded in independent 30 s chunks, and one 12.5 H
 
 from __future__ import annotations
 
-SAMPLE_RATE = 16000
-CHUNK_SECONDS = 30
-CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
-SAMPLES_PER_TOKEN = 1280
+from .models.constants import CHUNK_SAMPLES, CHUNK_SECONDS, MODEL_TYPE, SAMPLE_RATE, SAMPLES_PER_TOKEN
+
+__all__ = ["CHUNK_SAMPLES", "CHUNK_SECONDS", "MODEL_TYPE", "SAMPLE_RATE", "SAMPLES_PER_TOKEN", "chunk_count"]
 
 
 def chunk_count(num_samples: int) -> int:

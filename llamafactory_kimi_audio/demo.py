@@ -6,6 +6,7 @@ user would use a subprocess, so the demo proves the whole path (template → plu
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -61,7 +62,7 @@ def demo_recipe(out_dir: str, max_steps: int = 600, dataset: str = "demo_train",
         "learning_rate": 1.0e-3,
         "max_steps": max_steps,
         "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.1,
+        "warmup_steps": math.ceil(0.1 * max_steps),  # 10%, as warmup_ratio 0.1 gave (deprecated on transformers 5)
         "max_grad_norm": 1.0,
         "use_cpu": True,
         "seed": seed,

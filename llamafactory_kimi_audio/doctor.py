@@ -18,15 +18,9 @@ from typing import Any
 
 from . import settings
 from .doctor_checkpoint import Check, checkpoint_checks
+from .patching import SUPPORTED_VERSIONS
 
 DISABLE = "KIMI_AUDIO_DISABLE"
-
-REQUIREMENTS = {  # distribution -> supported versions (= pyproject.toml's dependencies)
-    "torch": ">=2.4",
-    "transformers": ">=4.55.0,<=5.6.0,!=4.57.0",
-    "peft": ">=0.18.0,<0.19",
-    "llamafactory": "==0.9.5",
-}
 MIN_PYTHON = (3, 11)
 PTH_FILE = "llamafactory_kimi_audio.pth"
 TEMPLATE = "kimi_audio"
@@ -38,10 +32,10 @@ started = s.is_installed()
 import llamafactory.data.template as t
 template = {TEMPLATE!r} in t.TEMPLATES
 import llamafactory.model.loader, llamafactory.train.sft.workflow, llamafactory.train.tuner
-from llamafactory_kimi_audio.integration.patches import all_patches
+from llamafactory_kimi_audio.integration.patches import patch_rows
 print({PROBE_MARK!r} + json.dumps(dict(
     finder=started, template=template, applied=list(s.applied_hooks()), failed=s.failed_hooks(),
-    registered=s.registered_hooks(), patches={{p.name: p.applied for p in all_patches()}},
+    registered=s.registered_hooks(), patches={{row["name"]: row["applied"] for row in patch_rows()}},
 )))
 """
 
@@ -65,7 +59,7 @@ def run_checks(model_dir: str | None = None, progress: Callable[[str], None] | N
         say(f"checking the checkpoint {model_dir}")
         checks += checkpoint_checks(model_dir)
     say("checking torch, GPU and tools")
-    return checks + [*gpu_checks(), packed_attention_check(), espeak_check()]
+    return checks + [*gpu_checks(), packed_attention_check(), espeak_check(), *settings_checks()]
 
 
 # ----------------------------------------------------------------------------------------------- versions
@@ -76,7 +70,7 @@ def python_check() -> Check:
 
 
 def version_checks() -> list[Check]:
-    return [version_check(dist, spec) for dist, spec in REQUIREMENTS.items()]
+    return [version_check(dist, spec) for dist, spec in SUPPORTED_VERSIONS.items()]
 
 
 def version_check(dist: str, spec: str) -> Check:
@@ -125,9 +119,9 @@ def pth_check() -> Check:
 
 
 def _opted_out() -> tuple[bool, str, str | None]:
-    """(opted out?, the variable that says so or the setting's name, its raw value), read now (not cached)."""
+    """(opted out?, the variable that says so or the setting's name, its raw value); ``run_checks`` reloads first."""
     raw, variable = settings.raw_value(DISABLE)
-    return raw is not None and bool(settings.BY_NAME[DISABLE].parse(raw)), variable, raw
+    return settings.enabled(DISABLE), variable, raw
 
 
 def opt_out_check() -> Check:
@@ -166,9 +160,8 @@ def _run_probe(timeout: float) -> dict[str, Any]:
 
 def integration_checks(probe: Callable[[], dict[str, Any]] = probe_fresh_interpreter) -> list[Check]:
     """Hooks + template active in a fresh interpreter, and the state of every named patch there."""
-    from .integration.patches import all_patches
-
-    names = [patch.name for patch in all_patches()]
+    rows = _patch_rows()
+    names = [row["name"] for row in rows]
     off, variable, _ = _opted_out()
     if off:  # the .pth and install() both return at once: nothing to probe
         detail = f"off: {variable} is set, so no hook runs and the template is not registered"
@@ -183,7 +176,14 @@ def integration_checks(probe: Callable[[], dict[str, Any]] = probe_fresh_interpr
             Check("integration active", False, f"a fresh interpreter failed: {state['error']}", fix),
             Check("patches", False, f"unknown: {', '.join(names)}", fix),
         ]
-    return [_active_check(state), *(_patch_check(patch, state) for patch in all_patches())]
+    return [_active_check(state), *(_patch_check(row, state) for row in rows)]
+
+
+def _patch_rows() -> list[dict[str, Any]]:
+    """The patch table as ``integration.patches.patch_rows`` lists it, less the opt-out notice."""
+    from .integration.patches import patch_rows
+
+    return [row for row in patch_rows() if not row["opt_out_only"]]
 
 
 def _active_check(state: dict[str, Any]) -> Check:
@@ -209,13 +209,15 @@ def _declared_hooks() -> list[str]:
     return [ep.name for ep in entry_points(group=GROUP) if ep.value.startswith("llamafactory_kimi_audio.")]
 
 
-def _patch_check(patch: Any, state: dict[str, Any]) -> Check:
-    applied = bool(state["patches"].get(patch.name))
-    detail = "applied" if applied else f"NOT applied ({patch.why})"
-    if applied:
-        return Check(f"patch {patch.name}", True, detail)
-    fix = f"{patch.owner}.{patch.attribute} changed or its hook failed; check the versions above"
-    return Check(f"patch {patch.name}", False, detail, fix)
+def _patch_check(row: dict[str, Any], state: dict[str, Any]) -> Check:
+    name = f"patch {row['name']}"
+    if state["patches"].get(row["name"]):
+        return Check(name, True, "applied")
+    fix = (
+        f"{row['target']} changed or its hook failed; the row is written for {row['distribution']} "
+        f"{row['supported']} (installed: {row['installed']})"
+    )
+    return Check(name, False, f"NOT applied ({row['why']})", fix)
 
 
 # ------------------------------------------------------------------------------------------------- system
@@ -281,6 +283,13 @@ def espeak_check() -> Check:
         "" if found else fix,
         required=False,
     )
+
+
+def settings_checks() -> list[Check]:
+    """Every ``KIMI_AUDIO_*`` setting with its value now (informational, never a failure)."""
+    return [
+        Check(f"setting {name}", True, f"{value}: {doc}", required=False) for name, value, doc in settings.describe()
+    ]
 
 
 def as_json(checks: list[Check]) -> dict[str, Any]:

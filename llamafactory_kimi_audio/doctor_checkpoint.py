@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-KIMI_MODEL_TYPE = "moonshot_kimia"
+from .models.constants import MODEL_TYPE as KIMI_MODEL_TYPE
+
 CONFIG_FIELDS = (
     "vocab_size",
     "hidden_size",

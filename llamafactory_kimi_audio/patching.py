@@ -21,13 +21,19 @@ from typing import Any
 _MARK = "__kimi_audio_patch__"
 _MISSING = object()
 
-# Distribution -> the versions the patches were written against (pyproject.toml's pins).
+# Distribution -> supported versions (pyproject.toml's pins): what the patch rows are written for; `doctor` checks all.
 SUPPORTED_VERSIONS = {
-    "llamafactory": "==0.9.5",
+    "torch": ">=2.4",
     "transformers": ">=4.55.0,<=5.6.0,!=4.57.0",
     "peft": ">=0.18.0,<0.19",
+    "llamafactory": "==0.9.5",
 }
-DISTRIBUTION_NAMES = {"llamafactory": "LLaMA-Factory", "transformers": "transformers", "peft": "PEFT"}
+DISTRIBUTION_NAMES = {
+    "torch": "torch",
+    "llamafactory": "LLaMA-Factory",
+    "transformers": "transformers",
+    "peft": "PEFT",
+}
 
 
 @cache

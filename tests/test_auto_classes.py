@@ -99,6 +99,34 @@ def test_official_export_loads_natively_with_one_warning(official_export, tmp_pa
     assert official_export in warnings[0]
 
 
+DIRECT = textwrap.dedent(
+    """\
+    import json, sys
+    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
+    from llamafactory_kimi_audio.versions import DTYPE_KWARG
+    model = KimiAudioForCausalLM.from_pretrained(sys.argv[1], **{DTYPE_KWARG: "float32"})
+    repr(model.config), model.config.to_dict(), model.config.to_json_string()
+    model.save_pretrained(sys.argv[2])
+    saved = json.load(open(sys.argv[2] + "/config.json"))
+    print(json.dumps([model.config.model_type, saved["model_type"], saved.get("torch_dtype"), "dtype" in saved]))
+    """
+)
+
+
+def test_direct_load_of_an_official_export_is_kimi_audio_without_dtype_notices(official_export, tmp_path):
+    """``KimiAudioForCausalLM.from_pretrained`` itself (no Auto class, no patch) ends with model_type
+    moonshot_kimia; repr / to_dict / save never read the deprecated ``torch_dtype``; config.json keeps that key."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-c", DIRECT, official_export, str(tmp_path / "saved")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["moonshot_kimia", "moonshot_kimia", "float32", False]
+    assert "torch_dtype` is deprecated" not in done.stderr
+
+
 def test_package_layout_loads_without_warning(tiny_checkpoint, tmp_path):
     out, stderr = run_child(tiny_checkpoint.path, tmp_path / "resaved", True)
     assert out["classes"][:2] == ["KimiAudioConfig", "KimiAudioForCausalLM"] and out["same_logits"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from llamafactory_kimi_audio import DISABLE_ENV, doctor
+from llamafactory_kimi_audio import DISABLE_ENV, doctor, patching, settings
 from llamafactory_kimi_audio.cli import main
 from llamafactory_kimi_audio.integration.patches import all_patches
 
@@ -26,6 +26,7 @@ def _by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
 @pytest.fixture(autouse=True)
 def _no_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DISABLE_ENV, raising=False)
+    settings.reload()
 
 
 def test_all_green_on_tiny_checkpoint(tiny_checkpoint, capsys) -> None:
@@ -49,6 +50,8 @@ def test_all_green_on_tiny_checkpoint(tiny_checkpoint, capsys) -> None:
         "espeak-ng",
     } <= set(names)
     assert all(f"patch {p.name}" in names for p in all_patches())
+    assert {f"setting {name}" for name in settings.BY_NAME} <= set(names)
+    assert names["setting KIMI_AUDIO_DISABLE"].detail.startswith("False: ")
     assert "kimi_audio_template" in names["integration active"].detail
     assert main(["doctor", "--model", tiny_checkpoint.path]) == 0
     out, err = capsys.readouterr()
@@ -132,7 +135,7 @@ def test_failed_hook_and_patch_in_the_fresh_interpreter() -> None:
 def test_version_ranges_match_pyproject() -> None:
     deps = [Requirement(d) for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
     declared = {r.name: r.specifier for r in deps}
-    for dist, spec in doctor.REQUIREMENTS.items():
+    for dist, spec in patching.SUPPORTED_VERSIONS.items():
         assert declared[dist] == Requirement(f"{dist}{spec}").specifier, dist
 
 

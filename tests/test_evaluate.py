@@ -324,7 +324,8 @@ def test_wrong_model_path_is_a_model_error_exit_3(test_set: Path, tmp_path: Path
     code, _, err = cli(capsys, "--model", tmp_path / "no-such-model", "--data", test_set, "--out", tmp_path / "ev")
     assert code == 3 and "no-such-model: no such model directory" in one_error_line(err)
     code, _, err = cli(capsys, "--model", test_set.parent, "--data", test_set, "--out", tmp_path / "ev")
-    assert code == 3 and "not a Kimi-Audio checkpoint" in one_error_line(err)
+    line = one_error_line(err)
+    assert code == 3 and "not a Kimi-Audio checkpoint" in line and "MoonshotKimiaForCausalLM" in line
 
 
 def test_wrong_adapter_path_is_a_model_error(tiny_checkpoint, test_set: Path, tmp_path: Path, capsys) -> None:

@@ -59,9 +59,13 @@ def test_training_recipes_parse(name, tiny_checkpoint, tmp_path) -> None:
 
 
 def test_no_recipe_uses_deprecated_keys() -> None:
+    from llamafactory_kimi_audio.demo import demo_recipe
+
     for path in sorted(EXAMPLES.glob("*.yaml")):
         args = yaml.safe_load(path.read_text(encoding="utf-8"))
         assert not {"warmup_ratio", "torch_dtype"} & set(args), path.name
+    demo = demo_recipe("out", max_steps=600)
+    assert not {"warmup_ratio", "torch_dtype"} & set(demo) and demo["warmup_steps"] == 60  # as examples/tiny_demo.yaml
 
 
 def test_tiny_demo_header_names_the_directories_it_uses() -> None:

@@ -225,6 +225,22 @@ def truncated_flac(dataset: Path) -> str:
     return str(path)
 
 
+def truncated_wav(dataset: Path) -> str:
+    """A copy of the first training WAV with half of its samples cut off; the header still declares all of them."""
+    import soundfile as sf
+
+    records = json.loads((dataset / "asr_train.json").read_text(encoding="utf-8"))
+    source = Path(records[0]["audios"][0])
+    source = source if source.is_absolute() else dataset / source
+    raw = source.read_bytes()
+    start = raw.index(b"data") + 8  # the samples follow the data chunk's id and its size
+    frames = sf.info(str(source)).frames
+    frame_bytes = int.from_bytes(raw[start - 4 : start], "little") // frames
+    path = dataset / "truncated.wav"
+    path.write_bytes(raw[: start + frames // 2 * frame_bytes])
+    return str(path)
+
+
 def bad_input_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tuple[dict, int, list[str]]:
     """(recipe overrides, exit code, parts of the one line) for each bad input."""
     if problem == "broken_audio":
@@ -234,6 +250,10 @@ def bad_input_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tup
     if problem == "placeholders":
         variant_dataset(dataset, "asr_placeholders", lambda row: row["messages"][0].update(content="<audio><audio>"))
         return {"dataset": "asr_placeholders"}, 2, ["2 <audio> placeholder(s) but 1 audio file(s)", "exactly one"]
+    if problem == "truncated_wav":
+        path = truncated_wav(dataset)
+        variant_dataset(dataset, "asr_truncated_wav", lambda row: row.update(audios=[path]))
+        return {"dataset": "asr_truncated_wav"}, 2, [f"{path}: truncated audio", "declares"]
     if problem == "worker_error":
         path = truncated_flac(dataset)
         variant_dataset(dataset, "asr_truncated", lambda row: row.update(audios=[path]))
@@ -256,6 +276,7 @@ def bad_input_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tup
         "broken_audio",
         "cutoff_cuts_audio",
         "placeholders",
+        "truncated_wav",
         "worker_error",
         "wrong_model_path",
         "unknown_hub_id",

@@ -35,6 +35,7 @@ from tiktoken.load import load_tiktoken_bpe
 from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from llamafactory_kimi_audio.errors import ModelError
 from llamafactory_kimi_audio.models import attention
 from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
 from llamafactory_kimi_audio.models.layout import LayoutEncoder, audio_marker
@@ -883,13 +884,13 @@ def test_config_official_fields_rope_theta_and_rope_parameters(tmp_path, ckpt, m
     # No rope_theta anywhere: never fall back to a default base.
     no_theta = {k: v for k, v in official.items() if k != "rope_theta"}
     config = KimiAudioConfig.from_pretrained(_write_config(tmp_path / "no_theta", no_theta))
-    with pytest.raises(ValueError, match="rope_theta"):
+    with pytest.raises(ModelError, match="rope_theta"):
         config.require_rope_theta()
     small = copy.deepcopy(model.config)
     small.rope_theta = None
-    with pytest.raises(ValueError, match="rope_theta"):
+    with pytest.raises(ModelError, match="rope_theta"):
         KimiAudioForCausalLM(small)
-    with pytest.raises(ValueError, match="rope"):
+    with pytest.raises(ModelError, match="rope"):
         KimiAudioConfig(rope_theta=1e6, rope_scaling={"rope_type": "linear", "factor": 2.0})
 
     # transformers 5.x form: rope_parameters; it is read, used by the model and written back as rope_theta.
@@ -920,7 +921,7 @@ def test_config_official_fields_rope_theta_and_rope_parameters(tmp_path, ckpt, m
 
     missing = {k: v for k, v in fields.items() if k not in ("rope_theta", "rope_parameters")}
     _write_config(copied, missing)
-    with pytest.raises(ValueError, match="rope_theta"):
+    with pytest.raises(ModelError, match="rope_theta"):
         KimiAudioForCausalLM.from_pretrained(copied)
 
 

@@ -17,12 +17,10 @@ from llamafactory_kimi_audio.models.processing_kimi_audio import KimiAudioProces
 
 AUTO_LOAD = """
 import sys
-from transformers import AutoConfig, AutoProcessor
-from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
-from llamafactory_kimi_audio.models.processing_kimi_audio import register_auto_processor
+from transformers import AutoProcessor
+from llamafactory_kimi_audio.models.auto import register_auto_classes
 
-AutoConfig.register(KimiAudioConfig.model_type, KimiAudioConfig, exist_ok=True)
-register_auto_processor()
+register_auto_classes()
 for path in sys.argv[1:]:
     processor = AutoProcessor.from_pretrained(path)
     print(type(processor).__name__, type(processor.tokenizer).__name__, processor.feature_extractor.feature_size)

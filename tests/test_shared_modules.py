@@ -36,7 +36,7 @@ def imported_modules(path: Path) -> set[str]:
     [
         ("data/*.py", ("eval", "cli", "integration")),
         ("audio_io.py", ("data", "eval", "cli", "integration", "models")),
-        ("constants.py", ("data", "eval", "cli", "integration", "models")),
+        ("constants.py", ("data", "eval", "cli", "integration")),
         ("text.py", ("data", "eval", "cli", "integration", "models")),
         ("jsonio.py", ("data", "eval", "cli", "integration", "models")),
     ],
@@ -47,6 +47,16 @@ def test_import_direction(files: str, forbidden: tuple[str, ...]) -> None:
     for path in paths:
         bad = {name for name in imported_modules(path) if name.split(".")[0] in forbidden}
         assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
+
+
+def test_constants_are_defined_once_in_models() -> None:
+    """The data side's ``constants`` re-exports ``models/constants.py`` (which may not import outside models/)."""
+    from llamafactory_kimi_audio import constants
+    from llamafactory_kimi_audio.models import constants as model_constants
+
+    assert imported_modules(PACKAGE / "constants.py") == {"models.constants"}
+    for name in ("MODEL_TYPE", "SAMPLE_RATE", "CHUNK_SECONDS", "CHUNK_SAMPLES", "SAMPLES_PER_TOKEN"):
+        assert getattr(constants, name) is getattr(model_constants, name)
 
 
 def test_library_errors_sit_in_the_hierarchy() -> None:

@@ -44,13 +44,7 @@ class CliError(KimiAudioError):
 
 def user_input_errors() -> dict[type[BaseException], int]:
     """Exceptions outside the package hierarchy that mean "bad input", in the order they are checked."""
-    from ..audio_io import AudioError
-    from ..data.textio import DataError
-
     return {
-        # library errors of data/ and audio_io already phrased for the user (ValueError subclasses of their own)
-        DataError: EXIT_BAD_INPUT,
-        AudioError: EXIT_BAD_INPUT,
         # a text file in another encoding than the one given (--encoding)
         UnicodeDecodeError: EXIT_BAD_INPUT,
         # a path the user typed: the message names it

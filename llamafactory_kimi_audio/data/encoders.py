@@ -38,7 +38,7 @@ class AudioEncoders:
         """``(codes, rows)`` per waveform of ``lengths`` samples from ``features`` (the encoders' device)."""
         import torch
 
-        from ..models.modeling_kimi_audio import whisper_rows
+        from ..models.whisper_encoder import encode_whisper_rows
 
         inputs = {k: v.to(self.device) for k, v in features.items()}
         with torch.no_grad():
@@ -47,7 +47,7 @@ class AudioEncoders:
                     _as_float(inputs["semantic_input_features"]), inputs["semantic_frame_mask"]
                 )
             )
-            rows = whisper_rows(self.whisper, inputs["audio_input_features"], inputs["audio_chunk_tokens"])
+            rows = encode_whisper_rows(self.whisper, inputs["audio_input_features"], inputs["audio_chunk_tokens"])
         chunk_tokens = iter(inputs["audio_chunk_tokens"].tolist())  # per 30 s chunk, audio after audio
         sizes = [sum(next(chunk_tokens) for _ in range(chunk_count(n))) for n in lengths]
         return list(zip(codes.split(sizes), rows.split(sizes)))
@@ -87,7 +87,7 @@ def load_whisper_encoder(whisper_config: dict[str, Any], weights: str, device: A
     """``build_whisper_encoder`` filled from the ``model.encoder.*`` tensors only (the decoder is never read)."""
     import torch
 
-    from ..models.modeling_kimi_audio import build_whisper_encoder, read_whisper_encoder_state
+    from ..models.whisper_encoder import build_whisper_encoder, read_whisper_encoder_state
 
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{weights}: Whisper encoder weights not found")

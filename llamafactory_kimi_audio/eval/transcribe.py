@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
+from ..versions import DTYPE_KWARG
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Generation:
 def check_model_dir(model_path: str, adapter_path: str | None = None) -> None:
     """Raise ModelError (exit 3) naming the directory when the model or adapter cannot be what we load."""
     from ..models.auto import is_kimi_audio_checkpoint
+    from ..models.configuration_kimi_audio import OFFICIAL_ARCHITECTURE
+    from ..models.constants import MODEL_TYPE
 
     if not os.path.isdir(model_path):
         raise ModelError(
@@ -40,8 +43,9 @@ def check_model_dir(model_path: str, adapter_path: str | None = None) -> None:
         )
     if not is_kimi_audio_checkpoint(model_path):
         raise ModelError(
-            f"{model_path}: not a Kimi-Audio checkpoint (its config.json has no model_type "
-            "moonshot_kimia); pass the model directory itself"
+            f"{model_path}: not a Kimi-Audio checkpoint (its config.json has neither model_type "
+            f"{MODEL_TYPE!r} nor architectures {OFFICIAL_ARCHITECTURE!r} / an auto_map to its code); "
+            "pass the model directory itself"
         )
     if adapter_path and not os.path.isfile(os.path.join(adapter_path, "adapter_config.json")):
         raise ModelError(f"{adapter_path}: no adapter_config.json; pass the output_dir of a LoRA run to --adapter")
@@ -49,14 +53,13 @@ def check_model_dir(model_path: str, adapter_path: str | None = None) -> None:
 
 def load_for_inference(model_path: str, adapter_path: str | None = None, device: str | None = None):
     """``(model, processor)`` in eval mode on ``device`` (default: CUDA when available); a LoRA adapter is merged."""
-    from ..models.modeling_kimi_audio import TRANSFORMERS_MAJOR, KimiAudioForCausalLM
+    from ..models.modeling_kimi_audio import KimiAudioForCausalLM
     from ..models.processing_kimi_audio import KimiAudioProcessor
 
     check_model_dir(model_path, adapter_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    dtype_kwarg = "dtype" if TRANSFORMERS_MAJOR >= 5 else "torch_dtype"  # 5.x renamed it
-    model = KimiAudioForCausalLM.from_pretrained(model_path, **{dtype_kwarg: dtype})
+    model = KimiAudioForCausalLM.from_pretrained(model_path, **{DTYPE_KWARG: dtype})
     if adapter_path:
         from peft import PeftModel
 

@@ -68,16 +68,12 @@ def native_config(pretrained: Any, **kwargs: Any) -> Any:
     return loaded
 
 
-def transformers_major() -> int:
-    from ..patching import installed_version
-
-    return int((installed_version("transformers") or "0").split(".")[0])
-
-
 def modern_dtype_keyword(kwargs: dict[str, Any]) -> None:
     """transformers 5 renamed ``from_pretrained(torch_dtype=...)`` to ``dtype`` and warns on the old name, which
     LLaMA-Factory 0.9.5 still passes (``torch_dtype="auto"``); 4.55 knows only the old name."""
-    if "torch_dtype" in kwargs and transformers_major() >= 5:
+    from ..versions import TRANSFORMERS_MAJOR
+
+    if "torch_dtype" in kwargs and TRANSFORMERS_MAJOR >= 5:
         value = kwargs.pop("torch_dtype")
         kwargs.setdefault("dtype", value)
 

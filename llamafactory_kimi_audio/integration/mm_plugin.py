@@ -19,6 +19,7 @@ from llamafactory.extras.constants import AUDIO_PLACEHOLDER
 from .._startup import resume
 from ..audio_io import AudioError, load_audio, probe, resampled_length
 from ..errors import InputError, ModelError
+from ..models.constants import SAMPLE_RATE
 from ..models.layout import audio_marker
 from ..models.processing_kimi_audio import num_audio_tokens
 
@@ -81,7 +82,7 @@ class KimiAudioPlugin(BasePlugin):
         cached = lookup_cached_inputs(audios, processor)
         if cached is not None:
             return cached
-        sampling_rate = getattr(processor, "audio_sampling_rate", 16000)
+        sampling_rate = getattr(processor, "audio_sampling_rate", SAMPLE_RATE)
         waveforms = [load_audio(audio, sampling_rate) for audio in audios]
         return processor.audio_inputs(waveforms)
 
@@ -95,7 +96,7 @@ def audio_token_count(audio: Any) -> int:
         return num_audio_tokens(info.num_samples_16k)
     if isinstance(audio, dict):
         if audio.get("array") is not None:
-            rate = int(audio.get("sampling_rate") or 16000)
+            rate = int(audio.get("sampling_rate") or SAMPLE_RATE)
             return num_audio_tokens(resampled_length(len(np.asarray(audio["array"])), rate))
         return audio_token_count(audio.get("path"))
     return num_audio_tokens(len(np.asarray(audio).reshape(-1)))

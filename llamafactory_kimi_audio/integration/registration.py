@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from ..models.constants import MODEL_TYPE
+
 TEMPLATE_NAME = "kimi_audio"
 PLUGIN_NAME = "kimi_audio"
-MODEL_TYPE = "moonshot_kimia"
 MODEL_GROUPS = {
     "Kimi-Audio-7B-Instruct": "moonshotai/Kimi-Audio-7B-Instruct",
     "Kimi-Audio-7B": "moonshotai/Kimi-Audio-7B",

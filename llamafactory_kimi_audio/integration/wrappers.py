@@ -14,8 +14,7 @@ from typing import Any
 
 from .. import settings
 from ..data.textio import DataError
-
-KIMI_MODEL_TYPE = "moonshot_kimia"
+from ..models.constants import MODEL_TYPE as KIMI_MODEL_TYPE
 
 
 def is_kimi_tokenizer(tokenizer: Any) -> bool:

@@ -11,9 +11,10 @@ import os
 from typing import Any
 
 from .configuration_kimi_audio import OFFICIAL_ARCHITECTURE, KimiAudioConfig
+from .constants import MODEL_TYPE
 
-KIMI_MODEL_TYPES = ("moonshot_kimia", "kimi_audio")
-_REMOTE_MODULE = "moonshot_kimia"  # configuration_moonshot_kimia / modeling_moonshot_kimia in auto_map
+KIMI_MODEL_TYPES = (MODEL_TYPE, "kimi_audio")
+_REMOTE_MODULE = MODEL_TYPE  # configuration_moonshot_kimia / modeling_moonshot_kimia in auto_map
 
 
 def read_config_json(model_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -66,14 +67,16 @@ def mismatched_model_type(source: Any) -> str | None:
 
 
 def register_auto_classes() -> None:
-    """Make ``moonshot_kimia`` a model type transformers knows (idempotent). Enough for a ``from_pretrained`` without
-    ``trust_remote_code`` on a directory whose ``config.json`` says ``moonshot_kimia``."""
+    """Make ``moonshot_kimia`` a model type transformers knows, processor included (idempotent). Enough for a
+    ``from_pretrained`` without ``trust_remote_code`` on a directory whose ``config.json`` says ``moonshot_kimia``."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from .modeling_kimi_audio import KimiAudioForCausalLM
+    from .processing_kimi_audio import register_auto_processor
     from .tokenization_kimi_audio import KimiAudioTokenizer
 
     AutoConfig.register(KimiAudioConfig.model_type, KimiAudioConfig, exist_ok=True)
     AutoModelForCausalLM.register(KimiAudioConfig, KimiAudioForCausalLM, exist_ok=True)
     AutoModel.register(KimiAudioConfig, KimiAudioForCausalLM, exist_ok=True)
     AutoTokenizer.register(KimiAudioConfig, slow_tokenizer_class=KimiAudioTokenizer, exist_ok=True)
+    register_auto_processor()

@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from ..errors import InputError, ModelError
 from .constants import MODEL_TYPE
 from .pointwise import COMPILE_MODES
 
@@ -100,11 +101,12 @@ class KimiAudioConfig(PretrainedConfig):
         self.compile_pointwise = compile_pointwise
         kwargs.setdefault("architectures", [OFFICIAL_ARCHITECTURE])
         kwargs.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
+        kwargs.pop("model_type", None)  # an official export's "qwen2" would shadow the class's model_type
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     def require_rope_theta(self) -> float:
         if self.rope_theta is None:
-            raise ValueError(
+            raise ModelError(
                 "config.json has neither `rope_theta` nor `rope_parameters.rope_theta`; refusing to guess the RoPE "
                 "base "
                 "(the real Kimi-Audio uses the value in its downloaded config.json)"
@@ -152,13 +154,13 @@ class KimiAudioConfig(PretrainedConfig):
 def plain_rope_theta(rope_theta: float | None, rope_parameters: dict | None, rope_scaling: dict | None):
     """The RoPE base from ``rope_theta`` or 5.x's ``rope_parameters``; any RoPE scaling is refused."""
     if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type", "default")) != "default":
-        raise ValueError(f"Kimi-Audio uses plain RoPE; rope_scaling={rope_scaling} is not supported")
+        raise ModelError(f"Kimi-Audio uses plain RoPE; rope_scaling={rope_scaling} is not supported")
     return rope_theta if rope_theta is not None else (rope_parameters or {}).get("rope_theta")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 SEMANTIC_TOKENIZER_ENV = "KIMI_AUDIO_SEMANTIC_TOKENIZER"

@@ -27,16 +27,16 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..versions import TRANSFORMERS_MAJOR
+from ..errors import ModelError
 from .attention import KimiAudioAttention
-from .checkpoint_io import OfficialLayoutMixin, default_generation_config
+from .checkpoint_io import OfficialLayoutMixin
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
 from .constants import SAMPLES_PER_TOKEN
 from .masks import attention_bias, default_position_ids, packed_segments, warn_if_packed_without_blocks
 from .packed_attention import packed_sequences, varlen_applies
 from .pointwise import fused, fused_layer, rms_norm, swiglu
 from .special_tokens import AUDIO_PLACEHOLDER, AUDIO_STREAM_TOKENS, TEXT_BLANK, special_id
-from .whisper_encoder import build_whisper_encoder, encode_whisper_rows, read_whisper_encoder_state, save_whisper_dir
+from .whisper_encoder import build_whisper_encoder, encode_whisper_rows
 
 IGNORE_INDEX = -100
 AUDIO_INPUT_KEYS = (
@@ -286,7 +286,7 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
     def whisper_rows(self, input_features: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
         """Whisper frames of every 30 s chunk, first 4·T kept, stacked 4 → 1 to 12.5 Hz rows (spec §3.2)."""
         if self.whisper_encoder is None:
-            raise ValueError(f"this checkpoint has no {WHISPER_SUBDIR}/ directory, so it cannot encode audio features")
+            raise ModelError(f"this checkpoint has no {WHISPER_SUBDIR}/ directory, so it cannot encode audio features")
         return encode_whisper_rows(self.whisper_encoder, input_features, chunk_tokens)
 
     def fuse_embeddings(
@@ -483,20 +483,9 @@ def check_frame_count(positions: int, codes: int, rows: int) -> None:
     )
 
 
-whisper_rows = encode_whisper_rows  # deprecated name, still imported by data/precompute.py and benchmarks/
-
-
 __all__ = [
     "KimiAudioForCausalLM",
     "KimiAudioModel",
     "KimiAudioPreTrainedModel",
     "KimiAudioCausalLMOutput",
-    # re-exported for code that imported them from here (eval/, data/precompute.py, benchmarks/, models/tiny.py)
-    "TRANSFORMERS_MAJOR",
-    "build_whisper_encoder",
-    "default_generation_config",
-    "read_whisper_encoder_state",
-    "save_whisper_dir",
-    "special_id",
-    "whisper_rows",
 ]

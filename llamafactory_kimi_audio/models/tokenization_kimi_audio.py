@@ -18,6 +18,7 @@ from typing import Any
 import tiktoken
 from transformers import AddedToken, PreTrainedTokenizer
 
+from ..errors import ModelError
 from .special_tokens import BOS, EOS, PAD, SPECIAL_TOKENS
 
 PAT_STR = (
@@ -129,7 +130,7 @@ class KimiAudioTokenizer(PreTrainedTokenizer):
         **kwargs: Any,
     ) -> None:
         if vocab_file is None:
-            raise ValueError(f"KimiAudioTokenizer needs a {VOCAB_FILE} vocabulary file")
+            raise ModelError(f"KimiAudioTokenizer needs a {VOCAB_FILE} vocabulary file next to the checkpoint")
         with open(vocab_file, "rb") as f:
             self._vocab_bytes = f.read()
         self.vocab_file = vocab_file

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from .constants import WHISPER_MEL_BINS
 
 ENCODER_PREFIX = "model.encoder."
@@ -42,7 +43,7 @@ def read_whisper_encoder_state(weights: str, expected: Iterable[str]) -> dict[st
         state = {k[len(prefix) :]: f.get_tensor(k) for k in names}
     missing = sorted(expected - set(state))
     if missing:
-        raise ValueError(f"{weights}: missing Whisper encoder tensors {missing[:5]} (expected keys model.encoder.*)")
+        raise ModelError(f"{weights}: missing Whisper encoder tensors {missing[:5]} (expected keys model.encoder.*)")
     return state
 
 
