@@ -301,6 +301,7 @@ class GradioPage:
         inp = self.find_visible(By.CSS_SELECTOR, f"input[role='listbox'][aria-label={_css_str(label)}]")
         self.scroll_to(inp)
         inp.click()
+
         def read_names(_driver) -> list[str] | None:
             # Read inside the wait: Gradio re-renders the list while it opens, and wait() retries stale elements.
             options = self._visible(By.CSS_SELECTOR, "ul[role='listbox'] li[role='option']")

@@ -71,8 +71,9 @@ def _prediction(obj: dict, where: str) -> Prediction:
         raise DataError(f"{where}: no hypothesis field among {keys}; name it one of: {accepted}")
     id_key, ref_key = _pick(keys, "id"), _pick(keys, "ref")
     value = obj.get(id_key) if id_key else None
-    return Prediction(None if value in (None, "") else str(value), obj.get(ref_key) if ref_key else None,
-                      str(obj.get(hyp_key) or ""))
+    return Prediction(
+        None if value in (None, "") else str(value), obj.get(ref_key) if ref_key else None, str(obj.get(hyp_key) or "")
+    )
 
 
 def load_predictions(path: str, encoding: str = "auto") -> list[Prediction]:
@@ -110,8 +111,10 @@ def pair(predictions: list[Prediction], items: list[TestItem] | None, pred_name:
     if items is None:
         missing = [i for i, p in enumerate(predictions) if p.ref is None]
         if missing:
-            raise DataError(f"{pred_name}: {len(missing)} rows have no reference (label/ref); "
-                            "pass --data TEST.json to take references from the test set")
+            raise DataError(
+                f"{pred_name}: {len(missing)} rows have no reference (label/ref); "
+                "pass --data TEST.json to take references from the test set"
+            )
         ids = [p.id or str(i) for i, p in enumerate(predictions)]
         return Paired(ids, [str(p.ref) for p in predictions], [p.hyp for p in predictions], [None] * len(ids))
     if predictions and all(p.id is not None for p in predictions):
@@ -119,16 +122,23 @@ def pair(predictions: list[Prediction], items: list[TestItem] | None, pred_name:
         missing = [item.id for item in items if item.id not in by_id]
         if missing:
             examples = ", ".join(missing[:3])
-            raise DataError(f"{pred_name}: {len(missing)} of {len(items)} utterances of {data_name} have no "
-                            f"prediction (e.g. {examples}); predict them or evaluate a matching test set")
+            raise DataError(
+                f"{pred_name}: {len(missing)} of {len(items)} utterances of {data_name} have no "
+                f"prediction (e.g. {examples}); predict them or evaluate a matching test set"
+            )
         chosen = [by_id[item.id] for item in items]
     elif len(predictions) != len(items):
-        raise DataError(f"{pred_name} has {len(predictions)} predictions but {data_name} has {len(items)} "
-                        "utterances; rows are matched by position, so the counts must be equal "
-                        "(was prediction cut short, or is it another test set?)")
+        raise DataError(
+            f"{pred_name} has {len(predictions)} predictions but {data_name} has {len(items)} "
+            "utterances; rows are matched by position, so the counts must be equal "
+            "(was prediction cut short, or is it another test set?)"
+        )
     else:
         chosen = predictions
-    differ = sum(p.ref is not None and " ".join(str(p.ref).split()) != " ".join(i.reference.split())
-                 for p, i in zip(chosen, items))
-    return Paired([i.id for i in items], [i.reference for i in items], [p.hyp for p in chosen],
-                  [i.audio for i in items], differ)
+    differ = sum(
+        p.ref is not None and " ".join(str(p.ref).split()) != " ".join(i.reference.split())
+        for p, i in zip(chosen, items)
+    )
+    return Paired(
+        [i.id for i in items], [i.reference for i in items], [p.hyp for p in chosen], [i.audio for i in items], differ
+    )
