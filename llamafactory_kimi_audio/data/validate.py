@@ -29,7 +29,10 @@ REASONS: dict[str, tuple[str, str]] = {
     "empty_text": (ERROR, "fill in the transcript or delete the row"),
     "duplicate_id": (ERROR, "ids must be unique; rename one of them (the first occurrence was kept)"),
     "missing_transcript": (ERROR, "add a transcript for this utterance or delete the audio"),
-    "kaldi_unmatched": (ERROR, "add the utterance to wav.scp or remove it from text"),
+    "kaldi_unmatched": (
+        ERROR,
+        "make wav.scp, segments and text list the same ids (add the missing line or drop the extra one)",
+    ),
     "kaldi_pipe": (ERROR, "run the command once, store the output as a .wav file and list that file in wav.scp"),
     "long_audio_dropped": (ERROR, "skipped because of --drop-long; raise --max-duration to keep such clips"),
     "long_audio": (
@@ -41,6 +44,17 @@ REASONS: dict[str, tuple[str, str]] = {
     "mojibake": (ERROR, "skipped (pass --keep-mojibake to keep such rows)"),
     "mojibake_kept": (WARNING, "kept because of --keep-mojibake, but the transcript is probably garbled"),
     "duplicate_audio": (WARNING, "kept: the same file is used by several rows"),
+    # segments (PATH#t=BEGIN,END rows) and corpus layouts
+    "negative_span": (ERROR, "fix the segment's begin/end (seconds from the start of the recording)"),
+    "reversed_span": (ERROR, "swap or fix the segment's begin and end"),
+    "empty_span": (ERROR, "fix the segment's end or delete the segment"),
+    "segment_past_end": (ERROR, "fix the segment's end, or check that the recording is complete"),
+    "segment_end_clamped": (WARNING, "kept: the end was cut at the end of the recording (≤ 0.5 s past it)"),
+    "short_segment": (WARNING, "kept: segments under 0.1 s are rarely useful"),
+    "overlapping_segments": (WARNING, "kept: check the segment times if the overlap is not intended"),
+    "kaldi_archive": (ERROR, "dump the audio to files (e.g. wav-copy) and list the files in wav.scp"),
+    "multichannel_segment": (ERROR, "split the channels into mono files and list one recording per channel"),
+    "garbage_utterance": ("skip", "skipped: not speech (GigaSpeech <SIL>/<MUSIC>/<NOISE>/<OTHER>), as the recipes do"),
 }
 
 
@@ -55,7 +69,7 @@ class Issue:
     uid: str | None = None
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> str:  # error (row skipped; --strict stops), warning (kept) or skip (skipped by design)
         return REASONS.get(self.reason, (ERROR, ""))[0]
 
     @property
