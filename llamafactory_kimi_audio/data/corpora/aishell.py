@@ -10,6 +10,7 @@ Chinese words.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 from ..records import SourceRecord
@@ -18,6 +19,13 @@ from ..validate import Issue
 from .base import Corpus, CorpusOptions, Layout, Row, key_value_lines, nfkc, sorted_dirs, sorted_files
 
 _SPLITS = ("train", "dev", "test")
+_WORD_GAP = re.compile(r"(?<![A-Za-z']) +| +(?![A-Za-z'])")  # a space not between two Latin words
+
+
+def join_words(text: str) -> str:
+    """The recipes' ``replace(" ", "")`` for word-segmented Chinese, keeping spaces between Latin words; NFKC first
+    (full-width ``ｋｔ`` → ``kt``)."""
+    return _WORD_GAP.sub("", nfkc(text).strip())
 
 
 def _transcript(path: str) -> str | None:
@@ -70,7 +78,7 @@ def _aishell1_rows(path: str, splits: list[str], opts: CorpusOptions, notes: lis
                     )
                     continue
                 used += 1
-                yield SourceRecord(rel, None, utt, wav.path, nfkc(texts[utt]), subset=split)
+                yield SourceRecord(rel, None, utt, wav.path, join_words(texts[utt]), subset=split)
     if len(texts) > used:
         notes.append(f"{len(texts) - used} transcript lines without audio (normal when not every split is extracted)")
 
@@ -107,7 +115,7 @@ def _aishell2_rows(sets: list[tuple[str, str]], opts: CorpusOptions) -> Iterator
             if utt not in texts:
                 yield Issue("missing_transcript", scp, line, f"{utt} has no line in trans.txt", utt)
                 continue
-            yield SourceRecord(scp, line, utt, os.path.join(folder, rel), nfkc(texts[utt]), subset=subset)
+            yield SourceRecord(scp, line, utt, os.path.join(folder, rel), join_words(texts[utt]), subset=subset)
 
 
 AISHELL1 = Layout(
