@@ -127,6 +127,12 @@ def split_media(value: str) -> tuple[str, float | None, float | None]:
     return match["path"], float(match["begin"]), float(match["end"])
 
 
+def split_fragment(value: str) -> tuple[str, str]:
+    """``"a.opus#t=1.5,3.25"`` → ``("a.opus", "#t=1.5,3.25")`` (text kept as written); ``(value, "")`` otherwise."""
+    path, begin, _ = split_media(value)
+    return (path, value[len(path) :]) if begin is not None else (value, "")
+
+
 def span_frames(sample_rate: int, file_frames: int, begin: float, end: float) -> tuple[int, int, bool]:
     """``(start, stop, clamped)`` frames of [begin, end) s in a file of ``file_frames`` frames at ``sample_rate``.
 

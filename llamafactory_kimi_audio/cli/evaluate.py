@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from ..audio_io import split_media
 from ..data.textio import DataError, ensure_writable_dir
 from ..eval.inputs import Paired, TestItem, load_predictions, load_test_set, pair
 from ..eval.normalize import NORMALIZERS, detect_language
@@ -63,7 +64,7 @@ def parse_rate(value: str) -> float:
 
 
 def _transcribe(items: list[TestItem], args: argparse.Namespace) -> list[str]:
-    missing = [item.audio or item.id for item in items if not os.path.isfile(item.audio)]
+    missing = [item.audio or item.id for item in items if not os.path.isfile(split_media(item.audio)[0])]
     if missing:
         raise DataError(f"{len(missing)} test audio files not found (e.g. {', '.join(missing[:3])}); "
                         "check the paths or pass --root")
