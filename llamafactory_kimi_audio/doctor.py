@@ -18,6 +18,7 @@ from typing import Any
 
 from . import DISABLE_ENV
 from .doctor_checkpoint import Check, checkpoint_checks
+from .doctor_codecs import codec_checks
 
 REQUIREMENTS = {  # distribution -> supported versions (= pyproject.toml's dependencies)
     "torch": ">=2.4",
@@ -53,7 +54,7 @@ def run_checks(model_dir: str | None = None) -> list[Check]:
     checks = [python_check(), *version_checks(), pth_check(), opt_out_check(), *integration_checks()]
     if model_dir is not None:
         checks += checkpoint_checks(model_dir)
-    return checks + [*gpu_checks(), packed_attention_check(), espeak_check()]
+    return checks + [*gpu_checks(), packed_attention_check(), espeak_check(), *codec_checks()]
 
 
 # ----------------------------------------------------------------------------------------------- versions
