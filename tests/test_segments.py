@@ -160,3 +160,17 @@ def test_llamafactory_train_on_converted_segments(tmp_path: Path, tiny_checkpoin
         state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
         assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2]
     assert (tmp_path / "tokenized").is_dir()
+
+
+def test_table_rows_may_be_segments(tmp_path: Path) -> None:
+    """Any input format may name segments: the span is checked against its file like a corpus segment."""
+    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
+
+    cf.tone(tmp_path / "long.wav", 10.0)
+    rows = ["audio\ttext", "long.wav#t=1.0,2.5\thello", "long.wav#t=9.0,11.0\tpast the end", "long.wav#t=3.0,2.0\tx"]
+    (tmp_path / "rows.tsv").write_text("\n".join(rows) + "\n")
+    result = convert(str(tmp_path / "rows.tsv"), str(tmp_path / "out"), ConvertOptions(name="s", progress=False))
+    written = json.loads((tmp_path / "out" / "s.json").read_text())
+    assert [row["audios"] for row in written] == [[f"{tmp_path}/long.wav#t=1.0,2.5"]]
+    assert sorted(issue.reason for issue in result.issues) == ["reversed_span", "segment_past_end"]
+    assert result.durations.total == 1.5

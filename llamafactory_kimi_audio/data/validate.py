@@ -11,7 +11,7 @@ import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from ..audio_io import TRUNCATED_FIX, AudioError, AudioInfo, TruncatedAudioError, probe
+from ..audio_io import TRUNCATED_FIX, AudioError, AudioInfo, SpanError, TruncatedAudioError, probe, split_media
 from ..constants import CHUNK_SECONDS, SAMPLE_RATE
 from .textio import mojibake_hint
 
@@ -124,11 +124,13 @@ def check_text(text: str | None) -> list[tuple[str, str]]:
 
 def check_audio(path: str, shown: str, max_duration: float) -> tuple[AudioInfo | None, list[tuple[str, str]]]:
     """Probe ``path`` (``shown`` is the path as written in the source); returns the header and (reason, message)."""
-    if not os.path.isfile(path):
+    if not os.path.isfile(split_media(path)[0]):
         detail = "" if shown == path else f" (resolved to {path})"
         return None, [("missing_audio", f"audio file not found: {shown}{detail}")]
     try:
-        info = probe(path)
+        info = probe(path)  # a PATH#t=BEGIN,END segment is checked against its file (span_frames)
+    except SpanError as err:
+        return None, [(err.reason, str(err).removeprefix(f"{path}: ").split(";")[0] + f" ({shown})")]
     except TruncatedAudioError as err:
         detail = str(err).removeprefix(f"{path}: truncated audio: the WAV header").split(";")[0]
         return None, [("truncated_audio", f"audio {shown} is truncated: its header{detail}")]
