@@ -3,8 +3,8 @@ preprocessing of the converted data (``llamafactory-cli train`` with ``tokenized
 dataset is saved), on synthetic corpora of growing size.
 
 Corpora (built once under ``--work``):
-- ``files-N``: LibriSpeech layout, N utterances, every ``.flac`` a hard link to one 0.2 s file (the header probe of
-  a warm page cache is what is measured; the disk holds one file);
+- ``files-N``: LibriSpeech layout, N utterances, every ``.flac`` a hard link to a 0.2 s file (one per 50,000; the
+  header probe of a warm page cache is what is measured);
 - ``segments-N``: WenetSpeech layout, one long Opus recording cut into N back-to-back 0.15 s segments.
 
 Measured per run: rows/s (rows read / wall time of the command), peak RSS of the whole process tree (sum over the
@@ -41,9 +41,6 @@ def files_corpus(work: Path, n: int) -> Path:
     if (root / "ready").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    source = work / "one.flac"
-    if not source.exists():
-        sf.write(source, (0.1 * np.sin(np.arange(3200) / 7)).astype("float32"), 16000, format="FLAC")
     for first in range(0, n, CHAPTER):
         spk, chapter = 1000 + first // (CHAPTER * 50), first // CHAPTER
         folder = root / "train-clean-100" / str(spk) / str(chapter)
@@ -51,11 +48,19 @@ def files_corpus(work: Path, n: int) -> Path:
         lines = []
         for i in range(first, min(n, first + CHAPTER)):
             utt = f"{spk}-{chapter}-{i:07d}"
-            os.link(source, folder / f"{utt}.flac")
+            os.link(_link_source(work, i), folder / f"{utt}.flac")
             lines.append(f"{utt} SEGMENT NUMBER {i} OF THE BENCHMARK")
         (folder / f"{spk}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
     (root / "ready").touch()
     return root
+
+
+def _link_source(work: Path, index: int, links: int = 50000) -> Path:
+    """The file the ``index``-th utterance links to: a new copy every ``links`` (ext4 allows 65,000 links)."""
+    source = work / f"one-{index // links}.flac"
+    if not source.exists():
+        sf.write(source, (0.1 * np.sin(np.arange(3200) / 7)).astype("float32"), 16000, format="FLAC")
+    return source
 
 
 def segments_corpus(work: Path, n: int) -> Path:
