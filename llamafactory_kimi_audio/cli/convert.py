@@ -70,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--text-case", default="keep", choices=["keep", "lower", "upper"], help="fold transcripts")
+    _add_corpus_arguments(parser)
+
+
+def _add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     corpus = parser.add_argument_group("public corpora (AISHELL, LibriSpeech, Common Voice, WenetSpeech, ...)")
     corpus.add_argument("--subsets", help="WenetSpeech/GigaSpeech subsets or Common Voice splits, e.g. M,DEV")
     corpus.add_argument(

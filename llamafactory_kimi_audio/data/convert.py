@@ -29,9 +29,10 @@ from ..jsonio import DATASET_INFO, read_dataset_info
 from ..models.special_tokens import DEFAULT_INSTRUCTION
 from ..text import detect_language, drop_spaceless_gaps
 from .corpora import BY_NAME, Layout, detect_layout, named_layout, unknown_layout
+from .corpora.registry import has_known_files
 from .corpus_convert import CorpusResult, convert_corpus
 from .records import SourceRecord
-from .sources import AUDIO_EXTENSIONS, ReadOptions, has_known_files, read_source
+from .sources import AUDIO_EXTENSIONS, ReadOptions, read_source
 from .splits import SPLIT_NAMES, assign_splits, check_split, parse_split, split_counts  # noqa: F401 (API)
 from .textio import DataError, ensure_writable_dir, write_json
 from .validate import ERROR, DurationStats, Issue, check_audio, check_text, count_by_reason

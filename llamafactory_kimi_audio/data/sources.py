@@ -257,20 +257,6 @@ _EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv"}
 _JSON_KEY_FORMATS = {"conversation": "kimi-jsonl", "conversations": "qwen-json", "messages": "qwen-json"}
 
 
-def has_known_files(path: str, limit: int = 5000) -> bool:
-    """Whether ``path`` is Kaldi (wav.scp + text) or holds an audio file within ``limit`` directory entries."""
-    if all(os.path.isfile(os.path.join(path, f)) for f in ("wav.scp", "text")) or is_dataset_dir(path):
-        return True
-    seen = 0
-    for _, _, files in os.walk(path):
-        if any(f.lower().endswith(AUDIO_EXTENSIONS) for f in files):
-            return True
-        seen += len(files) + 1
-        if seen > limit:
-            return False
-    return False
-
-
 def detect_format(path: str, encoding: str = "auto") -> str:
     """Format name for ``path`` from its type, extension and (for JSON) the keys of its first record."""
     if os.path.isdir(path):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from ..conversations import is_dataset_dir
+from ..sources import AUDIO_EXTENSIONS
 from ..textio import DataError
 from .aishell import AISHELL1, AISHELL2
 from .base import Layout
@@ -49,6 +51,20 @@ def named_layout(name: str, path: str) -> tuple[Layout, str]:
     if found is None:
         raise DataError(f"{path}: not a {name} corpus; expected {layout.looks_for}")
     return layout, found
+
+
+def has_known_files(path: str, limit: int = 5000) -> bool:
+    """Whether ``path`` is Kaldi (wav.scp + text) or holds an audio file within ``limit`` directory entries."""
+    if all(os.path.isfile(os.path.join(path, f)) for f in ("wav.scp", "text")) or is_dataset_dir(path):
+        return True
+    seen = 0
+    for _, _, files in os.walk(path):
+        if any(f.lower().endswith(AUDIO_EXTENSIONS) for f in files):
+            return True
+        seen += len(files) + 1
+        if seen > limit:
+            return False
+    return False
 
 
 def unknown_layout(path: str) -> DataError:
