@@ -158,14 +158,32 @@ def probe(path: str) -> AudioInfo:
     """Read the header of an audio file or span (``PATH#t=B,E``), raising AudioError with the path on any problem
     (truncation and spans that do not fit included)."""
     path, begin, end = split_media(path)
-    info = _probe_file(path)
     if begin is None or end is None:
-        return info
+        return _probe_file(path)
+    info = _recording_header(path)
     try:
         start, stop, clamped = span_frames(info.sample_rate, info.frames, begin, end)
     except SpanError as err:
         raise SpanError(f"{media_value(path, begin, end)}: {err}; fix the segment's times", err.reason) from None
     return AudioInfo(path, info.sample_rate, stop - start, info.channels, start, info.frames, clamped)
+
+
+_RECORDINGS: dict[tuple[str, int, int], AudioInfo] = {}
+
+
+def _recording_header(path: str, keep: int = 256) -> AudioInfo:
+    """The header of a segmented recording, kept per (path, size, mtime): each segment's token count probes it, and
+    the header of a 2-hour Opus file costs a seek to its end."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return _probe_file(path)  # raises the not-found error
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _RECORDINGS:
+        if len(_RECORDINGS) >= keep:
+            _RECORDINGS.pop(next(iter(_RECORDINGS)))
+        _RECORDINGS[key] = _probe_file(path)
+    return _RECORDINGS[key]
 
 
 def span_key(value: str) -> tuple[str, str]:
