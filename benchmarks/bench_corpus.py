@@ -48,7 +48,7 @@ def files_corpus(work: Path, n: int) -> Path:
         lines = []
         for i in range(first, min(n, first + CHAPTER)):
             utt = f"{spk}-{chapter}-{i:07d}"
-            os.link(_link_source(work, i), folder / f"{utt}.flac")
+            os.link(_link_source(root.parent, i), folder / f"{utt}.flac")
             lines.append(f"{utt} SEGMENT NUMBER {i} OF THE BENCHMARK")
         (folder / f"{spk}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
     (root / "ready").touch()
