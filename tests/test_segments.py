@@ -184,3 +184,23 @@ def test_span_key_separates_segments_of_one_file(tmp_path: Path) -> None:
     assert span_key(f"{path}#t=1.0,2.0") == (path, "#16000:32000@16000")
     assert span_key(f"{path}#t=1,2.00") == span_key(f"{path}#t=1.0,2.0")
     assert span_key(f"{path}#t=4.0,5.3") == (path, "#64000:80000@16000")  # clamped to the end of the file
+
+
+def test_evaluate_reads_a_sharded_segment_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llamafactory_kimi_audio.cli import main
+    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
+    from llamafactory_kimi_audio.eval.inputs import load_test_set
+
+    convert(str(cf.wenetspeech(tmp_path / "src")), str(tmp_path / "data"), ConvertOptions(name="w", progress=False))
+    items = load_test_set(str(tmp_path / "data" / "w_L"))
+    assert [(item.id, item.reference) for item in items][:2] == [
+        ("Y0000000000_--5llN02F84_S00000", "怎么样这些日子住得还习惯吧"),
+        ("Y0000000000_--5llN02F84_S00001", "挺好的"),
+    ]
+    assert items[0].audio.endswith("Y0000000000_--5llN02F84.opus#t=1.0,4.5") and os.path.isabs(items[0].audio)
+    assert load_audio(items[0].audio).shape == (56000,)
+    predictions = tmp_path / "pred.jsonl"
+    predictions.write_text("".join(json.dumps({"id": i.id, "hyp": i.reference}) + "\n" for i in items))
+    args = ["evaluate", "--predictions", str(predictions), "--data", str(tmp_path / "data" / "w_L")]
+    assert main([*args, "--out", str(tmp_path / "eval")]) == 0
+    assert "CER 0.00%" in capsys.readouterr().out
