@@ -11,6 +11,9 @@ atomically into ``out_dir``:
 
 Bad rows are skipped and reported (nothing but the report is written when no row is usable); with ``strict=True``
 the first bad row raises ``DataError`` instead.
+
+Public corpus layouts (AISHELL, LibriSpeech, Common Voice, WenetSpeech, GigaSpeech, Kaldi with segments, Hugging
+Face datasets: ``corpora/``) go through ``corpus_convert`` instead: streamed, sharded, resumable.
 """
 
 from __future__ import annotations

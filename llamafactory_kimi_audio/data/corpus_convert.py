@@ -69,6 +69,10 @@ def _start_state(path: str, fingerprint: str, writer: ShardWriter, name: str, re
 
 def convert_corpus(input_path: str, out_dir: str, layout: Layout, base: str, opts: Any) -> CorpusResult:
     """Convert the corpus at ``base`` (``layout``) into sharded LLaMA-Factory data under ``out_dir``."""
+    if opts.chunk_rows < 1 or opts.workers < 0:
+        raise DataError(
+            f"--chunk-rows {opts.chunk_rows} / --workers {opts.workers}: use --chunk-rows >= 1, --workers >= 0"
+        )
     name = opts.name or layout.name
     corpus = layout.read(base, _corpus_options(opts, out_dir, name))
     writer = ShardWriter(out_dir, name)

@@ -10,6 +10,7 @@ Formats (``READERS``, looked up by name; ``detect_format`` picks one for ``--for
 * ``flat-json``: ``{"audio", "text", "prompt"}`` objects, as a JSON array or JSON Lines.
 * ``kaldi``: a data directory with ``wav.scp`` and ``text``.
 * ``folder``: audio files with sidecar ``.txt`` / ``.lab`` transcripts of the same name.
+* ``sharegpt-dir``: a dataset folder of ``part-*.jsonl`` shards, as ``convert`` writes public corpora.
 """
 
 from __future__ import annotations
