@@ -113,18 +113,31 @@ def test_find_medias_patch_resolves_fragments(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_llamafactory_train_on_converted_segments(tmp_path: Path, tiny_checkpoint) -> None:
-    """Kaldi segments (WAV/FLAC) + WenetSpeech (Opus) converted with relative paths, mixed in one run, tokenized
-    to disk (tokenized_path) and trained; then trained again from the tokenized copy."""
+def test_llamafactory_train_on_every_converted_layout(tmp_path: Path, tiny_checkpoint) -> None:
+    """Every layout's miniature corpus converted with relative paths (segments: Kaldi WAV/FLAC, WenetSpeech and
+    GigaSpeech Opus), mixed in one run for one full epoch (every row decoded), tokenized to disk (tokenized_path),
+    then trained again from the tokenized copy."""
     from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
 
     data = tmp_path / "data"
-    kaldi = cf.kaldi_segments(data / "corpora")
-    wenet = cf.wenetspeech(data / "corpora")
-    for src, name in ((kaldi, "k"), (wenet, "w")):
-        convert(str(src), str(data), ConvertOptions(name=name, lang="en", progress=False, workers=1))
+    hf = cf.hf_datasets(data / "corpora")
+    sources = {
+        "k": cf.kaldi_segments(data / "corpora"),
+        "w": cf.wenetspeech(data / "corpora"),
+        "g": cf.gigaspeech(data / "corpora"),
+        "a": cf.aishell1(data / "corpora"),
+        "a2": cf.aishell2(data / "corpora"),
+        "l": cf.librispeech(data / "corpora"),
+        "cv": cf.commonvoice(data / "corpora"),
+        "hf": hf["hf_dd"],
+        "pq": hf["hf_parquet"],
+    }
+    for name, src in sources.items():
+        convert(str(src), str(data), ConvertOptions(name=name, progress=False, workers=1))
     first = json.loads((data / "k_train" / "part-00000.jsonl").read_text().splitlines()[0])
     assert first["audios"] == ["corpora/recipe/audio/rec1.wav#t=0.5,3.2"]  # relative: resolved by the patch
+    datasets = "k_train,w_L,g_XL,a_train,a2_iOS_data,l_train-clean-100,cv_train,hf_train,pq_train"
+    rows = 4 + 3 + 2 + 2 + 2 + 2 + 2 + 2 + 2
     config = {
         "model_name_or_path": tiny_checkpoint.path,
         "trust_remote_code": True,
@@ -133,13 +146,13 @@ def test_llamafactory_train_on_converted_segments(tmp_path: Path, tiny_checkpoin
         "finetuning_type": "lora",
         "lora_target": "all",
         "template": "kimi_audio",
-        "dataset": "k_train,w_L",
+        "dataset": datasets,
         "dataset_dir": str(data),
         "tokenized_path": str(tmp_path / "tokenized"),
         "cutoff_len": 256,
         "preprocessing_num_workers": 1,
-        "per_device_train_batch_size": 2,
-        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "num_train_epochs": 1,
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
@@ -152,13 +165,14 @@ def test_llamafactory_train_on_converted_segments(tmp_path: Path, tiny_checkpoin
         config_path.write_text(json.dumps(config))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
         proc = subprocess.run(
-            [CLI, "train", str(config_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200
+            [CLI, "train", str(config_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800
         )
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-6000:]
         assert "does not exist in `media_dir`" not in output
         state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
-        assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2]
+        steps = -(-rows // 4)
+        assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, steps + 1))
     assert (tmp_path / "tokenized").is_dir()
 
 
