@@ -230,11 +230,11 @@ def test_resume_after_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     full = run(src, tmp_path / "full", chunk_rows=2)
     original, calls = corpus_convert._Run.one_chunk, []
 
-    def interrupted(self, index, chunk, pool):
+    def interrupted(self, index, chunk, probes):
         calls.append(index)
         if index == 2:
             raise KeyboardInterrupt
-        return original(self, index, chunk, pool)
+        return original(self, index, chunk, probes)
 
     monkeypatch.setattr(corpus_convert._Run, "one_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):

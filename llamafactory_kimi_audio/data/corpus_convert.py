@@ -23,7 +23,7 @@ from ..models.special_tokens import DEFAULT_INSTRUCTION
 from ..text import detect_language
 from .corpora import Corpus, CorpusOptions, Layout
 from .corpus_output import ConvertState, ShardWriter, append_issues, first_issues
-from .corpus_rows import Checked, RowChecker, RowRules, probe_all, sharegpt_row
+from .corpus_rows import Checked, ProbeResults, RowChecker, RowRules, sharegpt_row, start_probes
 from .records import SourceRecord
 from .textio import DataError, write_json
 from .validate import ERROR, WARNING, Issue
@@ -95,6 +95,10 @@ def convert_corpus(input_path: str, out_dir: str, layout: Layout, base: str, opt
     return _finish(run, layout, resumed_from)
 
 
+def _audio_paths(chunk: list[SourceRecord | Issue]) -> list[str]:
+    return [r.audio for r in chunk if isinstance(r, SourceRecord) and r.audio]
+
+
 def _corpus_options(opts: Any, out_dir: str, name: str) -> CorpusOptions:
     return CorpusOptions(opts.subsets, opts.giga_text, opts.encoding, opts.root, out_dir, name)
 
@@ -112,20 +116,25 @@ class _Run:
             bar.set_postfix_str(f"resuming after {self.state.items_done} rows")
             rows = itertools.islice(rows, self.state.items_done, None)
             bar.update(self.state.items_done)
+        # the next chunk's headers are probed by the pool while this process checks and writes the current one
+        pending: tuple[int, list, ProbeResults] | None = None
         for index in itertools.count(self.state.chunks_done):
             chunk = list(itertools.islice(rows, self.opts.chunk_rows))
-            if not chunk:
+            started = (index, chunk, start_probes(_audio_paths(chunk), pool)) if chunk else None
+            if pending is not None:
+                self.one_chunk(*pending)
+                bar.update(len(pending[1]))
+            if started is None:
                 break
-            self.one_chunk(index, chunk, pool)
-            bar.update(len(chunk))
+            pending = started
         bar.close()
 
-    def one_chunk(self, index: int, chunk: list[SourceRecord | Issue], pool: Executor | None) -> None:
-        probes = probe_all((r.audio for r in chunk if isinstance(r, SourceRecord) and r.audio), pool)
+    def one_chunk(self, index: int, chunk: list[SourceRecord | Issue], probes: ProbeResults) -> None:
+        found_headers = probes.get()
         kept: dict[str, list[Checked]] = {}
         issues: list[Issue] = []
         for item in chunk:
-            row, found = (None, [item]) if isinstance(item, Issue) else self._check(item, probes)
+            row, found = (None, [item]) if isinstance(item, Issue) else self._check(item, found_headers)
             for issue in found:
                 if self.opts.strict and issue.severity == ERROR:
                     raise DataError(f"{issue.one_line()} (--strict stops at the first bad row)")

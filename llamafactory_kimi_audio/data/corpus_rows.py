@@ -5,7 +5,6 @@ sharegpt rows whose ``audios`` entry is ``PATH`` or ``PATH#t=BEGIN,END``."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -49,11 +48,21 @@ def probe_batch(paths: list[str]) -> list[AudioInfo | tuple[str, str]]:
     return out
 
 
-def probe_all(paths: Iterable[str], pool: Executor | None) -> dict[str, AudioInfo | tuple[str, str]]:
-    unique = list(dict.fromkeys(paths))
-    batches = [unique[i : i + PROBE_BATCH] for i in range(0, len(unique), PROBE_BATCH)]
-    results = pool.map(probe_batch, batches) if pool is not None else map(probe_batch, batches)
-    return {path: result for batch, found in zip(batches, results) for path, result in zip(batch, found)}
+class ProbeResults:
+    """Headers of one chunk's files, being probed by the pool (``get`` waits), or probed here on ``get``."""
+
+    def __init__(self, paths: list[str], pool: Executor | None) -> None:
+        unique = list(dict.fromkeys(paths))
+        self.batches = [unique[i : i + PROBE_BATCH] for i in range(0, len(unique), PROBE_BATCH)]
+        self.futures = [pool.submit(probe_batch, batch) for batch in self.batches] if pool is not None else None
+
+    def get(self) -> dict[str, AudioInfo | tuple[str, str]]:
+        results = [f.result() for f in self.futures] if self.futures is not None else map(probe_batch, self.batches)
+        return {path: found for batch, out in zip(self.batches, results) for path, found in zip(batch, out)}
+
+
+def start_probes(paths: list[str], pool: Executor | None) -> ProbeResults:
+    return ProbeResults(paths, pool)
 
 
 class RowChecker:
