@@ -7,12 +7,18 @@ computable from the header alone (``resampled_length``), which lets placeholder 
 
 A WAV whose header declares more audio than the file holds (a copy cut short) is refused by ``probe``, so the
 converter, training and precompute never pair half a clip with its whole transcript.
+
+Segments: a sample may be a time span of a longer file, written ``PATH#t=BEGIN,END`` (W3C Media Fragments, seconds;
+``media_value`` / ``split_media``). ``probe`` and ``load_audio`` take such values: the header describes the span
+(``AudioInfo.start`` / ``frames``) and only the span is read (seek, no full decode). ``span_frames`` is the one
+rule turning seconds into frames (Kaldi's ``extract-segments``), shared by every stage.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -35,12 +41,29 @@ class TruncatedAudioError(AudioError):
     """The file holds fewer samples than its header declares."""
 
 
+class SpanError(AudioError):
+    """A segment span that does not fit its file (negative, reversed, empty, or past the end)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # the converter's issue code: negative_span, reversed_span, empty_span, segment_past_end
+
+
 @dataclass(frozen=True)
 class AudioInfo:
+    """Header facts of a file, or of a span of it: ``frames`` counts the span's frames from frame ``start``."""
+
     path: str
     sample_rate: int
     frames: int
     channels: int
+    start: int = 0
+    file_frames: int | None = None  # frames of the whole file when this describes a span
+    clamped: bool = False  # the span's end was past the file's end by at most MAX_OVERSHOOT and was cut there
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.frames
 
     @property
     def duration(self) -> float:
@@ -83,8 +106,98 @@ def to_mono_float(wave: np.ndarray) -> np.ndarray:
     return wave.reshape(-1)
 
 
+_FRAGMENT = re.compile(r"^(?P<path>.+)#t=(?P<begin>\d+(?:\.\d+)?),(?P<end>\d+(?:\.\d+)?)$")
+MAX_OVERSHOOT = 0.5  # seconds an end may pass the end of the file and be cut there (Kaldi's extract-segments)
+MP3_PREROLL_SECONDS = 1.0  # MP3 decodes exactly only this long after a seek (bit reservoir)
+
+
+def media_value(path: str, begin: float | None = None, end: float | None = None) -> str:
+    """The ``audios`` entry of a file (``begin is None``) or of its span [begin, end) in seconds."""
+    if begin is None or end is None:
+        return path
+    return f"{path}#t={float(begin)!r},{float(end)!r}"
+
+
+def split_media(value: str) -> tuple[str, float | None, float | None]:
+    """``"a.opus#t=1.5,3.25"`` → ``("a.opus", 1.5, 3.25)``; a plain path (or an existing file whose name contains
+    ``#t=``) → ``(value, None, None)``."""
+    match = _FRAGMENT.match(value) if "#t=" in value else None
+    if match is None or os.path.isfile(value):
+        return value, None, None
+    return match["path"], float(match["begin"]), float(match["end"])
+
+
+def split_fragment(value: str) -> tuple[str, str]:
+    """``"a.opus#t=1.5,3.25"`` → ``("a.opus", "#t=1.5,3.25")`` (text kept as written); ``(value, "")`` otherwise."""
+    path, begin, _ = split_media(value)
+    return (path, value[len(path) :]) if begin is not None else (value, "")
+
+
+def span_frames(sample_rate: int, file_frames: int, begin: float, end: float) -> tuple[int, int, bool]:
+    """``(start, stop, clamped)`` frames of [begin, end) s in a file of ``file_frames`` frames at ``sample_rate``.
+
+    Kaldi's rule: ``int(t * sr + 0.5)``; an end up to MAX_OVERSHOOT past the file's end is cut there (clamped),
+    further is a SpanError, as are negative, reversed and empty spans.
+    """
+    if begin < 0 or end < 0:
+        raise SpanError(f"negative span [{begin}, {end}] s", "negative_span")
+    if begin > end:
+        raise SpanError(f"reversed span: begin {begin} s is after end {end} s", "reversed_span")
+    start, stop = int(begin * sample_rate + 0.5), int(end * sample_rate + 0.5)
+    length = file_frames / sample_rate
+    if stop > file_frames and end - length > MAX_OVERSHOOT:
+        raise SpanError(f"span [{begin}, {end}] s ends past the end of the file ({length:.3f} s)", "segment_past_end")
+    clamped = stop > file_frames
+    stop = min(stop, file_frames)
+    if stop <= start:
+        raise SpanError(f"empty span [{begin}, {end}] s (no audio frame in it)", "empty_span")
+    return start, stop, clamped
+
+
 def probe(path: str) -> AudioInfo:
-    """Read the header of an audio file, raising AudioError with the path on any problem (truncation included)."""
+    """Read the header of an audio file or span (``PATH#t=B,E``), raising AudioError with the path on any problem
+    (truncation and spans that do not fit included)."""
+    path, begin, end = split_media(path)
+    if begin is None or end is None:
+        return _probe_file(path)
+    info = _recording_header(path)
+    try:
+        start, stop, clamped = span_frames(info.sample_rate, info.frames, begin, end)
+    except SpanError as err:
+        raise SpanError(f"{media_value(path, begin, end)}: {err}; fix the segment's times", err.reason) from None
+    return AudioInfo(path, info.sample_rate, stop - start, info.channels, start, info.frames, clamped)
+
+
+_RECORDINGS: dict[tuple[str, int, int], AudioInfo] = {}
+
+
+def _recording_header(path: str, keep: int = 256) -> AudioInfo:
+    """The header of a segmented recording, kept per (path, size, mtime): each segment's token count probes it, and
+    the header of a 2-hour Opus file costs a seek to its end."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return _probe_file(path)  # raises the not-found error
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _RECORDINGS:
+        if len(_RECORDINGS) >= keep:
+            _RECORDINGS.pop(next(iter(_RECORDINGS)))
+        _RECORDINGS[key] = _probe_file(path)
+    return _RECORDINGS[key]
+
+
+def span_key(value: str) -> tuple[str, str]:
+    """``(file path, span suffix)`` for a cache key: the suffix is ``""`` for a whole file and ``"#START:STOP@RATE"``
+    (frames at the file's own rate, after Kaldi's rounding and clamping) for a ``PATH#t=B,E`` segment, so two
+    segments of one file never share an entry and equal spans written differently do."""
+    path, begin, _ = split_media(value)
+    if begin is None:
+        return path, ""
+    info = probe(value)
+    return path, f"#{info.start}:{info.stop}@{info.sample_rate}"
+
+
+def _probe_file(path: str) -> AudioInfo:
     import soundfile as sf
 
     if not os.path.isfile(path):
@@ -154,15 +267,16 @@ def load_audio(source: Any, sample_rate: int | None = None) -> np.ndarray:
             return load_audio(np.asarray(source["array"]), int(source.get("sampling_rate") or TARGET_SR))
         return load_audio(source.get("path"))
     if isinstance(source, (str, os.PathLike)):
-        return _load_file(os.fspath(source))
+        info = probe(os.fspath(source))
+        return _load_file(info) if info.file_frames is None else _load_span(info)
     wave = to_mono_float(np.asarray(source))
     return resample(wave, sample_rate or TARGET_SR)
 
 
-def _load_file(path: str) -> np.ndarray:
+def _load_file(info: AudioInfo) -> np.ndarray:
     import soundfile as sf
 
-    info = probe(path)
+    path = info.path
     try:
         wave, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as err:
@@ -176,6 +290,27 @@ def _load_file(path: str) -> np.ndarray:
         )
     # librosa.to_mono: the mean over channels of the (channels, frames) view, in float32
     return resample(np.mean(wave.T, axis=0), int(sr))
+
+
+def _load_span(info: AudioInfo) -> np.ndarray:
+    """Only the span's frames: seek, then read (MP3: from a preroll before the span, dropped after decoding)."""
+    import soundfile as sf
+
+    shown = media_value(info.path, info.start / info.sample_rate, info.stop / info.sample_rate)
+    try:
+        with sf.SoundFile(info.path) as fh:
+            mp3 = fh.format == "MP3"
+            lead = min(info.start, int(MP3_PREROLL_SECONDS * info.sample_rate)) if mp3 else 0
+            fh.seek(info.start - lead)
+            wave = fh.read(info.frames + lead, dtype="float32", always_2d=True)[lead:]
+    except Exception as err:
+        raise AudioError(f"{shown}: cannot decode audio ({_short(err)}); re-encode it as WAV/FLAC") from err
+    if wave.shape[0] < info.frames:
+        raise TruncatedAudioError(
+            f"{shown}: truncated audio: the span needs frames {info.start}–{info.stop} but only "
+            f"{info.start + wave.shape[0]} could be decoded; {TRUNCATED_FIX}"
+        )
+    return resample(np.mean(wave.T, axis=0), info.sample_rate)
 
 
 def _short(err: Exception) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import settings
 from .doctor_checkpoint import Check, checkpoint_checks
+from .doctor_codecs import codec_checks
 from .patching import SUPPORTED_VERSIONS
 
 DISABLE = "KIMI_AUDIO_DISABLE"
@@ -59,7 +60,7 @@ def run_checks(model_dir: str | None = None, progress: Callable[[str], None] | N
         say(f"checking the checkpoint {model_dir}")
         checks += checkpoint_checks(model_dir)
     say("checking torch, GPU and tools")
-    return checks + [*gpu_checks(), packed_attention_check(), espeak_check(), *settings_checks()]
+    return checks + [*gpu_checks(), packed_attention_check(), espeak_check(), *codec_checks(), *settings_checks()]
 
 
 # ----------------------------------------------------------------------------------------------- versions

@@ -7,15 +7,19 @@ import sys
 
 from ..constants import CHUNK_SECONDS
 from ..data.convert import ConvertOptions, ConvertResult, convert, parse_split
+from ..data.corpora import BY_NAME
+from ..data.corpus_convert import CorpusResult
 from ..data.sources import READERS, parse_columns
 from ..data.textio import DataError
 from ..data.validate import summarize
 
-HELP = "convert CSV / Kimi JSONL / sharegpt / Kaldi / folder ASR data into a LLaMA-Factory dataset"
+HELP = "convert ASR data (CSV / JSONL / Kaldi / folders / public corpora) into a LLaMA-Factory dataset"
 EXAMPLES = """examples:
   kimi-audio-lf convert train.csv --out-dir data/ --name my_asr --root /data/wavs
   kimi-audio-lf convert data_10k.jsonl --out-dir data/ --split 0.9,0.05,0.05 --seed 0
   kimi-audio-lf convert kaldi/train --out-dir data/ --lang zh --strict
+  kimi-audio-lf convert /corpora/WenetSpeech --out-dir data/ --name wenet --subsets M,DEV
+  kimi-audio-lf convert /corpora/LibriSpeech --out-dir data/ --name libri --text-case lower
 """
 
 
@@ -26,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, help="dataset folder (gets NAME.json and dataset_info.json)")
     parser.add_argument("--name", help="dataset name (default: the input's file name)")
     parser.add_argument("--root", help="folder relative audio paths resolve against (default: the input's folder)")
-    parser.add_argument("--format", default="auto", choices=["auto", *READERS], help="input format (default: auto)")
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", *READERS, *BY_NAME],
+        help="input format or corpus layout (default: auto = detected)",
+    )
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--instruction", help="user instruction for every row (default: per --lang)")
     prompt.add_argument(
@@ -60,10 +69,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="audio paths in the output: auto = relative when under --out-dir (default)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--text-case", default="keep", choices=["keep", "lower", "upper"], help="fold transcripts")
+    _add_corpus_arguments(parser)
+
+
+def _add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    corpus = parser.add_argument_group("public corpora (AISHELL, LibriSpeech, Common Voice, WenetSpeech, ...)")
+    corpus.add_argument("--subsets", help="WenetSpeech/GigaSpeech subsets or Common Voice splits, e.g. M,DEV")
+    corpus.add_argument(
+        "--giga-text",
+        default="punct",
+        choices=["punct", "strip", "keep"],
+        help="GigaSpeech <COMMA>-style tags: punct = , . ? ! (default); strip = drop them; keep = as is",
+    )
+    corpus.add_argument("--workers", type=int, default=0, help="parallel header probes (default: CPU cores)")
+    corpus.add_argument("--chunk-rows", type=int, default=20000, help="rows per shard / resume step (default: 20000)")
+    corpus.add_argument("--restart", action="store_true", help="start over instead of resuming an interrupted run")
 
 
 # flags whose value goes to the ConvertOptions field of the same name
-_SAME_NAME = "name root format instruction lang seed strict max_duration drop_long keep_mojibake encoding".split()
+_SAME_NAME = (
+    "name root format instruction lang seed strict max_duration drop_long keep_mojibake encoding text_case giga_text "
+    "workers chunk_rows restart"
+).split()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
         columns=parse_columns(args.columns),
         path_style=args.paths,
         progress=not args.no_progress,
+        subsets=tuple(s.strip() for s in args.subsets.split(",") if s.strip()) if args.subsets else None,
     )
     result = convert(args.input, args.out_dir, options)
+    if isinstance(result, CorpusResult):
+        return print_corpus_result(result)
     for line in result.notes + summarize(result.issues):
         print(line, file=sys.stderr)
     if not result.rows_written:
@@ -98,3 +129,28 @@ def print_result(result: ConvertResult) -> None:
     print(f"  audio: {total}, {stats.min:.1f}–{stats.max:.1f} s per clip (median {stats.median:.1f} s); {rates}")
     print(f"  dataset_info: {result.dataset_info_path}")
     print(f"  report: {result.report_path}")
+
+
+def print_corpus_result(result: CorpusResult) -> int:
+    for line in result.notes:
+        print(line, file=sys.stderr)
+    for reason, count in result.issue_counts.items():
+        examples = [issue for issue in result.examples if issue.reason == reason]
+        verdict = "warning" if examples and examples[0].severity == "warning" else "skipped"
+        print(f"{verdict}: {count} × {reason}", file=sys.stderr)
+        for issue in examples:
+            print(f"    {issue.one_line()}", file=sys.stderr)
+    if not result.rows_written:
+        raise DataError(f"{result.name}: no usable rows; see {result.issues_path} and {result.report_path}")
+    resumed = f"; resumed after chunk {result.resumed_from}" if result.resumed_from else ""
+    counts = f"{result.rows_written}/{result.rows_read} rows"
+    print(f"converted {counts} (layout {result.layout}, lang {result.lang}{resumed})")
+    for name, report in result.datasets.items():
+        skipped = ", ".join(f"{r} {n}" for r, n in report["skipped_by_reason"].items())
+        print(
+            f"  {name}: {report['rows']} rows, {report['hours']:.2f} h" + (f"; skipped {skipped}" if skipped else "")
+        )
+    print(f"  files: {result.files_written} shards, {result.bytes_written / 1e6:.1f} MB")
+    print(f"  dataset_info: {result.dataset_info_path}")
+    print(f"  report: {result.report_path} (every problem: {result.issues_path})")
+    return 0

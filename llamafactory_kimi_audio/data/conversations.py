@@ -106,3 +106,18 @@ def read_kimi_jsonl(path: str, opts: Any) -> Source:
 def read_conversations(path: str, opts: Any) -> Source:
     """``conversations`` (from/value) or ``messages`` (role/content) turns, inline tags or an ``audios`` list."""
     return _read(path, opts.encoding, _sharegpt_record)
+
+
+def is_dataset_dir(path: str) -> bool:
+    """A LLaMA-Factory dataset folder as ``convert`` writes corpora: ``part-*.jsonl`` shards only."""
+    names = [n for n in os.listdir(path) if not n.startswith(".")] if os.path.isdir(path) else []
+    return bool(names) and all(n.startswith("part-") and n.endswith(".jsonl") for n in names)
+
+
+def read_dataset_dir(path: str, opts: Any) -> Source:
+    """Every shard of a dataset folder, in name order, as sharegpt rows (file names keep their shard)."""
+    records: list[SourceRecord | Issue] = []
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".jsonl"):
+            records += read_conversations(os.path.join(path, name), opts).records
+    return Source(records=records, encoding="utf-8")

@@ -11,6 +11,9 @@ atomically into ``out_dir``:
 
 Bad rows are skipped and reported (nothing but the report is written when no row is usable); with ``strict=True``
 the first bad row raises ``DataError`` instead.
+
+Public corpus layouts (AISHELL, LibriSpeech, Common Voice, WenetSpeech, GigaSpeech, Kaldi with segments, Hugging
+Face datasets: ``corpora/``) go through ``corpus_convert`` instead: streamed, sharded, resumable.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from ..constants import CHUNK_SECONDS
 from ..jsonio import DATASET_INFO, read_dataset_info
 from ..models.special_tokens import DEFAULT_INSTRUCTION
 from ..text import detect_language, drop_spaceless_gaps
+from .corpora import BY_NAME, Layout, detect_layout, named_layout, unknown_layout
+from .corpora.registry import has_known_files
+from .corpus_convert import CorpusResult, convert_corpus
 from .records import SourceRecord
 from .sources import AUDIO_EXTENSIONS, ReadOptions, read_source
 from .splits import SPLIT_NAMES, assign_splits, check_split, parse_split, split_counts  # noqa: F401 (API)
@@ -55,6 +61,13 @@ class ConvertOptions:
     columns: dict[str, str] = field(default_factory=dict)
     path_style: str = "auto"  # auto (relative under out_dir, else absolute) | relative | absolute
     progress: bool = True
+    text_case: str = "keep"  # keep | lower | upper
+    # corpus layouts (data/corpora): streamed, sharded, resumable
+    subsets: tuple[str, ...] | None = None  # WenetSpeech/GigaSpeech subsets, Common Voice splits
+    giga_text: str = "punct"  # GigaSpeech punctuation tags: punct | strip | keep
+    workers: int = 0  # header probes in parallel (0: one per CPU core)
+    chunk_rows: int = 20000  # rows per shard and per resume step
+    restart: bool = False  # ignore the state of an interrupted run and start over
 
 
 @dataclass
@@ -174,7 +187,8 @@ def _check_record(
     if info is None or any(issue.severity == ERROR for issue in issues):
         return None, issues
     garbled = any(issue.reason == "mojibake_kept" for issue in issues)
-    return _Row(uid, path, clean_transcript(record.text or ""), record.instruction, info, garbled), issues
+    text = apply_case(clean_transcript(record.text or ""), opts.text_case)
+    return _Row(uid, path, text, record.instruction, info, garbled), issues
 
 
 def _check_all(records: list, root: str, opts: ConvertOptions) -> tuple[list[_Row], list[Issue]]:
@@ -210,18 +224,45 @@ def clean_transcript(text: str) -> str:
     return drop_spaceless_gaps(" ".join(text.split()))
 
 
+def apply_case(text: str, mode: str) -> str:
+    return text.lower() if mode == "lower" else text.upper() if mode == "upper" else text
+
+
 def default_name(input_path: str) -> str:
     base = os.path.basename(os.path.normpath(input_path))
     stem = base if os.path.isdir(input_path) else os.path.splitext(base)[0]
     return re.sub(r"[^\w.-]+", "_", stem).strip("._") or "asr"
 
 
-def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None) -> ConvertResult:
+def corpus_layout(input_path: str, fmt: str) -> tuple[Layout, str] | None:
+    """The public-corpus layout of ``input_path`` (``fmt`` = auto or a layout name), or None for the table / JSON /
+    Kaldi / folder formats of ``sources``; DataError for a directory that is nothing known."""
+    if fmt == "kaldi" and os.path.isfile(os.path.join(input_path, "segments")):
+        fmt = "kaldi-segments"
+    if fmt in BY_NAME:
+        return named_layout(fmt, input_path)
+    if fmt != "auto" or not os.path.exists(input_path):
+        return None
+    is_manifest = os.path.basename(input_path) in ("WenetSpeech.json", "GigaSpeech.json")
+    if not (os.path.isdir(input_path) or is_manifest or input_path.endswith(".parquet")):
+        return None
+    found = detect_layout(input_path)
+    if found is None and os.path.isdir(input_path) and not has_known_files(input_path):
+        raise unknown_layout(input_path)
+    return found
+
+
+def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None) -> ConvertResult | CorpusResult:
     """Convert ``input_path`` into a LLaMA-Factory dataset under ``out_dir``; see the module docstring."""
     opts = options or ConvertOptions()
     if opts.split is not None:
         check_split(tuple(opts.split))
     out_dir = ensure_writable_dir(out_dir)
+    layout = corpus_layout(input_path, opts.format)
+    if layout is not None:
+        if opts.split is not None:
+            raise DataError(f"--split: {layout[0].name} corpora keep their own splits/subsets; drop --split")
+        return convert_corpus(input_path, out_dir, layout[0], layout[1], opts)
     source = read_source(input_path, opts.format, ReadOptions(opts.encoding, dict(opts.columns)))
     root = os.path.abspath(opts.root or (input_path if os.path.isdir(input_path) else os.path.dirname(input_path)))
     rows, issues = _check_all(source.records, root, opts)

@@ -27,6 +27,10 @@ class SourceRecord:
     text: str | None
     instruction: str | None = None
     by_id: bool = False
+    begin: float | None = None  # a segment of the recording ``audio`` (seconds); None: the whole file
+    end: float | None = None  # None with a begin: to the end of the file (Kaldi's -1)
+    subset: str | None = None  # the output dataset (split / subset) of corpus layouts
+    recording: str | None = None  # recording id of a segment (overlap checks, messages)
 
 
 @dataclass

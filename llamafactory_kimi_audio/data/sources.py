@@ -10,6 +10,7 @@ Formats (``READERS``, looked up by name; ``detect_format`` picks one for ``--for
 * ``flat-json``: ``{"audio", "text", "prompt"}`` objects, as a JSON array or JSON Lines.
 * ``kaldi``: a data directory with ``wav.scp`` and ``text``.
 * ``folder``: audio files with sidecar ``.txt`` / ``.lab`` transcripts of the same name.
+* ``sharegpt-dir``: a dataset folder of ``part-*.jsonl`` shards, as ``convert`` writes public corpora.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .conversations import read_conversations, read_kimi_jsonl
+from .conversations import is_dataset_dir, read_conversations, read_dataset_dir, read_kimi_jsonl
 from .records import Source, SourceRecord, iter_json_records
 from .textio import DataError, mojibake_hint, read_text
 from .validate import Issue
@@ -251,6 +252,7 @@ READERS: dict[str, Callable[[str, ReadOptions], Source]] = {
     "flat-json": read_flat_json,
     "kaldi": read_kaldi,
     "folder": read_folder,
+    "sharegpt-dir": read_dataset_dir,
 }
 _EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv"}
 _JSON_KEY_FORMATS = {"conversation": "kimi-jsonl", "conversations": "qwen-json", "messages": "qwen-json"}
@@ -260,7 +262,7 @@ def detect_format(path: str, encoding: str = "auto") -> str:
     """Format name for ``path`` from its type, extension and (for JSON) the keys of its first record."""
     if os.path.isdir(path):
         is_kaldi = all(os.path.isfile(os.path.join(path, f)) for f in ("wav.scp", "text"))
-        return "kaldi" if is_kaldi else "folder"
+        return "kaldi" if is_kaldi else "sharegpt-dir" if is_dataset_dir(path) else "folder"
     ext = os.path.splitext(path)[1].lower()
     if ext in _EXTENSION_FORMATS:
         return _EXTENSION_FORMATS[ext]
@@ -281,7 +283,7 @@ def read_source(path: str, fmt: str = "auto", opts: ReadOptions | None = None) -
     fmt = detect_format(path, opts.encoding) if fmt == "auto" else fmt
     if fmt not in READERS:
         raise DataError(f"unknown --format {fmt!r}; choose one of: auto, {', '.join(READERS)}")
-    wants_dir = fmt in ("kaldi", "folder")
+    wants_dir = fmt in ("kaldi", "folder", "sharegpt-dir")
     if wants_dir != os.path.isdir(path):
         raise DataError(f"{path}: --format {fmt} expects a {'directory' if wants_dir else 'file'}")
     source = READERS[fmt](path, opts)

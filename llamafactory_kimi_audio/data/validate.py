@@ -11,7 +11,7 @@ import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from ..audio_io import TRUNCATED_FIX, AudioError, AudioInfo, TruncatedAudioError, probe
+from ..audio_io import TRUNCATED_FIX, AudioError, AudioInfo, SpanError, TruncatedAudioError, probe, split_media
 from ..constants import CHUNK_SECONDS, SAMPLE_RATE
 from .textio import mojibake_hint
 
@@ -41,6 +41,17 @@ REASONS: dict[str, tuple[str, str]] = {
     "mojibake": (ERROR, "skipped (pass --keep-mojibake to keep such rows)"),
     "mojibake_kept": (WARNING, "kept because of --keep-mojibake, but the transcript is probably garbled"),
     "duplicate_audio": (WARNING, "kept: the same file is used by several rows"),
+    # segments (PATH#t=BEGIN,END rows) and corpus layouts
+    "negative_span": (ERROR, "fix the segment's begin/end (seconds from the start of the recording)"),
+    "reversed_span": (ERROR, "swap or fix the segment's begin and end"),
+    "empty_span": (ERROR, "fix the segment's end or delete the segment"),
+    "segment_past_end": (ERROR, "fix the segment's end, or check that the recording is complete"),
+    "segment_end_clamped": (WARNING, "kept: the end was cut at the end of the recording (≤ 0.5 s past it)"),
+    "short_segment": (WARNING, "kept: segments under 0.1 s are rarely useful"),
+    "overlapping_segments": (WARNING, "kept: check the segment times if the overlap is not intended"),
+    "kaldi_archive": (ERROR, "dump the audio to files (e.g. wav-copy) and list the files in wav.scp"),
+    "multichannel_segment": (ERROR, "split the channels into mono files and list one recording per channel"),
+    "garbage_utterance": ("skip", "skipped: not speech (GigaSpeech <SIL>/<MUSIC>/<NOISE>/<OTHER>), as the recipes do"),
 }
 
 
@@ -55,7 +66,7 @@ class Issue:
     uid: str | None = None
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> str:  # error (row skipped; --strict stops), warning (kept) or skip (skipped by design)
         return REASONS.get(self.reason, (ERROR, ""))[0]
 
     @property
@@ -113,11 +124,13 @@ def check_text(text: str | None) -> list[tuple[str, str]]:
 
 def check_audio(path: str, shown: str, max_duration: float) -> tuple[AudioInfo | None, list[tuple[str, str]]]:
     """Probe ``path`` (``shown`` is the path as written in the source); returns the header and (reason, message)."""
-    if not os.path.isfile(path):
+    if not os.path.isfile(split_media(path)[0]):
         detail = "" if shown == path else f" (resolved to {path})"
         return None, [("missing_audio", f"audio file not found: {shown}{detail}")]
     try:
-        info = probe(path)
+        info = probe(path)  # a PATH#t=BEGIN,END segment is checked against its file (span_frames)
+    except SpanError as err:
+        return None, [(err.reason, str(err).removeprefix(f"{path}: ").split(";")[0] + f" ({shown})")]
     except TruncatedAudioError as err:
         detail = str(err).removeprefix(f"{path}: truncated audio: the WAV header").split(";")[0]
         return None, [("truncated_audio", f"audio {shown} is truncated: its header{detail}")]

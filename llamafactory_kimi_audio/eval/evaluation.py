@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..audio_io import split_media
 from ..data.textio import ensure_writable_dir
 from ..errors import InputError, ModelError
 from .inputs import Paired, TestItem, load_predictions, load_test_set, pair
@@ -57,7 +58,7 @@ class EvalResult:
 
 def require_audio(items: Sequence[TestItem]) -> None:
     """InputError naming a few missing files, before any model is loaded."""
-    missing = [item.audio or item.id for item in items if not os.path.isfile(item.audio)]
+    missing = [item.audio or item.id for item in items if not os.path.isfile(split_media(item.audio)[0])]
     if missing:
         raise InputError(
             f"{len(missing)} test audio files not found (e.g. {', '.join(missing[:3])}); "

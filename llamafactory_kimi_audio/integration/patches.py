@@ -130,6 +130,16 @@ SFT_PATCHES = [
         parameters=("self", "model", "inputs", "prediction_loss_only", "ignore_keys"),
         why="LLaMA-Factory samples by default (do_sample=True, T=0.95); ASR evaluation decodes greedily",
     ),
+    Patch(
+        name="segment_media_paths",
+        trigger=SFT_WORKFLOW,
+        owner="llamafactory.data.converter:DatasetConverter",
+        attribute="_find_medias",
+        make_replacement=w.make_segment_media_paths,
+        parameters=("self", "medias"),
+        why="segments of long recordings are written PATH#t=BEGIN,END (kimi-audio-lf convert); the fragment is split "
+        "off for the media_dir lookup, else relative segment paths stay unresolved and each one logs a warning",
+    ),
     *(
         Patch(
             name=f"audio_span_guard.{kind}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from llamafactory.data.template import Template
@@ -20,6 +21,23 @@ def default_instruction() -> str:
     return str(settings.get(INSTRUCTION_ENV) or st.DEFAULT_INSTRUCTION["zh"])
 
 
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layout_encoder(tokenizer: Any) -> LayoutEncoder:
+    """One encoder per tokenizer: building one looks up every special token (~400 ids), which was 3/4 of the
+    preprocessing time of a row."""
+    try:
+        return _ENCODERS[tokenizer]
+    except (KeyError, TypeError):  # TypeError: an object that cannot be weakly referenced
+        encoder = LayoutEncoder(tokenizer)
+        try:
+            _ENCODERS[tokenizer] = encoder
+        except TypeError:
+            pass
+        return encoder
+
+
 class KimiAudioTemplate(Template):
     """Encodes turns with the official rules instead of string slots (roles change the stream, not the text)."""
 
@@ -31,7 +49,7 @@ class KimiAudioTemplate(Template):
             )
         if tools:
             raise InputError("the kimi_audio template does not support tools / function calling")
-        layout = LayoutEncoder(tokenizer)
+        layout = _layout_encoder(tokenizer)
         encoded = []
         for index, message in enumerate(messages):
             role = message["role"]

@@ -62,6 +62,24 @@ def make_asr_predict_dependencies(original):
     return check_extra_dependencies
 
 
+def make_segment_media_paths(original):
+    """``PATH#t=B,E`` entries (segments of a long recording) resolve against ``media_dir`` like plain paths: the
+    fragment is split off before the original's ``isfile`` lookup and put back after (no per-segment warning)."""
+
+    @functools.wraps(original)
+    def _find_medias(self, medias, *args: Any, **kwargs: Any):
+        from ..audio_io import split_fragment
+
+        values = medias if isinstance(medias, list) else [medias]
+        if not any(isinstance(value, str) and "#t=" in value for value in values):
+            return original(self, medias, *args, **kwargs)
+        pairs = [split_fragment(value) if isinstance(value, str) else (value, "") for value in values]
+        found = original(self, [path for path, _ in pairs], *args, **kwargs)
+        return [path + fragment for path, (_, fragment) in zip(found, pairs)] if found else found
+
+    return _find_medias
+
+
 def make_greedy_prediction(original):
     @functools.wraps(original)
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
