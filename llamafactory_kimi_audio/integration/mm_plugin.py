@@ -17,7 +17,7 @@ from llamafactory.data.mm_plugin import BasePlugin
 from llamafactory.extras.constants import AUDIO_PLACEHOLDER
 
 from .._startup import resume
-from ..audio_io import AudioError, load_audio, probe, resampled_length
+from ..audio_io import AudioError, probe, resampled_length
 from ..errors import InputError
 from ..models.layout import audio_marker
 from ..models.processing_kimi_audio import num_audio_tokens
@@ -67,14 +67,9 @@ class KimiAudioPlugin(BasePlugin):
         self._validate_input(processor, images, videos, audios)
         if len(audios) == 0:
             return {}
-        from ..data.feature_cache import lookup_cached_inputs
+        from ..data.collate_inputs import audio_model_inputs
 
-        cached = lookup_cached_inputs(audios, processor)
-        if cached is not None:
-            return cached
-        sampling_rate = getattr(processor, "audio_sampling_rate", 16000)
-        waveforms = [load_audio(audio, sampling_rate) for audio in audios]
-        return processor.audio_inputs(waveforms)
+        return audio_model_inputs(audios, processor)  # the feature cache's entries, or the raw audio inputs
 
 
 def audio_token_count(audio: Any) -> int:
