@@ -15,8 +15,8 @@ import torch
 from llamafactory_kimi_audio import settings
 from llamafactory_kimi_audio.audio_io import AudioError, load_audio
 from llamafactory_kimi_audio.cli import main
-from llamafactory_kimi_audio.data.dataset_audio import collect_audio_paths, data_file, dataset_files
 from llamafactory_kimi_audio.data.cache_format import clip_key
+from llamafactory_kimi_audio.data.dataset_audio import collect_audio_paths, data_file, dataset_files
 from llamafactory_kimi_audio.data.feature_cache import CACHE_ENV, FeatureCache, encoder_identity
 from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, load_audio_encoders, precompute
 from llamafactory_kimi_audio.models import special_tokens as st

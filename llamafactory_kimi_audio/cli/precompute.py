@@ -117,9 +117,9 @@ def _data_files(args: argparse.Namespace) -> list:
 
 
 def _device(requested: str | None) -> str:
-    import torch
-
     import os
+
+    import torch
 
     if requested is None:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
