@@ -159,6 +159,7 @@ class CacheIndex:
         self.records, self.shards = records[last], shards[last]
 
     def find(self, digest: bytes) -> int | None:
+        digest = digest.rstrip(b"\0")  # numpy's S16 drops trailing NUL bytes of the keys it holds
         at = int(np.searchsorted(self.records["key"], digest))
         return at if at < len(self.records) and self.records["key"][at] == digest else None
 
