@@ -363,3 +363,59 @@ def test_missing_dataset_files_name_the_fix(tmp_path: Path, model_dir, capsys) -
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0] and "Errno" not in err[0], err
+
+
+# ------------------------------------------------------------------------------------- storage modes vs online path
+def _frame_inputs(model, processor, audio: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = processor.asr_inputs([load_audio(audio)], [None])["input_ids"]
+    is_frame = ids == processor.tokenizer.convert_tokens_to_ids(st.AUDIO_PLACEHOLDER)
+    return model.frame_inputs(ids, is_frame, int(is_frame.sum()), inputs)
+
+
+def test_bf16_rows_equal_what_bf16_training_consumes(tmp_path: Path, model_dir, wavs, model, processor) -> None:
+    import copy
+
+    options = PrecomputeOptions(cache_dir=str(tmp_path), batch_size=1, rows_dtype="bfloat16", **QUIET)
+    result = precompute(model_dir, wavs, options, encoders=load_audio_encoders(model_dir, "cpu", "bfloat16"))
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+    for audio in wavs:
+        entry = _entry(result, audio)
+        raw = processor.audio_inputs([load_audio(audio)])
+        assert entry["rows"].dtype == torch.bfloat16
+        assert torch.equal(
+            entry["rows"], bf16_model.whisper_rows(raw["audio_input_features"], raw["audio_chunk_tokens"])
+        )
+        online = _frame_inputs(bf16_model, processor, audio, raw)
+        cached = _frame_inputs(
+            bf16_model, processor, audio, {"audio_codes": entry["codes"], "whisper_features": entry["rows"]}
+        )
+        assert all(torch.equal(a, b) for a, b in zip(online, cached))
+
+
+def test_codes_only_mode_equals_online_path(
+    tmp_path: Path, model_dir, wavs, model, processor, encoders, monkeypatch
+) -> None:
+    import llamafactory.data.mm_plugin  # noqa: F401  (LLaMA-Factory first, as in training)
+
+    from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
+
+    result = precompute(
+        model_dir, wavs, PrecomputeOptions(cache_dir=str(tmp_path), mode="codes", **QUIET), encoders=encoders
+    )
+    entries = [_entry(result, audio) for audio in wavs]
+    assert all(e["rows"] is None for e in entries)
+    payload = sum(p.stat().st_size for p in tmp_path.rglob("*.bin"))
+    assert payload < 2000 + 300 * len(wavs)  # headers + 2 bytes per 80 ms frame: no Whisper rows
+    plugin = KimiAudioPlugin(image_token=None, video_token=None, audio_token=st.AUDIO_PLACEHOLDER)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    settings.reload()
+    try:
+        for audio in wavs:
+            got = plugin.get_mm_inputs([], [], [audio], [0], [0], [1], [[]], processor)
+            assert {"audio_codes", "audio_input_features", "audio_chunk_tokens"} <= set(got)
+            assert "semantic_input_features" not in got and "whisper_features" not in got
+            online = _frame_inputs(model, processor, audio, processor.audio_inputs([load_audio(audio)]))
+            assert all(torch.equal(a, b) for a, b in zip(online, _frame_inputs(model, processor, audio, got)))
+    finally:
+        monkeypatch.delenv(CACHE_ENV)
+        settings.reload()

@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rows-dtype",
         choices=("bfloat16", "float32"),
-        help="store Whisper rows in the dtype training consumes (default: the encoder's, bf16 on CUDA)",
+        help="run Whisper in, and store its rows in, the dtype training runs it in (default: bfloat16 on CUDA, "
+        "float32 on CPU)",
     )
 
 

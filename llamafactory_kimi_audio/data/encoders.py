@@ -60,8 +60,9 @@ def _as_float(features: Any) -> Any:
     return features.view(torch.float32) if features.dtype == torch.int32 else features.float()
 
 
-def load_audio_encoders(model_dir: str, device: str = "cpu") -> AudioEncoders:
-    """Load the processor and both audio encoders of ``model_dir`` (no language model)."""
+def load_audio_encoders(model_dir: str, device: str = "cpu", whisper_dtype: str | None = None) -> AudioEncoders:
+    """Load the processor and both audio encoders of ``model_dir`` (no language model); Whisper runs in
+    ``whisper_dtype`` (the dtype training runs it in), by default bf16 on CUDA and fp32 on CPU."""
     import torch
 
     from ..models.configuration_kimi_audio import WHISPER_SUBDIR, KimiAudioConfig
@@ -76,7 +77,9 @@ def load_audio_encoders(model_dir: str, device: str = "cpu") -> AudioEncoders:
     if not config.semantic_tokenizer_path:
         raise FileNotFoundError(f"{model_dir}: GLM-4-Voice tokenizer not found (glm-4-voice-tokenizer/ next to it)")
     target = torch.device(device)
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    dtype = (
+        getattr(torch, whisper_dtype) if whisper_dtype else torch.bfloat16 if target.type == "cuda" else torch.float32
+    )
     whisper_file = os.path.join(model_dir, WHISPER_SUBDIR, "model.safetensors")
     whisper = load_whisper_encoder(config.whisper_config, whisper_file, target, dtype)
     semantic = load_glm4_voice_tokenizer(config.semantic_tokenizer_path, device=target)

@@ -49,7 +49,7 @@ class PrecomputeOptions:
     progress: bool | None = None  # tqdm's disable=None: a bar only on a terminal
     shard: tuple[int, int] | None = None  # (K, N): this run's part; None: torchrun's RANK / WORLD_SIZE, else all
     mode: str | None = None  # "full" or "codes"; None: $KIMI_AUDIO_CACHE_MODE (default full)
-    rows_dtype: str | None = None  # store rows in this dtype (what training consumes); None: the encoder's
+    rows_dtype: str | None = None  # Whisper runs in (and rows are stored in) this dtype; None: bf16 CUDA, fp32 CPU
 
 
 @dataclass
@@ -81,7 +81,7 @@ def precompute(
         say = report or progress.write
         if legacy := legacy_entries(root, cache.identity):
             say(f"precompute: note: {legacy_message(root, cache.identity, legacy)}")
-        load = (lambda: encoders) if encoders else (lambda: _guarded(load_audio_encoders, model_dir, options.device))
+        load = (lambda: encoders) if encoders else (lambda: _load(model_dir, options))
         # Similar durations share a batch (GLM-4-Voice then computes little padding). Three stages overlap: decoding
         # and lookups of the next files (a few threads), the log-mels of the next batch (one thread) and the encoders
         # on the current one; soundfile, numpy and torch release the GIL.
@@ -110,6 +110,10 @@ def prefetch(items: list[str], function: Callable[[str], Any], window: int, work
         while queue:
             head, future = queue.popleft()
             yield head, future.result()
+
+
+def _load(model_dir: str, options: PrecomputeOptions) -> AudioEncoders:
+    return _guarded(load_audio_encoders, model_dir, options.device, options.rows_dtype)
 
 
 def _guarded(function: Callable[..., Any], model_dir: str, *args: Any) -> Any:
@@ -214,7 +218,7 @@ class _Run:
         for (item, audio), (codes, rows) in zip(batch, outputs):
             if self.mode == "codes":
                 rows = None
-            elif self.options.rows_dtype:
+            elif self.options.rows_dtype:  # given encoders may run in another dtype: store what training consumes
                 rows = rows.to(getattr(torch, self.options.rows_dtype))
             self.cache.write(item.key, codes, rows)
             self.result.computed += 1
