@@ -34,8 +34,11 @@ class AudioEncoders:
         """Both log-mels of a batch (CPU); thread-safe, so it can run while the encoders work on the last batch."""
         return self.processor.audio_inputs(waveforms)
 
-    def encode_features(self, features: dict[str, Any], lengths: list[int]) -> list[tuple[Any, Any]]:
-        """``(codes, rows)`` per waveform of ``lengths`` samples from ``features`` (the encoders' device)."""
+    def encode_features(
+        self, features: dict[str, Any], lengths: list[int], with_rows: bool = True
+    ) -> list[tuple[Any, Any]]:
+        """``(codes, rows)`` per waveform of ``lengths`` samples from ``features`` (the encoders' device); rows are
+        None without ``with_rows`` (codes-only caches: Whisper is not run)."""
         import torch
 
         from ..models.modeling_kimi_audio import whisper_rows
@@ -47,10 +50,12 @@ class AudioEncoders:
                     _as_float(inputs["semantic_input_features"]), inputs["semantic_frame_mask"]
                 )
             )
-            rows = whisper_rows(self.whisper, inputs["audio_input_features"], inputs["audio_chunk_tokens"])
+            rows = None
+            if with_rows:
+                rows = whisper_rows(self.whisper, inputs["audio_input_features"], inputs["audio_chunk_tokens"])
         chunk_tokens = iter(inputs["audio_chunk_tokens"].tolist())  # per 30 s chunk, audio after audio
         sizes = [sum(next(chunk_tokens) for _ in range(chunk_count(n))) for n in lengths]
-        return list(zip(codes.split(sizes), rows.split(sizes)))
+        return list(zip(codes.split(sizes), rows.split(sizes) if rows is not None else [None] * len(sizes)))
 
 
 def _as_float(features: Any) -> Any:

@@ -214,11 +214,12 @@ class _Run:
         import torch
 
         (batch, future), self.in_flight = self.in_flight, None
-        outputs = self.encoders.encode_features(future.result(), [len(p.wave) for p, _ in batch])
+        lengths = [len(p.wave) for p, _ in batch]
+        outputs = self.encoders.encode_features(future.result(), lengths, with_rows=self.mode != "codes")
         for (item, audio), (codes, rows) in zip(batch, outputs):
-            if self.mode == "codes":
-                rows = None
-            elif self.options.rows_dtype:  # given encoders may run in another dtype: store what training consumes
+            if (
+                rows is not None and self.options.rows_dtype
+            ):  # given encoders may run in another dtype: store what training consumes
                 rows = rows.to(getattr(torch, self.options.rows_dtype))
             self.cache.write(item.key, codes, rows)
             self.result.computed += 1
