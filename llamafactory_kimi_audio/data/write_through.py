@@ -55,6 +55,21 @@ class CacheCounters:
             start += frames
 
 
+def _preload(model: Any) -> str:
+    """Read the index now, in the training process: DataLoader workers forked later share its pages."""
+    from .feature_cache import process_cache
+
+    name = getattr(model.config, "_name_or_path", None)
+    try:
+        cache = process_cache(os.path.abspath(name) if name else None)
+    except OSError:  # no encoder weights to identify: collate falls back to online inputs, as without a cache
+        return ""
+    if cache is None:
+        return ""
+    frames = int(cache.index.records["frames"].sum()) if len(cache.index) else 0
+    return f"; {len(cache.index)} clips ({frames / 45000:.2f} audio h) cached in {cache.folder}"
+
+
 def attach(model: Any) -> CacheCounters:
     """Make ``model`` (a ``KimiAudioForCausalLM``) store what it encodes; idempotent. Returns its counters."""
     counters = getattr(model, _COUNTS_ATTR, None)
@@ -77,12 +92,16 @@ def attach(model: Any) -> CacheCounters:
     def frame_inputs_writing(input_ids: Any, is_frame: Any, num_frames: int, audio: dict[str, Any]) -> Any:
         codes, rows = frame_inputs(input_ids, is_frame, num_frames, audio)
         if pending:
-            counters.record(pending.pop(), codes.detach().cpu(), rows.detach().cpu())
+            meta = pending.pop()
+            if meta.get("clips"):  # copies to the host only for batches with clips to store
+                counters.record(meta, codes.detach().cpu(), rows.detach().cpu())
+            else:
+                counters.hits += int(meta.get("hits", 0))
         return codes, rows
 
     object.__setattr__(model, "forward", forward_with_meta)
     object.__setattr__(model, "frame_inputs", frame_inputs_writing)
     object.__setattr__(model, _COUNTS_ATTR, counters)
-    print(counters.line("start"), file=sys.stderr)
+    print(f"{counters.line('start')}{_preload(model)}", file=sys.stderr)
     atexit.register(lambda: print(counters.line("end"), file=sys.stderr, flush=True))
     return counters
