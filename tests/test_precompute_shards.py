@@ -125,3 +125,92 @@ def test_torchrun_two_gloo_ranks_equal_one_process(corpus, tiny_checkpoint, tmp_
     assert _same(_entries(tmp_path / "one", identity, paths), _entries(tmp_path / "ddp", identity, paths))
     shards = list((tmp_path / "ddp" / identity / "shards").glob("*.bin"))
     assert len(shards) == 2  # one per rank
+
+
+# ----------------------------------------------------------------------------------- interrupted runs, bad cache dir
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> tuple[Path, list[str]]:
+    folder = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(1)
+    paths = []
+    for n in range(240):
+        path = folder / f"m{n:03d}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(int(16000 * rng.uniform(0.2, 0.6)))).astype(np.float32), 16000)
+        paths.append(str(path))
+    rows = [
+        {"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": "x"}], "audios": [p]}
+        for p in paths
+    ]
+    (folder / "asr.json").write_text(json.dumps(rows))
+    return folder / "asr.json", paths
+
+
+def _indexed(cache: Path) -> int:
+    return sum(p.stat().st_size for p in cache.rglob("*.idx")) // 64
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
+def test_interrupted_precompute_resumes_with_no_bad_entry(signal_name, many, tiny_checkpoint, tmp_path) -> None:
+    import signal
+    import time
+
+    data, paths = many
+    cache = tmp_path / "cache"
+    argv = [
+        "precompute",
+        "--model",
+        tiny_checkpoint.path,
+        "--data",
+        str(data),
+        "--cache",
+        str(cache),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--batch-size",
+        "4",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamafactory_kimi_audio.cli", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 600
+    while _indexed(cache) < 8 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, getattr(signal, signal_name))
+    out, err = proc.communicate(timeout=600)
+    done = _indexed(cache)
+    assert 8 <= done < len(paths), (done, err[-2000:])
+    if signal_name == "SIGINT":
+        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    assert main(["cache", "verify", "--cache", str(cache)]) == 0  # every indexed entry reads back
+    assert main(argv) == 0
+    identity = encoder_identity(tiny_checkpoint.path)
+    entries = FeatureCache(str(cache), identity)
+    assert len(entries.index) == len(paths) and all(entries.find(clip_key(p)) is not None for p in paths)
+    assert main(["cache", "verify", "--cache", str(cache)]) == 0
+
+
+def test_unwritable_cache_dir_is_one_line_exit_4(corpus, tiny_checkpoint, tmp_path: Path, capsys) -> None:
+    data, _ = corpus
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    argv = [
+        "precompute",
+        "--model",
+        tiny_checkpoint.path,
+        "--data",
+        str(data),
+        "--cache",
+        str(blocker / "c"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(argv) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write" in err[0] and "nothing partial was kept" in err[0], err

@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import EnvironmentProblem
 from .cache_format import RECORD, ClipKey, decode_payload, encode_payload, make_record, parse_records
 
 SHARDS = "shards"
 MAX_SHARD_BYTES = 4 << 30
 
 
-class CacheWriteError(OSError):
+class CacheWriteError(EnvironmentProblem):
     """The cache directory cannot take a write (read-only, full disk); the message is one line with the fix."""
 
 
@@ -61,7 +62,7 @@ class ShardWriter:
         except OSError as err:
             _undo(data_fd, offset)
             self.close()
-            raise CacheWriteError(err.errno, _write_problem(self.folder, err)) from err
+            raise CacheWriteError(_write_problem(self.folder, err)) from err
         self.written += 1
 
     def _open(self, incoming: int) -> tuple[int, int, str]:
@@ -78,7 +79,7 @@ class ShardWriter:
             data_fd = os.open(f"{path}.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
             index_fd = os.open(f"{path}.idx", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         except OSError as err:
-            raise CacheWriteError(err.errno, _write_problem(self.folder, err)) from err
+            raise CacheWriteError(_write_problem(self.folder, err)) from err
         self._files = (data_fd, index_fd, path)
         return self._files
 
