@@ -419,3 +419,20 @@ def test_codes_only_mode_equals_online_path(
     finally:
         monkeypatch.delenv(CACHE_ENV)
         settings.reload()
+
+
+def test_missing_audio_with_a_cache_is_one_line(tmp_path: Path, cache, processor, monkeypatch) -> None:
+    import llamafactory.data.mm_plugin  # noqa: F401  (LLaMA-Factory first, as in training)
+
+    from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
+
+    plugin = KimiAudioPlugin(image_token=None, video_token=None, audio_token=st.AUDIO_PLACEHOLDER)
+    gone = str(tmp_path / "gone.wav")
+    monkeypatch.setenv(CACHE_ENV, cache.cache_dir)
+    settings.reload()
+    try:
+        with pytest.raises(AudioError, match=f"^{gone}: audio file not found"):
+            plugin.get_mm_inputs([], [], [gone], [0], [0], [1], [[]], processor)
+    finally:
+        monkeypatch.delenv(CACHE_ENV)
+        settings.reload()

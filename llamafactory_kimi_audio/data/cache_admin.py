@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from ..constants import SAMPLE_RATE, SAMPLES_PER_TOKEN
-from .cache_format import ClipKey, payload_header
+from .cache_format import ClipKey
 from .cache_store import SHARDS, CacheIndex, ShardWriter, shard_dir
 from .feature_cache import legacy_entries
 
@@ -96,7 +96,7 @@ def scan(root: str, identity: str, verify: bool = False) -> CacheReport:
         report.live_bytes += int(record["length"])
         report.codes_only += int(record["rows_dtype"]) == 0
         try:
-            header = _header(index, at) if not verify else index.read(at)[0]
+            header = index.read_header(at) if not verify else index.read(at)[0]
         except (OSError, ValueError) as err:
             report.damaged.append(f"{index.shard_path(at)} at byte {int(record['offset'])}: {err}")
             continue
@@ -104,12 +104,6 @@ def scan(root: str, identity: str, verify: bool = False) -> CacheReport:
             report.orphans.append(header["audio"])
     index.close()
     return report
-
-
-def _header(index: CacheIndex, at: int) -> dict:
-    record = index.records[at]
-    head = os.pread(index._fd(int(index.shards[at])), min(int(record["length"]), 4096), int(record["offset"]))
-    return payload_header(head)[0]
 
 
 def gc(root: str, identity: str, dry_run: bool = False) -> tuple[CacheReport, int]:
@@ -143,7 +137,7 @@ def _orphan_bytes(root: str, identity: str) -> int:
     index, total = CacheIndex(shard_dir(root, identity)), 0
     for at in index:
         try:
-            if _is_orphan(_header(index, at)):
+            if _is_orphan(index.read_header(at)):
                 total += int(index.records[at]["length"])
         except (OSError, ValueError):
             total += int(index.records[at]["length"])

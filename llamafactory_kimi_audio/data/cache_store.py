@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EnvironmentProblem
-from .cache_format import RECORD, ClipKey, decode_payload, encode_payload, make_record, parse_records
+from .cache_format import RECORD, ClipKey, decode_payload, encode_payload, make_record, parse_records, payload_header
 
 SHARDS = "shards"
 MAX_SHARD_BYTES = 4 << 30
@@ -173,16 +173,17 @@ class CacheIndex:
     def read(self, at: int) -> tuple[dict[str, Any], Any, Any | None]:
         """``(header, codes, rows)`` of record ``at``; ValueError (checksum, short read) or OSError when damaged."""
         record = self.records[at]
-        payload = os.pread(self._fd(int(self.shards[at])), int(record["length"]), int(record["offset"]))
-        return decode_payload(payload, record)
+        return decode_payload(self._pread(at, int(record["length"])), record)
 
-    def _fd(self, shard: int) -> int:
+    def read_header(self, at: int) -> dict[str, Any]:
+        """The JSON header of record ``at`` (its audio, size, mtime), without reading the tensors."""
+        return payload_header(self._pread(at, min(int(self.records[at]["length"]), 4096)))[0]
+
+    def _pread(self, at: int, length: int) -> bytes:
+        shard = int(self.shards[at])
         if shard not in self._fds:
-            self._fds[shard] = os.open(self.shard_path_of(shard), os.O_RDONLY)
-        return self._fds[shard]
-
-    def shard_path_of(self, shard: int) -> str:
-        return self.names[shard][: -len(".idx")] + ".bin"
+            self._fds[shard] = os.open(self.shard_path(at), os.O_RDONLY)
+        return os.pread(self._fds[shard], length, int(self.records[at]["offset"]))
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -42,7 +42,10 @@ def _online(audios: list[Any], processor: Any, with_semantic: bool = True) -> di
 def _with_cache(cache: FeatureCache, audios: list[str], processor: Any) -> dict[str, Any]:
     import torch
 
-    found = cache.lookup(audios)
+    try:
+        found = cache.lookup(audios)
+    except OSError:  # a clip that cannot be stat-ed: the online path reports it by name, with the fix
+        return _online(audios, processor)
     missing = [audio for audio, (_, at) in zip(audios, found) if at is None]
     if missing and settings.enabled(STRICT_ENV):
         raise CacheMissError(

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import sys
+import time
 from typing import Any
 
 from .cache_format import ClipKey, clip_key
@@ -25,6 +26,7 @@ from .textio import DataError
 CACHE_ENV = "KIMI_AUDIO_FEATURE_CACHE"
 STRICT_ENV = "KIMI_AUDIO_CACHE_STRICT"
 MODE_ENV = "KIMI_AUDIO_CACHE_MODE"
+REFRESH_SECONDS = 10.0
 REPAIR_HINT = "re-run `kimi-audio-lf precompute` on the dataset (it rewrites bad entries)"
 
 
@@ -99,6 +101,7 @@ class FeatureCache:
         self.folder = shard_dir(root, identity)
         self._index: CacheIndex | None = None
         self.writer = ShardWriter(self.folder)
+        self._refreshed = (os.getpid(), time.monotonic())  # (process, when) of the last re-read on a miss
 
     @property
     def index(self) -> CacheIndex:
@@ -127,10 +130,16 @@ class FeatureCache:
         self.writer.write(key, codes, rows)
 
     def lookup(self, audios: list[str]) -> list[tuple[ClipKey, int | None]]:
-        """Key and index position (None: not cached) of each clip; the index is re-read once if any is missing."""
+        """Key and index position (None: not cached) of each clip. On a miss the index is re-read for entries that
+        other processes wrote: at the first miss of a process (a DataLoader worker of a new epoch), then at most
+        every ``REFRESH_SECONDS`` (re-sorting a large index on every batch would cost more than it saves)."""
         found = [(key, self.find(key)) for key in (clip_key(a) for a in audios)]
-        if any(at is None for _, at in found) and self.refresh():
-            found = [(key, self.find(key)) for key, _ in found]
+        now = time.monotonic()
+        stale = self._refreshed[0] != os.getpid() or now - self._refreshed[1] > REFRESH_SECONDS
+        if any(at is None for _, at in found) and stale:
+            self._refreshed = (os.getpid(), now)
+            if self.refresh():
+                found = [(key, self.find(key)) for key, _ in found]
         return found
 
 
