@@ -106,7 +106,6 @@ def test_streaming_dataset_reads_the_cache(write_through, ckpt, dataset, workdir
         max_steps=3,
         streaming=True,
         dataloader_num_workers=2,  # LLaMA-Factory shards local files into this many parts (0 parts: no data)
-        accelerator_config={"dispatch_batches": False},  # else accelerate slices every tensor to the batch size
     )
     rc, output = run_cli("train", config, workdir, "streaming", env={"KIMI_AUDIO_FEATURE_CACHE": str(cache)})
     check_ok(rc, output)

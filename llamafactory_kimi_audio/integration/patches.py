@@ -23,7 +23,7 @@ from ..patching import SUPPORTED_VERSIONS, Patch, installed_version, version_pro
 from . import registration as reg
 from . import wrappers as w
 from .auto_classes import AUTO_CLASSES, route_to_native
-from .feature_cache_hook import make_write_through
+from .feature_cache_hook import make_streaming_batches, make_write_through
 from .run_guard import make_run_guard
 
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
@@ -160,6 +160,16 @@ SFT_PATCHES = [
 ]
 
 TUNER_PATCHES = [
+    Patch(
+        name="streaming_audio_batches",
+        trigger=TUNER,
+        owner=TUNER,
+        attribute="get_train_args",
+        make_replacement=make_streaming_batches,
+        parameters=("args",),
+        why="streaming: true makes accelerate slice every batch tensor to the batch size, audio frames included; "
+        "kimi_audio runs set accelerator_config.dispatch_batches=False (each rank reads its own part of the stream)",
+    ),
     Patch(
         name="one_line_errors",
         trigger=TUNER,
