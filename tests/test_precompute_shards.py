@@ -214,3 +214,17 @@ def test_unwritable_cache_dir_is_one_line_exit_4(corpus, tiny_checkpoint, tmp_pa
     assert main(argv) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write" in err[0] and "nothing partial was kept" in err[0], err
+
+
+def test_progress_bar_on_rank_0_only_with_audio_hours(corpus, tiny_checkpoint, tmp_path: Path, capsys) -> None:
+    from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
+
+    _, paths = corpus
+    for shard in ((1, 2), (0, 2)):
+        options = PrecomputeOptions(cache_dir=str(tmp_path), progress=True, shard=shard)
+        precompute(tiny_checkpoint.path, paths, options)
+        err = capsys.readouterr().err
+        if shard[0]:
+            assert "precompute" not in err  # only rank 0 draws
+        else:
+            assert "precompute (rank 0 of 2)" in err and "4/4" in err and " of ~" in err and "audio h" in err

@@ -6,7 +6,7 @@ names the audio encoders' weights, so a cache can never serve features of anothe
 size and mtime (one ``stat``, no audio read); every payload is checksummed and a damaged one stops training with one
 line naming the clip and the fix (``CacheEntryError``), which ``precompute`` repairs by rewriting it.
 
-The layout of releases before 0.3 (one ``<xx>/<sha256>.safetensors`` file per clip) is not read: a cache that still
+The layout of earlier releases (one ``<xx>/<sha256>.safetensors`` file per clip) is not read: a cache that still
 holds it gets one line telling the user to re-run ``precompute`` (``kimi-audio-lf cache gc`` removes the old files).
 """
 
