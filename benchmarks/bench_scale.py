@@ -117,21 +117,18 @@ def _read_all(model_dir: str, cache: str, paths: list[str], workers: int, batch:
     )  # fork, as training's DataLoader on Linux
     start, count = None, 0
     for inputs in loader:
+        clips, inputs = inputs
         assert "whisper_features" in inputs, "a clip was not served from the cache"
         if start is None:  # from the first batch on: worker start-up is not loader throughput
             start = time.perf_counter()
             continue
-        count += inputs_clips(inputs)
+        count += clips
     return count, time.perf_counter() - (start or time.perf_counter())
 
 
-def _collate(plugin, processor, audios: list[str]) -> dict:
+def _collate(plugin, processor, audios: list[str]) -> tuple[int, dict]:
     n = len(audios)
-    return plugin.get_mm_inputs([], [], audios, [0] * n, [0] * n, [1] * n, [[]] * n, processor)
-
-
-def inputs_clips(inputs: dict) -> int:
-    return int(json.loads(bytes(inputs["audio_cache_meta"].numpy().tobytes()))["hits"])
+    return n, plugin.get_mm_inputs([], [], audios, [0] * n, [0] * n, [1] * n, [[]] * n, processor)
 
 
 def fill_cache(model_dir: str, cache: str, paths: list[str], dim: int) -> None:

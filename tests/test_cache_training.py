@@ -14,7 +14,7 @@ import torch
 from llamafactory_kimi_audio.data.cache_format import clip_key
 from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
 from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
-from tests.test_llamafactory_cli import check_ok, run_cli, train_config
+from tests.test_llamafactory_cli import COMMON, check_ok, run_cli, train_config
 
 pytestmark = pytest.mark.slow
 END_LINE = re.compile(r"feature cache, rank 0, end: (\d+) hits, (\d+) misses, (\d+) writes")
@@ -111,3 +111,24 @@ def test_streaming_dataset_reads_the_cache(write_through, ckpt, dataset, workdir
     check_ok(rc, output)
     hits, misses, writes = _counts(output)
     assert hits == 6 and misses == writes == 0
+
+
+def test_predict_with_generate_reads_the_cache(write_through, ckpt, dataset, workdir) -> None:
+    cache, _ = write_through
+    config = {
+        **COMMON,
+        "model_name_or_path": ckpt,
+        "adapter_name_or_path": str(workdir / "wt"),
+        "finetuning_type": "lora",
+        "do_predict": True,
+        "predict_with_generate": True,
+        "eval_dataset": "asr_train",  # cached by the write-through run
+        "dataset_dir": str(dataset),
+        "output_dir": str(workdir / "predict"),
+        "per_device_eval_batch_size": 2,
+        "max_new_tokens": 4,
+    }
+    env = {"KIMI_AUDIO_FEATURE_CACHE": str(cache), "KIMI_AUDIO_CACHE_STRICT": "1"}  # strict: every clip from the cache
+    rc, output = run_cli("train", config, workdir, "predict_cached", env=env)
+    check_ok(rc, output)
+    assert (workdir / "predict" / "generated_predictions.jsonl").read_text().count("\n") == 8

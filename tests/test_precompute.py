@@ -213,7 +213,7 @@ def test_plugin_serves_cached_tensors(cache, wavs, processor, monkeypatch) -> No
     settings.reload()  # settings are read once per process
     got = plugin.get_mm_inputs([], [], list(wavs), [0] * n, [0] * n, [1] * n, [[]] * n, processor)
     expected = _cached_batch(cache, wavs)
-    assert set(got) == {"audio_codes", "whisper_features", "audio_cache_meta"}
+    assert set(got) == {"audio_codes", "whisper_features"}  # no write-through in this process: no meta
     assert torch.equal(got["audio_codes"], expected["audio_codes"])
     assert torch.equal(got["whisper_features"], expected["whisper_features"])
     monkeypatch.delenv(CACHE_ENV)

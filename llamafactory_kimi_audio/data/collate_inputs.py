@@ -7,8 +7,9 @@
   (``write_through.py``: epoch 2 never re-encodes). With ``KIMI_AUDIO_CACHE_STRICT=1`` a missing clip stops the
   run instead, naming it.
 
-``audio_cache_meta`` is a uint8 tensor holding JSON (tensors survive the Trainer's device moves); the model's
-``forward`` ignores it when no write-through is attached.
+``audio_cache_meta`` is a uint8 tensor holding JSON (tensors survive the Trainer's device moves). It is added only
+in a training process whose model has write-through attached (and in the DataLoader workers it forks), so that no
+other caller (``generate``, plain ``forward``) ever sees it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from ..constants import SAMPLE_RATE
 from .feature_cache import STRICT_ENV, CacheMissError, FeatureCache, cache_mode, process_cache
 
 META_KEY = "audio_cache_meta"
+_write_through = False  # set by write_through.attach() in the training process; forked workers inherit it
+
+
+def enable_write_through() -> None:
+    global _write_through
+    _write_through = True
 
 
 def audio_model_inputs(audios: list[Any], processor: Any) -> dict[str, Any]:
@@ -54,7 +61,8 @@ def _with_cache(cache: FeatureCache, audios: list[str], processor: Any) -> dict[
         )
     if missing:
         inputs = _online(audios, processor)
-        inputs[META_KEY] = _meta(cache, audios, found, processor)
+        if _write_through:
+            inputs[META_KEY] = _meta(cache, audios, found, processor)
         return inputs
     entries = [cache.read(at, audio) for audio, (_, at) in zip(audios, found)]
     inputs = {"audio_codes": torch.cat([codes for codes, _ in entries])}
@@ -62,7 +70,8 @@ def _with_cache(cache: FeatureCache, audios: list[str], processor: Any) -> dict[
         inputs["whisper_features"] = torch.cat([rows for _, rows in entries])
     else:  # codes-only entries: Whisper runs online on the log-mels
         inputs.update(_online(audios, processor, with_semantic=False))
-    inputs[META_KEY] = _encode({"hits": len(audios)})
+    if _write_through:
+        inputs[META_KEY] = _encode({"hits": len(audios)})
     return inputs
 
 

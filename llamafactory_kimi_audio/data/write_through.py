@@ -2,8 +2,9 @@
 in the feature cache, so each clip is encoded once per cache (epoch 2 onwards reads them back).
 
 ``attach(model)`` wraps one ``KimiAudioForCausalLM`` instance: ``forward`` takes the batch's ``audio_cache_meta``
-(``collate_inputs.py``) and ``frame_inputs`` splits what it computed per clip and appends the missing clips to this
-process's own shards. Each process logs one line when attached and one at exit: hits, misses and writes.
+(``collate_inputs.py``), ``frame_inputs`` splits what it computed per clip and appends the missing clips to this
+process's own shards, and ``generate`` drops the meta (evaluation batches). Each process logs one line when
+attached and one at exit: hits, misses and writes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from typing import Any
 
 from .cache_format import ClipKey
-from .collate_inputs import META_KEY, decode_meta
+from .collate_inputs import META_KEY, decode_meta, enable_write_through
 from .feature_cache import FeatureCache
 
 _COUNTS_ATTR = "_kimi_audio_cache_counts"
@@ -99,8 +100,16 @@ def attach(model: Any) -> CacheCounters:
                 counters.hits += int(meta.get("hits", 0))
         return codes, rows
 
+    generate = model.generate
+
+    def generate_without_meta(*args: Any, **kwargs: Any) -> Any:  # evaluation batches: nothing is stored
+        kwargs.pop(META_KEY, None)
+        return generate(*args, **kwargs)
+
     object.__setattr__(model, "forward", forward_with_meta)
     object.__setattr__(model, "frame_inputs", frame_inputs_writing)
+    object.__setattr__(model, "generate", generate_without_meta)
+    enable_write_through()
     object.__setattr__(model, _COUNTS_ATTR, counters)
     print(f"{counters.line('start')}{_preload(model)}", file=sys.stderr)
     atexit.register(lambda: print(counters.line("end"), file=sys.stderr, flush=True))
