@@ -24,14 +24,13 @@ from llamafactory_kimi_audio.errors import InputError
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, list[str]]:
-    folder = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
+def _write_corpus(folder: Path, seconds: list[float], seed: int) -> tuple[Path, list[str]]:
+    """Noise clips of the given durations and a sharegpt dataset ``asr.json`` naming them."""
+    rng = np.random.default_rng(seed)
     paths = []
-    for n in range(7):
-        path = folder / f"u{n}.wav"
-        sf.write(path, (0.1 * rng.standard_normal(int(16000 * (0.4 + 0.3 * n)))).astype(np.float32), 16000)
+    for n, length in enumerate(seconds):
+        path = folder / f"u{n:03d}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(int(16000 * length))).astype(np.float32), 16000)
         paths.append(str(path))
     rows = [
         {"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": "x"}], "audios": [p]}
@@ -39,6 +38,16 @@ def corpus(tmp_path_factory) -> tuple[Path, list[str]]:
     ]
     (folder / "asr.json").write_text(json.dumps(rows))
     return folder / "asr.json", paths
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, list[str]]:
+    return _write_corpus(tmp_path_factory.mktemp("corpus"), [0.4 + 0.3 * n for n in range(7)], seed=0)
+
+
+def _argv(model: str, data: Path, cache: Path, *extra: str) -> list[str]:
+    where = ["--model", model, "--data", str(data), "--cache", str(cache)]
+    return ["precompute", *where, "--device", "cpu", "--no-progress", *extra]
 
 
 def _entries(root: Path, identity: str, paths: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -67,56 +76,22 @@ def test_shards_are_balanced_deterministic_and_cover_everything(corpus) -> None:
 def test_shard_flag_union_equals_one_process(corpus, tiny_checkpoint, tmp_path: Path, capsys) -> None:
     data, paths = corpus
     model = tiny_checkpoint.path
-    base = ["precompute", "--model", model, "--data", str(data), "--device", "cpu", "--no-progress"]
-    assert main([*base, "--cache", str(tmp_path / "one")]) == 0
+    assert main(_argv(model, data, tmp_path / "one")) == 0
     for k in range(2):
-        assert main([*base, "--cache", str(tmp_path / "split"), "--shard", f"{k}/2"]) == 0
+        assert main(_argv(model, data, tmp_path / "split", "--shard", f"{k}/2")) == 0
         assert f"shard {k}/2: " in capsys.readouterr().out
     identity = encoder_identity(model)
     assert _same(_entries(tmp_path / "one", identity, paths), _entries(tmp_path / "split", identity, paths))
-    assert main([*base, "--cache", str(tmp_path / "split")]) == 0  # resumable: all cached
+    assert main(_argv(model, data, tmp_path / "split")) == 0  # resumable: all cached
     assert "0 computed, 7 skipped" in capsys.readouterr().out
 
 
 def test_torchrun_two_gloo_ranks_equal_one_process(corpus, tiny_checkpoint, tmp_path: Path) -> None:
     data, paths = corpus
     model = tiny_checkpoint.path
-    assert (
-        main(
-            [
-                "precompute",
-                "--model",
-                model,
-                "--data",
-                str(data),
-                "--cache",
-                str(tmp_path / "one"),
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    command = [
-        TORCHRUN,
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29531",
-        "-m",
-        "llamafactory_kimi_audio.cli",
-        "precompute",
-        "--model",
-        model,
-        "--data",
-        str(data),
-        "--cache",
-        str(tmp_path / "ddp"),
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
+    assert main(_argv(model, data, tmp_path / "one")) == 0
+    launcher = [TORCHRUN, "--nproc-per-node", "2", "--master-port", "29531", "-m", "llamafactory_kimi_audio.cli"]
+    command = [*launcher, *_argv(model, data, tmp_path / "ddp")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:]
@@ -130,19 +105,8 @@ def test_torchrun_two_gloo_ranks_equal_one_process(corpus, tiny_checkpoint, tmp_
 # ----------------------------------------------------------------------------------- interrupted runs, bad cache dir
 @pytest.fixture(scope="module")
 def many(tmp_path_factory) -> tuple[Path, list[str]]:
-    folder = tmp_path_factory.mktemp("many")
-    rng = np.random.default_rng(1)
-    paths = []
-    for n in range(240):
-        path = folder / f"m{n:03d}.wav"
-        sf.write(path, (0.1 * rng.standard_normal(int(16000 * rng.uniform(0.2, 0.6)))).astype(np.float32), 16000)
-        paths.append(str(path))
-    rows = [
-        {"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": "x"}], "audios": [p]}
-        for p in paths
-    ]
-    (folder / "asr.json").write_text(json.dumps(rows))
-    return folder / "asr.json", paths
+    lengths = np.random.default_rng(1).uniform(0.2, 0.6, 240).tolist()
+    return _write_corpus(tmp_path_factory.mktemp("many"), lengths, seed=1)
 
 
 def _indexed(cache: Path) -> int:
@@ -156,20 +120,7 @@ def test_interrupted_precompute_resumes_with_no_bad_entry(signal_name, many, tin
 
     data, paths = many
     cache = tmp_path / "cache"
-    argv = [
-        "precompute",
-        "--model",
-        tiny_checkpoint.path,
-        "--data",
-        str(data),
-        "--cache",
-        str(cache),
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--batch-size",
-        "4",
-    ]
+    argv = _argv(tiny_checkpoint.path, data, cache, "--batch-size", "4")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "llamafactory_kimi_audio.cli", *argv],
@@ -199,18 +150,7 @@ def test_unwritable_cache_dir_is_one_line_exit_4(corpus, tiny_checkpoint, tmp_pa
     data, _ = corpus
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    argv = [
-        "precompute",
-        "--model",
-        tiny_checkpoint.path,
-        "--data",
-        str(data),
-        "--cache",
-        str(blocker / "c"),
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
+    argv = _argv(tiny_checkpoint.path, data, blocker / "c")
     assert main(argv) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write" in err[0] and "nothing partial was kept" in err[0], err
