@@ -5,7 +5,9 @@ bit for bit), one start and one end line per rank, ``KIMI_AUDIO_CACHE_STRICT`` n
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,36 @@ def test_predict_with_generate_reads_the_cache(write_through, ckpt, dataset, wor
     rc, output = run_cli("train", config, workdir, "predict_cached", env=env)
     check_ok(rc, output)
     assert (workdir / "predict" / "generated_predictions.jsonl").read_text().count("\n") == 8
+
+
+def test_two_ddp_ranks_write_through_one_cache(ckpt, dataset, workdir) -> None:
+    from tests.test_distributed import free_port
+
+    cache = workdir / "ddp_cache"
+    config = train_config(
+        ckpt,
+        dataset,
+        workdir / "ddp",
+        finetuning_type="lora",
+        lora_target="all",
+        max_steps=4,
+        dataloader_num_workers=1,
+        ddp_backend="gloo",
+        ddp_timeout=600,
+    )
+    env = {
+        "KIMI_AUDIO_FEATURE_CACHE": str(cache),
+        "FORCE_TORCHRUN": "1",
+        "NPROC_PER_NODE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # torchrun
+    }
+    rc, output = run_cli("train", config, workdir, "ddp_write_through", env=env)
+    check_ok(rc, output)  # 8 clips, 2 ranks x batch 2: 2 steps per epoch, 2 epochs
+    ends = re.findall(r"feature cache, rank (\d), end: (\d+) hits, (\d+) misses, (\d+) writes", output)
+    assert sorted(rank for rank, *_ in ends) == ["0", "1"], output[-4000:]
+    assert [sum(int(end[i]) for end in ends) for i in (1, 2, 3)] == [8, 8, 8]
+    written = FeatureCache(str(cache), encoder_identity(ckpt))
+    assert len(written.index) == 8 and len(list(Path(written.folder).glob("*.bin"))) == 2  # one shard per rank
+    assert all(written.read(at, "clip")[1] is not None for at in written.index)
