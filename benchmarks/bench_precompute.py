@@ -132,7 +132,8 @@ def overlapped(
     if by_length:
         paths = sorted(paths, key=lambda p: sf.info(p).frames)
 
-    from llamafactory_kimi_audio.data.feature_cache import encoder_identity, entry_path, write_entry
+    from llamafactory_kimi_audio.data.cache_format import clip_key
+    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
 
     processor = encoders.processor
 
@@ -145,13 +146,13 @@ def overlapped(
         prefetch_factor=4 if workers else None,
     )  # fmt: skip
     cache = tempfile.mkdtemp(prefix="bench_cache_")
-    identity = encoder_identity(model_dir)
+    store = FeatureCache(cache, encoder_identity(model_dir))
     try:
         sync(device)
         t0 = time.perf_counter()
         for names, lengths, batch in loader:
             for name, (codes, rows) in zip(names, encoders.encode_features(batch, lengths)):
-                write_entry(entry_path(cache, identity, name), codes, rows)
+                store.write(clip_key(name), codes, rows)
         sync(device)
         return time.perf_counter() - t0
     finally:

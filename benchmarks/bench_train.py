@@ -221,7 +221,7 @@ def official_semantics(patched: Patched) -> None:
 
     patched.set(KimiAudioForCausalLM, "forward", forward)
 
-    from llamafactory_kimi_audio.data.feature_cache import lookup_cached_inputs
+    from llamafactory_kimi_audio.data.collate_inputs import audio_model_inputs
     from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
 
     def get_mm_inputs(self, images, videos, audios, imglens, vidlens, audlens, batch_ids, processor):
@@ -230,7 +230,7 @@ def official_semantics(patched: Patched) -> None:
 
         if not audios:
             return {}
-        cached = lookup_cached_inputs(audios, processor)
+        cached = audio_model_inputs(audios, processor)
         raw = processor.audio_inputs([load_audio(a, 16000) for a in audios], with_semantic=False)
         return {"audio_codes": cached["audio_codes"], **raw}
 

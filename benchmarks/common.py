@@ -175,22 +175,24 @@ def fill_random_feature_cache(cache_root: str, model_dir: str, audio_paths: list
     import soundfile as sf
     import torch
 
-    from llamafactory_kimi_audio.data.feature_cache import encoder_identity, entry_path, write_entry
+    from llamafactory_kimi_audio.data.cache_format import clip_key
+    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
     from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
     from llamafactory_kimi_audio.models.processing_kimi_audio import num_audio_tokens
 
     config = KimiAudioConfig.from_pretrained(model_dir)
     codebook = config.kimia_audio_output_vocab - config.num_audio_special_tokens
-    identity = encoder_identity(model_dir)
+    cache = FeatureCache(cache_root, encoder_identity(model_dir))
     generator = torch.Generator().manual_seed(seed)
     for path in audio_paths:
-        entry = entry_path(cache_root, identity, path)
-        if os.path.isfile(entry):
+        key = clip_key(path)
+        if cache.find(key) is not None:
             continue
         frames = num_audio_tokens(sf.info(path).frames)
         codes = torch.randint(0, codebook, (frames,), generator=generator)
         rows = torch.randn(frames, config.kimia_adaptor_input_dim, generator=generator).to(torch.bfloat16)
-        write_entry(entry, codes, rows)
+        cache.write(key, codes, rows)
+    cache.writer.close()
 
 
 def make_text_only_tokenized(kimi_tokenized: str, out_dir: str, num_base_tokens: int, seed: int = 0) -> str:

@@ -3,6 +3,7 @@
 # nvidia-h200-x2), with the wheels of .whl/ (see RESULTS.md, "Environment"):
 #   bash benchmarks/gpu_run.sh bench   # GPU 0: bench_train.py; GPU 1: bench_precompute.py, then the saved checkpoint
 #   bash benchmarks/gpu_run.sh dist    # both GPUs: bench_dist.py (DDP, ZeRO-2, ZeRO-3, full + ZeRO-3)
+#   bash benchmarks/gpu_run.sh scale   # GPU 0: bench_scale.py (issue 20), SCALE_HOURS=1,10 by default
 # On a one-GPU machine (nvidia-h200) set SKIP_PRECOMPUTE=1 SKIP_DIST_PREPARE=1 for `bench` (the GPU 1 jobs).
 # Results land in $OUT (default /tmp/bench_out). Each phase re-creates what it needs if the machine is fresh.
 set -uo pipefail
@@ -75,5 +76,12 @@ dist)
   wait
   cat "$OUT/cpu_adam.log"
   tar czf "$OUT/dist_logs.tgz" -C /tmp/kimi_bench logs
+  ;;
+scale)
+  # issue 20: bench_scale on GPU 0 (precompute of SCALE_HOURS synthetic hours, full and codes-only; 8 loader ranks
+  # × 4 workers reading the cache). 100 h does not fit one 10-minute device call: run it alone (SCALE_HOURS=100)
+  # shellcheck disable=SC2086
+  CUDA_VISIBLE_DEVICES=0 python3 benchmarks/bench_scale.py --device cuda --hours "${SCALE_HOURS:-1,10}" --ranks 8 \
+    --workers 4 --out "$OUT/scale.jsonl" 2>&1 | tee "$OUT/scale.log" | grep -v Warning
   ;;
 esac

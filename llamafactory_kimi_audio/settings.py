@@ -92,7 +92,26 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("KIMI_AUDIO_DEFAULT_INSTRUCTION", "", "text", "Instruction used when a sample has no user text."),
     Setting("KIMI_AUDIO_SEMANTIC_TOKENIZER", "", "text", "Directory of the GLM-4-Voice tokenizer, if not beside."),
-    Setting("KIMI_AUDIO_FEATURE_CACHE", "", "text", "Feature cache directory (precompute writes, training reads)."),
+    Setting(
+        "KIMI_AUDIO_FEATURE_CACHE",
+        "",
+        "text",
+        "Feature cache directory (precompute writes; training reads it and stores what it encodes).",
+    ),
+    Setting(
+        "KIMI_AUDIO_CACHE_STRICT",
+        False,
+        "switch",
+        "With a feature cache: stop at the first clip that is not cached, naming it, instead of encoding it.",
+    ),
+    Setting(
+        "KIMI_AUDIO_CACHE_MODE",
+        "full",
+        "choice",
+        "What training and precompute store: full (codes + Whisper rows) or codes (GLM-4-Voice codes only; "
+        "Whisper runs online, ~1000x less disk).",
+        choices=("full", "codes"),
+    ),
 )
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 _values: dict[str, object] = {}

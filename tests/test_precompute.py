@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from safetensors.torch import load_file
 
 from llamafactory_kimi_audio import settings
 from llamafactory_kimi_audio.audio_io import AudioError, load_audio
 from llamafactory_kimi_audio.cli import main
+from llamafactory_kimi_audio.data.cache_format import clip_key
 from llamafactory_kimi_audio.data.dataset_audio import collect_audio_paths, data_file, dataset_files
-from llamafactory_kimi_audio.data.feature_cache import CACHE_ENV, entry_path
+from llamafactory_kimi_audio.data.feature_cache import CACHE_ENV, FeatureCache, encoder_identity
 from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, load_audio_encoders, precompute
 from llamafactory_kimi_audio.models import special_tokens as st
 
@@ -81,8 +81,28 @@ def cache(tmp_path_factory: pytest.TempPathFactory, model_dir: str, wavs: list[s
     return result
 
 
-def _entry(cache, audio: str) -> dict[str, torch.Tensor]:
-    return load_file(entry_path(cache.cache_dir, cache.identity, audio))
+def _entry(cache, audio: str, root: str | None = None) -> dict[str, torch.Tensor]:
+    store = FeatureCache(root or cache.cache_dir, cache.identity)
+    codes, rows = store.read(store.find(clip_key(audio)), audio)
+    return {"codes": codes, "rows": rows}
+
+
+def _damage(root: str, identity: str, audios: list[str]) -> list[str]:
+    """The payload of the first clip cut short (a copy that stopped), the second's bytes garbled (a disk error);
+    returns the shard file that holds them."""
+    store = FeatureCache(root, identity)
+    shard = ""
+    for n, audio in enumerate(audios):
+        at = store.find(clip_key(audio))
+        record, shard = store.index.records[at], store.index.shard_path(at)
+        offset = int(record["offset"]) + int(record["length"]) - 16
+        with open(shard, "r+b") as fh:
+            if n == 0 and offset + 16 == os.path.getsize(shard):
+                fh.truncate(offset)
+            else:
+                fh.seek(offset)
+                fh.write(b"\xff" * 8)
+    return [shard] * len(audios)
 
 
 def _cached_batch(cache, audios: list[str]) -> dict[str, torch.Tensor]:
@@ -102,15 +122,14 @@ def test_entries_equal_online_features(cache, wavs, model, processor) -> None:
         entry = _entry(cache, audio)
         assert entry["codes"].dtype == torch.int64 and entry["rows"].dtype == torch.float32
         assert torch.equal(entry["codes"], online_codes)
-        torch.testing.assert_close(entry["rows"], online_rows, rtol=1e-5, atol=1e-5)
+        assert torch.equal(entry["rows"], online_rows)  # bit for bit
         # frame_inputs: what the model fuses, from raw audio vs from the cache
         ids = processor.asr_inputs([wave], [None])["input_ids"]
         is_frame = ids == processor.tokenizer.convert_tokens_to_ids(st.AUDIO_PLACEHOLDER)
         n = int(is_frame.sum())
         codes_raw, rows_raw = model.frame_inputs(ids, is_frame, n, raw)
         codes_cached, rows_cached = model.frame_inputs(ids, is_frame, n, _cached_batch(cache, [audio]))
-        assert torch.equal(codes_raw, codes_cached)
-        torch.testing.assert_close(rows_cached, rows_raw, rtol=1e-5, atol=1e-5)
+        assert torch.equal(codes_raw, codes_cached) and torch.equal(rows_cached, rows_raw)
 
 
 def test_batches_split_per_audio_across_30s_chunks(encoders, model) -> None:
@@ -144,31 +163,32 @@ def test_forward_with_cache_equals_raw_audio(cache, wavs, model, processor) -> N
 def test_second_run_skips_everything(cache, model_dir, wavs, encoders) -> None:
     options = PrecomputeOptions(cache_dir=cache.cache_dir, **QUIET)
     again = precompute(model_dir, [*wavs, wavs[0]], options, encoders=encoders)
-    assert (again.computed, again.skipped, again.failed) == (0, 4, 0)
+    assert (again.computed, again.skipped, again.failed) == (0, 3, 0)  # a path listed twice counts once
 
 
 def test_interrupted_run_leaves_only_complete_entries(tmp_path: Path, model_dir, wavs, encoders, monkeypatch) -> None:
-    import safetensors.torch
+    from llamafactory_kimi_audio.data import cache_store
 
-    real_save, calls = safetensors.torch.save_file, []
+    real_write, calls = cache_store._write_all, []
 
-    def save_then_die(tensors, filename, *args, **kwargs):
-        calls.append(filename)
-        if len(calls) == 2:  # the second entry: half a file on disk, then the user hits Ctrl-C
-            Path(filename).write_bytes(b"partial")
+    def write_then_die(fd, data):
+        calls.append(fd)
+        if len(calls) == 3:  # the second payload: half of it on disk, then the user hits Ctrl-C
+            real_write(fd, data[: len(data) // 2])
             raise KeyboardInterrupt
-        return real_save(tensors, filename, *args, **kwargs)
+        return real_write(fd, data)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", save_then_die)
+    monkeypatch.setattr(cache_store, "_write_all", write_then_die)
     options = PrecomputeOptions(cache_dir=str(tmp_path), batch_size=1, **QUIET)
     with pytest.raises(KeyboardInterrupt):
         precompute(model_dir, wavs, options, encoders=encoders)
-    files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) == 1 and files[0].suffix == ".safetensors"
-    assert set(load_file(files[0])) == {"codes", "rows"}
-    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    monkeypatch.setattr(cache_store, "_write_all", real_write)
+    store = FeatureCache(str(tmp_path), encoder_identity(model_dir))
+    assert len(store.index) == 1  # the half-written payload has no index record
     resumed = precompute(model_dir, wavs, options, encoders=encoders)
     assert (resumed.computed, resumed.skipped, resumed.failed) == (2, 1, 0)
+    store.refresh()
+    assert len(store.index) == 3 and all(store.read(at, "x")[1] is not None for at in store.index)
 
 
 def test_bad_audio_is_reported_and_counted(tmp_path: Path, model_dir, wavs, bad_wav, encoders) -> None:
@@ -193,7 +213,7 @@ def test_plugin_serves_cached_tensors(cache, wavs, processor, monkeypatch) -> No
     settings.reload()  # settings are read once per process
     got = plugin.get_mm_inputs([], [], list(wavs), [0] * n, [0] * n, [1] * n, [[]] * n, processor)
     expected = _cached_batch(cache, wavs)
-    assert set(got) == {"audio_codes", "whisper_features"}
+    assert set(got) == {"audio_codes", "whisper_features"}  # no write-through in this process: no meta
     assert torch.equal(got["audio_codes"], expected["audio_codes"])
     assert torch.equal(got["whisper_features"], expected["whisper_features"])
     monkeypatch.delenv(CACHE_ENV)
@@ -257,15 +277,6 @@ def test_cli_summary_failures_and_exit_code(tmp_path: Path, model_dir, wavs, bad
 
 
 # ------------------------------------------------------------------------------------- bad cache entries, bad files
-def _damage(entries: list[str]) -> None:
-    """The first entry cut in half (a copy that stopped), the second with a garbled header (a disk error)."""
-    size = os.path.getsize(entries[0])
-    with open(entries[0], "r+b") as fh:
-        fh.truncate(size // 2)
-    with open(entries[1], "r+b") as fh:
-        fh.write(b"\xff" * 8)
-
-
 def test_bad_cache_entry_stops_training_with_one_line(tmp_path: Path, cache, wavs, processor, monkeypatch) -> None:
     import shutil
 
@@ -277,8 +288,7 @@ def test_bad_cache_entry_stops_training_with_one_line(tmp_path: Path, cache, wav
 
     root = str(tmp_path / "cache")
     shutil.copytree(cache.cache_dir, root)
-    entries = [entry_path(root, cache.identity, audio) for audio in wavs[:2]]
-    _damage(entries)
+    entries = _damage(root, cache.identity, wavs[:2])
     plugin = KimiAudioPlugin(image_token=None, video_token=None, audio_token=st.AUDIO_PLACEHOLDER)
     monkeypatch.setenv(CACHE_ENV, root)
     settings.reload()
@@ -286,10 +296,9 @@ def test_bad_cache_entry_stops_training_with_one_line(tmp_path: Path, cache, wav
         with pytest.raises(CacheEntryError) as info:
             plugin.get_mm_inputs([], [], [audio], [0], [0], [1], [[]], processor)
         message = str(info.value)
-        assert message.startswith(f"{entry}: unreadable feature-cache entry of {audio} (") and "\n" not in message
-        assert message.endswith(
-            "re-run `kimi-audio-lf precompute` on the dataset (it rewrites bad entries) or delete the file"
-        )
+        assert message.startswith(f"{audio}: damaged feature-cache entry in {entry} at byte ") and "\n" not in message
+        assert "checksum mismatch" in message
+        assert message.endswith("re-run `kimi-audio-lf precompute` on the dataset (it rewrites bad entries)")
         assert isinstance(info.value, InputError)
     monkeypatch.delenv(CACHE_ENV)
     settings.reload()
@@ -300,19 +309,18 @@ def test_rerun_rewrites_bad_entries(tmp_path: Path, cache, model_dir, wavs, enco
 
     root = str(tmp_path / "cache")
     shutil.copytree(cache.cache_dir, root)
-    entries = [entry_path(root, cache.identity, audio) for audio in wavs[:2]]
-    _damage(entries)
+    _damage(root, cache.identity, wavs[:2])
     lines: list[str] = []
     options = PrecomputeOptions(cache_dir=root, **QUIET)
     again = precompute(model_dir, wavs, options, encoders=encoders, report=lines.append)
     assert (again.computed, again.repaired, again.skipped, again.failed) == (2, 2, 1, 0)
-    assert "2 computed (2 replacing corrupt or truncated entries), 1 skipped" in again.summary()
-    assert [line.split(" (")[0] for line in lines] == [
-        f"precompute: rewriting the unreadable cache entry {entry} of {audio}"
-        for entry, audio in sorted(zip(entries, wavs), key=lambda pair: os.path.getsize(pair[1]))
-    ]
+    assert "2 computed (2 replacing damaged entries), 1 skipped" in again.summary()
+    assert sorted(line.split(" (")[0] for line in lines) == sorted(
+        f"precompute: rewriting the feature-cache entry of {audio}" for audio in wavs[:2]
+    )
+    assert all("checksum mismatch" in line for line in lines)
     for audio in wavs:
-        rewritten, original = load_file(entry_path(root, cache.identity, audio)), _entry(cache, audio)
+        rewritten, original = _entry(cache, audio, root), _entry(cache, audio)
         assert all(torch.equal(rewritten[key], original[key]) for key in ("codes", "rows"))
 
 
@@ -355,3 +363,119 @@ def test_missing_dataset_files_name_the_fix(tmp_path: Path, model_dir, capsys) -
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0] and "Errno" not in err[0], err
+
+
+# ------------------------------------------------------------------------------------- storage modes vs online path
+def _frame_inputs(model, processor, audio: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = processor.asr_inputs([load_audio(audio)], [None])["input_ids"]
+    is_frame = ids == processor.tokenizer.convert_tokens_to_ids(st.AUDIO_PLACEHOLDER)
+    return model.frame_inputs(ids, is_frame, int(is_frame.sum()), inputs)
+
+
+def test_bf16_rows_equal_what_bf16_training_consumes(tmp_path: Path, model_dir, wavs, model, processor) -> None:
+    import copy
+
+    options = PrecomputeOptions(cache_dir=str(tmp_path), batch_size=1, rows_dtype="bfloat16", **QUIET)
+    result = precompute(model_dir, wavs, options, encoders=load_audio_encoders(model_dir, "cpu", "bfloat16"))
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+    for audio in wavs:
+        entry = _entry(result, audio)
+        raw = processor.audio_inputs([load_audio(audio)])
+        assert entry["rows"].dtype == torch.bfloat16
+        assert torch.equal(
+            entry["rows"], bf16_model.whisper_rows(raw["audio_input_features"], raw["audio_chunk_tokens"])
+        )
+        online = _frame_inputs(bf16_model, processor, audio, raw)
+        cached = _frame_inputs(
+            bf16_model, processor, audio, {"audio_codes": entry["codes"], "whisper_features": entry["rows"]}
+        )
+        assert all(torch.equal(a, b) for a, b in zip(online, cached))
+
+
+def test_codes_only_mode_equals_online_path(
+    tmp_path: Path, model_dir, wavs, model, processor, encoders, monkeypatch
+) -> None:
+    import llamafactory.data.mm_plugin  # noqa: F401  (LLaMA-Factory first, as in training)
+
+    from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
+
+    result = precompute(
+        model_dir, wavs, PrecomputeOptions(cache_dir=str(tmp_path), mode="codes", **QUIET), encoders=encoders
+    )
+    entries = [_entry(result, audio) for audio in wavs]
+    assert all(e["rows"] is None for e in entries)
+    payload = sum(p.stat().st_size for p in tmp_path.rglob("*.bin"))
+    assert payload < 2000 + 300 * len(wavs)  # headers + 2 bytes per 80 ms frame: no Whisper rows
+    plugin = KimiAudioPlugin(image_token=None, video_token=None, audio_token=st.AUDIO_PLACEHOLDER)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    settings.reload()
+    try:
+        for audio in wavs:
+            got = plugin.get_mm_inputs([], [], [audio], [0], [0], [1], [[]], processor)
+            assert {"audio_codes", "audio_input_features", "audio_chunk_tokens"} <= set(got)
+            assert "semantic_input_features" not in got and "whisper_features" not in got
+            online = _frame_inputs(model, processor, audio, processor.audio_inputs([load_audio(audio)]))
+            assert all(torch.equal(a, b) for a, b in zip(online, _frame_inputs(model, processor, audio, got)))
+    finally:
+        monkeypatch.delenv(CACHE_ENV)
+        settings.reload()
+
+
+def test_missing_audio_with_a_cache_is_one_line(tmp_path: Path, cache, processor, monkeypatch) -> None:
+    import llamafactory.data.mm_plugin  # noqa: F401  (LLaMA-Factory first, as in training)
+
+    from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
+
+    plugin = KimiAudioPlugin(image_token=None, video_token=None, audio_token=st.AUDIO_PLACEHOLDER)
+    gone = str(tmp_path / "gone.wav")
+    monkeypatch.setenv(CACHE_ENV, cache.cache_dir)
+    settings.reload()
+    try:
+        with pytest.raises(AudioError, match=f"^{gone}: audio file not found"):
+            plugin.get_mm_inputs([], [], [gone], [0], [0], [1], [[]], processor)
+    finally:
+        monkeypatch.delenv(CACHE_ENV)
+        settings.reload()
+
+
+def test_old_per_clip_layout_gets_one_line(tmp_path: Path, model_dir, wavs, processor, encoders, capsys) -> None:
+    from llamafactory_kimi_audio.data import feature_cache
+
+    identity = encoder_identity(model_dir)
+    old = tmp_path / identity / "3f"
+    old.mkdir(parents=True)
+    (old / f"3f{'0' * 62}.safetensors").write_bytes(b"an entry of the old layout")
+    expected = "1 entries of the old one-file-per-clip layout are not read by this version; re-run `kimi-audio-lf"
+    assert feature_cache.process_cache(model_dir, str(tmp_path)) is not None
+    assert expected in capsys.readouterr().err
+    lines: list[str] = []
+    result = precompute(
+        model_dir, wavs[:1], PrecomputeOptions(cache_dir=str(tmp_path), **QUIET), encoders, lines.append
+    )
+    assert result.computed == 1 and len(lines) == 1 and expected in lines[0]
+
+
+def test_segments_get_their_own_entries_equal_to_online(tmp_path: Path, model_dir, wavs, encoders, model, processor):
+    """Two spans of one file (``PATH#t=B,E``) are two entries, each equal to the online features of its span, and
+    `cache stats` counts neither as an orphan."""
+    from llamafactory_kimi_audio.data.cache_admin import scan
+
+    segments = [f"{wavs[1]}#t=0.1,0.9", f"{wavs[1]}#t=1.0,1.8"]
+    root = str(tmp_path / "cache")
+    result = precompute(
+        model_dir, segments, PrecomputeOptions(cache_dir=root, batch_size=2, **QUIET), encoders=encoders
+    )
+    assert (result.computed, result.failed) == (2, 0)
+    keys = [clip_key(s) for s in segments]
+    assert keys[0].digest != keys[1].digest and keys[0].size == keys[1].size
+    for segment in segments:
+        wave = load_audio(segment)
+        assert 0.75 * 16000 < wave.size < 0.85 * 16000  # the span, not the whole 1.9 s file
+        raw = processor.audio_inputs([wave])
+        entry = _entry(result, segment, root)
+        assert torch.equal(
+            entry["codes"], model.audio_codes_from_features(raw["semantic_input_features"], raw["semantic_frame_mask"])
+        )
+        assert torch.equal(entry["rows"], model.whisper_rows(raw["audio_input_features"], raw["audio_chunk_tokens"]))
+    report = scan(root, result.identity)
+    assert (report.entries, report.orphans) == (2, [])

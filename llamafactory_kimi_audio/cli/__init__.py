@@ -17,6 +17,7 @@ from ._errors import EXIT_INTERRUPTED, exit_code_for
 SUBCOMMANDS = {
     "convert": "convert",
     "precompute": "precompute",
+    "cache": "cache",
     "evaluate": "evaluate",
     "doctor": "doctor",
     "make-tiny": "make_tiny",

@@ -11,6 +11,9 @@ HELP = "encode every audio file of a dataset once (semantic codes + Whisper rows
 EXAMPLES = """examples:
   kimi-audio-lf precompute --model Kimi-Audio-7B-Instruct --data data/my_asr.json --device cuda
   kimi-audio-lf precompute --model Kimi-Audio-7B-Instruct --dataset-dir data --dataset my_asr,my_asr_dev
+over 8 GPUs of one node (each rank writes its own shard of the clips; re-run to resume):
+  torchrun --nproc-per-node 8 -m llamafactory_kimi_audio.cli precompute --model M --data d.json --device cuda
+or by hand, one process per part: kimi-audio-lf precompute ... --shard 3/8
 then train with the cache:
   export KIMI_AUDIO_FEATURE_CACHE=~/.cache/llamafactory_kimi_audio/features
 """
@@ -41,11 +44,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="audio files encoded together (default: 32)")
     parser.add_argument("--strict", action="store_true", help="stop with exit code 2 at the first bad audio file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--shard", metavar="K/N", help="encode only part K of N (0-based); default: RANK/WORLD_SIZE under torchrun"
+    )
+    parser.add_argument(
+        "--codes-only",
+        action="store_true",
+        help="store only the GLM-4-Voice codes (a few bytes per second; Whisper then runs during training); "
+        "default: $KIMI_AUDIO_CACHE_MODE (full)",
+    )
+    parser.add_argument(
+        "--rows-dtype",
+        choices=("bfloat16", "float32"),
+        help="run Whisper in, and store its rows in, the dtype training runs it in (default: bfloat16 on CUDA, "
+        "float32 on CPU)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.dataset_audio import AudioList, collect_audio_paths
     from ..data.precompute import PrecomputeOptions, precompute
+    from ..data.precompute_plan import parse_shard
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -62,11 +81,31 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         strict=args.strict,
         progress=False if args.no_progress else None,
+        shard=parse_shard(args.shard) if args.shard else None,
+        mode="codes" if args.codes_only else None,
+        rows_dtype=args.rows_dtype,
     )
     result = precompute(args.model, audios.paths, options)  # EncoderError is a ModelError: exit code 3
     result.failed += len(audios.problems)
+    _wait_for_other_ranks()
     print(result.summary())
     return EXIT_BAD_INPUT if result.failed else 0
+
+
+def _wait_for_other_ranks() -> None:
+    """Under torchrun, every rank's summary comes after all ranks finished (gloo barrier; no GPU memory)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2 or "MASTER_ADDR" not in os.environ:
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _data_files(args: argparse.Namespace) -> list:
@@ -79,10 +118,14 @@ def _data_files(args: argparse.Namespace) -> list:
 
 
 def _device(requested: str | None) -> str:
+    import os
+
     import torch
 
     if requested is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is visible to torch; use --device cpu")
+    if requested == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return requested

@@ -34,8 +34,11 @@ class AudioEncoders:
         """Both log-mels of a batch (CPU); thread-safe, so it can run while the encoders work on the last batch."""
         return self.processor.audio_inputs(waveforms)
 
-    def encode_features(self, features: dict[str, Any], lengths: list[int]) -> list[tuple[Any, Any]]:
-        """``(codes, rows)`` per waveform of ``lengths`` samples from ``features`` (the encoders' device)."""
+    def encode_features(
+        self, features: dict[str, Any], lengths: list[int], with_rows: bool = True
+    ) -> list[tuple[Any, Any]]:
+        """``(codes, rows)`` per waveform of ``lengths`` samples from ``features`` (the encoders' device); rows are
+        None without ``with_rows`` (codes-only caches: Whisper is not run)."""
         import torch
 
         from ..models.whisper_encoder import encode_whisper_rows
@@ -47,10 +50,12 @@ class AudioEncoders:
                     _as_float(inputs["semantic_input_features"]), inputs["semantic_frame_mask"]
                 )
             )
-            rows = encode_whisper_rows(self.whisper, inputs["audio_input_features"], inputs["audio_chunk_tokens"])
+            rows = None
+            if with_rows:
+                rows = encode_whisper_rows(self.whisper, inputs["audio_input_features"], inputs["audio_chunk_tokens"])
         chunk_tokens = iter(inputs["audio_chunk_tokens"].tolist())  # per 30 s chunk, audio after audio
         sizes = [sum(next(chunk_tokens) for _ in range(chunk_count(n))) for n in lengths]
-        return list(zip(codes.split(sizes), rows.split(sizes)))
+        return list(zip(codes.split(sizes), rows.split(sizes) if rows is not None else [None] * len(sizes)))
 
 
 def _as_float(features: Any) -> Any:
@@ -60,8 +65,9 @@ def _as_float(features: Any) -> Any:
     return features.view(torch.float32) if features.dtype == torch.int32 else features.float()
 
 
-def load_audio_encoders(model_dir: str, device: str = "cpu") -> AudioEncoders:
-    """Load the processor and both audio encoders of ``model_dir`` (no language model)."""
+def load_audio_encoders(model_dir: str, device: str = "cpu", whisper_dtype: str | None = None) -> AudioEncoders:
+    """Load the processor and both audio encoders of ``model_dir`` (no language model); Whisper runs in
+    ``whisper_dtype`` (the dtype training runs it in), by default bf16 on CUDA and fp32 on CPU."""
     import torch
 
     from ..models.configuration_kimi_audio import WHISPER_SUBDIR, KimiAudioConfig
@@ -76,7 +82,9 @@ def load_audio_encoders(model_dir: str, device: str = "cpu") -> AudioEncoders:
     if not config.semantic_tokenizer_path:
         raise FileNotFoundError(f"{model_dir}: GLM-4-Voice tokenizer not found (glm-4-voice-tokenizer/ next to it)")
     target = torch.device(device)
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    dtype = (
+        getattr(torch, whisper_dtype) if whisper_dtype else torch.bfloat16 if target.type == "cuda" else torch.float32
+    )
     whisper_file = os.path.join(model_dir, WHISPER_SUBDIR, "model.safetensors")
     whisper = load_whisper_encoder(config.whisper_config, whisper_file, target, dtype)
     semantic = load_glm4_voice_tokenizer(config.semantic_tokenizer_path, device=target)

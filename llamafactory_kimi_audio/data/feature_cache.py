@@ -1,12 +1,13 @@
-"""Content-addressed cache of per-audio model inputs (semantic codes + Whisper rows), filled by
-``kimi-audio-lf precompute`` and read by the plugin at collate time, so training never re-encodes audio.
+"""The feature cache: per-clip model inputs (GLM-4-Voice codes + Whisper rows, or codes only), filled by
+``kimi-audio-lf precompute`` or by training itself (write-through), read at collate time so audio is encoded once.
 
-Key = sha256(audio file bytes) + the identity of the audio encoders (their weight files), so a cache can never
-serve features of another model. Entries are ``<root>/<identity>/<key[:2]>/<key>.safetensors`` holding ``codes``
-(int64, no Kimi offset) and ``rows`` (Whisper rows, [T, 4·d_model]), written atomically.
+Layout ``<root>/<identity>/shards/*.bin|*.idx`` (``cache_store.py``, format in ``cache_format.py``): ``identity``
+names the audio encoders' weights, so a cache can never serve features of another model; clips are found by path,
+size and mtime (one ``stat``, no audio read); every payload is checksummed and a damaged one stops training with one
+line naming the clip and the fix (``CacheEntryError``), which ``precompute`` repairs by rewriting it.
 
-An entry that cannot be read back (a disk error, a copy cut short) stops training with one line naming the entry
-and its audio (``CacheEntryError``); ``precompute`` checks existing entries the same way and rewrites bad ones.
+The layout of earlier releases (one ``<xx>/<sha256>.safetensors`` file per clip) is not read: a cache that still
+holds it gets one line telling the user to re-run ``precompute`` (``kimi-audio-lf cache gc`` removes the old files).
 """
 
 from __future__ import annotations
@@ -14,16 +15,27 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
+import time
 from typing import Any
 
+from .cache_format import ClipKey, clip_key
+from .cache_store import CacheIndex, ShardWriter, shard_dir
 from .textio import DataError
 
 CACHE_ENV = "KIMI_AUDIO_FEATURE_CACHE"
-REPAIR_HINT = "re-run `kimi-audio-lf precompute` on the dataset (it rewrites bad entries) or delete the file"
+STRICT_ENV = "KIMI_AUDIO_CACHE_STRICT"
+MODE_ENV = "KIMI_AUDIO_CACHE_MODE"
+REFRESH_SECONDS = 10.0
+REPAIR_HINT = "re-run `kimi-audio-lf precompute` on the dataset (it rewrites bad entries)"
 
 
 class CacheEntryError(DataError):
-    """A feature-cache entry that is corrupt, truncated or not of this package's layout."""
+    """A feature-cache entry that is corrupt or truncated."""
+
+
+class CacheMissError(DataError):
+    """A clip is not in the cache while KIMI_AUDIO_CACHE_STRICT is set."""
 
 
 def cache_root() -> str | None:
@@ -33,12 +45,11 @@ def cache_root() -> str | None:
     return os.path.abspath(os.path.expanduser(root)) if root else None
 
 
-def file_digest(path: str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def cache_mode() -> str:
+    """``full`` (codes + Whisper rows) or ``codes`` (codes only; Whisper runs online) for what gets written."""
+    from .. import settings
+
+    return str(settings.get(MODE_ENV))
 
 
 def encoder_identity(model_dir: str) -> str:
@@ -62,73 +73,100 @@ def encoder_identity(model_dir: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def legacy_entries(root: str, identity: str) -> int:
+    """How many one-file-per-clip entries of the old layout sit in this identity's folder (never read)."""
+    folder = os.path.join(root, identity)
+    if not os.path.isdir(folder):
+        return 0
+    count = 0
+    for name in os.listdir(folder):
+        sub = os.path.join(folder, name)
+        if len(name) == 2 and os.path.isdir(sub):
+            count += sum(1 for entry in os.listdir(sub) if entry.endswith(".safetensors"))
+    return count
+
+
+def legacy_message(root: str, identity: str, count: int) -> str:
+    return (
+        f"feature cache {os.path.join(root, identity)}: {count} entries of the old one-file-per-clip layout are not "
+        "read by this version; re-run `kimi-audio-lf precompute` (then `kimi-audio-lf cache gc` deletes them)"
+    )
+
+
+class FeatureCache:
+    """One identity's entries: look up by audio path, append new ones (this process's own shards)."""
+
+    def __init__(self, root: str, identity: str) -> None:
+        self.root, self.identity = root, identity
+        self.folder = shard_dir(root, identity)
+        self._index: CacheIndex | None = None
+        self.writer = ShardWriter(self.folder)
+        self._refreshed = (os.getpid(), time.monotonic())  # (process, when) of the last re-read on a miss
+
+    @property
+    def index(self) -> CacheIndex:
+        if self._index is None:
+            self._index = CacheIndex(self.folder)
+        return self._index
+
+    def find(self, key: ClipKey) -> int | None:
+        return self.index.find(key.digest)
+
+    def refresh(self) -> bool:
+        return self.index.refresh()
+
+    def read(self, at: int, audio: str) -> tuple[Any, Any | None]:
+        """``(codes int64, rows or None)`` of index position ``at``, or CacheEntryError naming the clip and fix."""
+        try:
+            _, codes, rows = self.index.read(at)
+            return codes, rows
+        except (OSError, ValueError) as err:
+            where = f"{self.index.shard_path(at)} at byte {int(self.index.records[at]['offset'])}"
+            raise CacheEntryError(
+                f"{audio}: damaged feature-cache entry in {where} ({str(err).splitlines()[0][:120]}); {REPAIR_HINT}"
+            ) from err
+
+    def write(self, key: ClipKey, codes: Any, rows: Any | None) -> None:
+        self.writer.write(key, codes, rows)
+
+    def lookup(self, audios: list[str]) -> list[tuple[ClipKey, int | None]]:
+        """Key and index position (None: not cached) of each clip. On a miss the index is re-read for entries that
+        other processes wrote: at the first miss of a process (a DataLoader worker of a new epoch), then at most
+        every ``REFRESH_SECONDS`` (re-sorting a large index on every batch would cost more than it saves)."""
+        found = [(key, self.find(key)) for key in (clip_key(a) for a in audios)]
+        now = time.monotonic()
+        stale = self._refreshed[0] != os.getpid() or now - self._refreshed[1] > REFRESH_SECONDS
+        if any(at is None for _, at in found) and stale:
+            self._refreshed = (os.getpid(), now)
+            if self.refresh():
+                found = [(key, self.find(key)) for key, _ in found]
+        return found
+
+
 @functools.lru_cache(maxsize=8)
 def _identity(model_dir: str) -> str:
     return encoder_identity(model_dir)
 
 
-def entry_path(root: str, identity: str, audio_path: str) -> str:
-    key = file_digest(audio_path)
-    return os.path.join(root, identity, key[:2], f"{key}.safetensors")
+_CACHES: dict[tuple[str, str], FeatureCache] = {}
+_warned: set[str] = set()
 
 
-def write_entry(path: str, codes: Any, rows: Any) -> None:
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        save_file({"codes": codes.detach().cpu().long().contiguous(), "rows": rows.detach().cpu().contiguous()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # interrupted or failed: leave no partial file behind
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def entry_problem(path: str) -> str | None:
-    """Why the entry at ``path`` cannot be used (reads only its header), or None when it is sound."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as entry:
-            keys = set(entry.keys())
-            if keys != {"codes", "rows"}:
-                return f"it holds {sorted(keys)} instead of codes and rows"
-            codes, rows = entry.get_slice("codes").get_shape(), entry.get_slice("rows").get_shape()
-    except Exception as err:  # safetensors raises its own SafetensorError (truncated / garbled header), or OSError
-        return str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-    if len(codes) != 1 or len(rows) != 2 or codes[0] != rows[0] or codes[0] == 0:
-        return f"codes {list(codes)} and rows {list(rows)} do not describe one clip"
-    return None
-
-
-def read_entry(path: str, audio: str) -> dict[str, Any]:
-    """The tensors of one entry, or CacheEntryError naming the entry, its audio and the fix."""
-    from safetensors.torch import load_file
-
-    problem = entry_problem(path)
-    if problem is None:
-        try:
-            return load_file(path)
-        except Exception as err:  # the data region can still be short of what the header promised
-            problem = str(err).strip().splitlines()[0][:160] or type(err).__name__
-    raise CacheEntryError(f"{path}: unreadable feature-cache entry of {audio} ({problem}); {REPAIR_HINT}")
-
-
-def lookup_cached_inputs(audios: list[Any], processor: Any) -> dict[str, Any] | None:
-    """Cached ``audio_codes`` + ``whisper_features`` for a batch, or None unless every audio is cached."""
-    root, model_dir = cache_root(), getattr(processor, "name_or_path", None)
-    if root is None or model_dir is None or not all(isinstance(a, str) for a in audios):
+def process_cache(model_dir: str | None, root: str | None = None) -> FeatureCache | None:
+    """This process's cache of the checkpoint at ``model_dir`` under ``root`` ($KIMI_AUDIO_FEATURE_CACHE), or None."""
+    root = root or cache_root()
+    if root is None or model_dir is None:
         return None
     identity = _identity(model_dir)
-    paths = [entry_path(root, identity, audio) for audio in audios]
-    if not all(os.path.isfile(p) for p in paths):
-        return None
-    import torch
+    if (root, identity) not in _CACHES:
+        _CACHES[(root, identity)] = FeatureCache(root, identity)
+        legacy = legacy_entries(root, identity)
+        if legacy and not len(_CACHES[(root, identity)].index):
+            warn_once(legacy_message(root, identity, legacy))
+    return _CACHES[(root, identity)]
 
-    entries = [read_entry(path, audio) for path, audio in zip(paths, audios)]
-    return {
-        "audio_codes": torch.cat([e["codes"] for e in entries]),
-        "whisper_features": torch.cat([e["rows"] for e in entries]),
-    }
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        print(f"llamafactory-kimi-audio: {message}", file=sys.stderr)

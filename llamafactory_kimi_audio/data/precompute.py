@@ -3,25 +3,36 @@
 Only the audio encoders of a checkpoint are loaded (Whisper-large-v3 from ``<model>/whisper-large-v3/`` in bf16 on
 CUDA / fp32 on CPU, GLM-4-Voice in fp32), never the 7B language model. Inputs go through
 ``KimiAudioProcessor.audio_inputs`` and the model's own ``whisper_rows``, so a cached entry holds exactly what the
-model computes online. Runs are resumable (sound existing entries are skipped, corrupt or truncated ones are
-rewritten) and every entry is written atomically.
+model computes online. Runs are resumable (sound existing entries are skipped, damaged ones rewritten) and split
+over ranks deterministically (``precompute_plan.py``): ``torchrun --nproc-per-node N`` or ``--shard K/N``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..audio_io import AudioError, load_audio
 from ..errors import InputError
+from .cache_format import ClipKey, clip_key
 from .encoders import AudioEncoders, EncoderError, load_audio_encoders
-from .feature_cache import CACHE_ENV, cache_root, encoder_identity, entry_path, entry_problem, write_entry
+from .feature_cache import (
+    CACHE_ENV,
+    CacheEntryError,
+    FeatureCache,
+    cache_mode,
+    cache_root,
+    encoder_identity,
+    legacy_entries,
+    legacy_message,
+)
+from .precompute_plan import PrecomputeResult, Progress, shard_paths
 
 DEFAULT_CACHE = os.path.join("~", ".cache", "llamafactory_kimi_audio", "features")
+ROWS_DTYPES = ("bfloat16", "float32")
 
 
 def default_cache_dir() -> str:
@@ -29,7 +40,6 @@ def default_cache_dir() -> str:
     return os.path.abspath(os.path.expanduser(cache_root() or DEFAULT_CACHE))
 
 
-# ------------------------------------------------------------------------------------------------ the run
 @dataclass(frozen=True)
 class PrecomputeOptions:
     cache_dir: str | None = None  # None: $KIMI_AUDIO_FEATURE_CACHE or ~/.cache/llamafactory_kimi_audio/features
@@ -37,43 +47,17 @@ class PrecomputeOptions:
     batch_size: int = 32  # 571x real time on an H200 at 32, 294x at 8 (benchmarks/RESULTS.md)
     strict: bool = False  # re-raise the first bad audio instead of counting it
     progress: bool | None = None  # tqdm's disable=None: a bar only on a terminal
-
-
-@dataclass
-class PrecomputeResult:
-    cache_dir: str  # the root to export as $KIMI_AUDIO_FEATURE_CACHE
-    identity: str  # sub-folder of this checkpoint's audio encoders
-    computed: int = 0
-    repaired: int = 0  # of the computed: entries that existed but were corrupt or truncated
-    skipped: int = 0
-    failed: int = 0
-    failures: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (
-            f"precompute: {self.computed} computed{self._repaired}, {self.skipped} skipped (already cached), "
-            f"{self.failed} failed; "
-            f"cache {os.path.join(self.cache_dir, self.identity)}\n"
-            f"  use it: export {CACHE_ENV}={self.cache_dir}"
-        )
-
-    @property
-    def _repaired(self) -> str:
-        return f" ({self.repaired} replacing corrupt or truncated entries)" if self.repaired else ""
-
-
-@dataclass
-class _Pending:
-    audio: str
-    entry: str
-    wave: Any
+    shard: tuple[int, int] | None = None  # (K, N): this run's part; None: torchrun's RANK / WORLD_SIZE, else all
+    mode: str | None = None  # "full" or "codes"; None: $KIMI_AUDIO_CACHE_MODE (default full)
+    rows_dtype: str | None = None  # Whisper runs in (and rows are stored in) this dtype; None: bf16 CUDA, fp32 CPU
 
 
 @dataclass
 class _Prepared:
-    entry: str
+    key: ClipKey
     wave: Any  # None: the entry exists and is sound
     problem: str | None = None  # why an existing entry is rewritten
+    frames: int = 0  # of a cached entry (progress hours)
 
 
 def precompute(
@@ -83,33 +67,33 @@ def precompute(
     encoders: AudioEncoders | None = None,
     report: Callable[[str], None] | None = None,
 ) -> PrecomputeResult:
-    """Write a cache entry for every audio file not yet cached; bad files are reported and counted, not fatal."""
+    """Write a cache entry for every audio file of this shard not yet cached; bad files are reported and counted."""
     options = options or PrecomputeOptions()
     if options.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
-    from tqdm.auto import tqdm
-
+    if options.rows_dtype not in (None, *ROWS_DTYPES):
+        raise InputError(f"--rows-dtype must be one of {', '.join(ROWS_DTYPES)}, got {options.rows_dtype!r}")
     root = os.path.abspath(os.path.expanduser(options.cache_dir)) if options.cache_dir else default_cache_dir()
-    result = PrecomputeResult(cache_dir=root, identity=_guarded(encoder_identity, model_dir))
-    disable = None if options.progress is None else not options.progress
-    with tqdm(total=len(audio_paths), desc="precompute", unit="audio", disable=disable, file=sys.stderr) as bar:
-        say = report or (lambda line: bar.write(line, file=sys.stderr))
-        load = (lambda: encoders) if encoders else (lambda: _guarded(load_audio_encoders, model_dir, options.device))
+    cache = FeatureCache(root, _guarded(encoder_identity, model_dir))
+    shard, paths = shard_paths(audio_paths, options.shard)
+    result = PrecomputeResult(cache_dir=root, identity=cache.identity, shard=shard)
+    with Progress(paths, shard, options.progress) as progress:
+        say = report or progress.write
+        if legacy := legacy_entries(root, cache.identity):
+            say(f"precompute: note: {legacy_message(root, cache.identity, legacy)}")
+        load = (lambda: encoders) if encoders else (lambda: _load(model_dir, options))
         # Similar durations share a batch (GLM-4-Voice then computes little padding). Three stages overlap: decoding
-        # and hashing of the next files (a few threads), the log-mels of the next batch (one thread) and the encoders
+        # and lookups of the next files (a few threads), the log-mels of the next batch (one thread) and the encoders
         # on the current one; soundfile, numpy and torch release the GIL.
-        ordered = sorted(audio_paths, key=_file_size)
+        len(cache.index)  # load the index before the worker threads use it
         with ThreadPoolExecutor(max_workers=1) as featurizer:
-            run = _Run(result, options, bar, say, load, featurizer)
-            for audio, prepared in prefetch(ordered, run.prepare, window=4 * options.batch_size):
+            run = _Run(cache, result, options, progress, say, load, featurizer)
+            for audio, prepared in prefetch(paths, run.prepare, window=4 * options.batch_size):
                 run.add(audio, prepared)
             run.flush()
             run.finish()
+    cache.writer.close()
     return result
-
-
-def _file_size(path: str) -> int:
-    return os.path.getsize(path) if os.path.isfile(path) else 0
 
 
 def prefetch(items: list[str], function: Callable[[str], Any], window: int, workers: int = 4) -> Iterator[tuple]:
@@ -128,6 +112,10 @@ def prefetch(items: list[str], function: Callable[[str], Any], window: int, work
             yield head, future.result()
 
 
+def _load(model_dir: str, options: PrecomputeOptions) -> AudioEncoders:
+    return _guarded(load_audio_encoders, model_dir, options.device, options.rows_dtype)
+
+
 def _guarded(function: Callable[..., Any], model_dir: str, *args: Any) -> Any:
     try:
         return function(model_dir, *args)
@@ -140,35 +128,44 @@ class _Run:
 
     def __init__(
         self,
+        cache: FeatureCache,
         result: PrecomputeResult,
         options: PrecomputeOptions,
-        bar: Any,
+        progress: Progress,
         say: Callable[[str], None],
         load: Callable[[], AudioEncoders],
         featurizer: ThreadPoolExecutor,
     ) -> None:
-        self.result, self.options, self.bar, self.say, self._load = result, options, bar, say, load
-        self.featurizer = featurizer
+        self.cache, self.result, self.options, self.progress, self.say = cache, result, options, progress, say
+        self._load, self.featurizer = load, featurizer
+        self.mode = options.mode or cache_mode()
         self.encoders: AudioEncoders | None = None
-        self.pending: list[_Pending] = []
-        self.in_flight: tuple[list[_Pending], Future] | None = None  # a batch whose log-mels are being computed
-        self.seen: set[str] = set()
+        self.pending: list[tuple[_Prepared, str]] = []
+        self.in_flight: tuple[list[tuple[_Prepared, str]], Future] | None = None  # log-mels being computed
+        self.seen: set[bytes] = set()
 
     def prepare(self, audio: str) -> _Prepared | Exception:
-        """The cache entry and the waveform to encode (None when a sound entry exists), or the error; runs in a
-        worker thread."""
-        if not os.path.isfile(audio):
+        """The key and the waveform to encode (None when a sound entry exists), or the error; runs in a thread."""
+        try:
+            key = clip_key(audio)
+        except FileNotFoundError:
             return AudioError(
                 f"{audio}: audio file not found; fix the path in the dataset (relative paths resolve "
                 "against --media-dir, by default the folder of dataset_info.json or of the file)"
             )
+        except OSError as err:
+            return AudioError(f"{audio}: cannot read the file ({err.strerror or type(err).__name__}); check it")
+        at, problem = self.cache.find(key), None
+        if at is not None:
+            try:
+                codes, rows = self.cache.read(at, audio)  # verifies the checksum
+                if rows is not None or self.mode == "codes":
+                    return _Prepared(key, None, frames=len(codes))
+                problem = "a codes-only entry; adding the Whisper rows"
+            except CacheEntryError as err:
+                problem = str(err).split(" (", 1)[-1].split(")")[0]
         try:
-            entry = entry_path(self.result.cache_dir, self.result.identity, audio)
-            exists = os.path.isfile(entry)
-            problem = entry_problem(entry) if exists else None
-            return (
-                _Prepared(entry, None) if exists and problem is None else _Prepared(entry, load_audio(audio), problem)
-            )
+            return _Prepared(key, load_audio(audio), problem)
         except AudioError as err:
             return err
         except OSError as err:
@@ -178,17 +175,15 @@ class _Run:
         if isinstance(prepared, Exception):
             self.fail(audio, prepared)
             return
-        if prepared.entry in self.seen or prepared.wave is None:  # cached, or the same bytes under another name
+        if prepared.key.digest in self.seen or prepared.wave is None:  # cached, or listed twice
             self.result.skipped += 1
-            self.bar.update(1)
+            self.progress.done(audio, prepared.frames * 1280)
             return
         if prepared.problem is not None:
-            self.say(
-                f"precompute: rewriting the unreadable cache entry {prepared.entry} of {audio} ({prepared.problem})"
-            )
+            self.say(f"precompute: rewriting the feature-cache entry of {audio} ({prepared.problem})")
             self.result.repaired += 1
-        self.pending.append(_Pending(audio, prepared.entry, prepared.wave))
-        self.seen.add(prepared.entry)
+        self.pending.append((prepared, audio))
+        self.seen.add(prepared.key.digest)
         if len(self.pending) >= self.options.batch_size:
             self.flush()
 
@@ -199,7 +194,7 @@ class _Run:
         self.say(f"precompute: skipped {message}")
         self.result.failed += 1
         self.result.failures.append(message)
-        self.bar.update(1)
+        self.progress.done(audio, 0)
 
     def flush(self) -> None:
         """Start the log-mels of the pending batch, then encode the batch before it meanwhile."""
@@ -208,7 +203,7 @@ class _Run:
         if self.encoders is None:
             self.encoders = self._load()
         batch, self.pending = self.pending, []
-        future = self.featurizer.submit(self.encoders.features, [p.wave for p in batch])
+        future = self.featurizer.submit(self.encoders.features, [p.wave for p, _ in batch])
         self.finish()
         self.in_flight = (batch, future)
 
@@ -216,9 +211,26 @@ class _Run:
         """Encode the batch in flight and write its entries."""
         if self.in_flight is None:
             return
+        import torch
+
         (batch, future), self.in_flight = self.in_flight, None
-        outputs = self.encoders.encode_features(future.result(), [len(p.wave) for p in batch])
-        for item, (codes, rows) in zip(batch, outputs):
-            write_entry(item.entry, codes, rows)
+        lengths = [len(p.wave) for p, _ in batch]
+        outputs = self.encoders.encode_features(future.result(), lengths, with_rows=self.mode != "codes")
+        for (item, audio), (codes, rows) in zip(batch, outputs):
+            if (
+                rows is not None and self.options.rows_dtype
+            ):  # given encoders may run in another dtype: store what training consumes
+                rows = rows.to(getattr(torch, self.options.rows_dtype))
+            self.cache.write(item.key, codes, rows)
             self.result.computed += 1
-            self.bar.update(1)
+            self.progress.done(audio, len(item.wave))
+
+
+__all__ = [
+    "CACHE_ENV",
+    "PrecomputeOptions",
+    "PrecomputeResult",
+    "default_cache_dir",
+    "load_audio_encoders",
+    "precompute",
+]

@@ -17,7 +17,7 @@ from llamafactory.data.mm_plugin import BasePlugin
 from llamafactory.extras.constants import AUDIO_PLACEHOLDER
 
 from .._startup import resume
-from ..audio_io import AudioError, load_audio, probe, resampled_length
+from ..audio_io import AudioError, probe, resampled_length
 from ..errors import InputError, ModelError
 from ..models.constants import SAMPLE_RATE
 from ..models.layout import audio_marker
@@ -77,14 +77,9 @@ class KimiAudioPlugin(BasePlugin):
         self._validate_input(processor, images, videos, audios)
         if len(audios) == 0:
             return {}
-        from ..data.feature_cache import lookup_cached_inputs
+        from ..data.collate_inputs import audio_model_inputs
 
-        cached = lookup_cached_inputs(audios, processor)
-        if cached is not None:
-            return cached
-        sampling_rate = getattr(processor, "audio_sampling_rate", SAMPLE_RATE)
-        waveforms = [load_audio(audio, sampling_rate) for audio in audios]
-        return processor.audio_inputs(waveforms)
+        return audio_model_inputs(audios, processor)  # the feature cache's entries, or the raw audio inputs
 
 
 def audio_token_count(audio: Any) -> int:

@@ -23,6 +23,7 @@ from ..patching import SUPPORTED_VERSIONS, Patch, installed_version, version_pro
 from . import registration as reg
 from . import wrappers as w
 from .auto_classes import AUTO_CLASSES, route_to_native
+from .feature_cache_hook import make_streaming_batches, make_write_through
 from .run_guard import make_opt_out_notice, make_run_guard
 
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
@@ -100,6 +101,16 @@ LOADER_PATCHES = [
         why="the model's speed switches are config attributes (use_varlen_attention, compile_pointwise), set from "
         "KIMI_AUDIO_VARLEN_ATTENTION / KIMI_AUDIO_COMPILE_POINTWISE before the model is built",
     ),
+    Patch(
+        name="feature_cache.write_through",
+        trigger=LOADER,
+        owner=LOADER,
+        attribute="patch_model",
+        make_replacement=make_write_through,
+        parameters=("model", "tokenizer", "model_args", "is_trainable"),
+        why="with KIMI_AUDIO_FEATURE_CACHE set, training stores the audio features it encodes (epoch 2 never "
+        "re-encodes) and each rank logs its cache hits / misses / writes (data/write_through.py)",
+    ),
 ]
 
 SFT_PATCHES = [
@@ -159,6 +170,16 @@ SFT_PATCHES = [
 ]
 
 TUNER_PATCHES = [
+    Patch(
+        name="streaming_audio_batches",
+        trigger=TUNER,
+        owner=TUNER,
+        attribute="get_train_args",
+        make_replacement=make_streaming_batches,
+        parameters=("args",),
+        why="streaming: true makes accelerate slice every batch tensor to the batch size, audio frames included; "
+        "kimi_audio runs set accelerator_config.dispatch_batches=False (each rank reads its own part of the stream)",
+    ),
     Patch(
         name="one_line_errors",
         trigger=TUNER,

@@ -1,0 +1,99 @@
+"""The audio inputs of one collated batch, with the feature cache when ``KIMI_AUDIO_FEATURE_CACHE`` is set.
+
+- Every clip cached with rows: ``audio_codes`` + ``whisper_features`` from the cache (no audio read).
+- Every clip cached, some codes-only: cached ``audio_codes`` + Whisper log-mels (the audio is read; Whisper online).
+- Any clip missing: the raw inputs of the whole batch (the model encodes them), and the batch carries
+  ``audio_cache_meta`` naming the missing clips, so the training process stores what its model computes
+  (``write_through.py``: epoch 2 never re-encodes). With ``KIMI_AUDIO_CACHE_STRICT=1`` a missing clip stops the
+  run instead, naming it.
+
+``audio_cache_meta`` is a uint8 tensor holding JSON (tensors survive the Trainer's device moves). It is added only
+in a training process whose model has write-through attached (and in the DataLoader workers it forks), so that no
+other caller (``generate``, plain ``forward``) ever sees it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .. import settings
+from ..audio_io import load_audio
+from ..constants import SAMPLE_RATE
+from .feature_cache import STRICT_ENV, CacheMissError, FeatureCache, cache_mode, process_cache
+
+META_KEY = "audio_cache_meta"
+_write_through = False  # set by write_through.attach() in the training process; forked workers inherit it
+
+
+def enable_write_through() -> None:
+    global _write_through
+    _write_through = True
+
+
+def audio_model_inputs(audios: list[Any], processor: Any) -> dict[str, Any]:
+    """The model inputs of a batch's audios (flat list, in the order of their frames in the ids)."""
+    cache = None
+    if all(isinstance(a, str) for a in audios):
+        cache = process_cache(getattr(processor, "name_or_path", None))
+    if cache is None:
+        return _online(audios, processor)
+    return _with_cache(cache, audios, processor)
+
+
+def _online(audios: list[Any], processor: Any, with_semantic: bool = True) -> dict[str, Any]:
+    rate = getattr(processor, "audio_sampling_rate", SAMPLE_RATE)
+    return processor.audio_inputs([load_audio(audio, rate) for audio in audios], with_semantic=with_semantic)
+
+
+def _with_cache(cache: FeatureCache, audios: list[str], processor: Any) -> dict[str, Any]:
+    import torch
+
+    try:
+        found = cache.lookup(audios)
+    except OSError:  # a clip that cannot be stat-ed: the online path reports it by name, with the fix
+        return _online(audios, processor)
+    missing = [audio for audio, (_, at) in zip(audios, found) if at is None]
+    if missing and settings.enabled(STRICT_ENV):
+        raise CacheMissError(
+            f"{missing[0]}: not in the feature cache {cache.folder} ({STRICT_ENV}=1); run `kimi-audio-lf precompute` "
+            f"on the dataset with this model, or unset {STRICT_ENV} to encode missing clips during training"
+        )
+    if missing:
+        inputs = _online(audios, processor)
+        if _write_through:
+            inputs[META_KEY] = _meta(cache, audios, found, processor)
+        return inputs
+    entries = [cache.read(at, audio) for audio, (_, at) in zip(audios, found)]
+    inputs = {"audio_codes": torch.cat([codes for codes, _ in entries])}
+    if all(rows is not None for _, rows in entries):
+        inputs["whisper_features"] = torch.cat([rows for _, rows in entries])
+    else:  # codes-only entries: Whisper runs online on the log-mels
+        inputs.update(_online(audios, processor, with_semantic=False))
+    if _write_through:
+        inputs[META_KEY] = _encode({"hits": len(audios)})
+    return inputs
+
+
+def _meta(cache: FeatureCache, audios: list[str], found: list, processor: Any) -> Any:
+    from ..audio_io import probe
+    from ..models.processing_kimi_audio import num_audio_tokens
+
+    clips = []
+    for audio, (key, at) in zip(audios, found):
+        frames = num_audio_tokens(probe(audio).num_samples_16k)
+        clips.append([frames, None] if at is not None else [frames, [key.path, key.size, key.mtime_ns]])
+    hits = sum(1 for _, at in found if at is not None)
+    return _encode(
+        {"hits": hits, "root": cache.root, "identity": cache.identity, "mode": cache_mode(), "clips": clips}
+    )
+
+
+def _encode(meta: dict[str, Any]) -> Any:
+    import torch
+
+    return torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)
+
+
+def decode_meta(tensor: Any) -> dict[str, Any]:
+    return json.loads(bytes(tensor.detach().cpu().numpy().tobytes()).decode())
