@@ -346,6 +346,8 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
             rows = self.whisper_rows(audio["audio_input_features"], audio["audio_chunk_tokens"])
         else:
             raise ValueError(f"the input has {num_frames} audio frame tokens but no Whisper features were given")
+        if is_input is not None and rows.shape[0] == int(is_input.sum()) != num_frames:  # rows of inputs only
+            rows = rows.new_zeros(num_frames, rows.shape[1]).masked_scatter(is_input[:, None].to(rows.device), rows)
         check_frame_count(num_frames, codes.shape[0], rows.shape[0])
         codes = torch.where(given >= self._ids.offset, given - self._ids.offset, codes)
         return codes, rows if is_input is None else rows[is_input.to(rows.device)]
