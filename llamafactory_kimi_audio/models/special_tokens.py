@@ -25,6 +25,7 @@ AUDIO_PLACEHOLDER = "<|reserved_token_12|>"
 # as the official row (audio stream: assistant_msg_start, text stream: blank) and reads the turn's audio stream from
 # it (see ``models/speech.py``).
 SPEECH_START = "<|reserved_token_13|>"
+SPEECH_TURN_BOUNDS = (SPEECH_START, MSG_END)  # a speech turn runs from SPEECH_START to the first MSG_END after it
 PAD = "<|reserved_token_406|>"
 
 NUM_SPECIAL_TOKENS = 421
