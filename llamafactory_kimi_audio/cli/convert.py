@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from ..constants import CHUNK_SECONDS
-from ..data.convert import ConvertOptions, ConvertResult, convert, parse_split
+from ..data.convert import ConvertOptions, ConvertResult, convert, default_name, parse_split
 from ..data.sources import READERS, parse_columns
+from ..data.speech_tasks import TASKS, convert_spoken_reply
 from ..data.textio import DataError
 from ..data.validate import summarize
 
@@ -16,6 +17,8 @@ EXAMPLES = """examples:
   kimi-audio-lf convert train.csv --out-dir data/ --name my_asr --root /data/wavs
   kimi-audio-lf convert data_10k.jsonl --out-dir data/ --split 0.9,0.05,0.05 --seed 0
   kimi-audio-lf convert kaldi/train --out-dir data/ --lang zh --strict
+  kimi-audio-lf convert train.csv --out-dir data/ --task tts          # ASR table -> text-to-speech samples
+  kimi-audio-lf convert qa.csv --out-dir data/ --task spoken-reply    # question, answer, answer_audio columns
 """
 
 
@@ -60,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="audio paths in the output: auto = relative when under --out-dir (default)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--task",
+        default="asr",
+        choices=TASKS,
+        help="asr (default); tts: the clip becomes the spoken answer to its transcript; spoken-reply: a table of "
+        "question and/or question_audio, answer, answer_audio (see README 'Speech output')",
+    )
 
 
 # flags whose value goes to the ConvertOptions field of the same name
@@ -67,6 +77,8 @@ _SAME_NAME = "name root format instruction lang seed strict max_duration drop_lo
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task == "spoken-reply":
+        return run_spoken_reply(args)
     same = {name: getattr(args, name) for name in _SAME_NAME}
     options = ConvertOptions(
         **same,
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         columns=parse_columns(args.columns),
         path_style=args.paths,
         progress=not args.no_progress,
+        task=args.task,
     )
     result = convert(args.input, args.out_dir, options)
     for line in result.notes + summarize(result.issues):
@@ -81,6 +94,20 @@ def run(args: argparse.Namespace) -> int:
     if not result.rows_written:
         raise DataError(f"{args.input}: no usable rows ({len(result.issues)} problems); see {result.report_path}")
     print_result(result)
+    return 0
+
+
+def run_spoken_reply(args: argparse.Namespace) -> int:
+    name = args.name or default_name(args.input)
+    result = convert_spoken_reply(
+        args.input, args.out_dir, name, args.root, args.strict, args.max_duration, args.paths, args.encoding
+    )
+    for line in summarize(result.issues):
+        print(line, file=sys.stderr)
+    if not result.rows_written:
+        raise DataError(f"{args.input}: no usable rows ({len(result.issues)} problems); see {result.report_path}")
+    print(f"converted {result.rows_written}/{result.rows_read} spoken-reply rows: {result.output}")
+    print(f"  dataset_info: {result.dataset_info_path}\n  report: {result.report_path}")
     return 0
 
 
