@@ -116,11 +116,24 @@ def test_mixed_asr_and_speech_batch_through_the_collator(template, tok, tokenize
     features = []
     for messages, audios in ((conv("<audio>", "one"), [clip]), (conv("say efg", "<audio>efg"), [target])):
         ids, labels = encode(template, tok, processor, messages, audios)
-        features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "images": None,
-                         "videos": None, "audios": audios})
+        features.append(
+            {
+                "input_ids": ids,
+                "attention_mask": [1] * len(ids),
+                "labels": labels,
+                "images": None,
+                "videos": None,
+                "audios": audios,
+            }
+        )
     collator = SFTDataCollatorWith4DAttentionMask(
-        template=template, model=model, pad_to_multiple_of=8, label_pad_token_id=IGNORE,
-        attn_implementation="sdpa", compute_dtype=torch.float32, **tokenizer_module,
+        template=template,
+        model=model,
+        pad_to_multiple_of=8,
+        label_pad_token_id=IGNORE,
+        attn_implementation="sdpa",
+        compute_dtype=torch.float32,
+        **tokenizer_module,
     )
     copies = [dict(f) for f in features]  # the collator pops keys
     batch = collator(features)

@@ -86,8 +86,9 @@ def test_greedy_equals_the_official_loop_and_cached_logits_match(model, tok, sym
     fed_text = text + [t for _, t in got.fed_rows]
     embed = model.get_input_embeddings()
     with torch.no_grad():
-        full = model(inputs_embeds=embed(torch.tensor([fed_audio])) + embed(torch.tensor([fed_text])),
-                     return_audio_logits=True)
+        full = model(
+            inputs_embeds=embed(torch.tensor([fed_audio])) + embed(torch.tensor([fed_text])), return_audio_logits=True
+        )
     for step, (text_logits, audio_logits) in enumerate(expected_logits[: len(got.fed_rows) + 1]):
         position = len(prompt) - 1 + step
         torch.testing.assert_close(full.logits[0, position], text_logits, rtol=1e-4, atol=1e-5)

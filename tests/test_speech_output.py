@@ -17,7 +17,7 @@ from torch import nn
 from llamafactory_kimi_audio.errors import InputError, ModelError
 from llamafactory_kimi_audio.models.layout import LayoutEncoder, Segment, SpeechReply, speech_marker
 from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
-from llamafactory_kimi_audio.models.speech import audio_labels, split_streams, text_labels
+from llamafactory_kimi_audio.models.speech import audio_labels, text_labels
 from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer
 
 OFFICIAL_BASE = 151643
@@ -196,8 +196,12 @@ def test_asr_alone_never_runs_mimo_and_mixed_batches_average(model, tok):
         rows = torch.randn(4, model.config.kimia_adaptor_input_dim)
         asr_codes = torch.tensor([1, 2, 3, 4])
         with torch.no_grad():
-            asr = model(input_ids=torch.tensor([asr_ids]), labels=torch.tensor([asr_labels]), audio_codes=asr_codes,
-                        whisper_features=rows).loss
+            asr = model(
+                input_ids=torch.tensor([asr_ids]),
+                labels=torch.tensor([asr_labels]),
+                audio_codes=asr_codes,
+                whisper_features=rows,
+            ).loss
             assert not calls
             ids, labels, codes = speech_batch(tok)
             speech = model(input_ids=ids, labels=labels, audio_codes=codes).loss
@@ -207,8 +211,13 @@ def test_asr_alone_never_runs_mimo_and_mixed_batches_average(model, tok):
             batch_ids = torch.tensor([asr_ids + [pad] * (length - len(asr_ids)), ids[0].tolist()])
             batch_labels = torch.tensor([asr_labels + [IGNORE] * (length - len(asr_ids)), labels[0].tolist()])
             mask = (torch.arange(length)[None] < torch.tensor([[len(asr_ids)], [length]])).long()
-            mixed = model(input_ids=batch_ids, attention_mask=mask, labels=batch_labels,
-                          audio_codes=torch.cat([asr_codes, codes]), whisper_features=rows).loss
+            mixed = model(
+                input_ids=batch_ids,
+                attention_mask=mask,
+                labels=batch_labels,
+                audio_codes=torch.cat([asr_codes, codes]),
+                whisper_features=rows,
+            ).loss
     finally:
         hook.remove()
     assert mixed.item() == pytest.approx((asr.item() + speech.item()) / 2, rel=1e-5)

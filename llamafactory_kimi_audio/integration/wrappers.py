@@ -98,8 +98,10 @@ def _check_audio_spans(processor_obj: Any, input_ids: list[int], messages, syste
     tokenizer, template = processor_obj.tokenizer, processor_obj.template
     begin, end = (tokenizer.convert_tokens_to_ids(token) for token in (st.MEDIA_BEGIN, st.MEDIA_END))
     speech = _complete_speech_turns(input_ids, *(tokenizer.convert_tokens_to_ids(t) for t in st.SPEECH_TURN_BOUNDS))
-    if speech is not None and input_ids.count(begin) == input_ids.count(end) and input_ids.count(end) + speech == len(
-        audios
+    if (
+        speech is not None
+        and input_ids.count(begin) == input_ids.count(end)
+        and input_ids.count(end) + speech == len(audios)
     ):
         return
     expanded = template.mm_plugin.process_messages(messages, [], [], audios, processor_obj.processor)

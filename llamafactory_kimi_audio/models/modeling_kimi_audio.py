@@ -28,6 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ..errors import ModelError
 from ..versions import TRANSFORMERS_MAJOR
+from . import special_tokens as st
 from .attention import KimiAudioAttention
 from .checkpoint_io import OfficialLayoutMixin, default_generation_config
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
@@ -35,9 +36,8 @@ from .constants import SAMPLES_PER_TOKEN
 from .masks import attention_bias, default_position_ids, packed_segments, warn_if_packed_without_blocks
 from .packed_attention import packed_sequences, varlen_applies
 from .pointwise import fused, fused_layer, rms_norm, swiglu
-from . import special_tokens as st
-from .speech import Streams, audio_labels, head_ce, per_utterance, speech_loss, split_streams, utterance_numbers
 from .special_tokens import AUDIO_PLACEHOLDER, AUDIO_STREAM_TOKENS, special_id
+from .speech import Streams, audio_labels, head_ce, per_utterance, speech_loss, split_streams, utterance_numbers
 from .whisper_encoder import build_whisper_encoder, encode_whisper_rows, read_whisper_encoder_state, save_whisper_dir
 
 IGNORE_INDEX = -100
@@ -434,8 +434,9 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         if missing:
             raise ModelError(
                 f"{self.config._name_or_path}: the checkpoint has no MIMO audio-head weights ({missing[0]} and "
-                f"{len(missing) - 1} more), so it cannot learn or generate speech (assistant <audio> targets); use a "
-                "Kimi-Audio checkpoint with model.mimo_layers.*, model.mimo_norm and mimo_output, or drop assistant audio"
+                f"{len(missing) - 1} more), so it cannot learn or generate speech (assistant <audio> targets); use "
+                "a Kimi-Audio checkpoint with model.mimo_layers.*, model.mimo_norm and mimo_output, or drop assistant "
+                "audio"
             )
 
     # ------------------------------------------------------------------------------------------------- generation

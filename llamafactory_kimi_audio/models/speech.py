@@ -74,7 +74,7 @@ def speech_span_end(row_ids: torch.Tensor, start: int, ids) -> int | None:
         if start == row_ids.shape[0] - 1 or bool((row_ids[start + 1 :] == ids.pad).all()):
             return None
         raise InputError(
-            "a speech turn has no closing msg_end: the sample was cut (raise cutoff_len to fit the whole spoken answer)"
+            "a speech turn has no closing msg_end: the sample was cut (raise cutoff_len to fit the spoken answer)"
         )
     end = start + 1 + int(ends[0])
     if end - start - ids.delay - 1 < 1:

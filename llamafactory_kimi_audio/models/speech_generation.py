@@ -119,7 +119,9 @@ def generate_speech(
     if output_type not in ("both", "text"):
         raise InputError(f"output_type must be 'both' or 'text', got {output_type!r}")
     if input_ids.shape[0] != 1:
-        raise InputError(f"speech generation decodes one prompt at a time (batch 1), got a batch of {input_ids.shape[0]}")
+        raise InputError(
+            f"speech generation decodes one prompt at a time (batch 1), got a batch of {input_ids.shape[0]}"
+        )
     model.eval()
     ids, embed, speaks = model._ids, model.get_input_embeddings(), output_type == "both"
     budget = (SPEECH_BUDGET if speaks else TEXT_BUDGET) - input_ids.shape[1]
