@@ -74,6 +74,57 @@ def greedy_codes(model, processor, text: str) -> tuple[list[int], str]:
     return out.codes, processor.tokenizer.decode(out.text_ids)
 
 
+RECIPE = {  # examples/tiny_demo.yaml's settings, plus the MIMO branch trainable (freeze_vision_tower: false)
+    "trust_remote_code": True,
+    "stage": "sft",
+    "do_train": True,
+    "finetuning_type": "full",
+    "freeze_vision_tower": False,
+    "freeze_multi_modal_projector": False,
+    "disable_gradient_checkpointing": True,
+    "dataset": "tts",
+    "template": "kimi_audio",
+    "cutoff_len": 128,
+    "preprocessing_num_workers": 1,
+    "overwrite_cache": True,
+    "logging_steps": 10,
+    "save_strategy": "no",
+    "report_to": "none",
+    "per_device_train_batch_size": 2,
+    "learning_rate": 2.0e-3,
+    "max_steps": 120,
+    "lr_scheduler_type": "constant",
+    "max_grad_norm": 1.0,
+    "use_cpu": True,
+    "seed": 0,
+    "overwrite_output_dir": True,
+}
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != DISABLE_ENV}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def train(checkpoint: str, workdir: Path) -> Path:
+    out_dir = workdir / "trained"
+    config = {**RECIPE, "model_name_or_path": checkpoint, "dataset_dir": str(workdir), "output_dir": str(out_dir)}
+    (workdir / "train.yaml").write_text(json.dumps(config))
+    command = [str(BIN / "llamafactory-cli"), "train", str(workdir / "train.yaml")]
+    done = subprocess.run(command, cwd=workdir, env=environment(), capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    return out_dir
+
+
+def respond(model_dir: Path, text: str, out: Path) -> dict:
+    command = [str(BIN / "kimi-audio-lf"), "respond", str(model_dir), "--text", text, "--out", str(out)]
+    command += ["--max-new-tokens", "40", "--device", "cpu"]
+    done = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.with_suffix(".json").read_text())
+
+
 def test_speech_output_training_overfits(tiny_checkpoint, tmp_path):
     paths = write_dataset(tmp_path)
     base = KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).eval()
@@ -81,69 +132,13 @@ def test_speech_output_training_overfits(tiny_checkpoint, tmp_path):
     targets = {text: target_codes(base, processor, path) for text, path in paths.items()}
     assert [len(codes) for codes in targets.values()] == [8, 10]
     before = {text: audio_loss(base, processor, text, codes) for text, codes in targets.items()}
-    out_dir = tmp_path / "trained"
-    config = {
-        "model_name_or_path": tiny_checkpoint.path,
-        "trust_remote_code": True,
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "full",
-        "freeze_vision_tower": False,
-        "freeze_multi_modal_projector": False,
-        "disable_gradient_checkpointing": True,
-        "dataset": "tts",
-        "dataset_dir": str(tmp_path),
-        "template": "kimi_audio",
-        "cutoff_len": 128,
-        "preprocessing_num_workers": 1,
-        "overwrite_cache": True,
-        "output_dir": str(out_dir),
-        "logging_steps": 10,
-        "save_strategy": "no",
-        "report_to": "none",
-        "per_device_train_batch_size": 2,
-        "learning_rate": 2.0e-3,
-        "max_steps": 120,
-        "lr_scheduler_type": "constant",
-        "max_grad_norm": 1.0,
-        "use_cpu": True,
-        "seed": 0,
-        "overwrite_output_dir": True,
-    }
-    (tmp_path / "train.yaml").write_text(json.dumps(config))
-    env = {k: v for k, v in os.environ.items() if k != DISABLE_ENV}
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
-    done = subprocess.run(
-        [str(BIN / "llamafactory-cli"), "train", str(tmp_path / "train.yaml")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    out_dir = train(tiny_checkpoint.path, tmp_path)
     trained = KimiAudioForCausalLM.from_pretrained(str(out_dir)).eval()
     for text, codes in targets.items():
         after = audio_loss(trained, processor, text, codes)
         assert after < 0.2 * before[text], (text, before[text], after)
         generated, spoken_text = greedy_codes(trained, processor, text)
         assert generated == codes and spoken_text == text
-    answer = tmp_path / "answer"
-    command = [
-        str(BIN / "kimi-audio-lf"),
-        "respond",
-        str(out_dir),
-        "--text",
-        f"{INSTRUCTION} hello",
-        "--out",
-        str(answer),
-        "--max-new-tokens",
-        "40",
-        "--device",
-        "cpu",
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads(answer.with_suffix(".json").read_text())
+    record = respond(out_dir, f"{INSTRUCTION} hello", tmp_path / "answer")
     assert record["codes"] == targets["hello"] and record["text"] == "hello"
-    assert np.load(answer.with_suffix(".npy")).tolist() == [targets["hello"]]
+    assert np.load(tmp_path / "answer.npy").tolist() == [targets["hello"]]

@@ -389,24 +389,27 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         outputs, mimo_hidden = self.model(
             inputs_embeds, attention_mask, position_ids, past_key_values, bool(use_cache), run_mimo=run_mimo
         )
-        hidden = outputs.last_hidden_state
-        loss = logits = audio_logits = None
-        if labels is not None:
-            segments = packed_segments(position_ids, attention_mask)
-            if audio_targets is None:
-                loss = self.text_loss(hidden, labels, segments)
-            else:
-                reduction = self.config.loss_reduction
-                loss = speech_loss(self, hidden, mimo_hidden, labels, audio_targets, segments, reduction)
-        else:
-            kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-            logits = self.lm_head(kept)
-            if mimo_hidden is not None:
-                audio_logits = self.mimo_output(mimo_hidden[:, -logits_to_keep:] if logits_to_keep else mimo_hidden)
+        segments = packed_segments(position_ids, attention_mask) if labels is not None else None
+        loss, logits, audio_logits = self.heads(
+            outputs.last_hidden_state, mimo_hidden, labels, audio_targets, segments, logits_to_keep
+        )
         output = KimiAudioCausalLMOutput(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, audio_logits=audio_logits
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def heads(self, hidden, mimo_hidden, labels, audio_targets, segments, logits_to_keep: int):
+        """(loss, text logits, audio logits): the loss when labels are given (text alone for ASR batches, as before
+        speech output existed), else the logits of the kept positions."""
+        if labels is not None:
+            if audio_targets is None:
+                return self.text_loss(hidden, labels, segments), None, None
+            reduction = self.config.loss_reduction
+            return speech_loss(self, hidden, mimo_hidden, labels, audio_targets, segments, reduction), None, None
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        if mimo_hidden is None:
+            return None, logits, None
+        return None, logits, self.mimo_output(mimo_hidden[:, -logits_to_keep:] if logits_to_keep else mimo_hidden)
 
     def text_loss(
         self, hidden: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor | None = None
