@@ -161,3 +161,24 @@ def test_lora_target_mimo_is_opt_in(model):
     assert sorted(set(with_mimo) - set(mimo)) == sorted(plain)
     assert len(mimo) == 7 * model.config.kimia_mimo_layers and all(n.startswith("model.mimo_layers.") for n in mimo)
     assert not any("whisper" in name for name in with_mimo)
+
+
+def test_chat_backend_answers_with_text(tiny_checkpoint, tmp_path):
+    """The Web UI chat (LLaMA-Factory's ChatModel, HF backend) runs the official "text" mode: a text answer."""
+    from llamafactory.chat import ChatModel
+
+    chat = ChatModel(
+        {
+            "model_name_or_path": tiny_checkpoint.path,
+            "template": "kimi_audio",
+            "trust_remote_code": True,
+            "max_new_tokens": 8,
+            "do_sample": False,
+            "infer_backend": "huggingface",
+        }
+    )
+    question = wav(tmp_path, "question", 6)
+    messages = [{"role": "user", "content": "<audio>"}]
+    responses = chat.chat(messages, audios=[question])
+    assert len(responses) == 1 and isinstance(responses[0].response_text, str)
+    assert 0 < responses[0].response_length <= 8

@@ -251,3 +251,21 @@ def test_missing_mimo_weights_fail_in_one_line(model, tok):
             model(input_ids=ids, labels=labels, audio_codes=codes)
     finally:
         model.missing_mimo_weights = []
+
+
+def test_missing_mimo_weights_are_read_from_the_checkpoint(tiny_checkpoint, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from llamafactory_kimi_audio.models.checkpoint_io import missing_mimo_weights
+
+    assert missing_mimo_weights(tiny_checkpoint.path) == []
+    save_file(
+        {"model.embed_tokens.weight": torch.zeros(2, 2), "mimo_output.weight": torch.zeros(2, 2)},
+        str(tmp_path / "model.safetensors"),
+    )
+    assert missing_mimo_weights(str(tmp_path)) == ["model.mimo_layers.", "model.mimo_norm."]
+    index = {"weight_map": {"model.layers.0.mlp.up_proj.weight": "a.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert missing_mimo_weights(str(tmp_path)) == ["model.mimo_layers.", "model.mimo_norm.", "mimo_output."]
