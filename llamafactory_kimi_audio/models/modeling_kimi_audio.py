@@ -306,11 +306,14 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         if text_only:  # decoding steps: the sampled token is text, the audio stream is blank (spec §7)
             return embed(input_ids) + embed(torch.full_like(input_ids, ids.blank)), None
         streams = split_streams(input_ids, ids, text_from)
-        is_frame, all_frames = streams.input_frames, streams.input_frames | streams.output_frames
-        num_frames = int(all_frames.sum())
+        is_frame, all_frames, is_input = streams.input_frames, streams.input_frames, None
+        if streams.num_output_frames:  # speech targets: code rows without Whisper rows, in the same frame order
+            all_frames = is_frame | streams.output_frames
+            is_input = is_frame[all_frames]
+        num_frames = streams.num_input_frames + streams.num_output_frames
         if num_frames == 0:
             return embed(streams.audio_ids) + embed(streams.text_ids), streams
-        codes, rows = self.frame_inputs(input_ids, all_frames, num_frames, audio, is_frame[all_frames])
+        codes, rows = self.frame_inputs(input_ids, all_frames, num_frames, audio, is_input)
         streams.audio_ids = streams.audio_ids.masked_scatter(all_frames, codes + ids.offset)
         audio_embeds = embed(streams.audio_ids)
         if rows is None:  # speech targets only (TTS): no Whisper rows are used

@@ -33,6 +33,8 @@ class Streams:
     text_ids: torch.Tensor  # [B, L]
     input_frames: torch.Tensor  # [B, L] bool: user audio frames (code + Whisper row)
     output_frames: torch.Tensor  # [B, L] bool: assistant speech code rows (code only)
+    num_input_frames: int
+    num_output_frames: int = 0
     audio_target_rows: torch.Tensor | None = None  # [B, L] bool: rows whose audio id is an audio target
 
     @property
@@ -51,20 +53,23 @@ def split_streams(input_ids: torch.Tensor, ids, text_from: int | None = None) ->
         in_audio_stream, is_frame = in_audio_stream & ~generated, is_frame & ~generated
     audio_ids = torch.where(in_audio_stream, input_ids, ids.blank)
     text_ids = torch.where(in_audio_stream, ids.blank, input_ids)
-    starts = (input_ids == ids.speech_start).nonzero().tolist()
-    if not starts:
-        return Streams(audio_ids, text_ids, is_frame, torch.zeros_like(is_frame))
+    is_start = input_ids == ids.speech_start
+    num_input, num_starts = torch.stack([is_frame.sum(), is_start.sum()]).tolist()  # one device sync, as before
+    if not num_starts:
+        return Streams(audio_ids, text_ids, is_frame, torch.zeros_like(is_frame), num_input)
     audio_ids = torch.where(input_ids == ids.speech_start, ids.assistant_start, audio_ids)
     text_ids = torch.where(input_ids == ids.speech_start, ids.blank, text_ids)
     output_frames = torch.zeros_like(is_frame)
     targets = torch.zeros_like(is_frame)
-    for row, start in starts:
+    num_output = 0
+    for row, start in is_start.nonzero().tolist():
         end = speech_span_end(input_ids[row], start, ids)
         if end is None:
             continue  # a prompt that ends with the role row of the reply
         output_frames[row, start + ids.delay + 1 : end] = True
         targets[row, start + ids.delay + 1 : end + 1] = True
-    return Streams(audio_ids, text_ids, is_frame, output_frames, targets)
+        num_output += end - start - ids.delay - 1
+    return Streams(audio_ids, text_ids, is_frame, output_frames, num_input, num_output, targets)
 
 
 def speech_span_end(row_ids: torch.Tensor, start: int, ids) -> int | None:
