@@ -63,7 +63,9 @@ def split_streams(input_ids: torch.Tensor, ids, text_from: int | None = None) ->
     targets = torch.zeros_like(is_frame)
     num_output = 0
     for row, start in is_start.nonzero().tolist():
-        end = speech_span_end(input_ids[row], start, ids)
+        if text_from is not None and start >= text_from:
+            continue  # a generated id is text whatever its value
+        end = speech_span_end(input_ids[row, :text_from], start, ids)
         if end is None:
             continue  # a prompt that ends with the role row of the reply
         output_frames[row, start + ids.delay + 1 : end] = True
