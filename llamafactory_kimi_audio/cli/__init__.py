@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "make-tiny": "make_tiny",
     "synth": "synth",
     "demo": "demo",
+    "respond": "respond",
 }
 
 

@@ -6,10 +6,11 @@ import argparse
 import sys
 
 from ..constants import CHUNK_SECONDS
-from ..data.convert import ConvertOptions, ConvertResult, convert, parse_split
+from ..data.convert import ConvertOptions, ConvertResult, convert, default_name, parse_split
 from ..data.corpora import BY_NAME
 from ..data.corpus_convert import CorpusResult
 from ..data.sources import READERS, parse_columns
+from ..data.speech_tasks import TASKS, convert_spoken_reply
 from ..data.textio import DataError
 from ..data.validate import summarize
 
@@ -20,6 +21,8 @@ EXAMPLES = """examples:
   kimi-audio-lf convert kaldi/train --out-dir data/ --lang zh --strict
   kimi-audio-lf convert /corpora/WenetSpeech --out-dir data/ --name wenet --subsets M,DEV
   kimi-audio-lf convert /corpora/LibriSpeech --out-dir data/ --name libri --text-case lower
+  kimi-audio-lf convert train.csv --out-dir data/ --task tts          # ASR table -> text-to-speech samples
+  kimi-audio-lf convert qa.csv --out-dir data/ --task spoken-reply    # question, answer, answer_audio columns
 """
 
 
@@ -85,6 +88,13 @@ def _add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     corpus.add_argument("--workers", type=int, default=0, help="parallel header probes (default: CPU cores)")
     corpus.add_argument("--chunk-rows", type=int, default=20000, help="rows per shard / resume step (default: 20000)")
     corpus.add_argument("--restart", action="store_true", help="start over instead of resuming an interrupted run")
+    parser.add_argument(
+        "--task",
+        default="asr",
+        choices=TASKS,
+        help="asr (default); tts: the clip becomes the spoken answer to its transcript; spoken-reply: a table of "
+        "question and/or question_audio, answer, answer_audio (see README 'Speech output')",
+    )
 
 
 # flags whose value goes to the ConvertOptions field of the same name
@@ -95,6 +105,8 @@ _SAME_NAME = (
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task == "spoken-reply":
+        return run_spoken_reply(args)
     same = {name: getattr(args, name) for name in _SAME_NAME}
     options = ConvertOptions(
         **same,
@@ -103,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         path_style=args.paths,
         progress=not args.no_progress,
         subsets=tuple(s.strip() for s in args.subsets.split(",") if s.strip()) if args.subsets else None,
+        task=args.task,
     )
     result = convert(args.input, args.out_dir, options)
     if isinstance(result, CorpusResult):
@@ -112,6 +125,20 @@ def run(args: argparse.Namespace) -> int:
     if not result.rows_written:
         raise DataError(f"{args.input}: no usable rows ({len(result.issues)} problems); see {result.report_path}")
     print_result(result)
+    return 0
+
+
+def run_spoken_reply(args: argparse.Namespace) -> int:
+    name = args.name or default_name(args.input)
+    result = convert_spoken_reply(
+        args.input, args.out_dir, name, args.root, args.strict, args.max_duration, args.paths, args.encoding
+    )
+    for line in summarize(result.issues):
+        print(line, file=sys.stderr)
+    if not result.rows_written:
+        raise DataError(f"{args.input}: no usable rows ({len(result.issues)} problems); see {result.report_path}")
+    print(f"converted {result.rows_written}/{result.rows_read} spoken-reply rows: {result.output}")
+    print(f"  dataset_info: {result.dataset_info_path}\n  report: {result.report_path}")
     return 0
 
 

@@ -36,6 +36,7 @@ from .corpora.registry import has_known_files
 from .corpus_convert import CorpusResult, convert_corpus
 from .records import SourceRecord
 from .sources import AUDIO_EXTENSIONS, ReadOptions, read_source
+from .speech_tasks import TTS_INSTRUCTION, tts_row
 from .splits import SPLIT_NAMES, assign_splits, check_split, parse_split, split_counts  # noqa: F401 (API)
 from .textio import DataError, ensure_writable_dir, write_json
 from .validate import ERROR, DurationStats, Issue, check_audio, check_text, count_by_reason
@@ -68,6 +69,7 @@ class ConvertOptions:
     workers: int = 0  # header probes in parallel (0: one per CPU core)
     chunk_rows: int = 20000  # rows per shard and per resume step
     restart: bool = False  # ignore the state of an interrupted run and start over
+    task: str = "asr"  # asr | tts (the clip becomes the assistant's spoken answer; data/speech_tasks.py)
 
 
 @dataclass
@@ -206,8 +208,10 @@ def _check_all(records: list, root: str, opts: ConvertOptions) -> tuple[list[_Ro
     return rows, issues
 
 
-def _sharegpt(row: _Row, instruction: str, out_dir: str, style: str) -> dict[str, Any]:
+def _sharegpt(row: _Row, instruction: str, out_dir: str, style: str, task: str = "asr") -> dict[str, Any]:
     """One LLaMA-Factory row; ``instruction`` is used when the row brought none of its own."""
+    if task == "tts":
+        return tts_row(row.uid, row.text, output_path(row.audio, out_dir, style), instruction)
     prompt = " ".join((row.instruction or instruction).replace("<audio>", " ").split())
     return {
         "id": row.uid,
@@ -267,7 +271,7 @@ def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None
     root = os.path.abspath(opts.root or (input_path if os.path.isdir(input_path) else os.path.dirname(input_path)))
     rows, issues = _check_all(source.records, root, opts)
     lang = opts.lang if opts.lang != "auto" else detect_language(row.text for row in rows if not row.garbled)
-    instruction = opts.instruction or DEFAULT_INSTRUCTION[lang]
+    instruction = opts.instruction or (TTS_INSTRUCTION if opts.task == "tts" else DEFAULT_INSTRUCTION)[lang]
     name = opts.name or default_name(input_path)
     parts = assign_splits(len(rows), opts.split, opts.seed) if opts.split else [list(range(len(rows)))]
     names = [f"{name}_{s}" for s in SPLIT_NAMES[: len(parts)]] if opts.split else [name]
@@ -288,7 +292,7 @@ def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None
         report_path=os.path.join(out_dir, f"{name}.report.json"),
         notes=list(source.notes),
     )
-    if opts.instruction:  # an explicit instruction replaces the ones rows brought
+    if opts.instruction or opts.task == "tts":  # an explicit (or the TTS) instruction replaces the rows' own
         rows = [dataclasses.replace(row, instruction=None) for row in rows]
     for ds_name, indices in zip(names, parts):
         if not indices:
@@ -296,7 +300,7 @@ def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None
                 result.notes.append(f"{ds_name}: 0 rows, not written (too few rows for --split)")
             continue
         path = os.path.join(out_dir, f"{ds_name}.json")
-        write_json(path, [_sharegpt(rows[i], instruction, out_dir, opts.path_style) for i in indices])
+        write_json(path, [_sharegpt(rows[i], instruction, out_dir, opts.path_style, opts.task) for i in indices])
         result.outputs[ds_name], result.counts[ds_name] = path, len(indices)
     if result.outputs:
         merge_dataset_info(out_dir, {n: dataset_info_entry(os.path.basename(p)) for n, p in result.outputs.items()})

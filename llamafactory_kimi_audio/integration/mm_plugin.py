@@ -2,6 +2,8 @@
 
 - ``process_messages`` (inside ``datasets.map``): each ``<audio>`` becomes media_begin + one placeholder per
   12.5 Hz frame + media_end. The count comes from the file header (duration, resampling rule), never from decoding.
+  An ``<audio>`` in an *assistant* turn is the target of a spoken answer: it becomes the speech marker
+  (``speech_marker``), which the template turns into a speech turn; its codes reach the model like any audio's.
 - ``get_mm_inputs`` (collate time): audio read with soundfile, mixed to mono, resampled to 16 kHz; Whisper log-mel
   per 30 s chunk and the GLM-4-Voice features (or the precompute cache's codes + Whisper rows).
 The plugin holds no model and pickles by value (``datasets`` workers).
@@ -20,7 +22,7 @@ from .._startup import resume
 from ..audio_io import AudioError, probe, resampled_length
 from ..errors import InputError, ModelError
 from ..models.constants import SAMPLE_RATE
-from ..models.layout import audio_marker
+from ..models.layout import audio_marker, speech_marker
 from ..models.processing_kimi_audio import num_audio_tokens
 
 
@@ -40,8 +42,9 @@ class KimiAudioPlugin(BasePlugin):
         expanded = []
         for message in messages:
             content = message["content"]
+            marker = speech_marker if message["role"] == "assistant" else audio_marker
             while self.expand_mm_tokens and AUDIO_PLACEHOLDER in content:
-                content = content.replace(AUDIO_PLACEHOLDER, audio_marker(next(counts)), 1)
+                content = content.replace(AUDIO_PLACEHOLDER, marker(next(counts)), 1)
             expanded.append({**message, "content": content})
         return expanded
 

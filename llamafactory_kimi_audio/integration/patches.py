@@ -82,6 +82,16 @@ LOADER_PATCHES = [
         "extra passes; marked layers run the same math in one addmm (models/fused_lora.py), others PEFT's forward",
     ),
     Patch(
+        name="mimo_lora_targets",
+        trigger=LOADER,
+        owner="llamafactory.model.adapter",
+        attribute="patch_target_modules",
+        make_replacement=w.make_mimo_lora_targets,
+        parameters=("model", "finetuning_args", "target_modules"),
+        why="speech output: `lora_target: all,mimo` adds LoRA to the MIMO audio-head layers (opt-in; `all` keeps "
+        "them frozen, as the composite entry lists them with the Whisper tower)",
+    ),
+    Patch(
         name="official_auto_map",
         trigger=LOADER,
         owner=LOADER,

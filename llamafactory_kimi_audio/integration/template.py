@@ -11,7 +11,7 @@ from .. import settings
 from .._startup import resume
 from ..errors import InputError
 from ..models import special_tokens as st
-from ..models.layout import LayoutEncoder, Segment, split_segments
+from ..models.layout import LayoutEncoder
 
 INSTRUCTION_ENV = "KIMI_AUDIO_DEFAULT_INSTRUCTION"
 
@@ -49,24 +49,13 @@ class KimiAudioTemplate(Template):
             )
         if tools:
             raise InputError("the kimi_audio template does not support tools / function calling")
-        layout = _layout_encoder(tokenizer)
-        encoded = []
-        for index, message in enumerate(messages):
-            role = message["role"]
-            if role == "user":
-                encoded.append(layout.user_turn(self._user_segments(message["content"]), first=index == 0))
-            elif role == "assistant":
-                encoded.append(layout.assistant_turn(message["content"]))
-            else:
+        for message in messages:
+            if message["role"] not in ("user", "assistant"):
+                role = message["role"]
                 raise InputError(f"the kimi_audio template supports user and assistant turns only, got {role!r}")
-        return encoded
-
-    @staticmethod
-    def _user_segments(content: str) -> list[Segment]:
-        segments = split_segments(content)
-        if segments and all(segment.is_audio for segment in segments):
-            segments.insert(0, Segment(text=default_instruction()))
-        return segments
+        # an assistant turn with a target audio is a speech turn (layout A, models/layout.py)
+        turns = [(message["role"], message["content"]) for message in messages]
+        return _layout_encoder(tokenizer).turns(turns, default_instruction())
 
     def fix_jinja_template(self, tokenizer: Any) -> None:
         """Keep the official tokenizer files clean: the layout is not expressible as a chat template string."""

@@ -117,7 +117,12 @@ def _check_audio_spans(processor_obj: Any, input_ids: list[int], messages, syste
 
     tokenizer, template = processor_obj.tokenizer, processor_obj.template
     begin, end = (tokenizer.convert_tokens_to_ids(token) for token in (st.MEDIA_BEGIN, st.MEDIA_END))
-    if input_ids.count(begin) == input_ids.count(end) == len(audios):
+    speech = _complete_speech_turns(input_ids, *(tokenizer.convert_tokens_to_ids(t) for t in st.SPEECH_TURN_BOUNDS))
+    if (
+        speech is not None
+        and input_ids.count(begin) == input_ids.count(end)
+        and input_ids.count(end) + speech == len(audios)
+    ):
         return
     expanded = template.mm_plugin.process_messages(messages, [], [], audios, processor_obj.processor)
     needed = sum(len(a) + len(b) for a, b in template.encode_multiturn(tokenizer, expanded, system, tools))
@@ -130,6 +135,14 @@ def _check_audio_spans(processor_obj: Any, input_ids: list[int], messages, syste
     )
 
 
+def _complete_speech_turns(input_ids: list[int], start: int, close: int) -> int | None:
+    """Number of assistant speech turns (``start`` … ``close``), or ``None`` when one was cut."""
+    starts = [index for index, token in enumerate(input_ids) if token == start]
+    if any(close not in input_ids[index + 1 :] for index in starts):
+        return None
+    return len(starts)
+
+
 def make_official_auto_map(original):
     @functools.wraps(original)
     def register_autoclass(config, model, tokenizer):
@@ -138,6 +151,35 @@ def make_official_auto_map(original):
         return original(config, model, tokenizer)
 
     return register_autoclass
+
+
+MIMO_LORA_TARGET = "mimo"  # a lora_target entry: LoRA on the 6 MIMO (audio head) layers too, for speech output
+
+
+def make_mimo_lora_targets(original):
+    """``lora_target: all,mimo`` (or ``q_proj,…,mimo``): the usual targets plus every linear layer of the MIMO
+    branch, named in full so that Whisper's equally named projections stay untouched. Opt-in: ``all`` alone keeps
+    the MIMO branch frozen (ASR recipes unchanged)."""
+
+    @functools.wraps(original)
+    def patch_target_modules(model, finetuning_args, target_modules, *args: Any, **kwargs: Any):
+        if MIMO_LORA_TARGET not in target_modules or not is_kimi_model(model):
+            return original(model, finetuning_args, target_modules, *args, **kwargs)
+        others = [target for target in target_modules if target != MIMO_LORA_TARGET]
+        if others == ["all"]:
+            from llamafactory.model.model_utils.misc import find_all_linear_modules
+
+            others = find_all_linear_modules(model, finetuning_args.freeze_vision_tower)
+        names = list(original(model, finetuning_args, others, *args, **kwargs)) if others else []
+        return names + mimo_linear_names(model)
+
+    return patch_target_modules
+
+
+def mimo_linear_names(model: Any) -> list[str]:
+    from torch import nn
+
+    return [name for name, module in model.named_modules() if "mimo_layers." in name and isinstance(module, nn.Linear)]
 
 
 def make_fused_lora(original):

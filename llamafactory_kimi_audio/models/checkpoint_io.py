@@ -44,6 +44,7 @@ class OfficialLayoutMixin:
         if TRANSFORMERS_MAJOR < 5 and loaded.whisper_encoder is not None and dtype != torch.float16:
             loaded.whisper_encoder.to(dtype)
         loaded.load_whisper_encoder(path)
+        loaded.missing_mimo_weights = missing_mimo_weights(path)
         loaded.generation_config = default_generation_config(loaded.config, path)
         return model
 
@@ -116,6 +117,28 @@ class OfficialLayoutMixin:
     def train(self, mode: bool = True):
         self.__dict__.pop("_training_parameter_counts", None)
         return super().train(mode)
+
+
+MIMO_PREFIXES = ("model.mimo_layers.", "model.mimo_norm.", "mimo_output.")
+
+
+def missing_mimo_weights(model_dir: str) -> list[str]:
+    """The MIMO (audio head) prefixes a local safetensors checkpoint lacks (none for a hub id or .bin files)."""
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    single = os.path.join(model_dir, "model.safetensors")
+    if os.path.isfile(index):
+        import json
+
+        with open(index, encoding="utf-8") as handle:
+            names = json.load(handle).get("weight_map", {}).keys()
+    elif os.path.isfile(single):
+        from safetensors import safe_open
+
+        with safe_open(single, framework="pt") as handle:
+            names = list(handle.keys())
+    else:
+        return []
+    return [prefix for prefix in MIMO_PREFIXES if not any(name.startswith(prefix) for name in names)]
 
 
 def copy_remote_code(source_dir: str | None, save_directory: str) -> None:

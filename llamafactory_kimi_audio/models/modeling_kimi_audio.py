@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
@@ -28,6 +27,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..errors import ModelError
+from . import special_tokens as st
 from .attention import KimiAudioAttention
 from .checkpoint_io import OfficialLayoutMixin
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
@@ -35,7 +35,8 @@ from .constants import SAMPLES_PER_TOKEN
 from .masks import attention_bias, default_position_ids, packed_segments, warn_if_packed_without_blocks
 from .packed_attention import packed_sequences, varlen_applies
 from .pointwise import fused, fused_layer, rms_norm, swiglu
-from .special_tokens import AUDIO_PLACEHOLDER, AUDIO_STREAM_TOKENS, TEXT_BLANK, special_id
+from .special_tokens import AUDIO_PLACEHOLDER, AUDIO_STREAM_TOKENS, special_id
+from .speech import Streams, audio_labels, head_ce, per_utterance, speech_loss, split_streams, utterance_numbers
 from .whisper_encoder import build_whisper_encoder, encode_whisper_rows
 
 IGNORE_INDEX = -100
@@ -212,9 +213,9 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
             )
             if run_mimo and index == self.config.kimia_mimo_transformer_from_layer_index:
                 mimo_hidden = hidden
-        if mimo_hidden is not None:
+        if mimo_hidden is not None:  # the cache holds the MIMO layers at 28 + j, as the official 34-entry tuple
             for layer in self.mimo_layers:
-                mimo_hidden = layer(mimo_hidden, position_embeddings, bias, is_causal)
+                mimo_hidden = layer(mimo_hidden, position_embeddings, bias, is_causal, past_key_values=past_key_values)
             mimo_hidden = self.mimo_norm(mimo_hidden)
         output = BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=past_key_values)
         return output, mimo_hidden
@@ -293,25 +294,29 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         self, input_ids: torch.Tensor, text_only: bool = False, text_from: int | None = None, **audio: Any
     ) -> torch.Tensor:
         """Single id stream → official two-stream fused embeddings, audio scattered per sample (row-major)."""
+        return self.fuse_streams(input_ids, text_only, text_from, **audio)[0]
+
+    def fuse_streams(
+        self, input_ids: torch.Tensor, text_only: bool = False, text_from: int | None = None, **audio: Any
+    ) -> tuple[torch.Tensor, Streams | None]:
+        """``fuse_embeddings`` and the two streams it embedded (codes filled in; ``models/speech.py``)."""
         ids = self._ids
         embed = self.model.embed_tokens
         if text_only:  # decoding steps: the sampled token is text, the audio stream is blank (spec §7)
-            return embed(input_ids) + embed(torch.full_like(input_ids, ids.blank))
-        in_audio_stream = torch.isin(input_ids, torch.tensor(ids.audio_stream, device=input_ids.device)) | (
-            input_ids >= ids.offset
-        )
-        is_frame = (input_ids == ids.placeholder) | (input_ids >= ids.offset)
-        if text_from is not None:  # generated ids (decoding without KV cache) are text whatever their value (§7)
-            generated = torch.arange(input_ids.shape[1], device=input_ids.device) >= text_from
-            in_audio_stream, is_frame = in_audio_stream & ~generated, is_frame & ~generated
-        audio_ids = torch.where(in_audio_stream, input_ids, ids.blank)
-        text_ids = torch.where(in_audio_stream, ids.blank, input_ids)
-        num_frames = int(is_frame.sum())
+            return embed(input_ids) + embed(torch.full_like(input_ids, ids.blank)), None
+        streams = split_streams(input_ids, ids, text_from)
+        is_frame, all_frames, is_input = streams.input_frames, streams.input_frames, None
+        if streams.num_output_frames:  # speech targets: code rows without Whisper rows, in the same frame order
+            all_frames = is_frame | streams.output_frames
+            is_input = is_frame[all_frames]
+        num_frames = streams.num_input_frames + streams.num_output_frames
         if num_frames == 0:
-            return embed(audio_ids) + embed(text_ids)
-        codes, rows = self.frame_inputs(input_ids, is_frame, num_frames, audio)
-        audio_ids = audio_ids.masked_scatter(is_frame, codes + ids.offset)
-        audio_embeds = embed(audio_ids)
+            return embed(streams.audio_ids) + embed(streams.text_ids), streams
+        codes, rows = self.frame_inputs(input_ids, all_frames, num_frames, audio, is_input)
+        streams.audio_ids = streams.audio_ids.masked_scatter(all_frames, codes + ids.offset)
+        audio_embeds = embed(streams.audio_ids)
+        if rows is None:  # speech targets only (TTS): no Whisper rows are used
+            return audio_embeds + embed(streams.text_ids), streams
         adapted = self.model.vq_adaptor(rows.to(audio_embeds.dtype))
         scattered = adapted.new_zeros(audio_embeds.shape).masked_scatter(is_frame[..., None], adapted)
         # As the original: √2 in the adaptor output's dtype, so bf16's 1.4140625 only in pure bf16; fp32 √2 for fp32
@@ -319,10 +324,11 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         # result is rounded once, back to the embedding dtype.
         sqrt2 = torch.tensor(2.0, dtype=adapted.dtype, device=adapted.device).sqrt()
         audio_part = torch.where(is_frame[..., None], (audio_embeds + scattered) * sqrt2, audio_embeds)
-        return (audio_part + embed(text_ids)).to(audio_embeds.dtype)
+        return (audio_part + embed(streams.text_ids)).to(audio_embeds.dtype), streams
 
-    def frame_inputs(self, input_ids, is_frame, num_frames: int, audio: dict[str, Any]):
-        """Semantic codes (no offset) and Whisper rows for every audio frame position, in batch-major order."""
+    def frame_inputs(self, input_ids, is_frame, num_frames: int, audio: dict[str, Any], is_input=None):
+        """Semantic codes (no offset) for every audio frame position, in batch-major order, and the Whisper rows of
+        the input frames (``is_input`` selects them among the frames; ``None``: all are input frames)."""
         given = input_ids[is_frame]
         if audio.get("audio_codes") is not None:
             codes = audio["audio_codes"].to(input_ids.device).long().reshape(-1)
@@ -332,15 +338,21 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
             codes = given - self._ids.offset  # ids already hold codes (official JSONL audio_tokens)
         else:
             raise ValueError(f"the input has {num_frames} audio frame tokens but no audio inputs were given")
+        codes = codes.to(given.device)
+        if is_input is not None and not bool(is_input.any()):
+            check_frame_count(num_frames, codes.shape[0], num_frames)
+            return codes, None
         if audio.get("whisper_features") is not None:
             rows = audio["whisper_features"].to(input_ids.device).reshape(-1, self.config.kimia_adaptor_input_dim)
         elif audio.get("audio_input_features") is not None:
             rows = self.whisper_rows(audio["audio_input_features"], audio["audio_chunk_tokens"])
         else:
             raise ValueError(f"the input has {num_frames} audio frame tokens but no Whisper features were given")
+        if is_input is not None and rows.shape[0] == int(is_input.sum()) != num_frames:  # rows of inputs only
+            rows = rows.new_zeros(num_frames, rows.shape[1]).masked_scatter(is_input[:, None].to(rows.device), rows)
         check_frame_count(num_frames, codes.shape[0], rows.shape[0])
-        codes = torch.where(given >= self._ids.offset, given - self._ids.offset, codes.to(given.device))
-        return codes, rows
+        codes = torch.where(given >= self._ids.offset, given - self._ids.offset, codes)
+        return codes, rows if is_input is None else rows[is_input.to(rows.device)]
 
     # ---------------------------------------------------------------------------------------------------- forward
     def forward(
@@ -368,26 +380,38 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         """Audio inputs (see ``KimiAudioProcessor``) are consumed only where the ids hold audio frame tokens."""
         given = (audio_input_features, audio_chunk_tokens, semantic_input_features, semantic_frame_mask, audio_codes)
         audio = dict(zip(AUDIO_INPUT_KEYS, (*given, whisper_features)))
+        streams = None
         if inputs_embeds is None:
-            inputs_embeds = self.fuse_embeddings(input_ids, text_only=text_only, text_from=text_from, **audio)
-        if return_audio_logits and past_key_values is not None:
-            raise ValueError("audio logits (MIMO branch) are computed for full sequences only, without a KV cache")
+            inputs_embeds, streams = self.fuse_streams(input_ids, text_only=text_only, text_from=text_from, **audio)
+        audio_targets = audio_labels(streams, labels) if streams is not None and labels is not None else None
+        run_mimo = return_audio_logits or audio_targets is not None  # ASR batches never touch the MIMO branch
+        if run_mimo:
+            self.require_mimo_weights()
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         outputs, mimo_hidden = self.model(
-            inputs_embeds, attention_mask, position_ids, past_key_values, bool(use_cache), run_mimo=return_audio_logits
+            inputs_embeds, attention_mask, position_ids, past_key_values, bool(use_cache), run_mimo=run_mimo
         )
-        hidden = outputs.last_hidden_state
-        loss = logits = None
-        if labels is not None:
-            loss = self.text_loss(hidden, labels, packed_segments(position_ids, attention_mask))
-        else:
-            kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-            logits = self.lm_head(kept)
-        audio_logits = self.mimo_output(mimo_hidden) if mimo_hidden is not None else None
+        segments = packed_segments(position_ids, attention_mask) if labels is not None else None
+        loss, logits, audio_logits = self.heads(
+            outputs.last_hidden_state, mimo_hidden, labels, audio_targets, segments, logits_to_keep
+        )
         output = KimiAudioCausalLMOutput(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, audio_logits=audio_logits
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def heads(self, hidden, mimo_hidden, labels, audio_targets, segments, logits_to_keep: int):
+        """(loss, text logits, audio logits): the loss when labels are given (text alone for ASR batches, as before
+        speech output existed), else the logits of the kept positions."""
+        if labels is not None:
+            if audio_targets is None:
+                return self.text_loss(hidden, labels, segments), None, None
+            reduction = self.config.loss_reduction
+            return speech_loss(self, hidden, mimo_hidden, labels, audio_targets, segments, reduction), None, None
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        if mimo_hidden is None:
+            return None, logits, None
+        return None, logits, self.mimo_output(mimo_hidden[:, -logits_to_keep:] if logits_to_keep else mimo_hidden)
 
     def text_loss(
         self, hidden: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor | None = None
@@ -398,27 +422,35 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         utterances of the batch that have labels; ``token`` = the usual mean over all labelled tokens. ``segments``
         [B, L] numbers the utterances of packed rows (see ``packed_segments``); without it a row is one utterance.
         """
-        shift_labels = labels[:, 1:].to(hidden.device)
-        selected = shift_labels != IGNORE_INDEX
-        logits = self.lm_head(hidden[:, :-1][selected]).float()
-        token_loss = F.cross_entropy(logits, shift_labels[selected], reduction="none")
+        token_loss, selected = head_ce(self.lm_head, hidden, labels)
         if self.config.loss_reduction == "token":
             return token_loss.sum() / selected.sum().clamp(min=1)
         # utterance numbers: one per row, or per packed utterance (at most one per token: no device sync for a max)
-        total = labels.shape[0] if segments is None else segments.numel()
-        if segments is None:
-            segments = torch.arange(labels.shape[0], device=hidden.device)[:, None].expand_as(labels)
-        segments = segments[:, 1:].to(hidden.device)  # a label belongs to the utterance of the token it predicts
-        per_sample = torch.zeros(total, device=hidden.device).index_add(0, segments[selected], token_loss)
-        counts = torch.zeros(total, dtype=torch.long, device=hidden.device).index_add(
-            0, segments[selected], torch.ones_like(segments[selected])
-        )
+        numbers, total = utterance_numbers(labels, segments, hidden.device)
+        per_sample, counts = per_utterance(token_loss, selected, numbers, total)
         has_labels = counts > 0
         if not bool(has_labels.any()):
             return per_sample.sum() + 0.0 * hidden.sum()  # keep the graph connected (DDP) for label-free batches
         return (per_sample[has_labels] / (counts[has_labels] + 1e-4)).mean()
 
+    def require_mimo_weights(self) -> None:
+        """Speech output needs the audio head; a checkpoint without it would train / speak from random weights."""
+        missing = getattr(self, "missing_mimo_weights", ())
+        if missing:
+            raise ModelError(
+                f"{self.config._name_or_path}: the checkpoint has no MIMO audio-head weights ({missing[0]} and "
+                f"{len(missing) - 1} more), so it cannot learn or generate speech (assistant <audio> targets); use "
+                "a Kimi-Audio checkpoint with model.mimo_layers.*, model.mimo_norm and mimo_output, or drop assistant "
+                "audio"
+            )
+
     # ------------------------------------------------------------------------------------------------- generation
+    def generate_speech(self, input_ids: torch.LongTensor, output_type: str = "both", **kwargs: Any):
+        """The official two-stream decoding loop (``models/speech_generation.py``): text and audio codes."""
+        from .speech_generation import generate_speech
+
+        return generate_speech(self, input_ids, output_type=output_type, **kwargs)
+
     def generate(self, inputs: torch.Tensor | None = None, *args: Any, **kwargs: Any):
         """Records the prompt length: without a KV cache the generated ids must still be embedded as text (§7)."""
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
@@ -460,6 +492,13 @@ class StreamIds:
     placeholder: int
     blank: int
     audio_stream: tuple[int, ...]
+    speech_start: int  # role row of an assistant speech turn (models/speech.py)
+    assistant_start: int
+    msg_end: int
+    media_end: int
+    text_eos: int
+    pad: int
+    delay: int  # kimia_mimo_audiodelaytokens
 
     @classmethod
     def from_config(cls, config: KimiAudioConfig) -> StreamIds:
@@ -467,8 +506,15 @@ class StreamIds:
         return cls(
             offset=config.kimia_token_offset,
             placeholder=special_id(config, AUDIO_PLACEHOLDER),
-            blank=special_id(config, TEXT_BLANK),
+            blank=special_id(config, st.TEXT_BLANK),
             audio_stream=tuple(stream),
+            speech_start=special_id(config, st.SPEECH_START),
+            assistant_start=special_id(config, st.ASSISTANT_MSG_START),
+            msg_end=special_id(config, st.MSG_END),
+            media_end=special_id(config, st.MEDIA_END),
+            text_eos=special_id(config, st.TEXT_EOS),
+            pad=special_id(config, st.PAD),
+            delay=int(config.kimia_mimo_audiodelaytokens),
         )
 
 

@@ -21,7 +21,7 @@ from transformers import BatchFeature, ProcessorMixin, WhisperFeatureExtractor
 from . import special_tokens as st
 from .configuration_kimi_audio import WHISPER_SUBDIR
 from .constants import CHUNK_SAMPLES, SAMPLE_RATE, WHISPER_MEL_BINS, num_audio_tokens
-from .layout import LayoutEncoder
+from .layout import LayoutEncoder, Segment
 
 
 def split_chunks(wave: np.ndarray) -> list[np.ndarray]:
@@ -91,6 +91,19 @@ class KimiAudioProcessor(ProcessorMixin):
         batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         batch.update(self.audio_inputs(waveforms))
         return batch
+
+    def speech_prompt_inputs(self, waveform: np.ndarray | None = None, text: str | None = None) -> dict[str, Any]:
+        """One official ``output_type="both"`` prompt (batch 1): the question as text, audio, or text then audio;
+        no default instruction, CTD after the audio (speech-output spec §1.2, §3.1)."""
+        if waveform is None and not text:
+            raise ValueError("a spoken reply needs a question: audio, text, or both")
+        segments = [Segment(text=text)] if text else []
+        if waveform is not None:
+            segments.append(Segment(audio_tokens=num_audio_tokens(len(waveform))))
+        inputs: dict[str, Any] = {"input_ids": torch.tensor([self.layout.speech_prompt(segments)])}
+        if waveform is not None:
+            inputs.update(self.audio_inputs([waveform]))
+        return inputs
 
     def decode_transcripts(self, generated: torch.Tensor) -> list[str]:
         return [transcript_text(self.tokenizer, row) for row in generated.tolist()]

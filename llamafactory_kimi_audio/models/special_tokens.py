@@ -21,6 +21,11 @@ SPEECH_CTD = "<|im_kimia_speech_ctd_id|>"
 # The official layout never uses the reserved slot between media_begin and media_end; we use it as the audio
 # placeholder of the single id stream (the model swaps it for the semantic code of that frame).
 AUDIO_PLACEHOLDER = "<|reserved_token_12|>"
+# Likewise unused officially: the role row of an assistant *speech* turn in the single id stream. The model embeds it
+# as the official row (audio stream: assistant_msg_start, text stream: blank) and reads the turn's audio stream from
+# it (see ``models/speech.py``).
+SPEECH_START = "<|reserved_token_13|>"
+SPEECH_TURN_BOUNDS = (SPEECH_START, MSG_END)  # a speech turn runs from SPEECH_START to the first MSG_END after it
 PAD = "<|reserved_token_406|>"
 
 NUM_SPECIAL_TOKENS = 421
