@@ -38,6 +38,7 @@ Cases (``--cases`` picks some):
   *_nonblocking          ``accelerator_config: {non_blocking: true}``: batches copied to the GPU without a sync
   *_dense                KIMI_AUDIO_VARLEN_ATTENTION=0: packed rows through SDPA with the dense [B,1,L,L] block mask
                          instead of one variable-length FlashAttention sequence per utterance
+  *_codesonly            a codes-only feature cache: GLM-4-Voice codes cached, Whisper-large-v3 run online every step
   *_ckpt                 gradient checkpointing on (packed rows: the candidates for a 24 GB default recipe)
   *_walkcount            the model's parameter count walked every step as before (not counted once per phase)
 """
@@ -105,6 +106,9 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     ),
     "kimi_packed1024_mb8_nodrop_layers_dense": dict(
         bs=8, packing=1024, lora_dropout=0.0, compile="layers", dense=True
+    ),
+    "kimi_packed1024_mb4_nodrop_layers_codesonly": dict(
+        bs=4, packing=1024, lora_dropout=0.0, compile="layers", codes_only=True
     ),
     "kimi_packed1024_mb4_nodrop_ckpt": dict(bs=4, packing=1024, lora_dropout=0.0, ckpt=True),
     "kimi_packed1024_mb4_nodrop_ckpt_layers": dict(bs=4, packing=1024, lora_dropout=0.0, ckpt=True, compile="layers"),
@@ -354,6 +358,11 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     os.environ.pop("KIMI_AUDIO_FEATURE_CACHE", None)
     if mode in ("cached", "official"):
         os.environ["KIMI_AUDIO_FEATURE_CACHE"] = paths["cache"]
+    if spec.get("codes_only"):
+        codes_root = paths["cache"] + "_codes"
+        audio_paths = common.corpus_audio_paths(paths["data"])
+        common.fill_random_feature_cache(codes_root, paths["kimi"], audio_paths, with_rows=False)
+        os.environ["KIMI_AUDIO_FEATURE_CACHE"] = codes_root
     settings.reload()  # settings are read once per process; this run changed the environment
     patched = Patched()
     if mode == "official":

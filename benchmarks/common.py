@@ -170,8 +170,11 @@ def corpus_audio_paths(directory: str) -> list[str]:
         return [row["audios"][0] for row in json.load(f)]
 
 
-def fill_random_feature_cache(cache_root: str, model_dir: str, audio_paths: list[str], seed: int = 0) -> None:
-    """Cache entries (codes + Whisper rows of the right shapes, random values) as ``precompute`` would write them."""
+def fill_random_feature_cache(
+    cache_root: str, model_dir: str, audio_paths: list[str], seed: int = 0, with_rows: bool = True
+) -> None:
+    """Cache entries (codes + Whisper rows of the right shapes, random values) as ``precompute`` would write them;
+    ``with_rows=False``: codes-only entries (training then runs Whisper online)."""
     import soundfile as sf
     import torch
 
@@ -191,7 +194,7 @@ def fill_random_feature_cache(cache_root: str, model_dir: str, audio_paths: list
         frames = num_audio_tokens(sf.info(path).frames)
         codes = torch.randint(0, codebook, (frames,), generator=generator)
         rows = torch.randn(frames, config.kimia_adaptor_input_dim, generator=generator).to(torch.bfloat16)
-        cache.write(key, codes, rows)
+        cache.write(key, codes, rows if with_rows else None)
     cache.writer.close()
 
 
