@@ -90,11 +90,15 @@ def attach(model: Any) -> CacheCounters:
             if meta is not None and pending:  # a batch without audio frames never reached frame_inputs
                 counters.hits += int(pending.pop().get("hits", 0))
 
-    def frame_inputs_writing(input_ids: Any, is_frame: Any, num_frames: int, audio: dict[str, Any]) -> Any:
-        codes, rows = frame_inputs(input_ids, is_frame, num_frames, audio)
+    def frame_inputs_writing(
+        input_ids: Any, is_frame: Any, num_frames: int, audio: dict[str, Any], is_input: Any = None
+    ) -> Any:
+        codes, rows = frame_inputs(input_ids, is_frame, num_frames, audio, is_input)
         if pending:
             meta = pending.pop()
-            if meta.get("clips"):  # copies to the host only for batches with clips to store
+            # copies to the host only for batches with clips to store; a batch with speech targets (rows of its input
+            # frames only) stores nothing: its clips are encoded again next time, never stored misaligned
+            if meta.get("clips") and is_input is None:
                 counters.record(meta, codes.detach().cpu(), rows.detach().cpu())
             else:
                 counters.hits += int(meta.get("hits", 0))
