@@ -186,17 +186,6 @@ def _recording_header(path: str, keep: int = 256) -> AudioInfo:
     return _RECORDINGS[key]
 
 
-def span_key(value: str) -> tuple[str, str]:
-    """``(file path, span suffix)`` for a cache key: the suffix is ``""`` for a whole file and ``"#START:STOP@RATE"``
-    (frames at the file's own rate, after Kaldi's rounding and clamping) for a ``PATH#t=B,E`` segment, so two
-    segments of one file never share an entry and equal spans written differently do."""
-    path, begin, _ = split_media(value)
-    if begin is None:
-        return path, ""
-    info = probe(value)
-    return path, f"#{info.start}:{info.stop}@{info.sample_rate}"
-
-
 def _probe_file(path: str) -> AudioInfo:
     import soundfile as sf
 

@@ -190,16 +190,6 @@ def test_table_rows_may_be_segments(tmp_path: Path) -> None:
     assert result.durations.total == 1.5
 
 
-def test_span_key_separates_segments_of_one_file(tmp_path: Path) -> None:
-    from llamafactory_kimi_audio.audio_io import span_key
-
-    path = str(cf.tone(tmp_path / "long.flac", 5.0, fmt="FLAC"))
-    assert span_key(path) == (path, "")
-    assert span_key(f"{path}#t=1.0,2.0") == (path, "#16000:32000@16000")
-    assert span_key(f"{path}#t=1,2.00") == span_key(f"{path}#t=1.0,2.0")
-    assert span_key(f"{path}#t=4.0,5.3") == (path, "#64000:80000@16000")  # clamped to the end of the file
-
-
 def test_evaluate_reads_a_sharded_segment_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from llamafactory_kimi_audio.cli import main
     from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
