@@ -85,10 +85,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "KIMI_AUDIO_COMPILE_POINTWISE",
-        "off",
+        "auto",
         "choice",
-        "torch.compile for the element-wise kernels: off, on (RMSNorm, RoPE, SwiGLU) or layers (whole layers).",
-        choices=("off", "on", "layers"),
+        "torch.compile in training: layers (whole decoder layers), on (RMSNorm, RoPE, SwiGLU only), off, or auto "
+        "(layers for unquantised training on a CUDA GPU with Triton outside ZeRO-3, else off).",
+        choices=("auto", "off", "on", "layers"),
+    ),
+    Setting(
+        "KIMI_AUDIO_PARK_IDLE",
+        True,
+        "switch",
+        "At train begin, keep the frozen MIMO branch + audio head (and Whisper, with a feature cache) in host memory "
+        "until a batch uses them (0: everything stays on the GPU).",
     ),
     Setting("KIMI_AUDIO_DEFAULT_INSTRUCTION", "", "text", "Instruction used when a sample has no user text."),
     Setting("KIMI_AUDIO_SEMANTIC_TOKENIZER", "", "text", "Directory of the GLM-4-Voice tokenizer, if not beside."),

@@ -45,11 +45,11 @@ def test_switches_share_one_parsing_rule(env, raw, expected):
 def test_a_bad_value_is_one_warning_and_the_default(env, capsys):
     env(KIMI_AUDIO_FUSED_LORA="maybe", KIMI_AUDIO_COMPILE_POINTWISE="fast")
     assert settings.get("KIMI_AUDIO_FUSED_LORA") is True
-    assert settings.get("KIMI_AUDIO_COMPILE_POINTWISE") == "off"
+    assert settings.get("KIMI_AUDIO_COMPILE_POINTWISE") == "auto"
     err = capsys.readouterr().err.splitlines()
     assert err == [
         "llamafactory-kimi-audio: KIMI_AUDIO_FUSED_LORA='maybe' is not a switch (use 1 or 0); using the default True",
-        "llamafactory-kimi-audio: KIMI_AUDIO_COMPILE_POINTWISE='fast' is not one of off, on, layers; using 'off'",
+        "llamafactory-kimi-audio: KIMI_AUDIO_COMPILE_POINTWISE='fast' is not one of auto, off, on, layers; using 'auto'",
     ]
 
 

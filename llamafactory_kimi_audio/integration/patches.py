@@ -21,6 +21,7 @@ from .. import settings
 from ..errors import EnvironmentProblem
 from ..patching import SUPPORTED_VERSIONS, Patch, installed_version, version_problem
 from . import registration as reg
+from . import speed
 from . import wrappers as w
 from .auto_classes import AUTO_CLASSES, route_to_native
 from .feature_cache_hook import make_streaming_batches, make_write_through
@@ -106,10 +107,11 @@ LOADER_PATCHES = [
         trigger=LOADER,
         owner=LOADER,
         attribute="patch_config",
-        make_replacement=w.make_speed_switches,
+        make_replacement=speed.make_speed_switches,
         parameters=("config", "tokenizer", "model_args", "init_kwargs", "is_trainable"),
         why="the model's speed switches are config attributes (use_varlen_attention, compile_pointwise), set from "
-        "KIMI_AUDIO_VARLEN_ATTENTION / KIMI_AUDIO_COMPILE_POINTWISE before the model is built",
+        "KIMI_AUDIO_VARLEN_ATTENTION / KIMI_AUDIO_COMPILE_POINTWISE before the model is built (auto: whole layers "
+        "compiled for unquantised training on CUDA, integration/speed.py)",
     ),
     Patch(
         name="feature_cache.write_through",
@@ -180,6 +182,16 @@ SFT_PATCHES = [
 ]
 
 TUNER_PATCHES = [
+    Patch(
+        name="park_idle_weights",
+        trigger=TUNER,
+        owner=TUNER,
+        attribute="_training_function",
+        make_replacement=speed.make_park_idle_weights,
+        parameters=("config",),
+        why="at train begin the frozen MIMO branch and audio head (and Whisper, with a feature cache) move to host "
+        "memory until a batch uses them: ~5 GiB less on the GPU for ASR LoRA (integration/speed.py)",
+    ),
     Patch(
         name="streaming_audio_batches",
         trigger=TUNER,

@@ -201,7 +201,7 @@ class _NoTorchDtypeNotice(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_torch_dtype_access() -> Iterator[None]:
+def quiet_torch_dtype_access() -> Iterator[None]:
     """LLaMA-Factory 0.9.5's ``patch_config`` reads ``config.torch_dtype``, which transformers 5 reports as
     deprecated: a notice the user can do nothing about (the attribute is read, not set by the recipe)."""
     config_logger = logging.getLogger("transformers.configuration_utils")
@@ -211,18 +211,3 @@ def _quiet_torch_dtype_access() -> Iterator[None]:
         yield
     finally:
         config_logger.removeFilter(quiet)
-
-
-def make_speed_switches(original):
-    """The model's speed switches are config attributes; the settings (environment) decide them, once, here."""
-
-    @functools.wraps(original)
-    def patch_config(config, tokenizer, model_args, init_kwargs, is_trainable, *args: Any, **kwargs: Any):
-        if getattr(config, "model_type", None) != KIMI_MODEL_TYPE:
-            return original(config, tokenizer, model_args, init_kwargs, is_trainable, *args, **kwargs)
-        with _quiet_torch_dtype_access():
-            original(config, tokenizer, model_args, init_kwargs, is_trainable, *args, **kwargs)
-        config.use_varlen_attention = settings.enabled("KIMI_AUDIO_VARLEN_ATTENTION")
-        config.compile_pointwise = settings.get("KIMI_AUDIO_COMPILE_POINTWISE")
-
-    return patch_config

@@ -444,6 +444,15 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
                 "audio"
             )
 
+    def idle_submodules(self, audio_features_cached: bool) -> dict[str, nn.Module]:
+        """What a batch without speech targets never runs (the MIMO branch and audio head) and, when every clip's
+        features come from a cache, Whisper: candidates to keep off the GPU (``models/parking.py``)."""
+        idle = {"model.mimo_layers": self.model.mimo_layers, "model.mimo_norm": self.model.mimo_norm}
+        idle["mimo_output"] = self.mimo_output
+        if audio_features_cached and self.whisper_encoder is not None:
+            idle["whisper_encoder"] = self.whisper_encoder
+        return idle
+
     # ------------------------------------------------------------------------------------------------- generation
     def generate_speech(self, input_ids: torch.LongTensor, output_type: str = "both", **kwargs: Any):
         """The official two-stream decoding loop (``models/speech_generation.py``): text and audio codes."""
