@@ -89,7 +89,7 @@ SETTINGS: tuple[Setting, ...] = (
         "choice",
         "torch.compile in training: layers (whole decoder layers), on (RMSNorm, RoPE, SwiGLU only), off, or auto "
         "(layers for unquantised training on a CUDA GPU with Triton outside ZeRO-3, else off).",
-        choices=("auto", "off", "on", "layers"),
+        choices=("off", "on", "layers", "auto"),
     ),
     Setting(
         "KIMI_AUDIO_PARK_IDLE",

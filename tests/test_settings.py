@@ -49,7 +49,8 @@ def test_a_bad_value_is_one_warning_and_the_default(env, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == [
         "llamafactory-kimi-audio: KIMI_AUDIO_FUSED_LORA='maybe' is not a switch (use 1 or 0); using the default True",
-        "llamafactory-kimi-audio: KIMI_AUDIO_COMPILE_POINTWISE='fast' is not one of auto, off, on, layers; using 'auto'",
+        "llamafactory-kimi-audio: KIMI_AUDIO_COMPILE_POINTWISE='fast' is not one of off, on, layers, auto; "
+        "using 'auto'",
     ]
 
 
