@@ -41,6 +41,10 @@ Cases (``--cases`` picks some):
   *_codesonly            a codes-only feature cache: GLM-4-Voice codes cached, Whisper-large-v3 run online every step
   *_ckpt                 gradient checkpointing on (packed rows: the candidates for a 24 GB default recipe)
   *_walkcount            the model's parameter count walked every step as before (not counted once per phase)
+  recipe_*               a shipped recipe as is (examples/kimi_lora.yaml = recipe_24gb, kimi_qlora.yaml,
+                         kimi_lora_{48,80,141}gb.yaml), on the random model and the cached corpus; not in the default
+                         list. recipe_24gb_unparked / _eager: the default recipe with KIMI_AUDIO_PARK_IDLE=0 /
+                         KIMI_AUDIO_COMPILE_POINTWISE=off
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import statistics
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -118,13 +123,48 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
         bs=4, packing=1024, lora_dropout=0.0, compile="layers", walk_count=True
     ),
 }
-DEFAULT_CASES = list(KIMI_CASES)
+# The shipped recipes as they are (examples/*.yaml: batch, packing, checkpointing, compile auto, parking), only pointed
+# at the random full-size model, the corpus and the feature cache. QLoRA: the bench quantises after from_config (as
+# kimi_qlora_mb8) and keeps the layers uncompiled, as compile auto does for a quantised recipe.
+RECIPE_CASES = {
+    "recipe_24gb": dict(recipe="kimi_lora.yaml"),
+    "recipe_24gb_qlora": dict(recipe="kimi_qlora.yaml", qlora=True, compile="off"),
+    "recipe_48gb": dict(recipe="kimi_lora_48gb.yaml"),
+    "recipe_80gb": dict(recipe="kimi_lora_80gb.yaml"),
+    "recipe_141gb": dict(recipe="kimi_lora_141gb.yaml"),
+    "recipe_24gb_unparked": dict(recipe="kimi_lora.yaml", unparked=True),  # KIMI_AUDIO_PARK_IDLE=0
+    "recipe_24gb_eager": dict(recipe="kimi_lora.yaml", compile="off"),
+}
+KIMI_CASES.update(RECIPE_CASES)
+DEFAULT_CASES = [name for name in KIMI_CASES if name not in RECIPE_CASES]
 PROFILED_STEPS = 2
 COMPILE_ENV = "KIMI_AUDIO_COMPILE_POINTWISE"  # settings.py; the integration sets config.compile_pointwise from it
 VARLEN_ENV = "KIMI_AUDIO_VARLEN_ATTENTION"  # settings.py; the integration sets config.use_varlen_attention
+PARK_ENV = "KIMI_AUDIO_PARK_IDLE"  # settings.py; the park_idle_weights patch row reads it at train begin
+REPO = Path(__file__).resolve().parents[1]
+
+
+def recipe_args(model_dir: str, data_dir: str, out_dir: str, spec: dict[str, Any], a) -> dict[str, Any]:
+    """A shipped recipe pointed at the benchmark's model, corpus and step count; nothing that affects speed changes."""
+    import yaml
+
+    args = yaml.safe_load((REPO / "examples" / spec["recipe"]).read_text(encoding="utf-8"))
+    for key in ("eval_dataset", "eval_strategy", "eval_steps", "per_device_eval_batch_size", "quantization_bit"):
+        args.pop(key, None)  # no eval split; QLoRA quantises after from_config (qlora_models)
+    args.pop("quantization_method", None), args.pop("double_quantization", None)
+    args.update(
+        model_name_or_path=model_dir, train_from_scratch=True, dataset="bench_asr", dataset_dir=data_dir,
+        output_dir=out_dir, max_steps=a.steps, logging_steps=max(1, a.steps // 4), save_strategy="no", seed=0,
+        preprocessing_num_workers=a.workers, dataloader_num_workers=a.workers if not a.tiny else 0, plot_loss=False,
+    )  # fmt: skip
+    if a.tiny:
+        args.update(use_cpu=True, bf16=False)
+    return args
 
 
 def lf_args(model_dir: str, data_dir: str, out_dir: str, tokenized: str, spec: dict[str, Any], a) -> dict[str, Any]:
+    if spec.get("recipe"):
+        return recipe_args(model_dir, data_dir, out_dir, spec, a)
     text = spec.get("text", False)
     args = {
         "model_name_or_path": model_dir,
@@ -391,10 +431,12 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     if profiled:  # the last two steps, left out of the figures (the profiler slows them down)
         callbacks.append(common.make_profiler_callback(os.path.join(a.profile_dir, name), a.steps - PROFILED_STEPS))
     args = lf_args(model_dir, paths["data"], os.path.join(paths["work"], "out", name), tokenized, spec, a)
-    if spec.get("compile"):
-        os.environ[COMPILE_ENV] = "1" if spec["compile"] is True else spec["compile"]
+    if spec.get("compile") or not spec.get("recipe"):  # recipes: as shipped (auto); other cases: eager unless named
+        os.environ[COMPILE_ENV] = {True: "on", None: "off"}.get(spec.get("compile"), spec.get("compile"))
     if spec.get("dense"):
         os.environ[VARLEN_ENV] = "0"
+    if spec.get("unparked"):
+        os.environ[PARK_ENV] = "0"
     settings.reload()  # the integration reads the switches (and the cache dir) into the model config per process
     started = time.perf_counter()
     try:
@@ -403,6 +445,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         patched.restore()
         os.environ.pop(COMPILE_ENV, None)
         os.environ.pop(VARLEN_ENV, None)
+        os.environ.pop(PARK_ENV, None)
         settings.reload()
         forget_compiled()
     wall = time.perf_counter() - started
@@ -417,6 +460,8 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         extra = common.whisper_flops(shapes, len(steps[-1].lengths))
     result = common.summarise(name, steps, shapes, a.warmup, callback.state.peak_bytes, extra_flops_per_step=extra)
     result.update(wall_s=wall, spec=spec)
+    memory = callback.state
+    result.update(load_peak_gib=memory.load_peak_bytes / 2**30, peak_reserved_gib=memory.peak_reserved_bytes / 2**30)
     del callback
     gc.collect()
     if torch.cuda.is_available():

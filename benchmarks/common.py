@@ -379,7 +379,9 @@ class StepRecord:
 @dataclass
 class BenchCallbackState:
     steps: list[StepRecord] = field(default_factory=list)
-    peak_bytes: int = 0
+    peak_bytes: int = 0  # allocated, from train begin (after parking) to train end
+    load_peak_bytes: int = 0  # allocated, from process start to train begin (model load, before parking)
+    peak_reserved_bytes: int = 0  # the caching allocator's reservation at its highest (what the card must hold)
     current: dict[str, Any] = field(default_factory=dict)
 
 
@@ -494,6 +496,7 @@ def make_callback(placeholder_id: int | None = None):
                 self._handle = model.register_forward_pre_hook(keep_inputs, with_kwargs=True)
             if cuda:
                 torch.cuda.synchronize()
+                state.load_peak_bytes = torch.cuda.max_memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
 
         def on_step_begin(self, args, train_state, control, **kwargs):
@@ -506,6 +509,7 @@ def make_callback(placeholder_id: int | None = None):
             if cuda:
                 torch.cuda.synchronize()
                 state.peak_bytes = torch.cuda.max_memory_allocated()
+                state.peak_reserved_bytes = torch.cuda.max_memory_reserved()
             for begin, end, inputs in self._marks:
                 seconds = begin.elapsed_time(end) / 1e3 if cuda else end - begin
                 state.steps.append(step_record(seconds, inputs, placeholder_id))
@@ -559,19 +563,22 @@ def summarise(
         "mfu": flops / seconds / world_size / PEAK_BF16_FLOPS if seconds else math.nan,
         "extra_tflops_per_step": extra_flops_per_step / 1e12,
         "peak_mem_gib": peak_bytes / 2**30,
+        # seconds of audio trained per second = audio hours per GPU-hour (12.5 audio frames per second of audio)
+        "audio_x": sum(s.audio_frames for s in measured) / 12.5 / seconds / world_size if seconds else math.nan,
     }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = "| case | step s (median) | tokens/step | tokens/s | MFU | peak GiB | padding |"
-    lines = [header, "|" + "---|" * 7]
+    header = "| case | step s (median) | tokens/step | tokens/s | MFU | peak GiB | padding | audio h / GPU-h |"
+    lines = [header, "|" + "---|" * 8]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['case']} | error: {r['error'][:80]} | | | | | |")
+            lines.append(f"| {r['case']} | error: {r['error'][:80]} | | | | | | |")
             continue
         lines.append(
             f"| {r['case']} | {r['step_s_median']:.3f} | {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.0f} | "
-            f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.1f} | {100 * r['padding_share']:.0f}% |"
+            f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.1f} | {100 * r['padding_share']:.0f}% | "
+            f"{r.get('audio_x', math.nan):.0f} |"
         )
     return "\n".join(lines)
 

@@ -35,8 +35,10 @@ def recipe(name: str, tiny_checkpoint, tmp_path) -> dict:
     "name",
     [
         "kimi_lora.yaml",
-        "kimi_lora_packed.yaml",
         "kimi_qlora.yaml",
+        "kimi_lora_48gb.yaml",
+        "kimi_lora_80gb.yaml",
+        "kimi_lora_141gb.yaml",
         "kimi_lora_ds_z3.yaml",
         "kimi_full_ds_z3.yaml",
         "kimi_predict.yaml",
