@@ -119,6 +119,17 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_packed1024_mb4_nodrop_ckpt_layers": dict(bs=4, packing=1024, lora_dropout=0.0, ckpt=True, compile="layers"),
     "kimi_packed1024_mb8_nodrop_ckpt_layers": dict(bs=8, packing=1024, lora_dropout=0.0, ckpt=True, compile="layers"),
     "kimi_packed1024_mb8_nodrop_ckpt": dict(bs=8, packing=1024, lora_dropout=0.0, ckpt=True),
+    # the honest baseline (issue 21): text-only Qwen2 packed the same way, same fused LoRA forward, compiled layers;
+    # both sides through SDPA with the dense block mask (the variable-length kernel is wired into Kimi's attention)
+    "qwen_packed1024_mb4_nodrop_ckpt_layers_dense_fused": dict(
+        bs=4, packing=1024, lora_dropout=0.0, ckpt=True, compile="layers", text=True, fused=True
+    ),
+    "kimi_packed1024_mb4_nodrop_ckpt_layers_dense": dict(
+        bs=4, packing=1024, lora_dropout=0.0, ckpt=True, compile="layers", dense=True
+    ),
+    "qwen_packed1024_mb8_nodrop_layers_dense_fused": dict(
+        bs=8, packing=1024, lora_dropout=0.0, compile="layers", text=True, fused=True
+    ),
     "kimi_packed1024_mb4_nodrop_layers_walkcount": dict(
         bs=4, packing=1024, lora_dropout=0.0, compile="layers", walk_count=True
     ),
@@ -204,7 +215,8 @@ def lf_args(model_dir: str, data_dir: str, out_dir: str, tokenized: str, spec: d
     if spec.get("group"):
         args["train_sampling_strategy"] = "group_by_length"
     if spec.get("packing"):  # LLaMA-Factory packs (neat_packing: block-diagonal attention) while tokenizing
-        args.update(packing=True, neat_packing=True, cutoff_len=spec["packing"], tokenized_path=None)
+        packed = f"{tokenized}-packed{spec['packing']}" if tokenized else None  # saved once, by prepare()
+        args.update(packing=True, neat_packing=True, cutoff_len=spec["packing"], tokenized_path=packed)
     if a.tiny:
         args.update(use_cpu=True, bf16=False)
     else:
@@ -374,6 +386,21 @@ def fused_lora_callback():
     return FusedLora()
 
 
+def compiled_layers_callback():
+    """Give a non-Kimi model the package's compiled decoder layers (``compile_pointwise=layers``: each layer one
+    graph, dynamic shapes) at train begin; the Kimi model compiles its own from the config switch."""
+    from transformers import TrainerCallback
+
+    class CompiledLayers(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            layers = [m for name, m in model.named_modules() if name.endswith(tuple(f"layers.{i}" for i in range(99)))]
+            for layer in layers:
+                layer.compile(dynamic=True)
+            print(f"[bench] compiled {len(layers)} decoder layers", flush=True)
+
+    return CompiledLayers()
+
+
 def forget_compiled() -> None:
     """Each case builds a new model: drop the compiled layers (and dynamo's caches, whose recompile limit counts across
     cases) so that one case's compilation cannot turn the next one's into silent eager fallbacks."""
@@ -427,11 +454,14 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     callbacks = [callback]
     if spec.get("fused"):
         callbacks.append(fused_lora_callback())
+    if text and spec.get("compile") == "layers":
+        callbacks.append(compiled_layers_callback())
     profiled = name in a.profile.split(",")
     if profiled:  # the last two steps, left out of the figures (the profiler slows them down)
         callbacks.append(common.make_profiler_callback(os.path.join(a.profile_dir, name), a.steps - PROFILED_STEPS))
     args = lf_args(model_dir, paths["data"], os.path.join(paths["work"], "out", name), tokenized, spec, a)
-    if spec.get("compile") or not spec.get("recipe"):  # recipes: as shipped (auto); other cases: eager unless named
+    os.environ.pop(COMPILE_ENV, None)  # recipes: as shipped (auto); other cases: eager unless named
+    if spec.get("compile") or not spec.get("recipe"):
         os.environ[COMPILE_ENV] = {True: "on", None: "off"}.get(spec.get("compile"), spec.get("compile"))
     if spec.get("dense"):
         os.environ[VARLEN_ENV] = "0"
@@ -469,7 +499,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     return result
 
 
-def prepare(a) -> dict[str, str]:
+def prepare(a, cases: list[str]) -> dict[str, str]:
     """Model dirs, corpus, random feature cache, and the two tokenized datasets (Kimi through LF, then text-only)."""
     from llamafactory.train.tuner import run_exp
 
@@ -504,10 +534,21 @@ def prepare(a) -> dict[str, str]:
     base = KimiAudioConfig.from_pretrained(paths["kimi"]).num_base_tokens
     common.make_qwen_dir(paths["qwen"], preset, paths["kimi"])
     common.make_text_only_tokenized(paths["kimi_tok"], paths["qwen_tok"], base)
+    for length in sorted({KIMI_CASES[n]["packing"] for n in cases if KIMI_CASES[n].get("packing")}):
+        packed = f"{paths['kimi_tok']}-packed{length}"
+        if not os.path.isdir(packed):  # Kimi and text-only packed cases read the same rows
+            spec = dict(bs=1, packing=length)
+            args = lf_args(
+                paths["kimi"], paths["data"], os.path.join(work, "out", "tokenize"), paths["kimi_tok"], spec, a
+            )
+            run_exp(args=dict(args, max_steps=1))
+        common.make_text_only_tokenized(packed, f"{paths['qwen_tok']}-packed{length}", base)
     return paths
 
 
 RATIO_PAIRS = (
+    ("kimi_packed1024_mb4_nodrop_ckpt_layers_dense", "qwen_packed1024_mb4_nodrop_ckpt_layers_dense_fused"),
+    ("kimi_packed1024_mb8_nodrop_layers_dense", "qwen_packed1024_mb8_nodrop_layers_dense_fused"),
     ("kimi_cached_mb8", "qwen_text_mb8"),
     ("kimi_cached_mb8_group", "qwen_text_mb8_group"),
     ("kimi_cached_mb8_group", "qwen_text_mb8_group_fused"),
@@ -554,11 +595,12 @@ def main(argv: list[str] | None = None) -> int:
     a.samples = a.samples or (32 if a.tiny else 400)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ[COMPILE_ENV] = "off"  # the tokenizing passes of prepare(); each case sets its own
     common.build_on_gpu(not a.tiny)
-    paths = prepare(a)
+    names = [c for c in a.cases.split(",") if c]
+    paths = prepare(a, names)
     rows = []
     started = time.perf_counter()
-    names = [c for c in a.cases.split(",") if c]
     for round_no, name in [(r, n) for r in range(a.repeat) for n in names]:
         spec = KIMI_CASES[name]
         if a.budget and time.perf_counter() - started > a.budget:
