@@ -121,7 +121,7 @@ def speech_loss(model, tok) -> float:
 
 
 @needs_cuda
-def test_parked_weights_leave_the_gpu_and_come_back_for_a_speech_batch(model, tok):
+def test_cuda_parked_weights_leave_the_gpu_and_come_back_for_a_speech_batch(model, tok):
     model.cuda().requires_grad_(False)
     expected_asr, expected_speech = asr_loss(model, tok), speech_loss(model, tok)
     before = torch.cuda.memory_allocated()
