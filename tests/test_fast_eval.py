@@ -131,3 +131,41 @@ def test_cuda_graph_decoding_equals_generate(tiny_checkpoint, dtype) -> None:
         assert torch.equal(static(max_new_tokens=16, **inputs), expected)
         assert torch.equal(graphed(max_new_tokens=16, **inputs), expected)
     assert graphed.graphs  # the step really was captured
+
+
+def lf_predict_kwargs(model) -> dict:
+    """What LLaMA-Factory's ``do_predict`` passes to ``generate`` with ``do_sample: false`` (generating_args + ids)."""
+    config = model.generation_config
+    eos = config.eos_token_id
+    return dict(
+        do_sample=False,
+        temperature=0.95,
+        top_p=0.7,
+        top_k=50,
+        num_beams=1,
+        max_new_tokens=10,
+        repetition_penalty=1.0,
+        length_penalty=1.0,
+        eos_token_id=[*([eos] if isinstance(eos, int) else eos)],
+        pad_token_id=config.pad_token_id,
+        synced_gpus=False,
+    )
+
+
+def test_generate_routes_plain_greedy_calls_and_keeps_the_tokens(loaded) -> None:
+    """``generate`` itself (the do_predict path) takes the static-cache decoder for plain greedy calls only."""
+    model, processor = loaded
+    inputs = processor.asr_inputs(waves(), ["transcribe"] * len(SECONDS))
+    kwargs = lf_predict_kwargs(model)
+    expected = model.generate(**inputs, **kwargs, fast_greedy=False)
+    model.__dict__.pop("_fast_greedy_decoders", None)
+    assert torch.equal(model.generate(**inputs, **kwargs, fast_greedy="static"), expected)
+    decoder = model.__dict__["_fast_greedy_decoders"]["static"]
+    assert decoder.states  # it really ran
+    decoder.states.clear()
+    sampled = model.generate(**inputs, **{**kwargs, "do_sample": True}, fast_greedy="static")
+    penalised = model.generate(**inputs, **{**kwargs, "repetition_penalty": 1.3}, fast_greedy="static")
+    assert not decoder.states  # sampling and penalties stay with transformers' loop
+    assert sampled.shape[0] == penalised.shape[0] == expected.shape[0]
+    model.generate(**inputs, **kwargs)  # CPU default: transformers' loop (the graphs are CUDA-only)
+    assert not decoder.states and set(model.__dict__["_fast_greedy_decoders"]) == {"static"}

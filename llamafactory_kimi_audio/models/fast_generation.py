@@ -21,6 +21,7 @@ import torch
 
 from .masks import default_position_ids
 
+MAX_STATES = 4  # caches (and graphs) kept between calls, least recently used dropped first
 LENGTH_BUCKET = 64  # cache lengths are rounded up to this, so batches of similar prompts share one captured graph
 CHECK_EVERY = 8  # steps between the host checks "has every row finished?" (the only syncs of the loop)
 DECODE_MODES = ("auto", "graph", "static", "generate")
@@ -96,7 +97,7 @@ def decode_step(model: Any, state: DecodeState) -> torch.Tensor:
 class GraphedStep:
     """``decode_step`` captured once as a CUDA graph; ``run`` replays it (inputs are read from ``state``)."""
 
-    def __init__(self, model: Any, state: DecodeState, pool: Any = None):
+    def __init__(self, model: Any, state: DecodeState):
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up outside capture (kernel selection, workspace allocation)
@@ -104,7 +105,7 @@ class GraphedStep:
                 decode_step(model, state)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        with torch.cuda.graph(self.graph):
             self.next_tokens = decode_step(model, state)
 
     def run(self) -> torch.Tensor:
@@ -125,7 +126,6 @@ class FastGreedy:
         self.mode = mode
         self.states: dict[tuple[int, int], DecodeState] = {}
         self.graphs: dict[tuple[int, int], GraphedStep] = {}
-        self.pool = None
 
     def use_graph(self, device: torch.device) -> bool:
         if self.mode == "graph" and device.type != "cuda":
@@ -134,7 +134,13 @@ class FastGreedy:
 
     def state_for(self, batch: int, max_len: int, device: torch.device) -> DecodeState:
         key = (batch, max_len)
-        if key not in self.states:
+        if key in self.states:
+            self.states[key] = self.states.pop(key)  # most recently used last
+        else:
+            while len(self.states) >= MAX_STATES:
+                oldest = next(iter(self.states))
+                del self.states[oldest]
+                self.graphs.pop(oldest, None)
             long = {"dtype": torch.long, "device": device}
             self.states[key] = DecodeState(
                 StaticKVCache(max_len),
@@ -147,9 +153,20 @@ class FastGreedy:
         return self.states[key]
 
     @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, **audio: Any):
-        """``[B, L + T]`` ids like ``generate``'s: the prompt, then the greedy tokens (pad after EOS)."""
-        eos, pad = stop_ids(self.model)
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        max_new_tokens: int,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        **audio: Any,
+    ) -> torch.Tensor:
+        """``[B, L + T]`` ids like ``generate``'s: the prompt, then the greedy tokens (pad after EOS). EOS / pad
+        default to the model's generation config."""
+        eos, pad = stop_ids(self.model, eos_token_id, pad_token_id)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         batch, length = input_ids.shape
         state = self.state_for(batch, cache_length(length, max_new_tokens), input_ids.device)
         next_tokens = self.prefill(state, input_ids, attention_mask, audio)
@@ -196,21 +213,21 @@ class FastGreedy:
         if not self.use_graph(device):
             return lambda: decode_step(self.model, state)
         key = (state.tokens.shape[0], state.cache.max_len)
-        if key not in self.graphs:
-            self.pool = self.pool or torch.cuda.graph_pool_handle()
-            self.graphs[key] = GraphedStep(self.model, state, self.pool)
+        if key not in self.graphs:  # one private memory pool per graph: replays of different graphs never collide
+            self.graphs[key] = GraphedStep(self.model, state)
         return self.graphs[key].run
 
 
-def stop_ids(model: Any) -> tuple[torch.Tensor, int]:
-    """EOS ids (a tensor for ``isin``) and the pad id of the model's generation config, as ``generate`` uses them."""
+def stop_ids(model: Any, eos: Any = None, pad: int | None = None) -> tuple[torch.Tensor, int]:
+    """EOS ids (a tensor for ``isin``) and the pad id: the given ones, else the model's generation config's."""
     config = model.generation_config
-    eos = config.eos_token_id
+    eos = config.eos_token_id if eos is None else eos
     eos = [eos] if isinstance(eos, int) else list(eos or [])
-    if not eos or config.pad_token_id is None:
-        raise ValueError("fast greedy decoding needs eos_token_id and pad_token_id in the generation config")
+    pad = config.pad_token_id if pad is None else pad
+    if not eos or pad is None:
+        raise ValueError("fast greedy decoding needs eos_token_id and pad_token_id (give them or set the config's)")
     device = model.get_input_embeddings().weight.device
-    return torch.tensor(eos, device=device), int(config.pad_token_id)
+    return torch.tensor(eos, device=device), int(pad)
 
 
 def finished_length(generated: torch.Tensor, eos: torch.Tensor) -> int:
@@ -219,3 +236,46 @@ def finished_length(generated: torch.Tensor, eos: torch.Tensor) -> int:
     if not bool(hits.any(dim=1).all()):
         return generated.shape[1]
     return int(hits.int().argmax(dim=1).max()) + 1
+
+
+# ------------------------------------------------------------------------------------------- generate() routing
+INPUT_KEYS = frozenset({"input_ids", "attention_mask", "generation_prompt_length"})
+# generate() arguments that leave plain greedy decoding plain greedy at these values (None: not given)
+NEUTRAL = {
+    "do_sample": (False,),
+    "num_beams": (1,),
+    "num_return_sequences": (1,),
+    "repetition_penalty": (1.0,),
+    "no_repeat_ngram_size": (0,),
+    "min_new_tokens": (0,),
+    "min_length": (0,),
+    "synced_gpus": (False,),
+    "use_cache": (True,),
+    "output_scores": (False,),
+    "return_dict_in_generate": (False,),
+}
+IGNORED_UNDER_GREEDY = frozenset({"temperature", "top_p", "top_k", "length_penalty", "bos_token_id"})
+
+
+def greedy_request(model: Any, kwargs: dict[str, Any], audio_keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """The ``FastGreedy`` arguments of a ``generate(**kwargs)`` call that is plain greedy decoding of a batch of
+    prompts (LLaMA-Factory's ``do_predict`` with ``do_sample: false``), else None (``generate`` handles it)."""
+    if model.training or kwargs.get("inputs_embeds") is not None or kwargs.get("generation_config") is not None:
+        return None
+    known = INPUT_KEYS | set(audio_keys) | set(NEUTRAL) | IGNORED_UNDER_GREEDY
+    known |= {"max_new_tokens", "eos_token_id", "pad_token_id"}
+    if set(kwargs) - known:
+        return None
+    config = model.generation_config
+    for key, neutral in NEUTRAL.items():
+        value = kwargs.get(key, getattr(config, key, None))
+        if value is not None and value not in neutral:
+            return None
+    input_ids = kwargs.get("input_ids")
+    max_new_tokens = kwargs.get("max_new_tokens") or config.max_new_tokens
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or not max_new_tokens:
+        return None
+    request = {key: kwargs[key] for key in ("input_ids", "attention_mask", *audio_keys) if key in kwargs}
+    request.update(max_new_tokens=int(max_new_tokens))
+    request.update(eos_token_id=kwargs.get("eos_token_id"), pad_token_id=kwargs.get("pad_token_id"))
+    return request
