@@ -19,7 +19,7 @@ import torch
 from ..errors import InputError, ModelError
 from ..versions import DTYPE_KWARG
 
-PREFETCH_BATCHES = 2  # batches whose audio is read and featurised on CPU threads while the GPU decodes
+PREFETCH_BATCHES = 3  # batches whose audio is read and featurised on CPU threads while the GPU decodes
 PROGRESS_EVERY_S = 30.0  # seconds between progress lines when stderr is not a terminal
 
 
