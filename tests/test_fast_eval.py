@@ -169,3 +169,20 @@ def test_generate_routes_plain_greedy_calls_and_keeps_the_tokens(loaded) -> None
     assert sampled.shape[0] == penalised.shape[0] == expected.shape[0]
     model.generate(**inputs, **kwargs)  # CPU default: transformers' loop (the graphs are CUDA-only)
     assert not decoder.states and set(model.__dict__["_fast_greedy_decoders"]) == {"static"}
+
+
+def test_single_query_attention_equals_repeated_kv_sdpa() -> None:
+    """A decode step's grouped-query attention without the 7x K/V copy gives transformers' SDPA result."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from llamafactory_kimi_audio.models.attention import single_query_attention
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 28, 1, 16, generator=generator)
+    k, v = (torch.randn(3, 4, 40, 16, generator=generator) for _ in range(2))
+    allowed = torch.rand(3, 40, generator=generator) > 0.3
+    allowed[:, 0] = True
+    bias = torch.zeros(3, 1, 1, 40).masked_fill(~allowed[:, None, None], torch.finfo(torch.float32).min)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, 7), repeat_kv(v, 7), attn_mask=bias)
+    got = single_query_attention(q, k, v, bias, 7)
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=1e-5, atol=1e-6)
