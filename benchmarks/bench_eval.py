@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--generate-batch-sizes", default="8,32", help="batch sizes at which `generate` runs")
     parser.add_argument("--samples", type=int, default=None, help="corpus size (default 512, tiny 16)")
+    parser.add_argument("--generate-samples", type=int, default=128, help="utterances for `generate` (default 128)")
     parser.add_argument("--new-tokens", type=int, default=20, help="decode steps per utterance (default 20)")
     parser.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/kimi_bench"))
     parser.add_argument("--out", default=None, help="append one JSON line per case")
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in sizes:
             if decode == "generate" and batch not in generate_sizes:
                 continue
-            row = {"startup_s": startup, **run_case(model, processor, audios, batch, decode, a)}
+            clips = audios[: a.generate_samples] if decode == "generate" else audios
+            row = {"startup_s": startup, **run_case(model, processor, clips, batch, decode, a)}
             row["aishell_test_minutes"] = projected_minutes(row, startup)
             rows.append(row)
             print("[bench_eval] " + json.dumps(row), flush=True)

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.utils import logging
 
 from .masks import default_position_ids
+
+logger = logging.get_logger(__name__)
 
 MAX_STATES = 4  # caches (and graphs) kept between calls, least recently used dropped first
 LENGTH_BUCKET = 64  # cache lengths are rounded up to this, so batches of similar prompts share one captured graph
@@ -214,7 +217,12 @@ class FastGreedy:
             return lambda: decode_step(self.model, state)
         key = (state.tokens.shape[0], state.cache.max_len)
         if key not in self.graphs:  # one private memory pool per graph: replays of different graphs never collide
-            self.graphs[key] = GraphedStep(self.model, state)
+            try:
+                self.graphs[key] = GraphedStep(self.model, state)
+            except RuntimeError as error:  # e.g. a quantised layer that syncs with the host: run the step eagerly
+                logger.warning("decode step not capturable as a CUDA graph (%s); running it eagerly", error)
+                self.mode = "static"
+                return lambda: decode_step(self.model, state)
         return self.graphs[key].run
 
 
