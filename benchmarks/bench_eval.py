@@ -7,6 +7,7 @@ start-up is the real ``load_for_inference`` from disk. The corpus is ``common.ma
 weights never emit EOS, so every utterance decodes ``--new-tokens`` steps (default 20: ~15 characters + EOS).
 
     python benchmarks/bench_eval.py --tiny                       # CPU, tiny checkpoint, < 2 minutes
+    python benchmarks/bench_eval.py --prepare-only               # one GPU: write the random checkpoint (~18 GB)
     python benchmarks/bench_eval.py --batch-sizes 8,16,32,64     # one GPU, full size
 
 Per batch size and decoder (``--decode``, default ``auto,generate``; ``generate`` = transformers' generate, the
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=20, help="decode steps per utterance (default 20)")
     parser.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/kimi_bench"))
     parser.add_argument("--out", default=None, help="append one JSON line per case")
+    parser.add_argument("--prepare-only", action="store_true", help="write the checkpoint and corpus, then stop")
     a = parser.parse_args(argv)
     a.samples = a.samples or (16 if a.tiny else 512)
     sizes = [int(x) for x in (a.batch_sizes or ("4,8" if a.tiny else "8,16,32,64")).split(",") if x]
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     model_dir, audios = prepare(a)
+    if a.prepare_only:
+        return 0
 
     from llamafactory_kimi_audio.eval.transcribe import load_for_inference
 
