@@ -82,6 +82,8 @@ def test_graph_mode_needs_cuda_and_penalty_needs_generate(loaded, tmp_path: Path
     sf.write(path, waves()[0], 16000)
     with pytest.raises(ValueError, match="--repetition-penalty needs --decode generate"):
         transcribe(model, processor, [str(path)], ["t"], Generation(1, 1.2, 2, "static"), progress=False)
+    with pytest.raises(ValueError, match="--decode graph needs a CUDA device"):
+        transcribe(model, processor, [str(path)], ["t"], Generation(1, 1.0, 2, "graph"), progress=False)
 
 
 def test_transcripts_in_input_order_equal_generate(loaded, tmp_path: Path) -> None:

@@ -139,6 +139,8 @@ def decoder_for(model: Any, generation: Generation) -> Callable[..., torch.Tenso
     penalised = generation.repetition_penalty != 1.0
     if penalised and generation.decode in ("graph", "static"):
         raise InputError(f"--decode {generation.decode} is greedy only; --repetition-penalty needs --decode generate")
+    if generation.decode == "graph" and model.device.type != "cuda":
+        raise InputError(f"--decode graph needs a CUDA device (the model is on {model.device}); use auto or static")
     if generation.decode == "generate" or penalised:
         return lambda **inputs: model.generate(
             **inputs,
