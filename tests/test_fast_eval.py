@@ -200,3 +200,17 @@ def test_single_query_attention_equals_repeated_kv_sdpa() -> None:
     expected = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, 7), repeat_kv(v, 7), attn_mask=bias)
     got = single_query_attention(q, k, v, bias, 7)
     torch.testing.assert_close(got, expected.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_decode_step_has_no_host_sync(loaded) -> None:
+    """What CUDA-graph capture needs, checked on CPU: the step traces as one graph, without a break for a
+    data-dependent branch (``bool(tensor)``, ``.item()``, ``.tolist()``: each would be a host sync on CUDA)."""
+    from llamafactory_kimi_audio.models.fast_generation import decode_step
+
+    model, processor = loaded
+    fast = FastGreedy(model, "static")
+    fast(max_new_tokens=2, **processor.asr_inputs(waves(), ["transcribe"] * len(SECONDS)))
+    state = next(iter(fast.states.values()))
+    with torch.no_grad():
+        explained = torch._dynamo.explain(decode_step)(model, state)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
