@@ -1,10 +1,10 @@
 """Evaluation speed of ``kimi-audio-lf evaluate --model``: start-up, utterances/s, prefill and decode ms per step,
 and the projected time for the AISHELL-1 test set (7,176 utterances, ~5 s audio, ~15 characters each).
 
-GPU mode writes a full-size checkpoint with random weights once (``common.make_kimi_dir(..., "full")`` for the
-configs, tokenizer, Whisper and GLM-4-Voice; the language model built on the GPU and saved next to them), so the
-start-up is the real ``load_for_inference`` from disk. The corpus is ``common.make_corpus`` with 4-6 s clips. Random
-weights never emit EOS, so every utterance decodes ``--new-tokens`` steps (default 20: ~15 characters + EOS).
+GPU mode writes a full-size checkpoint with random weights once (``common.make_kimi_dir(..., "full")``, then
+``bench_dist.save_random_checkpoint``: the official layout, ~18 GB), so the start-up is the real
+``load_for_inference`` from disk. The corpus is ``common.make_corpus`` with 4-6 s clips. Random weights never emit
+EOS, so every utterance decodes ``--new-tokens`` steps (default 20: ~15 characters + EOS).
 
     python benchmarks/bench_eval.py --tiny                       # CPU, tiny checkpoint, < 2 minutes
     python benchmarks/bench_eval.py --prepare-only               # one GPU: write the random checkpoint (~18 GB)
@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_dist  # noqa: E402
 import common  # noqa: E402
 
 AISHELL_TEST_UTTERANCES = 7176
@@ -40,44 +41,13 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def write_full_checkpoint(directory: str) -> None:
-    """Random full-size LM weights saved into the ``make_kimi_dir`` directory (once), so start-up reads them."""
-    import torch
-
-    from llamafactory_kimi_audio.models.checkpoint_io import default_generation_config
-    from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
-    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
-
-    marker = os.path.join(directory, "bench_eval_weights")
-    if os.path.isfile(marker):
-        return
-    t0 = time.perf_counter()
-    config = KimiAudioConfig.from_pretrained(directory)
-    config.attach_audio_dirs(directory)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            model = KimiAudioForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.load_whisper_encoder(directory)
-    model.generation_config = default_generation_config(config)
-    model.save_pretrained(directory, max_shard_size="5GB", safe_serialization=True)
-    del model
-    torch.cuda.empty_cache()
-    open(marker, "w").close()
-    print(f"[bench_eval] random full-size weights written: {time.perf_counter() - t0:.1f}s", flush=True)
-
-
 def prepare(a) -> tuple[str, list[str]]:
     preset = "tiny" if a.tiny else "full"
     work = os.path.abspath(a.work)
-    model_dir = os.path.join(work, f"kimi-{preset}")
     t0 = time.perf_counter()
-    common.make_kimi_dir(model_dir, preset, device="cpu" if a.tiny else "cuda")
-    if not a.tiny:
-        write_full_checkpoint(model_dir)
+    bench_dir = common.make_kimi_dir(os.path.join(work, f"kimi-{preset}"), preset, "cpu" if a.tiny else "cuda")
+    # bench_dist's saved checkpoint (same path: a machine that ran bench_dist already has it)
+    model_dir = bench_dist.save_random_checkpoint(bench_dir, os.path.join(work, f"kimi-{preset}-saved"), a.tiny)
     data_dir = os.path.join(work, f"eval-data-{a.samples}")
     common.make_corpus(data_dir, a.samples, seconds=AISHELL_SECONDS)
     print(f"[bench_eval] model dir + corpus: {time.perf_counter() - t0:.1f}s", flush=True)
