@@ -263,7 +263,22 @@ NEUTRAL = {
     "synced_gpus": (False,),
     "use_cache": (True,),
     "output_scores": (False,),
+    "output_logits": (False,),
     "return_dict_in_generate": (False,),
+    "encoder_repetition_penalty": (1.0,),
+    "guidance_scale": (1.0,),
+    "penalty_alpha": (),  # contrastive search
+    "suppress_tokens": (),  # the token-changing processors: any value falls back to generate
+    "begin_suppress_tokens": (),
+    "bad_words_ids": (),
+    "sequence_bias": (),
+    "forced_bos_token_id": (),
+    "forced_eos_token_id": (),
+    "exponential_decay_length_penalty": (),
+    "stop_strings": (),
+    "max_time": (),
+    "assistant_model": (),
+    "prompt_lookup_num_tokens": (),
 }
 IGNORED_UNDER_GREEDY = frozenset({"temperature", "top_p", "top_k", "length_penalty", "bos_token_id"})
 
@@ -285,6 +300,8 @@ def greedy_request(model: Any, kwargs: dict[str, Any], audio_keys: tuple[str, ..
     input_ids = kwargs.get("input_ids")
     max_new_tokens = kwargs.get("max_new_tokens") or config.max_new_tokens
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or not max_new_tokens:
+        return None
+    if kwargs.get("attention_mask") is None:  # generate would infer one from the pad id
         return None
     request = {key: kwargs[key] for key in ("input_ids", "attention_mask", *audio_keys) if key in kwargs}
     request.update(max_new_tokens=int(max_new_tokens))
