@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_run.sh bench   # GPU 0: bench_train.py; GPU 1: bench_precompute.py, then the saved checkpoint
 #   bash benchmarks/gpu_run.sh dist    # both GPUs: bench_dist.py (DDP, ZeRO-2, ZeRO-3, full + ZeRO-3)
 #   bash benchmarks/gpu_run.sh scale   # GPU 0: bench_scale.py (issue 20), SCALE_HOURS=1,10 by default
+#   bash benchmarks/gpu_run.sh eval    # GPU 0: the CUDA tests of the fast decoder, then bench_eval.py (issue 21)
 # On a one-GPU machine (nvidia-h200) set SKIP_PRECOMPUTE=1 SKIP_DIST_PREPARE=1 for `bench` (the GPU 1 jobs).
 # Results land in $OUT (default /tmp/bench_out). Each phase re-creates what it needs if the machine is fresh.
 set -uo pipefail
@@ -83,5 +84,17 @@ scale)
   # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=0 python3 benchmarks/bench_scale.py --device cuda --hours "${SCALE_HOURS:-1,10}" --ranks 8 \
     --workers 4 --out "$OUT/scale.jsonl" 2>&1 | tee "$OUT/scale.log" | grep -v Warning
+  ;;
+eval)
+  # issue 21 item 5: the fast decoder's CUDA tests (graph vs transformers' loop), then evaluation speed on the
+  # full-size random checkpoint (written once: run EVAL_ARGS=--prepare-only first if a call must stay short)
+  export PYTHONPATH="$PWD:$PYTHONPATH"  # this checkout's package even if the wheel in .whl/ is older
+  CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q -p no:cacheprovider tests/test_fast_eval.py -k cuda \
+    > "$OUT/pytest_eval.log" 2>&1
+  tail -5 "$OUT/pytest_eval.log"
+  # EVAL_ARGS: e.g. "--batch-sizes 32,64 --decode auto"
+  # shellcheck disable=SC2086
+  CUDA_VISIBLE_DEVICES=0 python3 benchmarks/bench_eval.py --out "$OUT/eval.jsonl" ${EVAL_ARGS:-} 2>&1 \
+    | tee "$OUT/eval.log" | grep -v Warning
   ;;
 esac

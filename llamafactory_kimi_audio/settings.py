@@ -98,6 +98,13 @@ SETTINGS: tuple[Setting, ...] = (
         "At train begin, keep the frozen MIMO branch + audio head (and Whisper, with a feature cache) in host memory "
         "until a batch uses them (0: everything stays on the GPU).",
     ),
+    Setting(
+        "KIMI_AUDIO_FAST_GREEDY",
+        True,
+        "switch",
+        "Greedy generate() on CUDA (do_predict with do_sample: false) uses a static KV cache and a CUDA-graphed "
+        "decode step, same tokens (0: transformers' own loop).",
+    ),
     Setting("KIMI_AUDIO_DEFAULT_INSTRUCTION", "", "text", "Instruction used when a sample has no user text."),
     Setting("KIMI_AUDIO_SEMANTIC_TOKENIZER", "", "text", "Directory of the GLM-4-Voice tokenizer, if not beside."),
     Setting(

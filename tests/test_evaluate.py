@@ -340,7 +340,7 @@ def test_model_path_transcribes_with_the_real_model(tiny_checkpoint, test_set: P
     assert code == 0, err
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
     assert summary["model"] == str(tiny_checkpoint.path) and summary["n"] == 3
-    assert summary["generation"] == {"batch_size": 2, "repetition_penalty": 1.0, "max_new_tokens": 4}
+    assert summary["generation"] == {"batch_size": 2, "repetition_penalty": 1.0, "max_new_tokens": 4, "decode": "auto"}
     assert summary["dataset"] == str(test_set)
     rows = [json.loads(x) for x in (tmp_path / "ev" / "utterances.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in rows] == ["a", "b", "c"] and all(isinstance(r["hyp"], str) for r in rows)

@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per generate call (default: 8)")
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="default: 1.0 (none)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="default: 256")
+    parser.add_argument(
+        "--decode",
+        default="auto",
+        choices=["auto", "graph", "static", "generate"],
+        help="greedy decoder: auto (static KV cache, CUDA-graphed step on CUDA), graph, static, or generate "
+        "(transformers' generate, the reference; also used with --repetition-penalty) (default: auto)",
+    )
     parser.add_argument("--device", help="e.g. cuda:0 (default: automatic)")
     parser.add_argument("--encoding", default="auto", help="text encoding of CSV inputs (default: auto)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the histogram PNG")
@@ -119,7 +126,7 @@ def _model_args(args: argparse.Namespace) -> tuple[list, dict]:
     items = load_test_set(args.data, args.root, args.encoding)
     require_audio(items)
     model, processor = load_for_inference(args.model, args.adapter, args.device)
-    generation = Generation(args.batch_size, args.repetition_penalty, args.max_new_tokens)
+    generation = Generation(args.batch_size, args.repetition_penalty, args.max_new_tokens, args.decode)
     meta = {"model": args.model, "adapter": args.adapter, "dataset": os.path.abspath(args.data)}
     loaded = {"model": model, "processor": processor, "generation": generation, "instruction": args.instruction}
     return items, {**loaded, "meta": meta}

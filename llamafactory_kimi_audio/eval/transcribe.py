@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..versions import DTYPE_KWARG
+
+PREFETCH_BATCHES = 3  # batches whose audio is read and featurised on CPU threads while the GPU decodes
+PROGRESS_EVERY_S = 30.0  # seconds between progress lines when stderr is not a terminal
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,8 @@ class Generation:
     batch_size: int = 8
     repetition_penalty: float = 1.0
     max_new_tokens: int = 256
+    # auto: static KV cache + CUDA-graphed step on CUDA, static cache on CPU; graph / static; generate: model.generate
+    decode: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,7 +66,7 @@ def load_for_inference(model_path: str, adapter_path: str | None = None, device:
     check_model_dir(model_path, adapter_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    model = KimiAudioForCausalLM.from_pretrained(model_path, **{DTYPE_KWARG: dtype})
+    model = load_weights(KimiAudioForCausalLM, model_path, dtype, device)
     if adapter_path:
         from peft import PeftModel
 
@@ -69,9 +76,80 @@ def load_for_inference(model_path: str, adapter_path: str | None = None, device:
     return model.to(device).eval(), processor
 
 
+def load_weights(model_class: Any, model_path: str, dtype: torch.dtype, device: str):
+    """Straight onto the GPU (no 16 GB copy through host memory first); the host route if that placement fails."""
+    if device.startswith("cuda"):
+        try:
+            return model_class.from_pretrained(model_path, device_map={"": device}, **{DTYPE_KWARG: dtype})
+        except (RuntimeError, ValueError, ImportError, NotImplementedError):
+            pass
+    return model_class.from_pretrained(model_path, **{DTYPE_KWARG: dtype})
+
+
 def batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def prefetched(function: Callable[[Any], Any], chunks: list, ahead: int = PREFETCH_BATCHES) -> Iterator[Any]:
+    """``function(chunk)`` for every chunk in order, the next ``ahead`` computed on worker threads meanwhile (audio
+    decoding and feature extraction overlap the model's work; numpy and torch release the GIL)."""
+    with ThreadPoolExecutor(max_workers=max(1, ahead)) as pool:
+        pending = [pool.submit(function, chunk) for chunk in chunks[:ahead]]
+        for index in range(len(chunks)):
+            if index + ahead < len(chunks):
+                pending.append(pool.submit(function, chunks[index + ahead]))
+            yield pending.pop(0).result()
+
+
+class ProgressLines:
+    """Plain progress lines (done / total, utt/s, ETA) for logs: tqdm's bar is off when stderr is not a terminal."""
+
+    def __init__(self, total: int, stream: TextIO, every_s: float = PROGRESS_EVERY_S):
+        self.total, self.stream, self.every_s = total, stream, every_s
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+
+    def update(self, count: int) -> None:
+        self.done += count
+        now = time.perf_counter()
+        if self.done == count or self.done >= self.total or now - self.last >= self.every_s:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate else 0.0
+            print(
+                f"transcribe: {self.done}/{self.total} utterances, {rate:.2f} utt/s, ETA {format_seconds(eta)}",
+                file=self.stream,
+                flush=True,
+            )
+
+
+def format_seconds(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def decoder_for(model: Any, generation: Generation) -> Callable[..., torch.Tensor]:
+    """``(**inputs) -> ids``: the fast greedy decoder (``models/fast_generation.py``), or ``model.generate`` when
+    asked for or when a repetition penalty needs its logits processors."""
+    from ..models.fast_generation import DECODE_MODES, FastGreedy
+
+    if generation.decode not in DECODE_MODES:
+        raise InputError(f"--decode {generation.decode}: use one of {', '.join(DECODE_MODES)}")
+    penalised = generation.repetition_penalty != 1.0
+    if penalised and generation.decode in ("graph", "static"):
+        raise InputError(f"--decode {generation.decode} is greedy only; --repetition-penalty needs --decode generate")
+    if generation.decode == "graph" and model.device.type != "cuda":
+        raise InputError(f"--decode graph needs a CUDA device (the model is on {model.device}); use auto or static")
+    if generation.decode == "generate" or penalised:
+        return lambda **inputs: model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=generation.max_new_tokens,
+            repetition_penalty=generation.repetition_penalty,
+        )
+    fast = FastGreedy(model, generation.decode)
+    return lambda **inputs: fast(max_new_tokens=generation.max_new_tokens, **inputs)
 
 
 def transcribe(
@@ -83,7 +161,7 @@ def transcribe(
     progress: bool = True,
 ) -> list[str]:
     """Greedy transcripts of ``audios`` (paths), one per audio, in order. Batches are sorted by file size to limit
-    padding."""
+    padding (results are put back in input order); the next batches' audio is prepared while one decodes."""
     from tqdm.auto import tqdm
 
     from ..audio_io import load_audio
@@ -91,22 +169,26 @@ def transcribe(
     if len(instructions) != len(audios):
         raise ValueError(f"{len(instructions)} instructions for {len(audios)} audios")
     order = sorted(range(len(audios)), key=lambda i: os.path.getsize(audios[i]) if os.path.isfile(audios[i]) else 0)
+    chunks = list(batches(order, generation.batch_size))
+    decode = decoder_for(model, generation)
     results: dict[int, str] = {}
-    bar = tqdm(total=len(audios), desc="transcribe", unit="utt", disable=None if progress else True, file=sys.stderr)
-    for chunk in batches(order, generation.batch_size):
-        inputs = processor.asr_inputs([load_audio(audios[i]) for i in chunk], [instructions[i] for i in chunk])
+    terminal = sys.stderr.isatty()
+    bar = tqdm(total=len(audios), desc="transcribe", unit="utt", disable=not (progress and terminal), file=sys.stderr)
+    lines = ProgressLines(len(audios), sys.stderr) if progress and not terminal else None
+
+    def prepare(chunk: list[int]) -> dict[str, torch.Tensor]:
+        return processor.asr_inputs([load_audio(audios[i]) for i in chunk], [instructions[i] for i in chunk])
+
+    for chunk, inputs in zip(chunks, prefetched(prepare, chunks)):
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
         with torch.no_grad():
-            output = model.generate(
-                **inputs,
-                do_sample=False,
-                max_new_tokens=generation.max_new_tokens,
-                repetition_penalty=generation.repetition_penalty,
-            )
+            output = decode(**inputs)
         texts = processor.decode_transcripts(output[:, inputs["input_ids"].shape[1] :])
         if len(texts) != len(chunk):
             raise ModelError(f"the model returned {len(texts)} transcripts for a batch of {len(chunk)} audios")
         results.update(zip(chunk, texts))
         bar.update(len(chunk))
+        if lines:
+            lines.update(len(chunk))
     bar.close()
     return [results[i] for i in range(len(audios))]

@@ -58,6 +58,7 @@ def make_speed_switches(original):
             original(config, tokenizer, model_args, init_kwargs, is_trainable, *args, **kwargs)
         config.use_varlen_attention = settings.enabled("KIMI_AUDIO_VARLEN_ATTENTION")
         config.compile_pointwise = compile_mode(settings.get("KIMI_AUDIO_COMPILE_POINTWISE"), is_trainable, model_args)
+        config.fast_greedy = settings.enabled("KIMI_AUDIO_FAST_GREEDY")
 
     return patch_config
 

@@ -50,6 +50,15 @@ def eager_attention_forward(
     return torch.matmul(probs, value).transpose(1, 2), probs
 
 
+def single_query_attention(q, k, v, bias: torch.Tensor, groups: int) -> torch.Tensor:
+    """A decode step (one query per row) under a padding / cache bias, as [B, 1, H, D]. The G query heads of each
+    KV head become G query rows, so SDPA reads the cache once: transformers' SDPA path copies K/V G times (7x here)
+    whenever a mask is given, which at batch 32+ moves more bytes per step than the weights."""
+    batch, heads, _, dim = q.shape
+    out = F.scaled_dot_product_attention(q.reshape(batch, heads // groups, groups, dim), k, v, attn_mask=bias)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2)
+
+
 def attention_function(implementation: str | None, mask: Any):
     if isinstance(mask, PackedSequences):  # packed rows: one causal sequence per utterance
         return ALL_ATTENTION_FUNCTIONS[VARLEN_ATTENTION]
@@ -82,7 +91,16 @@ class KimiAudioAttention(nn.Module):
         q, k = fused(rotary, self.config.compile_pointwise)(q, k, *position_embeddings)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
-        attention = attention_function(getattr(self.config, "_attn_implementation", None), attention_bias)
+        implementation = getattr(self.config, "_attn_implementation", None)
+        if (
+            length == 1
+            and not self.training
+            and isinstance(attention_bias, torch.Tensor)
+            and implementation in (None, "sdpa")
+        ):
+            out = single_query_attention(q, k, v, attention_bias, self.num_key_value_groups)
+            return self.o_proj(out.reshape(batch, length, -1))
+        attention = attention_function(implementation, attention_bias)
         dropout = self.config.attention_dropout if self.training else 0.0
         out, _ = attention(self, q, k, v, attention_bias, dropout=dropout, is_causal=is_causal)
         return self.o_proj(out.reshape(batch, length, -1))

@@ -19,7 +19,7 @@ OFFICIAL_AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_moonshot_kimia.MoonshotKimiaForCausalLM",
 }
 LOSS_REDUCTIONS = ("sample", "token")  # the official per-utterance mean, or the mean over all labelled tokens
-RUNTIME_SWITCHES = ("use_varlen_attention", "compile_pointwise")
+RUNTIME_SWITCHES = ("use_varlen_attention", "compile_pointwise", "fast_greedy")
 WHISPER_SUBDIR = "whisper-large-v3"
 SEMANTIC_SUBDIR = "glm-4-voice-tokenizer"
 
@@ -60,6 +60,7 @@ class KimiAudioConfig(PretrainedConfig):
         loss_reduction: str = "sample",
         use_varlen_attention: bool = True,
         compile_pointwise: str = "off",
+        fast_greedy: bool = True,
         **kwargs: Any,
     ):
         rope_theta = plain_rope_theta(
@@ -99,6 +100,7 @@ class KimiAudioConfig(PretrainedConfig):
         # Speed switches of this process (set by the LLaMA-Factory integration from its settings); never saved.
         self.use_varlen_attention = bool(use_varlen_attention)
         self.compile_pointwise = compile_pointwise
+        self.fast_greedy = bool(fast_greedy)  # greedy generate() on CUDA: static cache + CUDA graph (fast_generation)
         kwargs.setdefault("architectures", [OFFICIAL_ARCHITECTURE])
         kwargs.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
         kwargs.pop("model_type", None)  # an official export's "qwen2" would shadow the class's model_type

@@ -32,6 +32,7 @@ from .attention import KimiAudioAttention
 from .checkpoint_io import OfficialLayoutMixin
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
 from .constants import SAMPLES_PER_TOKEN
+from .fast_generation import FastGreedy, greedy_request
 from .masks import attention_bias, default_position_ids, packed_segments, warn_if_packed_without_blocks
 from .packed_attention import packed_sequences, varlen_applies
 from .pointwise import fused, fused_layer, rms_norm, swiglu
@@ -460,12 +461,36 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
 
         return generate_speech(self, input_ids, output_type=output_type, **kwargs)
 
-    def generate(self, inputs: torch.Tensor | None = None, *args: Any, **kwargs: Any):
-        """Records the prompt length: without a KV cache the generated ids must still be embedded as text (§7)."""
+    def generate(
+        self, inputs: torch.Tensor | None = None, *args: Any, fast_greedy: bool | str | None = None, **kwargs
+    ):
+        """Records the prompt length: without a KV cache the generated ids must still be embedded as text (§7).
+
+        Plain greedy calls (no sampling, beams or penalties; LLaMA-Factory's ``do_predict`` with ``do_sample: false``)
+        on CUDA run ``fast_generation.FastGreedy``: a static KV cache and a CUDA-graphed decode step, same tokens.
+        ``fast_greedy``: None = ``config.fast_greedy`` (default on), False = transformers' loop, ``"static"`` /
+        ``"graph"`` = that decoder (``"static"`` also on CPU)."""
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
         if isinstance(prompt, torch.Tensor) and prompt.ndim == 2 and not prompt.is_floating_point():
             kwargs.setdefault("generation_prompt_length", prompt.shape[1])
+        decoder = self.fast_greedy_decoder(fast_greedy) if not args else None
+        request = greedy_request(self, {**kwargs, "input_ids": prompt}, AUDIO_INPUT_KEYS) if decoder else None
+        if request is not None:
+            with torch.no_grad():
+                return decoder(**request)
         return super().generate(inputs, *args, **kwargs)
+
+    def fast_greedy_decoder(self, mode: bool | str | None) -> FastGreedy | None:
+        """The kept ``FastGreedy`` of ``mode`` (its caches and graphs are reused between calls), or None."""
+        mode = getattr(self.config, "fast_greedy", True) if mode is None else mode
+        if mode is True:
+            mode = "graph" if self.device.type == "cuda" else None
+        if not mode:
+            return None
+        decoders = self.__dict__.setdefault("_fast_greedy_decoders", {})
+        if mode not in decoders:
+            decoders[mode] = FastGreedy(self, mode)
+        return decoders[mode]
 
     def prepare_inputs_for_generation(
         self,
