@@ -3,7 +3,9 @@ in the feature cache, so each clip is encoded once per cache (epoch 2 onwards re
 
 ``attach(model)`` wraps one ``KimiAudioForCausalLM`` instance: ``forward`` takes the batch's ``audio_cache_meta``
 (``collate_inputs.py``), ``frame_inputs`` splits what it computed per clip and appends the missing clips to this
-process's own shards, and ``generate`` drops the meta (evaluation batches). Each process logs one line when
+process's own shards, and ``generate`` drops the meta (evaluation batches). In a batch with speech-output targets
+the model listens only to the input clips: those are stored with their rows, the targets with their codes only (a
+target clip later used as an ASR input runs Whisper online until ``precompute``, which adds the rows). Each process logs one line when
 attached and one at exit: hits, misses and writes.
 """
 
@@ -51,12 +53,11 @@ class CacheCounters:
         start = row = 0
         for frames, missing, *flags in clips:
             listened = flags[0] if flags else True
-            if missing is not None:
+            if missing is not None:  # a speech target is stored codes-only: the model never listens to it
                 self.misses += 1
-                if listened or codes_only:
-                    clip_rows = rows[row : row + frames] if listened and not codes_only else None
-                    cache.write(ClipKey(*missing), codes[start : start + frames], clip_rows)
-                    self.writes += 1
+                clip_rows = rows[row : row + frames] if listened and not codes_only else None
+                cache.write(ClipKey(*missing), codes[start : start + frames], clip_rows)
+                self.writes += 1
             start += frames
             row += frames if listened else 0
 
@@ -113,11 +114,9 @@ def attach(model: Any) -> CacheCounters:
         codes, rows = frame_inputs(input_ids, is_frame, num_frames, audio, is_input)
         if pending:
             meta = pending.pop()
-            # copies to the host only for batches with clips to store. A speech target (codes, no Whisper rows) is
-            # stored only in a codes-only cache: in a full cache a rowless entry would send every later batch that
-            # listens to the same clip (ASR on the clips of a TTS set) to online Whisper, and precompute keeps it
-            storable = meta.get("clips") and _aligned(meta["clips"], is_input)
-            if storable and (rows is not None or meta.get("mode") == "codes"):
+            # copies to the host only for batches with clips to store; speech targets (no Whisper rows) are stored
+            # codes-only, input clips with the rows of their own frames
+            if meta.get("clips") and _aligned(meta["clips"], is_input):
                 counters.record(meta, codes.detach().cpu(), None if rows is None else rows.detach().cpu())
             else:
                 counters.hits += int(meta.get("hits", 0))
