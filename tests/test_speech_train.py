@@ -178,3 +178,21 @@ def test_evaluate_scores_spoken_answers_by_their_codes(tiny_checkpoint, trained_
     assert [row["target_len"] for row in rows] == [len(target_codes(model, processor, p)) for p in paths.values()]
     errors = sum(r["substitutions"] + r["deletions"] + r["insertions"] for r in rows)
     assert tuned["speech"]["code_error_rate"] == pytest.approx(errors / sum(r["target_len"] for r in rows))
+
+
+def test_chat_of_a_speech_model_shows_text(trained_run):
+    """The Web UI chat (LLaMA-Factory's ChatModel, HF backend, plain and streamed) on a model trained to speak: HF
+    ``generate`` is the official "text" mode, so the answer is text (no detokenizer here, hence no audio)."""
+    from llamafactory.chat import ChatModel
+
+    _, out_dir, _ = trained_run
+    args = {"model_name_or_path": str(out_dir), "template": "kimi_audio", "trust_remote_code": True}
+    chat = ChatModel({**args, "max_new_tokens": 8, "do_sample": False, "infer_backend": "huggingface"})
+    messages = [{"role": "user", "content": f"{INSTRUCTION} hello"}]
+    responses = chat.chat(messages)
+    assert len(responses) == 1 and isinstance(responses[0].response_text, str)
+    assert 0 < responses[0].response_length <= 8
+    assert "".join(chat.stream_chat(messages)) == responses[0].response_text
+    history = [*messages, {"role": "assistant", "content": responses[0].response_text or "hello"}]
+    follow_up = chat.chat([*history, {"role": "user", "content": "again"}])  # the next turn of a Web UI chat
+    assert isinstance(follow_up[0].response_text, str)
