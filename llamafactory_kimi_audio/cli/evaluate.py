@@ -25,6 +25,11 @@ EXAMPLES = """examples:
   kimi-audio-lf evaluate --model models/Kimi-Audio-7B-Instruct --adapter saves/lora --data data/asr_test.json \\
       --out eval/lora --baseline eval/base --max-cer 10%
 
+  kimi-audio-lf evaluate --model saves/tts_merged --data data/tts_test.json --out eval/tts   # spoken answers
+
+A test set whose rows have an assistant <audio> (convert --task tts / spoken-reply) is scored at the code level:
+code error rate and exact match of the greedy spoken answers against the target codes, plus the text stream's CER.
+
 Utterances whose reference is empty are not scored; a warning gives their number and summary.json lists them.
 """
 

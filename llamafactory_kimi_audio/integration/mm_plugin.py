@@ -93,6 +93,8 @@ def speech_targets(batch_ids: list[list[int]], audlens: list[int], tokenizer: An
     from ..models import special_tokens as st
 
     begin, start, end = (tokenizer.convert_tokens_to_ids(t) for t in (st.MEDIA_BEGIN, st.SPEECH_START, st.MSG_END))
+    if not any(start in ids for ids in batch_ids):  # ASR batches: one C-level scan, no per-token Python loop
+        return None
     flags: list[bool] = []
     for ids, count in zip(batch_ids, audlens):
         last_end = max((i for i, token in enumerate(ids) if token == end), default=-1)
