@@ -45,6 +45,9 @@ Cases (``--cases`` picks some):
                          kimi_lora_{48,80,141}gb.yaml), on the random model and the cached corpus; not in the default
                          list. recipe_24gb_unparked / _eager: the default recipe with KIMI_AUDIO_PARK_IDLE=0 /
                          KIMI_AUDIO_COMPILE_POINTWISE=off
+  kimi_speech_mb8[_mimo] speech output (issue 18): the corpus as TTS samples (the transcript spoken with the clip as
+                         the target: codes only, MIMO branch + audio head run), vs kimi_cached_mb8 (ASR, same clips,
+                         similar tokens per sample); LoRA ``all`` (MIMO frozen) or ``all,mimo``; MFU omits MIMO FLOPs
 """
 
 from __future__ import annotations
@@ -133,6 +136,8 @@ KIMI_CASES = {  # in priority order (a --budget cut drops the last ones)
     "kimi_packed1024_mb4_nodrop_layers_walkcount": dict(
         bs=4, packing=1024, lora_dropout=0.0, compile="layers", walk_count=True
     ),
+    "kimi_speech_mb8": dict(bs=8, dataset="bench_tts"),
+    "kimi_speech_mb8_mimo": dict(bs=8, dataset="bench_tts", lora_target="all,mimo"),
 }
 # The shipped recipes as they are (examples/*.yaml: batch, packing, checkpointing, compile auto, parking), only pointed
 # at the random full-size model, the corpus and the feature cache. QLoRA: the bench quantises after from_config (as
@@ -184,11 +189,11 @@ def lf_args(model_dir: str, data_dir: str, out_dir: str, tokenized: str, spec: d
         "stage": "sft",
         "do_train": True,
         "finetuning_type": "lora",
-        "lora_target": "all",
+        "lora_target": spec.get("lora_target", "all"),
         "lora_rank": 16,
         "lora_alpha": 32,
         "lora_dropout": spec.get("lora_dropout", 0.05),
-        "dataset": "bench_asr",
+        "dataset": spec.get("dataset", "bench_asr"),
         "dataset_dir": data_dir,
         "template": "qwen" if text else "kimi_audio",
         "cutoff_len": 1024,
@@ -412,6 +417,31 @@ def forget_compiled() -> None:
     torch._dynamo.reset()
 
 
+def make_tts_set(data_dir: str, asr_tokenized: str) -> str:
+    """The ``bench_asr`` corpus as text -> speech samples ``bench_tts`` (dataset_info entry added); returns the
+    tokenized path of that dataset. The spoken text is the transcript cut to ~1 word/s, so that it fits the rows
+    of its audio (n + 1 <= 6 + N on every tokenizer, byte-level tiny one included)."""
+    from llamafactory_kimi_audio.data.speech_tasks import TTS_INSTRUCTION, tts_row
+
+    with open(os.path.join(data_dir, "bench_asr.json"), encoding="utf-8") as f:
+        asr = json.load(f)
+    rows = []
+    for row in asr:
+        words = row["messages"][1]["content"].split()
+        seconds = len(words) / 2.5  # make_corpus writes ~2.5 words per second of audio
+        text = " ".join(words[: max(1, int(seconds))])
+        rows.append(tts_row(row["id"], text, row["audios"][0], TTS_INSTRUCTION["en"]))
+    with open(os.path.join(data_dir, "bench_tts.json"), "w", encoding="utf-8") as f:
+        json.dump(rows, f)
+    info_path = os.path.join(data_dir, "dataset_info.json")
+    with open(info_path, encoding="utf-8") as f:
+        info = json.load(f)
+    info["bench_tts"] = {**info["bench_asr"], "file_name": "bench_tts.json"}
+    with open(info_path, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    return asr_tokenized + "-tts"
+
+
 def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[str, Any]:
     import torch
     from llamafactory.train.tuner import run_exp
@@ -422,6 +452,8 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     mode = spec.get("mode", "cached")
     model_dir = paths["qwen"] if text else paths["kimi"]
     tokenized = paths["qwen_tok"] if text else paths["kimi_tok"]
+    if spec.get("dataset") == "bench_tts":
+        tokenized = make_tts_set(paths["data"], paths["kimi_tok"])
     os.environ.pop("KIMI_AUDIO_FEATURE_CACHE", None)
     if mode in ("cached", "official"):
         os.environ["KIMI_AUDIO_FEATURE_CACHE"] = paths["cache"]
@@ -556,6 +588,8 @@ RATIO_PAIRS = (
     ("kimi_cached_mb16_group", "qwen_text_mb16_group"),
     ("kimi_cached_mb32_group", "qwen_text_mb32_group"),
     ("kimi_cached_mb32_group", "qwen_text_mb32_group_fused"),
+    ("kimi_speech_mb8", "kimi_cached_mb8"),  # speech output vs ASR on the same clips
+    ("kimi_speech_mb8_mimo", "kimi_cached_mb8"),
 )
 
 

@@ -136,7 +136,7 @@ def test_mixed_asr_and_speech_batch_through_the_collator(template, tok, tokenize
         **tokenizer_module,
     )
     copies = [dict(f) for f in features]  # the collator pops keys
-    batch = collator(features)
+    batch = collator([dict(f) for f in features])
     calls = []
     hook = model.model.mimo_layers[0].register_forward_hook(lambda *a: calls.append(1))
     try:
@@ -147,6 +147,51 @@ def test_mixed_asr_and_speech_batch_through_the_collator(template, tok, tokenize
         hook.remove()
     assert calls == [1, 1]  # the mixed batch and the speech sample; never the ASR sample alone
     torch.testing.assert_close(mixed, (singles[0] + singles[1]) / 2, rtol=1e-4, atol=1e-5)
+
+
+def test_target_audio_gets_no_whisper_features_and_the_loss_is_unchanged(
+    template, tok, tokenizer_module, model, tmp_path
+):
+    """Assistant audio is a target: the collator computes its codes only; the loss equals the one computed with
+    Whisper features of every clip (which the model never used for the target)."""
+    from llamafactory_kimi_audio.audio_io import load_audio
+
+    processor = tokenizer_module["processor"]
+    clip, target = wav(tmp_path, "clip", 6), wav(tmp_path, "tgt", 12)
+    collator = SFTDataCollatorWith4DAttentionMask(
+        template=template,
+        model=model,
+        pad_to_multiple_of=8,
+        label_pad_token_id=IGNORE,
+        attn_implementation="sdpa",
+        compute_dtype=torch.float32,
+        **tokenizer_module,
+    )
+    cases = {
+        "spoken reply": (conv("<audio>", "efg<audio>"), [clip, target]),
+        "tts": (conv("say efg", "<audio>efg"), [target]),
+    }
+    for name, (messages, audios) in cases.items():
+        ids, labels = encode(template, tok, processor, messages, audios)
+        feature = {
+            "input_ids": ids,
+            "attention_mask": [1] * len(ids),
+            "labels": labels,
+            "images": None,
+            "videos": None,
+            "audios": audios,
+        }
+        batch = collator([feature])
+        inputs = audios[:-1]  # the question audio, if any
+        if inputs:
+            assert batch["audio_chunk_tokens"].tolist() == [6], name  # the question's frames only
+            assert batch["audio_input_features"].shape[0] == 1, name
+        else:
+            assert "audio_input_features" not in batch and "audio_chunk_tokens" not in batch, name
+        everything = processor.audio_inputs([load_audio(a) for a in audios])  # the old inputs: log-mels of all
+        old = {**batch, **everything}
+        with torch.no_grad():
+            torch.testing.assert_close(model(**batch).loss, model(**old).loss, rtol=0, atol=0, msg=name)
 
 
 def test_lora_target_mimo_is_opt_in(model):

@@ -125,14 +125,21 @@ def respond(model_dir: Path, text: str, out: Path) -> dict:
     return json.loads(out.with_suffix(".json").read_text())
 
 
-def test_speech_output_training_overfits(tiny_checkpoint, tmp_path):
-    paths = write_dataset(tmp_path)
+@pytest.fixture(scope="module")
+def trained_run(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
+    """(work dir with tts.json, trained model dir, text -> target wav): one training run for the tests below."""
+    workdir = tmp_path_factory.mktemp("speech_train")
+    paths = write_dataset(workdir)
+    return workdir, train(tiny_checkpoint.path, workdir), paths
+
+
+def test_speech_output_training_overfits(tiny_checkpoint, trained_run):
+    tmp_path, out_dir, paths = trained_run
     base = KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).eval()
     processor = KimiAudioProcessor.from_pretrained(tiny_checkpoint.path)
     targets = {text: target_codes(base, processor, path) for text, path in paths.items()}
     assert [len(codes) for codes in targets.values()] == [8, 10]
     before = {text: audio_loss(base, processor, text, codes) for text, codes in targets.items()}
-    out_dir = train(tiny_checkpoint.path, tmp_path)
     trained = KimiAudioForCausalLM.from_pretrained(str(out_dir)).eval()
     for text, codes in targets.items():
         after = audio_loss(trained, processor, text, codes)
@@ -142,3 +149,50 @@ def test_speech_output_training_overfits(tiny_checkpoint, tmp_path):
     record = respond(out_dir, f"{INSTRUCTION} hello", tmp_path / "answer")
     assert record["codes"] == targets["hello"] and record["text"] == "hello"
     assert np.load(tmp_path / "answer.npy").tolist() == [targets["hello"]]
+
+
+def evaluate_cli(model_dir: str, data: Path, out: Path) -> tuple[dict, str]:
+    command = [str(BIN / "kimi-audio-lf"), "evaluate", "--model", model_dir, "--data", str(data), "--out", str(out)]
+    done = subprocess.run(
+        command + ["--device", "cpu"], env=environment(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "summary.json").read_text()), done.stdout
+
+
+def test_evaluate_scores_spoken_answers_by_their_codes(tiny_checkpoint, trained_run):
+    """``kimi-audio-lf evaluate`` on the TTS set: the overfit model's greedy codes are closer to the targets than the
+    untrained model's; the per-utterance rows agree with the totals and with the targets' own codes."""
+    workdir, out_dir, paths = trained_run
+    base, base_out = evaluate_cli(tiny_checkpoint.path, workdir / "tts.json", workdir / "eval_base")
+    tuned, tuned_out = evaluate_cli(str(out_dir), workdir / "tts.json", workdir / "eval_tuned")
+    assert base["speech"]["metric"] == tuned["speech"]["metric"] == "codes"
+    assert base["speech"]["n"] == tuned["speech"]["n"] == len(paths)
+    assert tuned["speech"]["code_error_rate"] < base["speech"]["code_error_rate"]
+    assert tuned["speech"]["exact_match"] > base["speech"]["exact_match"]
+    assert tuned["cer"] < base["cer"]  # the text stream: the answer text itself
+    assert "code error rate" in tuned_out and "code error rate" in (workdir / "eval_tuned" / "report.md").read_text()
+    processor = KimiAudioProcessor.from_pretrained(tiny_checkpoint.path)
+    model = KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).eval()
+    rows = [json.loads(line) for line in (workdir / "eval_tuned" / "speech_utterances.jsonl").read_text().splitlines()]
+    assert [row["target_len"] for row in rows] == [len(target_codes(model, processor, p)) for p in paths.values()]
+    errors = sum(r["substitutions"] + r["deletions"] + r["insertions"] for r in rows)
+    assert tuned["speech"]["code_error_rate"] == pytest.approx(errors / sum(r["target_len"] for r in rows))
+
+
+def test_chat_of_a_speech_model_shows_text(trained_run):
+    """The Web UI chat (LLaMA-Factory's ChatModel, HF backend, plain and streamed) on a model trained to speak: HF
+    ``generate`` is the official "text" mode, so the answer is text (no detokenizer here, hence no audio)."""
+    from llamafactory.chat import ChatModel
+
+    _, out_dir, _ = trained_run
+    args = {"model_name_or_path": str(out_dir), "template": "kimi_audio", "trust_remote_code": True}
+    chat = ChatModel({**args, "max_new_tokens": 8, "do_sample": False, "infer_backend": "huggingface"})
+    messages = [{"role": "user", "content": f"{INSTRUCTION} hello"}]
+    responses = chat.chat(messages)
+    assert len(responses) == 1 and isinstance(responses[0].response_text, str)
+    assert 0 < responses[0].response_length <= 8
+    assert "".join(chat.stream_chat(messages)) == responses[0].response_text
+    history = [*messages, {"role": "assistant", "content": responses[0].response_text or "hello"}]
+    follow_up = chat.chat([*history, {"role": "user", "content": "again"}])  # the next turn of a Web UI chat
+    assert isinstance(follow_up[0].response_text, str)

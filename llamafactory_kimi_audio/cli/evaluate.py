@@ -25,6 +25,11 @@ EXAMPLES = """examples:
   kimi-audio-lf evaluate --model models/Kimi-Audio-7B-Instruct --adapter saves/lora --data data/asr_test.json \\
       --out eval/lora --baseline eval/base --max-cer 10%
 
+  kimi-audio-lf evaluate --model saves/tts_merged --data data/tts_test.json --out eval/tts   # spoken answers
+
+A test set whose rows have an assistant <audio> (convert --task tts / spoken-reply) is scored at the code level:
+code error rate and exact match of the greedy spoken answers against the target codes, plus the text stream's CER.
+
 Utterances whose reference is empty are not scored; a warning gives their number and summary.json lists them.
 """
 
@@ -105,6 +110,13 @@ def run(args: argparse.Namespace) -> int:
             f"{len(result.skipped_empty)} utterances have an empty reference and were not scored (e.g. {examples}); "
             "fix their transcripts or drop them (summary.json lists them)"
         )
+    if result.speech is not None:
+        speech = result.speech
+        print(
+            f"speech: code error rate {100 * speech.code_error_rate:.2f}% · "
+            f"exact match {100 * speech.exact_match:.1f}% · generated/target codes {speech.length_ratio:.3f} · "
+            f"n={speech.n} (code level: no detokenizer)"
+        )
     print_summary(result.report, result.summary, result.paths["report.md"])
     failures, notes = result.gate(args.max_cer, args.max_wer)
     for note in notes:
@@ -119,12 +131,17 @@ def _model_args(args: argparse.Namespace) -> tuple[list, dict]:
     from ..errors import InputError
     from ..eval.evaluation import require_audio
     from ..eval.inputs import load_test_set
+    from ..eval.speech_eval import is_speech_test_set, load_speech_test_set, require_speech_audio
     from ..eval.transcribe import Generation, load_for_inference
 
     if not args.data:
         raise InputError("--model needs --data TEST.json (the utterances to transcribe)")
-    items = load_test_set(args.data, args.root, args.encoding)
-    require_audio(items)
+    if is_speech_test_set(args.data, args.encoding):  # assistant <audio>: spoken answers, scored by their codes
+        items = load_speech_test_set(args.data, args.root, args.encoding)
+        require_speech_audio(items)
+    else:
+        items = load_test_set(args.data, args.root, args.encoding)
+        require_audio(items)
     model, processor = load_for_inference(args.model, args.adapter, args.device)
     generation = Generation(args.batch_size, args.repetition_penalty, args.max_new_tokens, args.decode)
     meta = {"model": args.model, "adapter": args.adapter, "dataset": os.path.abspath(args.data)}

@@ -31,22 +31,27 @@ def enable_write_through() -> None:
     _write_through = True
 
 
-def audio_model_inputs(audios: list[Any], processor: Any) -> dict[str, Any]:
-    """The model inputs of a batch's audios (flat list, in the order of their frames in the ids)."""
+def audio_model_inputs(audios: list[Any], processor: Any, targets: list[bool] | None = None) -> dict[str, Any]:
+    """The model inputs of a batch's audios (flat list, in the order of their frames in the ids). ``targets`` flags
+    the speech-output targets among them: they get codes only, no Whisper input (the model never listens to them)."""
+    listened = None if targets is None or not any(targets) else [not target for target in targets]
     cache = None
     if all(isinstance(a, str) for a in audios):
         cache = process_cache(getattr(processor, "name_or_path", None))
     if cache is None:
-        return _online(audios, processor)
-    return _with_cache(cache, audios, processor)
+        return _online(audios, processor, listened=listened)
+    return _with_cache(cache, audios, processor, listened)
 
 
-def _online(audios: list[Any], processor: Any, with_semantic: bool = True) -> dict[str, Any]:
+def _online(audios: list[Any], processor: Any, with_semantic: bool = True, listened: Any = None) -> dict[str, Any]:
     rate = getattr(processor, "audio_sampling_rate", SAMPLE_RATE)
-    return processor.audio_inputs([load_audio(audio, rate) for audio in audios], with_semantic=with_semantic)
+    waves = [load_audio(audio, rate) for audio in audios]
+    if listened is None:  # keeps the call of processors without the per-clip argument
+        return processor.audio_inputs(waves, with_semantic=with_semantic)
+    return processor.audio_inputs(waves, with_semantic=with_semantic, with_whisper=listened)
 
 
-def _with_cache(cache: FeatureCache, audios: list[str], processor: Any) -> dict[str, Any]:
+def _with_cache(cache: FeatureCache, audios: list[str], processor: Any, listened: Any = None) -> dict[str, Any]:
     import torch
 
     try:
@@ -60,29 +65,33 @@ def _with_cache(cache: FeatureCache, audios: list[str], processor: Any) -> dict[
             f"on the dataset with this model, or unset {STRICT_ENV} to encode missing clips during training"
         )
     if missing:
-        inputs = _online(audios, processor)
+        inputs = _online(audios, processor, listened=listened)
         if _write_through:
-            inputs[META_KEY] = _meta(cache, audios, found, processor)
+            inputs[META_KEY] = _meta(cache, audios, found, listened)
         return inputs
     entries = [cache.read(at, audio) for audio, (_, at) in zip(audios, found)]
     inputs = {"audio_codes": torch.cat([codes for codes, _ in entries])}
-    if all(rows is not None for _, rows in entries):
-        inputs["whisper_features"] = torch.cat([rows for _, rows in entries])
+    heard = [rows for (_, rows), listen in zip(entries, listened or [True] * len(entries)) if listen]
+    if all(rows is not None for rows in heard):
+        if heard:  # rows of the input clips only when the batch has speech targets (the model expects that)
+            inputs["whisper_features"] = torch.cat(heard)
     else:  # codes-only entries: Whisper runs online on the log-mels
-        inputs.update(_online(audios, processor, with_semantic=False))
+        inputs.update(_online(audios, processor, with_semantic=False, listened=listened))
     if _write_through:
         inputs[META_KEY] = _encode({"hits": len(audios)})
     return inputs
 
 
-def _meta(cache: FeatureCache, audios: list[str], found: list, processor: Any) -> Any:
+def _meta(cache: FeatureCache, audios: list[str], found: list, listened: list[bool] | None) -> Any:
+    """Per clip ``[frames, key or None (cached), listened]``: what write-through needs to split and store."""
     from ..audio_io import probe
     from ..models.processing_kimi_audio import num_audio_tokens
 
     clips = []
-    for audio, (key, at) in zip(audios, found):
+    for index, (audio, (key, at)) in enumerate(zip(audios, found)):
         frames = num_audio_tokens(probe(audio).num_samples_16k)
-        clips.append([frames, None] if at is not None else [frames, [key.path, key.size, key.mtime_ns]])
+        stored = None if at is not None else [key.path, key.size, key.mtime_ns]
+        clips.append([frames, stored, True if listened is None else listened[index]])
     hits = sum(1 for _, at in found if at is not None)
     return _encode(
         {"hits": hits, "root": cache.root, "identity": cache.identity, "mode": cache_mode(), "clips": clips}

@@ -3,8 +3,10 @@ in the feature cache, so each clip is encoded once per cache (epoch 2 onwards re
 
 ``attach(model)`` wraps one ``KimiAudioForCausalLM`` instance: ``forward`` takes the batch's ``audio_cache_meta``
 (``collate_inputs.py``), ``frame_inputs`` splits what it computed per clip and appends the missing clips to this
-process's own shards, and ``generate`` drops the meta (evaluation batches). Each process logs one line when
-attached and one at exit: hits, misses and writes.
+process's own shards, and ``generate`` drops the meta (evaluation batches). In a batch with speech-output targets
+the model listens only to the input clips: those are stored with their rows, the targets with their codes only (a
+target clip later used as an ASR input runs Whisper online until ``precompute``, which adds the rows). Each process
+logs one line when attached and one at exit: hits, misses and writes.
 """
 
 from __future__ import annotations
@@ -40,20 +42,36 @@ class CacheCounters:
         return self._caches[(root, identity)]
 
     def record(self, meta: dict[str, Any], codes: Any, rows: Any) -> None:
-        """Count the batch and store its missing clips (``codes`` / ``rows`` cover every clip, in order)."""
+        """Count the batch and store its missing clips: ``codes`` cover every clip in order, ``rows`` the clips the
+        model listened to (all of them, or the input clips of a batch with speech targets)."""
         clips = meta.get("clips")
         self.hits += int(meta.get("hits", 0))
         if not clips:
             return
         cache = self.cache(meta["root"], meta["identity"])
-        start = 0
-        for frames, missing in clips:
-            if missing is not None:
+        codes_only = meta.get("mode") == "codes"
+        start = row = 0
+        for frames, missing, *flags in clips:
+            listened = flags[0] if flags else True
+            if missing is not None:  # a speech target is stored codes-only: the model never listens to it
                 self.misses += 1
-                clip_rows = rows[start : start + frames] if meta.get("mode") != "codes" else None
+                clip_rows = rows[row : row + frames] if listened and not codes_only else None
                 cache.write(ClipKey(*missing), codes[start : start + frames], clip_rows)
                 self.writes += 1
             start += frames
+            row += frames if listened else 0
+
+
+def _aligned(clips: list, is_input: Any) -> bool:
+    """The collator's per-clip "listened" flags name exactly the frames whose Whisper rows the model returned
+    (a batch whose targets the collator did not recognise stores nothing rather than misaligned rows)."""
+    import torch
+
+    flags = [bool(clip[2]) if len(clip) > 2 else True for clip in clips]
+    if is_input is None:
+        return all(flags)
+    expected = torch.cat([torch.full((int(clip[0]),), flag) for clip, flag in zip(clips, flags)])
+    return expected.shape == is_input.shape and bool((expected == is_input.detach().cpu()).all())
 
 
 def _preload(model: Any) -> str:
@@ -96,10 +114,10 @@ def attach(model: Any) -> CacheCounters:
         codes, rows = frame_inputs(input_ids, is_frame, num_frames, audio, is_input)
         if pending:
             meta = pending.pop()
-            # copies to the host only for batches with clips to store; a batch with speech targets (rows of its input
-            # frames only) stores nothing: its clips are encoded again next time, never stored misaligned
-            if meta.get("clips") and is_input is None:
-                counters.record(meta, codes.detach().cpu(), rows.detach().cpu())
+            # copies to the host only for batches with clips to store; speech targets (no Whisper rows) are stored
+            # codes-only, input clips with the rows of their own frames
+            if meta.get("clips") and _aligned(meta["clips"], is_input):
+                counters.record(meta, codes.detach().cpu(), None if rows is None else rows.detach().cpu())
             else:
                 counters.hits += int(meta.get("hits", 0))
         return codes, rows

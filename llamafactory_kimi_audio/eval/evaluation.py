@@ -26,6 +26,7 @@ from .inputs import Paired, TestItem, load_predictions, load_test_set, pair
 from .normalize import detect_language
 from .report import build_summary, load_baseline, write_outputs
 from .scoring import ScoreReport, compare, score
+from .speech_eval import SpeechItem, SpeechScores, is_speech_test_set, load_speech_test_set
 
 
 @dataclass
@@ -36,6 +37,7 @@ class EvalResult:
     summary: dict[str, Any]
     paths: dict[str, str] = field(default_factory=dict)
     label_mismatches: int = 0  # predictions whose own label differs from the test set's reference
+    speech: SpeechScores | None = None  # code-level scores of spoken answers (a speech-output test set)
 
     @property
     def skipped_empty(self) -> list[str]:
@@ -141,7 +143,10 @@ def evaluate(
     if unknown:
         raise TypeError(f"evaluate() got unexpected options: {', '.join(sorted(unknown))}")
     defaults = {"root": None, "encoding": "auto", "instruction": None, "generation": None, "progress": True}
-    paired, found = _paired(data, predictions, model, processor, {**defaults, **options})
+    options = {**defaults, **options}
+    if predictions is None and _is_speech(data, options["encoding"]):
+        return _evaluate_speech(data, model, processor, out_dir, normalizer, language, meta, options)
+    paired, found = _paired(data, predictions, model, processor, options)
     report = score(paired.ids, paired.refs, paired.hyps, normalizer, language, paired.audios)
     if not report.n:
         raise InputError(
@@ -154,3 +159,35 @@ def evaluate(
     if out_dir:
         paths = write_outputs(ensure_writable_dir(out_dir, "out_dir"), report, summary, plot=options.get("plot", True))
     return EvalResult(report, summary, paths, paired.label_mismatches)
+
+
+def _is_speech(data: str | Sequence[Any] | None, encoding: str) -> bool:
+    if isinstance(data, str):
+        return is_speech_test_set(data, encoding)
+    return bool(data) and all(isinstance(item, SpeechItem) for item in data)
+
+
+def _evaluate_speech(data, model, processor, out_dir, normalizer, language, meta, options) -> EvalResult:
+    """Spoken answers (speech_run.py): code error rate and exact match against the target codes + the text CER."""
+    from .speech_run import evaluate_speech
+
+    if model is None or processor is None:
+        raise InputError("a speech-output test set (assistant <audio>) is evaluated with --model (spoken answers)")
+    items = load_speech_test_set(data, options["root"], options["encoding"]) if isinstance(data, str) else data
+    found = {
+        "dataset": os.path.abspath(data) if isinstance(data, str) else None,
+        "model": getattr(getattr(model, "config", None), "_name_or_path", None),
+        "generation": {"speech": "greedy, both heads (official loop)"},
+    }
+    text_report, summary, paths, scores = evaluate_speech(
+        items,
+        model,
+        processor,
+        out_dir,
+        normalizer,
+        language,
+        {**found, **(meta or {})},
+        options["progress"],
+        options.get("plot", True),
+    )
+    return EvalResult(text_report, summary, paths, 0, scores)

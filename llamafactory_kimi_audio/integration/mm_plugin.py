@@ -82,7 +82,27 @@ class KimiAudioPlugin(BasePlugin):
             return {}
         from ..data.collate_inputs import audio_model_inputs
 
-        return audio_model_inputs(audios, processor)  # the feature cache's entries, or the raw audio inputs
+        targets = speech_targets(batch_ids, audlens, processor.tokenizer)
+        return audio_model_inputs(audios, processor, targets)  # the feature cache's entries, or the raw audio inputs
+
+
+def speech_targets(batch_ids: list[list[int]], audlens: list[int], tokenizer: Any) -> list[bool] | None:
+    """Per audio of the batch (in frame order), whether it is a speech-output target (a closed ``SPEECH_START`` span,
+    which holds the text stream) rather than an input (a ``MEDIA_BEGIN`` span); ``None`` when the spans do not
+    match the audios one to one (e.g. a prediction prompt without its answer): every clip is then an input."""
+    from ..models import special_tokens as st
+
+    begin, start, end = (tokenizer.convert_tokens_to_ids(t) for t in (st.MEDIA_BEGIN, st.SPEECH_START, st.MSG_END))
+    if not any(start in ids for ids in batch_ids):  # ASR batches: one C-level scan, no per-token Python loop
+        return None
+    flags: list[bool] = []
+    for ids, count in zip(batch_ids, audlens):
+        last_end = max((i for i, token in enumerate(ids) if token == end), default=-1)
+        found = [token == start for i, token in enumerate(ids) if token == begin or (token == start and i < last_end)]
+        if len(found) != count:
+            return None
+        flags += found
+    return flags if any(flags) else None
 
 
 def audio_token_count(audio: Any) -> int:

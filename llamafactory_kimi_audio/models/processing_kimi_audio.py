@@ -59,18 +59,30 @@ class KimiAudioProcessor(ProcessorMixin):
         return BatchFeature(self.asr_inputs(list(audio), list(instructions), kwargs.get("padding_side", "left")))
 
     # ----------------------------------------------------------------------------------------------- audio
-    def audio_inputs(self, waveforms: list[np.ndarray], with_semantic: bool = True) -> dict[str, torch.Tensor]:
-        """Model inputs for a flat list of 16 kHz mono clips (order = order of their frames in the ids)."""
+    def audio_inputs(
+        self, waveforms: list[np.ndarray], with_semantic: bool = True, with_whisper: list[bool] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs for a flat list of 16 kHz mono clips (order = order of their frames in the ids).
+        ``with_whisper``: per clip, whether it gets Whisper log-mels (default all); speech *targets* need only their
+        codes, and the model takes the Whisper rows of the input clips alone (``frame_inputs``)."""
         chunks = [chunk for wave in waveforms for chunk in split_chunks(np.asarray(wave, dtype=np.float32))]
         if not chunks:
             raise ValueError("audio clip is empty (0 samples)")
-        whisper = self.feature_extractor(
-            chunks, sampling_rate=SAMPLE_RATE, padding="max_length", return_attention_mask=False, return_tensors="pt"
-        )
-        inputs = {
-            "audio_input_features": whisper["input_features"],
-            "audio_chunk_tokens": torch.tensor([num_audio_tokens(len(c)) for c in chunks], dtype=torch.long),
-        }
+        wanted = [True] * len(waveforms) if with_whisper is None else list(with_whisper)
+        if len(wanted) != len(waveforms):
+            raise ValueError(f"with_whisper has {len(wanted)} flags for {len(waveforms)} clips")
+        listened = [c for wave, w in zip(waveforms, wanted) if w for c in split_chunks(np.asarray(wave, np.float32))]
+        inputs: dict[str, torch.Tensor] = {}
+        if listened:
+            whisper = self.feature_extractor(
+                listened,
+                sampling_rate=SAMPLE_RATE,
+                padding="max_length",
+                return_attention_mask=False,
+                return_tensors="pt",
+            )
+            inputs["audio_input_features"] = whisper["input_features"]
+            inputs["audio_chunk_tokens"] = torch.tensor([num_audio_tokens(len(c)) for c in listened], dtype=torch.long)
         if with_semantic:
             from .glm4_voice import glm4_voice_features
 
