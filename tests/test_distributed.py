@@ -7,11 +7,13 @@ The GPU counterpart (DDP, ZeRO-2, ZeRO-3, full fine-tuning with ZeRO-3 on 2 × H
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,134 @@ def test_deepspeed_configs_load(name):
     assert resolved["train_micro_batch_size_per_gpu"] == 4 and resolved["gradient_accumulation_steps"] == 2
     assert "auto" not in json.dumps(resolved), resolved
     assert hf_config.is_zero3() == (zero["stage"] == 3)
+
+
+# ------------------------------------------------------------------------------------------------------ two nodes
+def launch_two_nodes(node: Callable[[int], tuple[list[str], dict[str, str]]], cwd: Path, name: str) -> list[str]:
+    """The two nodes' commands (``node(k)``: command and environment of node k; here both on this host) started
+    together; returns both logs after both exited 0."""
+    procs, logs = [], []
+    for rank in (0, 1):
+        command, env = node(rank)
+        log = open(cwd / f"{name}_node{rank}.log", "w+", encoding="utf-8")  # noqa: SIM115 (closed below)
+        procs.append(subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT))
+        logs.append(log)
+    texts = []
+    try:
+        for proc in procs:
+            proc.wait(timeout=TIMEOUT)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for log in logs:
+            log.seek(0)
+            texts.append(log.read())
+            log.close()
+    for rank, (proc, text) in enumerate(zip(procs, texts)):
+        assert proc.returncode == 0, f"node {rank}:\n{text[-6000:]}"
+    return texts
+
+
+def two_node_env(**extra: str) -> dict[str, str]:
+    """One launch's environment for both nodes: NPROC_PER_NODE=1, one rendezvous port, the shared HF caches."""
+    return clean_env(NPROC_PER_NODE="1", **extra)
+
+
+def test_two_nodes_train_through_the_stock_launcher(dataset, tiny_checkpoint, tmp_path):
+    """``FORCE_TORCHRUN=1 NNODES=2 NODE_RANK=k llamafactory-cli train``: LLaMA-Factory's launcher turns these into
+    ``torchrun --nnodes 2 --node_rank k --master_addr --master_port``; both nodes join one world of 2 and train the
+    same steps with the same (finite) losses."""
+    hooks, timing = tmp_path / "hooks", tmp_path / "timing"
+    timing.mkdir()
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "common.py"), "install-hooks", str(hooks)], check=True)
+    config = {
+        "model_name_or_path": tiny_checkpoint.path,
+        "trust_remote_code": True,
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "dataset": "asr_train",
+        "dataset_dir": str(dataset),
+        "template": "kimi_audio",
+        "cutoff_len": 256,
+        "data_shared_file_system": True,  # one file system for both nodes: global rank 0 preprocesses first
+        "preprocessing_num_workers": 1,
+        "output_dir": str(tmp_path / "out"),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1.0e-3,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "ddp_backend": "gloo",
+        "ddp_timeout": 1200,
+    }
+    config_path = tmp_path / "two_nodes.yaml"
+    config_path.write_text(json.dumps(config))
+    env = two_node_env(
+        FORCE_TORCHRUN="1", KIMI_BENCH_TIMING_DIR=str(timing), HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"),
+        PYTHONPATH=os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
+    )  # fmt: skip
+    command = [str(BIN / "llamafactory-cli"), "train", str(config_path)]
+    logs = launch_two_nodes(lambda k: (command, dict(env, NNODES="2", NODE_RANK=str(k))), tmp_path, "train")
+    assert "Multi-node training enabled: num nodes: 2" in logs[0], logs[0][-3000:]
+    for node, text in enumerate(logs):  # node k's only process is global rank k of a world of 2
+        assert re.search(rf"Process rank: {node}, world size: 2, device: cpu(?::\d+)?, distributed", text), text[
+            -3000:
+        ]
+    records = [json.loads((timing / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [(r["rank"], r["world"], r["node_rank"]) for r in records] == [(0, 2, 0), (1, 2, 1)]
+    assert [len(r["steps"]) for r in records] == [3, 3]
+    losses = records[0]["losses"]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses), losses
+    assert records[1]["losses"] == losses
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert [e["loss"] for e in state["log_history"] if "loss" in e] == losses
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()  # written once, by global rank 0
+
+
+def _cache_entries(root: Path, model: str, audios: list[str]) -> dict[str, tuple]:
+    from llamafactory_kimi_audio.data.cache_format import clip_key
+    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
+
+    cache = FeatureCache(str(root), encoder_identity(model))
+    assert len(cache.index) == len(audios), root
+    return {a: cache.read(cache.find(clip_key(a)), a) for a in audios}
+
+
+def test_two_nodes_precompute_equals_one_process(dataset, tiny_checkpoint, tmp_path):
+    """``torchrun --nnodes 2 --node_rank k ... -m llamafactory_kimi_audio.cli precompute`` into one cache on a shared
+    file system: each node writes its own shard, and together they hold exactly the one-process entries."""
+    import torch
+
+    model = tiny_checkpoint.path
+    source = ["--dataset-dir", str(dataset), "--dataset", "asr_train", "--device", "cpu", "--no-progress"]
+    cli = [str(BIN / "kimi-audio-lf"), "precompute", "--model", model, *source]
+    one = subprocess.run([*cli, "--cache", str(tmp_path / "one")], env=clean_env(), capture_output=True, text=True,
+                         timeout=TIMEOUT)  # fmt: skip
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    env = two_node_env()
+    launcher = [
+        str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--master_addr", env["MASTER_ADDR"],
+        "--master_port", env["MASTER_PORT"], "-m", "llamafactory_kimi_audio.cli",
+    ]  # fmt: skip
+    command = [*launcher, "precompute", "--model", model, *source, "--cache", str(tmp_path / "two")]
+    logs = launch_two_nodes(lambda k: ([*command[:3], "--node_rank", str(k), *command[3:]], env), tmp_path, "pre")
+    assert "shard 0/2: " in logs[0] and "shard 1/2: " in logs[1], logs
+    from llamafactory_kimi_audio.data.feature_cache import encoder_identity
+
+    shards = sorted((tmp_path / "two" / encoder_identity(model) / "shards").glob("*.bin"))
+    assert len(shards) == 2  # one writer per node
+    from llamafactory_kimi_audio.data.dataset_audio import collect_audio_paths, dataset_files
+
+    audios = collect_audio_paths(dataset_files(str(dataset), ["asr_train"], None)).paths
+    assert len(audios) == 8
+    first, second = _cache_entries(tmp_path / "one", model, audios), _cache_entries(tmp_path / "two", model, audios)
+    for audio in audios:
+        (codes_a, rows_a), (codes_b, rows_b) = first[audio], second[audio]
+        assert torch.equal(codes_a, codes_b) and torch.equal(rows_a, rows_b), audio
