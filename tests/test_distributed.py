@@ -318,3 +318,43 @@ def test_two_nodes_precompute_equals_one_process(dataset, tiny_checkpoint, tmp_p
     for audio in audios:
         (codes_a, rows_a), (codes_b, rows_b) = first[audio], second[audio]
         assert torch.equal(codes_a, codes_b) and torch.equal(rows_a, rows_b), audio
+
+
+# ----------------------------------------------------------------------------------------- 64-GPU extrapolation
+def _bench_dist():
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_dist_under_test", REPO / "benchmarks" / "bench_dist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_extrapolation_to_64_gpus_from_measured_figures(tmp_path):
+    """``bench_dist.py --extrapolate`` on rows shaped as a run writes them: epoch hours follow from the one-GPU audio
+    rate and each case's efficiency; the network-bound estimate never beats the measured efficiency."""
+    bench = _bench_dist()
+    one = {"case": "1gpu", "gpus": 1, "rc": 0, "tokens_per_s_per_gpu": 1000.0, "audio_x_per_gpu": 500.0}
+    rows = [one, {"case": "ddp", "gpus": 2, "rc": 0, "tokens_per_s_per_gpu": 900.0, "audio_x_per_gpu": 450.0},
+            {"case": "z3", "gpus": 8, "rc": 0, "tokens_per_s_per_gpu": 500.0, "audio_x_per_gpu": 250.0},
+            {"case": "z2", "gpus": 2, "rc": 1}]  # fmt: skip
+    estimates = bench.extrapolate(rows, gpus=64, hours=10_000)
+    assert [e["case"] for e in estimates] == ["1gpu", "ddp", "z3"]  # a failed case has no figures
+    assert estimates[0]["epoch_h_1gpu"] * 3600 * 500.0 == pytest.approx(10_000 * 3600)
+    for estimate, row in zip(estimates[1:], rows[1:3]):
+        eff = row["tokens_per_s_per_gpu"] / one["tokens_per_s_per_gpu"]
+        assert estimate["efficiency"] == pytest.approx(eff)
+        assert estimate["epoch_h"] * 64 * eff == pytest.approx(estimates[0]["epoch_h_1gpu"])
+        assert estimate["efficiency_network"] < eff and estimate["epoch_h_network"] > estimate["epoch_h"]
+    # more inter-node traffic per GPU than NVLink: the 2-GPU case's overhead grows more than the 8-GPU case's
+    ddp, z3 = estimates[1:]
+    assert (1 / ddp["efficiency_network"] - 1) / (1 / 0.9 - 1) > (1 / z3["efficiency_network"] - 1) / (1 / 0.5 - 1)
+    perfect = bench.extrapolate([one, dict(rows[1], tokens_per_s_per_gpu=1000.0)])
+    assert perfect[1]["efficiency_network"] == 1.0
+    jsonl = tmp_path / "dist.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_dist.py"), "--extrapolate", str(jsonl)],
+                          capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"| ddp | 2 | 0.90 | 64 | {estimates[1]['epoch_h']:.2f} |" in proc.stdout, proc.stdout
