@@ -209,17 +209,19 @@ def run(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[str, 
     state_file = Path(config["output_dir"]) / "trainer_state.json"
     if state_file.is_file():
         row["losses"] = [e["loss"] for e in json.loads(state_file.read_text())["log_history"] if "loss" in e]
-    row.update(rank_figures(timing, paths["ckpt"], spec.get("ft") == "full", a.warmup))
+    profiled = name in a.profile.split(",")  # its last two steps are profiled on rank 0: left out everywhere
+    row.update(rank_figures(timing, paths["ckpt"], spec.get("ft") == "full", a.warmup, 2 if profiled else 0))
     comm = Path(a.profile_dir, name, "comm.json")
-    if name in a.profile.split(",") and comm.is_file():
+    if profiled and comm.is_file():
         row["profile"] = json.loads(comm.read_text())
     if rc != 0:
         row["log_tail"] = text[-2000:]
     return row
 
 
-def rank_figures(timing: str, ckpt: str, full_ft: bool, warmup: int) -> dict[str, Any]:
-    """Per-GPU means over the ranks' timing records; the step time is the slowest rank's."""
+def rank_figures(timing: str, ckpt: str, full_ft: bool, warmup: int, drop_last: int = 0) -> dict[str, Any]:
+    """Per-GPU means over the ranks' timing records (steps ``warmup`` .. the last ``drop_last`` ones left out); the
+    step time is the slowest rank's."""
     records = [json.loads(p.read_text()) for p in sorted(Path(timing).glob("rank*.json"))]
     if not records or not all(r["steps"] for r in records):
         return {"ranks": len(records)}
@@ -228,10 +230,10 @@ def rank_figures(timing: str, ckpt: str, full_ft: bool, warmup: int) -> dict[str
     shapes = common.Shapes.of(KimiAudioConfig.from_pretrained(ckpt))
     per_rank = []
     for record in records:
-        steps = [common.StepRecord(**s) for s in record["steps"]]
+        steps = [common.StepRecord(**s) for s in record["steps"]][: len(record["steps"]) - drop_last]
         summary = common.summarise("rank", steps, shapes, warmup, record["peak_bytes"], full_ft)
-        seconds = sum(s.seconds for s in steps[warmup:] or steps)
-        summary["audio_x"] = sum(s.audio_frames for s in steps[warmup:] or steps) * AUDIO_FRAME_S / seconds
+        measured = steps[warmup:] or steps
+        summary["audio_x"] = sum(s.audio_frames for s in measured) * AUDIO_FRAME_S / sum(s.seconds for s in measured)
         per_rank.append(summary)
     mean = lambda key: sum(r[key] for r in per_rank) / len(per_rank)  # noqa: E731
     return {
@@ -324,9 +326,13 @@ def ring_cost(gpus: int) -> float:
 
 def extrapolate(rows: list[dict[str, Any]], gpus: int = 64, hours: float = CORPUS_HOURS) -> list[dict[str, Any]]:
     """Hours to train one epoch of ``hours`` of audio on ``gpus`` GPUs, per multi-GPU case, from the one-GPU audio
-    seconds per second and the case's measured per-GPU efficiency at N GPUs, two ways: the measured efficiency holds
-    (best case), or the communication overhead it implies (1/eff - 1 of the compute time) grows with the ring
-    traffic over the slowest link (NVLink inside a node, InfiniBand between nodes; no overlap: worst case)."""
+    seconds per second and the case's per-GPU efficiency measured on N GPUs, two ways:
+
+    - the measured efficiency holds (best case: what one node shows carries over);
+    - network-bound (worst case): per unit of work a GPU spends 1/eff of the one-GPU time, of which C is communication:
+      the profiled NCCL share of the step when the case was profiled, else all of the loss (1/eff - 1). C grows with
+      the ring traffic per GPU, 2(G-1)/G, over the slowest link (NVLink inside a node, InfiniBand between nodes) and
+      is assumed not to overlap compute."""
     reference = next((r for r in rows if r["case"] == "1gpu" and r.get("audio_x_per_gpu")), None)
     if reference is None:
         return []
@@ -337,11 +343,13 @@ def extrapolate(rows: list[dict[str, Any]], gpus: int = 64, hours: float = CORPU
         if eff is None or row.get("gpus", 1) < 2:
             continue
         measured = min(eff, 1.0)
-        overhead = (1 / measured - 1) * ring_cost(gpus) / ring_cost(row["gpus"])
-        network = 1 / (1 + overhead)
+        time_n = 1 / measured  # per unit of work, one GPU's time = 1
+        share = row.get("profile", {}).get("comm_share")
+        comm = share * time_n if share is not None else time_n - 1
+        network = 1 / (time_n + comm * (ring_cost(gpus) / ring_cost(row["gpus"]) - 1))
         out.append({
             "case": row["case"], "measured_gpus": row["gpus"], "efficiency": eff, "gpus": gpus,
-            "epoch_h": hours / (one_gpu_x * gpus * measured),
+            "epoch_h": hours / (one_gpu_x * gpus * measured), "comm_from": "profile" if share is not None else "loss",
             "efficiency_network": network, "epoch_h_network": hours / (one_gpu_x * gpus * network),
         })  # fmt: skip
     return out
@@ -356,11 +364,11 @@ def print_extrapolation(estimates: list[dict[str, Any]], hours: float = CORPUS_H
           f"({hours / base['epoch_h_1gpu']:,.0f} audio s per s). Links: NVLink {INTRA_NODE_GBPS:.0f} GB/s, "
           f"InfiniBand {INTER_NODE_GBPS:.0f} GB/s per GPU, {GPUS_PER_NODE} GPUs per node.")  # fmt: skip
     print("| case | measured on | per-GPU efficiency | GPUs | epoch h (efficiency holds) | efficiency, network-bound "
-          "| epoch h (network-bound) |")  # fmt: skip
-    print("|" + "---|" * 7)
+          "| epoch h (network-bound) | communication from |")  # fmt: skip
+    print("|" + "---|" * 8)
     for e in estimates[1:]:
         print(f"| {e['case']} | {e['measured_gpus']} | {e['efficiency']:.2f} | {e['gpus']} | {e['epoch_h']:.2f} | "
-              f"{e['efficiency_network']:.2f} | {e['epoch_h_network']:.2f} |")  # fmt: skip
+              f"{e['efficiency_network']:.2f} | {e['epoch_h_network']:.2f} | {e['comm_from']} |")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

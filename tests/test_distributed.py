@@ -352,6 +352,10 @@ def test_extrapolation_to_64_gpus_from_measured_figures(tmp_path):
     assert (1 / ddp["efficiency_network"] - 1) / (1 / 0.9 - 1) > (1 / z3["efficiency_network"] - 1) / (1 / 0.5 - 1)
     perfect = bench.extrapolate([one, dict(rows[1], tokens_per_s_per_gpu=1000.0)])
     assert perfect[1]["efficiency_network"] == 1.0
+    # profiled: only the NCCL share of the step grows with the network, not all of the loss
+    profiled = bench.extrapolate([one, dict(rows[2], profile={"comm_share": 0.1})])[1]
+    assert profiled["comm_from"] == "profile" and z3["comm_from"] == "loss"
+    assert z3["efficiency_network"] < profiled["efficiency_network"] < z3["efficiency"]
     jsonl = tmp_path / "dist.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_dist.py"), "--extrapolate", str(jsonl)],
