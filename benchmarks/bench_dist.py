@@ -32,7 +32,7 @@ profiles two steps and the share of the wall time in NCCL kernels is printed. La
 
     python benchmarks/bench_dist.py --tiny      # CPU: 1 process, then 2 gloo ranks (DeepSpeed cases skipped)
     python benchmarks/bench_dist.py --gpus 8 --out dist.jsonl
-    python benchmarks/bench_dist.py --extrapolate dist.jsonl     # the 64-GPU estimate from saved figures
+    python benchmarks/bench_dist.py --report call1/dist.jsonl call2/dist.jsonl   # table + 64-GPU estimate
 """
 
 from __future__ import annotations
@@ -390,7 +390,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--logs", default=None, help="folder for the per-case logs (default WORK/logs)")
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--out", default=None, help="append one JSON line per case")
-    parser.add_argument("--extrapolate", metavar="JSONL", help="only print the 64-GPU estimate from saved figures")
+    parser.add_argument(
+        "--report",
+        "--extrapolate",
+        nargs="+",
+        metavar="JSONL",
+        help="run nothing: the table and the 64-GPU estimate from saved --out files (concatenated)",
+    )
     a = parser.parse_args(argv)
     if a.gpus is None:
         a.gpus = 2 if a.tiny else _device_count()
@@ -413,8 +419,9 @@ def _device_count() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    if a.extrapolate:
-        rows = [json.loads(line) for line in Path(a.extrapolate).read_text().splitlines() if line.strip()]
+    if a.report:
+        rows = [json.loads(line) for path in a.report for line in Path(path).read_text().splitlines() if line.strip()]
+        print_table(rows)
         print_extrapolation(extrapolate(rows))
         return 0
     names = [c for c in a.cases.split(",") if c]

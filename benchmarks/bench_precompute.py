@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/kimi_bench"))
     parser.add_argument("--out", default=None)
     parser.add_argument("--ranks", default=None, help="scaling only: torchrun rank counts, e.g. 1,2,4,8")
-    parser.add_argument("--hours", type=float, default=None, help="scaling corpus (default 10 h, tiny 0.05 h)")
+    parser.add_argument("--hours", type=float, default=None, help="scaling corpus (default 10 h, tiny 0.2 h)")
     a = parser.parse_args(argv)
     import torch
 
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.ranks:
         from bench_scale import make_corpus
 
-        hours = a.hours or (0.05 if a.tiny else 10.0)
+        hours = a.hours or (0.2 if a.tiny else 10.0)
         clips = make_corpus(os.path.join(work, f"scale_{hours}h"), hours)
         rows = scaling(model_dir, clips, [int(n) for n in a.ranks.split(",")], device.split(":")[0], work)
         if a.out:

@@ -332,7 +332,7 @@ def _bench_dist():
 
 
 def test_extrapolation_to_64_gpus_from_measured_figures(tmp_path):
-    """``bench_dist.py --extrapolate`` on rows shaped as a run writes them: epoch hours follow from the one-GPU audio
+    """``bench_dist.py --report`` on rows shaped as a run writes them: epoch hours follow from the one-GPU audio
     rate and each case's efficiency; the network-bound estimate never beats the measured efficiency."""
     bench = _bench_dist()
     one = {"case": "1gpu", "gpus": 1, "rc": 0, "tokens_per_s_per_gpu": 1000.0, "audio_x_per_gpu": 500.0}
@@ -358,7 +358,7 @@ def test_extrapolation_to_64_gpus_from_measured_figures(tmp_path):
     assert z3["efficiency_network"] < profiled["efficiency_network"] < z3["efficiency"]
     jsonl = tmp_path / "dist.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_dist.py"), "--extrapolate", str(jsonl)],
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_dist.py"), "--report", str(jsonl)],
                           capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"| ddp | 2 | 0.90 | 64 | {estimates[1]['epoch_h']:.2f} |" in proc.stdout, proc.stdout
