@@ -133,7 +133,8 @@ def train_config(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> d
     if a.micro_batch:
         config["per_device_train_batch_size"] = a.micro_batch
     gpus = spec.get("gpus", a.gpus)
-    config["gradient_accumulation_steps"] = a.gpus if gpus == 1 and not spec.get("recipe") else 1
+    if not spec.get("recipe"):  # the reference accumulates what N GPUs take in one step; a recipe case keeps its own
+        config["gradient_accumulation_steps"] = a.gpus if gpus == 1 else 1
     config.update(spec.get("args", {}))
     if spec.get("ft") == "full":
         config.update(finetuning_type="full", freeze_multi_modal_projector=False, learning_rate=1.0e-5)
