@@ -79,7 +79,7 @@ dist)
   cat "$OUT/cpu_adam.log"
   tar czf "$OUT/dist_logs.tgz" -C /tmp/kimi_bench logs
   # the kernel tables and NCCL shares (the Chrome traces stay: they can pass the 16 MB a returned file may have)
-  [ -d /tmp/kimi_bench/profiles ] && tar czf "$OUT/dist_profiles.tgz" --exclude="*.json.gz" -C /tmp/kimi_bench profiles
+  if [ -d /tmp/kimi_bench/profiles ]; then tar czf "$OUT/dist_profiles.tgz" --exclude="*.json.gz" -C /tmp/kimi_bench profiles; fi
   ;;
 pscale)
   # issue 19: precompute of a PSCALE_HOURS corpus (default 10 h) by torchrun with 1, 2, 4, 8 ranks (up to the GPUs)
