@@ -26,7 +26,8 @@ Cases (``--cases``; ``N`` = ``--gpus``):
 
 Figures per case: step-1 loss and its difference to 1gpu, the losses every rank logged (equal by construction of
 the Trainer's gather: a rank that diverged or hung shows here), tokens/s and audio s/s per GPU, per-GPU efficiency
-vs 1gpu against the issue's goals (DDP, ZeRO-2 >= 0.90; ZeRO-3 >= 0.75), MFU, peak memory; ``--profile CASE``: rank 0
+vs 1gpu against the issue's goals (DDP, ZeRO-2 >= 0.90; ZeRO-3 >= 0.75), MFU, peak memory, the share of the time
+between steps (the GPU waiting for the loader or host; not in the step time); ``--profile CASE``: rank 0
 profiles two steps and the share of the wall time in NCCL kernels is printed. Last, the extrapolation to 64 GPUs
 (hours per epoch of a 10,000 h corpus, WenetSpeech-sized): ``extrapolate()``.
 
@@ -234,7 +235,9 @@ def rank_figures(timing: str, ckpt: str, full_ft: bool, warmup: int, drop_last: 
         steps = [common.StepRecord(**s) for s in record["steps"]][: len(record["steps"]) - drop_last]
         summary = common.summarise("rank", steps, shapes, warmup, record["peak_bytes"], full_ft)
         measured = steps[warmup:] or steps
-        summary["audio_x"] = sum(s.audio_frames for s in measured) * AUDIO_FRAME_S / sum(s.seconds for s in measured)
+        seconds, gaps = sum(s.seconds for s in measured), sum(s.gap_before for s in measured)
+        summary["audio_x"] = sum(s.audio_frames for s in measured) * AUDIO_FRAME_S / seconds
+        summary["stall_share"] = gaps / (seconds + gaps)  # between steps: the loader and the host, not the GPU
         per_rank.append(summary)
     mean = lambda key: sum(r[key] for r in per_rank) / len(per_rank)  # noqa: E731
     return {
@@ -246,6 +249,7 @@ def rank_figures(timing: str, ckpt: str, full_ft: bool, warmup: int, drop_last: 
         "audio_x_per_gpu": mean("audio_x"),
         "tokens_per_step_per_gpu": mean("tokens_per_step"),
         "mfu": mean("mfu"),
+        "stall_share": max(r["stall_share"] for r in per_rank),
         "peak_mem_gib": max(r["peak_mem_gib"] for r in per_rank),
     }
 
@@ -304,18 +308,19 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     reference = next((r for r in rows if r["case"] == "1gpu" and r.get("losses")), None)
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
     print("| case | GPUs | rc | step-1 loss | Δ vs 1 GPU | ranks agree | step s | tokens/s/GPU | audio s/s/GPU "
-          "| per-GPU vs 1 GPU | goal | MFU | peak GiB | NCCL share |")  # fmt: skip
-    print("|" + "---|" * 14)
+          "| per-GPU vs 1 GPU | goal | MFU | peak GiB | NCCL share | between steps |")  # fmt: skip
+    print("|" + "---|" * 15)
     for r in rows:
         loss = (r.get("losses") or [None])[0]
         delta = loss - reference["losses"][0] if loss is not None and reference else None
-        mfu, comm = r.get("mfu"), r.get("profile", {}).get("comm_share")
+        mfu, comm, stall = r.get("mfu"), r.get("profile", {}).get("comm_share"), r.get("stall_share")
         print(
             f"| {r['case']} | {r.get('gpus', '')} | {r['rc']} | {fmt(loss, '.4f')} | {fmt(delta, '+.4f')} | "
             f"{fmt(ranks_agree(r), '')} | {fmt(r.get('step_s_median'), '.3f')} | "
             f"{fmt(r.get('tokens_per_s_per_gpu'), '.0f')} | {fmt(r.get('audio_x_per_gpu'), '.0f')} | "
             f"{fmt(efficiency(r, reference), '.2f')} | {fmt(goal(r), '.2f')} | {fmt(mfu and 100 * mfu, '.1f')} | "
-            f"{fmt(r.get('peak_mem_gib'), '.1f')} | {fmt(comm and 100 * comm, '.1f')} |"
+            f"{fmt(r.get('peak_mem_gib'), '.1f')} | {fmt(comm and 100 * comm, '.1f')} | "
+            f"{fmt(stall and 100 * stall, '.1f')} |"
         )
 
 

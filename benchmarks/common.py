@@ -387,6 +387,7 @@ class StepRecord:
     padded: int
     labelled: int
     audio_frames: int
+    gap_before: float = 0.0  # from the previous step's end to this one's begin: batch fetch, a stalled loader
 
 
 @dataclass
@@ -542,9 +543,14 @@ def make_callback(placeholder_id: int | None = None):
             if cuda:
                 torch.cuda.synchronize()
                 state.peak_bytes = torch.cuda.max_memory_allocated()
+            previous_end = None
             for begin, end, inputs in self._marks:
                 seconds = begin.elapsed_time(end) / 1e3 if cuda else end - begin
-                state.steps.append(step_record(seconds, inputs, placeholder_id))
+                record = step_record(seconds, inputs, placeholder_id)
+                if previous_end is not None:  # on the GPU's clock: time the GPU waited for the host between steps
+                    record.gap_before = previous_end.elapsed_time(begin) / 1e3 if cuda else begin - previous_end
+                state.steps.append(record)
+                previous_end = end
             self._marks.clear()
             if self._handle is not None:
                 self._handle.remove()
