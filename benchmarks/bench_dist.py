@@ -39,6 +39,7 @@ profiles two steps and the share of the wall time in NCCL kernels is printed. La
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -144,7 +145,9 @@ def train_config(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> d
     if spec.get("ds"):
         config["deepspeed"] = deepspeed_config(name, spec, paths["work"])
     if a.tiny:
-        config.update(use_cpu=True, bf16=False, dataloader_num_workers=0, preprocessing_num_workers=1)
+        # DeepSpeed's CPU accelerator: without use_cpu, so that accelerate initialises deepspeed.comm (gloo) before
+        # ZeRO-3's zero.Init reads the world size
+        config.update(use_cpu=not spec.get("ds"), bf16=False, dataloader_num_workers=0, preprocessing_num_workers=1)
         if gpus > 1:
             config["ddp_backend"] = "gloo"
     return config
@@ -438,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = prepare(a)
     if a.prepare_only:
         return 0
-    if a.tiny:
-        names = [n for n in names if "ds" not in CASES[n]]  # DeepSpeed needs GPUs
+    if a.tiny and importlib.util.find_spec("deepspeed") is None:
+        names = [n for n in names if "ds" not in CASES[n]]  # no DeepSpeed here (its CPU accelerator runs on gloo)
     rows = []
     for name in names:
         if a.budget and time.perf_counter() - started > a.budget:
