@@ -144,6 +144,53 @@ def test_lora_ddp_gloo_through_the_stock_launcher(dataset, tiny_checkpoint, tmp_
     assert (output_dir / "adapter_model.safetensors").is_file()
 
 
+def sft_config(tiny_checkpoint, dataset: Path, output_dir: Path, **extra) -> dict:
+    """Two logged LoRA steps on the tiny checkpoint, unshuffled: every launch sees the same samples at step 1."""
+    config = {
+        "model_name_or_path": tiny_checkpoint.path, "trust_remote_code": True, "stage": "sft", "do_train": True,
+        "finetuning_type": "lora", "lora_target": "all", "dataset": "asr_train", "dataset_dir": str(dataset),
+        "template": "kimi_audio", "cutoff_len": 256, "preprocessing_num_workers": 1, "output_dir": str(output_dir),
+        "overwrite_output_dir": True, "per_device_train_batch_size": 2, "learning_rate": 1.0e-3,
+        "lr_scheduler_type": "constant", "max_steps": 2, "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "disable_shuffling": True, "seed": 0, "bf16": False, "ddp_timeout": 1200,
+    }  # fmt: skip
+    config.update(extra)
+    return config
+
+
+def train_losses(config: dict, env: dict[str, str], tmp_path: Path, name: str) -> list[float]:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(config))
+    proc = subprocess.run([str(BIN / "llamafactory-cli"), "train", str(path)], env=env, cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)  # fmt: skip
+    (tmp_path / f"{name}.log").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    state = json.loads((Path(config["output_dir"]) / "trainer_state.json").read_text())
+    return [e["loss"] for e in state["log_history"] if "loss" in e]
+
+
+@pytest.fixture(scope="module")
+def one_process_losses(dataset, tiny_checkpoint, tmp_path_factory) -> list[float]:
+    """The reference: one process accumulating the two micro-batches that two ranks take in one step."""
+    tmp = tmp_path_factory.mktemp("one_process")
+    config = sft_config(tiny_checkpoint, dataset, tmp / "out", use_cpu=True, gradient_accumulation_steps=2)
+    return train_losses(config, clean_env(), tmp, "one_process")
+
+
+@pytest.mark.parametrize("name", ["ds_z2_overlap_config.json", "ds_z3_config.json", "ds_z3_lora_config.json"])
+def test_zero_on_two_cpu_ranks_matches_one_process(name, dataset, tiny_checkpoint, one_process_losses, tmp_path):
+    """The shipped DeepSpeed configs train through the stock launcher on 2 CPU ranks (DeepSpeed's CPU accelerator,
+    gloo) with the step-1 loss of one process; runs where DeepSpeed is installed (optional, not a dependency)."""
+    pytest.importorskip("deepspeed")
+    # no use_cpu: accelerate then initialises deepspeed.comm (gloo) before ZeRO-3's zero.Init reads the world size
+    deepspeed = str(REPO / "examples" / "deepspeed" / name)
+    config = sft_config(tiny_checkpoint, dataset, tmp_path / "out", deepspeed=deepspeed, ddp_backend="gloo")
+    env = clean_env(FORCE_TORCHRUN="1", NPROC_PER_NODE="2", DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="")
+    losses = train_losses(config, env, tmp_path, name)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
+    assert losses[0] == pytest.approx(one_process_losses[0], rel=1e-5), (losses, one_process_losses)
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples" / "deepspeed").glob("*.json")))
 def test_deepspeed_configs_load(name):
     """Each config parses, has the keys the HF Trainer fills ('auto') and resolves against real training arguments."""
