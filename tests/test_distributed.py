@@ -6,6 +6,7 @@ The GPU counterpart (DDP, ZeRO-2, ZeRO-3, full fine-tuning with ZeRO-3 on 2 × H
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -177,11 +178,11 @@ def one_process_losses(dataset, tiny_checkpoint, tmp_path_factory) -> list[float
     return train_losses(config, clean_env(), tmp, "one_process")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed (optional)")
 @pytest.mark.parametrize("name", ["ds_z2_overlap_config.json", "ds_z3_config.json", "ds_z3_lora_config.json"])
 def test_zero_on_two_cpu_ranks_matches_one_process(name, dataset, tiny_checkpoint, one_process_losses, tmp_path):
     """The shipped DeepSpeed configs train through the stock launcher on 2 CPU ranks (DeepSpeed's CPU accelerator,
     gloo) with the step-1 loss of one process; runs where DeepSpeed is installed (optional, not a dependency)."""
-    pytest.importorskip("deepspeed")
     # no use_cpu: accelerate then initialises deepspeed.comm (gloo) before ZeRO-3's zero.Init reads the world size
     deepspeed = str(REPO / "examples" / "deepspeed" / name)
     config = sft_config(tiny_checkpoint, dataset, tmp_path / "out", deepspeed=deepspeed, ddp_backend="gloo")
@@ -369,8 +370,6 @@ def test_two_nodes_precompute_equals_one_process(dataset, tiny_checkpoint, tmp_p
 
 # ----------------------------------------------------------------------------------------- 64-GPU extrapolation
 def _bench_dist():
-    import importlib.util
-
     sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location("bench_dist_under_test", REPO / "benchmarks" / "bench_dist.py")
     module = importlib.util.module_from_spec(spec)
