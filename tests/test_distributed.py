@@ -1,7 +1,9 @@
 """Several processes: the stock ``FORCE_TORCHRUN=1 llamafactory-cli train`` with 2 CPU ranks (gloo) on the tiny
-checkpoint, the integration active in every torchrun rank, and the DeepSpeed configs of ``examples/deepspeed``.
+checkpoint, the integration active in every torchrun rank, the DeepSpeed configs of ``examples/deepspeed`` (resolved
+always; trained on 2 CPU ranks where DeepSpeed is installed), two nodes (``NNODES=2``, two launches on this host) for
+training and precompute, and the 64-GPU extrapolation of ``benchmarks/bench_dist.py``.
 
-The GPU counterpart (DDP, ZeRO-2, ZeRO-3, full fine-tuning with ZeRO-3 on 2 × H200) is ``benchmarks/bench_dist.py``.
+The GPU counterpart (DDP, ZeRO-2, ZeRO-3, offload on N × H200) is ``benchmarks/bench_dist.py``.
 """
 
 from __future__ import annotations
