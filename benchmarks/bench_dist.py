@@ -172,6 +172,7 @@ def run_env(name: str, spec: dict[str, Any], paths: dict[str, str], timing: str,
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # torchrun of this Python
     env["PYTHONPATH"] = os.pathsep.join(p for p in (paths["hooks"], env.get("PYTHONPATH")) if p)
     env["KIMI_AUDIO_FEATURE_CACHE"] = paths["cache"]
+    env["KIMI_AUDIO_CACHE_STRICT"] = "1"  # a clip missing from the cache stops the case (never encoded online)
     env.pop(COMPILE_ENV, None)
     if spec.get("compile", True) and (a.compile or not a.tiny):
         env[COMPILE_ENV] = "layers"
