@@ -8,8 +8,14 @@ saved into a checkpoint directory and loaded the way ``kimi-audio-lf precompute`
 - the stage breakdown of one pass (audio decode, CPU log-mel ×2, Whisper, GLM-4-Voice);
 - ``workers=N``: the same computation with audio decode + log-mel in N DataLoader worker processes overlapping the GPU.
 
+- ``--ranks 1,2,4,8``: distributed precompute scaling instead (issue 19): ``torchrun --nproc-per-node N`` ranks, each
+  encoding its shard (``--shard`` / RANK) of a ``--hours`` corpus into one cache; audio hours per second (slowest rank,
+  after a barrier; encoder loading and warm-up left out) and per-rank efficiency vs one rank.
+
     python benchmarks/bench_precompute.py --tiny      # CPU, tiny checkpoint
     python benchmarks/bench_precompute.py --device cuda
+    python benchmarks/bench_precompute.py --tiny --ranks 1,2              # CPU scaling, gloo
+    python benchmarks/bench_precompute.py --device cuda --ranks 1,2,4,8 --hours 10
 """
 
 from __future__ import annotations
@@ -159,7 +165,84 @@ def overlapped(
         shutil.rmtree(cache, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------------------- scaling over ranks
+def scaling_worker(model_dir: str, listing: str, cache: str, device: str, result: str) -> None:
+    """One torchrun rank: load the encoders, warm up on a few clips, then time this rank's shard between barriers."""
+    import torch
+    import torch.distributed as dist
+
+    from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device == "cuda":
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(1)  # one core per rank: N ranks on N cores
+    dist.init_process_group("gloo")  # barriers and the gather only
+    with open(listing, encoding="utf-8") as f:
+        paths = json.load(f)
+    encoders = load_encoders(model_dir, device)
+    scratch = tempfile.mkdtemp(prefix="bench_warm_")
+    run = lambda clips, root: precompute(  # noqa: E731
+        model_dir, clips, PrecomputeOptions(cache_dir=root, device=device, batch_size=32, progress=False,
+                                             shard=(rank, world)), encoders=encoders, report=lambda line: None,
+    )  # fmt: skip
+    run(paths[: 4 * world], scratch)  # kernels, allocator, feature-extractor caches
+    shutil.rmtree(scratch, ignore_errors=True)
+    dist.barrier()
+    start = time.perf_counter()
+    done = run(paths, cache)
+    sync(device)
+    seconds = time.perf_counter() - start
+    assert not done.failed, done.summary()
+    figures = [None] * world
+    dist.all_gather_object(figures, {"seconds": seconds, "clips": done.computed})
+    if rank == 0:
+        with open(result, "w", encoding="utf-8") as f:
+            json.dump(figures, f)
+    dist.destroy_process_group()
+
+
+def scaling(model_dir: str, paths: list[str], ranks: list[int], device: str, work: str) -> list[dict]:
+    """``torchrun`` with 1, 2, ... ranks over the same clips into a fresh cache each; audio h/s and efficiency."""
+    import subprocess
+
+    listing = os.path.join(work, "scaling_clips.json")
+    with open(listing, "w", encoding="utf-8") as f:
+        json.dump(paths, f)
+    hours = audio_seconds(paths) / 3600
+    rows: list[dict] = []
+    for n in ranks:
+        cache, result = os.path.join(work, f"scaling_cache_{n}"), os.path.join(work, f"scaling_{n}.json")
+        shutil.rmtree(cache, ignore_errors=True)
+        torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+        command = [torchrun, "--nproc-per-node", str(n), "--master-port", str(29700 + n), os.path.abspath(__file__),
+                   "--scaling-worker", model_dir, listing, cache, device, result]  # fmt: skip
+        env = dict(os.environ, OMP_NUM_THREADS="1") if device == "cpu" else dict(os.environ)
+        subprocess.run(command, env=env, check=True, timeout=3600)
+        with open(result, encoding="utf-8") as f:
+            figures = json.load(f)
+        assert sum(r["clips"] for r in figures) == len(paths), figures
+        slowest = max(r["seconds"] for r in figures)
+        row = {"case": "precompute_scaling", "device": device, "ranks": n, "audio_h": hours, "wall_s": slowest,
+               "audio_h_per_s": hours / slowest, "rank_s": [r["seconds"] for r in figures]}  # fmt: skip
+        row["per_rank_efficiency"] = row["audio_h_per_s"] / (n * rows[0]["audio_h_per_s"]) if rows else 1.0
+        rows.append(row)
+        shutil.rmtree(cache, ignore_errors=True)
+    print("| ranks | audio h | slowest rank s | audio h/s | × real time | per-rank efficiency |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['ranks']} | {r['audio_h']:.2f} | {r['wall_s']:.1f} | {r['audio_h_per_s']:.4f} | "
+              f"{3600 * r['audio_h_per_s']:.0f} | {r['per_rank_efficiency']:.2f} |")  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--scaling-worker"]:
+        scaling_worker(*argv[1:])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--device", default=None, help="default cuda (cpu with --tiny)")
@@ -167,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/kimi_bench"))
     parser.add_argument("--out", default=None)
+    parser.add_argument("--ranks", default=None, help="scaling only: torchrun rank counts, e.g. 1,2,4,8")
+    parser.add_argument("--hours", type=float, default=None, help="scaling corpus (default 10 h, tiny 0.2 h)")
     a = parser.parse_args(argv)
     import torch
 
@@ -177,6 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     preset = "tiny" if a.tiny else "full"
     work = os.path.abspath(a.work)
     model_dir = common.make_kimi_dir(os.path.join(work, f"kimi-{preset}"), preset, device=device)
+    if a.ranks:
+        from bench_scale import make_corpus
+
+        hours = a.hours or (0.2 if a.tiny else 10.0)
+        clips = make_corpus(os.path.join(work, f"scale_{hours}h"), hours)
+        rows = scaling(model_dir, clips, [int(n) for n in a.ranks.split(",")], device.split(":")[0], work)
+        if a.out:
+            with open(a.out, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+        return 0
     data_dir = common.make_corpus(os.path.join(work, "data"), samples)
     paths = common.corpus_audio_paths(data_dir)[:samples]
     seconds = audio_seconds(paths)

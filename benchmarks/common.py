@@ -262,33 +262,46 @@ class GpuInitHook:
 
 HOOK = GpuInitHook()
 TIMING_ENV = "KIMI_BENCH_TIMING_DIR"
+AUDIO_ID_ENV = "KIMI_BENCH_AUDIO_ID"  # the audio placeholder's token id: audio frames per step are counted
+PROFILE_ENV = "KIMI_BENCH_PROFILE_DIR"  # rank 0 profiles two steps (torch.profiler) into this folder
+PROFILE_STEP_ENV = "KIMI_BENCH_PROFILE_STEP"  # the first profiled optimizer step (default 2)
 
 
 class TimingHook:
     """Entry point on ``llamafactory.train.tuner``: when ``KIMI_BENCH_TIMING_DIR`` is set, every ``run_exp`` (also in
-    torchrun ranks of the stock launcher) gets the timing callback and writes ``rank<R>.json`` there."""
+    torchrun ranks of the stock launcher) gets the timing callback and writes ``rank<R>.json`` there (step times,
+    token counts, the losses this rank logged); with ``KIMI_BENCH_PROFILE_DIR`` rank 0 also profiles two steps."""
 
     module = "llamafactory.train.tuner"
 
     def __call__(self, tuner: Any) -> None:
-        if not os.environ.get(TIMING_ENV):
-            return
+        if not os.environ.get(TIMING_ENV) or getattr(tuner.run_exp, "_bench_timed", False):
+            return  # a second copy of the hook (two hook folders on the path) must not time twice
         original = tuner.run_exp
 
         def run_exp(args=None, callbacks=None):
-            callback = make_callback()
+            audio_id = os.environ.get(AUDIO_ID_ENV)
+            callback = make_callback(int(audio_id) if audio_id else None)
+            rank = int(os.environ.get("RANK", "0"))
+            extra = [callback]
+            if os.environ.get(PROFILE_ENV) and rank == 0:
+                first = int(os.environ.get(PROFILE_STEP_ENV, "2"))
+                extra.append(make_profiler_callback(os.environ[PROFILE_ENV], first))
             try:
-                return original(args, [*(callbacks or []), callback])
+                return original(args, [*(callbacks or []), *extra])
             finally:
-                rank = int(os.environ.get("RANK", "0"))
                 record = {
                     "rank": rank,
+                    "world": int(os.environ.get("WORLD_SIZE", "1")),
+                    "node_rank": int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", "0"))),
                     "peak_bytes": callback.state.peak_bytes,
+                    "losses": callback.state.losses,
                     "steps": [s.__dict__ for s in callback.state.steps],
                 }
                 with open(os.path.join(os.environ[TIMING_ENV], f"rank{rank}.json"), "w", encoding="utf-8") as f:
                     json.dump(record, f)
 
+        run_exp._bench_timed = True
         tuner.run_exp = run_exp
 
 
@@ -374,6 +387,7 @@ class StepRecord:
     padded: int
     labelled: int
     audio_frames: int
+    gap_before: float = 0.0  # from the previous step's end to this one's begin: batch fetch, a stalled loader
 
 
 @dataclass
@@ -383,6 +397,7 @@ class BenchCallbackState:
     load_peak_bytes: int = 0  # allocated, from process start to train begin (model load, before parking)
     peak_reserved_bytes: int = 0  # the caching allocator's reservation at its highest (what the card must hold)
     current: dict[str, Any] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)  # the training losses this rank logged (on_log)
 
 
 def packed_lengths(diagonal: Any, position_ids: Any) -> list[int]:
@@ -396,6 +411,17 @@ def packed_lengths(diagonal: Any, position_ids: Any) -> list[int]:
         bounds = [*row_starts.nonzero().flatten().tolist(), len(row_real)]
         lengths += [int(row_real[a:b].sum()) for a, b in zip(bounds, bounds[1:])]
     return [n for n in lengths if n]
+
+
+def communication_seconds(averages: Any, on_gpu: bool) -> float:
+    """Time in collectives: NCCL kernels on the GPU (they run on their own stream, so this is their length whether or
+    not they overlap compute). On the CPU (gloo) only the host time of collectives called on the profiled thread (the
+    Trainer's loss gather); DDP's reducer runs its all-reduces on gloo's own threads, which are not recorded."""
+    if on_gpu:
+        return sum(e.self_device_time_total for e in averages if "nccl" in e.key.lower()) / 1e6
+    names = ("c10d::allreduce_", "gloo:all_reduce", "c10d::allgather_", "c10d::_allgather_base_",
+             "c10d::reduce_scatter_", "c10d::_reduce_scatter_base_", "c10d::broadcast_")  # fmt: skip
+    return sum(e.cpu_time_total for e in averages if e.key in names) / 1e6
 
 
 def make_profiler_callback(out_dir: str, first_step: int, steps: int = 2):
@@ -433,11 +459,18 @@ def make_profiler_callback(out_dir: str, first_step: int, steps: int = 2):
             averages = self.prof.key_averages()
             kernels = [e for e in averages if e.device_type == torch.autograd.DeviceType.CUDA]
             busy = sum(e.self_device_time_total for e in kernels) / 1e6
+            comm = communication_seconds(averages, bool(kernels))
             key = "self_device_time_total" if kernels else "self_cpu_time_total"
             by_ops = averages.table(sort_by=key, row_limit=60)
-            summary = f"wall {wall:.3f}s over {steps} steps; GPU kernels {busy:.3f}s = {100 * busy / wall:.1f}% busy\n"
+            summary = (
+                f"wall {wall:.3f}s over {steps} steps; GPU kernels {busy:.3f}s = {100 * busy / wall:.1f}% busy; "
+                f"collectives {comm:.3f}s = {100 * comm / wall:.1f}% of the wall time\n"
+            )
             with open(os.path.join(out_dir, "profile.txt"), "w", encoding="utf-8") as f:
                 f.write(summary + by_ops)
+            figures = {"wall_s": wall, "steps": steps, "busy_s": busy, "comm_s": comm, "comm_share": comm / wall}
+            with open(os.path.join(out_dir, "comm.json"), "w", encoding="utf-8") as f:
+                json.dump(figures, f)
             trace = os.path.join(out_dir, "trace.json")
             self.prof.export_chrome_trace(trace)
             with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
@@ -505,14 +538,23 @@ def make_callback(placeholder_id: int | None = None):
         def on_step_end(self, args, train_state, control, **kwargs):
             self._marks.append((state.current["begin"], now(), state.current.get("inputs", [])))
 
+        def on_log(self, args, train_state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:  # every rank logs the loss (the Trainer gathers it across ranks first)
+                state.losses.append(float(logs["loss"]))
+
         def on_train_end(self, args, train_state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
                 state.peak_bytes = torch.cuda.max_memory_allocated()
                 state.peak_reserved_bytes = torch.cuda.max_memory_reserved()
+            previous_end = None
             for begin, end, inputs in self._marks:
                 seconds = begin.elapsed_time(end) / 1e3 if cuda else end - begin
-                state.steps.append(step_record(seconds, inputs, placeholder_id))
+                record = step_record(seconds, inputs, placeholder_id)
+                if previous_end is not None:  # on the GPU's clock: time the GPU waited for the host between steps
+                    record.gap_before = previous_end.elapsed_time(begin) / 1e3 if cuda else begin - previous_end
+                state.steps.append(record)
+                previous_end = end
             self._marks.clear()
             if self._handle is not None:
                 self._handle.remove()

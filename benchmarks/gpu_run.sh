@@ -2,13 +2,15 @@
 # The GPU runs behind benchmarks/RESULTS.md, from the repository root on a 2 × H200 machine (device kind
 # nvidia-h200-x2), with the wheels of .whl/ (see RESULTS.md, "Environment"):
 #   bash benchmarks/gpu_run.sh bench   # GPU 0: bench_train.py; GPU 1: bench_precompute.py, then the saved checkpoint
-#   bash benchmarks/gpu_run.sh dist    # both GPUs: bench_dist.py (DDP, ZeRO-2, ZeRO-3, full + ZeRO-3)
+#   bash benchmarks/gpu_run.sh dist    # all GPUs: bench_dist.py (issue 19: the packed recipe, DDP / ZeRO-2 / ZeRO-3 /
+#                                      # offload and their knobs; DIST_ARGS="--cases ..." picks some, see RESULTS.md)
+#   bash benchmarks/gpu_run.sh pscale  # all GPUs: distributed precompute scaling on 1, 2, 4, 8 ranks (issue 19)
 #   bash benchmarks/gpu_run.sh scale   # GPU 0: bench_scale.py (issue 20), SCALE_HOURS=1,10 by default
 #   bash benchmarks/gpu_run.sh eval    # GPU 0: the CUDA tests of the fast decoder, then bench_eval.py (issue 21)
 # On a one-GPU machine (nvidia-h200) set SKIP_PRECOMPUTE=1 SKIP_DIST_PREPARE=1 for `bench` (the GPU 1 jobs).
 # Results land in $OUT (default /tmp/bench_out). Each phase re-creates what it needs if the machine is fresh.
 set -uo pipefail
-PHASE=${1:?bench or dist}
+PHASE=${1:?bench, dist, pscale or scale}
 OUT=${OUT:-/tmp/bench_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false BENCH_WORK=/tmp/kimi_bench
@@ -77,6 +79,14 @@ dist)
   wait
   cat "$OUT/cpu_adam.log"
   tar czf "$OUT/dist_logs.tgz" -C /tmp/kimi_bench logs
+  # the kernel tables and NCCL shares (the Chrome traces stay: they can pass the 16 MB a returned file may have)
+  if [ -d /tmp/kimi_bench/profiles ]; then tar czf "$OUT/dist_profiles.tgz" --exclude="*.json.gz" -C /tmp/kimi_bench profiles; fi
+  ;;
+pscale)
+  # issue 19: precompute of a PSCALE_HOURS corpus (default 10 h) by torchrun with 1, 2, 4, 8 ranks (up to the GPUs)
+  RANKS=${PSCALE_RANKS:-$(python3 -c 'import torch; n = torch.cuda.device_count(); print(",".join(str(k) for k in (1, 2, 4, 8) if k <= n))')}
+  python3 benchmarks/bench_precompute.py --device cuda --ranks "$RANKS" --hours "${PSCALE_HOURS:-10}" \
+    --out "$OUT/pscale.jsonl" 2>&1 | tee "$OUT/pscale.log" | grep -v Warning
   ;;
 scale)
   # issue 20: bench_scale on GPU 0 (precompute of SCALE_HOURS synthetic hours, full and codes-only; 8 loader ranks
