@@ -89,3 +89,35 @@ def test_deepspeed_configs_are_json() -> None:
     for path in sorted((EXAMPLES / "deepspeed").glob("*.json")):
         config = json.loads(path.read_text(encoding="utf-8"))
         assert config["zero_optimization"]["stage"] in (2, 3), path.name
+
+
+CARD_RECIPES = ("kimi_lora.yaml", "kimi_qlora.yaml", *(f"kimi_lora_{size}gb.yaml" for size in (48, 80, 141)))
+
+
+def test_every_card_recipe_is_in_the_readme_table_and_packs() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### Which recipe for which card") :]
+    table = table[: table.index("\n\n", table.index("| card |"))]
+    listed = {line.split("`examples/")[1].split("`")[0] for line in table.splitlines() if "`examples/" in line}
+    assert listed == set(CARD_RECIPES) | {p.name for p in EXAMPLES.glob("kimi_lora_*gb.yaml")}
+    for name in CARD_RECIPES:  # packed rows that keep utterances apart, no dropout copy, no per-step NaN sync
+        args = yaml.safe_load((EXAMPLES / name).read_text(encoding="utf-8"))
+        assert args["packing"] and args["neat_packing"] and args["lora_dropout"] == 0.0, name
+        assert args["logging_nan_inf_filter"] is False, name
+
+
+@pytest.mark.slow
+def test_the_default_recipe_trains_as_shipped(tiny_checkpoint, tmp_path) -> None:
+    """``llamafactory-cli train examples/kimi_lora.yaml`` (CPU overrides, two steps): packed rows with gradient
+    checkpointing train through the stock CLI, and the compile / parking defaults stay out of a CPU run."""
+    from tests.test_llamafactory_cli import check_ok, logged_losses, run_cli
+
+    args = recipe("kimi_lora.yaml", tiny_checkpoint, tmp_path)
+    for key in ("eval_dataset", "eval_strategy", "eval_steps", "per_device_eval_batch_size"):
+        args.pop(key)
+    args.update(max_steps=2, logging_steps=1, save_strategy="no", preprocessing_num_workers=1)
+    args.update(dataloader_num_workers=0)
+    rc, output = run_cli("train", args, tmp_path, "default_recipe")
+    check_ok(rc, output)
+    assert len(logged_losses(Path(args["output_dir"]))) == 2
+    assert "kept in host memory" not in output  # nothing to park on a CPU
