@@ -99,10 +99,10 @@ def test_every_torchrun_rank_has_the_integration(tmp_path):
             assert hook in info["applied"], (hook, info)
 
 
-def test_lora_ddp_gloo_through_the_stock_launcher(dataset, tiny_checkpoint, tmp_path):
-    output_dir = tmp_path / "lora_ddp"
-    config = {
-        "model_name_or_path": tiny_checkpoint.path,
+def gloo_lora_config(checkpoint: str, dataset: Path, output_dir: Path, steps: int, **extra) -> dict:
+    """A tiny LoRA run on the CPU over gloo: what the DDP and two-node launches train."""
+    return {
+        "model_name_or_path": checkpoint,
         "trust_remote_code": True,
         "stage": "sft",
         "do_train": True,
@@ -112,20 +112,25 @@ def test_lora_ddp_gloo_through_the_stock_launcher(dataset, tiny_checkpoint, tmp_
         "dataset_dir": str(dataset),
         "template": "kimi_audio",
         "cutoff_len": 256,
-        "overwrite_cache": True,
         "preprocessing_num_workers": 1,
         "output_dir": str(output_dir),
         "overwrite_output_dir": True,
         "per_device_train_batch_size": 2,
         "learning_rate": 1.0e-3,
-        "max_steps": 2,
+        "max_steps": steps,
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
         "use_cpu": True,
         "ddp_backend": "gloo",
         "ddp_timeout": 1200,  # a rank may wait long for a starved peer on a busy machine
+        **extra,
     }
+
+
+def test_lora_ddp_gloo_through_the_stock_launcher(dataset, tiny_checkpoint, tmp_path):
+    output_dir = tmp_path / "lora_ddp"
+    config = gloo_lora_config(tiny_checkpoint.path, dataset, output_dir, 2, overwrite_cache=True)
     config_path = tmp_path / "lora_ddp.yaml"
     config_path.write_text(json.dumps(config))
     env = clean_env(FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
@@ -278,31 +283,8 @@ def test_two_nodes_train_through_the_stock_launcher(dataset, tiny_checkpoint, tm
     hooks, timing = tmp_path / "hooks", tmp_path / "timing"
     timing.mkdir()
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "common.py"), "install-hooks", str(hooks)], check=True)
-    config = {
-        "model_name_or_path": tiny_checkpoint.path,
-        "trust_remote_code": True,
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "lora",
-        "lora_target": "all",
-        "dataset": "asr_train",
-        "dataset_dir": str(dataset),
-        "template": "kimi_audio",
-        "cutoff_len": 256,
-        "data_shared_file_system": True,  # one file system for both nodes: global rank 0 preprocesses first
-        "preprocessing_num_workers": 1,
-        "output_dir": str(tmp_path / "out"),
-        "overwrite_output_dir": True,
-        "per_device_train_batch_size": 2,
-        "learning_rate": 1.0e-3,
-        "max_steps": 3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "use_cpu": True,
-        "ddp_backend": "gloo",
-        "ddp_timeout": 1200,
-    }
+    # one file system for both nodes: global rank 0 preprocesses first
+    config = gloo_lora_config(tiny_checkpoint.path, dataset, tmp_path / "out", 3, data_shared_file_system=True)
     config_path = tmp_path / "two_nodes.yaml"
     config_path.write_text(json.dumps(config))
     env = two_node_env(
