@@ -60,7 +60,14 @@ def run_checks(model_dir: str | None = None, progress: Callable[[str], None] | N
         say(f"checking the checkpoint {model_dir}")
         checks += checkpoint_checks(model_dir)
     say("checking torch, GPU and tools")
-    return checks + [*gpu_checks(), packed_attention_check(), espeak_check(), *codec_checks(), *settings_checks()]
+    return checks + [
+        *gpu_checks(),
+        packed_attention_check(),
+        compiled_layers_check(),
+        espeak_check(),
+        *codec_checks(),
+        *settings_checks(),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- versions
@@ -272,6 +279,21 @@ def packed_attention_check() -> Check:
         detail = "no CUDA device: packed rows use SDPA with a dense mask (variable-length FlashAttention is CUDA-only)"
         return Check(name, False, detail, "", required=False)
     return Check(name, True, f"variable-length FlashAttention (torch {torch.__version__})", required=False)
+
+
+def compiled_layers_check() -> Check:
+    """What ``KIMI_AUDIO_COMPILE_POINTWISE`` becomes for an unquantised LoRA / full training run on this machine."""
+    import types
+
+    from .integration.speed import compile_mode
+
+    requested = settings.get("KIMI_AUDIO_COMPILE_POINTWISE")
+    mode = compile_mode(requested, True, types.SimpleNamespace(quantization_bit=None))
+    name, how = "compiled decoder layers (training)", f"KIMI_AUDIO_COMPILE_POINTWISE={requested} → {mode}"
+    if mode == "layers":
+        return Check(name, True, f"{how}: each decoder layer one torch.compile graph (+40% tokens/s)", required=False)
+    fix = "" if requested != "auto" else "a CUDA GPU with Triton (pip install triton) compiles them under auto"
+    return Check(name, False, f"{how}: eager layers", fix, required=False)
 
 
 def espeak_check() -> Check:

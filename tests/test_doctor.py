@@ -184,3 +184,23 @@ def test_no_gpu_advice_depends_on_the_torch_build() -> None:
         gpu = _by_name(doctor.gpu_checks())["GPU"]
         assert not gpu.ok and not gpu.required
         assert ("install a CUDA build" in gpu.fix) is (torch.version.cuda is None)
+
+
+def test_doctor_says_what_compile_auto_becomes_here(monkeypatch):
+    from llamafactory_kimi_audio import doctor, settings
+    from llamafactory_kimi_audio.integration import speed
+
+    monkeypatch.setattr(speed, "compile_pays", lambda model_args: True)
+    check = doctor.compiled_layers_check()
+    assert check.ok and "auto → layers" in check.detail
+    monkeypatch.setattr(speed, "compile_pays", lambda model_args: False)
+    check = doctor.compiled_layers_check()
+    assert not check.ok and "auto → off" in check.detail and "Triton" in check.fix
+    monkeypatch.setenv("KIMI_AUDIO_COMPILE_POINTWISE", "off")
+    settings.reload()
+    try:
+        check = doctor.compiled_layers_check()
+        assert not check.ok and "=off → off" in check.detail and not check.fix
+    finally:
+        monkeypatch.delenv("KIMI_AUDIO_COMPILE_POINTWISE")
+        settings.reload()
