@@ -61,7 +61,8 @@ def load_flow_model(directory: str | os.PathLike) -> tuple[FlowDiT, MelNorm]:
         raise ModelError(f"{weights_path}: expected a dict with a 'state_dict' entry (the official layout)")
     state = {k.replace("speech_model.", ""): v for k, v in checkpoint["state_dict"].items() if "speech_model" in k}
     model = FlowDiT(dit)
-    load_strict(model, state, weights_path)
+    check_keys(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, weights_path)
+    copy_state(model, state)
     return model, mel_norm
 
 
@@ -77,38 +78,47 @@ def load_vocoder(directory: str | os.PathLike) -> BigVGAN:
         raise ModelError(f"{config_path}: no {error} entry; expected the official BigVGAN fields") from None
     except ValueError as error:
         raise ModelError(f"{config_path}: {error}") from None
-    load_strict(model, fold_weight_norm(checkpoint["generator"]), weights_path)
+    check_keys(checkpoint["generator"], official_vocoder_shapes(model), weights_path)
+    copy_state(model, fold_weight_norm(checkpoint["generator"]))
     return model
+
+
+def official_vocoder_shapes(model: BigVGAN) -> dict[str, tuple[int, ...]]:
+    """The official generator's names and shapes: each convolution weight as a ``weight_g`` / ``weight_v`` pair."""
+    normed = {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))
+    }
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, tensor in model.state_dict().items():
+        if key in normed:
+            shapes[f"{key}_g"] = (tensor.shape[0],) + (1,) * (tensor.dim() - 1)
+            shapes[f"{key}_v"] = tuple(tensor.shape)
+        else:
+            shapes[key] = tuple(tensor.shape)
+    return shapes
 
 
 def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``X.weight_g`` + ``X.weight_v`` -> ``X.weight = g * v / ||v||`` (norm over all dims but 0, as weight_norm)."""
     folded = {k: v for k, v in state.items() if not k.endswith((".weight_g", ".weight_v"))}
-    for key in state:
-        if not key.endswith(".weight_v"):
-            continue
-        stem = key[: -len("_v")]
-        v, g = state[key].float(), state.get(f"{stem}_g")
-        if g is None:
-            folded[f"{stem}_g"] = None  # reported as missing below
-            continue
-        norm = v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (v.dim() - 1)))
-        folded[stem] = (g.float() * v / norm).to(state[key].dtype)
-    for key in state:
-        if key.endswith(".weight_g") and f"{key[:-2]}_v" not in state:
-            folded[f"{key[:-2]}_v"] = None
+    for key, v in state.items():
+        if key.endswith(".weight_v"):
+            stem, g = key[: -len("_v")], state[f"{key[: -len('_v')]}_g"].float()
+            norm = v.float().reshape(v.shape[0], -1).norm(dim=1).reshape(g.shape)
+            folded[stem] = (g * v.float() / norm).to(v.dtype)
     return folded
 
 
-def load_strict(model: torch.nn.Module, state: dict[str, Any], path: str) -> None:
-    """Copy every parameter/buffer by name; any missing, unexpected or mis-shaped key -> one-line ModelError."""
-    own = model.state_dict()
-    missing = sorted(k for k in own if state.get(k) is None)
-    unexpected = sorted(k for k in state if k not in own)
+def check_keys(state: dict[str, Any], shapes: dict[str, tuple[int, ...]], path: str) -> None:
+    """Every expected name present with its shape, nothing else (strict, as the official loaders): else one line."""
+    missing = sorted(k for k in shapes if k not in state)
+    unexpected = sorted(k for k in state if k not in shapes)
     wrong = sorted(
-        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-        for k in own
-        if state.get(k) is not None and tuple(state[k].shape) != tuple(own[k].shape)
+        f"{k} {tuple(state[k].shape)} != {shapes[k]}"
+        for k in shapes
+        if k in state and tuple(getattr(state[k], "shape", ())) != shapes[k]
     )
     problems = [
         f"{label} {_listing(names)}"
@@ -117,8 +127,11 @@ def load_strict(model: torch.nn.Module, state: dict[str, Any], path: str) -> Non
     ]
     if problems:
         raise ModelError(f"{path}: {'; '.join(problems)} (is it the official Kimi-Audio detokenizer/vocoder file?)")
+
+
+def copy_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
-        for key, tensor in own.items():
+        for key, tensor in model.state_dict().items():
             tensor.copy_(state[key])
 
 
