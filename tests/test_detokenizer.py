@@ -254,7 +254,7 @@ def test_codes_to_wave_matches_reference_of_the_streaming_algorithm(checkpoint, 
     assert wave.dtype == torch.float32 and wave.shape == (num_codes * 1920,)  # 24000 / 12.5 samples per code
     assert detok.samples_per_code == 1920 and detok.sampling_rate == 24000
     expected = ref_detokenize(checkpoint, codes, seed=11)
-    torch.testing.assert_close(wave, expected, rtol=1e-4, atol=2e-5)
+    torch.testing.assert_close(wave, expected, rtol=1e-5, atol=5e-6)
     assert wave.std() > 1e-3  # a real signal, not silence
 
 
