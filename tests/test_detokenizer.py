@@ -298,3 +298,49 @@ def test_bad_key_is_a_one_line_error_naming_file_and_key(tmp_path, sub, key, nam
         load_detokenizer(str(tmp_path), device="cpu")
     text = str(info.value)
     assert "\n" not in text and text.startswith(path) and message in text
+
+
+# ---------------------------------------------------------------- CLI: make-tiny --detokenizer, respond -> .wav
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    bin_dir = os.path.dirname(sys.executable)
+    command = [os.path.join(bin_dir, "kimi-audio-lf"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_respond_writes_the_native_detokenizer_wave(tmp_path):
+    import json
+    import shutil
+
+    import soundfile as sf
+
+    model = tmp_path / "tiny"
+    _cli("make-tiny", str(model), "--detokenizer")
+    assert os.path.isfile(model / "audio_detokenizer" / "config.yaml") and os.path.isfile(model / "vocoder" / "model.pt")
+    # sampling (the random tiny model answers greedily with blanks only); top-k within the tiny vocabulary
+    flags = ["--text", "hello there", "--max-new-tokens", "60", "--device", "cpu", "--audio-temperature", "1.0",
+             "--audio-top-k", "1000", "--seed", "0"]  # fmt: skip
+    _cli("respond", str(model), "--out", str(tmp_path / "a"), *flags)
+    record = json.loads((tmp_path / "a.json").read_text())
+    assert record["num_codes"] > 0 and record["wav"] == f"{tmp_path / 'a'}.wav"
+    wave, rate = sf.read(record["wav"], dtype="float32")
+    assert rate == 24000 and wave.shape == (record["num_codes"] * 1920,)
+    expected = load_detokenizer(str(model), device="cpu")(record["codes"], generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(wave, expected.numpy(), atol=1.5 / 32768)  # PCM_16 rounding
+
+    shutil.rmtree(model / "vocoder")  # without the detokenizer: codes only, as before
+    _cli("respond", str(model), "--out", str(tmp_path / "b"), *flags)
+    assert json.loads((tmp_path / "b.json").read_text())["wav"] is None and not (tmp_path / "b.wav").exists()
+
+
+def test_codes_outside_the_semantic_vocabulary_are_refused(checkpoint):
+    from llamafactory_kimi_audio.errors import InputError
+
+    with pytest.raises(InputError, match=r"\[0, 64\)"):
+        load_detokenizer(checkpoint, device="cpu")([1, 2, VOCAB])

@@ -159,6 +159,9 @@ def _torch_load(path: str) -> Any:
     if not os.path.isfile(path):
         raise ModelError(f"{path}: not found; the checkpoint has no native-detokenizer files there")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: the real audio_detokenizer/model.pt also carries entries that are not the DiT
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or non-tensor pickle: name the file
         raise ModelError(f"{path}: cannot be read as a torch checkpoint ({type(error).__name__}: {error})") from None

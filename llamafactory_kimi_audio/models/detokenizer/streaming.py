@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import InputError
 from .bigvgan import BigVGAN
 from .flow_model import FlowDiT, PrefixKVCache
 
@@ -131,6 +132,12 @@ class Detokenizer:
         device = next(self.flow_model.parameters()).device
         if codes.numel() == 0:
             return torch.zeros(0, device=device)
+        vocab = self.flow_model.config.semantic_vocab_size
+        if int(codes.min()) < 0 or int(codes.max()) >= vocab:
+            raise InputError(
+                f"audio codes must lie in [0, {vocab}) (GLM-4-Voice ids minus the model's token offset); "
+                f"got {int(codes.min())}..{int(codes.max())}"
+            )
         codes = codes.to(device)
         self._clear()
         first, size = self.settings.first_chunk_codes, self.settings.chunk_codes
