@@ -40,11 +40,10 @@ def load_detokenizer(
     settings: StreamingSettings | None = None,
 ) -> Detokenizer:
     """The native detokenizer of a checkpoint directory (the official one runs in bfloat16 on a GPU)."""
-    flow, mel_norm = load_flow_model(os.path.join(checkpoint, FLOW_SUBDIR))
-    vocoder = load_vocoder(os.path.join(checkpoint, VOCODER_SUBDIR))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    flow, mel_norm = load_flow_model(os.path.join(checkpoint, FLOW_SUBDIR))
     flow.to(device=device, dtype=dtype).eval()
-    vocoder.to(device=device, dtype=dtype).eval()
+    vocoder = load_vocoder(os.path.join(checkpoint, VOCODER_SUBDIR), device, dtype).eval()
     return Detokenizer(flow, vocoder, mel_norm, settings)
 
 
@@ -66,7 +65,9 @@ def load_flow_model(directory: str | os.PathLike) -> tuple[FlowDiT, MelNorm]:
     return model, mel_norm
 
 
-def load_vocoder(directory: str | os.PathLike) -> BigVGAN:
+def load_vocoder(
+    directory: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> BigVGAN:
     config_path, weights_path = (os.path.join(directory, name) for name in VOCODER_FILES)
     config = _read_config(config_path, json_format=True)
     checkpoint = _torch_load(weights_path)
@@ -79,7 +80,8 @@ def load_vocoder(directory: str | os.PathLike) -> BigVGAN:
     except ValueError as error:
         raise ModelError(f"{config_path}: {error}") from None
     check_keys(checkpoint["generator"], official_vocoder_shapes(model), weights_path)
-    copy_state(model, fold_weight_norm(checkpoint["generator"]))
+    model.to(device=device, dtype=dtype)
+    copy_state(model, fold_weight_norm(checkpoint["generator"], dtype, device))
     return model
 
 
@@ -100,14 +102,19 @@ def official_vocoder_shapes(model: BigVGAN) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``X.weight_g`` + ``X.weight_v`` -> ``X.weight = g * v / ||v||`` (norm over all dims but 0, as weight_norm)."""
+def fold_weight_norm(
+    state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """``X.weight_g`` + ``X.weight_v`` -> ``X.weight = g * v / ||v||`` (norm over all dims but 0).
+
+    Folded with the same kernel, dtype and device as the official ``weight_norm`` hook computes it at every forward
+    (the official casts g and v to bfloat16 first), so the folded weights equal the official effective weights."""
     folded = {k: v for k, v in state.items() if not k.endswith((".weight_g", ".weight_v"))}
     for key, v in state.items():
         if key.endswith(".weight_v"):
-            stem, g = key[: -len("_v")], state[f"{key[: -len('_v')]}_g"].float()
-            norm = v.float().reshape(v.shape[0], -1).norm(dim=1).reshape(g.shape)
-            folded[stem] = (g * v.float() / norm).to(v.dtype)
+            stem = key[: -len("_v")]
+            g = state[f"{stem}_g"].to(device=device, dtype=dtype)
+            folded[stem] = torch._weight_norm(v.to(device=device, dtype=dtype), g, 0)
     return folded
 
 
