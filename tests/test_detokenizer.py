@@ -155,6 +155,16 @@ def test_vocoder_resblock_and_whole_generator_match_reference(checkpoint):
 # ---------------------------------------------------------------- flow-matching references
 
 
+def ref_rope(x, positions, params):
+    """Rotate each adjacent pair (x[2i], x[2i+1]) of every head by angle pos / interp * base^(-2i/D)."""
+    d = x.shape[-1]
+    inv = 1.0 / params["rope_base"] ** (torch.arange(0, d, 2).float() / d)
+    angle = torch.tensor(positions, dtype=torch.float32)[:, None] / params["rope_interpolation_factor"] * inv
+    cos, sin = torch.cos(angle)[:, None, :], torch.sin(angle)[:, None, :]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
 def ref_dit(state, cfg, x, tokens, step, positions, prefix):
     """One DiT velocity; ``prefix``: per-layer committed (k, v) [T', H, D] or None. Returns (v, new (k, v))."""
     s = {k.replace("speech_model.", ""): v.float() for k, v in state.items()}
@@ -180,6 +190,8 @@ def ref_dit(state, cfg, x, tokens, step, positions, prefix):
         mods = lin(F.silu(c), f"{b}.adaLN_modulation.1").chunk(6, dim=-1)
         a = ln(h) * (1 + mods[1]) + mods[0]
         q, k, v = lin(a, f"{b}.attn.qkv").view(len(tokens), 3, heads, dim // heads).unbind(1)
+        if cfg.get("use_rope"):
+            q, k = ref_rope(q, positions, cfg["rope_params"]), ref_rope(k, positions, cfg["rope_params"])
         if prefix is not None:
             k, v = torch.cat([prefix[layer][0], k]), torch.cat([prefix[layer][1], v])
         new_prefix.append((k, v))

@@ -16,26 +16,43 @@ import torch.nn.functional as F
 from torch import nn
 
 
+REQUIRED_DIT_FIELDS = (
+    "input_size",
+    "semantic_vocab_size",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "position_embedding_type",
+    "max_seq_len",
+)
+
+
 @dataclass
 class DiTConfig:
-    """``model.dit`` of the official ``audio_detokenizer/config.yaml`` (defaults as the official loader)."""
+    """``model.dit`` of the official ``audio_detokenizer/config.yaml``; optional fields default as the official
+    loader (``ffn_type`` defaults to the official ``conv1d_conv1d``, which the official block rejects too)."""
 
-    input_size: int = 80
-    semantic_vocab_size: int = 16384  # the yaml value; the embedding has one more row (the CFG token)
-    hidden_size: int = 1024
-    depth: int = 12
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    ffn_type: str = "vanilla_mlp"
+    input_size: int
+    semantic_vocab_size: int  # the yaml value; the embedding has one more row (the CFG token)
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    position_embedding_type: str
+    max_seq_len: int
+    ffn_type: str = "conv1d_conv1d"
     use_rope: bool = False
     rope_params: dict[str, Any] = field(
         default_factory=lambda: {"max_position_embeddings": 4096, "rope_base": 10000, "rope_interpolation_factor": 1}
     )
-    position_embedding_type: str = "sincos"
-    max_seq_len: int = 4096
 
     @classmethod
     def from_yaml_dict(cls, dit: dict[str, Any]) -> DiTConfig:
+        """Raises KeyError naming the first missing required field."""
+        for name in REQUIRED_DIT_FIELDS:
+            if name not in dit:
+                raise KeyError(f"model.dit.{name}")
         names = set(cls.__dataclass_fields__)
         return cls(**{key: value for key, value in dit.items() if key in names})
 

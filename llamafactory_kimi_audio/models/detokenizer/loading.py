@@ -51,15 +51,16 @@ def load_flow_model(directory: str | os.PathLike) -> tuple[FlowDiT, MelNorm]:
     config_path, weights_path = (os.path.join(directory, name) for name in FLOW_FILES)
     config = _read_config(config_path, json_format=False)
     try:
-        dit = DiTConfig.from_yaml_dict(config["model"]["dit"])
+        model = FlowDiT(DiTConfig.from_yaml_dict(config["model"]["dit"]))  # KeyError also for rope_params fields
         mel_norm = MelNorm(bool(config["normalize_mel"]), config["mel_mean"], config["mel_std"])
     except (KeyError, TypeError) as error:
         raise ModelError(f"{config_path}: no {error} entry; expected the official model.dit / mel_* fields") from None
+    except ValueError as error:
+        raise ModelError(f"{config_path}: {error}") from None
     checkpoint = _torch_load(weights_path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ModelError(f"{weights_path}: expected a dict with a 'state_dict' entry (the official layout)")
     state = {k.replace("speech_model.", ""): v for k, v in checkpoint["state_dict"].items() if "speech_model" in k}
-    model = FlowDiT(dit)
     check_keys(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, weights_path)
     copy_state(model, state)
     return model, mel_norm

@@ -29,7 +29,8 @@ def tiny_dit_config(semantic_vocab_size: int) -> dict[str, Any]:
         "num_heads": 2,
         "mlp_ratio": 2.0,
         "ffn_type": "vanilla_mlp",
-        "use_rope": False,
+        "use_rope": True,  # as the released config (rope on q/k plus the sincos input positions)
+        "rope_params": {"max_position_embeddings": 4096, "rope_base": 10000.0, "rope_interpolation_factor": 1.0},
         "position_embedding_type": "sincos",
         "max_seq_len": 4096,
     }
