@@ -356,3 +356,22 @@ def test_codes_outside_the_semantic_vocabulary_are_refused(checkpoint):
 
     with pytest.raises(InputError, match=r"\[0, 64\)"):
         load_detokenizer(checkpoint, device="cpu")([1, 2, VOCAB])
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("    max_seq_len: 4096\n", "", "no 'model.dit.max_seq_len' entry"),
+        ('"rope_base": 10000.0, ', "", "no 'rope_base' entry"),
+        ('"vanilla_mlp"', '"conv1d_conv1d"', "only 'vanilla_mlp'"),
+    ],
+)
+def test_bad_flow_config_is_a_one_line_error(tmp_path, old, new, message):
+    write_tiny_detokenizer(str(tmp_path), VOCAB)
+    path = tmp_path / "audio_detokenizer" / "config.yaml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    with pytest.raises(ModelError) as info:
+        load_detokenizer(str(tmp_path), device="cpu")
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(path)) and message in str(info.value)
