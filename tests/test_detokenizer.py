@@ -116,7 +116,9 @@ def ref_vocoder(state, h, mel):
 
 def test_kaiser_filter_and_snake_match_reference():
     for cutoff, width, size in ((0.25, 0.3, 12), (0.25, 0.3, 13), (0.1, 0.05, 8)):
-        torch.testing.assert_close(kaiser_sinc_filter(cutoff, width, size).view(-1), ref_kaiser_filter(cutoff, width, size))
+        torch.testing.assert_close(
+            kaiser_sinc_filter(cutoff, width, size).view(-1), ref_kaiser_filter(cutoff, width, size)
+        )
     snake = Snake(5, beta=True, logscale=True)
     with torch.no_grad():
         snake.alpha.normal_(), snake.beta.normal_()
@@ -277,7 +279,9 @@ def test_loading_round_trips_by_official_names(checkpoint):
         torch.testing.assert_close(value, flow[f"speech_model.{key}"])
     gen = raw(checkpoint, "vocoder")["generator"]
     torch.testing.assert_close(detok.vocoder.conv_pre.weight, ref_weight(gen, "conv_pre"))
-    torch.testing.assert_close(detok.vocoder.resblocks[0].activations[1].act.beta, gen["resblocks.0.activations.1.act.beta"])
+    torch.testing.assert_close(
+        detok.vocoder.resblocks[0].activations[1].act.beta, gen["resblocks.0.activations.1.act.beta"]
+    )
 
 
 def _rewrite(path, key, edit):
@@ -289,8 +293,20 @@ def _rewrite(path, key, edit):
 @pytest.mark.parametrize(
     ("sub", "key", "name", "edit", "message"),
     [
-        ("audio_detokenizer", "state_dict", "speech_model.blocks.1.attn.qkv.weight", "drop", "missing keys blocks.1.attn.qkv.weight"),
-        ("audio_detokenizer", "state_dict", "speech_model.input_linear.weight", "shape", "mis-shaped input_linear.weight"),
+        (
+            "audio_detokenizer",
+            "state_dict",
+            "speech_model.blocks.1.attn.qkv.weight",
+            "drop",
+            "missing keys blocks.1.attn.qkv.weight",
+        ),
+        (
+            "audio_detokenizer",
+            "state_dict",
+            "speech_model.input_linear.weight",
+            "shape",
+            "mis-shaped input_linear.weight",
+        ),
         ("vocoder", "generator", "ups.1.0.weight_g", "drop", "missing keys ups.1.0.weight_g"),
         ("vocoder", "generator", "conv_post.weight_v", "shape", "mis-shaped conv_post.weight_v"),
     ],
@@ -334,7 +350,9 @@ def test_respond_writes_the_native_detokenizer_wave(tmp_path):
 
     model = tmp_path / "tiny"
     _cli("make-tiny", str(model), "--detokenizer")
-    assert os.path.isfile(model / "audio_detokenizer" / "config.yaml") and os.path.isfile(model / "vocoder" / "model.pt")
+    assert os.path.isfile(model / "audio_detokenizer" / "config.yaml") and os.path.isfile(
+        model / "vocoder" / "model.pt"
+    )
     # sampling (the random tiny model answers greedily with blanks only); top-k within the tiny vocabulary
     flags = ["--text", "hello there", "--max-new-tokens", "60", "--device", "cpu", "--audio-temperature", "1.0",
              "--audio-top-k", "1000", "--seed", "0"]  # fmt: skip

@@ -3,8 +3,9 @@
 Names follow the official BigVGAN generator state dict (``conv_pre``, ``ups.I.0``, ``resblocks.J.convs1.K``,
 ``resblocks.J.activations.M.act.alpha`` / ``.upsample.filter`` / ``.downsample.lowpass.filter``, ``activation_post``,
 ``conv_post``). Weight-normalised convolutions are stored here already folded (``weight = g * v / ||v||``); the loader
-folds the official ``weight_g`` / ``weight_v`` pairs. The anti-aliased activation is the official pure-torch path (x2
-kaiser-sinc upsampling, snake, x2 low-pass downsampling); the official wrapper runs the same math as a fused CUDA kernel.
+folds the official ``weight_g`` / ``weight_v`` pairs. The anti-aliased activation is the official pure-torch path
+(x2 kaiser-sinc upsampling, snake, x2 low-pass downsampling); the official wrapper runs the same math as a fused CUDA
+kernel.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class UpSample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
         x = F.pad(x, (self.pad, self.pad), mode="replicate")
-        x = self.ratio * F.conv_transpose1d(x, self.filter.expand(channels, -1, -1), stride=self.ratio, groups=channels)
+        x = self.ratio * F.conv_transpose1d(
+            x, self.filter.expand(channels, -1, -1), stride=self.ratio, groups=channels
+        )
         return x[..., self.crop_left : -self.crop_right]
 
 

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 REQUIRED_DIT_FIELDS = (
     "input_size",
     "semantic_vocab_size",
@@ -223,7 +222,9 @@ class FlowDiT(nn.Module):
             self.position_embedding = None
         else:
             raise ValueError(f"position_embedding_type {config.position_embedding_type!r}: sincos, learnable or skip")
-        rope = rope_angles(dim // config.num_heads, config.rope_params, config.max_seq_len) if config.use_rope else None
+        rope = (
+            rope_angles(dim // config.num_heads, config.rope_params, config.max_seq_len) if config.use_rope else None
+        )
         self.rope = rope
         self.blocks = nn.ModuleList(DiTBlock(dim, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
         self.final_layer = FinalLayer(dim, config.input_size)
