@@ -393,3 +393,69 @@ def test_bad_flow_config_is_a_one_line_error(tmp_path, old, new, message):
     with pytest.raises(ModelError) as info:
         load_detokenizer(str(tmp_path), device="cpu")
     assert "\n" not in str(info.value) and str(info.value).startswith(str(path)) and message in str(info.value)
+
+
+# ---------------------------------------------------------------- evaluate: ASR round trip of the generated audio
+
+
+@pytest.fixture(scope="module")
+def tiny_speaker(tmp_path_factory):
+    from llamafactory_kimi_audio.eval.transcribe import load_for_inference
+    from llamafactory_kimi_audio.models.tiny import make_tiny_checkpoint
+
+    directory = str(tmp_path_factory.mktemp("tiny_speaker"))
+    make_tiny_checkpoint(directory, detokenizer=True)
+    model, processor = load_for_inference(directory, None, "cpu")
+    return directory, model, processor
+
+
+def test_round_trip_transcribes_the_detokenized_answers(tiny_speaker, tmp_path):
+    import soundfile as sf
+
+    from llamafactory_kimi_audio.eval.speech_eval import SpeechItem
+    from llamafactory_kimi_audio.eval.speech_roundtrip import round_trip
+    from llamafactory_kimi_audio.eval.transcribe import Generation, transcribe
+    from llamafactory_kimi_audio.models.special_tokens import DEFAULT_INSTRUCTION
+
+    _, model, processor = tiny_speaker
+    items = [SpeechItem(u, "say it", None, "unused.wav", text) for u, text in (("a/1", "hello there"), ("b", "bye"))]
+    codes = [torch.randint(0, 256, (40,), generator=torch.Generator().manual_seed(1)).tolist(), []]
+    trip = round_trip(model, processor, items, codes, str(tmp_path), "standard", "auto", progress=False)
+    assert trip.wavs[1] is None and trip.hyps[1] == ""  # no codes: nothing to hear
+    wave, rate = sf.read(trip.wavs[0], dtype="float32")
+    assert os.path.dirname(trip.wavs[0]) == str(tmp_path / "speech_wav") and rate == 24000
+    assert wave.shape == (40 * 1920,)
+    direct = transcribe(model, processor, [trip.wavs[0]], [DEFAULT_INSTRUCTION["en"]], Generation(), progress=False)
+    assert trip.hyps[0] == direct[0]
+    assert trip.report.n == 2 and trip.to_dict()["metric"] == "asr_round_trip"
+    rows = {row.id: row for row in trip.report.utterances}
+    assert rows["a/1"].hyp == direct[0] and rows["a/1"].audio == trip.wavs[0]
+    assert rows["b"].hyp == "" and rows["b"].hits == 0 and rows["b"].deletions == rows["b"].ref_len  # all missed
+
+
+def test_evaluate_adds_the_round_trip_only_with_a_detokenizer(tiny_speaker, tmp_path):
+    import json
+    import shutil
+
+    import soundfile as sf
+
+    from llamafactory_kimi_audio.eval.evaluation import evaluate
+
+    directory, model, processor = tiny_speaker
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "a.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    row = {"messages": [{"role": "user", "content": "say hi"}, {"role": "assistant", "content": "hi<audio>"}],
+           "audios": ["a.wav"]}  # fmt: skip
+    data = tmp_path / "set.json"
+    data.write_text(json.dumps([row, {**row, "id": "two"}]))
+    result = evaluate(str(data), model=model, processor=processor, out_dir=str(tmp_path / "out"), progress=False)
+    block = result.summary["speech"]["round_trip"]
+    assert block["metric"] == "asr_round_trip" and block["n"] == 2
+    lines = (tmp_path / "out" / "speech_utterances.jsonl").read_text().splitlines()
+    assert all("round_trip_hyp" in json.loads(line) for line in lines) and len(lines) == 2
+    assert "round-trip" in (tmp_path / "out" / "report.md").read_text()
+
+    shutil.rmtree(os.path.join(directory, "vocoder"))
+    result = evaluate(str(data), model=model, processor=processor, out_dir=str(tmp_path / "out2"), progress=False)
+    assert "round_trip" not in result.summary["speech"]
+    assert "no ASR round trip" in (tmp_path / "out2" / "report.md").read_text()
