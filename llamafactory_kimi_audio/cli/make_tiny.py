@@ -18,13 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
     parser.add_argument("--force", action="store_true", help="replace DIRECTORY if it already exists")
+    parser.add_argument(
+        "--detokenizer",
+        action="store_true",
+        help="also write a tiny random audio_detokenizer/ + vocoder/ (official layout): respond then writes a .wav",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..models.tiny import make_tiny_checkpoint
 
     _clear(args.directory, args.force)
-    info = make_tiny_checkpoint(args.directory, preset=args.preset, seed=args.seed)
+    info = make_tiny_checkpoint(args.directory, preset=args.preset, seed=args.seed, detokenizer=args.detokenizer)
     what = f"{info.num_parameters:,} parameters" if info.num_parameters else "configs only (real shapes)"
     print(
         f"make-tiny: {info.path} ({args.preset}: {what}, vocab {info.vocab_size}, base vocab {info.num_base_tokens})"

@@ -1,7 +1,8 @@
 """``kimi-audio-lf respond``: a spoken (or text) answer to one question, with the official decoding loop.
 
 Writes ``OUT.json`` (text, GLM-4-Voice codes, settings) and ``OUT.npy`` (the codes, int64 ``[1, T]``: what the
-official detokenizer takes). Turning codes into a waveform needs the official detokenizer (README "Speech output").
+official detokenizer takes). When the checkpoint has ``audio_detokenizer/`` and ``vocoder/`` (the official Kimi-Audio
+layout), the native detokenizer also writes ``OUT.wav`` (24 kHz mono); otherwise see README "Speech output".
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import os
 
 import numpy as np
 
-HELP = "answer one question (audio and/or text) with speech: writes the text and the GLM-4-Voice codes (.json, .npy)"
+HELP = (
+    "answer one question (audio and/or text) with speech: writes the text and the GLM-4-Voice codes (.json, .npy),"
+    " and a .wav when the checkpoint has the detokenizer"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,8 +77,32 @@ def run(args: argparse.Namespace) -> int:
         "model": os.path.abspath(args.model),
         "adapter": args.adapter,
     }
+    wav_path = _write_wave(args, out.codes, device) if out.codes else None
+    record["wav"] = wav_path
     write_json(f"{args.out}.json", record)
     print(f"respond: {text!r}; {len(out.codes)} audio codes ({len(out.codes) / 12.5:.2f} s) -> {args.out}.json/.npy")
-    if out.codes:
-        print("  a waveform needs the official detokenizer: see README 'Speech output' (codes = OUT.npy)")
+    if wav_path:
+        print(f"  waveform (native detokenizer, 24 kHz) -> {wav_path}")
+    elif out.codes:
+        print("  no audio_detokenizer/ + vocoder/ in the checkpoint: see README 'Speech output' (codes = OUT.npy)")
     return 0
+
+
+def _write_wave(args: argparse.Namespace, codes: list[int], device) -> str | None:
+    """``OUT.wav`` from the checkpoint's detokenizer (bfloat16 on a GPU as the official, float32 on CPU)."""
+    import soundfile as sf
+    import torch
+
+    from ..data.textio import atomic_open
+    from ..models.detokenizer import has_detokenizer, load_detokenizer
+
+    if not has_detokenizer(args.model):
+        return None
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    detokenizer = load_detokenizer(args.model, device=device, dtype=dtype)
+    noise = torch.Generator().manual_seed(args.seed)  # the flow-matching start noise, drawn on the CPU as official
+    wave = detokenizer(codes, generator=noise).cpu().numpy()
+    path = f"{args.out}.wav"
+    with atomic_open(path, "wb") as handle:
+        sf.write(handle, wave, detokenizer.sampling_rate, format="WAV", subtype="PCM_16")
+    return path

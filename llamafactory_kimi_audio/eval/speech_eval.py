@@ -2,12 +2,13 @@
 
 A speech test set is sharegpt rows whose assistant turn holds an ``<audio>`` (the target), as ``convert --task tts``
 and ``--task spoken-reply`` write them. For every row the model answers the user turn with the official decoding
-loop (``generate_speech``, both heads greedy) and the answer is scored at the code level, because the package has
-no detokenizer (README "Speech output"), so no ASR round trip of generated sound is possible:
+loop (``generate_speech``, both heads greedy) and the answer is scored at the code level, and, when the checkpoint
+has the detokenizer (``audio_detokenizer/`` + ``vocoder/``), by an ASR round trip (``speech_roundtrip.py``):
 
 - **code error rate**: edit distance between generated and target GLM-4-Voice codes / target codes, over the set;
 - **exact match**: share of answers whose codes equal the target's;
-- the **text stream** (what the model says it speaks) against the answer text: the usual CER / WER report.
+- the **text stream** (what the model says it speaks) against the answer text: the usual CER / WER report;
+- **round trip** (with a detokenizer): the model's own transcript of the generated 24 kHz wave vs the answer text.
 
 Target codes come from the feature cache when it holds the clip (``KIMI_AUDIO_FEATURE_CACHE``), else from the
 GLM-4-Voice tokenizer of the checkpoint. Decoding stops at the audio end token or after ``2·N + delay + 10`` steps
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import jiwer
@@ -76,6 +77,8 @@ class CodeScore:
 @dataclass
 class SpeechScores:
     utterances: list[CodeScore]
+    generated: list[list[int]] = field(default_factory=list)  # the answers' codes, in item order
+    round_trip: Any = None  # speech_roundtrip.RoundTrip when the checkpoint has the detokenizer
 
     @property
     def n(self) -> int:
@@ -94,13 +97,16 @@ class SpeechScores:
         return sum(u.hyp_len for u in self.utterances) / max(1, sum(u.target_len for u in self.utterances))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": "codes",  # no detokenizer: code-level accuracy, not an ASR round trip
+        out = {
+            "metric": "codes",  # code-level accuracy; the ASR round trip (with a detokenizer) is its own block
             "n": self.n,
             "code_error_rate": self.code_error_rate,
             "exact_match": self.exact_match,
             "length_ratio": self.length_ratio,
         }
+        if self.round_trip is not None:
+            out["round_trip"] = self.round_trip.to_dict()
+        return out
 
 
 def code_score(

@@ -62,20 +62,27 @@ def score_items(model: Any, processor: Any, items: Sequence[SpeechItem], progres
     model.require_mimo_weights()
     delay = int(model.config.kimia_mimo_audiodelaytokens)
     scores: list[CodeScore] = []
+    generated: list[list[int]] = []
     for item in tqdm(items, desc="speak", unit="utt", disable=None if progress else True, file=sys.stderr):
         target = target_codes(model, processor, item.target_audio)
         codes, text = speak(model, processor, item, 2 * len(target) + delay + RUNAWAY_MARGIN)
         scores.append(code_score(item.id, target, codes, item.answer_text, text))
-    return SpeechScores(scores)
+        generated.append(codes)
+    return SpeechScores(scores, generated)
 
 
 def speech_markdown(scores: SpeechScores) -> str:
+    trip = scores.round_trip
     lines = [
         "# Speech output evaluation",
         "",
-        "Code-level accuracy of greedy spoken answers against the target audio's GLM-4-Voice codes (no detokenizer "
-        "in this package, so no ASR round trip of generated sound); the ASR-style report below scores the text "
-        "stream against the answer text.",
+        "Code-level accuracy of greedy spoken answers against the target audio's GLM-4-Voice codes"
+        + (
+            "; ASR round trip: the model's own transcript of the detokenized answer (speech_wav/) vs the answer text"
+            if trip is not None
+            else " (the checkpoint has no audio_detokenizer/ + vocoder/, so no ASR round trip)"
+        )
+        + ". The ASR-style report below scores the text stream against the answer text.",
         "",
         "| metric | value |",
         "|---|---|",
@@ -83,15 +90,20 @@ def speech_markdown(scores: SpeechScores) -> str:
         f"| code error rate (edit distance / target codes) | {100 * scores.code_error_rate:.2f}% |",
         f"| exact match (codes) | {100 * scores.exact_match:.1f}% |",
         f"| generated / target codes | {scores.length_ratio:.3f} |",
-        "",
     ]
-    return "\n".join(lines) + "\n"
+    for name in ("cer", "wer") if trip is not None else ():
+        value = getattr(trip.report, name)
+        if value is not None:
+            lines.append(f"| round-trip {name.upper()} (transcript of the generated audio) | {100 * value:.2f}% |")
+    return "\n".join(lines) + "\n\n"
 
 
 def write_speech_outputs(out_dir: str, text_report: Any, summary: dict, scores: SpeechScores, plot: bool) -> dict:
     paths = write_outputs(out_dir, text_report, summary, plot=plot)
     paths["speech_utterances.jsonl"] = os.path.join(out_dir, "speech_utterances.jsonl")
-    rows = (json.dumps(u.to_dict(), ensure_ascii=False) for u in scores.utterances)
+    trip = scores.round_trip
+    extra = [{"round_trip_hyp": h, "wav": w} for h, w in zip(trip.hyps, trip.wavs)] if trip else [{}] * scores.n
+    rows = (json.dumps({**u.to_dict(), **e}, ensure_ascii=False) for u, e in zip(scores.utterances, extra))
     write_lines(paths["speech_utterances.jsonl"], lambda: rows)
     plot_name = PLOT_NAME if PLOT_NAME in paths else None
     with atomic_open(paths["report.md"]) as handle:  # speech first, then the text stream's report
@@ -111,11 +123,15 @@ def evaluate_speech(
     plot: bool = True,
 ) -> tuple[Any, dict[str, Any], dict[str, str], SpeechScores]:
     """``(text report, summary, paths, speech scores)`` of ``model``'s spoken answers to ``items``."""
+    from .speech_roundtrip import round_trip
+
     scores = score_items(model, processor, items, progress)
+    out_dir = ensure_writable_dir(out_dir, "out_dir") if out_dir else None
+    scores.round_trip = round_trip(model, processor, items, scores.generated, out_dir, normalizer, language, progress)
     hyps = [u.text_hyp for u in scores.utterances]
     text_report = score([i.id for i in items], [i.answer_text for i in items], hyps, normalizer, language)
     summary = {**build_summary(text_report, meta), "speech": scores.to_dict()}
     paths = {}
     if out_dir:
-        paths = write_speech_outputs(ensure_writable_dir(out_dir, "out_dir"), text_report, summary, scores, plot)
+        paths = write_speech_outputs(out_dir, text_report, summary, scores, plot)
     return text_report, summary, paths, scores

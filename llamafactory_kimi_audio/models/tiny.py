@@ -107,8 +107,13 @@ def kimi_config(num_base_tokens: int, preset: str) -> KimiAudioConfig:
     )
 
 
-def make_tiny_checkpoint(directory: str, preset: str = "tiny", seed: int = 0) -> TinyCheckpoint:
-    """Write a complete checkpoint (``tiny``) or only the configs of the real shapes (``full``)."""
+def make_tiny_checkpoint(
+    directory: str, preset: str = "tiny", seed: int = 0, detokenizer: bool = False
+) -> TinyCheckpoint:
+    """Write a complete checkpoint (``tiny``) or only the configs of the real shapes (``full``).
+
+    ``detokenizer``: also write a tiny random ``audio_detokenizer/`` + ``vocoder/`` (official layout) so that speech
+    output becomes a waveform (opt-in: most tests do not need it)."""
     if preset not in GLM_VOCAB:
         raise ValueError(f"unknown preset {preset!r}; choose 'tiny' or 'full'")
     os.makedirs(directory, exist_ok=True)
@@ -132,6 +137,10 @@ def make_tiny_checkpoint(directory: str, preset: str = "tiny", seed: int = 0) ->
     model.generation_config = default_generation_config(config)
     model.save_pretrained(directory, max_shard_size="1MB", safe_serialization=True)
     _add_whisper_decoder_stub(os.path.join(directory, WHISPER_SUBDIR))
+    if detokenizer:
+        from .detokenizer.tiny import write_tiny_detokenizer
+
+        write_tiny_detokenizer(directory, GLM_VOCAB[preset], seed=seed)
     params = sum(p.numel() for p in model.parameters())
     return TinyCheckpoint(os.path.abspath(directory), params, config.vocab_size, num_base)
 
