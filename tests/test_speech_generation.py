@@ -153,3 +153,12 @@ def test_scripted_variants(model, tok, sym):
     result, calls = scripted_run(model, prompt, text_script, codes, output_type="text")
     assert calls == 4 and result.text_ids == reply and result.codes == []
     assert all(audio == sym["B"] for audio, _ in result.fed_rows)
+
+
+def test_a_top_k_beyond_the_head_size_samples_from_every_code():
+    from llamafactory_kimi_audio.models.speech_generation import HeadSampling
+
+    logits = torch.tensor([0.0, 1.0, 0.0])
+    generator = torch.Generator().manual_seed(0)
+    drawn = {HeadSampling(temperature=1.0, top_k=1000).sample(logits, [], generator) for _ in range(200)}
+    assert drawn == {0, 1, 2}

@@ -47,8 +47,8 @@ class HeadSampling:
         if self.temperature <= 1e-6:
             return int(logprobs.argmax())
         probs = (logprobs / self.temperature).exp()
-        if self.top_k > 0:
-            values, indices = probs.topk(self.top_k)
+        if self.top_k > 0:  # a top-k beyond the head size keeps every code (torch.topk would fail)
+            values, indices = probs.topk(min(self.top_k, probs.shape[-1]))
             return int(indices[torch.multinomial(values, 1, generator=generator)])
         return int(torch.multinomial(probs, 1, generator=generator))
 
