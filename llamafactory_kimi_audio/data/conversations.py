@@ -62,7 +62,8 @@ def _kimi_record(obj: dict, name: str, line: int) -> SourceRecord | Issue:
     return SourceRecord(name, line, _uid(obj), audios[0], text.strip() if text else text, instruction)
 
 
-def _turns(obj: dict) -> list[tuple[str, str]] | None:
+def message_turns(obj: dict) -> list[tuple[str, str]] | None:
+    """(role, text) of a sharegpt / OpenAI-messages row, roles normalised to user / assistant; None if malformed."""
     messages = obj.get("conversations", obj.get("messages"))
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         return None
@@ -76,7 +77,7 @@ def _turns(obj: dict) -> list[tuple[str, str]] | None:
 
 
 def _sharegpt_record(obj: dict, name: str, line: int) -> SourceRecord | Issue:
-    turns = _turns(obj)
+    turns = message_turns(obj)
     if turns is None:
         return Issue("malformed_record", name, line, 'no "conversations" / "messages" list of turns in the record')
     listed = obj.get("audios", obj.get("audio")) or []

@@ -24,6 +24,7 @@ from typing import Any
 
 import jiwer
 
+from ..data.conversations import message_turns
 from ..data.convert import resolve_audio
 from ..data.records import iter_json_records
 from ..data.textio import DataError
@@ -32,7 +33,6 @@ from ..errors import InputError
 from ..jsonio import media_root
 
 PLACEHOLDER = "<audio>"
-_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "model": "assistant"}
 
 
 @dataclass(frozen=True)
@@ -122,16 +122,7 @@ def code_score(
 
 # --------------------------------------------------------------------------------------------------- test set
 def _turns(obj: dict) -> list[tuple[str, str]]:
-    messages = obj.get("messages", obj.get("conversations"))
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        return []
-    turns = []
-    for message in messages:
-        role = _ROLES.get(str(message.get("role", message.get("from"))).lower())
-        content = message.get("content", message.get("value"))
-        if role is not None:
-            turns.append((role, content if isinstance(content, str) else ""))
-    return turns
+    return message_turns(obj) or []
 
 
 def is_speech_row(obj: Any) -> bool:
