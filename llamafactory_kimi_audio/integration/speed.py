@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import settings
 from ..models.constants import MODEL_TYPE as KIMI_MODEL_TYPE
+from .wrappers import kimi_base_model, quiet_torch_dtype_access
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ def zero3_enabled() -> bool:
 
 def make_speed_switches(original):
     """The model's speed switches are config attributes; the settings (environment) decide them, once, here."""
-    from .wrappers import quiet_torch_dtype_access
 
     @functools.wraps(original)
     def patch_config(config, tokenizer, model_args, init_kwargs, is_trainable, *args: Any, **kwargs: Any):
@@ -77,15 +77,6 @@ def make_park_idle_weights(original):
     return _training_function
 
 
-def kimi_base_model(model: Any) -> Any | None:
-    """The ``KimiAudioForCausalLM`` inside PEFT / DDP / DeepSpeed wrappers, or None for any other model."""
-    base = getattr(model, "module", model)
-    if hasattr(base, "get_base_model"):
-        base = base.get_base_model()
-    config = getattr(base, "config", None)
-    return base if getattr(config, "model_type", None) == KIMI_MODEL_TYPE else None
-
-
 @functools.cache
 def _callback_class() -> type:
     from transformers import TrainerCallback
@@ -105,22 +96,22 @@ def park_idle_callback() -> Any:
 
 def park_idle_weights(model: Any, training_args: Any) -> list[str]:
     """Park the idle submodules of a Kimi-Audio ``model`` (after the Trainer placed and wrapped it)."""
+    from ..models.parking import park
+
     base = kimi_base_model(model)
     if base is None or not settings.enabled("KIMI_AUDIO_PARK_IDLE"):
         return []
     if zero3_enabled() or getattr(training_args, "fsdp", None):  # partitioned parameters are not ours to move
         return []
-    from ..models.parking import park
-
     cached = bool(settings.get("KIMI_AUDIO_FEATURE_CACHE")) and settings.get("KIMI_AUDIO_CACHE_MODE") == "full"
     idle = base.idle_submodules(audio_features_cached=cached)
-    sizes = {name: sum(p.numel() * p.element_size() for p in module.parameters()) for name, module in idle.items()}
     parked = park(idle)
     if parked and os.environ.get("RANK", "0") in ("", "0"):
+        freed = sum(p.numel() * p.element_size() for name in parked for p in idle[name].parameters())
         logger.warning(
             "llamafactory-kimi-audio: %s kept in host memory, %.1f GiB less on the GPU (moved back if a batch needs "
             "them; KIMI_AUDIO_PARK_IDLE=0 keeps them on the GPU).",
             ", ".join(parked),
-            sum(sizes[name] for name in parked) / 2**30,
+            freed / 2**30,
         )
     return parked

@@ -21,10 +21,15 @@ def is_kimi_tokenizer(tokenizer: Any) -> bool:
     return type(tokenizer).__name__ == "KimiAudioTokenizer"
 
 
-def is_kimi_model(model: Any) -> bool:
+def kimi_base_model(model: Any) -> Any | None:
+    """The ``KimiAudioForCausalLM`` inside DDP / DeepSpeed / PEFT wrappers, or None for any other model."""
     base = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
     base = getattr(getattr(base, "base_model", None), "model", base)  # PEFT
-    return getattr(getattr(base, "config", None), "model_type", None) == KIMI_MODEL_TYPE
+    return base if getattr(getattr(base, "config", None), "model_type", None) == KIMI_MODEL_TYPE else None
+
+
+def is_kimi_model(model: Any) -> bool:
+    return kimi_base_model(model) is not None
 
 
 def is_kimi_source(model_args: Any) -> bool:

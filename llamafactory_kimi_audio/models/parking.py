@@ -34,7 +34,7 @@ def park(modules: dict[str, nn.Module]) -> list[str]:
     """Move each parkable module of ``{name: module}`` to host memory; returns the names parked."""
     parked = []
     for name, module in modules.items():
-        if module is None or is_parked(module) or not parkable(module):
+        if is_parked(module) or not parkable(module):
             continue
         device = next(module.parameters()).device
         module.to("cpu")
@@ -47,14 +47,12 @@ def park(modules: dict[str, nn.Module]) -> list[str]:
 
 
 def is_parked(module: nn.Module) -> bool:
-    return bool(getattr(module, _HOOK_ATTR, None))
+    return bool(module.__dict__.get(_HOOK_ATTR))
 
 
 def unpark(module: nn.Module, device: torch.device | str) -> None:
-    for hook in getattr(module, _HOOK_ATTR, None) or ():
+    for hook in module.__dict__.pop(_HOOK_ATTR, ()):
         hook.remove()
-    if hasattr(module, _HOOK_ATTR):
-        delattr(module, _HOOK_ATTR)
     module.to(device)
 
 
