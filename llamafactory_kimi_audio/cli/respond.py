@@ -89,20 +89,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_wave(args: argparse.Namespace, codes: list[int], device) -> str | None:
-    """``OUT.wav`` from the checkpoint's detokenizer (bfloat16 on a GPU as the official, float32 on CPU)."""
-    import soundfile as sf
-    import torch
-
-    from ..data.textio import atomic_open
-    from ..models.detokenizer import has_detokenizer, load_detokenizer
+    """``OUT.wav`` from the checkpoint's detokenizer, the flow's start noise drawn on the CPU from ``--seed``."""
+    from ..eval.speech_roundtrip import open_detokenizer, write_wave
+    from ..models.detokenizer import has_detokenizer
 
     if not has_detokenizer(args.model):
         return None
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    detokenizer = load_detokenizer(args.model, device=device, dtype=dtype)
-    noise = torch.Generator().manual_seed(args.seed)  # the flow-matching start noise, drawn on the CPU as official
-    wave = detokenizer(codes, generator=noise).cpu().numpy()
-    path = f"{args.out}.wav"
-    with atomic_open(path, "wb") as handle:
-        sf.write(handle, wave, detokenizer.sampling_rate, format="WAV", subtype="PCM_16")
-    return path
+    return write_wave(open_detokenizer(args.model, device), codes, args.seed, f"{args.out}.wav")

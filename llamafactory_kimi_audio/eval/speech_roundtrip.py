@@ -39,28 +39,37 @@ def detokenizer_checkpoint(model: Any) -> str | None:
     return path if path and os.path.isdir(path) and has_detokenizer(path) else None
 
 
-def write_waves(checkpoint: str, model: Any, ids: Sequence[str], codes: Sequence[Sequence[int]], directory: str):
-    """One 24 kHz PCM-16 wav per answer with codes (the flow noise seeded per answer); paths, None for no codes."""
+def open_detokenizer(checkpoint: str, device: Any) -> Any:
+    """The checkpoint's native detokenizer on ``device``: bfloat16 on a GPU, as the official runs it, else float32."""
+    import torch
+
+    from ..models.detokenizer import load_detokenizer
+
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return load_detokenizer(checkpoint, device=device, dtype=dtype)
+
+
+def write_wave(detokenizer: Any, codes: Sequence[int], seed: int, path: str) -> str:
+    """``codes`` as a 24 kHz PCM-16 wav at ``path`` (written atomically); ``seed`` draws the flow's start noise."""
     import soundfile as sf
     import torch
 
     from ..data.textio import atomic_open
-    from ..models.detokenizer import load_detokenizer
 
-    device = next(model.parameters()).device
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the official runs bfloat16 on a GPU
-    detokenizer = load_detokenizer(checkpoint, device=device, dtype=dtype)
+    wave = detokenizer(list(codes), generator=torch.Generator().manual_seed(seed)).cpu().numpy()
+    with atomic_open(path, "wb") as handle:
+        sf.write(handle, wave, detokenizer.sampling_rate, format="WAV", subtype="PCM_16")
+    return path
+
+
+def write_waves(checkpoint: str, model: Any, ids: Sequence[str], codes: Sequence[Sequence[int]], directory: str):
+    """One wav per answer with codes (the flow noise seeded per answer); paths, None for an answer without codes."""
+    detokenizer = open_detokenizer(checkpoint, next(model.parameters()).device)
     os.makedirs(directory, exist_ok=True)
     paths: list[str | None] = []
     for index, (uid, answer) in enumerate(zip(ids, codes)):
-        if not answer:
-            paths.append(None)
-            continue
-        wave = detokenizer(list(answer), generator=torch.Generator().manual_seed(index)).cpu().numpy()
-        path = os.path.join(directory, f"{index:05d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', uid)[:80]}.wav")
-        with atomic_open(path, "wb") as handle:
-            sf.write(handle, wave, detokenizer.sampling_rate, format="WAV", subtype="PCM_16")
-        paths.append(path)
+        name = f"{index:05d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', uid)[:80]}.wav"
+        paths.append(write_wave(detokenizer, answer, index, os.path.join(directory, name)) if answer else None)
     return paths
 
 
