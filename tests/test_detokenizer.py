@@ -454,6 +454,10 @@ def test_evaluate_adds_the_round_trip_only_with_a_detokenizer(tiny_speaker, tmp_
     lines = (tmp_path / "out" / "speech_utterances.jsonl").read_text().splitlines()
     assert all("round_trip_hyp" in json.loads(line) for line in lines) and len(lines) == 2
     assert "round-trip" in (tmp_path / "out" / "report.md").read_text()
+    cli_out = str(tmp_path / "cli")
+    printed = _cli("evaluate", "--model", directory, "--data", str(data), "--out", cli_out, "--device", "cpu")
+    cer = json.loads((tmp_path / "cli" / "summary.json").read_text())["speech"]["round_trip"]["cer"]
+    assert f"round-trip CER {100 * cer:.2f}%" in printed and "no detokenizer" not in printed
 
     shutil.rmtree(os.path.join(directory, "vocoder"))
     result = evaluate(str(data), model=model, processor=processor, out_dir=str(tmp_path / "out2"), progress=False)

@@ -172,6 +172,7 @@ def test_evaluate_scores_spoken_answers_by_their_codes(tiny_checkpoint, trained_
     assert tuned["speech"]["exact_match"] > base["speech"]["exact_match"]
     assert tuned["cer"] < base["cer"]  # the text stream: the answer text itself
     assert "code error rate" in tuned_out and "code error rate" in (workdir / "eval_tuned" / "report.md").read_text()
+    assert "(code level: no detokenizer)" in tuned_out
     processor = KimiAudioProcessor.from_pretrained(tiny_checkpoint.path)
     model = KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).eval()
     rows = [json.loads(line) for line in (workdir / "eval_tuned" / "speech_utterances.jsonl").read_text().splitlines()]

@@ -112,10 +112,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if result.speech is not None:
         speech = result.speech
+        trip = speech.round_trip
+        heard = f"round-trip CER {100 * trip.report.cer:.2f}%" if trip and trip.report.cer is not None else None
         print(
             f"speech: code error rate {100 * speech.code_error_rate:.2f}% · "
             f"exact match {100 * speech.exact_match:.1f}% · generated/target codes {speech.length_ratio:.3f} · "
-            f"n={speech.n} (code level: no detokenizer)"
+            f"n={speech.n} ({heard or ('ASR round trip: no CER' if trip else 'code level: no detokenizer')})"
         )
     print_summary(result.report, result.summary, result.paths["report.md"])
     failures, notes = result.gate(args.max_cer, args.max_wer)
