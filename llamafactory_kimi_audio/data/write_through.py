@@ -51,8 +51,8 @@ class CacheCounters:
         cache = self.cache(meta["root"], meta["identity"])
         codes_only = meta.get("mode") == "codes"
         start = row = 0
-        for frames, missing, *flags in clips:
-            listened = flags[0] if flags else True
+        for clip in clips:
+            frames, missing, listened = clip[0], clip[1], _listened(clip)
             if missing is not None:  # a speech target is stored codes-only: the model never listens to it
                 self.misses += 1
                 clip_rows = rows[row : row + frames] if listened and not codes_only else None
@@ -62,12 +62,18 @@ class CacheCounters:
             row += frames if listened else 0
 
 
+def _listened(clip: list) -> bool:
+    """A clip of the collator's meta: ``[frames, key or None, listened]``; metas written before speech targets had
+    two fields (every clip listened to)."""
+    return bool(clip[2]) if len(clip) > 2 else True
+
+
 def _aligned(clips: list, is_input: Any) -> bool:
     """The collator's per-clip "listened" flags name exactly the frames whose Whisper rows the model returned
     (a batch whose targets the collator did not recognise stores nothing rather than misaligned rows)."""
     import torch
 
-    flags = [bool(clip[2]) if len(clip) > 2 else True for clip in clips]
+    flags = [_listened(clip) for clip in clips]
     if is_input is None:
         return all(flags)
     expected = torch.cat([torch.full((int(clip[0]),), flag) for clip, flag in zip(clips, flags)])

@@ -65,13 +65,14 @@ class KimiAudioProcessor(ProcessorMixin):
         """Model inputs for a flat list of 16 kHz mono clips (order = order of their frames in the ids).
         ``with_whisper``: per clip, whether it gets Whisper log-mels (default all); speech *targets* need only their
         codes, and the model takes the Whisper rows of the input clips alone (``frame_inputs``)."""
-        chunks = [chunk for wave in waveforms for chunk in split_chunks(np.asarray(wave, dtype=np.float32))]
+        per_clip = [split_chunks(np.asarray(wave, dtype=np.float32)) for wave in waveforms]
+        chunks = [chunk for clip in per_clip for chunk in clip]
         if not chunks:
             raise ValueError("audio clip is empty (0 samples)")
         wanted = [True] * len(waveforms) if with_whisper is None else list(with_whisper)
         if len(wanted) != len(waveforms):
             raise ValueError(f"with_whisper has {len(wanted)} flags for {len(waveforms)} clips")
-        listened = [c for wave, w in zip(waveforms, wanted) if w for c in split_chunks(np.asarray(wave, np.float32))]
+        listened = [chunk for clip, w in zip(per_clip, wanted) if w for chunk in clip]
         inputs: dict[str, torch.Tensor] = {}
         if listened:
             whisper = self.feature_extractor(
