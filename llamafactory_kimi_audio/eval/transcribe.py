@@ -132,7 +132,7 @@ def format_seconds(seconds: float) -> str:
 def decoder_for(model: Any, generation: Generation) -> Callable[..., torch.Tensor]:
     """``(**inputs) -> ids``: the fast greedy decoder (``models/fast_generation.py``), or ``model.generate`` when
     asked for or when a repetition penalty needs its logits processors."""
-    from ..models.fast_generation import DECODE_MODES, FastGreedy
+    from ..models.fast_generation import DECODE_MODES
 
     if generation.decode not in DECODE_MODES:
         raise InputError(f"--decode {generation.decode}: use one of {', '.join(DECODE_MODES)}")
@@ -148,7 +148,7 @@ def decoder_for(model: Any, generation: Generation) -> Callable[..., torch.Tenso
             max_new_tokens=generation.max_new_tokens,
             repetition_penalty=generation.repetition_penalty,
         )
-    fast = FastGreedy(model, generation.decode)
+    fast = model.fast_greedy_decoder(generation.decode)  # the model's kept decoder: caches and graphs are reused
     return lambda **inputs: fast(max_new_tokens=generation.max_new_tokens, **inputs)
 
 
