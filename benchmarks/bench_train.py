@@ -56,6 +56,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -165,9 +166,10 @@ def recipe_args(model_dir: str, data_dir: str, out_dir: str, spec: dict[str, Any
     import yaml
 
     args = yaml.safe_load((REPO / "examples" / spec["recipe"]).read_text(encoding="utf-8"))
-    for key in ("eval_dataset", "eval_strategy", "eval_steps", "per_device_eval_batch_size", "quantization_bit"):
+    evaluation = ("eval_dataset", "eval_strategy", "eval_steps", "per_device_eval_batch_size")
+    quantisation = ("quantization_bit", "quantization_method", "double_quantization")
+    for key in (*evaluation, *quantisation):
         args.pop(key, None)  # no eval split; QLoRA quantises after from_config (qlora_models)
-    args.pop("quantization_method", None), args.pop("double_quantization", None)
     args.update(
         model_name_or_path=model_dir, train_from_scratch=True, dataset="bench_asr", dataset_dir=data_dir,
         output_dir=out_dir, max_steps=a.steps, logging_steps=max(1, a.steps // 4), save_strategy="no", seed=0,
@@ -398,7 +400,7 @@ def compiled_layers_callback():
 
     class CompiledLayers(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            layers = [m for name, m in model.named_modules() if name.endswith(tuple(f"layers.{i}" for i in range(99)))]
+            layers = [m for name, m in model.named_modules() if re.search(r"(^|\.)layers\.\d+$", name)]
             for layer in layers:
                 layer.compile(dynamic=True)
             print(f"[bench] compiled {len(layers)} decoder layers", flush=True)
