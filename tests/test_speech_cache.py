@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from llamafactory_kimi_audio.data.cache_format import clip_key
+from llamafactory_kimi_audio.data.convert import dataset_info_entry
 from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
 from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
 from tests.test_cache_training import _counts
@@ -35,12 +36,7 @@ def write_spoken_reply_set(directory: Path) -> list[tuple[str, str]]:
         messages = [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": f"{text}<audio>"}]
         rows.append({"messages": messages, "audios": [str(question), str(answer)]})
     (directory / "reply.json").write_text(json.dumps(rows))
-    entry = {
-        "file_name": "reply.json",
-        "formatting": "sharegpt",
-        "columns": {"messages": "messages", "audios": "audios"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
-    }
+    entry = dataset_info_entry("reply.json")  # what kimi-audio-lf convert writes
     (directory / "dataset_info.json").write_text(json.dumps({"reply": entry}))
     return pairs
 

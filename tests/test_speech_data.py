@@ -52,6 +52,19 @@ def model(tiny_checkpoint, tok):
     return load_model(tok, args, FinetuningArguments(finetuning_type="full"), is_trainable=False)
 
 
+def make_collator(template, model, tokenizer_module) -> SFTDataCollatorWith4DAttentionMask:
+    """LLaMA-Factory's SFT collator as the workflow builds it for a Kimi-Audio run (fp32 on the CPU)."""
+    return SFTDataCollatorWith4DAttentionMask(
+        template=template,
+        model=model,
+        pad_to_multiple_of=8,
+        label_pad_token_id=IGNORE,
+        attn_implementation="sdpa",
+        compute_dtype=torch.float32,
+        **tokenizer_module,
+    )
+
+
 def wav(directory, name: str, frames: int) -> str:
     path = os.path.join(directory, f"{name}.wav")
     rng = np.random.default_rng(frames)
@@ -126,15 +139,7 @@ def test_mixed_asr_and_speech_batch_through_the_collator(template, tok, tokenize
                 "audios": audios,
             }
         )
-    collator = SFTDataCollatorWith4DAttentionMask(
-        template=template,
-        model=model,
-        pad_to_multiple_of=8,
-        label_pad_token_id=IGNORE,
-        attn_implementation="sdpa",
-        compute_dtype=torch.float32,
-        **tokenizer_module,
-    )
+    collator = make_collator(template, model, tokenizer_module)
     copies = [dict(f) for f in features]  # the collator pops keys
     batch = collator([dict(f) for f in features])
     calls = []
@@ -158,15 +163,7 @@ def test_target_audio_gets_no_whisper_features_and_the_loss_is_unchanged(
 
     processor = tokenizer_module["processor"]
     clip, target = wav(tmp_path, "clip", 6), wav(tmp_path, "tgt", 12)
-    collator = SFTDataCollatorWith4DAttentionMask(
-        template=template,
-        model=model,
-        pad_to_multiple_of=8,
-        label_pad_token_id=IGNORE,
-        attn_implementation="sdpa",
-        compute_dtype=torch.float32,
-        **tokenizer_module,
-    )
+    collator = make_collator(template, model, tokenizer_module)
     cases = {
         "spoken reply": (conv("<audio>", "efg<audio>"), [clip, target]),
         "tts": (conv("say efg", "<audio>efg"), [target]),

@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 from llamafactory_kimi_audio import DISABLE_ENV
+from llamafactory_kimi_audio.data.convert import dataset_info_entry
 from llamafactory_kimi_audio.models.layout import LayoutEncoder, Segment, speech_marker
 from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
 from llamafactory_kimi_audio.models.processing_kimi_audio import KimiAudioProcessor
@@ -39,12 +40,7 @@ def write_dataset(directory: Path) -> dict[str, str]:
         ]
         rows.append({"messages": messages, "audios": [paths[text]]})
     (directory / "tts.json").write_text(json.dumps(rows))
-    entry = {
-        "file_name": "tts.json",
-        "formatting": "sharegpt",
-        "columns": {"messages": "messages", "audios": "audios"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
-    }
+    entry = dataset_info_entry("tts.json")  # what kimi-audio-lf convert writes
     (directory / "dataset_info.json").write_text(json.dumps({"tts": entry}))
     return paths
 
