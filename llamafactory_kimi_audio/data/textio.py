@@ -118,15 +118,29 @@ def _redecode(text: str, wrong: str, right: str) -> str | None:
     return fixed if sum(map(is_han, fixed)) >= 2 else None  # guards against chance decodes of real text
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``), else set and restored."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """Open a temp file next to ``path``; on success fsync and ``os.replace`` it, on any error delete it.
 
     An interrupted run therefore leaves either the old file or the complete new one, never a half-written file.
+    The file gets the user's umask (0644 under umask 022), so a shared data directory stays readable to the team.
     """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes it 0600; give it the mode a plain open() would (the umask's)
+            os.fchmod(fd, 0o666 & ~current_umask())
         newline = "" if "b" not in mode else None
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None, newline=newline) as fh:
             yield fh
