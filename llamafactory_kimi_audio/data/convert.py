@@ -5,7 +5,9 @@ atomically into ``out_dir``:
 
 * ``NAME.json`` (or ``NAME_train/_dev/_test.json`` with ``split``): rows
   ``{"id", "messages": [{"role": "user", "content": "INSTRUCTION<audio>"}, {"role": "assistant", "content": TEXT}],
-  "audios": [PATH]}``; paths are relative to ``out_dir`` when the audio lives under it, otherwise absolute;
+  "audios": [PATH]}``; paths are relative to ``out_dir`` when the audio lives under it, otherwise absolute
+  (``path_style``), never relative to the current directory: LLaMA-Factory joins relative paths to ``media_dir``,
+  which defaults to ``dataset_dir``, the folder of ``dataset_info.json`` (``output_path``);
 * ``dataset_info.json``: one entry per written file, merged with the entries already there;
 * ``NAME.report.json``: counts, duration statistics and every problem found.
 
@@ -142,6 +144,7 @@ def resolve_audio(audio: str, root: str, by_id: bool = False) -> str:
 
 def output_path(path: str, out_dir: str, style: str) -> str:
     """The path as written into the dataset (LLaMA-Factory resolves relative paths against the dataset dir)."""
+    path = os.path.abspath(path)
     relative = os.path.relpath(path, out_dir)
     inside = not relative.startswith(os.pardir + os.sep) and relative != os.pardir
     use_relative = style == "relative" or (style == "auto" and inside)
@@ -262,6 +265,7 @@ def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None
     if opts.split is not None:
         check_split(tuple(opts.split))
     out_dir = ensure_writable_dir(out_dir)
+    input_path = os.path.abspath(input_path)  # readers then give absolute audio paths, whatever the cwd
     layout = corpus_layout(input_path, opts.format)
     if layout is not None:
         if opts.split is not None:

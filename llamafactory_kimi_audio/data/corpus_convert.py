@@ -22,7 +22,8 @@ from ..jsonio import DATASET_INFO
 from ..models.special_tokens import DEFAULT_INSTRUCTION
 from ..text import detect_language
 from .corpora import Corpus, CorpusOptions, Layout
-from .corpus_output import ConvertState, ShardWriter, append_issues, first_issues
+from .corpora.base import SubsetIssue
+from .corpus_output import UNASSIGNED, ConvertState, ShardWriter, append_issues, first_issues
 from .corpus_rows import Checked, ProbeResults, RowChecker, RowRules, sharegpt_row, start_probes
 from .records import SourceRecord
 from .textio import DataError, write_json
@@ -52,9 +53,8 @@ class CorpusResult:
 
 def _fingerprint(input_path: str, layout: str, opts: Any) -> str:
     keys = ("subsets", "giga_text", "text_case", "max_duration", "drop_long", "keep_mojibake", "instruction", "lang")
-    described = [os.path.abspath(input_path), layout, opts.root, opts.path_style] + [
-        str(getattr(opts, k)) for k in keys
-    ]
+    root = os.path.abspath(opts.root) if opts.root else None
+    described = [os.path.abspath(input_path), layout, root, opts.path_style] + [str(getattr(opts, k)) for k in keys]
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
 
 
@@ -63,7 +63,7 @@ def _start_state(path: str, fingerprint: str, writer: ShardWriter, name: str, re
     if old is not None and old.fingerprint == fingerprint and not old.complete and not restart:
         return old
     if old is not None:
-        writer.clear([f"{name}_{subset}" for subset in old.subsets])
+        writer.clear([f"{name}_{subset}" for subset in old.subsets if subset != UNASSIGNED])
     return ConvertState(fingerprint)
 
 
@@ -95,12 +95,20 @@ def convert_corpus(input_path: str, out_dir: str, layout: Layout, base: str, opt
     return _finish(run, layout, resumed_from)
 
 
+def _subset_of(item: SourceRecord | Issue) -> str:
+    """The subset whose report counts ``item``'s problems (a kept row of no subset goes to ``train``)."""
+    if isinstance(item, SourceRecord):
+        return item.subset or "train"
+    return (item.subset if isinstance(item, SubsetIssue) else None) or UNASSIGNED
+
+
 def _audio_paths(chunk: list[SourceRecord | Issue]) -> list[str]:
     return [r.audio for r in chunk if isinstance(r, SourceRecord) and r.audio]
 
 
 def _corpus_options(opts: Any, out_dir: str, name: str) -> CorpusOptions:
-    return CorpusOptions(opts.subsets, opts.giga_text, opts.encoding, opts.root, out_dir, name)
+    root = os.path.abspath(opts.root) if opts.root else None
+    return CorpusOptions(opts.subsets, opts.giga_text, opts.encoding, root, out_dir, name)
 
 
 class _Run:
@@ -138,8 +146,7 @@ class _Run:
             for issue in found:
                 if self.opts.strict and issue.severity == ERROR:
                     raise DataError(f"{issue.one_line()} (--strict stops at the first bad row)")
-                subset = item.subset if isinstance(item, SourceRecord) and item.subset else "?"
-                self.state.stats(subset).add_issue(issue)
+                self.state.stats(_subset_of(item)).add_issue(issue)
             issues += found
             if row is not None:
                 kept.setdefault(row.subset, []).append(row)
@@ -166,17 +173,17 @@ class _Run:
                 self.state.stats(subset).add_row(row.seconds, row.sample_rate)
 
     def _path(self, audio: str) -> str:
-        relative = os.path.relpath(audio, self.out_dir)
-        inside = not relative.startswith(os.pardir)
-        style = self.opts.path_style
-        return (relative if style == "relative" or (style == "auto" and inside) else audio).replace(os.sep, "/")
+        from .convert import output_path  # one rule for every input: absolute, or relative to the output folder
+
+        return output_path(audio, self.out_dir, self.opts.path_style)
 
 
 def _finish(run: _Run, layout: Layout, resumed_from: int) -> CorpusResult:
     from .convert import dataset_info_entry, merge_dataset_info
 
     state, name = run.state, run.name
-    datasets = {f"{name}_{s}": stats.summary() for s, stats in sorted(state.subsets.items()) if stats.rows}
+    subsets = {s: stats for s, stats in sorted(state.subsets.items()) if s != UNASSIGNED}
+    datasets = {f"{name}_{s}": stats.summary() for s, stats in subsets.items() if stats.rows}
     info_path = os.path.join(run.out_dir, DATASET_INFO)
     if datasets:
         merge_dataset_info(run.out_dir, {ds: dataset_info_entry(ds) for ds in datasets})
@@ -198,11 +205,14 @@ def _finish(run: _Run, layout: Layout, resumed_from: int) -> CorpusResult:
         dataset_info_path=info_path,
         notes=list(run.corpus.notes),
     )
-    skipped_only = {f"{name}_{s}": st.summary() for s, st in state.subsets.items() if not st.rows}
+    skipped_only = {f"{name}_{s}": st.summary() for s, st in subsets.items() if not st.rows}
+    outside = state.subsets.get(UNASSIGNED)
     report = {
         **_report_head(result),
         "datasets": datasets,
         "no_rows": skipped_only,
+        # problems the reader found before a row had a subset (e.g. a manifest entry without a path)
+        "outside_datasets": {"skipped_by_reason": dict(sorted(outside.skipped.items()))} if outside else {},
         "skipped_by_reason": dict(state.counts(ERROR)),
         "warnings_by_reason": dict(state.counts(WARNING)),
     }

@@ -20,6 +20,8 @@ from typing import Any
 from .textio import write_json
 from .validate import ERROR, WARNING, Issue
 
+UNASSIGNED = ""  # the state's bucket for problems that belong to no output subset (never a dataset name)
+
 
 @dataclass
 class SubsetStats:
@@ -140,10 +142,11 @@ def first_issues(path: str, limit: int) -> list[Issue]:
         for line in fh:
             raw = json.loads(line)
             raw.pop("severity", None)
+            raw.pop("subset", None)
             if seen[raw["reason"]] < limit:
                 seen[raw["reason"]] += 1
                 found.append(Issue(**raw))
     return found
 
 
-__all__ = ["ERROR", "ConvertState", "ShardWriter", "SubsetStats", "append_issues", "first_issues"]
+__all__ = ["ERROR", "UNASSIGNED", "ConvertState", "ShardWriter", "SubsetStats", "append_issues", "first_issues"]

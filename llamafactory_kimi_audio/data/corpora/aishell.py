@@ -15,8 +15,17 @@ from collections.abc import Iterator
 
 from ..records import SourceRecord
 from ..textio import DataError
-from ..validate import Issue
-from .base import Corpus, CorpusOptions, Layout, Row, key_value_lines, nfkc, sorted_dirs, sorted_files
+from .base import (
+    Corpus,
+    CorpusOptions,
+    Layout,
+    Row,
+    SubsetIssue,
+    key_value_lines,
+    nfkc,
+    sorted_dirs,
+    sorted_files,
+)
 
 _SPLITS = ("train", "dev", "test")
 _WORD_GAP = re.compile(r"(?<![A-Za-z']) +| +(?![A-Za-z'])")  # a space not between two Latin words
@@ -73,9 +82,8 @@ def _aishell1_rows(path: str, splits: list[str], opts: CorpusOptions, notes: lis
                 utt = wav.name[: -len(".wav")]
                 rel = f"wav/{split}/{speaker.name}/{wav.name}"
                 if utt not in texts:
-                    yield Issue(
-                        "missing_transcript", rel, None, f"{utt} has no line in {os.path.basename(transcript)}", utt
-                    )
+                    message = f"{utt} has no line in {os.path.basename(transcript)}"
+                    yield SubsetIssue("missing_transcript", rel, None, message, utt, subset=split)
                     continue
                 used += 1
                 yield SourceRecord(rel, None, utt, wav.path, join_words(texts[utt]), subset=split)
@@ -113,7 +121,8 @@ def _aishell2_rows(sets: list[tuple[str, str]], opts: CorpusOptions) -> Iterator
         scp = os.path.join(os.path.basename(folder), "wav.scp")
         for line, utt, rel in key_value_lines(os.path.join(folder, "wav.scp"), opts.encoding):
             if utt not in texts:
-                yield Issue("missing_transcript", scp, line, f"{utt} has no line in trans.txt", utt)
+                message = f"{utt} has no line in trans.txt"
+                yield SubsetIssue("missing_transcript", scp, line, message, utt, subset=subset)
                 continue
             yield SourceRecord(scp, line, utt, os.path.join(folder, rel), join_words(texts[utt]), subset=subset)
 

@@ -1,8 +1,9 @@
 """What every corpus-layout reader shares: its options, what it returns, and small file helpers.
 
 A reader turns an extracted corpus directory into a lazy stream of ``SourceRecord`` rows (a segment carries
-``begin``/``end``; every row names its output ``subset``) and ``Issue``s, in a stable order, so that an interrupted
-``convert`` can skip what it already wrote. Problems of the whole corpus raise ``DataError``.
+``begin``/``end``; every row names its output ``subset``) and ``Issue``s (``in_subset`` attributes one to its
+subset), in a stable order, so that an interrupted ``convert`` can skip what it already wrote. Problems of the whole
+corpus raise ``DataError``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,21 @@ from dataclasses import dataclass, field
 from ..records import SourceRecord
 from ..textio import DataError
 from ..validate import Issue
+
+
+@dataclass(frozen=True)
+class SubsetIssue(Issue):
+    """A reader's problem with a row of a known output subset: the report counts it under that dataset."""
+
+    subset: str | None = None
+
+
+def in_subset(row: SourceRecord | Issue, subset: str) -> SourceRecord | Issue:
+    """``row``, an issue now attributed to ``subset`` (a SourceRecord names its subset already)."""
+    if isinstance(row, Issue) and not isinstance(row, SubsetIssue):
+        return SubsetIssue(row.reason, row.file, row.line, row.message, row.uid, subset=subset)
+    return row
+
 
 Row = SourceRecord | Issue
 

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 
 from ..records import SourceRecord
 from ..textio import DataError
-from ..validate import Issue
-from .base import Corpus, CorpusOptions, Layout, Row, sorted_dirs
+from .base import Corpus, CorpusOptions, Layout, Row, SubsetIssue, sorted_dirs
 
 DEFAULT_SPLITS = ("train", "dev", "test")
 KNOWN_SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")
@@ -90,7 +89,7 @@ def _tsv_rows(tsv: str, folder: str, shown: str, subset: str) -> Iterator[Row]:
                 continue
             if len(fields) != len(header):
                 message = f"{len(fields)} fields where the header has {len(header)}"
-                yield Issue("malformed_record", shown, number, message)
+                yield SubsetIssue("malformed_record", shown, number, message, subset=subset)
                 continue
             clip = fields[where["path"]]
             audio = os.path.join(folder, "clips", clip)

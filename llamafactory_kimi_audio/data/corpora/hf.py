@@ -16,8 +16,7 @@ from typing import Any
 from ..records import SourceRecord
 from ..sources import find_columns
 from ..textio import DataError
-from ..validate import Issue
-from .base import Corpus, CorpusOptions, Layout, Row, sorted_files
+from .base import Corpus, CorpusOptions, Layout, Row, SubsetIssue, sorted_files
 from .hf_audio import audio_column, write_audio
 
 
@@ -114,7 +113,7 @@ def _row(record: dict, column: str, roles: dict, where: tuple[str, int, str, str
     try:
         audio = write_audio(record.get(column), target_dir, f"{index:08d}", source_dir)
     except DataError as err:
-        return Issue("unreadable_audio", shown, index + 1, str(err), uid)
+        return SubsetIssue("unreadable_audio", shown, index + 1, str(err), uid, subset=split)
     text = record.get(roles["text"])
     return SourceRecord(shown, index + 1, uid, audio, text if isinstance(text, str) else None, subset=split)
 

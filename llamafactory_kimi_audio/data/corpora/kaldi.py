@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from ..records import SourceRecord
 from ..validate import Issue
-from .base import Corpus, CorpusOptions, Layout, Row, key_value_lines
+from .base import Corpus, CorpusOptions, Layout, Row, SubsetIssue, in_subset, key_value_lines
 
 _ARCHIVE = re.compile(r"^(ark|scp):|\.ark:\d+$")
 
@@ -62,12 +62,12 @@ def _rows(path: str, opts: CorpusOptions, notes: list[str]) -> Iterator[Row]:
     used: set[str] = set()
     for line, utt, rest in key_value_lines(os.path.join(path, "segments"), opts.encoding):
         used.add(utt)
-        yield _segment(utt, rest.split(), line, recordings, texts, subset)
+        yield in_subset(_segment(utt, rest.split(), line, recordings, texts, subset), subset)
     orphans = [utt for utt in texts if utt not in used]
     if orphans:
         examples = ", ".join(orphans[:3])
         message = f"{len(orphans)} utterances of text have no line in segments (e.g. {examples})"
-        yield Issue("kaldi_unmatched", "text", texts[orphans[0]][0], message, orphans[0])
+        yield SubsetIssue("kaldi_unmatched", "text", texts[orphans[0]][0], message, orphans[0], subset=subset)
 
 
 def _segment(utt: str, fields: list[str], line: int, recordings: dict, texts: dict, subset: str) -> Row:

@@ -15,7 +15,7 @@ from typing import Any
 from ..records import SourceRecord
 from ..textio import DataError
 from ..validate import Issue
-from .base import Corpus, CorpusOptions, Layout
+from .base import Corpus, CorpusOptions, Layout, SubsetIssue
 from .jsonstream import stream_array_member
 
 WENET_DEFAULT = ("L", "DEV", "TEST_NET", "TEST_MEETING")
@@ -89,11 +89,12 @@ def _segment_row(seg: Any, path: str, audio: dict, selected: tuple[str, ...], gi
     try:
         begin, end = float(seg["begin_time"]), float(seg["end_time"])
     except (KeyError, TypeError, ValueError):
-        return Issue("malformed_record", where, None, f"segment {sid} has no numeric begin_time/end_time", sid)
+        message = f"segment {sid} has no numeric begin_time/end_time"
+        return SubsetIssue("malformed_record", where, None, message, sid, subset=subset)
     text = seg.get("text_tn" if giga else "text")
     if giga is not None and isinstance(text, str):
         if _GARBAGE.search(text):
-            return Issue("garbage_utterance", where, None, f"segment {sid} is {text[:40]!r}", sid)
+            return SubsetIssue("garbage_utterance", where, None, f"segment {sid} is {text[:40]!r}", sid, subset=subset)
         text = giga_text(text, giga.giga_text)
     return SourceRecord(where, None, sid, path, text, begin=begin, end=end, subset=subset, recording=audio.get("aid"))
 
