@@ -1,17 +1,19 @@
 """LibriSpeech (OpenSLR 12): ``<split>/<spk>/<chapter>/<spk>-<chapter>.trans.txt`` + ``<spk>-<chapter>-<utt>.flac``.
 
 Transcripts are upper case without punctuation (kept as they are; ``--text-case lower`` folds them). LibriTTS,
-whose files are ``*.trans.tsv`` / ``*.wav``, does not match.
+whose files are ``*.trans.tsv`` / ``*.wav``, does not match. Detection looks at the first chapters (not only the
+first one), and a chapter without its ``.trans.txt`` is converted as far as it goes: its clips are skipped as
+``missing_transcript`` and the chapters are named in a note.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 
 from ..records import SourceRecord
-from ..validate import Issue
-from .base import Corpus, CorpusOptions, Layout, Row, first_file, key_value_lines, sorted_dirs, sorted_files
+from .base import Corpus, CorpusOptions, Layout, Row, SubsetIssue, key_value_lines, sorted_dirs, sorted_files
 
 SPLITS = (
     "dev-clean",
@@ -26,11 +28,29 @@ SPLITS = (
 )
 
 
+CHAPTERS_LOOKED_AT = 64  # detection lists at most this many chapter folders (instant on the full corpus)
+
+
+def _chapters(split_dir: str) -> Iterator[tuple[os.DirEntry, os.DirEntry]]:
+    """(speaker, chapter) folders of a split, in order; both are numbers in LibriSpeech."""
+    for speaker in sorted_dirs(split_dir):
+        if speaker.name.isdigit():
+            for chapter in sorted_dirs(speaker.path):
+                if chapter.name.isdigit():
+                    yield speaker, chapter
+
+
+def _is_librispeech_chapter(speaker: str, chapter: os.DirEntry) -> bool:
+    """A ``*.trans.txt``, or a ``<spk>-<chapter>-*.flac`` (a chapter whose transcript is missing still counts)."""
+    prefix = f"{speaker}-{chapter.name}-"
+    found = sorted_files(chapter.path, ".trans.txt") or sorted_files(chapter.path, ".flac")
+    return any(f.name.endswith(".trans.txt") or f.name.startswith(prefix) for f in found)
+
+
 def _is_split(path: str) -> bool:
-    """The first speaker / chapter directory holds a ``*.trans.txt`` (one listing per level)."""
-    speakers = [d for d in sorted_dirs(path) if d.name.isdigit()]
-    chapters = [d for d in sorted_dirs(speakers[0].path) if d.name.isdigit()] if speakers else []
-    return bool(chapters) and first_file(chapters[0].path, ".trans.txt") is not None
+    """One of the first chapters looks like LibriSpeech (not only the first: it may lack its transcript)."""
+    chapters = itertools.islice(_chapters(path), CHAPTERS_LOOKED_AT)
+    return any(_is_librispeech_chapter(speaker.name, chapter) for speaker, chapter in chapters)
 
 
 def _splits(path: str) -> list[tuple[str, str]]:
@@ -54,23 +74,42 @@ def read_librispeech(path: str, opts: CorpusOptions) -> Corpus:
 
 
 def _rows(splits: list[tuple[str, str]], opts: CorpusOptions, notes: list[str]) -> Iterator[Row]:
-    unlisted = 0
+    unlisted, untranscribed = 0, []
     for split, split_dir in splits:
-        for speaker in sorted_dirs(split_dir):
-            for chapter in sorted_dirs(speaker.path):
-                flacs = {f.name for f in sorted_files(chapter.path, ".flac")}
-                for trans in sorted_files(chapter.path, ".trans.txt"):
-                    rel = f"{split}/{speaker.name}/{chapter.name}/{trans.name}"
-                    for line, utt, text in key_value_lines(trans.path, opts.encoding):
-                        if f"{utt}.flac" not in flacs:
-                            yield Issue("missing_audio", rel, line, f"{utt}.flac not found next to it", utt)
-                            continue
-                        flacs.discard(f"{utt}.flac")
-                        audio = os.path.join(chapter.path, f"{utt}.flac")
-                        yield SourceRecord(rel, line, utt, audio, text, subset=split)
-                unlisted += len(flacs)
+        for speaker, chapter in _chapters(split_dir):
+            flacs = {f.name for f in sorted_files(chapter.path, ".flac")}
+            transcripts = sorted_files(chapter.path, ".trans.txt")
+            if not transcripts:
+                untranscribed.append(f"{split}/{speaker.name}/{chapter.name}")
+                yield from _untranscribed(split, speaker.name, chapter.name, sorted(flacs))
+                continue
+            for trans in transcripts:
+                rel = f"{split}/{speaker.name}/{chapter.name}/{trans.name}"
+                for line, utt, text in key_value_lines(trans.path, opts.encoding):
+                    if f"{utt}.flac" not in flacs:
+                        message = f"{utt}.flac not found next to it"
+                        yield SubsetIssue("missing_audio", rel, line, message, utt, subset=split)
+                        continue
+                    flacs.discard(f"{utt}.flac")
+                    audio = os.path.join(chapter.path, f"{utt}.flac")
+                    yield SourceRecord(rel, line, utt, audio, text, subset=split)
+            unlisted += len(flacs)
     if unlisted:
         notes.append(f"{unlisted} .flac files are in no trans.txt and were left out")
+    if untranscribed:
+        shown = ", ".join(untranscribed[:3]) + (f" (+{len(untranscribed) - 3} more)" if len(untranscribed) > 3 else "")
+        chapters = f"{len(untranscribed)} chapter{'s' if len(untranscribed) > 1 else ''}"
+        notes.append(f"{chapters} without a .trans.txt: their clips were skipped (missing_transcript): {shown}")
+
+
+def _untranscribed(split: str, speaker: str, chapter: str, flacs: list[str]) -> Iterator[Row]:
+    """Each clip of a chapter without its ``<spk>-<chapter>.trans.txt``: skipped, with the reason."""
+    for flac in flacs:
+        message = f"no {speaker}-{chapter}.trans.txt in its chapter folder (incomplete download or extraction?)"
+        utt = flac[: -len(".flac")]
+        yield SubsetIssue(
+            "missing_transcript", f"{split}/{speaker}/{chapter}/{flac}", None, message, utt, subset=split
+        )
 
 
 LIBRISPEECH = Layout(
