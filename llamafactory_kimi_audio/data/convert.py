@@ -36,6 +36,7 @@ from ..text import detect_language, drop_spaceless_gaps
 from .corpora import BY_NAME, Layout, detect_layout, named_layout, unknown_layout
 from .corpora.registry import has_known_files
 from .corpus_convert import CorpusResult, convert_corpus
+from .names import printable_issue, undecodable
 from .records import SourceRecord
 from .sources import AUDIO_EXTENSIONS, ReadOptions, read_source
 from .speech_tasks import TTS_INSTRUCTION, tts_row
@@ -173,6 +174,9 @@ def _check_record(
     record: SourceRecord, root: str, opts: ConvertOptions, seen: dict[str, set[str]]
 ) -> tuple[_Row | None, list[Issue]]:
     uid = record.uid or f"{os.path.splitext(record.file)[0]}-{record.line}"
+    bad_name = undecodable(record)
+    if bad_name is not None:  # nothing about it can be written to the dataset; the issue shows the raw bytes
+        return None, [printable_issue(Issue(bad_name[0], record.file, record.line, bad_name[1], uid))]
     found: list[tuple[str, str]] = [("duplicate_id", f"id {uid!r} appears again")] if uid in seen["ids"] else []
     seen["ids"].add(uid)
     found += check_text(record.text)
@@ -201,7 +205,9 @@ def _check_all(records: list, root: str, opts: ConvertOptions) -> tuple[list[_Ro
     issues: list[Issue] = []
     seen: dict[str, set[str]] = {"ids": set(), "audio": set()}
     for item in tqdm(records, desc="checking audio", unit="row", disable=None if opts.progress else True):
-        row, found = (None, [item]) if isinstance(item, Issue) else _check_record(item, root, opts, seen)
+        row, found = (
+            (None, [printable_issue(item)]) if isinstance(item, Issue) else _check_record(item, root, opts, seen)
+        )
         for issue in found:
             if opts.strict and issue.severity == ERROR:
                 raise DataError(f"{issue.one_line()} {STRICT_HINT}")

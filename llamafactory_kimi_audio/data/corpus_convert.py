@@ -25,6 +25,7 @@ from .corpora import Corpus, CorpusOptions, Layout
 from .corpora.base import SubsetIssue
 from .corpus_output import UNASSIGNED, ConvertState, ShardWriter, append_issues, first_issues
 from .corpus_rows import Checked, ProbeResults, RowChecker, RowRules, sharegpt_row, start_probes
+from .names import printable_issue
 from .records import SourceRecord
 from .textio import DataError, write_json
 from .validate import ERROR, WARNING, Issue
@@ -142,7 +143,9 @@ class _Run:
         kept: dict[str, list[Checked]] = {}
         issues: list[Issue] = []
         for item in chunk:
-            row, found = (None, [item]) if isinstance(item, Issue) else self._check(item, found_headers)
+            row, found = (
+                (None, [printable_issue(item)]) if isinstance(item, Issue) else self._check(item, found_headers)
+            )
             for issue in found:
                 if self.opts.strict and issue.severity == ERROR:
                     raise DataError(f"{issue.one_line()} (--strict stops at the first bad row)")

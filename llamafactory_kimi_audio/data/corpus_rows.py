@@ -11,6 +11,7 @@ from typing import Any
 
 from ..audio_io import AudioInfo, SpanError, media_value, span_frames
 from ..text import drop_spaceless_gaps
+from .names import printable_issue, undecodable
 from .records import SourceRecord
 from .validate import ERROR, Issue, check_audio, check_text
 
@@ -76,6 +77,9 @@ class RowChecker:
         self, record: SourceRecord, probed: AudioInfo | tuple[str, str] | None
     ) -> tuple[Checked | None, list[Issue]]:
         uid = record.uid or f"{record.file}-{record.line}"
+        bad_name = undecodable(record)
+        if bad_name is not None:  # nothing about it can be written to the dataset; the issue shows the raw bytes
+            return None, [printable_issue(self._issue(bad_name[0], record, bad_name[1], uid))]
         found = check_text(record.text)
         info = probed if isinstance(probed, AudioInfo) else None
         if info is None:
