@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import json
 import os
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from .names import printable_issue
 from .records import SourceRecord
 from .textio import DataError, write_json
 from .validate import ERROR, WARNING, Issue
+from .worker_pool import parent_bound_pool, terminate_on_sigterm
 
 
 @dataclass
@@ -84,9 +85,11 @@ def convert_corpus(input_path: str, out_dir: str, layout: Layout, base: str, opt
     rules = RowRules(opts.max_duration, opts.drop_long, opts.keep_mojibake, opts.text_case)
     run = _Run(state, writer, RowChecker(rules), corpus, opts, name, out_dir, issues_path, state_path)
     workers = opts.workers or os.cpu_count() or 1
-    pool: Executor | None = ProcessPoolExecutor(workers) if workers > 1 else None
+    # the workers die with this process (even on SIGKILL); SIGTERM stops here like ctrl-c, after the last whole chunk
+    pool: Executor | None = parent_bound_pool(workers) if workers > 1 else None
     try:
-        run.all_chunks(pool)
+        with terminate_on_sigterm():
+            run.all_chunks(pool)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -1,0 +1,170 @@
+"""``convert`` through the real CLI in subprocesses: the paths it writes resolve from any directory, outputs follow
+the umask, a killed corpus convert leaves no worker behind, LibriSpeech with an untranscribed chapter, file names
+that are not UTF-8, and reader problems reported under their real dataset (issue 25 items 4, 8, 9 and 12)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import corpus_fixtures as cf  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+CLI = [sys.executable, "-m", "llamafactory_kimi_audio.cli"]
+EXIT_INTERRUPTED = 130
+LINUX = sys.platform.startswith("linux")
+
+
+def convert(*args: object, cwd: Path, umask: int | None = None) -> subprocess.CompletedProcess[str]:
+    command = [*CLI, "convert", *map(str, args), "--no-progress"]
+    preexec = (lambda: os.umask(umask)) if umask is not None else None
+    return subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300, preexec_fn=preexec)
+
+
+def shard_audios(out: Path) -> dict[str, list[str]]:
+    """Dataset folder → the ``audios`` entries of its shards."""
+    found: dict[str, list[str]] = {}
+    for shard in sorted(out.glob("*/part-*.jsonl")):
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            found.setdefault(shard.parent.name, []).extend(json.loads(line)["audios"])
+    return found
+
+
+def resolves_like_llamafactory(entry: str, dataset_dir: Path) -> bool:
+    """LLaMA-Factory joins ``media_dir`` (default: ``dataset_dir``) to a relative path; an absolute one stays."""
+    return os.path.isfile(os.path.join(dataset_dir, entry.split("#t=")[0]))
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll until ``condition()`` holds; the timeout only turns a hang into a failure."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------------ item 4: paths
+@pytest.mark.parametrize("style", ["auto", "absolute", "relative"])
+def test_corpus_from_a_relative_input_resolves_from_anywhere(tmp_path: Path, style: str) -> None:
+    work = tmp_path / "work"
+    cf.librispeech(work / "src")
+    proc = convert("src/LibriSpeech", "--out-dir", "data", "--name", "libri", "--paths", style, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    audios = shard_audios(work / "data")
+    assert sorted(audios) == ["libri_dev-clean", "libri_train-clean-100"]
+    entries = [entry for group in audios.values() for entry in group]
+    assert len(entries) == 4
+    if style == "relative":
+        assert all(entry.startswith("../src/LibriSpeech/") for entry in entries)
+    else:  # the audio is outside --out-dir: absolute, never relative to the directory convert ran in
+        assert all(entry.startswith(str(work / "src" / "LibriSpeech") + "/") for entry in entries)
+    dataset_dir = work / "data"
+    if style == "relative":  # relative entries move with the data
+        dataset_dir = work.rename(tmp_path / "moved") / "data"
+    assert all(resolves_like_llamafactory(entry, dataset_dir) for entry in entries)
+
+
+@pytest.mark.slow
+def test_precompute_from_another_directory_finds_every_clip(tmp_path: Path, tiny_checkpoint) -> None:
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    cf.librispeech(work / "src")
+    elsewhere.mkdir()
+    assert convert("src/LibriSpeech", "--out-dir", "data", "--name", "libri", cwd=work).returncode == 0
+    command = [*CLI, "precompute", "--model", tiny_checkpoint.path, "--dataset-dir", str(work / "data")]
+    command += ["--dataset", "libri_dev-clean,libri_train-clean-100", "--cache", "cache", "--device", "cpu"]
+    proc = subprocess.run(
+        [*command, "--no-progress"], cwd=elsewhere, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "4 computed, 0 skipped (already cached), 0 failed" in proc.stdout
+
+
+def test_relative_audio_folder_converts(tmp_path: Path) -> None:
+    for name in "ab":
+        cf.tone(tmp_path / "clips" / f"{name}.wav", 0.5)
+        (tmp_path / "clips" / f"{name}.txt").write_text(f"hello {name}\n", encoding="utf-8")
+    proc = convert("clips", "--out-dir", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("converted 2/2 rows") and "missing_audio" not in proc.stderr
+    rows = json.loads((tmp_path / "out" / "clips.json").read_text(encoding="utf-8"))
+    assert [row["audios"] for row in rows] == [[str(tmp_path / "clips" / f"{n}.wav")] for n in "ab"]
+    inside = convert("clips", "--out-dir", "clips", cwd=tmp_path)  # audio under --out-dir: relative to it
+    assert inside.returncode == 0, inside.stderr
+    rows = json.loads((tmp_path / "clips" / "clips.json").read_text(encoding="utf-8"))
+    assert [row["audios"] for row in rows] == [["a.wav"], ["b.wav"]]
+
+
+# ------------------------------------------------------------------------------------------------ item 12: modes
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
+def test_outputs_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    cf.librispeech(tmp_path / "src")
+    for name in "ab":
+        cf.tone(tmp_path / "clips" / f"{name}.wav", 0.5)
+        (tmp_path / "clips" / f"{name}.txt").write_text(f"hello {name}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    for source in ("src/LibriSpeech", "clips"):
+        proc = convert(source, "--out-dir", out, "--workers", "1", cwd=tmp_path, umask=umask)
+        assert proc.returncode == 0, proc.stderr
+    files = [path for path in out.rglob("*") if path.is_file()]
+    names = {path.name for path in files}
+    assert {"dataset_info.json", "clips.json", "clips.report.json", "librispeech.report.json"} <= names
+    assert {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in files} == {p.name: oct(mode) for p in files}
+
+
+# ------------------------------------------------------------------------------------ item 12: no orphan workers
+def processes_mentioning(marker: str) -> list[int]:
+    """Live processes (not zombies) whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and marker.encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not LINUX, reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_corpus_convert_leaves_no_worker(tmp_path: Path, sig: signal.Signals) -> None:
+    src, out = cf.librispeech(tmp_path / "src"), tmp_path / "out"
+    # the first shard's temp file is a FIFO: convert blocks opening it, with its probe workers started, until killed
+    (out / ".c.tmp").mkdir(parents=True)
+    os.mkfifo(out / ".c.tmp" / "c_dev-clean.part-00000.jsonl")
+    command = [*CLI, "convert", str(src), "--out-dir", str(out), "--name", "c", "--workers", "2", "--chunk-rows", "1"]
+    proc = subprocess.Popen([*command, "--no-progress"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(children_of(proc.pid)) >= 1, "the pool workers to start")
+        workers = children_of(proc.pid)
+        assert set(workers) <= set(processes_mentioning(str(out)))
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        wait_for(lambda: not processes_mentioning(str(out)), "the pool workers to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if sig == signal.SIGTERM:  # stopped like ctrl-c: one line, the documented exit code
+        assert proc.returncode == EXIT_INTERRUPTED and err.decode().strip() == "kimi-audio-lf: interrupted"
+    else:
+        assert proc.returncode == -signal.SIGKILL
