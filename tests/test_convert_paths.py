@@ -168,3 +168,104 @@ def test_killed_corpus_convert_leaves_no_worker(tmp_path: Path, sig: signal.Sign
         assert proc.returncode == EXIT_INTERRUPTED and err.decode().strip() == "kimi-audio-lf: interrupted"
     else:
         assert proc.returncode == -signal.SIGKILL
+
+
+# ------------------------------------------------------------------------------------ item 8: LibriSpeech
+def untranscribed_first_chapter(root: Path) -> Path:
+    """The LibriSpeech miniature plus a chapter sorted first in dev-clean (84/121122) that has clips, no trans.txt."""
+    base = cf.librispeech(root)
+    for utt in ("84-121122-0000", "84-121122-0001"):
+        cf.tone(base / "dev-clean" / "84" / "121122" / f"{utt}.flac", 0.8, fmt="FLAC")
+    return base
+
+
+@pytest.mark.parametrize("fmt", ["auto", "librispeech"])
+def test_librispeech_with_an_untranscribed_first_chapter(tmp_path: Path, fmt: str) -> None:
+    base = untranscribed_first_chapter(tmp_path / "src")
+    for split in ("", "dev-clean"):  # the corpus root and one split folder
+        out = tmp_path / f"out-{split or 'root'}"
+        proc = convert(base / split, "--out-dir", out, "--name", "c", "--format", fmt, "--workers", "1", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "(layout librispeech" in proc.stdout
+        assert (
+            "1 chapter without a .trans.txt: their clips were skipped (missing_transcript): dev-clean/84/121122"
+            in (proc.stderr)
+        )
+        report = json.loads((out / "c.report.json").read_text(encoding="utf-8"))
+        assert report["datasets"]["c_dev-clean"]["rows"] == 2  # the transcribed chapter's clips
+        assert report["datasets"]["c_dev-clean"]["skipped_by_reason"] == {"missing_transcript": 2}
+        issues = [json.loads(line) for line in (out / "c.issues.jsonl").read_text(encoding="utf-8").splitlines()]
+        skipped = [(i["reason"], i["uid"], i["subset"]) for i in issues if i["reason"] == "missing_transcript"]
+        assert skipped == [("missing_transcript", f"84-121122-000{n}", "dev-clean") for n in (0, 1)]
+
+
+def test_librispeech_format_still_refuses_another_layout(tmp_path: Path) -> None:
+    proc = convert(cf.aishell2(tmp_path / "src"), "--out-dir", "out", "--format", "librispeech", cwd=tmp_path)
+    assert proc.returncode == 2 and "not a librispeech corpus; expected LibriSpeech" in proc.stderr
+
+
+# ------------------------------------------------------------------------ item 12: reader problems, real datasets
+def test_reader_problems_are_filed_under_their_dataset(tmp_path: Path) -> None:
+    src = cf.aishell1(tmp_path / "src")
+    wenet = cf.wenetspeech(tmp_path / "wsrc")
+    manifest_path = wenet / "WenetSpeech.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["audios"].append({"aid": "no_path", "segments": []})  # belongs to no subset
+    manifest_path.write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    for corpus, name in ((src, "a"), (wenet, "w")):
+        proc = convert(corpus, "--out-dir", "out", "--name", name, "--workers", "1", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    aishell = json.loads((tmp_path / "out" / "a.report.json").read_text(encoding="utf-8"))
+    assert aishell["datasets"]["a_train"]["skipped_by_reason"] == {"missing_transcript": 1}
+    wenet_report = json.loads((tmp_path / "out" / "w.report.json").read_text(encoding="utf-8"))
+    assert wenet_report["outside_datasets"] == {"skipped_by_reason": {"malformed_record": 1}}
+    for report in (aishell, wenet_report):
+        assert not [name for name in [*report["datasets"], *report["no_rows"]] if "?" in name]
+    assert not [path.name for path in (tmp_path / "out").iterdir() if "?" in path.name or path.name.endswith("_")]
+
+
+# ---------------------------------------------------------------------------- item 9: file names that are not UTF-8
+@pytest.mark.skipif(not LINUX, reason="needs a file system that stores file names as bytes")
+def test_non_utf8_file_name_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    clips = tmp_path / "clips"
+    cf.tone(clips / "good.wav", 0.5)
+    (clips / "good.txt").write_text("good clip\n", encoding="utf-8")
+    bad = os.path.join(os.fsencode(clips), b"caf\xe9.wav")  # Latin-1 "café": not UTF-8
+    with open(bad, "wb") as fh:
+        fh.write((clips / "good.wav").read_bytes())
+    with open(bad[: -len(b".wav")] + b".txt", "wb") as fh:
+        fh.write(b"bad name\n")
+    proc = convert("clips", "--out-dir", "out", "--name", "n", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("converted 1/2 rows (1 skipped") and "Traceback" not in proc.stderr
+    assert "skipped: 1 × undecodable_name" in proc.stderr and "caf\\xe9.wav" in proc.stderr
+    rows = json.loads((tmp_path / "out" / "n.json").read_text(encoding="utf-8"))
+    assert [row["audios"] for row in rows] == [[str(clips / "good.wav")]]
+    report = json.loads((tmp_path / "out" / "n.report.json").read_text(encoding="utf-8"))
+    assert report["skipped_by_reason"] == {"undecodable_name": 1}
+    assert report["issues"][0]["file"] == "caf\\xe9.wav" and "not valid UTF-8" in report["issues"][0]["message"]
+
+
+@pytest.mark.skipif(not LINUX, reason="needs a file system that stores file names as bytes")
+def test_non_utf8_folder_name_in_a_corpus_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    src = cf.aishell1(tmp_path / "src")
+    base = src / "data_aishell"
+    speaker = os.path.join(os.fsencode(base), b"wav", b"train", b"S0002\xff")  # a GBK-named folder, say
+    os.mkdir(speaker)
+    with open(os.path.join(speaker, b"BAC009S0002W0125.wav"), "wb") as fh:
+        fh.write(cf.audio_bytes(0.5, "WAV"))
+    transcript = base / "transcript" / "aishell_transcript_v0.8.txt"
+    transcript.write_text(transcript.read_text(encoding="utf-8") + "BAC009S0002W0125 好\n", encoding="utf-8")
+    proc = convert(src, "--out-dir", "out", "--name", "c", "--workers", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped: 1 × undecodable_name" in proc.stderr and "Traceback" not in proc.stderr
+    issues = [json.loads(line) for line in (tmp_path / "out" / "c.issues.jsonl").read_text("utf-8").splitlines()]
+    found = [(i["reason"], i["uid"], i["subset"]) for i in issues]
+    assert found == [
+        ("missing_transcript", "BAC009S0002W0124", "train"),
+        ("undecodable_name", "BAC009S0002W0125", "train"),
+    ]
+    assert "S0002\\xff/BAC009S0002W0125.wav" in issues[1]["file"]
+    report = json.loads((tmp_path / "out" / "c.report.json").read_text(encoding="utf-8"))
+    assert report["datasets"]["c_train"]["rows"] == 2
+    assert report["datasets"]["c_train"]["skipped_by_reason"] == {"missing_transcript": 1, "undecodable_name": 1}

@@ -106,6 +106,15 @@ def _subset_of(item: SourceRecord | Issue) -> str:
     return (item.subset if isinstance(item, SubsetIssue) else None) or UNASSIGNED
 
 
+def _filed(issue: Issue, subset: str) -> SubsetIssue:
+    """``issue`` as written to the issues file: printable, with the subset it is counted under (None: no dataset)."""
+    issue = printable_issue(issue)
+    named = None if subset == UNASSIGNED else subset
+    if isinstance(issue, SubsetIssue) and issue.subset == named:
+        return issue
+    return SubsetIssue(issue.reason, issue.file, issue.line, issue.message, issue.uid, subset=named)
+
+
 def _audio_paths(chunk: list[SourceRecord | Issue]) -> list[str]:
     return [r.audio for r in chunk if isinstance(r, SourceRecord) and r.audio]
 
@@ -146,13 +155,13 @@ class _Run:
         kept: dict[str, list[Checked]] = {}
         issues: list[Issue] = []
         for item in chunk:
-            row, found = (
-                (None, [printable_issue(item)]) if isinstance(item, Issue) else self._check(item, found_headers)
-            )
+            row, found = (None, [item]) if isinstance(item, Issue) else self._check(item, found_headers)
+            subset = _subset_of(item)
+            found = [_filed(issue, subset) for issue in found]
             for issue in found:
                 if self.opts.strict and issue.severity == ERROR:
                     raise DataError(f"{issue.one_line()} (--strict stops at the first bad row)")
-                self.state.stats(_subset_of(item)).add_issue(issue)
+                self.state.stats(subset).add_issue(issue)
             issues += found
             if row is not None:
                 kept.setdefault(row.subset, []).append(row)
