@@ -168,6 +168,11 @@ def test_killed_corpus_convert_leaves_no_worker(tmp_path: Path, sig: signal.Sign
         assert proc.returncode == EXIT_INTERRUPTED and err.decode().strip() == "kimi-audio-lf: interrupted"
     else:
         assert proc.returncode == -signal.SIGKILL
+    os.unlink(out / ".c.tmp" / "c_dev-clean.part-00000.jsonl")
+    rerun = convert(src, "--out-dir", out, "--name", "c", "--workers", "2", "--chunk-rows", "1", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(shard_audios(out)) == ["c_dev-clean", "c_train-clean-100"]
+    assert sum(map(len, shard_audios(out).values())) == 4
 
 
 # ------------------------------------------------------------------------------------ item 8: LibriSpeech
