@@ -4,6 +4,7 @@ that are not UTF-8, and reader problems reported under their real dataset (issue
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -123,25 +124,28 @@ def test_outputs_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None
 
 
 # ------------------------------------------------------------------------------------ item 12: no orphan workers
-def processes_mentioning(marker: str) -> list[int]:
-    """Live processes (not zombies) whose command line contains ``marker``."""
-    found = []
+def live_processes() -> dict[int, tuple[int, bytes]]:
+    """pid → (parent pid, command line) of every process that is not a zombie."""
+    found = {}
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
         except (OSError, IndexError):
             continue
-        if entry.name.isdigit() and marker.encode() in cmdline and state != "Z":
-            found.append(int(entry.name))
+        if fields[0] != "Z":
+            found[int(entry.name)] = (int(fields[1]), cmdline)
     return found
 
 
-def children_of(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+def processes_mentioning(marker: str) -> list[int]:
+    return [pid for pid, (_, cmdline) in live_processes().items() if marker.encode() in cmdline]
+
+
+def children_of(parent: int) -> list[int]:
+    return [pid for pid, (ppid, _) in live_processes().items() if ppid == parent]
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
@@ -160,10 +164,13 @@ def test_killed_corpus_convert_leaves_no_worker(tmp_path: Path, sig: signal.Sign
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
         wait_for(lambda: not processes_mentioning(str(out)), "the pool workers to exit")
-    finally:
+    finally:  # whatever failed, leave nothing of this run behind
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for pid in processes_mentioning(str(out)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     if sig == signal.SIGTERM:  # stopped like ctrl-c: one line, the documented exit code
         assert proc.returncode == EXIT_INTERRUPTED and err.decode().strip() == "kimi-audio-lf: interrupted"
     else:

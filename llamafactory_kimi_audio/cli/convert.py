@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--paths",
         default="auto",
         choices=["auto", "relative", "absolute"],
-        help="audio paths in the output: auto = relative when under --out-dir (default)",
+        help="audio paths written: auto (default) = relative to --out-dir when the audio is under it, else absolute; "
+        "relative = always relative to --out-dir (LLaMA-Factory joins them to dataset_dir); absolute = always",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--text-case", default="keep", choices=["keep", "lower", "upper"], help="fold transcripts")
