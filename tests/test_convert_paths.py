@@ -281,3 +281,20 @@ def test_non_utf8_folder_name_in_a_corpus_is_skipped_with_its_reason(tmp_path: P
     report = json.loads((tmp_path / "out" / "c.report.json").read_text(encoding="utf-8"))
     assert report["datasets"]["c_train"]["rows"] == 2
     assert report["datasets"]["c_train"]["skipped_by_reason"] == {"missing_transcript": 1, "undecodable_name": 1}
+
+
+@pytest.mark.skipif(not LINUX, reason="needs a file system that stores file names as bytes")
+def test_folder_under_a_non_utf8_directory_is_one_line_and_a_report(tmp_path: Path) -> None:
+    clips = os.path.join(os.fsencode(tmp_path), b"d\xe9p", b"clips")  # every path below is undecodable
+    os.makedirs(clips)
+    with open(os.path.join(clips, b"a.wav"), "wb") as fh:
+        fh.write(cf.audio_bytes(0.5, "WAV"))
+    with open(os.path.join(clips, b"a.txt"), "wb") as fh:
+        fh.write(b"hello\n")
+    proc = convert(os.fsdecode(clips), "--out-dir", "out", "--name", "n", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("kimi-audio-lf convert: error: ") and "d\\xe9p/clips: no usable rows" in last
+    report = json.loads((tmp_path / "out" / "n.report.json").read_text(encoding="utf-8"))
+    assert report["skipped_by_reason"] == {"undecodable_name": 1} and report["input"].endswith("d\\xe9p/clips")
+    assert "a folder name in" in report["issues"][0]["message"]

@@ -9,6 +9,7 @@ from ..constants import CHUNK_SECONDS
 from ..data.convert import ConvertOptions, ConvertResult, convert, default_name, parse_split
 from ..data.corpora import BY_NAME
 from ..data.corpus_convert import CorpusResult
+from ..data.names import printable
 from ..data.sources import READERS, parse_columns
 from ..data.speech_tasks import TASKS, convert_spoken_reply
 from ..data.textio import DataError
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     for line in result.notes + summarize(result.issues):
         print(line, file=sys.stderr)
     if not result.rows_written:
-        raise DataError(f"{args.input}: no usable rows ({len(result.issues)} problems); see {result.report_path}")
+        problems = f"{len(result.issues)} problems"
+        raise DataError(f"{printable(args.input)}: no usable rows ({problems}); see {result.report_path}")
     print_result(result)
     return 0
 
@@ -137,7 +139,8 @@ def run_spoken_reply(args: argparse.Namespace) -> int:
     for line in summarize(result.issues):
         print(line, file=sys.stderr)
     if not result.rows_written:
-        raise DataError(f"{args.input}: no usable rows ({len(result.issues)} problems); see {result.report_path}")
+        problems = f"{len(result.issues)} problems"
+        raise DataError(f"{printable(args.input)}: no usable rows ({problems}); see {result.report_path}")
     print(f"converted {result.rows_written}/{result.rows_read} spoken-reply rows: {result.output}")
     print(f"  dataset_info: {result.dataset_info_path}\n  report: {result.report_path}")
     return 0

@@ -36,7 +36,7 @@ from ..text import detect_language, drop_spaceless_gaps
 from .corpora import BY_NAME, Layout, detect_layout, named_layout, unknown_layout
 from .corpora.registry import has_known_files
 from .corpus_convert import CorpusResult, convert_corpus
-from .names import printable_issue, undecodable
+from .names import printable, printable_issue, undecodable
 from .records import SourceRecord
 from .sources import AUDIO_EXTENSIONS, ReadOptions, read_source
 from .speech_tasks import TTS_INSTRUCTION, tts_row
@@ -287,7 +287,7 @@ def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None
     names = [f"{name}_{s}" for s in SPLIT_NAMES[: len(parts)]] if opts.split else [name]
     result = ConvertResult(
         name=name,
-        input=os.path.abspath(input_path),
+        input=printable(input_path),  # absolute already; a non-UTF-8 folder name is shown escaped
         out_dir=out_dir,
         format=source.format,
         encoding=source.encoding,
@@ -300,7 +300,7 @@ def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None
         durations=DurationStats.from_infos([row.info for row in rows]),
         dataset_info_path=os.path.join(out_dir, DATASET_INFO),
         report_path=os.path.join(out_dir, f"{name}.report.json"),
-        notes=list(source.notes),
+        notes=[printable(note) for note in source.notes],
     )
     if opts.instruction or opts.task == "tts":  # an explicit (or the TTS) instruction replaces the rows' own
         rows = [dataclasses.replace(row, instruction=None) for row in rows]

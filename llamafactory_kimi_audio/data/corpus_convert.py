@@ -25,7 +25,7 @@ from .corpora import Corpus, CorpusOptions, Layout
 from .corpora.base import SubsetIssue
 from .corpus_output import UNASSIGNED, ConvertState, ShardWriter, append_issues, first_issues
 from .corpus_rows import Checked, ProbeResults, RowChecker, RowRules, sharegpt_row, start_probes
-from .names import printable_issue
+from .names import printable, printable_issue
 from .records import SourceRecord
 from .textio import DataError, write_json
 from .validate import ERROR, WARNING, Issue
@@ -218,7 +218,7 @@ def _finish(run: _Run, layout: Layout, resumed_from: int) -> CorpusResult:
         issues_path=run.issues_path,
         report_path=os.path.join(run.out_dir, f"{name}.report.json"),
         dataset_info_path=info_path,
-        notes=list(run.corpus.notes),
+        notes=[printable(note) for note in run.corpus.notes],
     )
     skipped_only = {f"{name}_{s}": st.summary() for s, st in subsets.items() if not st.rows}
     outside = state.subsets.get(UNASSIGNED)

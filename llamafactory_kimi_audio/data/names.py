@@ -47,8 +47,9 @@ def printable_issue(issue: Issue) -> Issue:
 def undecodable(record: SourceRecord) -> tuple[str, str] | None:
     """``(reason, message)`` when ``record`` cannot be written to a UTF-8 dataset, else None."""
     if not is_utf8(record.audio):
-        name = printable(os.path.basename(str(record.audio)))
-        return UNDECODABLE, f"the audio file name '{name}' is not valid UTF-8, so no dataset file can carry it"
+        audio, name = str(record.audio), os.path.basename(str(record.audio))
+        where = f"the audio file name '{name}'" if not is_utf8(name) else f"a folder name in '{audio}'"
+        return UNDECODABLE, f"{printable(where)} is not valid UTF-8, so no dataset file can carry the path"
     for field in ("uid", "text", "instruction"):
         if not is_utf8(getattr(record, field)):
             value = printable(str(getattr(record, field)))[:60]

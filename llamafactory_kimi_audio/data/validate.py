@@ -29,7 +29,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "empty_text": (ERROR, "fill in the transcript or delete the row"),
     "duplicate_id": (ERROR, "ids must be unique; rename one of them (the first occurrence was kept)"),
     "missing_transcript": (ERROR, "add a transcript for this utterance or delete the audio"),
-    "undecodable_name": (ERROR, "rename the file to UTF-8, e.g. `convmv -f GBK -t UTF-8 --notest -r DIR`"),
+    "undecodable_name": (ERROR, "rename it to UTF-8, e.g. `convmv -f GBK -t UTF-8 --notest -r DIR`"),
     "kaldi_unmatched": (ERROR, "add the utterance to wav.scp or remove it from text"),
     "kaldi_pipe": (ERROR, "run the command once, store the output as a .wav file and list that file in wav.scp"),
     "long_audio_dropped": (ERROR, "skipped because of --drop-long; raise --max-duration to keep such clips"),
