@@ -2,9 +2,10 @@
 
 ``ProcessPoolExecutor`` workers block on their task queue; when the parent is killed (SIGKILL, or SIGTERM with the
 default action) nothing wakes them, and they stay behind re-parented to PID 1. Here each worker asks Linux to send
-it SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``), or, elsewhere, watches ``os.getppid()`` from a
-thread. ``terminate_on_sigterm`` turns a SIGTERM of the parent into ``KeyboardInterrupt`` so that the pool is shut
-down by the code that owns it, as with ctrl-c.
+it SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``), or, elsewhere (or with a forkserver in between),
+checks from a thread once a second that the process that made the pool still exists. ``terminate_on_sigterm``
+turns a SIGTERM of the parent into ``KeyboardInterrupt`` so that the pool is shut down by the code that owns it, as
+with ctrl-c.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ def parent_bound_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, initializer=_bind_to_parent, initargs=(os.getpid(),))
 
 
-def _bind_to_parent(parent: int) -> None:
-    """Worker initializer: default SIGTERM, no SIGINT (the parent stops the pool), die with the parent."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the parent's Python handler
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-c reaches the whole process group; the parent handles it
-    if not _ask_kernel_to_signal_on_parent_death():
-        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-    if os.getppid() != parent:  # the parent died before the request above took effect
-        os._exit(1)
+def _bind_to_parent(owner: int) -> None:
+    """Worker initializer: default SIGTERM, no SIGINT (the owner stops the pool), exit when the owner is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the owner's Python handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-c reaches the whole process group; the owner handles it
+    # the kernel watches the direct parent; a forkserver in between, or no prctl, needs a watcher thread, as does an
+    # owner that died before the request (the worker was re-parented already)
+    kernel_watches = os.getppid() == owner and _ask_kernel_to_signal_on_parent_death()
+    if (not kernel_watches or os.getppid() != owner) and os.name == "posix":
+        threading.Thread(target=_exit_when_gone, args=(owner,), daemon=True).start()
 
 
 def _ask_kernel_to_signal_on_parent_death() -> bool:
@@ -48,10 +50,20 @@ def _ask_kernel_to_signal_on_parent_death() -> bool:
         return False
 
 
-def _exit_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
+def _exit_when_gone(owner: int) -> None:
+    while _alive(owner):
         time.sleep(PARENT_POLL_SECONDS)
     os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # POSIX only: signal 0 checks existence (on Windows 0 would be CTRL_C_EVENT)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else (the pid was reused): treat as alive
+        return True
+    return True
 
 
 def _interrupt(signum: int, frame: object) -> None:
