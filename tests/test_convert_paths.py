@@ -61,6 +61,17 @@ for attr in get_dataset_list(args.dataset, args.dataset_dir):
 """
 
 
+@pytest.mark.parametrize(("style", "prefix"), [("auto", "LibriSpeech/"), ("absolute", "{src}/LibriSpeech/")])
+def test_corpus_under_the_output_folder(tmp_path: Path, style: str, prefix: str) -> None:
+    cf.librispeech(tmp_path / "src")  # --out-dir src holds the corpus: auto writes relative, absolute does not
+    proc = convert("src/LibriSpeech", "--out-dir", "src", "--name", "libri", "--paths", style, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    entries = [entry for group in shard_audios(tmp_path / "src").values() for entry in group]
+    assert len(entries) == 4
+    assert all(entry.startswith(prefix.format(src=tmp_path / "src")) for entry in entries), entries
+    assert all(resolves_like_llamafactory(entry, tmp_path / "src") for entry in entries)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("style", ["auto", "relative"])
 def test_llamafactory_finds_every_clip_from_another_directory(tmp_path: Path, style: str) -> None:
