@@ -4,6 +4,8 @@ The reader (``corpora/``) streams rows; they are taken in chunks of ``chunk_rows
 probed once each in a process pool; rows are checked (``corpus_rows``) and written as one shard per dataset
 (``corpus_output``). Memory is bounded by the chunk size, not by the corpus. The state file is updated after each
 chunk, so an interrupted run continues where it stopped (the reader re-reads, without probing, what was done).
+The pool's workers end with this process, however it ends (``worker_pool``). Audio paths are written absolute, or
+relative to ``out_dir`` (``convert.output_path``); problems are counted under the subset of their row.
 """
 
 from __future__ import annotations
