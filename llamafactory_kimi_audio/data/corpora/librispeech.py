@@ -104,12 +104,10 @@ def _rows(splits: list[tuple[str, str]], opts: CorpusOptions, notes: list[str]) 
 
 def _untranscribed(split: str, speaker: str, chapter: str, flacs: list[str]) -> Iterator[Row]:
     """Each clip of a chapter without its ``<spk>-<chapter>.trans.txt``: skipped, with the reason."""
+    message = f"no {speaker}-{chapter}.trans.txt in its chapter folder (incomplete download or extraction?)"
     for flac in flacs:
-        message = f"no {speaker}-{chapter}.trans.txt in its chapter folder (incomplete download or extraction?)"
-        utt = flac[: -len(".flac")]
-        yield SubsetIssue(
-            "missing_transcript", f"{split}/{speaker}/{chapter}/{flac}", None, message, utt, subset=split
-        )
+        rel = f"{split}/{speaker}/{chapter}/{flac}"
+        yield SubsetIssue("missing_transcript", rel, None, message, flac[: -len(".flac")], subset=split)
 
 
 LIBRISPEECH = Layout(
