@@ -204,7 +204,8 @@ def detect_codec(raw: bytes, name: str) -> str:
     sample = [line for line in _byte_lines(raw) if not line.isascii()][:SAMPLE_LINES]
     if not sample:
         return "utf-8"
-    scores = {codec: _score(sample, codec) for codec in CANDIDATES}
+    free = max(1, int(MAX_BAD_SHARE * raw.count(b"\n")))  # bad lines the file may have anyway (skipped rows)
+    scores = {codec: _score(sample, codec, free) for codec in CANDIDATES}
     utf8 = _utf8_text(sample)
     if utf8 is not None:  # every line is valid UTF-8: only two-byte text can also be legacy CJK ("谢谢" = "лл")
         if any(ord(char) >= 0x800 for char in utf8):
@@ -283,14 +284,16 @@ def _preview(sample: list[bytes], codec: str) -> str:
     return "".join(ch for ch in text if not ch.isascii())[:12]
 
 
-def _score(sample: list[bytes], codec: str) -> float:
-    """Mean plausibility of the non-ASCII characters ``codec`` decodes from ``sample`` (bad lines weigh 0)."""
-    weight, count = 0.0, 0
+def _score(sample: list[bytes], codec: str, free: int = 0) -> float:
+    """Mean plausibility of the non-ASCII characters ``codec`` decodes from ``sample``; each line it cannot decode
+    beyond the first ``free`` ones weighs like ``BAD_LINE_COST`` implausible characters."""
+    weight, count, bad = 0.0, 0, 0
     for line in sample:
         try:
             text = line.decode(codec)
         except UnicodeDecodeError:
-            count += BAD_LINE_COST
+            bad += 1
+            count += BAD_LINE_COST if bad > free else 0
             continue
         for char in text:
             if not char.isascii():

@@ -100,18 +100,17 @@ def _spans(lines: list[str], delimiter: str) -> Iterator[TableRow | _Broken]:
                 return
         except csv.Error as err:
             row += 1
-            yield _Broken(row, start + 1, f"cannot be parsed ({err}): a quote opened on line {start + 1} never closes")
+            limit = "field limit" in str(err)
+            why = "its field grew past the csv module's limit" if limit else f"the csv module says: {err}"
+            yield _Broken(row, start + 1, f"opens a quote on line {start + 1} that never closes ({why})")
         pos = start + 1
 
 
 def _unterminated(lines: list[str], start: int, end: int, delimiter: str, width: int | None) -> str | None:
     """Why the row on ``lines[start:end]`` is a quote left open, or None (one line, or a real multi-line cell)."""
-    if end - start <= 1:
-        return None
-    span = "".join(lines[start:end])
-    if end == len(lines) and span.count('"') % 2:
+    if end == len(lines) and _open_at_end(lines[start:end], delimiter):
         return f"opens a quote on line {start + 1} that never closes (it runs to the end of the file)"
-    if width is None or width < 2:
+    if end - start <= 1 or width is None or width < 2:
         return None
     swallowed = sum(len(next(csv.reader([line], delimiter=delimiter), [])) == width for line in lines[start + 1 : end])
     if swallowed:
@@ -120,6 +119,16 @@ def _unterminated(lines: list[str], start: int, end: int, delimiter: str, width:
             f"of their own (lines {start + 2}-{end})"
         )
     return None
+
+
+def _open_at_end(span: list[str], delimiter: str) -> bool:
+    """Whether the quoted field of the last row is still open at the end of the file (the lenient reader keeps it)."""
+    try:
+        for _ in csv.reader(span, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as err:
+        return "unexpected end of data" in str(err)
+    return False
 
 
 def _row_issue(item: TableRow | _Broken, decoded: Decoded, name: str) -> Issue | None:
