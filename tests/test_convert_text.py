@@ -215,3 +215,15 @@ def test_transcript_far_longer_than_its_audio_is_warned_about(tmp_path: Path) ->
     assert "l.csv row 2: transcript has 40000 characters for 2.00 s of audio (20000/s)" in proc.stderr
     warned = [i for i in report(tmp_path / "out", "l")["issues"] if i["reason"] == "long_transcript"]
     assert [(i["uid"], i["severity"]) for i in warned] == [("long", "warning")]
+
+
+def test_spoken_reply_table_with_an_open_quote_keeps_the_other_rows(tmp_path: Path) -> None:
+    wav(tmp_path / "q.wav")
+    wav(tmp_path / "a.wav")
+    wav(tmp_path / "b.wav")
+    body = 'question,answer,answer_audio\nhi,"hello there,a.wav\nhow are you,fine thanks,b.wav\n'
+    (tmp_path / "sr.csv").write_text(body, encoding="utf-8")
+    proc = convert(tmp_path / "sr.csv", "--out-dir", tmp_path / "out", "--task", "spoken-reply")
+    assert proc.returncode == 0, proc.stderr
+    assert "sr.csv row 2: opens a quote on line 2" in proc.stderr
+    assert [row["messages"][1]["content"] for row in rows(tmp_path / "out", "sr")] == ["fine thanks<audio>"]
