@@ -96,6 +96,10 @@ def test_wrong_explicit_encoding_is_refused(tmp_path: Path) -> None:
     path = table(tmp_path / "t.csv", ZH, "utf-8")
     line = one_line_error(convert(path, "--out-dir", tmp_path / "out", "--encoding", "shift_jis"))
     assert "lines are not valid" in line and "--encoding" in line
+    sjis = table(tmp_path / "j.csv", JA, "shift_jis")  # valid GBK bytes too, but garbage as GBK
+    line = one_line_error(convert(sjis, "--out-dir", tmp_path / "out", "--encoding", "gbk"))
+    assert "--encoding gbk reads it as" in line and "pass --encoding shift_jis or leave it at auto" in line
+    assert not (tmp_path / "out" / "j.json").exists()
 
 
 def test_one_bad_byte_in_10000_rows_skips_that_row_only(tmp_path: Path) -> None:
