@@ -231,3 +231,24 @@ def test_spoken_reply_table_with_an_open_quote_keeps_the_other_rows(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     assert "sr.csv row 2: opens a quote on line 2" in proc.stderr
     assert [row["messages"][1]["content"] for row in rows(tmp_path / "out", "sr")] == ["fine thanks<audio>"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("id,text\n1,café crème\n2,naïve Müller\n".encode(), "utf-8"),  # two-byte UTF-8 is also valid GBK
+        ("id,text\n1,привет мир\n".encode(), "utf-8"),
+        ("id,text\n1,你好\n".encode("utf-16-le"), "utf-16-le"),  # UTF-16 saved without a BOM
+        ("id,text\n1,你好\n2,谢谢\n".encode("gbk"), "gb18030"),  # also valid Big5 and ("谢谢") UTF-8
+        ("id,text\n1,안녕하세요 반갑습니다\n".encode("cp949"), "refused"),  # Korean: not a candidate
+    ],
+    ids=["latin_utf8", "cyrillic_utf8", "utf16_no_bom", "short_gbk", "korean"],
+)
+def test_detection_edge_cases(raw: bytes, expected: str) -> None:
+    from llamafactory_kimi_audio.data.encodings import EncodingError, decode_bytes
+
+    if expected == "refused":
+        with pytest.raises(EncodingError, match="--encoding"):
+            decode_bytes(raw, "t.csv")
+    else:
+        assert decode_bytes(raw, "t.csv").codec == expected

@@ -19,6 +19,7 @@ BAD_LINE_COST = 20  # a line the codec cannot decode weighs like this many impla
 FREQUENT_SHARE = 0.5  # a reading with this share of frequent hanzi ...
 FREQUENT_MARGIN = 0.3  # ... and this much more than every other close reading wins a near tie
 # the same byte layout under another name: --encoding gbk is scored with GB18030's zones
+_WORD = re.compile(r"[^\W\d_]+")
 _ZONE_ALIASES = {"gbk": "gb18030", "gb2312": "gb18030", "big5": "cp950", "big5hkscs": "cp950", "shift_jis": "cp932"}
 
 # codec → ((first lead byte, last lead byte, first trail byte, last trail byte, weight), ...): the first zone holding
@@ -72,20 +73,36 @@ def score(sample: list[bytes], codec: str, free: int = 0) -> float:
     return weight / count if count else 0.0
 
 
-def latin_context_score(text: str) -> float:
-    """Plausibility of UTF-8 text made of two-byte characters only: accented letters sit inside Latin words ("café",
-    "Müller") or in runs of letters of their own script ("привет"); legacy CJK bytes read as UTF-8 give isolated
-    symbols and short runs between punctuation."""
-    words = re.findall(r"[^\W\d_]+", text)
-    weight = count = 0.0
-    for word in words:
-        special = sum(not char.isascii() for char in word)
-        if special:
-            count += special
-            weight += special * (1.0 if len(word) >= 3 else 0.3)
-    symbols = sum(not char.isascii() and not char.isalpha() for char in text)
-    count += symbols
+def utf8_score(sample: list[bytes], free: int = 0) -> float:
+    """``score`` for UTF-8: characters of three bytes or more (CJK) weigh 1; two-byte ones (accented Latin, Cyrillic,
+    ...) by whether they sit inside words ("café", "привет"), since legacy CJK bytes read as UTF-8 give isolated
+    symbols and short runs between punctuation ("谢谢" in GBK is "лл")."""
+    weight, count, bad = 0.0, 0, 0
+    for line in sample:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad += 1
+            count += BAD_LINE_COST if bad > free else 0
+            continue
+        wide = [char for char in text if ord(char) >= 0x800]
+        weight += sum(char_weight("utf-8", char) for char in wide)
+        count += len(wide)
+        word_weight, narrow = _two_byte_parts(text)
+        weight += word_weight
+        count += narrow
     return weight / count if count else 0.0
+
+
+def _two_byte_parts(text: str) -> tuple[float, int]:
+    """(weight, count) of the two-byte characters of ``text``: 1 inside a word of 3+ letters, 0.3 in a shorter one,
+    0 outside words."""
+    weight, inside = 0.0, 0
+    for word in _WORD.findall(text):
+        narrow = sum(0x80 <= ord(char) < 0x800 for char in word)
+        inside += narrow
+        weight += narrow * (1.0 if len(word) >= 3 else 0.3)
+    return weight, sum(0x80 <= ord(char) < 0x800 for char in text)
 
 
 def most_frequent_reading(sample: list[bytes], codecs: list[str]) -> str | None:

@@ -13,13 +13,15 @@ A given ``--encoding`` that reads as implausible text while another codec reads 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ..errors import InputError
-from .encoding_scores import latin_context_score, most_frequent_reading, score
+from .encoding_scores import most_frequent_reading, score, utf8_score
 
 CANDIDATES = ("utf-8", "gb18030", "cp950", "cp932")  # tie order: UTF-8 first (self-validating), then by use
 LABELS = {"utf-8": "UTF-8", "gb18030": "GB18030/GBK", "cp950": "Big5 (cp950)", "cp932": "Shift-JIS (cp932)"}
+_BEYOND_TWO_BYTES = re.compile("[\u0800-\U0010ffff]")
 _BOMS = (
     (b"\xef\xbb\xbf", "utf-8-sig"),
     (b"\xff\xfe\x00\x00", "utf-32"),
@@ -180,19 +182,18 @@ def _refuse_if_mostly_bad(decoded: Decoded, name: str, given: bool) -> None:
 
 def detect_codec(raw: bytes, name: str) -> str:
     """The most plausible of ``CANDIDATES`` for ``raw`` (no BOM); EncodingError when none is, or two tie."""
+    if _plainly_utf8(raw):
+        return "utf-8"
     sample = [line for line in _byte_lines(raw) if not line.isascii()][:SAMPLE_LINES]
     if not sample:
         return "utf-8"
     free = max(1, int(MAX_BAD_SHARE * raw.count(b"\n")))  # bad lines the file may have anyway (skipped rows)
-    scores = {codec: score(sample, codec, free) for codec in CANDIDATES}
-    utf8 = _utf8_text(sample)
-    if utf8 is not None:  # every line is valid UTF-8: only two-byte text can also be legacy CJK ("谢谢" = "лл")
-        if any(ord(char) >= 0x800 for char in utf8):
-            return "utf-8"
-        scores["utf-8"] = latin_context_score(utf8)
-        rival = max(CANDIDATES[1:], key=lambda codec: scores[codec])
-        if scores["utf-8"] >= STRONG_SCORE or scores[rival] < STRONG_SCORE:
-            return "utf-8"
+    scores = {codec: score(sample, codec, free) for codec in CANDIDATES[1:]}
+    scores["utf-8"] = utf8_score(sample, free)
+    utf8_valid = _utf8_text(sample) is not None
+    rival = max(CANDIDATES[1:], key=lambda codec: scores[codec])
+    if utf8_valid and (scores["utf-8"] >= STRONG_SCORE or scores[rival] < STRONG_SCORE):
+        return "utf-8"  # valid two-byte UTF-8 is overruled only by a strong legacy reading ("谢谢" in GBK = "лл")
     ranked = sorted(CANDIDATES, key=lambda codec: -scores[codec])  # stable: ties keep the CANDIDATES order
     best = ranked[0]
     if scores[best] == 0:  # no candidate decodes any non-ASCII line: bad bytes in a UTF-8 (ASCII) file
@@ -203,8 +204,8 @@ def detect_codec(raw: bytes, name: str) -> str:
             f"({_first_utf8_error(raw)}); {ENCODING_HINT}"
         )
     close = [codec for codec in ranked if scores[codec] > scores[best] - MIN_MARGIN and scores[codec] > 0]
-    close += ["utf-8"] if utf8 is not None and "utf-8" not in close else []
-    if len(close) > 1 and (best != "utf-8" or utf8 is not None):
+    close += ["utf-8"] if utf8_valid and "utf-8" not in close else []
+    if len(close) > 1:
         best = most_frequent_reading(sample, close)
     if best is None:
         readings = ", ".join(f"{label(codec)} ({_preview(sample, codec)!r})" for codec in close)
@@ -214,6 +215,16 @@ def detect_codec(raw: bytes, name: str) -> str:
             "(or the file's own encoding)"
         )
     return best
+
+
+def _plainly_utf8(raw: bytes) -> bool:
+    """Valid UTF-8 that is ASCII or holds a character of three bytes or more (CJK): no legacy codec reads like that
+    by chance. Checked on the whole file at C speed before any line is scored."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return text.isascii() or _BEYOND_TWO_BYTES.search(text) is not None
 
 
 def _utf8_text(sample: list[bytes]) -> str | None:
