@@ -5,7 +5,8 @@ later or train on something that is not a transcript.
   audio, so the sample would stop training at preprocessing. Kimi-Audio's own special-token strings
   (``<|im_media_begin|>``, ``<|reserved_token_12|>``, ...) are refused too: the template reads audio spans from them.
   ``<image>`` / ``<video>`` are kept: the kimi_audio plugin never expands them, they stay plain text.
-* Control characters (NUL, C0 other than tab / newline, DEL, C1) mean a binary or damaged file: the row is skipped.
+* Control characters (NUL, C0 and C1 controls other than whitespace such as tab / newline, DEL) mean a binary or
+  damaged file: the row is skipped.
 * Invisible characters: zero-width space / word joiner / BOM / soft hyphen are removed from the kept transcript
   (``strip_invisible``; harmless, and they would become label tokens the audio does not hold). A transcript with
   nothing visible (only such characters, or other format characters) is empty.
@@ -67,7 +68,7 @@ def rate_problem(text: str, seconds: float) -> list[tuple[str, str]]:
 
 
 def _is_control(char: str) -> bool:
-    return unicodedata.category(char) == "Cc" and char not in "\t\n\r"
+    return unicodedata.category(char) == "Cc" and not char.isspace()  # tabs, newlines: collapsed to spaces
 
 
 def _codepoints(text: str) -> str:
