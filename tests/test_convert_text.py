@@ -252,3 +252,12 @@ def test_detection_edge_cases(raw: bytes, expected: str) -> None:
             decode_bytes(raw, "t.csv")
     else:
         assert decode_bytes(raw, "t.csv").codec == expected
+
+
+def test_old_mac_line_endings_and_a_bad_byte(tmp_path: Path) -> None:
+    wav(tmp_path / "a.wav")
+    (tmp_path / "mac.csv").write_bytes(b"id,audio,text\r1,a.wav,first\r2,a.wav,\xff\r3,a.wav,third\r")
+    proc = convert(tmp_path / "mac.csv", "--out-dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert transcripts(tmp_path / "out", "mac") == ["first", "third"]
+    assert "mac.csv row 3: byte 0xff at column 9 is not valid UTF-8" in proc.stderr

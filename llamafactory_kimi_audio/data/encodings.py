@@ -21,6 +21,8 @@ from .encoding_scores import most_frequent_reading, score, utf8_score
 
 CANDIDATES = ("utf-8", "gb18030", "cp950", "cp932")  # tie order: UTF-8 first (self-validating), then by use
 LABELS = {"utf-8": "UTF-8", "gb18030": "GB18030/GBK", "cp950": "Big5 (cp950)", "cp932": "Shift-JIS (cp932)"}
+_LINE_END = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
+_BYTE_LINE_END = re.compile(rb"(?<=\n)|(?<=\r)(?!\n)")
 _BEYOND_TWO_BYTES = re.compile("[\u0800-\U0010ffff]")
 _BOMS = (
     (b"\xef\xbb\xbf", "utf-8-sig"),
@@ -136,9 +138,9 @@ def _decode_wide(raw: bytes, name: str, codec: str) -> Decoded:
 
 
 def split_lines(text: str) -> list[str]:
-    """Lines with their "\\n" (only "\\n" splits: "\\r", U+2028, ... stay inside a line, as in the bytes)."""
-    parts = text.split("\n")
-    return [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    """Lines with their ending: "\\n", "\\r\\n" or a lone "\\r" (old Mac CSV), as the csv module expects them;
+    U+2028, form feeds, ... stay inside a line, as they do in the bytes."""
+    return [line for line in _LINE_END.split(text) if line]
 
 
 def _decode_lines(raw: bytes, codec: str) -> Decoded:
@@ -161,9 +163,8 @@ def _decode_lines(raw: bytes, codec: str) -> Decoded:
 
 
 def _byte_lines(raw: bytes) -> list[bytes]:
-    """Lines of ``raw`` with their b"\\n": safe for every ASCII-compatible codec (no multi-byte unit holds 0x0A)."""
-    parts = raw.split(b"\n")
-    return [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    """``split_lines`` on bytes: safe for every ASCII-compatible codec (no multi-byte unit holds 0x0A or 0x0D)."""
+    return [line for line in _BYTE_LINE_END.split(raw) if line]
 
 
 def _refuse_if_mostly_bad(decoded: Decoded, name: str, given: bool) -> None:
