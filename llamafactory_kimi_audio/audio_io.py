@@ -137,8 +137,10 @@ def span_frames(sample_rate: int, file_frames: int, begin: float, end: float) ->
     """``(start, stop, clamped)`` frames of [begin, end) s in a file of ``file_frames`` frames at ``sample_rate``.
 
     Kaldi's rule: ``int(t * sr + 0.5)``; an end up to MAX_OVERSHOOT past the file's end is cut there (clamped),
-    further is a SpanError, as are negative, reversed and empty spans.
+    further is a SpanError, as are non-finite (nan, inf), negative, reversed and empty spans.
     """
+    if not (math.isfinite(begin) and math.isfinite(end)):
+        raise SpanError(f"span [{begin}, {end}] s is not finite", "nonfinite_span")
     if begin < 0 or end < 0:
         raise SpanError(f"negative span [{begin}, {end}] s", "negative_span")
     if begin > end:

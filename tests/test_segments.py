@@ -62,6 +62,8 @@ def test_span_frames(begin: float, end: float, expected: tuple[int, int, bool]) 
         (1.5, 1.0, "reversed_span"),
         (1.0, 1.0, "empty_span"),
         (1.0, 2.6, "segment_past_end"),
+        (float("nan"), 1.0, "nonfinite_span"),
+        (0.0, float("inf"), "nonfinite_span"),
     ],
 )
 def test_span_frames_refuses(begin: float, end: float, reason: str) -> None:

@@ -64,7 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep rows whose transcript looks garbled by a wrong codec (default: skip and report)",
     )
-    parser.add_argument("--encoding", default="auto", help="input text encoding (default: auto = BOM/UTF-8/GBK)")
+    parser.add_argument(
+        "--encoding",
+        default="auto",
+        help="input text encoding, a Python codec name such as gbk, big5, shift_jis, cp1252 (default: auto = a BOM, "
+        "else UTF-8, GB18030, Big5 or Shift-JIS, detected; an ambiguous file is refused, naming this flag)",
+    )
     parser.add_argument("--columns", help="CSV/JSON column names, e.g. text=no_point_text,audio=wav_path,id=utt")
     parser.add_argument(
         "--paths",

@@ -42,6 +42,7 @@ from .sources import AUDIO_EXTENSIONS, ReadOptions, read_source
 from .speech_tasks import TTS_INSTRUCTION, tts_row
 from .splits import SPLIT_NAMES, assign_splits, check_split, parse_split, split_counts  # noqa: F401 (API)
 from .textio import DataError, ensure_writable_dir, write_json
+from .transcripts import rate_problem, strip_invisible
 from .validate import ERROR, DurationStats, Issue, check_audio, check_text, count_by_reason
 
 SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
@@ -186,7 +187,7 @@ def _check_record(
         found.append(("missing_audio", "no audio path in this row"))
     else:
         info, audio_issues = check_audio(path, str(record.audio), opts.max_duration)
-        found += audio_issues
+        found += audio_issues + (rate_problem(record.text or "", info.duration) if info is not None else [])
         if info is not None and path in seen["audio"]:
             found.append(("duplicate_audio", f"audio {record.audio} is also used by an earlier row"))
         seen["audio"].add(path)
@@ -233,8 +234,9 @@ def _sharegpt(row: _Row, instruction: str, out_dir: str, style: str, task: str =
 
 
 def clean_transcript(text: str) -> str:
-    """Collapse whitespace runs (newlines, U+3000) to one space and drop spaces between CJK characters."""
-    return drop_spaceless_gaps(" ".join(text.split()))
+    """Collapse whitespace runs (newlines, U+3000) to one space, drop spaces between CJK characters and zero-width
+    characters (``transcripts.strip_invisible``)."""
+    return drop_spaceless_gaps(" ".join(strip_invisible(text).split()))
 
 
 def apply_case(text: str, mode: str) -> str:

@@ -13,6 +13,7 @@ from ..audio_io import AudioInfo, SpanError, media_value, span_frames
 from ..text import drop_spaceless_gaps
 from .names import printable_issue, undecodable
 from .records import SourceRecord
+from .transcripts import rate_problem, strip_invisible
 from .validate import ERROR, Issue, check_audio, check_text
 
 MIN_SEGMENT_SECONDS = 0.1
@@ -91,13 +92,14 @@ class RowChecker:
                 seconds, audio = span[1] - span[0], media_value(info.path, span[0], span[1])
         elif info is not None:
             seconds, audio = info.duration, info.path
+        found += rate_problem(record.text or "", seconds) if seconds is not None else []
         if seconds is not None and seconds > self.rules.max_duration:
             reason = "long_audio_dropped" if self.rules.drop_long else "long_audio"
             found.append((reason, f"{seconds:.1f} s long (> {self.rules.max_duration:g} s)"))
         issues = [self._issue(reason, record, message, uid) for reason, message in found]
         if info is None or audio is None or seconds is None or any(i.severity == ERROR for i in issues):
             return None, issues
-        text = _case(drop_spaceless_gaps(" ".join((record.text or "").split())), self.rules.text_case)
+        text = _case(drop_spaceless_gaps(" ".join(strip_invisible(record.text or "").split())), self.rules.text_case)
         return Checked(
             record.subset or "train", uid, audio, text, record.instruction, seconds, info.sample_rate
         ), issues

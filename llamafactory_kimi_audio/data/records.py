@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .textio import DataError, read_text
+from .encodings import decode_file
+from .textio import DataError
 from .validate import Issue
 
 
@@ -49,9 +50,14 @@ def iter_json_records(path: str, encoding: str = "auto") -> tuple[Iterator[tuple
     A JSON Lines line that does not parse yields an ``Issue`` in place of the object (the other lines still load);
     a broken JSON array raises DataError naming the line, since parsing cannot resume after it.
     """
-    text, codec = read_text(path, encoding)
     name = os.path.basename(path)
+    decoded = decode_file(path, encoding, name)
+    text, codec = decoded.text, decoded.codec
     stripped = text.lstrip()
+    whole = not path.lower().endswith(".jsonl") and stripped.startswith(("[", "{"))
+    if whole and decoded.bad:  # one JSON document: a bad line cannot be cut out of it
+        first = min(decoded.bad)
+        raise DataError(f"{name} line {first}: {decoded.bad[first]}; fix the bytes, or pass the right --encoding")
     if stripped.startswith("[") and not path.lower().endswith(".jsonl"):
         return _iter_array(text, name), codec
     if stripped.startswith("{") and not path.lower().endswith(".jsonl"):
@@ -61,15 +67,18 @@ def iter_json_records(path: str, encoding: str = "auto") -> tuple[Iterator[tuple
             if err.msg != "Extra data":
                 message = f"{name} line {err.lineno}: invalid JSON ({err.msg}); fix it or use JSON Lines"
                 raise DataError(message) from err
-    return _iter_lines(text, name), codec
+    return _iter_lines(decoded.lines, name, decoded.bad), codec
 
 
-def _iter_lines(text: str, name: str) -> Iterator[tuple[int, Any]]:
-    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 / U+0085 are valid in JSON
+def _iter_lines(lines: list[str], name: str, bad: dict[int, str]) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(lines, start=1):  # split on "\n" only: U+2028 / U+0085 are valid in JSON
         if not line.strip():
             continue
+        if number in bad:
+            yield number, Issue("undecodable_text", name, number, bad[number])
+            continue
         try:
-            yield number, json.loads(line)
+            yield number, json.loads(line.removesuffix("\n"))
         except json.JSONDecodeError as err:
             yield number, Issue("malformed_record", name, number, f"invalid JSON ({err.msg} at column {err.colno})")
 

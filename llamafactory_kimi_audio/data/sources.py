@@ -15,15 +15,16 @@ Formats (``READERS``, looked up by name; ``detect_format`` picks one for ``--for
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from ..errors import InputError
 from .conversations import is_dataset_dir, read_conversations, read_dataset_dir, read_kimi_jsonl
+from .encodings import Decoded, decode_file
 from .records import Source, SourceRecord, iter_json_records
+from .tables import iter_records, read_table
 from .textio import DataError, mojibake_hint, read_text
 from .validate import Issue
 
@@ -145,20 +146,20 @@ def _record_from_row(row: dict, mapping: dict[str, str], file: str, line: int) -
 
 
 def _read_table(path: str, opts: ReadOptions, delimiter: str | None) -> Source:
-    text, codec = read_text(path, opts.encoding)
-    if delimiter is None:  # the candidate found most often in the header line (Excel may use ';' by locale)
-        header = text.split("\n", 1)[0]
-        delimiter = max(",\t;|", key=lambda d: (header.count(d), d == ","))
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     name = os.path.basename(path)
-    mapping = match_columns(list(reader.fieldnames or []), name, opts.columns)
+    table = read_table(path, name, opts.encoding, delimiter)
+    mapping = match_columns(table.headers, name, opts.columns)
     records: list[SourceRecord | Issue] = []
-    for row_number, row in enumerate(reader, start=2):  # Excel numbering: the header is row 1
-        if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-            continue
-        records.append(_record_from_row(row, mapping, name, row_number))
-    notes = [f"{name}: decoded as {codec}"] if codec != "utf-8" else []
-    return Source(records=records, encoding=codec, notes=notes)
+    for item in iter_records(table):
+        records.append(item if isinstance(item, Issue) else _record_from_row(item[1], mapping, name, item[0]))
+    return Source(records=records, encoding=table.decoded.codec, notes=_codec_notes(name, table.decoded))
+
+
+def _codec_notes(name: str, decoded: Decoded) -> list[str]:
+    if decoded.codec == "utf-8":
+        return []
+    how = " (detected; pass --encoding to override)" if decoded.detected else ""
+    return [f"{name}: decoded as {decoded.codec}{how}"]
 
 
 def read_csv(path: str, opts: ReadOptions) -> Source:
@@ -186,11 +187,17 @@ def read_flat_json(path: str, opts: ReadOptions) -> Source:
     return Source(records=records, encoding=codec)
 
 
-def _read_kaldi_table(path: str, opts: ReadOptions) -> Iterator[tuple[int, str, str]]:
-    text, _ = read_text(path, opts.encoding)
-    for number, line in enumerate(text.split("\n"), start=1):
+def _read_kaldi_table(path: str, opts: ReadOptions) -> Iterator[tuple[int, str, str | Issue]]:
+    """``(line, key, value)``; the value is an Issue for a line with undecodable bytes (that line is skipped)."""
+    name = os.path.basename(path)
+    decoded = decode_file(path, opts.encoding, name)
+    for number, line in enumerate(decoded.lines, start=1):
         key, _, value = line.strip().partition(" ")
-        if key:
+        if not key:
+            continue
+        if number in decoded.bad:
+            yield number, key, Issue("undecodable_text", name, number, decoded.bad[number], key)
+        else:
             yield number, key, value.strip()
 
 
@@ -206,8 +213,12 @@ def read_kaldi(path: str, opts: ReadOptions) -> Source:
     for number, key, transcript in _read_kaldi_table(os.path.join(path, "text"), opts):
         seen.add(key)
         audio = wavs.get(key)
-        if audio is None:
+        if isinstance(transcript, Issue):
+            records.append(transcript)
+        elif audio is None:
             records.append(Issue("kaldi_unmatched", "text", number, f"utterance {key!r} has no entry in wav.scp", key))
+        elif isinstance(audio, Issue):
+            records.append(Issue(audio.reason, "wav.scp", audio.line, f"utterance {key!r}: {audio.message}", key))
         elif audio.endswith("|"):
             records.append(Issue("kaldi_pipe", "wav.scp", None, f"utterance {key!r} is a pipe command", key))
         else:
@@ -239,7 +250,12 @@ def read_folder(path: str, opts: ReadOptions) -> Source:
             if sidecar is None:
                 records.append(Issue("missing_transcript", rel, None, f"no {stem}.txt or {stem}.lab next to it", uid))
                 continue
-            records.append(SourceRecord(rel, None, uid, audio, read_text(sidecar, opts.encoding)[0].strip()))
+            try:
+                transcript = read_text(sidecar, opts.encoding)[0].strip()
+            except InputError as err:  # one unreadable sidecar skips its clip, not the folder
+                records.append(Issue("undecodable_text", os.path.relpath(sidecar, path), None, str(err), uid))
+                continue
+            records.append(SourceRecord(rel, None, uid, audio, transcript))
     return Source(records=records)
 
 

@@ -11,15 +11,14 @@ report; bad rows are skipped and reported as in ``convert``, or stop the run wit
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from ..jsonio import DATASET_INFO
 from .records import iter_json_records
-from .textio import DataError, ensure_writable_dir, read_text, write_json
+from .tables import iter_records, read_table
+from .textio import DataError, ensure_writable_dir, write_json
 from .validate import ERROR, Issue, check_audio, check_text
 
 TASKS = ("asr", "tts", "spoken-reply")
@@ -59,21 +58,22 @@ class SpokenReplyResult:
     report_path: str
 
 
-def read_spoken_reply_table(path: str, encoding: str = "auto") -> list[tuple[int, dict[str, Any]]]:
-    """``(line, row)`` pairs of a CSV / TSV / JSON / JSONL table with the ``SPOKEN_REPLY_COLUMNS``."""
+def read_spoken_reply_table(path: str, encoding: str = "auto") -> list[tuple[int, dict[str, Any]] | Issue]:
+    """``(line, row)`` pairs of a CSV / TSV / JSON / JSONL table with the ``SPOKEN_REPLY_COLUMNS``; a row that cannot
+    be read (bad bytes, a quote left open: ``tables.py``) is an Issue in its place."""
     lower = path.lower()
     if lower.endswith((".json", ".jsonl")):
         records, _ = iter_json_records(path, encoding)
         return [(line, row if isinstance(row, dict) else {}) for line, row in records if not isinstance(row, Issue)]
-    text, _ = read_text(path, encoding)
-    reader = csv.DictReader(io.StringIO(text), delimiter="\t" if lower.endswith(".tsv") else ",")
-    missing = {"answer", "answer_audio"} - set(reader.fieldnames or [])
+    name = os.path.basename(path)
+    table = read_table(path, name, encoding, "\t" if lower.endswith(".tsv") else ",")
+    missing = {"answer", "answer_audio"} - set(table.headers)
     if missing:
         raise DataError(
-            f"{path}: no {sorted(missing)} column among the headers {reader.fieldnames}; a spoken-reply table needs "
+            f"{path}: no {sorted(missing)} column among the headers {table.headers}; a spoken-reply table needs "
             f"answer, answer_audio and question and/or question_audio (optional: id)"
         )
-    return [(number + 2, row) for number, row in enumerate(reader)]  # header = line 1
+    return list(iter_records(table))
 
 
 def _check_row(line: int, row: dict, root: str, name: str, max_duration: float) -> tuple[dict | None, list[Issue]]:
@@ -113,9 +113,10 @@ def convert_spoken_reply(
     out_dir = ensure_writable_dir(out_dir)
     root = os.path.abspath(root or os.path.dirname(input_path))
     table = read_spoken_reply_table(input_path, encoding)
+    name_of = os.path.basename(input_path)
     rows, issues = [], []
-    for line, raw in table:
-        row, found = _check_row(line, raw, root, os.path.basename(input_path), max_duration)
+    for item in table:
+        row, found = (None, [item]) if isinstance(item, Issue) else _check_row(*item, root, name_of, max_duration)
         if strict and any(issue.severity == ERROR for issue in found):
             raise DataError(f"{next(i for i in found if i.severity == ERROR).one_line()} {STRICT_HINT}")
         issues += found

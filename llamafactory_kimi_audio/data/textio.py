@@ -1,8 +1,9 @@
 """Text-file plumbing shared by the converter and the evaluator: encoding detection, mojibake hints, atomic writes.
 
-Spreadsheets exported on Chinese Windows arrive as GBK/GB18030, UTF-8 with a BOM, or text that was already decoded
-with the wrong codec once and saved again ("mojibake"). ``read_text`` decodes the first two correctly and reports
-which codec it used; ``mojibake_hint`` recognises the usual shapes of the third so the converter can warn per row.
+Spreadsheets exported on Chinese Windows arrive as GBK/GB18030, Big5, Shift-JIS, UTF-8 with a BOM, or text that was
+already decoded with the wrong codec once and saved again ("mojibake"). ``read_text`` decodes the first kinds (the
+codec is detected by ``encodings.py``) and reports which codec it used; ``mojibake_hint`` recognises the usual shapes
+of the last so the converter can warn per row.
 """
 
 from __future__ import annotations
@@ -17,16 +18,13 @@ from typing import IO, Any
 
 from ..errors import InputError
 from ..text import is_han
+from .encodings import decode_file
 
 
 class DataError(InputError):
     """A problem with an input or output file, phrased for the user (file, place, fix) on one line."""
 
 
-# BOM → codec; checked before any guessing so a BOM always wins.
-_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
-# Tried in order when no BOM is present; GB18030 is a superset of GBK and GB2312.
-_GUESSES = ("utf-8", "gb18030")
 # (codec the text was wrongly decoded with, codec it really was); each pair is tried by ``mojibake_hint``.
 # "cp1252" is Windows' lenient flavour: bytes CP1252 leaves undefined (0x81, 0x8D, ...) pass through as U+0081...
 _MOJIBAKE_PAIRS = (("cp1252", "utf-8"), ("gbk", "utf-8"), ("latin-1", "gb18030"))
@@ -39,32 +37,16 @@ _UTF8_AS_LATIN = re.compile(
 
 
 def read_text(path: str, encoding: str = "auto") -> tuple[str, str]:
-    """Decode a whole text file; returns ``(text, codec)``. ``encoding="auto"``: BOM, then UTF-8, then GB18030."""
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    if encoding != "auto":
-        return _decode(raw, path, encoding), encoding
-    for bom, codec in _BOMS:
-        if raw.startswith(bom):
-            return _decode(raw, path, codec), codec
-    for codec in _GUESSES:
-        with contextlib.suppress(UnicodeDecodeError):
-            return raw.decode(codec), codec
-    raise DataError(f"{path}: not valid UTF-8 or GB18030/GBK text; save it as UTF-8 or pass --encoding (e.g. big5)")
+    """Decode a whole text file; returns ``(text, codec)``. ``encoding="auto"``: detected (``encodings.py``).
 
-
-def _decode(raw: bytes, path: str, codec: str) -> str:
-    try:
-        text = raw.decode(codec)
-    except LookupError as err:
-        raise DataError(f"unknown --encoding {codec!r}; use a Python codec name such as utf-8, gbk, gb18030") from err
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(
-            f"{path} line {line}: bytes are not valid {codec} ({err.reason}); "
-            "pass the right --encoding or leave it at auto"
-        ) from err
-    return text.removeprefix("\ufeff")
+    For readers that cannot skip a line: a line with bytes invalid in the codec raises DataError naming it (the
+    table, JSON Lines and Kaldi readers use ``decode_file`` and skip such rows instead).
+    """
+    decoded = decode_file(path, encoding)
+    if decoded.bad:
+        first = min(decoded.bad)
+        raise DataError(f"{path} line {first}: {decoded.bad[first]}; fix the bytes, or pass the right --encoding")
+    return decoded.text, decoded.codec
 
 
 def mojibake_hint(text: str) -> str | None:
@@ -75,7 +57,10 @@ def mojibake_hint(text: str) -> str | None:
     GBK read as Latin-1 ("Êý¾Ý").
     """
     if "\ufffd" in text:
-        return "contains U+FFFD replacement characters (the text was decoded with the wrong codec before saving)"
+        return (
+            "contains U+FFFD replacement characters (bytes not valid in the file's encoding, or text decoded with "
+            "the wrong codec before saving)"
+        )
     if text.isascii():
         return None
     for wrong, right in _MOJIBAKE_PAIRS:

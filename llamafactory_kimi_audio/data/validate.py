@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from ..audio_io import TRUNCATED_FIX, AudioError, AudioInfo, SpanError, TruncatedAudioError, probe, split_media
 from ..constants import CHUNK_SECONDS, SAMPLE_RATE
 from .textio import mojibake_hint
+from .transcripts import transcript_problems
 
 ERROR = "error"
 WARNING = "warning"
@@ -52,6 +53,16 @@ REASONS: dict[str, tuple[str, str]] = {
     "overlapping_segments": (WARNING, "kept: check the segment times if the overlap is not intended"),
     "kaldi_archive": (ERROR, "dump the audio to files (e.g. wav-copy) and list the files in wav.scp"),
     "multichannel_segment": (ERROR, "split the channels into mono files and list one recording per channel"),
+    # text rows (tables.py, encodings.py, transcripts.py)
+    "undecodable_text": (ERROR, "fix the bytes of that line or re-save the file as UTF-8 (or pass --encoding)"),
+    "unterminated_quote": (ERROR, 'close the quote, or write "" for a literal quote; the rows after it were read'),
+    "placeholder_in_text": (ERROR, "the transcript must not hold <audio> or Kimi-Audio special tokens; remove them"),
+    "control_characters": (ERROR, "the text is damaged or binary; fix the transcript or delete the row"),
+    "long_transcript": (
+        WARNING,
+        "kept, but probably the wrong transcript or audio: training stops on it if cutoff_len cuts its label",
+    ),
+    "nonfinite_span": (ERROR, "fix the segment's begin/end: they must be finite numbers of seconds"),
     "garbage_utterance": ("skip", "skipped: not speech (GigaSpeech <SIL>/<MUSIC>/<NOISE>/<OTHER>), as the recipes do"),
 }
 
@@ -120,7 +131,7 @@ def check_text(text: str | None) -> list[tuple[str, str]]:
     if text is None or not text.strip():
         return [("empty_text", "transcript is empty" if not text else "transcript is only whitespace")]
     hint = mojibake_hint(text)
-    return [("mojibake", f"transcript {text[:20]!r} {hint}")] if hint else []
+    return [("mojibake", f"transcript {text[:20]!r} {hint}")] if hint else transcript_problems(text)
 
 
 def check_audio(path: str, shown: str, max_duration: float) -> tuple[AudioInfo | None, list[tuple[str, str]]]:

@@ -171,8 +171,9 @@ SFT_PATCHES = [
             attribute="_encode_data_example",
             make_replacement=w.make_audio_span_guard,
             parameters=("self", "prompt", "response", "system", "tools", "images", "videos", "audios"),
-            why="cutoff_len must not cut an audio span silently: the sample fails at preprocessing, by name, instead "
-            "of a frame-count mismatch later (the processors are first used by run_sft)",
+            why="cutoff_len must not cut an audio span or an answer silently: the sample fails at preprocessing, by "
+            "name, instead of a frame-count mismatch later or transcripts trained without their end (the processors "
+            "are first used by run_sft)",
         )
         for kind, cls in (
             ("supervised", "SupervisedDatasetProcessor"),

@@ -99,13 +99,17 @@ def make_greedy_prediction(original):
 
 
 def make_audio_span_guard(original):
-    """Fail at preprocessing, naming the sample, when ``cutoff_len`` cuts an audio span (the forward would fail)."""
+    """Fail at preprocessing, naming the sample, when ``cutoff_len`` cuts an audio span (the forward would fail) or
+    the answer (the model would learn transcripts that stop mid-sentence, without their end token)."""
 
     @functools.wraps(original)
     def _encode_data_example(self, prompt, response, system, tools, images, videos, audios):
         input_ids, labels = original(self, prompt, response, system, tools, images, videos, audios)
-        if audios and _is_kimi_template(self.template):
-            _check_audio_spans(self, input_ids, prompt + response, system, tools, audios)
+        if _is_kimi_template(self.template):
+            if audios:
+                _check_audio_spans(self, input_ids, prompt + response, system, tools, audios)
+            if len(input_ids) >= self.data_args.cutoff_len and response:  # only then can anything have been cut
+                _check_label_fits(self, labels, prompt, response, system, tools, audios)
         return input_ids, labels
 
     return _encode_data_example
@@ -138,6 +142,31 @@ def _check_audio_spans(processor_obj: Any, input_ids: list[int], messages, syste
         f"{needed} tokens in all (audio: 12.5 tokens/s); raise cutoff_len to at least {needed} or drop long clips "
         "(kimi-audio-lf convert --max-duration SECONDS --drop-long)"
     )
+
+
+def _check_label_fits(processor_obj: Any, labels: list[int], prompt, response, system, tools, audios) -> None:
+    """Raise when the last answer is not whole in ``labels`` (history that ``mask_history`` drops is not an error)."""
+    template, tokenizer = processor_obj.template, processor_obj.tokenizer
+    expanded = template.mm_plugin.process_messages(prompt + response, [], [], audios, processor_obj.processor)
+    pairs = template.encode_multiturn(tokenizer, expanded, system, tools)
+    needed = sum(len(a) + len(b) for a, b in pairs) + (1 if template.efficient_eos else 0)
+    cutoff = processor_obj.data_args.cutoff_len
+    if needed <= cutoff or _holds(labels, pairs[-1][1]):
+        return
+    answer = str(response[-1].get("content", ""))
+    names = [a for a in audios if isinstance(a, str)][:3]
+    raise DataError(
+        f"sample {names or 'without audio'} answer {answer[:40]!r}{'…' if len(answer) > 40 else ''} "
+        f"({len(answer)} characters): cutoff_len={cutoff} cuts its label, the sample needs {needed} tokens (the "
+        f"answer alone {len(pairs[-1][1])}); raise cutoff_len to at least {needed}, or fix the row if the "
+        "transcript is wrong (kimi-audio-lf convert warns about transcripts longer than their audio: long_transcript)"
+    )
+
+
+def _holds(sequence: list[int], part: list[int]) -> bool:
+    """Whether ``part`` occurs in ``sequence`` as a contiguous run."""
+    width = len(part)
+    return any(sequence[i : i + width] == part for i in range(len(sequence) - width + 1))
 
 
 def _complete_speech_turns(input_ids: list[int], start: int, close: int) -> int | None:

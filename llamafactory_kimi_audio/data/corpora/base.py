@@ -92,17 +92,33 @@ def first_file(path: str, suffix: str) -> str | None:
 
 
 def text_lines(path: str, encoding: str = "auto") -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` of a UTF-8 (or ``encoding``) text file, streamed; blank lines skipped."""
-    codec = "utf-8-sig" if encoding == "auto" else encoding
+    """``(line number, line)`` of a UTF-8 (or ``encoding``) text file, streamed; blank lines skipped.
+
+    A line whose bytes are not valid in the codec comes with U+FFFD in their place (its row is then skipped as
+    garbled, naming the line); more than one such line in a hundred means a wrong codec: DataError.
+    """
+    codec = "utf-8" if encoding == "auto" else encoding
+    bad = 0
     try:
-        with open(path, encoding=codec, newline="") as fh:
-            for number, line in enumerate(fh, start=1):
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                raw = raw.removeprefix(b"\xef\xbb\xbf") if number == 1 and codec == "utf-8" else raw
+                try:
+                    line = raw.decode(codec)
+                except UnicodeDecodeError as err:
+                    bad += 1
+                    if bad > max(1, number // 100):
+                        raise DataError(
+                            f"{path}: {bad} of the first {number} lines are not valid {codec} text (line {number}: "
+                            f"{err.reason}); save it as UTF-8 or pass --encoding"
+                        ) from err
+                    line = raw.decode(codec, errors="replace")
                 if line.strip():
                     yield number, line.rstrip("\r\n")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid {codec} text ({err.reason}); save it as UTF-8 or pass --encoding") from err
     except FileNotFoundError:
         raise DataError(f"{path}: not found; is the corpus fully extracted?") from None
+    except LookupError:
+        raise DataError(f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8, gb18030") from None
 
 
 def key_value_lines(path: str, encoding: str = "auto") -> Iterator[tuple[int, str, str]]:

@@ -8,6 +8,7 @@ grandparent (the recipe directory: Kaldi paths are relative to ``egs/<corpus>/s5
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -80,6 +81,9 @@ def _segment(utt: str, fields: list[str], line: int, recordings: dict, texts: di
         return Issue(
             "malformed_record", "segments", line, f"begin/end {fields[1]!r} {fields[2]!r} are not numbers", utt
         )
+    if not (math.isfinite(begin) and math.isfinite(end)):
+        message = f"utterance {utt}: begin/end {fields[1]} {fields[2]} are not finite numbers of seconds"
+        return Issue("nonfinite_span", "segments", line, message, utt)
     target = recordings.get(rec)
     if target is None:
         return Issue("kaldi_unmatched", "segments", line, f"utterance {utt}: recording {rec} is not in wav.scp", utt)
