@@ -15,6 +15,9 @@ import pytest
 import soundfile as sf
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+import held_precompute as held  # noqa: E402
+
 from llamafactory_kimi_audio.cli import main
 from llamafactory_kimi_audio.data.cache_format import clip_key
 from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
@@ -109,40 +112,34 @@ def many(tmp_path_factory) -> tuple[Path, list[str]]:
     return _write_corpus(tmp_path_factory.mktemp("many"), lengths, seed=1)
 
 
-def _indexed(cache: Path) -> int:
-    return sum(p.stat().st_size for p in cache.rglob("*.idx")) // 64
-
-
 @pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
 def test_interrupted_precompute_resumes_with_no_bad_entry(signal_name, many, tiny_checkpoint, tmp_path) -> None:
+    """The run is held at its last clip (a pipe, ``held_precompute.py``), so the signal always lands mid-run; the
+    child takes SIGINT by default even when pytest was started with SIGINT ignored."""
     import signal
-    import time
 
-    data, paths = many
+    _, paths = many
     cache = tmp_path / "cache"
+    data, pipe = held.held_dataset(tmp_path / "held", paths)
     argv = _argv(tiny_checkpoint.path, data, cache, "--batch-size", "4")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llamafactory_kimi_audio.cli", *argv],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 600
-    while _indexed(cache) < 8 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    proc = held.start(argv)
+    held.wait_for_entries(proc, cache, 8)
     os.kill(proc.pid, getattr(signal, signal_name))
-    out, err = proc.communicate(timeout=600)
-    done = _indexed(cache)
-    assert 8 <= done < len(paths), (done, err[-2000:])
+    _, err = held.release(proc, pipe)
+    done = held.indexed(cache)
+    assert 8 <= done <= len(paths), (done, err[-2000:])
     if signal_name == "SIGINT":
         assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    else:
+        assert proc.returncode == -signal.SIGKILL
     assert main(["cache", "verify", "--cache", str(cache)]) == 0  # every indexed entry reads back
+    held.replace_pipe_with_clip(pipe)
     assert main(argv) == 0
     identity = encoder_identity(tiny_checkpoint.path)
     entries = FeatureCache(str(cache), identity)
-    assert len(entries.index) == len(paths) and all(entries.find(clip_key(p)) is not None for p in paths)
+    everything = [*paths, f"{pipe}{held.SPAN}"]
+    assert len(entries.index) == len(everything) and all(entries.find(clip_key(p)) is not None for p in everything)
+    entries.lock.release()
     assert main(["cache", "verify", "--cache", str(cache)]) == 0
 
 
