@@ -1,10 +1,10 @@
 """A real ``kimi-audio-lf precompute`` subprocess that is held mid-run at a known state, not for a time.
 
-The dataset lists the given clips plus one *held clip*: a named pipe read as the segment ``fifo#t=0,4``. Shards
+The dataset lists the given clips, then many segments ``gone####.wav#t=0,4`` of files that do not exist. Shards
 batch clips shortest first and a segment counts as its span (4 s, longer than every clip here), so the run encodes
-and writes every other clip first, then blocks opening the pipe until the test opens its writing end. Until then the
-run cannot finish, whatever the machine's load. ``release`` opens and closes the writing end (the run reads an empty
-file, skips that clip) until the process has exited.
+the real clips first, then reports one "skipped … not found" line per missing segment on stderr. Nobody reads that
+pipe until ``release``: once it is full (``HELD_LINES`` lines are far more than a pipe holds) the run blocks in the
+write, after its entries are written and before it can finish, whatever the machine's load.
 """
 
 from __future__ import annotations
@@ -18,21 +18,24 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPAN = "#t=0,4"
+HELD_LINES = 3000  # ~200 bytes each: several times a pipe's 64 KiB
 
 
-def held_dataset(folder: Path, clips: list[str]) -> tuple[Path, Path]:
-    """``(dataset json, pipe)``: the clips, then the held one."""
-    folder.mkdir(parents=True, exist_ok=True)
-    pipe = folder / "held.wav"
-    os.mkfifo(pipe)
+def dataset_json(path: Path, clips: list[str]) -> Path:
+    """A sharegpt ASR dataset file with one row per clip."""
     rows = [
         {"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": "x"}], "audios": [a]}
-        for a in [*clips, f"{pipe}{SPAN}"]
+        for a in clips
     ]
-    data = folder / "held.json"
-    data.write_text(json.dumps(rows))
-    return data, pipe
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def held_dataset(folder: Path, clips: list[str]) -> Path:
+    """The clips, then the segments of missing files that hold the run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gone = [f"{folder / f'gone{n:04d}.wav'}#t=0,4" for n in range(HELD_LINES)]
+    return dataset_json(folder / "held.json", [*clips, *gone])
 
 
 def _default_sigint() -> None:
@@ -59,7 +62,7 @@ def indexed(cache: Path) -> int:
 
 
 def wait_for_entries(proc: subprocess.Popen, cache: Path, count: int, timeout: float = 900) -> None:
-    """Until ``count`` entries are indexed (the run is then held at the pipe or on its way there)."""
+    """Until ``count`` entries are indexed (the run is then held, or on its way to the held part)."""
     deadline = time.monotonic() + timeout
     while indexed(cache) < count:
         assert proc.poll() is None, f"precompute exited early ({proc.returncode}): {proc.communicate()[1][-2000:]}"
@@ -67,22 +70,6 @@ def wait_for_entries(proc: subprocess.Popen, cache: Path, count: int, timeout: f
         time.sleep(0.05)
 
 
-def release(proc: subprocess.Popen, pipe: Path) -> tuple[str, str]:
-    """Let a held run go on (it reads an empty held clip) until it exits; its (stdout, stderr)."""
-    deadline = time.monotonic() + 900
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO while the run has no reader open
-        except OSError:
-            time.sleep(0.05)
-    return proc.communicate(timeout=60)
-
-
-def replace_pipe_with_clip(pipe: Path, seconds: float = 4.0) -> None:
-    """The held clip becomes a real recording (so a resumed run completes)."""
-    import numpy as np
-    import soundfile as sf
-
-    os.remove(pipe)
-    wave = 0.1 * np.random.default_rng(7).standard_normal(int(16000 * seconds))
-    sf.write(pipe, wave.astype(np.float32), 16000, format="WAV")
+def release(proc: subprocess.Popen) -> tuple[str, str]:
+    """Read the held run's output, so that it goes on to its end; its (stdout, stderr)."""
+    return proc.communicate(timeout=900)
