@@ -96,13 +96,44 @@ def test_torchrun_two_gloo_ranks_equal_one_process(corpus, tiny_checkpoint, tmp_
     launcher = [TORCHRUN, "--nproc-per-node", "2", "--master-port", "29531", "-m", "llamafactory_kimi_audio.cli"]
     command = [*launcher, *_argv(model, data, tmp_path / "ddp")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "shard 0/2: " in proc.stdout and "shard 1/2: " in proc.stdout
+    code, out = _run_on_a_terminal(command, env)
+    assert code == 0, out[-4000:]
+    # the ranks' summaries: whole lines, in rank order, never glued together on the shared terminal
+    summaries = [line for line in out.splitlines() if " computed, " in line]
+    assert [line.split(":")[1] for line in summaries] == [" shard 0/2", " shard 1/2"], out[-4000:]
+    assert all(line.startswith("precompute: shard ") for line in summaries), summaries
+    hints = [line for line in out.splitlines() if "use it: export" in line]
+    assert hints == [f"  use it: export KIMI_AUDIO_FEATURE_CACHE={tmp_path / 'ddp'}"] * 2, out[-4000:]
     identity = encoder_identity(model)
     assert _same(_entries(tmp_path / "one", identity, paths), _entries(tmp_path / "ddp", identity, paths))
     shards = list((tmp_path / "ddp" / identity / "shards").glob("*.bin"))
     assert len(shards) == 2  # one per rank
+
+
+def _run_on_a_terminal(command: list[str], env: dict[str, str], timeout: float = 900) -> tuple[int, str]:
+    """Exit status and output of ``command`` with stdout and stderr on one pseudo-terminal, as in a user's shell
+    (line-buffered: each process's writes reach the terminal as they happen)."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 1.0)[0]:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # EIO: every process holding the terminal has exited
+                break
+            if not data:
+                break
+            chunks.append(data)
+    else:
+        proc.kill()
+    os.close(master)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
 
 
 # ----------------------------------------------------------------------------------- interrupted runs, bad cache dir
