@@ -202,3 +202,19 @@ def test_torn_or_missing_index_fails_verify_until_precompute_repairs(tiny_checkp
     (freed,) = re.findall(r"gc: freed (\d+) bytes", gc.stdout)
     assert f"gc: removed {index.with_suffix('.bin')}" in gc.stdout and int(freed) == size - disk_bytes(cache) > 0
     assert cli("cache", "verify", "--cache", str(cache)).returncode == 0
+
+
+@pytest.mark.slow
+def test_entries_removed_under_a_running_precompute_are_reported(tiny_checkpoint, tmp_path: Path) -> None:
+    clips = _wavs(tmp_path / "audio", 4)
+    cache = tmp_path / "cache"
+    argv = _precompute(tiny_checkpoint.path, held.held_dataset(tmp_path / "data", clips), cache)
+    proc = held.start([*argv, "--no-progress", "--batch-size", "2"])
+    held.wait_for_entries(proc, cache, 2)
+    for index in cache.rglob("*.idx"):
+        index.unlink()  # what a careless `rm` (or an old gc) does under a running precompute
+    out, _ = held.release(proc)
+    assert "precompute: 4 computed" in out, out
+    assert "precompute: 4 of those entries are not in the cache's index any more" in out, out
+    verify = cli("cache", "verify", "--cache", str(cache))
+    assert verify.returncode == 2 and "missing index (4 entries of" in verify.stdout, verify.stdout

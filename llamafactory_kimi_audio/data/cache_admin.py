@@ -21,7 +21,7 @@ from ..constants import SAMPLE_RATE, SAMPLES_PER_TOKEN
 from ..errors import InputError
 from .cache_format import key_file
 from .cache_index_check import index_problems
-from .cache_lock import CacheLock
+from .cache_lock import LOCK_NAME, CacheLock
 from .cache_store import SHARDS, CacheIndex, shard_dir
 from .feature_cache import legacy_entries
 
@@ -90,6 +90,8 @@ class CacheReport:
             f"compared), {sound} sound, {len(self.damaged)} damaged; {self.index_files} index files checked, "
             f"{len(self.index_problems)} torn or missing; {len(self.orphans)} orphans (audio gone or changed)"
         ]
+        if self.legacy:
+            lines.append(f"  {self.legacy} files of the old one-file-per-clip layout (not read; `cache gc` deletes)")
         lines += [f"  damaged: {line}" for line in self.damaged]
         return lines + [f"  index: {line}" for line in self.index_problems]
 
@@ -103,10 +105,13 @@ def _size(count: float) -> str:
 
 
 def is_identity_folder(folder: str) -> bool:
-    """A folder the cache owns: a 16-hex-digit name holding ``shards/`` or old-layout ``<xx>/*.safetensors``."""
+    """A folder the cache owns: a 16-hex-digit name holding ``shards/``, old-layout ``<xx>/*.safetensors`` or the
+    cache's lock file (a cache whose users have not written an entry yet)."""
     if not IDENTITY_NAME.fullmatch(os.path.basename(folder)) or not os.path.isdir(folder):
         return False
-    return os.path.isdir(os.path.join(folder, SHARDS)) or bool(legacy_dirs(folder))
+    if os.path.isdir(os.path.join(folder, SHARDS)) or os.path.isfile(os.path.join(folder, LOCK_NAME)):
+        return True
+    return bool(legacy_dirs(folder))
 
 
 def legacy_dirs(folder: str) -> list[str]:
