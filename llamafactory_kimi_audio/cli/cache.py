@@ -53,7 +53,7 @@ def _inspect(root: str, names: list[str], verify: bool) -> int:
         print("\n".join(report.verify_lines() if verify else report.lines()), flush=True)
         problems += report.problems
     if problems:
-        print(f"{problems} problems; fix: re-run `kimi-audio-lf precompute` on the dataset (it rewrites them)")
+        print(f"{problems} problem(s); fix: re-run `kimi-audio-lf precompute` on the dataset (it rewrites them)")
     return EXIT_BAD_INPUT if problems else EXIT_OK
 
 

@@ -84,7 +84,7 @@ class CacheReport:
     def verify_lines(self) -> list[str]:
         """``cache verify``'s answer: how much was checked and whether it is all sound."""
         sound = self.entries - len(self.damaged)
-        verdict = "all sound" if not self.problems else f"{self.problems} PROBLEMS"
+        verdict = "all sound" if not self.problems else f"{_count(self.problems, 'problem')} found"
         lines = [
             f"verify {self.path}: {verdict}: {self.entries} entries checked (every payload read back, checksum "
             f"compared), {sound} sound, {len(self.damaged)} damaged; {self.index_files} index files checked, "
@@ -94,6 +94,10 @@ class CacheReport:
             lines.append(f"  {self.legacy} files of the old one-file-per-clip layout (not read; `cache gc` deletes)")
         lines += [f"  damaged: {line}" for line in self.damaged]
         return lines + [f"  index: {line}" for line in self.index_problems]
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _size(count: float) -> str:

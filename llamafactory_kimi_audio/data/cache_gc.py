@@ -57,8 +57,8 @@ class GcPlan:
         lines = []
         for shard in self.rewrite:
             names = " and ".join(path for path, _ in shard.files)
-            dead = sum(size for _, size in shard.files) - shard.live_bytes - len(shard.live) * RECORD.itemsize
-            lines.append(f"  gc: {verb} {names} ({_size(dead)} dead; {len(shard.live)} live entries copied)")
+            size = _size(sum(size for _, size in shard.files))
+            lines.append(f"  gc: {verb} {names} ({size}; its {len(shard.live)} live entries copied to a new shard)")
         for folder, files in self.legacy:
             total = sum(size for _, size in files)
             lines.append(f"  gc: {verb} {len(files)} old-layout files {folder}/*.safetensors ({_size(total)})")

@@ -52,7 +52,7 @@ def _shard_problem(stem: str, index: CacheIndex) -> str | None:
     if not (lost or torn or garbled):
         return None
     what = "missing index" if missing else "torn index"
-    details = [f"{lost} entries of {bin_path} have no index record"]
+    details = [f"{lost} entries of {bin_path} have no index record"] if lost else []
     if garbled:
         details.append(f"{garbled} garbled records")
     if torn:
