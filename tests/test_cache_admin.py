@@ -159,7 +159,9 @@ def test_gc_refuses_beside_a_running_precompute_and_counts_match(tiny_checkpoint
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    first_line = waiting.stderr.readline()  # gc is now queued behind the precompute
+    first_line = ""
+    while "waiting" not in first_line and waiting.poll() is None:  # gc is then queued behind the precompute
+        first_line = waiting.stderr.readline()
     assert "in use; waiting for precompute / training to finish" in first_line, first_line
     out, err = held.release(proc)
     gc_out, gc_err = waiting.communicate(timeout=900)
@@ -218,3 +220,23 @@ def test_entries_removed_under_a_running_precompute_are_reported(tiny_checkpoint
     assert "precompute: 4 of those entries are not in the cache's index any more" in out, out
     verify = cli("cache", "verify", "--cache", str(cache))
     assert verify.returncode == 2 and "missing index (4 entries of" in verify.stdout, verify.stdout
+
+
+@pytest.mark.slow
+def test_precompute_waits_for_a_running_gc_with_one_line(tiny_checkpoint, tmp_path: Path) -> None:
+    from llamafactory_kimi_audio.data.cache_lock import CacheLock
+    from llamafactory_kimi_audio.data.feature_cache import encoder_identity
+
+    clips = _wavs(tmp_path / "audio", 3)
+    cache = tmp_path / "cache"
+    gc_lock = CacheLock(str(cache), encoder_identity(tiny_checkpoint.path)).exclusive(wait=False)  # gc "running"
+    argv = _precompute(tiny_checkpoint.path, held.dataset_json(tmp_path / "data.json", clips), cache)
+    proc = held.start([*argv, "--no-progress"])
+    line = ""
+    while "waiting" not in line and proc.poll() is None:  # lines before it (warnings) are not the point
+        line = proc.stderr.readline()
+    assert "waiting for `kimi-audio-lf cache gc` to finish" in line and str(cache) in line, line
+    assert held.indexed(cache) == 0
+    gc_lock.release()
+    out, err = held.release(proc)
+    assert proc.returncode == 0 and "precompute: 3 computed" in out, err[-2000:]
