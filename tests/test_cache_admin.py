@@ -240,3 +240,23 @@ def test_precompute_waits_for_a_running_gc_with_one_line(tiny_checkpoint, tmp_pa
     gc_lock.release()
     out, err = held.release(proc)
     assert proc.returncode == 0 and "precompute: 3 computed" in out, err[-2000:]
+
+
+def test_a_payload_cut_off_from_its_record_by_a_kill_is_not_a_torn_index(tmp_path: Path) -> None:
+    """A writer killed between a payload and its record leaves one unindexed payload at the end of its shard: the
+    cache is sound (that clip is encoded again). Two such payloads can only come from a torn index."""
+    from llamafactory_kimi_audio.data.cache_format import encode_payload
+
+    paths = _clips(tmp_path / "audio", 4)
+    root = tmp_path / "cache"
+    _fill(root, paths[:2])
+    (shard,) = (root / IDENTITY / "shards").glob("*.bin")
+    for n, path in enumerate(paths[2:]):
+        with open(shard, "ab") as f:  # the payload the killed writer got out
+            f.write(encode_payload(clip_key(path), torch.arange(4), torch.zeros(4, 8, dtype=torch.bfloat16))[0])
+        verify = cli("cache", "verify", "--cache", str(root))
+        if n == 0:
+            assert verify.returncode == 0 and "all sound: 2 entries checked" in verify.stdout, verify.stdout
+        else:
+            expected = f"{shard.with_suffix('.idx')}: torn index (2 entries of {shard} have no index record)"
+            assert verify.returncode == 2 and expected in verify.stdout, verify.stdout

@@ -70,9 +70,9 @@ class CacheReport:
     def lines(self) -> list[str]:
         lines = [
             f"{self.path}: {self.entries} entries ({self.codes_only} codes-only), "
-            f"{self.hours:.2f} audio hours, {_size(self.file_bytes)} in {self.files} files, "
-            f"{_size(self.bytes_per_hour)} per audio hour, {len(self.orphans)} orphans, "
-            f"{_size(self.file_bytes - self.live_bytes)} dead bytes"
+            f"{self.hours:.2f} audio hours, {size_text(self.file_bytes)} in {self.files} files, "
+            f"{size_text(self.bytes_per_hour)} per audio hour, {len(self.orphans)} orphans, "
+            f"{size_text(self.file_bytes - self.live_bytes)} dead bytes"
         ]
         if self.legacy:
             lines.append(f"  {self.legacy} files of the old one-file-per-clip layout (not read; `cache gc` deletes)")
@@ -100,7 +100,7 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _size(count: float) -> str:
+def size_text(count: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if count < 1024 or unit == "TB":
             return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"

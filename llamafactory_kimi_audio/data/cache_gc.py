@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .cache_admin import CacheReport, _size, legacy_dirs, legacy_files, scan
+from .cache_admin import CacheReport, legacy_dirs, legacy_files, scan, size_text
 from .cache_format import RECORD, ClipKey
 from .cache_lock import CacheLock
 from .cache_store import CacheIndex, ShardWriter, shard_dir
@@ -57,11 +57,11 @@ class GcPlan:
         lines = []
         for shard in self.rewrite:
             names = " and ".join(path for path, _ in shard.files)
-            size = _size(sum(size for _, size in shard.files))
+            size = size_text(sum(size for _, size in shard.files))
             lines.append(f"  gc: {verb} {names} ({size}; its {len(shard.live)} live entries copied to a new shard)")
         for folder, files in self.legacy:
             total = sum(size for _, size in files)
-            lines.append(f"  gc: {verb} {len(files)} old-layout files {folder}/*.safetensors ({_size(total)})")
+            lines.append(f"  gc: {verb} {len(files)} old-layout files {folder}/*.safetensors ({size_text(total)})")
         return lines
 
 

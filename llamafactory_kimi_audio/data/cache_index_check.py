@@ -45,10 +45,12 @@ def _shard_problem(stem: str, index: CacheIndex) -> str | None:
         missing = False
     except FileNotFoundError:
         raw, missing = b"", True
-    records = parse_records(raw)
-    torn = len(raw) % RECORD.itemsize != 0 and not _writer_alive(stem)
+    records, alive = parse_records(raw), _writer_alive(stem)
+    torn = len(raw) % RECORD.itemsize != 0 and not alive
     garbled = len(raw) // RECORD.itemsize - len(records)
-    lost = _unindexed_payloads(bin_path, records, index, _writer_alive(stem)) if os.path.isfile(bin_path) else 0
+    lost = 0
+    if os.path.isfile(bin_path):
+        lost = _unindexed_payloads(bin_path, records, index, spare_tail=alive or not (missing or torn or garbled))
     if not (lost or torn or garbled):
         return None
     what = "missing index" if missing else "torn index"
@@ -86,9 +88,13 @@ def _gaps(records, size: int) -> list[tuple[int, int]]:
     return gaps
 
 
-def _unindexed_payloads(bin_path: str, records, index: CacheIndex, writer_alive: bool) -> int:
-    """Complete payloads in the uncovered ranges of ``bin_path`` whose clip has no entry in the merged index."""
-    size, lost = os.path.getsize(bin_path), 0
+def _unindexed_payloads(bin_path: str, records, index: CacheIndex, spare_tail: bool) -> int:
+    """Complete payloads in the uncovered ranges of ``bin_path`` whose clip has no entry in the merged index.
+
+    ``spare_tail``: one complete payload alone at the end of the file is what a writer killed between a payload and
+    its record leaves (or a live writer's entry whose record is on the way), not a torn index: not counted."""
+    size = os.path.getsize(bin_path)
+    found: list[tuple[bytes, int, int]] = []  # (key digest, gap start, payload end)
     fd = os.open(bin_path, os.O_RDONLY)
     try:
         for start, end in _gaps(records, size):
@@ -97,14 +103,13 @@ def _unindexed_payloads(bin_path: str, records, index: CacheIndex, writer_alive:
                 parsed = _payload_at(fd, at)
                 if parsed is None or at + parsed[1] > end:
                     break  # not a payload or a partial one: dead bytes of an interrupted write
-                key, length = parsed
-                at += length
-                if at == size and writer_alive:
-                    break  # its record may be on the way
-                lost += index.find(key.digest) is None
+                at += parsed[1]
+                found.append((parsed[0].digest, start, at))
     finally:
         os.close(fd)
-    return lost
+    if spare_tail and found and found[-1][2] == size and (len(found) == 1 or found[-2][1] != found[-1][1]):
+        found.pop()
+    return sum(index.find(digest) is None for digest, _, _ in found)
 
 
 def _payload_at(fd: int, at: int) -> tuple[ClipKey, int] | None:
