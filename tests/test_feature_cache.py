@@ -216,6 +216,7 @@ def test_cache_cli_stats_verify_gc(tmp_path: Path, capsys) -> None:
         cache.write(clip_key(path), *_features(path))
     cache.write(clip_key(paths[0]), *_features(paths[0]))  # rewritten once: the first payload is dead bytes
     cache.writer.close()
+    cache.lock.release()  # the writer is done: gc may take the cache
     legacy = root / IDENTITY / "ab"
     legacy.mkdir()
     (legacy / "ab12.safetensors").write_bytes(b"old layout")

@@ -15,6 +15,9 @@ import pytest
 import soundfile as sf
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+import held_precompute as held  # noqa: E402
+
 from llamafactory_kimi_audio.cli import main
 from llamafactory_kimi_audio.data.cache_format import clip_key
 from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
@@ -93,56 +96,80 @@ def test_torchrun_two_gloo_ranks_equal_one_process(corpus, tiny_checkpoint, tmp_
     launcher = [TORCHRUN, "--nproc-per-node", "2", "--master-port", "29531", "-m", "llamafactory_kimi_audio.cli"]
     command = [*launcher, *_argv(model, data, tmp_path / "ddp")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "shard 0/2: " in proc.stdout and "shard 1/2: " in proc.stdout
+    code, out = _run_on_a_terminal(command, env)
+    assert code == 0, out[-4000:]
+    # the ranks' summaries: whole lines, in rank order, never glued together on the shared terminal
+    summaries = [line for line in out.splitlines() if " computed, " in line]
+    assert [line.split(":")[1] for line in summaries] == [" shard 0/2", " shard 1/2"], out[-4000:]
+    assert all(line.startswith("precompute: shard ") for line in summaries), summaries
+    hints = [line for line in out.splitlines() if "use it: export" in line]
+    assert hints == [f"  use it: export KIMI_AUDIO_FEATURE_CACHE={tmp_path / 'ddp'}"] * 2, out[-4000:]
     identity = encoder_identity(model)
     assert _same(_entries(tmp_path / "one", identity, paths), _entries(tmp_path / "ddp", identity, paths))
     shards = list((tmp_path / "ddp" / identity / "shards").glob("*.bin"))
     assert len(shards) == 2  # one per rank
 
 
+def _run_on_a_terminal(command: list[str], env: dict[str, str], timeout: float = 900) -> tuple[int, str]:
+    """Exit status and output of ``command`` with stdout and stderr on one pseudo-terminal, as in a user's shell
+    (line-buffered: each process's writes reach the terminal as they happen)."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 1.0)[0]:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # EIO: every process holding the terminal has exited
+                break
+            if not data:
+                break
+            chunks.append(data)
+    else:
+        proc.kill()
+    os.close(master)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
 # ----------------------------------------------------------------------------------- interrupted runs, bad cache dir
 @pytest.fixture(scope="module")
 def many(tmp_path_factory) -> tuple[Path, list[str]]:
-    lengths = np.random.default_rng(1).uniform(0.2, 0.6, 240).tolist()
+    lengths = np.random.default_rng(1).uniform(0.2, 0.6, 48).tolist()
     return _write_corpus(tmp_path_factory.mktemp("many"), lengths, seed=1)
 
 
-def _indexed(cache: Path) -> int:
-    return sum(p.stat().st_size for p in cache.rglob("*.idx")) // 64
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
 def test_interrupted_precompute_resumes_with_no_bad_entry(signal_name, many, tiny_checkpoint, tmp_path) -> None:
+    """The run is held after its entries (a full stderr pipe, ``held_precompute.py``), so the signal always lands
+    mid-run; the child takes SIGINT by default even when pytest was started with SIGINT ignored."""
     import signal
-    import time
 
-    data, paths = many
+    _, paths = many
     cache = tmp_path / "cache"
-    argv = _argv(tiny_checkpoint.path, data, cache, "--batch-size", "4")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llamafactory_kimi_audio.cli", *argv],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 600
-    while _indexed(cache) < 8 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    argv = _argv(tiny_checkpoint.path, held.held_dataset(tmp_path / "held", paths), cache, "--batch-size", "4")
+    proc = held.start(argv)
+    held.wait_for_entries(proc, cache, 8)
     os.kill(proc.pid, getattr(signal, signal_name))
-    out, err = proc.communicate(timeout=600)
-    done = _indexed(cache)
-    assert 8 <= done < len(paths), (done, err[-2000:])
+    out, err = held.release(proc)
+    done = held.indexed(cache)
+    assert 8 <= done <= len(paths) and "precompute:" not in out, (done, out, err[-2000:])  # no summary: not finished
     if signal_name == "SIGINT":
         assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    else:
+        assert proc.returncode == -signal.SIGKILL
     assert main(["cache", "verify", "--cache", str(cache)]) == 0  # every indexed entry reads back
-    assert main(argv) == 0
+    resumed = _argv(tiny_checkpoint.path, many[0], cache, "--batch-size", "4")
+    assert main(resumed) == 0
     identity = encoder_identity(tiny_checkpoint.path)
     entries = FeatureCache(str(cache), identity)
     assert len(entries.index) == len(paths) and all(entries.find(clip_key(p)) is not None for p in paths)
+    entries.lock.release()
     assert main(["cache", "verify", "--cache", str(cache)]) == 0
 
 

@@ -1,17 +1,20 @@
-"""``kimi-audio-lf cache stats|verify|gc``: thin wrapper over ``llamafactory_kimi_audio.data.cache_admin``."""
+"""``kimi-audio-lf cache stats|verify|gc``: thin wrapper over ``data.cache_admin`` and ``data.cache_gc``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from ..errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+from ..errors import EXIT_BAD_INPUT, EXIT_OK
 
 HELP = "inspect, verify or compact the feature cache (hours, entries, bytes, bytes per audio hour, orphans)"
 EXAMPLES = """examples:
   kimi-audio-lf cache stats                       # every encoder identity under $KIMI_AUDIO_FEATURE_CACHE
-  kimi-audio-lf cache verify --cache /data/feats  # read every entry back; exit 2 if any is damaged
-  kimi-audio-lf cache gc --dry-run                # what compaction would free (orphans, dead bytes, old layout)
+  kimi-audio-lf cache verify --cache /data/feats  # read every entry and index back; exit 2 if anything is damaged
+  kimi-audio-lf cache gc --dry-run                # name what compaction would remove and free; remove nothing
+A directory counts as a cache only when it holds <16-hex-digit encoder id>/shards/ folders; gc removes only those
+folders' shard files and the old layout's <xx>/*.safetensors, never anything else, and refuses while a precompute
+or training run uses the cache (--wait: wait for them).
 """
 
 
@@ -25,29 +28,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cache root (default: $KIMI_AUDIO_FEATURE_CACHE or ~/.cache/llamafactory_kimi_audio/features)",
     )
     parser.add_argument("--model", metavar="DIR", help="only the entries of this checkpoint's audio encoders")
-    parser.add_argument("--dry-run", action="store_true", help="gc: report what would be freed, delete nothing")
+    parser.add_argument("--dry-run", action="store_true", help="gc: name what would be removed and freed; remove none")
+    parser.add_argument("--wait", action="store_true", help="gc: wait for precompute / training using the cache")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import cache_admin
+    from ..data.cache_admin import cache_identities
     from ..data.feature_cache import encoder_identity
     from ..data.precompute import default_cache_dir
 
     root = os.path.abspath(os.path.expanduser(args.cache)) if args.cache else default_cache_dir()
-    if not os.path.isdir(root):
-        raise InputError(f"{root}: no feature cache there; pass --cache DIR or set KIMI_AUDIO_FEATURE_CACHE")
-    names = [encoder_identity(args.model)] if args.model else cache_admin.identities(root)
-    damaged = 0
+    names = cache_identities(root, encoder_identity(args.model) if args.model else None)
+    if args.action == "gc":
+        return _gc(root, names, args.dry_run, args.wait)
+    return _inspect(root, names, verify=args.action == "verify")
+
+
+def _inspect(root: str, names: list[str], verify: bool) -> int:
+    from ..data.cache_admin import inspect
+
+    problems = 0
     for identity in names:
-        if args.action == "gc":
-            report, freed = cache_admin.gc(root, identity, dry_run=args.dry_run)
-            print("\n".join(report.lines()))
-            verb = "would free" if args.dry_run else "freed"
-            print(f"  gc: {verb} {freed} bytes ({len(report.orphans)} orphans, {len(report.damaged)} damaged)")
-            continue
-        report = cache_admin.scan(root, identity, verify=args.action == "verify")
+        report = inspect(root, identity, verify)
+        print("\n".join(report.verify_lines() if verify else report.lines()), flush=True)
+        problems += report.problems
+    if problems:
+        print(f"{problems} problem(s); fix: re-run `kimi-audio-lf precompute` on the dataset (it rewrites them)")
+    return EXIT_BAD_INPUT if problems else EXIT_OK
+
+
+def _gc(root: str, names: list[str], dry_run: bool, wait: bool) -> int:
+    from ..data.cache_gc import gc
+
+    for identity in names:
+        todo, freed = gc(root, identity, dry_run=dry_run, wait=wait)
+        report = todo.report
         print("\n".join(report.lines()))
-        damaged += len(report.damaged)
-    if damaged:
-        print(f"{damaged} damaged entries; fix: re-run `kimi-audio-lf precompute` on the dataset (it rewrites them)")
-    return EXIT_BAD_INPUT if damaged else EXIT_OK
+        for line in report.index_problems:
+            print(f"  note: {line}")
+        removals = todo.removal_lines(dry_run) or ["  gc: nothing to remove (every shard holds only live entries)"]
+        print("\n".join(removals))
+        verb = "would free" if dry_run else "freed"
+        print(
+            f"  gc: {verb} {freed} bytes ({len(report.orphans)} orphans and {len(report.damaged)} damaged entries "
+            f"{'would be dropped; --dry-run: nothing removed' if dry_run else 'dropped'})",
+            flush=True,
+        )
+    return EXIT_OK

@@ -87,16 +87,17 @@ def run(args: argparse.Namespace) -> int:
     )
     result = precompute(args.model, audios.paths, options)  # EncoderError is a ModelError: exit code 3
     result.failed += len(audios.problems)
-    _wait_for_other_ranks()
-    print(result.summary())
-    return EXIT_BAD_INPUT if result.failed else 0
+    _print_in_rank_order(result.summary())
+    return EXIT_BAD_INPUT if result.failed or result.missing else 0
 
 
-def _wait_for_other_ranks() -> None:
-    """Under torchrun, every rank's summary comes after all ranks finished (gloo barrier; no GPU memory)."""
+def _print_in_rank_order(summary: str) -> None:
+    """Print the summary once every rank has finished; under torchrun the ranks take turns (gloo barriers, no GPU
+    memory), each writing its lines whole, so the ranks' lines never run together on a shared terminal."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2 or "MASTER_ADDR" not in os.environ:
+        _write_whole(summary)
         return
     import datetime
 
@@ -104,8 +105,20 @@ def _wait_for_other_ranks() -> None:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
-    dist.barrier()
+    dist.barrier()  # every rank finished its shard
+    for rank in range(dist.get_world_size()):
+        if rank == dist.get_rank():
+            _write_whole(summary)
+        dist.barrier()
     dist.destroy_process_group()
+
+
+def _write_whole(text: str) -> None:
+    """``text`` and its final newline in one write (print() writes the newline separately: another process
+    writing to the same terminal in between glues its line to ours)."""
+    sys.stderr.flush()
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _data_files(args: argparse.Namespace) -> list:

@@ -49,6 +49,7 @@ class ShardWriter:
         self._files: tuple[int, int, str] | None = None  # (data fd, index fd, shard path) of this process
         self._pid = -1
         self.written = 0
+        self.created: list[str] = []  # the shard paths (without .bin/.idx) this writer started
 
     def write(self, key: ClipKey, codes: Any, rows: Any | None) -> None:
         payload, frames, dim, dtype_code = encode_payload(key, codes, rows)
@@ -81,6 +82,7 @@ class ShardWriter:
         except OSError as err:
             raise CacheWriteError(_write_problem(self.folder, err)) from err
         self._files = (data_fd, index_fd, path)
+        self.created.append(path)
         return self._files
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from .cache_format import ClipKey, clip_key
+from .cache_lock import CacheLock
 from .cache_store import CacheIndex, ShardWriter, shard_dir
 from .textio import DataError
 
@@ -101,10 +102,12 @@ class FeatureCache:
         self.folder = shard_dir(root, identity)
         self._index: CacheIndex | None = None
         self.writer = ShardWriter(self.folder)
+        self.lock = CacheLock(root, identity)  # shared: `cache gc` never deletes shards under a running reader/writer
         self._refreshed = (os.getpid(), time.monotonic())  # (process, when) of the last re-read on a miss
 
     @property
     def index(self) -> CacheIndex:
+        self.lock.shared(warn_once)  # before the first read of the index, once per process
         if self._index is None:
             self._index = CacheIndex(self.folder)
         return self._index
@@ -127,6 +130,7 @@ class FeatureCache:
             ) from err
 
     def write(self, key: ClipKey, codes: Any, rows: Any | None) -> None:
+        self.lock.shared(warn_once)
         self.writer.write(key, codes, rows)
 
     def lookup(self, audios: list[str]) -> list[tuple[ClipKey, int | None]]:

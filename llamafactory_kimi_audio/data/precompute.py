@@ -86,14 +86,28 @@ def precompute(
         # and lookups of the next files (a few threads), the log-mels of the next batch (one thread) and the encoders
         # on the current one; soundfile, numpy and torch release the GIL.
         len(cache.index)  # load the index before the worker threads use it
-        with ThreadPoolExecutor(max_workers=1) as featurizer:
-            run = _Run(cache, result, options, progress, say, load, featurizer)
-            for audio, prepared in prefetch(paths, run.prepare, window=4 * options.batch_size):
-                run.add(audio, prepared)
-            run.flush()
-            run.finish()
-    cache.writer.close()
+        try:
+            with ThreadPoolExecutor(max_workers=1) as featurizer:
+                run = _Run(cache, result, options, progress, say, load, featurizer)
+                for audio, prepared in prefetch(paths, run.prepare, window=4 * options.batch_size):
+                    run.add(audio, prepared)
+                run.flush()
+                run.finish()
+            cache.writer.close()
+            result.missing = _not_in_cache(cache, run.seen)
+        finally:
+            cache.writer.close()
+            cache.lock.release()
     return result
+
+
+def _not_in_cache(cache: FeatureCache, keys: set[bytes]) -> int:
+    """How many of the entries this run found or wrote a fresh read of the index does not hold (the summary's
+    counts are what the cache holds, or this count says otherwise)."""
+    from .cache_store import CacheIndex
+
+    index = CacheIndex(cache.folder)
+    return sum(index.find(digest) is None for digest in keys)
 
 
 def prefetch(items: list[str], function: Callable[[str], Any], window: int, workers: int = 4) -> Iterator[tuple]:
@@ -176,6 +190,7 @@ class _Run:
             self.fail(audio, prepared)
             return
         if prepared.key.digest in self.seen or prepared.wave is None:  # cached, or listed twice
+            self.seen.add(prepared.key.digest)
             self.result.skipped += 1
             self.progress.done(audio, prepared.frames * 1280)
             return

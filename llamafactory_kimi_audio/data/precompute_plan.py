@@ -29,15 +29,20 @@ class PrecomputeResult:
     skipped: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    missing: int = 0  # entries computed or found that the cache's index no longer holds at the end
 
     def summary(self) -> str:
         part = f"shard {self.shard[0]}/{self.shard[1]}: " if self.shard[1] > 1 else ""
-        return (
+        lines = [
             f"precompute: {part}{self.computed} computed{self._repaired}, {self.skipped} skipped (already cached), "
-            f"{self.failed} failed; "
-            f"cache {os.path.join(self.cache_dir, self.identity)}\n"
-            f"  use it: export KIMI_AUDIO_FEATURE_CACHE={self.cache_dir}"
-        )
+            f"{self.failed} failed; cache {os.path.join(self.cache_dir, self.identity)}"
+        ]
+        if self.missing:
+            lines.append(
+                f"precompute: {part}{self.missing} of those entries are not in the cache's index any more (removed "
+                "or torn while this run wrote them); re-run precompute, then `kimi-audio-lf cache verify`"
+            )
+        return "\n".join([*lines, f"  use it: export KIMI_AUDIO_FEATURE_CACHE={self.cache_dir}"])
 
     @property
     def _repaired(self) -> str:
