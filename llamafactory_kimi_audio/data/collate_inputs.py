@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from .. import settings
-from ..audio_io import load_audio
+from ..audio_io import AudioError, load_audio
 from ..constants import SAMPLE_RATE
 from .feature_cache import STRICT_ENV, CacheMissError, FeatureCache, cache_mode, process_cache
 
@@ -70,6 +70,7 @@ def _with_cache(cache: FeatureCache, audios: list[str], processor: Any, listened
             inputs[META_KEY] = _meta(cache, audios, found, listened)
         return inputs
     entries = [cache.read(at, audio) for audio, (_, at) in zip(audios, found)]
+    _refuse_non_finite_rows(entries, audios)
     inputs = {"audio_codes": torch.cat([codes for codes, _ in entries])}
     heard = [rows for (_, rows), listen in zip(entries, listened or [True] * len(entries)) if listen]
     if all(rows is not None for rows in heard):
@@ -80,6 +81,16 @@ def _with_cache(cache: FeatureCache, audios: list[str], processor: Any, listened
     if _write_through:
         inputs[META_KEY] = _encode({"hits": len(audios)})
     return inputs
+
+
+def _refuse_non_finite_rows(entries: list, audios: list[str]) -> None:
+    """Entries written from NaN/inf audio (before precompute refused such clips) would train a NaN model."""
+    for (_, rows), audio in zip(entries, audios):
+        if rows is not None and not bool(rows.isfinite().all()):
+            raise AudioError(
+                f"{audio}: its feature-cache entry holds non-finite Whisper rows (the clip has NaN/inf samples); "
+                "re-export the clip or delete its row, then run `kimi-audio-lf precompute` again"
+            )
 
 
 def _meta(cache: FeatureCache, audios: list[str], found: list, listened: list[bool] | None) -> Any:
