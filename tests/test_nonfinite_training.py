@@ -44,8 +44,8 @@ def test_a_nan_clip_that_bypassed_convert_is_refused_by_name(tiny_checkpoint, da
     wave[4000:4010] = np.nan
     sf.write(nan, wave, 16000, subtype="FLOAT")
     variant_dataset(dataset, "asr_nan", lambda row: row.update(audios=[str(nan)]))
-    config = train_config(tiny_checkpoint.path, dataset, workdir / "nan", finetuning_type="lora", dataset="asr_nan")
-    rc, output = run_cli("train", {**config, "dataloader_num_workers": 1}, workdir, "nan")
+    config = train_config(tiny_checkpoint.path, dataset, workdir / "nan", finetuning_type="lora")
+    rc, output = run_cli("train", {**config, "dataset": "asr_nan", "dataloader_num_workers": 1}, workdir, "nan")
     assert rc == 2, output[-3000:]
     line = last_line(output)
     assert line.startswith(f"llamafactory-cli: {nan}: 10 of 16000 samples are not finite (NaN/inf)"), line
