@@ -149,8 +149,8 @@ def guard_of(model: Any) -> NonFiniteGuard | None:
 
 def make_attach(original):
     @functools.wraps(original)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
+    def __init__(self, finetuning_args: Any, processor: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, finetuning_args, processor, *args, **kwargs)
         attach(getattr(self, "model", None))
 
     return __init__
