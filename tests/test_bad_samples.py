@@ -130,3 +130,16 @@ def test_precompute_fails_the_nan_clip_and_caches_only_the_good_one(tmp_path: Pa
     assert f"precompute: skipped {nan}: 1 of 16000 samples are not finite (NaN/inf)" in proc.stderr
     again = run(*args, "--no-progress")  # the good clip is cached, the NaN one was never written
     assert again.returncode == 2 and "0 computed, 1 skipped (already cached), 1 failed" in again.stdout
+
+
+def test_a_kaldi_segment_under_the_minimum_is_skipped_and_the_others_kept(tmp_path: Path):
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    sf.write(kaldi / "rec.wav", tone(2.0), 16000, subtype="PCM_16")
+    (kaldi / "wav.scp").write_text(f"rec1 {kaldi / 'rec.wav'}\n", encoding="utf-8")
+    (kaldi / "segments").write_text("utt1 rec1 0.0 0.5\nutt2 rec1 0.6 0.65\nutt3 rec1 1.0 1.9\n", encoding="utf-8")
+    (kaldi / "text").write_text("utt1 hello there\nutt2 hi\nutt3 good bye\n", encoding="utf-8")
+    proc = run("convert", kaldi, "--out-dir", tmp_path / "out", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "converted 2/3 rows" in proc.stdout, proc.stdout
+    assert "segments line 2: utt2: segment is 0.050 s long; segments under 0.1 s hold no speech" in proc.stderr

@@ -63,7 +63,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "empty_span": (ERROR, "fix the segment's end or delete the segment"),
     "segment_past_end": (ERROR, "fix the segment's end, or check that the recording is complete"),
     "segment_end_clamped": (WARNING, "kept: the end was cut at the end of the recording (≤ 0.5 s past it)"),
-    "short_segment": (WARNING, "kept: segments under 0.1 s are rarely useful"),
+    "short_segment": (ERROR, f"segments under {MIN_CLIP_SECONDS:g} s hold no speech; fix the segment's times"),
     "overlapping_segments": (WARNING, "kept: check the segment times if the overlap is not intended"),
     "kaldi_archive": (ERROR, "dump the audio to files (e.g. wav-copy) and list the files in wav.scp"),
     "multichannel_segment": (ERROR, "split the channels into mono files and list one recording per channel"),
