@@ -59,7 +59,7 @@ class NonFiniteGuard:
     steps: list[_Step] = field(default_factory=list)
 
     def add_batch(self, clips: list[str], loss: Any) -> None:
-        self.current.append(_Batch(clips, None if loss is None else loss.detach().reshape(-1)[:1].clone()))
+        self.current.append(_Batch(clips, None if loss is None else loss.detach().clone()))  # a scalar: one kernel
 
     def end_step(self, step: int, grad_norm: Any) -> None:
         if self.current:  # the Trainer calls again at epoch end with the same norm and no new batch
@@ -88,8 +88,8 @@ def _to_host(values: list[Any]) -> list[float | None]:
     """Floats of ``values`` (tensors, floats or None) with one device-to-host copy for all the tensors."""
     import torch
 
-    tensors = [v.reshape(-1)[:1].float() for v in values if isinstance(v, torch.Tensor)]
-    copied = iter(torch.cat([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
+    tensors = [v.reshape(()).float() for v in values if isinstance(v, torch.Tensor)]  # scalars: views, no copy
+    copied = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
     return [next(copied) if isinstance(v, torch.Tensor) else (None if v is None else float(v)) for v in values]
 
 
