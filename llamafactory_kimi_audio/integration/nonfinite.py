@@ -117,6 +117,7 @@ def attach(model: Any) -> NonFiniteGuard | None:
     guard = NonFiniteGuard()
     forward, generate = base.forward, base.generate
 
+    @functools.wraps(forward)  # generate() validates its kwargs against forward's signature
     def forward_recording(*args: Any, **kwargs: Any) -> Any:
         names = kwargs.pop(CLIP_NAMES_KEY, None)
         output = forward(*args, **kwargs)
@@ -124,6 +125,7 @@ def attach(model: Any) -> NonFiniteGuard | None:
             guard.add_batch([] if names is None else decode_names(names), getattr(output, "loss", None))
         return output
 
+    @functools.wraps(generate)
     def generate_without_names(*args: Any, **kwargs: Any) -> Any:
         kwargs.pop(CLIP_NAMES_KEY, None)
         return generate(*args, **kwargs)
