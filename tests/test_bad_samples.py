@@ -143,3 +143,31 @@ def test_a_kaldi_segment_under_the_minimum_is_skipped_and_the_others_kept(tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert "converted 2/3 rows" in proc.stdout, proc.stdout
     assert "segments line 2: utt2: segment is 0.050 s long; segments under 0.1 s hold no speech" in proc.stderr
+
+
+def write_nan_entry(root: Path, model_dir: str, audio: Path) -> None:
+    """A feature-cache entry with NaN Whisper rows for ``audio``, as a precompute before this check wrote them."""
+    import torch
+
+    from llamafactory_kimi_audio.data.cache_format import clip_key
+    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
+    from llamafactory_kimi_audio.models.processing_kimi_audio import num_audio_tokens
+
+    frames = num_audio_tokens(sf.info(str(audio)).frames)
+    store = FeatureCache(str(root), encoder_identity(model_dir))
+    store.write(clip_key(str(audio)), torch.zeros(frames, dtype=torch.int64), torch.full((frames, 8), float("nan")))
+    store.writer.close()
+
+
+@pytest.mark.slow  # one precompute run on the tiny checkpoint
+def test_precompute_re_encodes_an_old_nan_entry_and_fails_the_clip(tmp_path: Path, clips, tiny_checkpoint):
+    nan = clips["nan"]
+    write_nan_entry(tmp_path / "cache", tiny_checkpoint.path, nan)
+    rows = [{"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": "hi"}]}]
+    data = tmp_path / "asr.json"
+    data.write_text(json.dumps([{**rows[0], "audios": [str(nan)]}]), encoding="utf-8")
+    model = tiny_checkpoint.path
+    proc = run("precompute", "--model", model, "--data", data, "--cache", tmp_path / "cache", "--device", "cpu")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"precompute: skipped {nan}: 1 of 16000 samples are not finite (NaN/inf)" in proc.stderr
+    assert "0 computed, 0 skipped (already cached), 1 failed" in proc.stdout
