@@ -34,8 +34,9 @@ def dataset(workdir) -> Path:
 
 
 def last_line(output: str) -> str:
+    """The run's one line (a feature cache's exit summary may follow it)."""
     assert "Traceback" not in output and "DataLoader worker" not in output, output[-3000:]
-    return output.strip().splitlines()[-1]
+    return next(line for line in reversed(output.splitlines()) if line.startswith("llamafactory-cli: "))
 
 
 def test_a_nan_clip_that_bypassed_convert_is_refused_by_name(tiny_checkpoint, dataset, workdir):
@@ -83,3 +84,26 @@ def test_a_non_finite_step_stops_the_run_naming_its_clips(tiny_checkpoint, datas
     # checkpoints only of the finite steps before it; no final model
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == [f"checkpoint-{s}" for s in range(1, step)]
     assert not (output_dir / "model.safetensors").exists()
+
+
+def test_a_cached_entry_with_nan_rows_is_refused_by_name(tiny_checkpoint, dataset, workdir):
+    """An entry that a precompute wrote before NaN audio was refused: training reads it, never trains on it."""
+    from tests.test_bad_samples import write_nan_entry
+
+    nan = dataset / "nan_cached.wav"
+    wave = (0.1 * np.sin(np.arange(16000) / 9.0)).astype(np.float32)
+    wave[100] = np.inf
+    sf.write(nan, wave, 16000, subtype="FLOAT")
+    write_nan_entry(workdir / "cache", tiny_checkpoint.path, nan)
+    variant_dataset(dataset, "asr_nan_cached", lambda row: row.update(audios=[str(nan)]))
+    records = json.loads((dataset / "asr_train.json").read_text(encoding="utf-8"))
+    for record in records:
+        record["audios"] = [str(nan)]  # every batch fully cached: the collator reads the entries, not the audio
+    (dataset / "asr_nan_cached.json").write_text(json.dumps(records), encoding="utf-8")
+    config = {**train_config(tiny_checkpoint.path, dataset, workdir / "cached", finetuning_type="lora")}
+    config.update(dataset="asr_nan_cached")
+    env = {"KIMI_AUDIO_FEATURE_CACHE": str(workdir / "cache")}
+    rc, output = run_cli("train", config, workdir, "nan_cached", env=env)
+    assert rc == 2, output[-3000:]
+    line = last_line(output)
+    assert line.startswith(f"llamafactory-cli: {nan}: its feature-cache entry holds non-finite Whisper rows"), line
