@@ -31,6 +31,7 @@ from .errors import InputError
 TARGET_SR = SAMPLE_RATE  # the name the rest of the package imported before constants.py
 SOXR_QUALITY = "soxr_hq"  # librosa.resample's default res_type, passed to soxr.resample unchanged
 TRUNCATED_FIX = "copy the file again from its source or re-export it (or delete its row)"
+NONFINITE_FIX = "re-export the clip from its source, or delete its row: training on it would make the model NaN"
 
 
 class AudioError(InputError):
@@ -39,6 +40,10 @@ class AudioError(InputError):
 
 class TruncatedAudioError(AudioError):
     """The file holds fewer samples than its header declares."""
+
+
+class NonFiniteAudioError(AudioError):
+    """The decoded samples hold NaN or ±inf (float WAV/AIFF from a broken pipeline)."""
 
 
 class SpanError(AudioError):
@@ -261,7 +266,21 @@ def load_audio(source: Any, sample_rate: int | None = None) -> np.ndarray:
         info = probe(os.fspath(source))
         return _load_file(info) if info.file_frames is None else _load_span(info)
     wave = to_mono_float(np.asarray(source))
+    check_finite(wave, f"an audio array of {len(wave)} samples", rate=sample_rate or TARGET_SR)
     return resample(wave, sample_rate or TARGET_SR)
+
+
+def check_finite(wave: np.ndarray, shown: str, offset: float = 0.0, rate: int = TARGET_SR) -> None:
+    """Raise NonFiniteAudioError naming ``shown`` and the first bad time when ``wave`` (frames[, channels]) holds
+    NaN or ±inf: resampling would smear it over the clip and every loss and gradient of its batch would be NaN."""
+    if np.isfinite(wave).all():  # one pass, cheap beside the decode
+        return
+    bad = ~np.isfinite(wave.reshape(len(wave), -1)).all(axis=1)
+    first = offset + int(np.argmax(bad)) / rate
+    raise NonFiniteAudioError(
+        f"{shown}: {int(bad.sum())} of {len(bad)} samples are not finite (NaN/inf), the first at {first:.3f} s; "
+        f"{NONFINITE_FIX}"
+    )
 
 
 def _load_file(info: AudioInfo) -> np.ndarray:
@@ -279,6 +298,7 @@ def _load_file(info: AudioInfo) -> np.ndarray:
             f"{path}: truncated audio: the header declares {info.frames} frames but only {wave.shape[0]} could be "
             f"decoded; {TRUNCATED_FIX}"
         )
+    check_finite(wave, path, rate=int(sr))
     # librosa.to_mono: the mean over channels of the (channels, frames) view, in float32
     return resample(np.mean(wave.T, axis=0), int(sr))
 
@@ -301,6 +321,7 @@ def _load_span(info: AudioInfo) -> np.ndarray:
             f"{shown}: truncated audio: the span needs frames {info.start}–{info.stop} but only "
             f"{info.start + wave.shape[0]} could be decoded; {TRUNCATED_FIX}"
         )
+    check_finite(wave, shown, info.start / info.sample_rate, info.sample_rate)
     return resample(np.mean(wave.T, axis=0), info.sample_rate)
 
 

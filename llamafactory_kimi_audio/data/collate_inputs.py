@@ -18,12 +18,14 @@ import json
 from typing import Any
 
 from .. import settings
-from ..audio_io import load_audio
+from ..audio_io import AudioError, load_audio
 from ..constants import SAMPLE_RATE
 from .feature_cache import STRICT_ENV, CacheMissError, FeatureCache, cache_mode, process_cache
 
 META_KEY = "audio_cache_meta"
+CLIP_NAMES_KEY = "audio_clip_names"  # the batch's clips, for integration/nonfinite.py's message
 _write_through = False  # set by write_through.attach() in the training process; forked workers inherit it
+_name_clips = False  # set by nonfinite.attach() in the training process; forked workers inherit it
 
 
 def enable_write_through() -> None:
@@ -31,9 +33,31 @@ def enable_write_through() -> None:
     _write_through = True
 
 
+def enable_clip_names() -> None:
+    global _name_clips
+    _name_clips = True
+
+
 def audio_model_inputs(audios: list[Any], processor: Any, targets: list[bool] | None = None) -> dict[str, Any]:
     """The model inputs of a batch's audios (flat list, in the order of their frames in the ids). ``targets`` flags
     the speech-output targets among them: they get codes only, no Whisper input (the model never listens to them)."""
+    inputs = _audio_inputs(audios, processor, targets)
+    if _name_clips:
+        inputs[CLIP_NAMES_KEY] = _encode([_clip_name(audio) for audio in audios])
+    return inputs
+
+
+def _clip_name(audio: Any) -> str:
+    if isinstance(audio, dict):
+        audio = audio.get("path") or "(an audio array)"
+    return audio if isinstance(audio, str) else "(an audio array)"
+
+
+def decode_names(tensor: Any) -> list[str]:
+    return json.loads(bytes(tensor.detach().cpu().numpy().tobytes()).decode())
+
+
+def _audio_inputs(audios: list[Any], processor: Any, targets: list[bool] | None) -> dict[str, Any]:
     listened = None if targets is None or not any(targets) else [not target for target in targets]
     cache = None
     if all(isinstance(a, str) for a in audios):
@@ -70,6 +94,7 @@ def _with_cache(cache: FeatureCache, audios: list[str], processor: Any, listened
             inputs[META_KEY] = _meta(cache, audios, found, listened)
         return inputs
     entries = [cache.read(at, audio) for audio, (_, at) in zip(audios, found)]
+    _refuse_non_finite_rows(entries, audios)
     inputs = {"audio_codes": torch.cat([codes for codes, _ in entries])}
     heard = [rows for (_, rows), listen in zip(entries, listened or [True] * len(entries)) if listen]
     if all(rows is not None for rows in heard):
@@ -80,6 +105,16 @@ def _with_cache(cache: FeatureCache, audios: list[str], processor: Any, listened
     if _write_through:
         inputs[META_KEY] = _encode({"hits": len(audios)})
     return inputs
+
+
+def _refuse_non_finite_rows(entries: list, audios: list[str]) -> None:
+    """Entries written from NaN/inf audio (before precompute refused such clips) would train a NaN model."""
+    for (_, rows), audio in zip(entries, audios):
+        if rows is not None and not bool(rows.isfinite().all()):
+            raise AudioError(
+                f"{audio}: its feature-cache entry holds non-finite Whisper rows (the clip has NaN/inf samples); "
+                "re-export the clip or delete its row, then run `kimi-audio-lf precompute` again"
+            )
 
 
 def _meta(cache: FeatureCache, audios: list[str], found: list, listened: list[bool] | None) -> Any:
@@ -98,7 +133,7 @@ def _meta(cache: FeatureCache, audios: list[str], found: list, listened: list[bo
     )
 
 
-def _encode(meta: dict[str, Any]) -> Any:
+def _encode(meta: Any) -> Any:
     import torch
 
     return torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)

@@ -173,9 +173,12 @@ class _Run:
         if at is not None:
             try:
                 codes, rows = self.cache.read(at, audio)  # verifies the checksum
-                if rows is not None or self.mode == "codes":
+                if rows is not None and not bool(rows.isfinite().all()):  # written before NaN audio was refused
+                    problem = "its Whisper rows are not finite; re-encoding the clip"
+                elif rows is not None or self.mode == "codes":
                     return _Prepared(key, None, frames=len(codes))
-                problem = "a codes-only entry; adding the Whisper rows"
+                else:
+                    problem = "a codes-only entry; adding the Whisper rows"
             except CacheEntryError as err:
                 problem = str(err).split(" (", 1)[-1].split(")")[0]
         try:

@@ -11,13 +11,27 @@ import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from ..audio_io import TRUNCATED_FIX, AudioError, AudioInfo, SpanError, TruncatedAudioError, probe, split_media
+from ..audio_io import (
+    NONFINITE_FIX,
+    TRUNCATED_FIX,
+    AudioError,
+    AudioInfo,
+    NonFiniteAudioError,
+    SpanError,
+    TruncatedAudioError,
+    probe,
+    split_media,
+)
+from ..audio_verify import shown_name, verify_samples
 from ..constants import CHUNK_SECONDS, SAMPLE_RATE
 from .textio import mojibake_hint
 from .transcripts import transcript_problems
 
 ERROR = "error"
 WARNING = "warning"
+# Shortest clip kept: LLaMA-Factory's own stand-in audio is 0.1 s; 0.1 s is 2 frames of 12.5 Hz audio tokens (one
+# frame is 80 ms), and no word is shorter. A 0.6 ms clip would still get a token and a Whisper row of padding.
+MIN_CLIP_SECONDS = 0.1
 
 # reason → (severity, fix appended to the message)
 REASONS: dict[str, tuple[str, str]] = {
@@ -27,6 +41,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "unreadable_audio": (ERROR, "re-encode it as 16 kHz mono WAV/FLAC, e.g. `sox in.x -r 16000 -c 1 out.wav`"),
     "empty_audio": (ERROR, "replace the file or delete the row"),
     "truncated_audio": (ERROR, TRUNCATED_FIX),
+    "non_finite_audio": (ERROR, NONFINITE_FIX),
+    "short_audio": (ERROR, f"clips under {MIN_CLIP_SECONDS:g} s hold no speech; delete the row or fix the file"),
     "empty_text": (ERROR, "fill in the transcript or delete the row"),
     "duplicate_id": (ERROR, "ids must be unique; rename one of them (the first occurrence was kept)"),
     "missing_transcript": (ERROR, "add a transcript for this utterance or delete the audio"),
@@ -49,7 +65,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "empty_span": (ERROR, "fix the segment's end or delete the segment"),
     "segment_past_end": (ERROR, "fix the segment's end, or check that the recording is complete"),
     "segment_end_clamped": (WARNING, "kept: the end was cut at the end of the recording (≤ 0.5 s past it)"),
-    "short_segment": (WARNING, "kept: segments under 0.1 s are rarely useful"),
+    "short_segment": (ERROR, f"segments under {MIN_CLIP_SECONDS:g} s hold no speech; fix the segment's times"),
     "overlapping_segments": (WARNING, "kept: check the segment times if the overlap is not intended"),
     "kaldi_archive": (ERROR, "dump the audio to files (e.g. wav-copy) and list the files in wav.scp"),
     "multichannel_segment": (ERROR, "split the channels into mono files and list one recording per channel"),
@@ -151,6 +167,11 @@ def check_audio(path: str, shown: str, max_duration: float) -> tuple[AudioInfo |
         return None, [("unreadable_audio", f"cannot read audio {shown} {detail}")]
     if info.frames == 0:
         return None, [("empty_audio", f"audio {shown} is empty (0 samples)")]
+    if info.duration < MIN_CLIP_SECONDS:
+        return None, [("short_audio", f"audio {shown} is {info.duration * 1000:.1f} ms long")]
+    problem = _sample_problem(info, shown)
+    if problem is not None:
+        return None, [problem]
     found: list[tuple[str, str]] = []
     if info.duration > max_duration:
         found.append(("long_audio", f"audio {shown} is {info.duration:.1f} s long (> {max_duration:g} s)"))
@@ -159,6 +180,17 @@ def check_audio(path: str, shown: str, max_duration: float) -> tuple[AudioInfo |
     if info.channels > 1:
         found.append(("multichannel", f"audio {shown} has {info.channels} channels"))
     return info, found
+
+
+def _sample_problem(info: AudioInfo, shown: str) -> tuple[str, str] | None:
+    """Decode what the header cannot vouch for (``audio_verify``): a cut compressed file, NaN/inf samples."""
+    try:
+        verify_samples(info)
+    except AudioError as err:
+        reason = "non_finite_audio" if isinstance(err, NonFiniteAudioError) else "truncated_audio"
+        detail = str(err).removeprefix(f"{shown_name(info)}: ").split("; ")[0]
+        return reason, f"audio {shown}: {detail}"
+    return None
 
 
 def summarize(issues: list[Issue], examples: int = 3) -> list[str]:

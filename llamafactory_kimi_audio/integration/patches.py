@@ -20,8 +20,8 @@ from typing import Any
 from .. import settings
 from ..errors import EnvironmentProblem
 from ..patching import SUPPORTED_VERSIONS, Patch, installed_version, version_problem
+from . import nonfinite, speed
 from . import registration as reg
-from . import speed
 from . import wrappers as w
 from .auto_classes import AUTO_CLASSES, route_to_native
 from .feature_cache_hook import make_streaming_batches, make_write_through
@@ -30,6 +30,7 @@ from .run_guard import make_opt_out_notice, make_run_guard
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
 SFT_WORKFLOW = "llamafactory.train.sft.workflow"  # run_sft: imports the trainer, the data processors, the metrics
 TUNER = "llamafactory.train.tuner"
+SFT_TRAINER = "llamafactory.train.sft.trainer:CustomSeq2SeqTrainer"
 OPT_OUT = "KIMI_AUDIO_DISABLE"
 
 
@@ -162,6 +163,27 @@ SFT_PATCHES = [
         parameters=("self", "medias"),
         why="segments of long recordings are written PATH#t=BEGIN,END (kimi-audio-lf convert); the fragment is split "
         "off for the media_dir lookup, else relative segment paths stay unresolved and each one logs a warning",
+    ),
+    Patch(
+        name="nonfinite_guard.attach",
+        trigger=SFT_WORKFLOW,
+        owner=SFT_TRAINER,
+        attribute="__init__",
+        make_replacement=nonfinite.make_attach,
+        parameters=("self", "finetuning_args", "processor"),
+        why="a Kimi-Audio model keeps each training batch's loss (on the device) and clip names, which the collator "
+        "sends along, so that a non-finite step can be named (integration/nonfinite.py)",
+    ),
+    Patch(
+        name="nonfinite_guard.check",
+        trigger=SFT_WORKFLOW,
+        owner=SFT_TRAINER,
+        attribute="_maybe_log_save_evaluate",
+        make_replacement=nonfinite.make_check,
+        distribution="transformers",
+        parameters=("self", "tr_loss", "grad_norm", "model"),
+        why="a NaN/inf loss or gradient norm stops the run with one line naming the batch's clips (exit 2), checked "
+        "where the Trainer waits for the GPU anyway (log / eval / save / last step), before a checkpoint is written",
     ),
     *(
         Patch(
