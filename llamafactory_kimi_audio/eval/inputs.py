@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..data.convert import resolve_audio
 from ..data.records import SourceRecord, iter_json_records
@@ -17,6 +17,7 @@ from ..data.sources import ReadOptions, read_source
 from ..data.textio import DataError, read_text
 from ..data.validate import Issue
 from ..jsonio import media_root
+from .clips import Unreadable
 
 PREDICTION_KEYS: dict[str, tuple[str, ...]] = {
     "id": ("id", "key", "utt", "utt_id", "uttid", "name"),
@@ -104,6 +105,7 @@ class Paired:
     hyps: list[str]
     audios: list[str | None]
     label_mismatches: int = 0  # positional pairing: predictions whose own label differs from the test reference
+    unreadable: list[Unreadable] = field(default_factory=list)  # utterances skipped: their audio cannot be read
 
 
 def pair(predictions: list[Prediction], items: list[TestItem] | None, pred_name: str, data_name: str = "") -> Paired:
