@@ -143,3 +143,29 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_escaped(tmp_path: Path) -> N
         json.loads(line) for line in (tmp_path / "ev" / "utterances.jsonl").read_text(encoding="utf-8").splitlines()
     ]
     assert [row["ref"] for row in kept[: len(texts)]] == texts
+
+
+@pytest.mark.slow
+def test_speech_output_set_skips_unreadable_targets(tiny_checkpoint, tmp_path: Path) -> None:
+    """A speech-output test set (assistant <audio>): a missing and a truncated target are skipped and counted; the
+    readable row is spoken and scored."""
+    targets = {"ok": tone(tmp_path / "ok.wav"), "gone": "gone.wav", "cut": truncated_flac(tmp_path / "cut.flac")}
+    rows = [
+        {
+            "id": uid,
+            "messages": [{"role": "user", "content": "say hi"}, {"role": "assistant", "content": "hi<audio>"}],
+            "audios": [audio],
+        }
+        for uid, audio in targets.items()
+    ]
+    data = tmp_path / "tts.json"
+    data.write_text(json.dumps(rows), encoding="utf-8")
+    out = tmp_path / "ev"
+    done = evaluate_cli("--model", tiny_checkpoint.path, "--data", data, "--out", out, "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["speech"]["n"] == 1 and summary["speech"]["n_unreadable"] == summary["n_unreadable"] == 2
+    assert [row["id"] for row in summary["skipped_unreadable"]] == ["gone", "cut"]
+    assert "2 test utterances skipped" in done.stderr
+    lines = (out / "speech_utterances.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["ok"]
