@@ -131,6 +131,6 @@ def test_webui_args_command_writes_once_and_refuses_other_recipes(tmp_path: Path
     written = tmp_path / "llamaboard_config" / "kimi_lora.yaml"
     assert yaml.safe_load(written.read_text())["top.template"] == "kimi_audio"
     done = webui_args(REPO / "examples" / "kimi_lora.yaml")
-    assert done.returncode == 2 and done.stderr.strip().endswith("exists; pass --force to replace it, or --out another")
+    assert done.returncode == 2 and done.stderr.strip().endswith("pass --force to replace it, or --out another")
     done = webui_args(REPO / "examples" / "kimi_predict.yaml")
     assert done.returncode == 2 and "not a training recipe" in done.stderr
