@@ -169,3 +169,15 @@ def test_speech_output_set_skips_unreadable_targets(tiny_checkpoint, tmp_path: P
     assert "2 test utterances skipped" in done.stderr
     lines = (out / "speech_utterances.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["ok"]
+
+
+def test_speech_output_set_strict_names_the_missing_target(tmp_path: Path) -> None:
+    """--strict on a speech-output set: exit 2 naming the row and its missing target, before the model loads."""
+    row = {"messages": [{"role": "user", "content": "say hi"}, {"role": "assistant", "content": "hi<audio>"}]}
+    rows = [{**row, "id": "ok", "audios": [tone(tmp_path / "ok.wav")]}, {**row, "id": "gone", "audios": ["gone.wav"]}]
+    data = tmp_path / "tts.json"
+    data.write_text(json.dumps(rows), encoding="utf-8")
+    done = evaluate_cli("--model", tmp_path / "no-model", "--data", data, "--out", tmp_path / "ev", "--strict")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "test utterance gone: " in line and str(tmp_path / "gone.wav") in line and "--strict" in line
