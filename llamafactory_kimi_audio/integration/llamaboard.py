@@ -51,6 +51,23 @@ FIELDS = {
         ).split()
     },
 }
+# LlamaBoard's sliders (components/train.py): a recipe value outside one is sent as an extra argument as well, which
+# wins (LlamaBoard applies the extra arguments after its base fields; webui_args.py after all of them, for Kimi-Audio)
+SLIDER_RANGES = {
+    "cutoff_len": (4, 131072),
+    "per_device_train_batch_size": (1, 1024),
+    "gradient_accumulation_steps": (1, 1024),
+    "val_size": (0, 1),
+    "logging_steps": (1, 1000),
+    "save_steps": (10, 5000),
+    "warmup_steps": (0, 5000),
+    "neftune_noise_alpha": (0, 10),
+    "freeze_trainable_layers": (-128, 128),
+    "lora_rank": (1, 1024),
+    "lora_alpha": (1, 2048),
+    "lora_dropout": (0, 1),
+    "loraplus_lr_ratio": (0, 64),
+}
 TEXT_FIELDS = {key: f"train.{key}" for key in ("learning_rate", "num_train_epochs", "max_grad_norm")}  # textboxes
 PRECISIONS = ("pure_bf16", "bf16", "fp16")  # train.compute_type, else fp32
 SET_BY_THE_UI = {"do_train", "trust_remote_code", "plot_loss", "model_name_or_path", "stage", "dataset", *PRECISIONS}
@@ -119,12 +136,16 @@ def to_llamaboard(recipe: dict[str, Any]) -> dict[str, Any]:
         "train.ds_stage": "none",  # a recipe's own deepspeed file travels in the extra arguments
         "train.ds_offload": False,
     }
+    extra = {key: v for key, v in UI_CONSTANTS.items() if key not in recipe}
     for key, elem_id in FIELDS.items():
         if key != "output_dir" or recipe.get(key):  # no output_dir: the UI's own dated one
             fields[elem_id] = _field_value(key, value(key), recipe)
+        low, high = SLIDER_RANGES.get(key, (None, None))
+        if low is not None and isinstance(fields[elem_id], (int, float)) and not low <= fields[elem_id] <= high:
+            extra[key] = fields[elem_id]
+            fields[elem_id] = min(max(fields[elem_id], low), high)
     for key, elem_id in TEXT_FIELDS.items():
         fields[elem_id] = str(value(key))
-    extra = {key: v for key, v in UI_CONSTANTS.items() if key not in recipe}
     if not recipe.get("max_samples"):
         extra["max_samples"] = None  # every sample, not the field's cap
     for key, v in recipe.items():
