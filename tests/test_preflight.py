@@ -96,3 +96,28 @@ def test_what_is_left_to_llamafactory(tmp_path: Path) -> None:
     check_recipe_files(recipe(tmp_path / "nowhere", "x", dataset_dir="ONLINE"))
     (tmp_path / "tokenized").mkdir()
     check_recipe_files(recipe(tmp_path / "nowhere", "x", tokenized_path=str(tmp_path / "tokenized")))
+
+
+def test_a_pickled_adapter_refused_by_torch_is_one_line_exit_3(tmp_path: Path) -> None:
+    """The run guard's fallback for a pickled file that is not the model's own weights (e.g. ``adapter_model.bin``
+    read by PEFT): the refusal anywhere in the error chain becomes one line naming the file, exit 3."""
+    import pickle
+
+    from llamafactory_kimi_audio.integration.run_guard import _one_line
+
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickled")
+    refusal = pickle.UnpicklingError(
+        "Weights only load failed.\n\tWeightsUnpickler error: Unsupported global: GLOBAL os.system was not allowed"
+    )
+    try:
+        try:
+            raise refusal
+        except pickle.UnpicklingError as err:
+            raise RuntimeError("loading the adapter failed") from err
+    except RuntimeError as err:
+        line = _one_line(err, {"adapter_name_or_path": str(tmp_path), "model_name_or_path": "m"})
+    assert line is not None and line[1] == 3
+    assert (
+        line[0].startswith(f"{tmp_path / 'adapter_model.bin'}: pickled weights") and "it pickles os.system" in line[0]
+    )
+    assert _one_line(RuntimeError("a bug"), {"model_name_or_path": "m"}) is None  # anything else keeps its traceback
