@@ -139,10 +139,11 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_escaped(tmp_path: Path) -> N
     for row in cells.values():
         for value in row.values():
             assert not value.startswith(("=", "+", "-", "@", "\t", "\r")), row
-    kept = [
-        json.loads(line) for line in (tmp_path / "ev" / "utterances.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
-    assert [row["ref"] for row in kept[: len(texts)]] == texts
+    jsonl = (tmp_path / "ev" / "utterances.jsonl").read_text(encoding="utf-8")
+    assert [json.loads(line)["ref"] for line in jsonl.splitlines()][: len(texts)] == texts
+    again = evaluate_cli("--predictions", tmp_path / "ev" / "utterances.csv", "--out", tmp_path / "again")
+    assert again.returncode == 0, again.stderr  # the CSV read back as predictions: the texts, unescaped
+    assert (tmp_path / "again" / "utterances.jsonl").read_text(encoding="utf-8") == jsonl
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from ..data.textio import DataError, read_text
 from ..data.validate import Issue
 from ..jsonio import media_root
 from .clips import Unreadable
+from .report import CSV_FIELDS, unescape_cell
 
 PREDICTION_KEYS: dict[str, tuple[str, ...]] = {
     "id": ("id", "key", "utt", "utt_id", "uttid", "name"),
@@ -86,7 +87,9 @@ def load_predictions(path: str, encoding: str = "auto") -> list[Prediction]:
         text, _ = read_text(path, encoding)
         delimiter = "\t" if name.lower().endswith(".tsv") else ","
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-        return [_prediction(row, f"{name} row {n}") for n, row in enumerate(reader, start=2)]
+        own = set(CSV_FIELDS) <= set(reader.fieldnames or ())  # evaluate's utterances.csv: undo its formula escape
+        rows = ({k: unescape_cell(v) for k, v in row.items()} if own else row for row in reader)
+        return [_prediction(row, f"{name} row {n}") for n, row in enumerate(rows, start=2)]
     items, _ = iter_json_records(path, encoding)
     predictions = []
     for line, obj in items:

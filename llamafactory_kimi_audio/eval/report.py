@@ -242,6 +242,12 @@ def spreadsheet_safe(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
 
 
+def unescape_cell(value: Any) -> Any:
+    """The text :func:`spreadsheet_safe` escaped (utterances.csv read back as predictions)."""
+    escaped = isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_PREFIXES)
+    return value[1:] if escaped else value
+
+
 def _csv_text(report: ScoreReport) -> str:
     buffer = io.StringIO()
     # RFC 4180 line ends: the writer then also quotes a cell holding a lone CR, which would otherwise split its row
