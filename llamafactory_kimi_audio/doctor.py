@@ -33,6 +33,7 @@ started = s.is_installed()
 import llamafactory.data.template as t
 template = {TEMPLATE!r} in t.TEMPLATES
 import llamafactory.model.loader, llamafactory.train.sft.workflow, llamafactory.train.tuner
+import llamafactory.webui.runner  # the Web UI row (gradio is a dependency of LLaMA-Factory)
 from llamafactory_kimi_audio.integration.patches import patch_rows
 print({PROBE_MARK!r} + json.dumps(dict(
     finder=started, template=template, applied=list(s.applied_hooks()), failed=s.failed_hooks(),

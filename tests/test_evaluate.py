@@ -376,9 +376,14 @@ def test_model_path_needs_data(tmp_path: Path, capsys) -> None:
 
 
 def test_model_path_with_missing_audio(test_set: Path, tmp_path: Path, capsys) -> None:
+    """--strict: the missing clip ends the run before the model (here a wrong path) is loaded; without --strict it
+    is skipped, so the run goes on to the model (and fails there: exit 3)."""
     (test_set.parent / "wavs" / "b.wav").unlink()
+    code, _, err = cli(capsys, "--model", "m", "--data", test_set, "--out", tmp_path / "ev", "--strict")
+    line = one_error_line(err)
+    assert code == 2 and "test utterance b: " in line and "b.wav: audio file not found" in line
     code, _, err = cli(capsys, "--model", "m", "--data", test_set, "--out", tmp_path / "ev")
-    assert code == 2 and "1 test audio files not found (e.g. " in one_error_line(err)
+    assert code == 3 and "m: no such model directory" in one_error_line(err)
 
 
 # --------------------------------------------------------------------------------------------- CLI error table

@@ -258,6 +258,8 @@ def bad_input_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tup
         path = truncated_flac(dataset)
         variant_dataset(dataset, "asr_truncated", lambda row: row.update(audios=[path]))
         return {"dataset": "asr_truncated", "dataloader_num_workers": 2}, 2, [path, "re-encode it"]
+    if problem in STOCK_LAYER_PROBLEMS:
+        return stock_layer_case(problem, ckpt, dataset, workdir)
     if problem == "wrong_model_path":
         missing = str(workdir / "no_such_model")
         return {"model_name_or_path": missing}, 3, [missing, "no such directory", "model_name_or_path"]
@@ -270,9 +272,62 @@ def bad_input_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tup
     return {"model_name_or_path": str(other)}, 3, ["template kimi_audio needs a Kimi-Audio checkpoint", "qwen2"]
 
 
+STOCK_LAYER_PROBLEMS = (
+    "missing_dataset_file",
+    "truncated_dataset_json",
+    "undefined_dataset",
+    "output_dir_under_file",
+    "pickled_weights",
+)
+
+
+def pickled_checkpoint(ckpt: str, workdir: Path) -> Path:
+    """The tiny checkpoint with its safetensors shards replaced by a pickled ``pytorch_model.bin`` that holds a
+    numpy array: torch's ``weights_only`` load refuses it."""
+    import shutil
+
+    import numpy as np
+    from safetensors.torch import load_file
+
+    target = workdir / "pickled_model"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(ckpt, target)
+    state = {}
+    for shard in sorted(target.glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+        shard.unlink()
+    (target / "model.safetensors.index.json").unlink(missing_ok=True)
+    torch.save({**state, "extra": np.zeros(3)}, target / "pytorch_model.bin")
+    return target
+
+
+def stock_layer_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tuple[dict, int, list[str]]:
+    """Problems LLaMA-Factory or the OS would report with a traceback; the run guard's pre-flight names them."""
+    if problem == "missing_dataset_file":
+        variant_dataset(dataset, "asr_gone", lambda row: None)
+        (dataset / "asr_gone.json").unlink()
+        return {"dataset": "asr_gone"}, 2, ["dataset asr_gone", str(dataset / "asr_gone.json"), "not found"]
+    if problem == "truncated_dataset_json":
+        variant_dataset(dataset, "asr_cut", lambda row: None)
+        path = dataset / "asr_cut.json"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return {"dataset": "asr_cut"}, 2, ["dataset asr_cut", str(path), "cut short", "convert the data again"]
+    if problem == "undefined_dataset":
+        return {"eval_dataset": "asr_nope"}, 2, ["dataset asr_nope", "not defined in", "dataset_info.json"]
+    if problem == "output_dir_under_file":
+        blocker = workdir / "a_file"
+        blocker.write_text("not a folder")
+        output_dir = blocker / "run"
+        return {"output_dir": str(output_dir)}, 2, [f"output_dir {output_dir}", f"{blocker} is a file"]
+    model = pickled_checkpoint(ckpt, workdir)
+    expected = [str(model / "pytorch_model.bin"), "pickled weights", "safetensors"]
+    return {"model_name_or_path": str(model)}, 3, expected
+
+
 @pytest.mark.parametrize(
     "problem",
     [
+        *STOCK_LAYER_PROBLEMS,
         "broken_audio",
         "cutoff_cuts_audio",
         "placeholders",

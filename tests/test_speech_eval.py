@@ -16,10 +16,10 @@ from llamafactory_kimi_audio.errors import InputError
 from llamafactory_kimi_audio.eval.evaluation import evaluate
 from llamafactory_kimi_audio.eval.speech_eval import (
     SpeechScores,
+    check_speech_clips,
     code_score,
     is_speech_test_set,
     load_speech_test_set,
-    require_speech_audio,
 )
 
 
@@ -85,7 +85,7 @@ def test_reader_takes_tts_and_spoken_reply_rows(tmp_path):
     assert first.target_audio == str(tmp_path / "a.wav")
     assert second.id == "1" and second.question_text == "Answer:" and second.question_audio == str(tmp_path / "q.wav")
     assert second.answer_text == "It is sunny."
-    require_speech_audio([first, second])
+    check_speech_clips([first, second], strict=True)
 
 
 def test_reader_stops_at_rows_it_cannot_score(tmp_path):
@@ -102,8 +102,10 @@ def test_reader_stops_at_rows_it_cannot_score(tmp_path):
             load_speech_test_set(write_rows(tmp_path, bad))
         assert "set.json line" in str(info.value)
     items = load_speech_test_set(write_rows(tmp_path, [{**tts, "audios": ["missing.wav"]}]))
-    with pytest.raises(InputError, match="missing.wav"):
-        require_speech_audio(items)
+    with pytest.raises(InputError, match="missing.wav.*--strict stops"):
+        check_speech_clips(items, strict=True)
+    with pytest.raises(InputError, match="none of the 1 test clips can be read"):
+        check_speech_clips(items)
 
 
 def test_evaluate_routes_speech_sets_to_the_model(tmp_path):

@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "synth": "synth",
     "demo": "demo",
     "respond": "respond",
+    "webui-args": "webui_args",
 }
 
 

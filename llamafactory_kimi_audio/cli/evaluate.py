@@ -13,6 +13,7 @@ import sys
 
 from ..data.textio import ensure_writable_dir
 from ..errors import EXIT_GATE
+from ..eval.clips import skipped_warning
 from ..eval.normalize import NORMALIZERS
 from ..eval.scoring import ScoreReport
 
@@ -31,6 +32,8 @@ A test set whose rows have an assistant <audio> (convert --task tts / spoken-rep
 code error rate and exact match of the greedy spoken answers against the target codes, plus the text stream's CER.
 
 Utterances whose reference is empty are not scored; a warning gives their number and summary.json lists them.
+Utterances whose audio is missing or cannot be decoded are skipped the same way (summary.json "skipped_unreadable",
+report.md, one warning line), unless --strict; a test set none of whose clips can be read is an error (exit 2).
 """
 
 
@@ -71,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="e.g. cuda:0 (default: automatic)")
     parser.add_argument("--encoding", default="auto", help="text encoding of CSV inputs (default: auto)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the histogram PNG")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop with exit 2 at the first test clip that cannot be read (default: skip it, count it in the report)",
+    )
 
 
 def parse_rate(value: str) -> float:
@@ -97,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         root=args.root,
         encoding=args.encoding,
         plot=not args.no_plot,
+        strict=args.strict,
         **model_args,
     )
     if result.label_mismatches:
@@ -104,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
             f"{result.label_mismatches} prediction labels differ from the test references; check that the "
             "predictions belong to this test set (the test references are used)"
         )
+    if result.unreadable:
+        warn(skipped_warning(result.unreadable))
     if result.skipped_empty:
         examples = ", ".join(result.skipped_empty[:3])
         warn(
@@ -129,21 +140,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _model_args(args: argparse.Namespace) -> tuple[list, dict]:
-    """Load the model once the test set is known to be complete (a missing audio fails before the slow load)."""
+    """Load the model once the test set is read and its clips' headers checked (with --strict a missing or unreadable
+    clip fails before the slow load; without it, at least one clip must be readable)."""
     from ..errors import InputError
-    from ..eval.evaluation import require_audio
+    from ..eval.evaluation import check_clips
     from ..eval.inputs import load_test_set
-    from ..eval.speech_eval import is_speech_test_set, load_speech_test_set, require_speech_audio
+    from ..eval.speech_eval import check_speech_clips, is_speech_test_set, load_speech_test_set
     from ..eval.transcribe import Generation, load_for_inference
 
     if not args.data:
         raise InputError("--model needs --data TEST.json (the utterances to transcribe)")
     if is_speech_test_set(args.data, args.encoding):  # assistant <audio>: spoken answers, scored by their codes
         items = load_speech_test_set(args.data, args.root, args.encoding)
-        require_speech_audio(items)
+        check_speech_clips(items, args.strict)
     else:
         items = load_test_set(args.data, args.root, args.encoding)
-        require_audio(items)
+        check_clips(items, args.strict)
     model, processor = load_for_inference(args.model, args.adapter, args.device)
     generation = Generation(args.batch_size, args.repetition_penalty, args.max_new_tokens, args.decode)
     meta = {"model": args.model, "adapter": args.adapter, "dataset": os.path.abspath(args.data)}

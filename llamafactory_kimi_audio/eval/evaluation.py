@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..audio_io import split_media
+from ..audio_io import AudioError, split_media
 from ..data.textio import ensure_writable_dir
 from ..errors import InputError, ModelError
+from .clips import Unreadable, check_skipped, split_readable, strict_error
 from .inputs import Paired, TestItem, load_predictions, load_test_set, pair
 from .normalize import detect_language
 from .report import build_summary, load_baseline, write_outputs
@@ -38,6 +39,7 @@ class EvalResult:
     paths: dict[str, str] = field(default_factory=dict)
     label_mismatches: int = 0  # predictions whose own label differs from the test set's reference
     speech: SpeechScores | None = None  # code-level scores of spoken answers (a speech-output test set)
+    unreadable: list[Unreadable] = field(default_factory=list)  # utterances skipped: their audio cannot be read
 
     @property
     def skipped_empty(self) -> list[str]:
@@ -58,14 +60,10 @@ class EvalResult:
         return failures, notes
 
 
-def require_audio(items: Sequence[TestItem]) -> None:
-    """InputError naming a few missing files, before any model is loaded."""
-    missing = [item.audio or item.id for item in items if not os.path.isfile(split_media(item.audio)[0])]
-    if missing:
-        raise InputError(
-            f"{len(missing)} test audio files not found (e.g. {', '.join(missing[:3])}); "
-            "check the paths or pass --root"
-        )
+def check_clips(items: Sequence[TestItem], strict: bool = False) -> None:
+    """Before any model is loaded: InputError when ``strict`` and a clip's header is unreadable (or missing), or when
+    no clip is readable."""
+    split_readable(items, lambda i: [i.audio], lambda i: i.id, strict)
 
 
 def instructions_for(items: Sequence[TestItem], instruction: str | None = None) -> list[str]:
@@ -83,18 +81,40 @@ def transcribe_items(
     instruction: str | None = None,
     generation: Any = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> Paired:
-    """Transcribe a loaded test set with a loaded model; references from the test set."""
+    """Transcribe a loaded test set with a loaded model; references from the test set. Utterances whose audio cannot
+    be read are skipped (``Paired.unreadable``) unless ``strict``; none readable is an InputError."""
     from .transcribe import Generation, transcribe
 
-    require_audio(items)
-    audios = [item.audio for item in items]
-    hyps = transcribe(
-        model, processor, audios, instructions_for(items, instruction), generation or Generation(), progress=progress
+    readable, skipped = split_readable(items, lambda i: [i.audio], lambda i: i.id, strict)
+    audios = [item.audio for item in readable]
+    failed: dict[int, str] = {}
+    try:
+        hyps = transcribe(
+            model,
+            processor,
+            audios,
+            instructions_for(readable, instruction),
+            generation or Generation(),
+            progress=progress,
+            unreadable=None if strict else failed,
+        )
+    except AudioError as err:  # strict: the first clip that does not decode ends the run
+        item = next((i for i in readable if str(err).startswith(split_media(i.audio)[0])), None)
+        raise strict_error(Unreadable(item.id if item else "?", item.audio if item else "", str(err)), 0) from err
+    if len(hyps) != len(readable):
+        raise ModelError(f"the model returned {len(hyps)} transcripts for {len(readable)} audios")
+    skipped += [Unreadable(readable[i].id, readable[i].audio, reason) for i, reason in sorted(failed.items())]
+    check_skipped(skipped, len(items), strict)
+    kept = [n for n in range(len(readable)) if n not in failed]
+    return Paired(
+        [readable[n].id for n in kept],
+        [readable[n].reference for n in kept],
+        [hyps[n] for n in kept],
+        [audios[n] for n in kept],
+        unreadable=skipped,
     )
-    if len(hyps) != len(items):
-        raise ModelError(f"the model returned {len(hyps)} transcripts for {len(items)} audios")
-    return Paired([i.id for i in items], [i.reference for i in items], list(hyps), audios)
 
 
 def _paired(
@@ -115,7 +135,9 @@ def _paired(
     if items is None:
         raise InputError("--model needs --data TEST.json (the utterances to transcribe)")
     generation = options["generation"]
-    paired = transcribe_items(model, processor, items, options["instruction"], generation, options["progress"])
+    paired = transcribe_items(
+        model, processor, items, options["instruction"], generation, options["progress"], options["strict"]
+    )
     name = getattr(getattr(model, "config", None), "_name_or_path", None)
     return paired, {**meta, "model": name, "generation": generation.to_dict() if generation else None}
 
@@ -136,13 +158,15 @@ def evaluate(
     """Score ``predictions`` (a file) or the transcripts of ``model`` on ``data`` (a test-set file or loaded items).
 
     ``options``: ``root``, ``encoding`` (test set / predictions reading), ``instruction``, ``generation`` (a
-    ``transcribe.Generation``), ``progress``, ``plot``. ``meta`` overrides summary fields (e.g. the model path).
+    ``transcribe.Generation``), ``progress``, ``plot``, ``strict`` (an unreadable clip is an InputError instead of
+    being skipped and listed in ``EvalResult.unreadable``). ``meta`` overrides summary fields (e.g. the model path).
     Writes ``utterances.*``, ``summary.json`` and ``report.md`` into ``out_dir`` when given.
     """
-    unknown = set(options) - {"root", "encoding", "instruction", "generation", "progress", "plot"}
+    unknown = set(options) - {"root", "encoding", "instruction", "generation", "progress", "plot", "strict"}
     if unknown:
         raise TypeError(f"evaluate() got unexpected options: {', '.join(sorted(unknown))}")
     defaults = {"root": None, "encoding": "auto", "instruction": None, "generation": None, "progress": True}
+    defaults["strict"] = False
     options = {**defaults, **options}
     if predictions is None and _is_speech(data, options["encoding"]):
         return _evaluate_speech(data, model, processor, out_dir, normalizer, language, meta, options)
@@ -154,11 +178,11 @@ def evaluate(
             "test set's transcripts were read (the text column)"
         )
     comparison = compare(report, *load_baseline(baseline)) if baseline else None
-    summary = build_summary(report, {**found, **(meta or {})}, comparison)
+    summary = build_summary(report, {**found, **(meta or {})}, comparison, paired.unreadable)
     paths = {}
     if out_dir:
         paths = write_outputs(ensure_writable_dir(out_dir, "out_dir"), report, summary, plot=options.get("plot", True))
-    return EvalResult(report, summary, paths, paired.label_mismatches)
+    return EvalResult(report, summary, paths, paired.label_mismatches, unreadable=paired.unreadable)
 
 
 def _is_speech(data: str | Sequence[Any] | None, encoding: str) -> bool:
@@ -189,5 +213,6 @@ def _evaluate_speech(data, model, processor, out_dir, normalizer, language, meta
         {**found, **(meta or {})},
         options["progress"],
         options.get("plot", True),
+        options["strict"],
     )
-    return EvalResult(text_report, summary, paths, 0, scores)
+    return EvalResult(text_report, summary, paths, 0, scores, unreadable=scores.unreadable)

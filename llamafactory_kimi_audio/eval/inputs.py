@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..data.convert import resolve_audio
 from ..data.records import SourceRecord, iter_json_records
@@ -17,6 +17,8 @@ from ..data.sources import ReadOptions, read_source
 from ..data.textio import DataError, read_text
 from ..data.validate import Issue
 from ..jsonio import media_root
+from .clips import Unreadable
+from .report import CSV_FIELDS, unescape_cell
 
 PREDICTION_KEYS: dict[str, tuple[str, ...]] = {
     "id": ("id", "key", "utt", "utt_id", "uttid", "name"),
@@ -85,7 +87,9 @@ def load_predictions(path: str, encoding: str = "auto") -> list[Prediction]:
         text, _ = read_text(path, encoding)
         delimiter = "\t" if name.lower().endswith(".tsv") else ","
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-        return [_prediction(row, f"{name} row {n}") for n, row in enumerate(reader, start=2)]
+        own = set(CSV_FIELDS) <= set(reader.fieldnames or ())  # evaluate's utterances.csv: undo its formula escape
+        rows = ({k: unescape_cell(v) for k, v in row.items()} if own else row for row in reader)
+        return [_prediction(row, f"{name} row {n}") for n, row in enumerate(rows, start=2)]
     items, _ = iter_json_records(path, encoding)
     predictions = []
     for line, obj in items:
@@ -104,6 +108,7 @@ class Paired:
     hyps: list[str]
     audios: list[str | None]
     label_mismatches: int = 0  # positional pairing: predictions whose own label differs from the test reference
+    unreadable: list[Unreadable] = field(default_factory=list)  # utterances skipped: their audio cannot be read
 
 
 def pair(predictions: list[Prediction], items: list[TestItem] | None, pred_name: str, data_name: str = "") -> Paired:

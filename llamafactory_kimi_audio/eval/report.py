@@ -1,7 +1,9 @@
 """Evaluation outputs: ``utterances.jsonl`` / ``.csv``, ``summary.json`` and a ``report.md`` a person can read.
 
 All files are written atomically and deterministically (stable ordering, no timestamps), so two runs on the same
-inputs produce identical files. The CSV carries a UTF-8 BOM so Excel shows Chinese text correctly.
+inputs produce identical files. The CSV carries a UTF-8 BOM so Excel shows Chinese text correctly, and a text cell
+that a spreadsheet would run as a formula (``=HYPERLINK(...)`` in a transcript) starts with a ``'`` there (OWASP's
+CSV-injection rule); ``utterances.jsonl`` keeps every text as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..data.textio import DataError, atomic_open, write_json, write_lines
+from .clips import Unreadable
 from .scoring import Comparison, ScoreReport, UtteranceScore
 
 CSV_FIELDS = (
@@ -47,7 +50,9 @@ HISTOGRAM_BINS = (
     ("> 100%", float("inf")),
 )
 WORST_N = 10
+UNREADABLE_LISTED = 50  # report.md lists this many unreadable clips; summary.json lists them all
 PLOT_NAME = "error_rate_hist.png"
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula (OWASP)
 
 
 def dataset_hash(ids: Sequence[str], refs: Sequence[str]) -> str:
@@ -58,7 +63,12 @@ def dataset_hash(ids: Sequence[str], refs: Sequence[str]) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def build_summary(report: ScoreReport, meta: dict[str, Any], comparison: Comparison | None = None) -> dict[str, Any]:
+def build_summary(
+    report: ScoreReport,
+    meta: dict[str, Any],
+    comparison: Comparison | None = None,
+    unreadable: Sequence[Unreadable] = (),
+) -> dict[str, Any]:
     """The ``summary.json`` payload; ``meta`` adds model / dataset / generation fields."""
     ids = [u.id for u in report.utterances]
     summary = {
@@ -77,6 +87,8 @@ def build_summary(report: ScoreReport, meta: dict[str, Any], comparison: Compari
         "exact_match": report.exact_match,
         "counts": {metric: totals.to_dict() for metric, totals in report.totals.items()},
         "skipped_empty_reference": list(report.skipped_empty),
+        "n_unreadable": len(unreadable),
+        "skipped_unreadable": [u.to_dict() for u in unreadable],
         "generation": meta.get("generation"),
         "version": __version__,
     }
@@ -111,7 +123,20 @@ def _counts(summary: dict[str, Any], report: ScoreReport) -> str:
     counts = f"{report.n} ({summary['n_cer']} by CER, {summary['n_wer']} by WER)"
     skipped = report.skipped_empty
     skipped_note = f"{len(skipped)} not scored (empty reference: {', '.join(skipped[:5])}{'…' * (len(skipped) > 5)})"
-    return f"{counts}; {skipped_note}" if skipped else counts
+    counts = f"{counts}; {skipped_note}" if skipped else counts
+    unreadable = summary.get("n_unreadable") or 0
+    return f"{counts}; {unreadable} skipped (audio unreadable, listed below)" if unreadable else counts
+
+
+def _unreadable_lines(summary: dict[str, Any]) -> list[str]:
+    rows = summary.get("skipped_unreadable") or []
+    if not rows:
+        return []
+    lines = ["", f"## {len(rows)} utterances not scored: audio unreadable", "", "| id | reason |", "|---|---|"]
+    lines += [f"| {_cell(row['id'], 40)} | {_cell(row['reason'], 300)} |" for row in rows[:UNREADABLE_LISTED]]
+    if len(rows) > UNREADABLE_LISTED:
+        lines.append(f"| … | {len(rows) - UNREADABLE_LISTED} more in summary.json (skipped_unreadable) |")
+    return lines
 
 
 def render_markdown(summary: dict[str, Any], report: ScoreReport, plot: str | None = None) -> str:
@@ -134,6 +159,7 @@ def render_markdown(summary: dict[str, Any], report: ScoreReport, plot: str | No
                 f"{totals.insertions} | {totals.hits} | {totals.ref_len} |"
             )
     lines.append(f"| exact match | {_pct(report.exact_match)} | | | | | |")
+    lines += _unreadable_lines(summary)
     lines += _baseline_lines(summary.get("baseline"))
     lines += [
         "",
@@ -211,12 +237,25 @@ def _plot(report: ScoreReport, path: str) -> bool:
     return True
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would evaluate (``=``, ``+``, ``-``, ``@``, tab, CR first) gets a leading ``'``."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
+
+
+def unescape_cell(value: Any) -> Any:
+    """The text :func:`spreadsheet_safe` escaped (utterances.csv read back as predictions)."""
+    escaped = isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_PREFIXES)
+    return value[1:] if escaped else value
+
+
 def _csv_text(report: ScoreReport) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    # RFC 4180 line ends: the writer then also quotes a cell holding a lone CR, which would otherwise split its row
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     for utt in report.utterances:
-        writer.writerow({**utt.to_dict(), "errors": utt.errors, "ref_len": utt.ref_len})
+        row = {**utt.to_dict(), "errors": utt.errors, "ref_len": utt.ref_len}
+        writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
     return buffer.getvalue()
 
 

@@ -29,7 +29,6 @@ from ..data.convert import resolve_audio
 from ..data.records import iter_json_records
 from ..data.textio import DataError
 from ..data.validate import Issue
-from ..errors import InputError
 from ..jsonio import media_root
 
 PLACEHOLDER = "<audio>"
@@ -79,6 +78,8 @@ class SpeechScores:
     utterances: list[CodeScore]
     generated: list[list[int]] = field(default_factory=list)  # the answers' codes, in item order
     round_trip: Any = None  # speech_roundtrip.RoundTrip when the checkpoint has the detokenizer
+    items: list[SpeechItem] = field(default_factory=list)  # the scored items, in order (unreadable ones left out)
+    unreadable: list[Any] = field(default_factory=list)  # clips.Unreadable of the items skipped
 
     @property
     def n(self) -> int:
@@ -103,6 +104,7 @@ class SpeechScores:
             "code_error_rate": self.code_error_rate,
             "exact_match": self.exact_match,
             "length_ratio": self.length_ratio,
+            "n_unreadable": len(self.unreadable),
         }
         if self.round_trip is not None:
             out["round_trip"] = self.round_trip.to_dict()
@@ -184,12 +186,14 @@ def load_speech_test_set(path: str, root: str | None = None, encoding: str = "au
     return items
 
 
-def require_speech_audio(items: Sequence[SpeechItem]) -> None:
-    """InputError naming a few missing question / target files, before any model is loaded."""
-    paths = [p for item in items for p in (item.question_audio, item.target_audio) if p]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise InputError(
-            f"{len(missing)} audio files of the speech test set not found (e.g. {', '.join(missing[:3])}); "
-            "check the paths or pass --root"
-        )
+def speech_clips(item: SpeechItem) -> list[str]:
+    """The clips a speech test case reads: its question audio (if any) and its target."""
+    return [p for p in (item.question_audio, item.target_audio) if p is not None]
+
+
+def check_speech_clips(items: Sequence[SpeechItem], strict: bool = False) -> None:
+    """Before any model is loaded: InputError when ``strict`` and a question / target clip's header is unreadable (or
+    missing), or when no item is readable."""
+    from .clips import split_readable
+
+    split_readable(items, speech_clips, lambda i: i.id, strict)

@@ -13,11 +13,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..audio_io import load_audio
+from ..audio_io import AudioError, load_audio
 from ..data.textio import atomic_open, ensure_writable_dir, write_lines
+from .clips import Unreadable, check_skipped, split_readable, strict_error
 from .report import PLOT_NAME, build_summary, render_markdown, write_outputs
 from .scoring import score
-from .speech_eval import CodeScore, SpeechItem, SpeechScores, code_score, require_speech_audio
+from .speech_eval import CodeScore, SpeechItem, SpeechScores, code_score, speech_clips
 
 RUNAWAY_MARGIN = 10  # decoding steps beyond 2 x the target's codes (+ the delay) before a runaway answer is cut
 
@@ -55,20 +56,35 @@ def speak(model: Any, processor: Any, item: SpeechItem, max_steps: int) -> tuple
     return list(out.codes), spoken_text(processor.tokenizer, out.text_ids)
 
 
-def score_items(model: Any, processor: Any, items: Sequence[SpeechItem], progress: bool = True) -> SpeechScores:
+def score_items(
+    model: Any, processor: Any, items: Sequence[SpeechItem], progress: bool = True, strict: bool = False
+) -> SpeechScores:
+    """Speak and score every item; one whose audio cannot be read is skipped (``SpeechScores.unreadable``) unless
+    ``strict``, and none readable is an InputError."""
     from tqdm.auto import tqdm
 
-    require_speech_audio(items)
+    readable, skipped = split_readable(items, speech_clips, lambda i: i.id, strict)
     model.require_mimo_weights()
     delay = int(model.config.kimia_mimo_audiodelaytokens)
     scores: list[CodeScore] = []
     generated: list[list[int]] = []
-    for item in tqdm(items, desc="speak", unit="utt", disable=None if progress else True, file=sys.stderr):
-        target = target_codes(model, processor, item.target_audio)
-        codes, text = speak(model, processor, item, 2 * len(target) + delay + RUNAWAY_MARGIN)
+    kept: list[SpeechItem] = []
+    for item in tqdm(readable, desc="speak", unit="utt", disable=None if progress else True, file=sys.stderr):
+        try:
+            target = target_codes(model, processor, item.target_audio)
+            codes, text = speak(model, processor, item, 2 * len(target) + delay + RUNAWAY_MARGIN)
+        except AudioError as err:  # a clip whose header was fine but whose samples do not decode
+            question = item.question_audio and str(err).startswith(item.question_audio)
+            unreadable = Unreadable(item.id, item.question_audio if question else item.target_audio, str(err))
+            if strict:
+                raise strict_error(unreadable, 0) from err
+            skipped.append(unreadable)
+            continue
         scores.append(code_score(item.id, target, codes, item.answer_text, text))
         generated.append(codes)
-    return SpeechScores(scores, generated)
+        kept.append(item)
+    check_skipped(skipped, len(items), strict)
+    return SpeechScores(scores, generated, items=kept, unreadable=skipped)
 
 
 def speech_markdown(scores: SpeechScores) -> str:
@@ -121,16 +137,18 @@ def evaluate_speech(
     meta: dict[str, Any],
     progress: bool = True,
     plot: bool = True,
+    strict: bool = False,
 ) -> tuple[Any, dict[str, Any], dict[str, str], SpeechScores]:
     """``(text report, summary, paths, speech scores)`` of ``model``'s spoken answers to ``items``."""
     from .speech_roundtrip import round_trip
 
-    scores = score_items(model, processor, items, progress)
+    scores = score_items(model, processor, items, progress, strict)
+    items = scores.items
     out_dir = ensure_writable_dir(out_dir, "out_dir") if out_dir else None
     scores.round_trip = round_trip(model, processor, items, scores.generated, out_dir, normalizer, language, progress)
     hyps = [u.text_hyp for u in scores.utterances]
     text_report = score([i.id for i in items], [i.answer_text for i in items], hyps, normalizer, language)
-    summary = {**build_summary(text_report, meta), "speech": scores.to_dict()}
+    summary = {**build_summary(text_report, meta, unreadable=scores.unreadable), "speech": scores.to_dict()}
     paths = {}
     if out_dir:
         paths = write_speech_outputs(out_dir, text_report, summary, scores, plot)

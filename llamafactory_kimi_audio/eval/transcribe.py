@@ -159,12 +159,14 @@ def transcribe(
     instructions: Sequence[str],
     generation: Generation = Generation(),
     progress: bool = True,
+    unreadable: dict[int, str] | None = None,
 ) -> list[str]:
     """Greedy transcripts of ``audios`` (paths), one per audio, in order. Batches are sorted by file size to limit
-    padding (results are put back in input order); the next batches' audio is prepared while one decodes."""
-    from tqdm.auto import tqdm
+    padding (results are put back in input order); the next batches' audio is prepared while one decodes.
 
-    from ..audio_io import load_audio
+    With an ``unreadable`` dict, a clip that cannot be decoded is not fatal: its index and the reason are put there
+    and its transcript is ``""`` (the caller drops it); without one, the clip's AudioError ends the call."""
+    from tqdm.auto import tqdm
 
     if len(instructions) != len(audios):
         raise ValueError(f"{len(instructions)} instructions for {len(audios)} audios")
@@ -176,19 +178,39 @@ def transcribe(
     bar = tqdm(total=len(audios), desc="transcribe", unit="utt", disable=not (progress and terminal), file=sys.stderr)
     lines = ProgressLines(len(audios), sys.stderr) if progress and not terminal else None
 
-    def prepare(chunk: list[int]) -> dict[str, torch.Tensor]:
-        return processor.asr_inputs([load_audio(audios[i]) for i in chunk], [instructions[i] for i in chunk])
+    def prepare(chunk: list[int]) -> tuple[list[int], dict[str, torch.Tensor] | None]:
+        waves = decoded(audios, chunk, unreadable)
+        chunk = [i for i in chunk if i in waves]
+        if not chunk:
+            return chunk, None
+        return chunk, processor.asr_inputs([waves[i] for i in chunk], [instructions[i] for i in chunk])
 
-    for chunk, inputs in zip(chunks, prefetched(prepare, chunks)):
-        inputs = {k: v.to(model.device) for k, v in inputs.items()}
-        with torch.no_grad():
-            output = decode(**inputs)
-        texts = processor.decode_transcripts(output[:, inputs["input_ids"].shape[1] :])
-        if len(texts) != len(chunk):
-            raise ModelError(f"the model returned {len(texts)} transcripts for a batch of {len(chunk)} audios")
-        results.update(zip(chunk, texts))
-        bar.update(len(chunk))
+    for (chunk, inputs), size in zip(prefetched(prepare, chunks), map(len, chunks)):
+        if inputs is not None:
+            inputs = {k: v.to(model.device) for k, v in inputs.items()}
+            with torch.no_grad():
+                output = decode(**inputs)
+            texts = processor.decode_transcripts(output[:, inputs["input_ids"].shape[1] :])
+            if len(texts) != len(chunk):
+                raise ModelError(f"the model returned {len(texts)} transcripts for a batch of {len(chunk)} audios")
+            results.update(zip(chunk, texts))
+        bar.update(size)  # skipped clips count as done
         if lines:
-            lines.update(len(chunk))
+            lines.update(size)
     bar.close()
-    return [results[i] for i in range(len(audios))]
+    return [results.get(i, "") for i in range(len(audios))]
+
+
+def decoded(audios: Sequence[str], chunk: list[int], unreadable: dict[int, str] | None) -> dict[int, Any]:
+    """index -> 16 kHz wave of the chunk's clips; one that cannot be decoded goes to ``unreadable`` (if given)."""
+    from ..audio_io import AudioError, load_audio
+
+    waves = {}
+    for index in chunk:
+        try:
+            waves[index] = load_audio(audios[index])
+        except AudioError as err:
+            if unreadable is None:
+                raise
+            unreadable[index] = str(err)
+    return waves

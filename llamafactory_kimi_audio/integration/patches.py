@@ -26,11 +26,13 @@ from . import wrappers as w
 from .auto_classes import AUTO_CLASSES, route_to_native
 from .feature_cache_hook import make_streaming_batches, make_write_through
 from .run_guard import make_opt_out_notice, make_run_guard
+from .webui_args import make_extra_args_win
 
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
 SFT_WORKFLOW = "llamafactory.train.sft.workflow"  # run_sft: imports the trainer, the data processors, the metrics
 TUNER = "llamafactory.train.tuner"
 SFT_TRAINER = "llamafactory.train.sft.trainer:CustomSeq2SeqTrainer"
+WEBUI_RUNNER = "llamafactory.webui.runner"
 OPT_OUT = "KIMI_AUDIO_DISABLE"
 
 
@@ -237,7 +239,24 @@ TUNER_PATCHES = [
     ),
 ]
 
-PATCHES: tuple[Patch, ...] = (*AUTO_PATCHES, *LOADER_PATCHES, *SFT_PATCHES, *TUNER_PATCHES)
+WEBUI_PATCHES = [
+    Patch(
+        name="webui_extra_args_win",
+        trigger=WEBUI_RUNNER,
+        owner=f"{WEBUI_RUNNER}:Runner",
+        attribute="_parse_train_args",
+        make_replacement=make_extra_args_win,
+        parameters=("self", "data"),
+        why="Web UI: in a kimi_audio run the Extra arguments box wins over the UI's fields (`lora_target: all,mimo` "
+        "typed there was replaced by the LoRA modules field), with a warning naming each (integration/webui_args.py)",
+    ),
+]
+
+PATCHES: tuple[Patch, ...] = (*AUTO_PATCHES, *LOADER_PATCHES, *SFT_PATCHES, *TUNER_PATCHES, *WEBUI_PATCHES)
+
+# Triggers without an entry point of their own: the hook of the module named here (imported before them) registers
+# theirs with the start-up finder, so a new trigger needs no reinstall of the package's entry points.
+DEFERRED_TRIGGERS = {WEBUI_RUNNER: "llamafactory.extras.constants"}
 
 # Applied instead of everything above when KIMI_AUDIO_DISABLE is set (_startup.install's only hook then).
 OPT_OUT_NOTICE = Patch(
@@ -260,14 +279,20 @@ REGISTRATIONS: dict[str, tuple[Callable[[ModuleType], None], ...]] = {
 
 
 def triggers() -> list[str]:
-    """Every module whose import applies something, in the order first listed."""
-    return list(dict.fromkeys([*REGISTRATIONS, *(patch.trigger for patch in PATCHES)]))
+    """Every module with an entry-point hook (its import applies something), in the order first listed."""
+    names = [*REGISTRATIONS, *(patch.trigger for patch in PATCHES)]
+    return list(dict.fromkeys(name for name in names if name not in DEFERRED_TRIGGERS))
 
 
 def apply_trigger(module: ModuleType) -> list[str]:
     """The generic hook: the registrations and patch rows of ``module``. Returns the names of the rows applied."""
     for register in REGISTRATIONS.get(module.__name__, ()):
         register(module)
+    for deferred, parent in DEFERRED_TRIGGERS.items():
+        if parent == module.__name__:
+            from .. import _startup
+
+            _startup.register(f"kimi_audio_deferred:{deferred}", deferred, apply_trigger)
     return apply_patches(patch for patch in PATCHES if patch.trigger == module.__name__)
 
 

@@ -1,7 +1,8 @@
 """``llamafactory-cli train`` ends a Kimi-Audio run with one line (the problem and its fix) and a documented exit code.
 
 The guard wraps ``llamafactory.train.tuner.run_exp`` (a row of the patch table). Before the run it checks what a
-Kimi-Audio recipe (``template: kimi_audio``) needs of ``model_name_or_path``; during the run it turns the package's
+Kimi-Audio recipe (``template: kimi_audio``) needs of ``model_name_or_path``, its dataset files and its
+``output_dir`` (``preflight.py``); during the run it turns the package's
 errors (``errors.KimiAudioError`` and the data / audio errors) into ``llamafactory-cli: <message>`` and
 ``exit_code``, including errors raised in DataLoader workers, whose message torch wraps in the worker's traceback.
 ``KIMI_AUDIO_DEBUG=1`` keeps the traceback. Anything else is a bug and keeps its traceback.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import sys
 from typing import Any
 
@@ -18,6 +20,7 @@ from .. import settings
 from ..audio_io import AudioError
 from ..data.textio import DataError
 from ..errors import EXIT_BAD_INPUT, EnvironmentProblem, KimiAudioError, ModelError
+from .preflight import check_recipe_files
 from .registration import MODEL_GROUPS, TEMPLATE_NAME
 
 ONE_LINE_ERRORS = (KimiAudioError, AudioError, DataError)
@@ -70,6 +73,12 @@ def _one_line(err: BaseException, recipe: dict[str, Any] | None) -> tuple[str, i
     """(message, exit code) for the errors that end a run with one line; None keeps the traceback (a bug)."""
     if isinstance(err, ONE_LINE_ERRORS):
         return unwrap_worker_message(str(err)), getattr(err, "exit_code", EXIT_BAD_INPUT)
+    pickled = next((e for e in _chain(err) if isinstance(e, pickle.UnpicklingError)), None)
+    if recipe is not None and pickled is not None:  # an adapter's pickled .bin (the model's is a ModelError already)
+        from ..models.checkpoint_io import pickled_weights_error
+
+        adapter = str(recipe.get("adapter_name_or_path") or recipe.get("model_name_or_path") or "").split(",")[0]
+        return str(pickled_weights_error(adapter, pickled)), ModelError.exit_code
     hub_error = next((e for e in _chain(err) if any(hint in str(e) for hint in _HUB_HINTS)), None)
     if recipe is not None and isinstance(err, OSError) and hub_error is not None:
         first = " ".join(str(hub_error).strip().splitlines()[0].split())  # the hub client's first sentence
@@ -107,6 +116,7 @@ def make_run_guard(original):
         try:
             if kimi_recipe:
                 check_kimi_recipe(recipe)
+                check_recipe_files(recipe)  # dataset files and output_dir, before the slow model load
             return original(args, *more, **kwargs)
         except Exception as err:
             line = _one_line(err, recipe if kimi_recipe else None)

@@ -8,7 +8,10 @@ that layout on top of ``PreTrainedModel`` (transformers 4.55–5.6, DeepSpeed Ze
 
 from __future__ import annotations
 
+import glob
 import os
+import pickle
+import re
 import shutil
 from collections.abc import Mapping
 from typing import Any
@@ -17,12 +20,25 @@ import torch
 from torch import nn
 from transformers import GenerationConfig
 
+from ..errors import ModelError
 from ..versions import TRANSFORMERS_MAJOR
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
 from .special_tokens import SPECIAL_TOKENS, TEXT_EOS, special_id
 from .whisper_encoder import read_whisper_encoder_state, save_whisper_dir
 
 WHISPER_KEYS = "whisper_encoder."
+
+
+def pickled_weights_error(directory: str, err: BaseException) -> ModelError:
+    """torch refused a pickled weights file (``weights_only``): name the files and the safe fix (exit 3)."""
+    files = sorted(glob.glob(os.path.join(directory, "*.bin")) + glob.glob(os.path.join(directory, "*.pt")))
+    shown = ", ".join(files[:3]) or directory
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    reason = f"it pickles {found.group(1)}, not only tensors" if found else "weights_only refusal"
+    return ModelError(
+        f"{shown}: pickled weights that torch refuses to load safely ({reason}); use the checkpoint's safetensors "
+        "release, or convert this one to safetensors where you trust its source"
+    )
 
 
 class OfficialLayoutMixin:
@@ -37,7 +53,10 @@ class OfficialLayoutMixin:
         elif config.whisper_config is None:
             config.attach_audio_dirs(path)
         kwargs.pop("trust_remote_code", None)
-        model = super().from_pretrained(path, *args, config=config, **kwargs)
+        try:
+            model = super().from_pretrained(path, *args, config=config, **kwargs)
+        except pickle.UnpicklingError as err:  # torch's weights_only refusal of a pickled .bin
+            raise pickled_weights_error(path, err) from err
         loaded = model[0] if isinstance(model, tuple) else model
         dtype = loaded.get_input_embeddings().weight.dtype
         # 4.x upcasts _keep_in_fp32_modules for every quantised load, 5.x for fp16 loads only: do as 5.x does
