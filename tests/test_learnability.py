@@ -3,8 +3,8 @@
 every audio replaced by silence does not (a model that ignored its audio would still lower the training loss).
 
 Measured with the demo's 2 threads (espeak-ng 1.51, 600 utterances, 600 steps, 40 test utterances): held-out CER
-100 % → 52.6 %; tone fallback 18.4 %; silence control ~77 %. Each run takes a few minutes (about ten on a busy
-2-core machine).
+100 % → 52.6 %; tone fallback 18.4 %; silence control ~77 %. Each run is the demo: 10 to 60 minutes on 2 busy
+cores (README).
 """
 
 from __future__ import annotations
