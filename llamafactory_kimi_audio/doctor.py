@@ -47,15 +47,19 @@ def run_checks(model_dir: str | None = None, progress: Callable[[str], None] | N
             if started
             else "the fresh interpreter's result is known from earlier in this process"
         )
-    say("checking Python, package versions and the start-up hook")
-    checks = [python_check(), *version_checks(), pth_check(), opt_out_check()]
-    model = []
-    if model_dir is not None:
-        say(f"checking the checkpoint {model_dir}")
-        model = checkpoint_checks(model_dir)
-    say("checking tools")
-    tools = [espeak_check(), *codec_checks(), *settings_checks()]
-    state = {} if off else doctor_probe.result(progress=say)
+    try:
+        say("checking Python, package versions and the start-up hook")
+        checks = [python_check(), *version_checks(), pth_check(), opt_out_check()]
+        model = []
+        if model_dir is not None:
+            say(f"checking the checkpoint {model_dir}")
+            model = checkpoint_checks(model_dir)
+        say("checking tools")
+        tools = [espeak_check(), *codec_checks(), *settings_checks()]
+        state = {} if off else doctor_probe.result(progress=say)
+    except BaseException:  # Ctrl-C or a crash: the background interpreter must not outlive doctor
+        doctor_probe.stop()
+        raise
     integration = integration_checks(probe=lambda: state)
     return [*checks, *integration, *model, *_torch_checks_of(state), *tools]
 

@@ -49,11 +49,6 @@ def _key() -> tuple[str, ...]:
     return (sys.executable, *(str(os.environ.get(name)) for name in (*names, "PYTHONPATH")))
 
 
-def known() -> bool:
-    """The probe has run (or runs) in this process for this environment."""
-    return _key() in _results or _key() in _running
-
-
 def start() -> bool:
     """Start the probe in the background, once per process and environment; ``True`` if this call started it."""
     key = _key()
@@ -80,6 +75,14 @@ def result(timeout: float = TIMEOUT_S, progress: Callable[[str], None] | None = 
         process, started = _running.pop(key)
         _results[key] = _collect(process, started, timeout, progress or (lambda _line: None))
     return _results[key]
+
+
+def stop() -> None:
+    """Kill a probe still running (doctor failed or was interrupted before it collected the result)."""
+    for process, _ in _running.values():
+        process.kill()
+        process.communicate()
+    _running.clear()
 
 
 def _collect(process: subprocess.Popen, started: float, timeout: float, say: Callable[[str], None]) -> dict[str, Any]:
