@@ -221,7 +221,7 @@ def gpu_checks() -> list[Check]:
     if not torch.cuda.is_available():
         return [
             Check("GPU", False, *_no_gpu(torch.version.cuda), required=False),
-            Check("bf16", False, "needs a CUDA GPU", "use an Ampere or newer GPU", required=False),
+            Check("bf16", False, "needs a CUDA GPU: none here (see the GPU line)", required=False),
         ]
     names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
     bf16 = torch.cuda.is_bf16_supported()

@@ -181,8 +181,10 @@ def test_no_gpu_advice_depends_on_the_torch_build() -> None:
     detail, fix = doctor._no_gpu(None)
     assert "CPU-only build" in detail and "install a CUDA build of torch" in fix
     if not torch.cuda.is_available():
-        gpu = _by_name(doctor.gpu_checks())["GPU"]
+        checks = _by_name(doctor.gpu_checks())
+        gpu = checks["GPU"]
         assert not gpu.ok and not gpu.required
+        assert not checks["bf16"].fix  # no GPU: nothing to buy for bf16 here, the GPU line says what to do
         assert ("install a CUDA build" in gpu.fix) is (torch.version.cuda is None)
 
 
