@@ -12,9 +12,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .demo_progress import TrainingProgress, wait_with_progress
 from .errors import EXIT_GATE, EnvironmentProblem, KimiAudioError
 
 DEMO_INSTRUCTION = "Please transcribe the spoken content into written text."
@@ -96,7 +98,7 @@ def resolve_backend(backend: str) -> tuple[str, str]:
     if backend == "auto":
         backend = "espeak" if espeak else "tones"
         if not espeak:
-            print(f"[demo] warning: {ESPEAK_MISSING}", file=sys.stderr, flush=True)
+            say(f"warning: {ESPEAK_MISSING}")
     if backend == "tones":
         return backend, "tone-word fallback (no espeak-ng)"
     return backend, f"espeak-ng {_espeak_version(espeak or 'espeak-ng')}"
@@ -119,18 +121,36 @@ def thread_env(threads: int) -> dict[str, str]:
     return {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
-def run_step(name: str, command: list[str], log_dir: str, env: dict[str, str] | None = None) -> float:
-    """Run one tool as a subprocess with its output in ``<log_dir>/<name>.log``; raise naming the log on failure."""
-    print(f"[demo] {name}: {' '.join(command)}", file=sys.stderr, flush=True)
+def say(line: str) -> None:
+    print(f"[demo] {line}", file=sys.stderr, flush=True)
+
+
+def run_step(
+    name: str,
+    command: list[str],
+    log_dir: str,
+    env: dict[str, str] | None = None,
+    progress: Callable[[], str | None] | None = None,
+) -> float:
+    """Run one tool as a subprocess with its output in ``<log_dir>/<name>.log``; raise naming the log on failure.
+
+    ``progress`` is asked every few seconds while the step runs; what it returns goes to the console."""
+    say(f"{name}: {' '.join(command)}")
     start = time.time()
     log_path = os.path.join(log_dir, f"{name}.log")
     with open(log_path, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    if result.returncode != 0:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        try:
+            returncode = wait_with_progress(process, progress or (lambda: None), say)
+        except BaseException:  # Ctrl-C or a failing progress reader: never leave the step running
+            process.kill()
+            process.wait()
+            raise
+    if returncode != 0:
         with open(log_path, encoding="utf-8", errors="replace") as f:
             tail = "".join(f.readlines()[-15:])
-        code = result.returncode if 0 < result.returncode < 128 else EXIT_GATE
-        message = f"demo step {name!r} failed (exit {result.returncode}); last lines of {log_path}:\n{tail}"
+        code = returncode if 0 < returncode < 128 else EXIT_GATE
+        message = f"demo step {name!r} failed (exit {returncode}); last lines of {log_path}:\n{tail}"
         raise DemoStepFailed(message, code)
     return time.time() - start
 
@@ -162,8 +182,14 @@ class _Steps:
     env: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def __call__(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> None:
-        self.seconds[name] = run_step(name, command, self.logs, {**self.env, **(extra_env or {})})
+    def __call__(
+        self,
+        name: str,
+        command: list[str],
+        extra_env: dict[str, str] | None = None,
+        progress: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.seconds[name] = run_step(name, command, self.logs, {**self.env, **(extra_env or {})}, progress)
 
 
 def run_demo(
@@ -200,8 +226,10 @@ def run_demo(
     step("evaluate-before", tool("evaluate", "--model", model, "--data", test_set, "--out", before, *EVAL_ARGS))
     recipe_path = os.path.join(out, "tiny_demo.yaml")
     write_yaml(recipe_path, demo_recipe(out, max_steps, seed=seed))
-    step("train", llamafactory_cli("train", recipe_path), {"KIMI_AUDIO_FEATURE_CACHE": cache})
     trained = demo_recipe(out)["output_dir"]
+    progress = TrainingProgress(trained)  # a console line every 30 s: step / total, loss, ETA
+    progress.clear_stale_log()
+    step("train", llamafactory_cli("train", recipe_path), {"KIMI_AUDIO_FEATURE_CACHE": cache}, progress)
     evaluate = ["evaluate", "--model", trained, "--data", test_set, "--out", after, "--baseline", before, *EVAL_ARGS]
     step("evaluate-after", tool(*evaluate))
     return _result(out, before, after, step.seconds, audio)

@@ -6,40 +6,24 @@ start-up hook must have registered the template and applied the named patches be
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 import shutil
 import site
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from . import settings
+from . import doctor_probe, settings
 from .doctor_checkpoint import Check, checkpoint_checks
 from .doctor_codecs import codec_checks
+from .doctor_probe import TEMPLATE
 from .patching import SUPPORTED_VERSIONS
 
 DISABLE = "KIMI_AUDIO_DISABLE"
 MIN_PYTHON = (3, 11)
 PTH_FILE = "llamafactory_kimi_audio.pth"
-TEMPLATE = "kimi_audio"
-PROBE_MARK = "@@kimi-audio-doctor@@"
-PROBE = f"""
-import json
-import llamafactory_kimi_audio._startup as s
-started = s.is_installed()
-import llamafactory.data.template as t
-template = {TEMPLATE!r} in t.TEMPLATES
-import llamafactory.model.loader, llamafactory.train.sft.workflow, llamafactory.train.tuner
-import llamafactory.webui.runner  # the Web UI row (gradio is a dependency of LLaMA-Factory)
-from llamafactory_kimi_audio.integration.patches import patch_rows
-print({PROBE_MARK!r} + json.dumps(dict(
-    finder=started, template=template, applied=list(s.applied_hooks()), failed=s.failed_hooks(),
-    registered=s.registered_hooks(), patches={{row["name"]: row["applied"] for row in patch_rows()}},
-)))
-"""
 
 
 def all_required_ok(checks: list[Check]) -> bool:
@@ -49,26 +33,42 @@ def all_required_ok(checks: list[Check]) -> bool:
 def run_checks(model_dir: str | None = None, progress: Callable[[str], None] | None = None) -> list[Check]:
     """Every check: versions, start-up hook and patches (fresh interpreter), the checkpoint, GPU and tools.
 
-    ``progress`` gets a line before each slow stage (the fresh interpreter imports LLaMA-Factory: up to minutes).
+    The fresh interpreter (it imports LLaMA-Factory and torch: most of doctor's time) starts first and runs while this
+    process does the other checks; it also runs the checks that need torch. ``progress`` gets a line before each
+    stage and every ``doctor_probe.PROGRESS_S`` while waiting.
     """
     say = progress or (lambda _line: None)
     settings.reload()  # the environment as it is now, not as this process first saw it
-    say("checking Python, package versions and the start-up hook")
-    checks = [python_check(), *version_checks(), pth_check(), opt_out_check()]
-    say("starting a fresh interpreter that imports LLaMA-Factory (hooks, template, patches; can take a minute)")
-    checks += integration_checks()
-    if model_dir is not None:
-        say(f"checking the checkpoint {model_dir}")
-        checks += checkpoint_checks(model_dir)
-    say("checking torch, GPU and tools")
-    return checks + [
-        *gpu_checks(),
-        packed_attention_check(),
-        compiled_layers_check(),
-        espeak_check(),
-        *codec_checks(),
-        *settings_checks(),
-    ]
+    off = _opted_out()[0]
+    if not off:
+        started = doctor_probe.start()
+        say(
+            "starting a fresh interpreter that imports LLaMA-Factory (hooks, template, patches), in the background"
+            if started
+            else "the fresh interpreter's result is known from earlier in this process"
+        )
+    try:
+        say("checking Python, package versions and the start-up hook")
+        checks = [python_check(), *version_checks(), pth_check(), opt_out_check()]
+        model = []
+        if model_dir is not None:
+            say(f"checking the checkpoint {model_dir}")
+            model = checkpoint_checks(model_dir)
+        say("checking tools")
+        tools = [espeak_check(), *codec_checks(), *settings_checks()]
+        state = {} if off else doctor_probe.result(progress=say)
+    except BaseException:  # Ctrl-C or a crash: the background interpreter must not outlive doctor
+        doctor_probe.stop()
+        raise
+    integration = integration_checks(probe=lambda: state)
+    return [*checks, *integration, *model, *_torch_checks_of(state), *tools]
+
+
+def _torch_checks_of(state: dict[str, Any]) -> list[Check]:
+    """The probe's torch checks; computed here when there was no probe (opted out) or it failed."""
+    if "torch_checks" in state:
+        return [Check(**check) for check in state["torch_checks"]]
+    return torch_checks()
 
 
 # ----------------------------------------------------------------------------------------------- versions
@@ -141,44 +141,21 @@ def opt_out_check() -> Check:
     return Check("opt-out variable", True, f"{variable} not set" if raw is None else f"{variable}={raw}")
 
 
-_probe_cache: dict[tuple[str, ...], dict[str, Any]] = {}
+PROBE_PROGRESS_S = 15.0  # a line this often while doctor waits for the fresh interpreter
 
 
-def probe_fresh_interpreter(timeout: float = 300.0) -> dict[str, Any]:
-    """Import LLaMA-Factory in a new ``sys.executable`` and report the hooks, template and patches it ends up with.
-
-    Returns the probe's JSON, or ``{"error": "..."}`` when the interpreter fails. Cached per process and environment.
-    """
-    key = (sys.executable, str(_opted_out()), os.environ.get("PYTHONPATH", ""))
-    if key not in _probe_cache:
-        _probe_cache[key] = _run_probe(timeout)
-    return _probe_cache[key]
-
-
-def _run_probe(timeout: float) -> dict[str, Any]:
-    try:
-        done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return {"error": f"{type(err).__name__}: {err}"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(PROBE_MARK):
-            return json.loads(line[len(PROBE_MARK) :])
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    return {"error": lines[-1] if lines else f"exit status {done.returncode}"}
-
-
-def integration_checks(probe: Callable[[], dict[str, Any]] = probe_fresh_interpreter) -> list[Check]:
+def integration_checks(probe: Callable[[], dict[str, Any]] = doctor_probe.result) -> list[Check]:
     """Hooks + template active in a fresh interpreter, and the state of every named patch there."""
-    rows = _patch_rows()
-    names = [row["name"] for row in rows]
     off, variable, _ = _opted_out()
+    state = {} if off else probe()
+    rows = _patch_rows(state.get("rows"))
+    names = [row["name"] for row in rows]
     if off:  # the .pth and install() both return at once: nothing to probe
         detail = f"off: {variable} is set, so no hook runs and the template is not registered"
         return [
             Check("integration active", False, detail, f"unset {variable}"),
             Check("patches", False, f"not applied (opted out): {', '.join(names)}", f"unset {variable}"),
         ]
-    state = probe()
     if "error" in state:
         fix = "run `python -c 'import llamafactory.data.template'` to see the error; check the versions above"
         return [
@@ -188,11 +165,14 @@ def integration_checks(probe: Callable[[], dict[str, Any]] = probe_fresh_interpr
     return [_active_check(state), *(_patch_check(row, state) for row in rows)]
 
 
-def _patch_rows() -> list[dict[str, Any]]:
-    """The patch table as ``integration.patches.patch_rows`` lists it, less the opt-out notice."""
-    from .integration.patches import patch_rows
+def _patch_rows(rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The patch table as ``integration.patches.patch_rows`` lists it (the probe's copy when given: importing the
+    table here would import transformers and torch once more), less the opt-out notice."""
+    if rows is None:
+        from .integration.patches import patch_rows
 
-    return [row for row in patch_rows() if not row["opt_out_only"]]
+        rows = patch_rows()
+    return [row for row in rows if not row["opt_out_only"]]
 
 
 def _active_check(state: dict[str, Any]) -> Check:
@@ -230,13 +210,18 @@ def _patch_check(row: dict[str, Any], state: dict[str, Any]) -> Check:
 
 
 # ------------------------------------------------------------------------------------------------- system
+def torch_checks() -> list[Check]:
+    """The checks that import torch (the probe runs them: it has imported torch already)."""
+    return [*gpu_checks(), packed_attention_check(), compiled_layers_check()]
+
+
 def gpu_checks() -> list[Check]:
     import torch
 
     if not torch.cuda.is_available():
         return [
             Check("GPU", False, *_no_gpu(torch.version.cuda), required=False),
-            Check("bf16", False, "needs a CUDA GPU", "use an Ampere or newer GPU", required=False),
+            Check("bf16", False, "needs a CUDA GPU: none here (see the GPU line)", required=False),
         ]
     names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
     bf16 = torch.cuda.is_bf16_supported()
@@ -293,8 +278,23 @@ def compiled_layers_check() -> Check:
     name, how = "compiled decoder layers (training)", f"KIMI_AUDIO_COMPILE_POINTWISE={requested} → {mode}"
     if mode == "layers":
         return Check(name, True, f"{how}: each decoder layer one torch.compile graph (+40% tokens/s)", required=False)
-    fix = "" if requested != "auto" else "a CUDA GPU with Triton (pip install triton) compiles them under auto"
-    return Check(name, False, f"{how}: eager layers", fix, required=False)
+    if requested != "auto":
+        return Check(name, False, f"{how}: eager layers", required=False)
+    import torch
+
+    has_triton = importlib.util.find_spec("triton") is not None
+    reason, fix = why_not_compiled(torch.cuda.is_available(), torch.version.cuda, has_triton)
+    return Check(name, False, f"{how}: eager layers ({reason})", fix, required=False)
+
+
+def why_not_compiled(cuda: bool, cuda_build: str | None, has_triton: bool) -> tuple[str, str]:
+    """(reason, fix) when ``auto`` keeps eager layers: no GPU (nothing to install: see the GPU line), or a GPU
+    without Triton."""
+    if not cuda:
+        return ("no GPU: this torch is a CPU-only build" if cuda_build is None else "no CUDA GPU visible"), ""
+    if not has_triton:
+        return "Triton is not installed", "pip install triton (auto then compiles them on this GPU)"
+    return "compiling does not pay in this process (ZeRO-3 enabled)", ""
 
 
 def espeak_check() -> Check:

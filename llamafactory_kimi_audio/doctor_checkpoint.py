@@ -22,9 +22,8 @@ CONFIG_FIELDS = (
     "kimia_media_end",
     "kimia_adaptor_input_dim",
 )
-DOWNLOAD_FIX = (
-    "download the checkpoint again: huggingface-cli download moonshotai/Kimi-Audio-7B-Instruct --local-dir DIR"
-)
+# `hf` is huggingface_hub's CLI since 0.34 (transformers >= 4.55 requires that); `huggingface-cli` no longer works
+DOWNLOAD_FIX = "download the checkpoint again: hf download moonshotai/Kimi-Audio-7B-Instruct --local-dir DIR"
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ def _glm_check(model_dir: str) -> Check:
     from .models.configuration_kimi_audio import SEMANTIC_SUBDIR, SEMANTIC_TOKENIZER_ENV, find_semantic_tokenizer
 
     fix = (
-        f"huggingface-cli download THUDM/glm-4-voice-tokenizer --local-dir {os.path.join(model_dir, SEMANTIC_SUBDIR)} "
+        f"hf download THUDM/glm-4-voice-tokenizer --local-dir {os.path.join(model_dir, SEMANTIC_SUBDIR)} "
         f"(or set {SEMANTIC_TOKENIZER_ENV})"
     )
     found = find_semantic_tokenizer(model_dir)

@@ -131,3 +131,76 @@ def test_package_layout_loads_without_warning(tiny_checkpoint, tmp_path):
     out, stderr = run_child(tiny_checkpoint.path, tmp_path / "resaved", True)
     assert out["classes"][:2] == ["KimiAudioConfig", "KimiAudioForCausalLM"] and out["same_logits"]
     assert "model_type" not in stderr
+
+
+def test_token_ids_agree_with_the_tokenizer_so_training_logs_no_alignment(tiny_checkpoint, tmp_path):
+    """The tiny checkpoint's config.json / generation_config.json carry the ids the tokenizer has in a kimi_audio run,
+    and the loader aligns a checkpoint that says otherwise (the official config's ids are unverified): the Trainer's
+    align_special_tokens then changes nothing and logs no "tokenizer has new PAD/BOS/EOS tokens" warning."""
+    import logging
+
+    from transformers.trainer_utils import align_special_tokens
+
+    from llamafactory_kimi_audio.models import special_tokens as st
+    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
+    from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer
+
+    tokenizer = KimiAudioTokenizer.from_pretrained(tiny_checkpoint.path)
+    tokenizer.eos_token = st.TEXT_EOS  # what LLaMA-Factory's kimi_audio template does (replace_eos)
+    expected = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    shipped = json.loads((Path(tiny_checkpoint.path) / "config.json").read_text())
+    assert (shipped["bos_token_id"], shipped["eos_token_id"], shipped["pad_token_id"]) == expected
+
+    target = tmp_path / "other_ids"
+    shutil.copytree(tiny_checkpoint.path, target)
+    msg_end = tokenizer.convert_tokens_to_ids(st.MSG_END)
+    config = {**shipped, "bos_token_id": None, "eos_token_id": tokenizer.convert_tokens_to_ids(st.EOS)}
+    config.pop("pad_token_id")
+    (target / "config.json").write_text(json.dumps(config))
+    generation = json.loads((target / "generation_config.json").read_text())
+    (target / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": msg_end}))
+    for path in (tiny_checkpoint.path, str(target)):
+        model = KimiAudioForCausalLM.from_pretrained(path)
+        assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == expected
+        before = (model.config.to_dict(), _generation_ids(model))
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # transformers' loggers do not propagate to pytest's caplog
+        logging.getLogger("transformers.trainer_utils").addHandler(handler)
+        try:
+            align_special_tokens(model, tokenizer)
+        finally:
+            logging.getLogger("transformers.trainer_utils").removeHandler(handler)
+        assert not [r for r in records if "new PAD/BOS/EOS" in r.getMessage()], path
+        assert (model.config.to_dict(), _generation_ids(model)) == before, path
+    assert model.generation_config.eos_token_id == [tokenizer.eos_token_id, msg_end]  # the shipped stop id stays
+
+
+def _generation_ids(model) -> tuple:
+    """bos, pad and the set of EOS ids (align_special_tokens turns an int EOS into a one-item list, harmlessly)."""
+    config = model.generation_config
+    eos = config.eos_token_id
+    return config.bos_token_id, config.pad_token_id, frozenset([eos] if isinstance(eos, int) else eos)
+
+
+@pytest.mark.slow
+def test_readme_use_from_python_runs_as_written_on_cpu(tiny_checkpoint, tmp_path):
+    """README "Use from Python", the block verbatim, in a fresh interpreter without a GPU: the tiny checkpoint stands
+    in at the path the block names, and a synthetic clip at clip.wav."""
+    import numpy as np
+    import soundfile as sf
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Use from Python") :]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start : section.index("\n```", start)]
+    shutil.copytree(tiny_checkpoint.path, tmp_path / "saves" / "kimi-audio-merged")
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "clip.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_AUDIO_", "LLAMAFACTORY_KIMI_AUDIO_"))}
+    env.update(CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (tmp_path / "my-kimi-audio" / "config.json").is_file() and done.stdout.strip().startswith("[")

@@ -364,9 +364,46 @@ def test_respond_writes_the_native_detokenizer_wave(tmp_path):
     expected = load_detokenizer(str(model), device="cpu")(record["codes"], generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(wave, expected.numpy(), atol=1.5 / 32768)  # PCM_16 rounding
 
+    # a budget inside the 6 forced blank audio steps: no wav, and the console says why and what to change
+    short = ["--text", "hello there", "--max-new-tokens", "5", "--device", "cpu"]
+    out = _cli("respond", str(model), "--out", str(tmp_path / "short"), *short)
+    assert json.loads((tmp_path / "short.json").read_text())["num_codes"] == 0
+    assert not (tmp_path / "short.wav").exists()
+    assert f"no {tmp_path / 'short'}.wav: the budget of 5 decoding steps ended before the audio started" in out
+    assert "6 forced blank audio steps" in out and "raise --max-new-tokens" in out
+
     shutil.rmtree(model / "vocoder")  # without the detokenizer: codes only, as before
     _cli("respond", str(model), "--out", str(tmp_path / "b"), *flags)
     assert json.loads((tmp_path / "b.json").read_text())["wav"] is None and not (tmp_path / "b.wav").exists()
+
+
+def test_respond_says_why_an_answer_has_no_audio():
+    """Each way a spoken answer ends without (all of) its audio has its own line; a complete answer has none."""
+    from types import SimpleNamespace
+
+    from llamafactory_kimi_audio.cli.respond import audio_note
+    from llamafactory_kimi_audio.models.speech_generation import SpeechOutput
+
+    ids = SimpleNamespace(delay=6, msg_end=2, media_end=3, offset=100)
+
+    def answer(audio: list[int], steps: int) -> SpeechOutput:
+        codes = [token - ids.offset for token in audio if token >= ids.offset]
+        return SpeechOutput([], codes, audio, [(0, 0)] * steps)
+
+    assert "ended before the audio started" in audio_note(answer([], 5), ids)
+    assert "before the audio end: the answer is cut" in audio_note(answer([101, 102], 8), ids)
+    assert audio_note(answer([101, 102, ids.msg_end], 8), ids) is None
+    assert "does not speak this answer" in audio_note(answer([ids.msg_end], 6), ids)
+    silent = audio_note(answer([7, 8, 9], 9), ids)
+    assert "in 3 steps after the 6 forced blanks the audio head gave no speech code" in silent
+    assert "budget of 9 decoding steps ran out" in silent
+
+
+def test_respond_escapes_control_characters_of_the_answer():
+    from llamafactory_kimi_audio.cli.respond import console_text
+
+    shown = console_text("ok\x1b[31mred\x07\r\u202eé三")
+    assert shown.isprintable() and "é三" in shown and "\\x1b" in shown and "\\u202e" in shown
 
 
 def test_codes_outside_the_semantic_vocabulary_are_refused(checkpoint):

@@ -441,3 +441,19 @@ def test_language_flag_picks_which_utterances_get_wer_while_cer_covers_all() -> 
     for language, n_wer in (("auto", 1), ("en", 2), ("zh", 0)):
         report = score(["1", "2"], refs, hyps, language=language)
         assert (report.totals["cer"].n, report.totals["wer"].n) == (2, n_wer), language
+
+
+def test_help_says_what_each_normalizer_does_and_covers_speech_output() -> None:
+    """``evaluate --help`` explains every --normalizer choice as it behaves; the top-level help names speech output."""
+    from llamafactory_kimi_audio.cli import build_parser
+    from llamafactory_kimi_audio.eval.normalize import NORMALIZERS
+
+    parser = build_parser()
+    assert "speech output" in parser.description
+    evaluate = parser._subparsers._group_actions[0].choices["evaluate"]
+    (action,) = [a for a in evaluate._actions if "--normalizer" in a.option_strings]
+    assert all(f"{name} = " in action.help for name in action.choices) and set(action.choices) == set(NORMALIZERS)
+    text = "ＡＢ,  Don't"
+    assert NORMALIZERS["standard"](text) == "ab dont"  # NFKC, lower case, punctuation removed
+    assert NORMALIZERS["basic"](text) == "AB, Don't"  # NFKC + whitespace: case and punctuation count
+    assert NORMALIZERS["none"](text) == "ＡＢ, Don't"  # whitespace only

@@ -121,3 +121,41 @@ def test_the_default_recipe_trains_as_shipped(tiny_checkpoint, tmp_path) -> None
     check_ok(rc, output)
     assert len(logged_losses(Path(args["output_dir"]))) == 2
     assert "kept in host memory" not in output  # nothing to park on a CPU
+
+
+def _quickstart() -> str:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Real model quickstart")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def test_quickstart_steps_create_what_later_steps_use() -> None:
+    """README quickstart as written (issue 29): the split writes the test set step 4 evaluates, the recipes' headers
+    suggest the same split, and every --baseline is the --out of an earlier command."""
+    from llamafactory_kimi_audio.data.splits import parse_split
+
+    quickstart = _quickstart()
+    (split,) = {line.split("--split ")[1].split()[0] for line in quickstart.splitlines() if "--split " in line}
+    name = quickstart.split("--name ")[1].split()[0]
+    assert len(parse_split(split)) == 3 and parse_split(split)[2] > 0, split  # a test set is written
+    for path in EXAMPLES.glob("*.yaml"):
+        header = "".join(line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#"))
+        if "--split " in header:
+            assert header.split("--split ")[1].split("`")[0] == split, path.name
+    commands = quickstart.replace("\\\n", " ").splitlines()
+    created: set[str] = set()
+    for line in commands:
+        words = line.split()
+        if "kimi-audio-lf" in words and "evaluate" in words:
+            assert words[words.index("--data") + 1] == f"data/{name}_test.json", line
+            if "--baseline" in words:
+                assert words[words.index("--baseline") + 1] in created, f"no earlier step writes it: {line}"
+            created.add(words[words.index("--out") + 1])
+    assert created, "the quickstart evaluates nothing"
+
+
+def test_demo_help_and_readme_give_the_same_time() -> None:
+    from llamafactory_kimi_audio.cli.demo import DURATION, HELP
+
+    readme = " ".join((EXAMPLES.parent / "README.md").read_text(encoding="utf-8").split())
+    assert DURATION in HELP and DURATION in readme

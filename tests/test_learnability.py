@@ -3,11 +3,13 @@
 every audio replaced by silence does not (a model that ignored its audio would still lower the training loss).
 
 Measured with the demo's 2 threads (espeak-ng 1.51, 600 utterances, 600 steps, 40 test utterances): held-out CER
-100 % → 52.6 %; tone fallback 18.4 %; silence control ~77 %. Each run takes a few minutes (about ten on a busy
-2-core machine).
+100 % → 52.6 %; tone fallback 18.4 %; silence control ~77 %. Each run is the demo: 10 to 60 minutes on 2 busy
+cores (README).
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -65,6 +67,65 @@ def test_failed_step_passes_its_exit_code_and_log_tail(tmp_path) -> None:
     with pytest.raises(DemoStepFailed) as info:
         run_step("broken", command, str(tmp_path))
     assert info.value.exit_code == 3 and "the last words" in str(info.value) and "broken.log" in str(info.value)
+
+
+def _trainer_log_line(step: int, loss: float, elapsed: str, remaining: str) -> str:
+    """One line as LLaMA-Factory's LogCallback appends it to trainer_log.jsonl."""
+    record = {"current_steps": step, "total_steps": 600, "loss": loss, "lr": 1e-3, "epoch": 0.5,
+              "percentage": round(step / 6, 2), "elapsed_time": elapsed, "remaining_time": remaining}  # fmt: skip
+    return json.dumps(record) + "\n"
+
+
+def test_training_progress_reads_the_trainer_log_at_most_every_30_s(tmp_path) -> None:
+    from llamafactory_kimi_audio.demo_progress import TRAINER_LOG, TrainingProgress
+
+    now = [0.0]
+    progress = TrainingProgress(str(tmp_path), every_s=30, clock=lambda: now[0])
+    log = tmp_path / TRAINER_LOG
+    now[0] = 10
+    assert progress() is None  # too early
+    now[0] = 31
+    assert progress().startswith("train: no step logged yet (31 s")
+    log.write_text(_trainer_log_line(20, 2.9, "0:00:30", "0:14:30") + _trainer_log_line(40, 2.5, "0:01:00", "0:14:00"))
+    now[0] = 40
+    assert progress() is None  # a line at most every 30 s
+    with log.open("a") as f:
+        f.write('{"current_steps": 60, "total_st')  # the trainer is half-way through its next line
+    now[0] = 62
+    assert progress() == "train: step 40/600 (7%), loss 2.500, 0:01:00 elapsed, ETA 0:14:00"
+    now[0] = 95
+    assert progress() is None  # no news: no line
+    log.write_text(_trainer_log_line(60, 2.1, "0:01:30", "0:13:30"))
+    assert progress() == "train: step 60/600 (10%), loss 2.100, 0:01:30 elapsed, ETA 0:13:30"
+    progress.clear_stale_log()
+    assert not log.exists()
+
+
+def test_a_step_shows_its_progress_on_the_console_while_it_runs(tmp_path, capsys) -> None:
+    """A real subprocess writes a trainer log line, then waits until the console has shown it (a state, not a
+    time): run_step asks the progress reader while the step runs."""
+    import sys
+
+    from llamafactory_kimi_audio.demo import run_step
+    from llamafactory_kimi_audio.demo_progress import TRAINER_LOG, TrainingProgress
+
+    shown = tmp_path / "shown"
+    child = (
+        "import os, sys, time\n"
+        f"open({str(tmp_path / TRAINER_LOG)!r}, 'w').write(sys.argv[1])\n"
+        f"while not os.path.exists({str(shown)!r}): time.sleep(0.1)\n"
+    )
+    reader = TrainingProgress(str(tmp_path), every_s=0)
+
+    def progress() -> str | None:
+        line = reader()
+        if line and "step" in line:
+            shown.touch()
+        return line
+
+    line = _trainer_log_line(20, 2.9, "0:00:30", "0:14:30")
+    run_step("train", [sys.executable, "-c", child, line], str(tmp_path), progress=progress)
+    assert "[demo] train: step 20/600 (3%), loss 2.900, 0:00:30 elapsed, ETA 0:14:30" in capsys.readouterr().err
 
 
 def test_make_tiny_refuses_an_existing_directory(tmp_path, capsys) -> None:

@@ -173,3 +173,23 @@ def test_readme_lists_every_row():
         family = patch.name.split(".")[0]
         assert f"`{patch.name}`" in table or f"`{family}.*`" in table or f"`{family}`" in table, patch.name
         assert f"`{patch.trigger}`" in table, patch.trigger
+
+
+def test_cpu_precision_advice_is_dropped_only_for_kimi_recipes_without_cuda(tmp_path, monkeypatch):
+    """LLaMA-Factory's "We recommend enable mixed precision training." does not apply to a CPU kimi_audio run (fp32 on
+    purpose); any other recipe, or a machine with a GPU, keeps it."""
+    import logging
+
+    import torch
+
+    from llamafactory_kimi_audio.integration.quiet_logs import PRECISION_ADVICE, CpuPrecisionAdvice
+
+    def kept(message: str, template: str) -> bool:
+        recipe = tmp_path / f"{template}.yaml"
+        recipe.write_text(f"template: {template}\nmodel_name_or_path: x\n")
+        monkeypatch.setattr("sys.argv", ["llamafactory-cli", str(recipe)])  # as the CLI leaves it for read_args
+        record = logging.LogRecord("llamafactory.hparams.parser", logging.WARNING, __file__, 1, message, None, None)
+        return CpuPrecisionAdvice().filter(record)
+
+    assert kept(PRECISION_ADVICE, "qwen") and kept("another warning", "kimi_audio")
+    assert kept(PRECISION_ADVICE, "kimi_audio") is torch.cuda.is_available()

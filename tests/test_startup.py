@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -151,6 +152,13 @@ def test_pth_survives_base_exceptions(tmp_path: Path, raised: str):
     assert (result.returncode, result.stdout, result.stderr) == (0, "alive []\n", "")
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so that Python installs its KeyboardInterrupt handler
+    even when the shell that started pytest ignores SIGINT (``nohup … &``, ``trap '' INT``): an ignored disposition
+    is inherited across exec, and the test must not depend on its parent's."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_pth_delivers_a_real_ctrl_c_after_the_import(tmp_path: Path):
     """SIGINT is blocked only while the package imports: a real Ctrl-C that lands then is delivered right after, so
     it is not swallowed with the exceptions that the import itself raises."""
@@ -163,7 +171,13 @@ def test_pth_delivers_a_real_ctrl_c_after_the_import(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k not in (DISABLE_ENV, "LLAMAFACTORY_KIMI_AUDIO_DISABLE")}
     env["PYTHONPATH"] = str(shadow.parent)
     result = subprocess.run(
-        [sys.executable, "-S", "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [sys.executable, "-S", "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_default_sigint,
     )
     assert "KeyboardInterrupt" in result.stderr and "not reached" not in result.stdout
     assert result.returncode != 0

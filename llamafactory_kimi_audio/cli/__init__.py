@@ -14,6 +14,10 @@ import sys
 from .. import settings
 from ._errors import EXIT_INTERRUPTED, exit_code_for
 
+DESCRIPTION = (
+    "Kimi-Audio fine-tuning tools for LLaMA-Factory: speech recognition (ASR) and speech output (TTS, spoken "
+    "replies) — data conversion, feature cache, evaluation, spoken answers, checks and a CPU demo"
+)
 SUBCOMMANDS = {
     "convert": "convert",
     "precompute": "precompute",
@@ -29,9 +33,7 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kimi-audio-lf", description="Kimi-Audio ASR fine-tuning tools for LLaMA-Factory"
-    )
+    parser = argparse.ArgumentParser(prog="kimi-audio-lf", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "tiny Kimi-Audio + synthetic speech → convert → llamafactory-cli train → evaluate (CPU, a few minutes)"
+# The README ("Two commands") gives the same time range: keep them together.
+DURATION = "10 to 60 minutes on 2 busy cores, less on an idle machine"
+HELP = f"tiny Kimi-Audio + synthetic speech → convert → llamafactory-cli train → evaluate (CPU: {DURATION})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

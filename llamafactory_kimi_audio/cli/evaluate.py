@@ -47,7 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="test set: sharegpt JSON (from convert), Kimi JSONL, CSV, ...")
     parser.add_argument("--root", help="folder relative audio paths resolve against (default: the dataset_info dir)")
     parser.add_argument("--out", required=True, help="output folder for utterances.*, summary.json, report.md")
-    parser.add_argument("--normalizer", default="standard", choices=list(NORMALIZERS), help="default: standard")
+    parser.add_argument(
+        "--normalizer",
+        default="standard",
+        choices=list(NORMALIZERS),
+        help="text normalisation of reference and hypothesis before scoring: standard = NFKC (full-width → half "
+        "width), lower case, punctuation removed, whitespace collapsed (default); basic = NFKC and whitespace only "
+        "(case and punctuation count); none = whitespace only",
+    )
     parser.add_argument(
         "--language",
         default="auto",

@@ -23,7 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", help="LoRA output_dir to merge on top of MODEL")
     parser.add_argument("--audio", help="question audio file")
     parser.add_argument("--text", help="question text (alone, or before --audio); for TTS: the instruction + text")
-    parser.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.npy")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output prefix: writes OUT.json (text, codes) and OUT.npy (codes), and OUT.wav (24 kHz) when the "
+        "checkpoint has audio_detokenizer/ and vocoder/",
+    )
     parser.add_argument("--output-type", choices=["both", "text"], default="both", help="both = speak (default)")
     parser.add_argument(
         "--audio-temperature",
@@ -31,8 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="0 = greedy (official API default); the official examples use 0.8 with --audio-top-k 10",
     )
-    parser.add_argument("--audio-top-k", type=int, default=10)
-    parser.add_argument("--max-new-tokens", type=int, help="cap on decoding steps (official budget: 1500 - prompt)")
+    parser.add_argument(
+        "--audio-top-k",
+        type=int,
+        default=10,
+        help="with --audio-temperature > 0: sample the audio code among the k likeliest (default: 10, as the "
+        "official examples; 0 = the whole vocabulary)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="cap on decoding steps (default: the official budget, 1500 - prompt); speech takes 12.5 steps a second "
+        "after 6 forced blank audio steps, so a small cap can end the answer before its audio starts",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (audio temperature > 0)")
     parser.add_argument("--device", help="cpu / cuda (default: cuda when available)")
 
@@ -44,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.textio import atomic_open, write_json
     from ..errors import InputError
     from ..eval.transcribe import load_for_inference
+    from ..models.detokenizer import has_detokenizer
     from ..models.speech_generation import HeadSampling, SpeechSampling
 
     if not args.audio and not args.text:
@@ -80,12 +97,48 @@ def run(args: argparse.Namespace) -> int:
     wav_path = _write_wave(args, out.codes, device) if out.codes else None
     record["wav"] = wav_path
     write_json(f"{args.out}.json", record)
-    print(f"respond: {text!r}; {len(out.codes)} audio codes ({len(out.codes) / 12.5:.2f} s) -> {args.out}.json/.npy")
+    seconds = len(out.codes) / 12.5
+    print(f"respond: {console_text(text)}; {len(out.codes)} audio codes ({seconds:.2f} s) -> {args.out}.json/.npy")
     if wav_path:
         print(f"  waveform (native detokenizer, 24 kHz) -> {wav_path}")
     elif out.codes:
         print("  no audio_detokenizer/ + vocoder/ in the checkpoint: see README 'Speech output' (codes = OUT.npy)")
+    if args.output_type == "both" and (note := audio_note(out, model._ids)):
+        wav = f"no {args.out}.wav: " if not out.codes and has_detokenizer(args.model) else ""
+        print(f"  {wav}{note}")
     return 0
+
+
+def console_text(text: str) -> str:
+    """The answer quoted for the console, every control / format / unassigned character escaped (``repr``): a
+    model's text must not move the cursor, ring the bell or recolour the terminal."""
+    return repr(text)
+
+
+def audio_note(out, ids) -> str | None:
+    """Why a spoken answer has no audio, or was cut (``None`` when it ended at its audio end with codes).
+
+    Every answer starts with ``ids.delay`` (6) forced blank audio steps; codes come after them, 12.5 a second."""
+    audio, delay = out.audio_tokens, ids.delay
+    ended = bool(audio) and audio[-1] in (ids.msg_end, ids.media_end)
+    steps = len(out.fed_rows) + ended
+    raise_budget = "raise --max-new-tokens (12.5 steps per second of speech, after the blanks) or leave it out"
+    if not audio:
+        return (
+            f"the budget of {steps} decoding steps ended before the audio started (every answer opens with "
+            f"{delay} forced blank audio steps); {raise_budget}"
+        )
+    if out.codes and not ended:
+        return f"the budget of {steps} decoding steps ended before the audio end: the answer is cut; {raise_budget}"
+    if out.codes:
+        return None
+    if ended and len(audio) == 1:
+        return (
+            f"the audio head ended the answer right after the {delay} forced blank steps: this model does not speak "
+            "this answer (train it on speech output: README 'Speech output')"
+        )
+    tail = "then ended it" if ended else f"until the budget of {steps} decoding steps ran out; {raise_budget}"
+    return f"in {len(audio)} steps after the {delay} forced blanks the audio head gave no speech code, {tail}"
 
 
 def _write_wave(args: argparse.Namespace, codes: list[int], device) -> str | None:

@@ -3,9 +3,10 @@
 Where to add a patch: one ``Patch`` row in :data:`PATCHES` (the wrapper goes in ``wrappers.py`` or a module of its
 own). ``trigger`` is the module whose import applies the row; :func:`apply_trigger` is the one generic hook that
 ``hooks.py`` runs for every trigger. Registrations into LLaMA-Factory's and transformers' own registries are no
-patches; they are listed per trigger in :data:`REGISTRATIONS`. Before a row is applied, the installed version of the
-patched distribution and the parameters of the wrapped function are checked (``patching.py``): a mismatch is one
-warning that names both versions and the opt-out variable, and a row whose signature changed is skipped.
+patches; they are listed per trigger in :data:`REGISTRATIONS`, as are the log filters of ``quiet_logs.py``. Before a
+row is applied, the installed version of the patched distribution and the parameters of the wrapped function are
+checked (``patching.py``): a mismatch is one warning that names both versions and the opt-out variable, and a row
+whose signature changed is skipped.
 ``kimi-audio-lf doctor`` reads :func:`patch_rows`; the README's table is this one.
 """
 
@@ -25,6 +26,7 @@ from . import registration as reg
 from . import wrappers as w
 from .auto_classes import AUTO_CLASSES, route_to_native
 from .feature_cache_hook import make_streaming_batches, make_write_through
+from .quiet_logs import quiet_cpu_precision_advice
 from .run_guard import make_opt_out_notice, make_run_guard
 from .webui_args import make_extra_args_win
 
@@ -275,6 +277,7 @@ REGISTRATIONS: dict[str, tuple[Callable[[ModuleType], None], ...]] = {
     "llamafactory.data.template": (reg.register_kimi_template,),
     "llamafactory.model.model_utils.visual": (reg.register_composite,),
     LOADER: (_registries,),
+    TUNER: (quiet_cpu_precision_advice,),  # a logging.Filter on LLaMA-Factory's logger (integration/quiet_logs.py)
 }
 
 

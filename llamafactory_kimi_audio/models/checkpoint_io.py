@@ -23,7 +23,7 @@ from transformers import GenerationConfig
 from ..errors import ModelError
 from ..versions import TRANSFORMERS_MAJOR
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
-from .special_tokens import SPECIAL_TOKENS, TEXT_EOS, special_id
+from .special_tokens import BOS, PAD, SPECIAL_TOKENS, TEXT_EOS, special_id
 from .whisper_encoder import read_whisper_encoder_state, save_whisper_dir
 
 WHISPER_KEYS = "whisper_encoder."
@@ -65,6 +65,7 @@ class OfficialLayoutMixin:
         loaded.load_whisper_encoder(path)
         loaded.missing_mimo_weights = missing_mimo_weights(path)
         loaded.generation_config = default_generation_config(loaded.config, path)
+        align_token_ids(loaded.config, loaded.generation_config)
         return model
 
     def _move_missing_keys_from_meta_to_cpu(self, *args: Any, **kwargs: Any) -> Any:
@@ -191,6 +192,33 @@ def load_into_zero3_partitions(module: nn.Module, state: dict[str, torch.Tensor]
             if name in state:
                 buffer.copy_(state[name].to(device=buffer.device, dtype=buffer.dtype))
     module.requires_grad_(False)
+
+
+def token_ids(config: KimiAudioConfig) -> dict[str, int]:
+    """bos / eos / pad as the tokenizer has them in a ``kimi_audio`` run: ``[BOS]``, ``<|im_kimia_text_eos|>``
+    (LLaMA-Factory's template makes the text end the tokenizer's EOS, ``replace_eos``) and the pad token."""
+    return {
+        "bos_token_id": special_id(config, BOS),
+        "eos_token_id": special_id(config, TEXT_EOS),
+        "pad_token_id": special_id(config, PAD),
+    }
+
+
+def align_token_ids(config: KimiAudioConfig, generation: GenerationConfig) -> None:
+    """Give the model config and the generation config the tokenizer's ids. The official config.json does not say
+    them for sure (spec §1: unverified), and the Trainer otherwise "aligns" them itself at every training run, with a
+    warning; this does the same alignment quietly (other EOS ids of a shipped generation config stay stop ids)."""
+    ids = token_ids(config)
+    for key, value in ids.items():
+        setattr(config, key, value)
+    generation.bos_token_id, generation.pad_token_id = ids["bos_token_id"], ids["pad_token_id"]
+    text_eos, eos = ids["eos_token_id"], generation.eos_token_id
+    if eos is None or eos == text_eos:
+        generation.eos_token_id = text_eos
+    elif isinstance(eos, int):
+        generation.eos_token_id = [text_eos, eos]
+    elif text_eos not in eos:
+        generation.eos_token_id = [text_eos, *eos]
 
 
 def default_generation_config(config: KimiAudioConfig, model_dir: str | None = None) -> GenerationConfig:

@@ -125,7 +125,7 @@ def make_tiny_checkpoint(
     config = kimi_config(num_base, preset)
     if preset == "full":
         return _write_configs_only(directory, config)
-    from .checkpoint_io import default_generation_config
+    from .checkpoint_io import align_token_ids, default_generation_config
     from .modeling_kimi_audio import KimiAudioForCausalLM
 
     glm_dir = os.path.join(directory, SEMANTIC_SUBDIR)
@@ -135,6 +135,7 @@ def make_tiny_checkpoint(
     model = KimiAudioForCausalLM(config)
     _reinit_deterministically(model, seed)
     model.generation_config = default_generation_config(config)
+    align_token_ids(model.config, model.generation_config)  # config.json agrees with the tokenizer, as the loader's
     model.save_pretrained(directory, max_shard_size="1MB", safe_serialization=True)
     _add_whisper_decoder_stub(os.path.join(directory, WHISPER_SUBDIR))
     if detokenizer:
