@@ -26,10 +26,16 @@ from . import wrappers as w
 from .auto_classes import AUTO_CLASSES, route_to_native
 from .feature_cache_hook import make_streaming_batches, make_write_through
 from .run_guard import make_opt_out_notice, make_run_guard
+from .serve_app import make_serving_app
+from .serve_audio import make_audio_requests, make_eager_stream
+from .serve_protocol import make_audio_chat_request
 
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
 SFT_WORKFLOW = "llamafactory.train.sft.workflow"  # run_sft: imports the trainer, the data processors, the metrics
 TUNER = "llamafactory.train.tuner"
+API_PROTOCOL = "llamafactory.api.protocol"  # `llamafactory-cli api`: imported by api.chat, then api.app
+API_CHAT = "llamafactory.api.chat"
+API_APP = "llamafactory.api.app"
 OPT_OUT = "KIMI_AUDIO_DISABLE"
 
 
@@ -214,7 +220,50 @@ TUNER_PATCHES = [
     ),
 ]
 
-PATCHES: tuple[Patch, ...] = (*AUTO_PATCHES, *LOADER_PATCHES, *SFT_PATCHES, *TUNER_PATCHES)
+SERVE_PATCHES = [
+    Patch(
+        name="serve.input_audio",
+        trigger=API_PROTOCOL,
+        owner=API_PROTOCOL,
+        attribute="ChatCompletionRequest",
+        make_replacement=make_audio_chat_request,
+        why="chat requests also take OpenAI's input_audio parts ({data: base64, format}) and the modalities field "
+        "(integration/serve_protocol.py)",
+    ),
+    Patch(
+        name="serve.audio_inputs",
+        trigger=API_CHAT,
+        owner=API_CHAT,
+        attribute="_process_request",
+        make_replacement=make_audio_requests,
+        parameters=("request",),
+        why="every audio of a chat request (data URL of any audio type, local file, http(s) URL, input_audio) is "
+        "read, checked and decoded to 16 kHz before generation; a bad clip is HTTP 400 naming it, not a 500 "
+        "(integration/serve_audio.py)",
+    ),
+    Patch(
+        name="serve.eager_stream",
+        trigger=API_CHAT,
+        owner=API_CHAT,
+        attribute="create_stream_chat_completion_response",
+        make_replacement=make_eager_stream,
+        parameters=("request", "chat_model"),
+        why="stream: true processes the request before the 200 goes out (a bad clip is a 400, not a broken "
+        "stream); an error while generating ends the stream with one error event",
+    ),
+    Patch(
+        name="serve.app",
+        trigger=API_APP,
+        owner=API_APP,
+        attribute="create_app",
+        make_replacement=make_serving_app,
+        parameters=("chat_model",),
+        why="one-line JSON errors (no traceback, no 422 echoing the request) and POST /v1/audio/transcriptions "
+        "(integration/serve_errors.py, serve_transcribe.py)",
+    ),
+]
+
+PATCHES: tuple[Patch, ...] = (*AUTO_PATCHES, *LOADER_PATCHES, *SFT_PATCHES, *TUNER_PATCHES, *SERVE_PATCHES)
 
 # Applied instead of everything above when KIMI_AUDIO_DISABLE is set (_startup.install's only hook then).
 OPT_OUT_NOTICE = Patch(
