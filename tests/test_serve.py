@@ -263,3 +263,33 @@ def test_the_plugin_reads_file_objects_twice():
     stream = io.BytesIO(clip_bytes(1.0, "FLAC"))
     assert audio_token_count(stream) == AUDIO_TOKENS_1S
     assert len(load_audio(stream)) == 16000  # read again from the start
+
+
+def test_a_failing_streamed_generate_ends_its_stream(tiny_checkpoint):
+    """LLaMA-Factory streams from ``generate`` on a thread; a failure there must end the stream, not hang it."""
+    from transformers import TextIteratorStreamer
+
+    from llamafactory_kimi_audio.integration.serve_app import guard_streamed_generate
+    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
+    from llamafactory_kimi_audio.models.processing_kimi_audio import KimiAudioProcessor
+
+    model = KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).eval()
+    processor = KimiAudioProcessor.from_pretrained(tiny_checkpoint.path)
+    guard_streamed_generate(model)
+    guard_streamed_generate(model)  # idempotent
+    inputs = processor.asr_inputs([np.zeros(16000, dtype=np.float32)], [None])
+    inputs["audio_input_features"] = inputs["audio_input_features"][..., :7]  # a shape the model cannot take
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, timeout=120)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            model.generate(**inputs, streamer=streamer, max_new_tokens=2, do_sample=False)
+        except Exception as err:
+            failures.append(err)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    assert "".join(streamer) == ""  # ends instead of waiting (a hang would raise queue.Empty after the timeout)
+    worker.join(timeout=120)
+    assert len(failures) == 1
