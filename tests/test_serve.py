@@ -172,6 +172,58 @@ def test_bad_audio_is_one_line_400_and_the_server_keeps_serving(server, case, st
     answer(chat(server, [audio_part(data_url(clip_bytes(0.5)))]))  # the next good request is served
 
 
+# ------------------------------------------------------------------------------------------------ spoken answers
+@pytest.fixture(scope="module")
+def speaking_server(tmp_path_factory):
+    """A second server on a tiny checkpoint that has audio_detokenizer/ + vocoder/."""
+    from llamafactory_kimi_audio.models.tiny import make_tiny_checkpoint
+
+    workdir = tmp_path_factory.mktemp("speaking")
+    checkpoint = make_tiny_checkpoint(str(workdir / "tiny"), detokenizer=True)
+    api = ApiServer(checkpoint.path, workdir)
+    api.start()
+    yield api
+    api.stop()
+
+
+def speech_request(server: ApiServer, content: list, **extra: object) -> httpx.Response:
+    body = {"model": "kimi", "messages": [{"role": "user", "content": content}], "max_tokens": 12}
+    body.update(modalities=["text", "audio"], audio={"voice": "default", "format": "wav"}, **extra)
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=TIMEOUT)
+
+
+@pytest.mark.slow
+def test_spoken_answer_is_a_base64_wav(speaking_server):
+    import io
+
+    import soundfile as sf
+
+    question = [{"type": "text", "text": "Answer:"}, input_audio(clip_bytes(1.0))]
+    response = speech_request(speaking_server, question, temperature=0.8, max_tokens=60)  # sampled audio head
+    assert response.status_code == 200, response.text
+    message = response.json()["choices"][0]["message"]
+    audio = message["audio"]
+    assert audio["format"] == "wav" and audio["id"].startswith("audio_") and audio["transcript"] == message["content"]
+    wave, rate = sf.read(io.BytesIO(base64.b64decode(audio["data"])))
+    assert rate == 24000 and len(wave) > 0 and np.abs(wave).max() > 0  # the native detokenizer's speech
+    again = speech_request(speaking_server, question, temperature=0.8, max_tokens=60)
+    assert again.json()["choices"][0]["message"]["audio"]["data"] == audio["data"]  # seeded: reproducible
+    greedy = speech_request(speaking_server, question)  # both heads greedy (the official default)
+    assert greedy.status_code == 200 and greedy.json()["choices"][0]["message"]["audio"]["format"] == "wav"
+    assert "not streamed" in one_line_error(speech_request(speaking_server, question, stream=True))
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    body = {"model": "kimi", "modalities": ["text", "audio"], "messages": [*history, {"role": "user", "content": "x"}]}
+    refused = httpx.post(f"{speaking_server.url}/v1/chat/completions", json=body, timeout=TIMEOUT)
+    assert "one user turn" in one_line_error(refused)
+
+
+@pytest.mark.slow
+def test_spoken_answer_without_a_detokenizer_is_a_400(server):
+    detail = one_line_error(speech_request(server, [input_audio(clip_bytes(1.0))]))
+    assert "no audio_detokenizer/ + vocoder/" in detail
+    answer(chat(server, [input_audio(clip_bytes(1.0))]))  # text answers as before
+
+
 # ------------------------------------------------------------------------------------------------ transcriptions
 @pytest.fixture(scope="module")
 def client(server):

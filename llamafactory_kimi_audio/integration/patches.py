@@ -29,6 +29,7 @@ from .run_guard import make_opt_out_notice, make_run_guard
 from .serve_app import make_serving_app
 from .serve_audio import make_audio_requests, make_eager_stream
 from .serve_protocol import make_audio_chat_request
+from .serve_speech import make_spoken_answers
 
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
 SFT_WORKFLOW = "llamafactory.train.sft.workflow"  # run_sft: imports the trainer, the data processors, the metrics
@@ -250,6 +251,16 @@ SERVE_PATCHES = [
         parameters=("request", "chat_model"),
         why="stream: true processes the request before the 200 goes out (a bad clip is a 400, not a broken "
         "stream); an error while generating ends the stream with one error event",
+    ),
+    Patch(
+        name="serve.spoken_answers",
+        trigger=API_CHAT,
+        owner=API_CHAT,
+        attribute="create_chat_completion_response",
+        make_replacement=make_spoken_answers,
+        parameters=("request", "chat_model"),
+        why='"modalities": ["text", "audio"] answers with message.audio (base64 WAV from generate_speech and the '
+        "native detokenizer); a 400 without audio_detokenizer/ + vocoder/ (integration/serve_speech.py)",
     ),
     Patch(
         name="serve.app",

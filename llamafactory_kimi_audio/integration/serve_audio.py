@@ -146,8 +146,6 @@ def make_audio_requests(original: Callable[..., Any]) -> Callable[..., Any]:
         prepared = PREPARED.pop(id(request), None)
         if prepared is not None:  # already processed by the streaming route before its 200 went out
             return prepared
-        if "audio" in (getattr(request, "modalities", None) or ()):
-            raise bad_request('spoken answers ("modalities": ["text", "audio"]) are not served yet; ask for text only')
         normalize_audio_parts(request)
         try:
             messages, system, tools, images, videos, audios = original(request)
@@ -168,6 +166,8 @@ def make_eager_stream(original: Callable[..., Any]) -> Callable[..., Any]:
     def create_stream(request: Any, chat_model: Any) -> Any:
         import llamafactory.api.chat as lf_chat
 
+        if "audio" in (getattr(request, "modalities", None) or ()):
+            raise bad_request('spoken answers ("modalities": ["text", "audio"]) are not streamed; set "stream": false')
         prepared = lf_chat._process_request(request)
         if prepared[2]:
             raise bad_request("Cannot stream function calls.")
