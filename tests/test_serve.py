@@ -218,6 +218,22 @@ def test_spoken_answer_is_a_base64_wav(speaking_server):
 
 
 @pytest.mark.slow
+def test_openai_client_reads_the_spoken_answer(speaking_server):
+    openai = pytest.importorskip("openai", reason="the openai client (pyproject's dev extra) is not installed")
+    client = openai.OpenAI(base_url=f"{speaking_server.url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip_bytes(1.0)).decode(), "format": "wav"}}
+    reply = client.chat.completions.create(
+        model="kimi",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
+        max_tokens=8,
+        messages=[{"role": "user", "content": [part]}],
+    )
+    message = reply.choices[0].message
+    assert message.audio.transcript == message.content and base64.b64decode(message.audio.data)[:4] == b"RIFF"
+
+
+@pytest.mark.slow
 def test_spoken_answer_without_a_detokenizer_is_a_400(server):
     detail = one_line_error(speech_request(server, [input_audio(clip_bytes(1.0))]))
     assert "no audio_detokenizer/ + vocoder/" in detail

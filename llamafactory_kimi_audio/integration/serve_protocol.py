@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
-
-
-class InputAudio(BaseModel):
-    data: str
-    format: str | None = None
-
 
 def make_audio_chat_request(original: Any) -> Any:
     from llamafactory.api import protocol
+    from pydantic import BaseModel  # here: patches.py is imported by every process that loads transformers' Auto
+
+    class InputAudio(BaseModel):
+        data: str
+        format: str | None = None
 
     class AudioInputItem(protocol.MultimodalInputItem):
         type: Literal["text", "image_url", "video_url", "audio_url", "input_audio"]
