@@ -221,7 +221,7 @@ def test_spoken_answer_is_a_base64_wav(speaking_server):
 def test_openai_client_reads_the_spoken_answer(speaking_server):
     openai = pytest.importorskip("openai", reason="the openai client (pyproject's dev extra) is not installed")
     client = openai.OpenAI(base_url=f"{speaking_server.url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
-    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip_bytes(1.0)).decode(), "format": "wav"}}
+    part = input_audio(clip_bytes(1.0))
     reply = client.chat.completions.create(
         model="kimi",
         modalities=["text", "audio"],
