@@ -32,7 +32,7 @@ import llamafactory_kimi_audio._startup as s
 started = s.is_installed()
 import llamafactory.data.template as t
 template = {TEMPLATE!r} in t.TEMPLATES
-import llamafactory.model.loader, llamafactory.train.sft.workflow, llamafactory.train.tuner
+import llamafactory.model.loader, llamafactory.train.sft.workflow, llamafactory.train.tuner, llamafactory.api.app
 from llamafactory_kimi_audio.integration.patches import patch_rows
 print({PROBE_MARK!r} + json.dumps(dict(
     finder=started, template=template, applied=list(s.applied_hooks()), failed=s.failed_hooks(),
