@@ -140,11 +140,13 @@ def truncated_wav() -> bytes:
     return whole[: len(whole) // 2]
 
 
+M4A_HEADER = b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00"  # an MP4/AAC container: libsndfile has no reader
 BAD = {
     "not_audio": lambda: [audio_part(data_url(b"this is not audio at all " * 40))],
     "empty": lambda: [audio_part(data_url(b""))],
     "truncated": lambda: [audio_part(data_url(truncated_wav()))],
     "too_long": lambda: [input_audio(clip_bytes(MAX_SECONDS + 5.0, "FLAC"))],
+    "m4a_container": lambda: [audio_part(data_url(M4A_HEADER + bytes(600), "audio/mp4"))],
     "bad_base64": lambda: [audio_part("data:audio/wav;base64,@@@not-base64@@@")],
     "unsupported_format_field": lambda: [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "aac"}}],
     "unknown_part_type": lambda: [{"type": "input_sound", "text": "x"}],
@@ -155,6 +157,7 @@ EXPECTED = {
     "empty": "empty",
     "truncated": "truncated",
     "too_long": f"the limit is {MAX_SECONDS} s",
+    "m4a_container": "send WAV, FLAC, MP3 or OGG",  # a format libsndfile does not read
     "bad_base64": "not valid base64",
     "unsupported_format_field": "'aac' is not supported",
     "unknown_part_type": "invalid request: messages.0.content",

@@ -128,7 +128,12 @@ def decode_one(audio: Any, what: str) -> np.ndarray:
             with open(audio, "rb") as fh:
                 data = read_limited(fh, limit, what)
         else:
-            data = read_limited(audio, limit, what)
+            if hasattr(audio, "decode_content"):  # requests' raw stream: undo a gzip transfer encoding
+                audio.decode_content = True
+            try:
+                data = read_limited(audio, limit, what)
+            finally:
+                audio.close()
         wave = load_audio_bytes(data, what, max_seconds())
     except AudioError as err:
         raise bad_request(str(err)) from None
