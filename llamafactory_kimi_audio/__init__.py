@@ -30,3 +30,41 @@ def use_native_auto_classes() -> None:
 
     register_auto_classes()
     apply_patches(AUTO_PATCHES)
+
+
+# transformers module defining each Auto class the native routing wraps (integration/auto_classes.py: AUTO_CLASSES)
+AUTO_CLASS_MODULES = {
+    "transformers.models.auto.configuration_auto": ("AutoConfig",),
+    "transformers.models.auto.modeling_auto": ("AutoModelForCausalLM", "AutoModel"),
+    "transformers.models.auto.tokenization_auto": ("AutoTokenizer",),
+    "transformers.models.auto.processing_auto": ("AutoProcessor",),
+}
+
+
+class _NativeAutoHook:
+    """Applies the native routing of the Auto classes that ``module`` defines, right after it has executed."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+
+    def __call__(self, module: object) -> None:
+        from .integration.patches import AUTO_PATCHES, apply_patches
+
+        names = AUTO_CLASS_MODULES[self.module]
+        apply_patches(patch for patch in AUTO_PATCHES if patch.owner.partition(":")[2] in names)
+
+
+def _route_auto_classes_on_import() -> None:
+    """``import llamafactory_kimi_audio`` is all plain transformers code needs: ``AutoModelForCausalLM`` & co. load
+    Kimi-Audio directories natively (also with ``trust_remote_code=True``) once transformers' Auto modules are
+    imported, before or after this package. Stdlib only here; nothing of transformers is imported by this."""
+    from . import _startup, settings
+
+    if settings.enabled(DISABLE_ENV):
+        return
+    _startup.install()  # the finder (already there when the .pth ran)
+    for module in AUTO_CLASS_MODULES:
+        _startup.register(f"kimi_audio_native_{module.rsplit('.', 1)[1]}", module, _NativeAutoHook(module))
+
+
+_route_auto_classes_on_import()

@@ -265,6 +265,10 @@ def load_audio(source: Any, sample_rate: int | None = None) -> np.ndarray:
     if isinstance(source, (str, os.PathLike)):
         info = probe(os.fspath(source))
         return _load_file(info) if info.file_frames is None else _load_span(info)
+    if hasattr(source, "read"):  # a file object: LLaMA-Factory's API hands over BytesIO (data URLs) and HTTP streams
+        if getattr(source, "seekable", lambda: False)():
+            source.seek(0)  # the whole file, also when read a second time
+        return load_audio_bytes(read_limited(source), str(getattr(source, "name", None) or "audio"))
     wave = to_mono_float(np.asarray(source))
     check_finite(wave, f"an audio array of {len(wave)} samples", rate=sample_rate or TARGET_SR)
     return resample(wave, sample_rate or TARGET_SR)
@@ -327,3 +331,42 @@ def _load_span(info: AudioInfo) -> np.ndarray:
 
 def _short(err: Exception) -> str:
     return str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+
+
+def read_limited(stream: Any, max_bytes: int | None = None, name: str = "audio") -> bytes:
+    """All bytes of a file object, refusing more than ``max_bytes`` (read one byte past the limit, never all)."""
+    data = stream.read() if max_bytes is None else stream.read(max_bytes + 1)
+    if isinstance(data, str):
+        raise AudioError(f"{name}: the audio was opened as text; open it in binary mode ('rb')")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise AudioError(f"{name}: audio larger than {max_bytes / 2**20:.0f} MiB; send a shorter or compressed clip")
+    return bytes(data)
+
+
+def load_audio_bytes(data: bytes, name: str = "audio", max_seconds: float | None = None) -> np.ndarray:
+    """Decode an encoded audio file held in memory (WAV, FLAC, MP3, OGG Vorbis/Opus) as :func:`load_audio` decodes a
+    path: the same header, truncation and empty checks, with ``name`` in the messages instead of a temporary path.
+    ``max_seconds``: a longer clip is refused from its header, before decoding."""
+    import tempfile
+
+    if not data:
+        raise AudioError(f"{name}: audio is empty (0 bytes); {SEND_AUDIO_FIX}")
+    with tempfile.TemporaryDirectory(prefix="kimi-audio-") as folder:
+        path = os.path.join(folder, "clip")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        try:
+            info = probe(path)
+            wave = None if max_seconds is not None and info.duration > max_seconds else _load_file(info)
+        except AudioError as err:
+            problem = str(err).replace(f"Error opening '{path}': ", "").replace(path, name).split("; ")[0]
+            truncated = isinstance(err, TruncatedAudioError)
+            raise (TruncatedAudioError if truncated else AudioError)(
+                f"{problem}; {'send the complete file' if truncated else SEND_AUDIO_FIX}"
+            ) from None
+    if wave is None:
+        raise AudioError(f"{name}: audio is {info.duration:.1f} s long, the limit is {max_seconds:g} s; cut it")
+    return wave
+
+
+SEND_AUDIO_FIX = "send WAV, FLAC, MP3 or OGG (Vorbis/Opus) audio"

@@ -26,7 +26,7 @@ import llamafactory_kimi_audio._startup as s
 started = s.is_installed()
 import llamafactory.data.template as t
 template = {TEMPLATE!r} in t.TEMPLATES
-import llamafactory.model.loader, llamafactory.train.sft.workflow, llamafactory.train.tuner
+import llamafactory.model.loader, llamafactory.train.sft.workflow, llamafactory.train.tuner, llamafactory.api.app
 import llamafactory.webui.runner  # the Web UI row (gradio is a dependency of LLaMA-Factory)
 from llamafactory_kimi_audio.integration.patches import patch_rows
 from llamafactory_kimi_audio.doctor import torch_checks

@@ -127,6 +127,18 @@ SETTINGS: tuple[Setting, ...] = (
         "Whisper runs online, ~1000x less disk).",
         choices=("full", "codes"),
     ),
+    Setting(
+        "KIMI_AUDIO_SERVE_MAX_SECONDS",
+        "600",
+        "text",
+        "`llamafactory-cli api`: longest audio clip accepted per request, in seconds (longer: HTTP 400).",
+    ),
+    Setting(
+        "KIMI_AUDIO_SERVE_MAX_MB",
+        "25",
+        "text",
+        "`llamafactory-cli api`: largest encoded audio accepted per clip, in MiB (larger: HTTP 400; OpenAI's limit).",
+    ),
 )
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 _values: dict[str, object] = {}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-import llamafactory.model.loader  # noqa: F401 - the triggers: the start-up hook applies the table
+import llamafactory.api.app  # noqa: F401 - the triggers: the start-up hook applies the table
+import llamafactory.model.loader  # noqa: F401
 import llamafactory.train.sft.workflow  # noqa: F401
 import llamafactory.train.tuner  # noqa: F401
 import pytest

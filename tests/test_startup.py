@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import llamafactory_kimi_audio
 from llamafactory_kimi_audio import DISABLE_ENV
 from llamafactory_kimi_audio._startup import STRICT_ENV
 from llamafactory_kimi_audio.integration.hooks import ALL_HOOKS
@@ -120,7 +121,10 @@ def test_interpreter_start_adds_only_the_finder():
     assert set(on["modules"]) == set(off["modules"])
     assert {m for m in set(on["modules"]) - set(last_json(bare)) if "kimi" in m} == ours - {"__future__", "_signal"}
     assert on["first_finder"] == off["first_finder"] == f"<{PACKAGE}._startup._Finder>"
-    assert on["hooks"] == {}  # entry points are read when llamafactory is first imported
+    # entry points are read when llamafactory is first imported; the native routing of transformers' Auto classes
+    # waits for their modules (``import llamafactory_kimi_audio`` is all plain transformers code needs)
+    modules = llamafactory_kimi_audio.AUTO_CLASS_MODULES
+    assert on["hooks"] == {f"kimi_audio_native_{module.rsplit('.', 1)[1]}": module for module in modules}
     assert off["hooks"] == {"kimi_audio_opt_out_notice": "llamafactory.train.tuner"}  # opted out: the notice only
 
 
@@ -345,7 +349,9 @@ def test_real_llamafactory_runs_the_hooks_of_imported_modules():
         )
     )
     deferred = {name: module for name, module in out["registered"].items() if name.startswith("kimi_audio_deferred:")}
-    assert {name: module for name, module in out["registered"].items() if name not in deferred} == declared
+    native = {name for name in out["registered"] if name.startswith("kimi_audio_native_")}  # transformers' Auto
+    kept = {name: module for name, module in out["registered"].items() if name not in deferred and name not in native}
+    assert kept == declared
     assert set(deferred.values()) <= set(DEFERRED_TRIGGERS)  # registered by the hook of a module imported first
     assert {"kimi_audio_models", "kimi_audio_plugin", "kimi_audio_template"} <= set(out["imported"])
     assert out["ran"] == out["imported"]  # applied or failed: this test does not depend on the callbacks

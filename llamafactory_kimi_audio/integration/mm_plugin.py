@@ -19,7 +19,7 @@ from llamafactory.data.mm_plugin import BasePlugin
 from llamafactory.extras.constants import AUDIO_PLACEHOLDER
 
 from .._startup import resume
-from ..audio_io import AudioError, probe, resampled_length
+from ..audio_io import AudioError, load_audio, probe, resampled_length
 from ..errors import InputError, ModelError
 from ..models.constants import SAMPLE_RATE
 from ..models.layout import audio_marker, speech_marker
@@ -112,12 +112,25 @@ def audio_token_count(audio: Any) -> int:
         if info.frames == 0:
             raise AudioError(f"{audio}: audio is empty (0 samples); remove the sample or replace the file")
         return num_audio_tokens(info.num_samples_16k)
+    if hasattr(audio, "read"):  # a file object (LLaMA-Factory's ChatModel takes BytesIO): counted, then re-read
+        return num_audio_tokens(len(load_audio(rewound(audio))))
     if isinstance(audio, dict):
         if audio.get("array") is not None:
             rate = int(audio.get("sampling_rate") or SAMPLE_RATE)
             return num_audio_tokens(resampled_length(len(np.asarray(audio["array"])), rate))
         return audio_token_count(audio.get("path"))
     return num_audio_tokens(len(np.asarray(audio).reshape(-1)))
+
+
+def rewound(stream: Any) -> Any:
+    """``stream`` at its start again: the plugin reads a file object twice (token count, then features)."""
+    if not (hasattr(stream, "seekable") and stream.seekable()):
+        raise AudioError(
+            "an audio stream that cannot seek was passed to the kimi_audio plugin (it reads each clip twice); pass a "
+            "path, a 16 kHz array or a seekable file object such as io.BytesIO"
+        )
+    stream.seek(0)
+    return stream
 
 
 resume(__name__)  # hooks that needed this module while it was importing LLaMA-Factory run now

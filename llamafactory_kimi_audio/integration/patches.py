@@ -28,6 +28,10 @@ from .auto_classes import AUTO_CLASSES, route_to_native
 from .feature_cache_hook import make_streaming_batches, make_write_through
 from .quiet_logs import quiet_cpu_precision_advice
 from .run_guard import make_opt_out_notice, make_run_guard
+from .serve_app import make_serving_app
+from .serve_audio import make_audio_requests, make_eager_stream
+from .serve_protocol import make_audio_chat_request
+from .serve_speech import make_spoken_answers
 from .webui_args import make_extra_args_win
 
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
@@ -35,6 +39,9 @@ SFT_WORKFLOW = "llamafactory.train.sft.workflow"  # run_sft: imports the trainer
 TUNER = "llamafactory.train.tuner"
 SFT_TRAINER = "llamafactory.train.sft.trainer:CustomSeq2SeqTrainer"
 WEBUI_RUNNER = "llamafactory.webui.runner"
+API_PROTOCOL = "llamafactory.api.protocol"  # `llamafactory-cli api`: imported by api.chat, then api.app
+API_CHAT = "llamafactory.api.chat"
+API_APP = "llamafactory.api.app"
 OPT_OUT = "KIMI_AUDIO_DISABLE"
 
 
@@ -254,11 +261,72 @@ WEBUI_PATCHES = [
     ),
 ]
 
-PATCHES: tuple[Patch, ...] = (*AUTO_PATCHES, *LOADER_PATCHES, *SFT_PATCHES, *TUNER_PATCHES, *WEBUI_PATCHES)
 
 # Triggers without an entry point of their own: the hook of the module named here (imported before them) registers
 # theirs with the start-up finder, so a new trigger needs no reinstall of the package's entry points.
 DEFERRED_TRIGGERS = {WEBUI_RUNNER: "llamafactory.extras.constants"}
+
+SERVE_PATCHES = [
+    Patch(
+        name="serve.input_audio",
+        trigger=API_PROTOCOL,
+        owner=API_PROTOCOL,
+        attribute="ChatCompletionRequest",
+        make_replacement=make_audio_chat_request,
+        why="chat requests also take OpenAI's input_audio parts ({data: base64, format}) and the modalities field "
+        "(integration/serve_protocol.py)",
+    ),
+    Patch(
+        name="serve.audio_inputs",
+        trigger=API_CHAT,
+        owner=API_CHAT,
+        attribute="_process_request",
+        make_replacement=make_audio_requests,
+        parameters=("request",),
+        why="every audio of a chat request (data URL of any audio type, local file, http(s) URL, input_audio) is "
+        "read, checked and decoded to 16 kHz before generation; a bad clip is HTTP 400 naming it, not a 500 "
+        "(integration/serve_audio.py)",
+    ),
+    Patch(
+        name="serve.eager_stream",
+        trigger=API_CHAT,
+        owner=API_CHAT,
+        attribute="create_stream_chat_completion_response",
+        make_replacement=make_eager_stream,
+        parameters=("request", "chat_model"),
+        why="stream: true processes the request before the 200 goes out (a bad clip is a 400, not a broken "
+        "stream); an error while generating ends the stream with one error event",
+    ),
+    Patch(
+        name="serve.spoken_answers",
+        trigger=API_CHAT,
+        owner=API_CHAT,
+        attribute="create_chat_completion_response",
+        make_replacement=make_spoken_answers,
+        parameters=("request", "chat_model"),
+        why='"modalities": ["text", "audio"] answers with message.audio (base64 WAV from generate_speech and the '
+        "native detokenizer); a 400 without audio_detokenizer/ + vocoder/ (integration/serve_speech.py)",
+    ),
+    Patch(
+        name="serve.app",
+        trigger=API_APP,
+        owner=API_APP,
+        attribute="create_app",
+        make_replacement=make_serving_app,
+        parameters=("chat_model",),
+        why="one-line JSON errors (no traceback, no 422 echoing the request) and POST /v1/audio/transcriptions "
+        "(integration/serve_errors.py, serve_transcribe.py)",
+    ),
+]
+
+PATCHES: tuple[Patch, ...] = (
+    *AUTO_PATCHES,
+    *LOADER_PATCHES,
+    *SFT_PATCHES,
+    *TUNER_PATCHES,
+    *WEBUI_PATCHES,
+    *SERVE_PATCHES,
+)
 
 # Applied instead of everything above when KIMI_AUDIO_DISABLE is set (_startup.install's only hook then).
 OPT_OUT_NOTICE = Patch(

@@ -121,6 +121,7 @@ class OfficialLayoutMixin:
         if source and os.path.isdir(source) and os.path.abspath(source) != os.path.abspath(target):
             shutil.copytree(source, target, dirs_exist_ok=True)
         copy_remote_code(getattr(self.config, "_name_or_path", None), save_directory)
+        copy_speech_dirs(getattr(self.config, "_name_or_path", None), save_directory)
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Counted once per training phase. The HF Trainer asks after every optimizer step (for its ``total_flos``
@@ -173,6 +174,29 @@ def copy_remote_code(source_dir: str | None, save_directory: str) -> None:
     for name in sorted(os.listdir(source_dir)):
         if name.endswith(".py") and os.path.isfile(os.path.join(source_dir, name)):
             shutil.copy2(os.path.join(source_dir, name), os.path.join(save_directory, name))
+
+
+SPEECH_SUBDIRS = ("audio_detokenizer", "vocoder")  # the detokenizer of spoken answers (models/detokenizer/)
+
+
+def copy_speech_dirs(source_dir: str | None, save_directory: str) -> None:
+    """Keep ``audio_detokenizer/`` and ``vocoder/`` of the source checkpoint (training never changes them), so an
+    export still speaks. Files are hard-linked when the filesystem allows (the official ``model.pt`` is 19 GB)."""
+    if not source_dir or not os.path.isdir(source_dir):
+        return
+    for name in SPEECH_SUBDIRS:
+        source, target = os.path.join(source_dir, name), os.path.join(save_directory, name)
+        if os.path.isdir(source) and os.path.abspath(source) != os.path.abspath(target):
+            shutil.copytree(source, target, dirs_exist_ok=True, copy_function=_link_or_copy)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    if os.path.exists(target):
+        os.remove(target)  # a re-export replaces the file instead of writing through an old link
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, target)
 
 
 def load_into_zero3_partitions(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
