@@ -23,6 +23,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 logger = logging.getLogger(__name__)
+SPOKEN_LABEL = "Spoken answer"
 _speech_dir: str | None = None  # this process's spoken answers; gradio copies each into its own cache
 
 
@@ -75,21 +76,32 @@ def write_spoken_answer(wav: bytes) -> str | None:
     return path
 
 
-def spoken_message(engine: Any, checkpoint: str, question: tuple[str | None, Any], budget: int, temperature: float):
-    """The chatbot message holding the spoken answer, or None (with a warning) when there is none."""
+def spoken_label(transcript: str, shown: str) -> str:
+    """The player's label: the spoken words when they differ from the text answer above it (the chat samples its
+    text with LlamaBoard's settings, the speech loop decodes its own)."""
+    same = " ".join(transcript.split()) == " ".join(str(shown).split())
+    return SPOKEN_LABEL if same or not transcript else f"{SPOKEN_LABEL}: {transcript}"
+
+
+def spoken_message(
+    engine: Any, checkpoint: str, question: tuple[str | None, Any], settings: tuple[int, float], shown: str
+) -> dict[str, Any] | None:
+    """The chatbot message holding the spoken answer, or None (with a warning) when there is none.
+    ``settings``: the chat's (maximum new tokens, temperature); ``shown``: the text answer on the page."""
     from .serve_speech import speak
 
+    budget, temperature = settings
     try:
         transcript, wav, _finished = speak(engine, checkpoint, question, int(budget), float(temperature or 0.0))
         path = write_spoken_answer(wav)
     except Exception as err:  # the text answer is already on the page: say why there is no voice, keep chatting
-        _warn(f"no spoken answer: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        _warn(f"no spoken answer: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
         logger.debug("spoken answer failed", exc_info=True)
         return None
     if path is None:
         _warn("no spoken answer: the audio head ended before any audio code (a higher temperature samples it)")
         return None
-    return {"role": "assistant", "content": {"path": path, "alt_text": transcript or "spoken answer"}}
+    return {"role": "assistant", "content": {"path": path, "alt_text": spoken_label(transcript, shown)}}
 
 
 def make_spoken_chat(original: Callable[..., Generator]) -> Callable[..., Generator]:
@@ -121,7 +133,8 @@ def make_spoken_chat(original: Callable[..., Generator]) -> Callable[..., Genera
         if output_messages and output_messages[-1].get("role") != "assistant":  # a tool call: nothing to say
             return
         question = spoken_question(messages, audio)
-        message = question and spoken_message(self.engine, checkpoint, question, max_new_tokens, temperature)
+        settings, shown = (max_new_tokens, temperature), output_messages[-1]["content"] if output_messages else ""
+        message = question and spoken_message(self.engine, checkpoint, question, settings, shown)
         if message:
             yield [*answer_bot, message], output_messages
 
