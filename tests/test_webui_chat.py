@@ -103,3 +103,13 @@ def test_the_player_label_shows_spoken_words_only_when_they_differ():
 
     assert spoken_label("hello  there", "hello there\n") == "Spoken answer"
     assert spoken_label("good morning", "hello there") == "Spoken answer: good morning"
+
+
+def test_the_voice_answers_the_last_user_turn():
+    from llamafactory_kimi_audio.integration.webui_chat import spoken_question
+
+    first = [{"role": "user", "content": "<audio>Answer:"}]
+    assert spoken_question(first, "q.wav") == ("Answer:", "q.wav")  # LLaMA-Factory's placeholder is not read
+    later = [*first, {"role": "assistant", "content": "a"}, {"role": "user", "content": "And then?"}]
+    assert spoken_question(later, "q.wav") == ("And then?", None)  # the clip belongs to the first turn
+    assert spoken_question([*later, {"role": "observation", "content": "{}"}], None) is None

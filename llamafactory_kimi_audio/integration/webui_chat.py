@@ -38,20 +38,18 @@ def speaking_checkpoint(engine: Any) -> str | None:
 
 
 def spoken_question(messages: list[dict[str, str]], audio: Any) -> tuple[str | None, Any] | None:
-    """(text, 16 kHz wave or None) of the last user turn, or None when the last turn is not the user's.
+    """(text, audio file or None) of the last user turn, or None when the last turn is not the user's.
 
     The speech prompt holds one question; the Audio box's clip belongs to the first turn, as LLaMA-Factory's chat
     puts it there."""
     from llamafactory.data import Role
     from llamafactory.extras.constants import AUDIO_PLACEHOLDER
 
-    from ..audio_io import load_audio
-
     if not messages or messages[-1].get("role") != Role.USER.value:
         return None
     text = str(messages[-1].get("content") or "").replace(AUDIO_PLACEHOLDER, " ").strip() or None
-    wave = load_audio(audio) if audio and len(messages) == 1 else None
-    return (text, wave) if text or wave is not None else None
+    clip = audio if audio and len(messages) == 1 else None
+    return (text, clip) if text or clip else None
 
 
 def speech_dir() -> str:
@@ -87,12 +85,15 @@ def spoken_message(
     engine: Any, checkpoint: str, question: tuple[str | None, Any], settings: tuple[int, float], shown: str
 ) -> dict[str, Any] | None:
     """The chatbot message holding the spoken answer, or None (with a warning) when there is none.
-    ``settings``: the chat's (maximum new tokens, temperature); ``shown``: the text answer on the page."""
+    ``question``: (text, audio file); ``settings``: the chat's (maximum new tokens, temperature); ``shown``: the
+    text answer on the page."""
+    from ..audio_io import load_audio
     from .serve_speech import speak
 
-    budget, temperature = settings
+    (text, clip), (budget, temperature) = question, settings
     try:
-        transcript, wav, _finished = speak(engine, checkpoint, question, int(budget), float(temperature or 0.0))
+        asked = (text, load_audio(clip) if clip else None)
+        transcript, wav, _finished = speak(engine, checkpoint, asked, int(budget), float(temperature or 0.0))
         path = write_spoken_answer(wav)
     except Exception as err:  # the text answer is already on the page: say why there is no voice, keep chatting
         _warn(f"no spoken answer: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
