@@ -413,7 +413,7 @@ def test_chat_tab_speaks(ui):
     bubbles = page.driver.find_elements("css selector", "[data-testid='bot']")
     assert len(bubbles) >= 2 and bubbles[-2].text.strip(), "the text answer must stay next to the audio"
     player = _bot_audio(page)[-1]
-    urls = page.driver.execute_script(  # the player's <audio> and download link point at the served wav
+    urls = page.driver.execute_script(  # the player plays through wavesurfer; its download link is the wav
         "const bot = arguments[0].closest('[data-testid=bot]');"
         "return [...bot.querySelectorAll('audio, source, a')].map(e => e.currentSrc || e.src || e.href || '');",
         player,

@@ -59,7 +59,7 @@ def test_chat_with_a_detokenizer_adds_the_spoken_answer(tiny_speaking_checkpoint
     assert messages[-1]["role"] == "assistant" and isinstance(chatbot[-2]["content"], str)
     spoken = chatbot[-1]
     assert spoken["role"] == "assistant" and spoken["content"]["path"].endswith(".wav")
-    assert spoken["content"]["alt_text"].startswith("Spoken answer")
+    assert spoken["content"]["alt_text"]  # the spoken words (the tiny model's are gibberish)
     wave, rate = sf.read(spoken["content"]["path"])
     assert rate == 24000 and len(wave) > 0 and np.abs(wave).max() > 0  # the native detokenizer's speech
     assert os.stat(spoken["content"]["path"]).st_mode & 0o777 == 0o666 & ~_umask()
@@ -96,13 +96,6 @@ def test_an_answer_without_audio_codes_writes_no_player(tmp_path):
     empty = io.BytesIO()
     sf.write(empty, np.zeros(0, dtype=np.float32), 24000, format="WAV", subtype="PCM_16")  # what speak() gives
     assert write_spoken_answer(empty.getvalue()) is None
-
-
-def test_the_player_label_shows_spoken_words_only_when_they_differ():
-    from llamafactory_kimi_audio.integration.webui_chat import spoken_label
-
-    assert spoken_label("hello  there", "hello there\n") == "Spoken answer"
-    assert spoken_label("good morning", "hello there") == "Spoken answer: good morning"
 
 
 def test_the_voice_answers_the_last_user_turn():

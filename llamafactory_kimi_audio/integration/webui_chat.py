@@ -23,7 +23,6 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 logger = logging.getLogger(__name__)
-SPOKEN_LABEL = "Spoken answer"
 _speech_dir: str | None = None  # this process's spoken answers; gradio copies each into its own cache
 
 
@@ -74,19 +73,12 @@ def write_spoken_answer(wav: bytes) -> str | None:
     return path
 
 
-def spoken_label(transcript: str, shown: str) -> str:
-    """The player's label: the spoken words when they differ from the text answer above it (the chat samples its
-    text with LlamaBoard's settings, the speech loop decodes its own)."""
-    same = " ".join(transcript.split()) == " ".join(str(shown).split())
-    return SPOKEN_LABEL if same or not transcript else f"{SPOKEN_LABEL}: {transcript}"
-
-
 def spoken_message(
-    engine: Any, checkpoint: str, question: tuple[str | None, Any], settings: tuple[int, float], shown: str
+    engine: Any, checkpoint: str, question: tuple[str | None, Any], settings: tuple[int, float]
 ) -> dict[str, Any] | None:
     """The chatbot message holding the spoken answer, or None (with a warning) when there is none.
-    ``question``: (text, audio file); ``settings``: the chat's (maximum new tokens, temperature); ``shown``: the
-    text answer on the page."""
+    ``question``: (text, audio file); ``settings``: the chat's (maximum new tokens, temperature). The spoken words
+    go into the message's alt text (read by screen readers; gradio's player does not show it)."""
     from ..audio_io import load_audio
     from .serve_speech import speak
 
@@ -102,7 +94,7 @@ def spoken_message(
     if path is None:
         _warn("no spoken answer: the audio head ended before any audio code (a higher temperature samples it)")
         return None
-    return {"role": "assistant", "content": {"path": path, "alt_text": spoken_label(transcript, shown)}}
+    return {"role": "assistant", "content": {"path": path, "alt_text": transcript or "spoken answer"}}
 
 
 def make_spoken_chat(original: Callable[..., Generator]) -> Callable[..., Generator]:
@@ -134,8 +126,7 @@ def make_spoken_chat(original: Callable[..., Generator]) -> Callable[..., Genera
         if output_messages and output_messages[-1].get("role") != "assistant":  # a tool call: nothing to say
             return
         question = spoken_question(messages, audio)
-        settings, shown = (max_new_tokens, temperature), output_messages[-1]["content"] if output_messages else ""
-        message = question and spoken_message(self.engine, checkpoint, question, settings, shown)
+        message = question and spoken_message(self.engine, checkpoint, question, (max_new_tokens, temperature))
         if message:
             yield [*answer_bot, message], output_messages
 
