@@ -27,7 +27,7 @@ started = s.is_installed()
 import llamafactory.data.template as t
 template = {TEMPLATE!r} in t.TEMPLATES
 import llamafactory.model.loader, llamafactory.train.sft.workflow, llamafactory.train.tuner, llamafactory.api.app
-import llamafactory.webui.runner  # the Web UI row (gradio is a dependency of LLaMA-Factory)
+import llamafactory.webui.runner, llamafactory.webui.chatter  # the Web UI rows (gradio: an LLaMA-Factory dependency)
 from llamafactory_kimi_audio.integration.patches import patch_rows
 from llamafactory_kimi_audio.doctor import torch_checks
 rows = patch_rows()

@@ -19,3 +19,12 @@ def tiny_checkpoint(tmp_path_factory):
     from llamafactory_kimi_audio.models.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="session")
+def tiny_speaking_checkpoint(tmp_path_factory):
+    """A tiny checkpoint that can speak: as ``tiny_checkpoint`` plus a tiny random ``audio_detokenizer/`` +
+    ``vocoder/``."""
+    from llamafactory_kimi_audio.models.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_speaking")), detokenizer=True)

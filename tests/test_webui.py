@@ -11,9 +11,12 @@ Chromium through ChromeDriver. The tests share one server and one browser page a
 3. Evaluate & Predict tab: predict with that adapter on ``kimi_audio_demo_test``; the page and the output dir's
    ``all_results.json`` / ``predict_results.json`` report ``predict_cer`` / ``predict_wer``. The tab has no
    extra-arguments box, so ``use_cpu`` cannot be passed: on a CPU-only machine transformers picks the CPU anyway;
-4. the Chat tab loads the tiny model (+ that adapter) in-process, takes an uploaded wav and answers;
+4. the Chat tab loads the tiny model (+ that adapter) in-process, takes an uploaded wav and answers in text only
+   (no detokenizer: no audio player in the conversation);
 5. Export tab: merging the adapter (in the Web UI process) writes the official Kimi-Audio layout, which
-   ``KimiAudioForCausalLM.from_pretrained`` reloads.
+   ``KimiAudioForCausalLM.from_pretrained`` reloads;
+6. the Chat tab on a tiny checkpoint with ``audio_detokenizer/`` + ``vocoder/``: the answer's text, then its
+   spoken answer as an ``<audio>`` player in the conversation (issue 26 item 5).
 
 Screenshots land in ``<pytest tmp>/webui*/shots`` or in ``$KIMI_AUDIO_WEBUI_ARTIFACTS`` when set (CI artefacts);
 with ``KIMI_AUDIO_WEBUI_DOCS=1`` the ``train-finished-page`` one also refreshes ``docs/webui_train.png`` (README).
@@ -59,14 +62,16 @@ DOCS_SHOT = REPO_ROOT / "docs" / "webui_train.png"
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_checkpoint):
-    """Tiny checkpoint (``conftest.tiny_checkpoint``), the bundled demo data set and a fresh Web UI CWD."""
+def workspace(tmp_path_factory, tiny_checkpoint, tiny_speaking_checkpoint):
+    """Tiny checkpoints (``conftest``: without and with the detokenizer), the bundled demo data set and a fresh Web UI
+    CWD."""
     root = tmp_path_factory.mktemp("webui")
     (root / "cwd").mkdir()
     shots = Path(os.environ.get("KIMI_AUDIO_WEBUI_ARTIFACTS") or root / "shots")
     wav = DATASET_DIR / json.loads((DATASET_DIR / f"{TEST_SET}.json").read_text())[1]["audios"][0]  # English
     assert wav.is_file(), wav
-    return {"root": root, "tiny": Path(tiny_checkpoint.path), "cwd": root / "cwd", "shots": shots, "wav": wav}
+    tiny, speaking = Path(tiny_checkpoint.path), Path(tiny_speaking_checkpoint.path)
+    return {"root": root, "tiny": tiny, "speaking": speaking, "cwd": root / "cwd", "shots": shots, "wav": wav}
 
 
 @pytest.fixture(scope="module")
@@ -313,6 +318,7 @@ def test_chat_tab_audio(ui):
 
     bubbles = page.driver.find_elements("css selector", "[data-testid='bot']")
     assert bubbles, "no assistant bubble"
+    assert not _bot_audio(page), "a checkpoint without audio_detokenizer/ + vocoder/ must chat in text only"
     assert not page.error_toasts(), page.error_toasts()
     print(f"[webui] chat stage {time.monotonic() - t0:.1f}s, answer: {bubbles[-1].text!r}")
 
@@ -368,6 +374,55 @@ def test_export_tab_merges_adapter(ui):
     changed = [name for name in original if not torch_equal(merged[name], original[name])]
     assert changed, "the exported weights equal the base checkpoint: the LoRA adapter was not merged"
     print(f"[webui] export stage {time.monotonic() - t0:.1f}s, {len(changed)} merged tensors differ from the base")
+
+
+def _bot_audio(page: GradioPage) -> list:
+    """The ``<audio>`` elements inside assistant messages of the conversation."""
+    return page.driver.find_elements("css selector", "[data-testid='bot'] audio")
+
+
+def test_chat_tab_speaks(ui):
+    page: GradioPage = ui["page"]
+    t0 = time.monotonic()
+    _ensure_model(page, ui["tiny"])
+    page.tab("Chat")
+    if any("Model loaded" in value for value in page.textbox_values()):  # test 4's model: unload it first
+        page.click("Unload model")
+        page.wait_for_textbox("Model unloaded", timeout=LOAD_TIMEOUT)
+    page.set_text("Model path", str(ui["speaking"]))  # a kept adapter of test 2 fits it too (same tiny shapes)
+    page.click("Load model")
+    page.wait_for_textbox("Model loaded", timeout=LOAD_TIMEOUT)
+    page.set_number("Maximum new tokens", 60)  # also caps the spoken answer's decoding steps
+    query = page.find_visible("css selector", "textarea[placeholder='Input...']")
+    page.scroll_to(query)
+    query.send_keys("Answer:")
+    log_offset = ui["server"].log_size()
+    page.click("Submit")
+
+    def spoke_or_failed(_d):
+        if "Traceback" in ui["server"].log_since(log_offset):
+            return "crashed"
+        if [text for title, text in page.toasts() if "spoken answer" in text]:
+            return "no voice"
+        return "spoke" if _bot_audio(page) and page.chat_settled() else False
+
+    outcome = page.wait(spoke_or_failed, timeout=CHAT_TIMEOUT, message="no spoken answer, no warning, no traceback")
+    page.scroll_to(_bot_audio(page)[-1] if _bot_audio(page) else query)
+    page.screenshot(f"chat-{outcome}")
+    assert outcome == "spoke", f"{page.toasts()}\n{ui['server'].log_since(log_offset)[-4000:]}"
+    bubbles = page.driver.find_elements("css selector", "[data-testid='bot']")
+    assert len(bubbles) >= 2 and bubbles[-2].text.strip(), "the text answer must stay next to the audio"
+    player = _bot_audio(page)[-1]
+    urls = page.driver.execute_script(  # the player plays through wavesurfer; its download link is the wav
+        "const bot = arguments[0].closest('[data-testid=bot]');"
+        "return [...bot.querySelectorAll('audio, source, a')].map(e => e.currentSrc || e.src || e.href || '');",
+        player,
+    )
+    source = next((url for url in urls if ".wav" in url), "")
+    html = page.driver.execute_script("return arguments[0].closest('[data-testid=bot]').outerHTML;", player)
+    assert source, f"no wav URL in the spoken answer's message: {urls}\n{html[:3000]}"
+    assert not page.error_toasts(), page.error_toasts()
+    print(f"[webui] spoken chat stage {time.monotonic() - t0:.1f}s, text: {bubbles[-2].text!r}, audio {source}")
 
 
 def torch_equal(a, b) -> bool:

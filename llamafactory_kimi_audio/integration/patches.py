@@ -33,12 +33,14 @@ from .serve_audio import make_audio_requests, make_eager_stream
 from .serve_protocol import make_audio_chat_request
 from .serve_speech import make_spoken_answers
 from .webui_args import make_extra_args_win
+from .webui_chat import make_spoken_chat
 
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
 SFT_WORKFLOW = "llamafactory.train.sft.workflow"  # run_sft: imports the trainer, the data processors, the metrics
 TUNER = "llamafactory.train.tuner"
 SFT_TRAINER = "llamafactory.train.sft.trainer:CustomSeq2SeqTrainer"
 WEBUI_RUNNER = "llamafactory.webui.runner"
+WEBUI_CHATTER = "llamafactory.webui.chatter"
 API_PROTOCOL = "llamafactory.api.protocol"  # `llamafactory-cli api`: imported by api.chat, then api.app
 API_CHAT = "llamafactory.api.chat"
 API_APP = "llamafactory.api.app"
@@ -259,12 +261,35 @@ WEBUI_PATCHES = [
         why="Web UI: in a kimi_audio run the Extra arguments box wins over the UI's fields (`lora_target: all,mimo` "
         "typed there was replaced by the LoRA modules field), with a warning naming each (integration/webui_args.py)",
     ),
+    Patch(
+        name="webui_chat_speaks",
+        trigger=WEBUI_CHATTER,
+        owner=f"{WEBUI_CHATTER}:WebChatModel",
+        attribute="stream",
+        make_replacement=make_spoken_chat,
+        parameters=(
+            "self",
+            "chatbot",
+            "messages",
+            "lang",
+            "system",
+            "tools",
+            "image",
+            "video",
+            "audio",
+            "max_new_tokens",
+            "top_p",
+            "temperature",
+        ),  # fmt: skip
+        why="Web UI chat: a Kimi-Audio checkpoint with audio_detokenizer/ + vocoder/ adds its spoken answer "
+        "(generate_speech + the native detokenizer) as an audio player after the text (integration/webui_chat.py)",
+    ),
 ]
 
 
 # Triggers without an entry point of their own: the hook of the module named here (imported before them) registers
 # theirs with the start-up finder, so a new trigger needs no reinstall of the package's entry points.
-DEFERRED_TRIGGERS = {WEBUI_RUNNER: "llamafactory.extras.constants"}
+DEFERRED_TRIGGERS = {WEBUI_RUNNER: "llamafactory.extras.constants", WEBUI_CHATTER: "llamafactory.extras.constants"}
 
 SERVE_PATCHES = [
     Patch(

@@ -1,0 +1,143 @@
+"""Web UI (LlamaBoard) chat speaks: a checkpoint that can talk adds its spoken answer as an audio player.
+
+LlamaBoard's ``WebChatModel.stream`` streams the text answer into the chatbot. When the loaded model is a Kimi-Audio
+model with its MIMO audio head and the checkpoint has ``audio_detokenizer/`` + ``vocoder/``, the wrapper then runs
+the official two-stream loop (``generate_speech``, through ``serve_speech.speak`` as the API server does) for the
+last user turn and appends the WAV as one more assistant message (gradio's Chatbot shows it as an ``<audio>``
+player). The chat's temperature samples the audio head (seeded: the same question gives the same wave), its
+*Maximum new tokens* caps the decoding steps. Other models, checkpoints without a detokenizer, tool calls and
+observation turns chat as before; a failing spoken answer is one warning and the text answer stays.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import io
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Generator
+from typing import Any
+
+logger = logging.getLogger(__name__)
+_speech_dir: str | None = None  # this process's spoken answers; gradio copies each into its own cache
+
+
+def speaking_checkpoint(engine: Any) -> str | None:
+    """The checkpoint directory when ``engine`` holds a Kimi-Audio model that can speak, else None."""
+    from ..eval.speech_roundtrip import detokenizer_checkpoint
+
+    model = getattr(engine, "model", None)  # the HF engine; vLLM / SGLang engines have no generate_speech
+    if model is None or not hasattr(model, "generate_speech") or getattr(model, "missing_mimo_weights", ()):
+        return None
+    return detokenizer_checkpoint(model)
+
+
+def spoken_question(messages: list[dict[str, str]], audio: Any) -> tuple[str | None, Any] | None:
+    """(text, audio file or None) of the last user turn, or None when the last turn is not the user's.
+
+    The speech prompt holds one question; the Audio box's clip belongs to the first turn, as LLaMA-Factory's chat
+    puts it there."""
+    from llamafactory.data import Role
+    from llamafactory.extras.constants import AUDIO_PLACEHOLDER
+
+    if not messages or messages[-1].get("role") != Role.USER.value:
+        return None
+    text = str(messages[-1].get("content") or "").replace(AUDIO_PLACEHOLDER, " ").strip() or None
+    clip = audio if audio and len(messages) == 1 else None
+    return (text, clip) if text or clip else None
+
+
+def speech_dir() -> str:
+    global _speech_dir
+    if _speech_dir is None or not os.path.isdir(_speech_dir):
+        _speech_dir = tempfile.mkdtemp(prefix="kimi_audio_webchat_")
+        atexit.register(shutil.rmtree, _speech_dir, True)
+    return _speech_dir
+
+
+def write_spoken_answer(wav: bytes) -> str | None:
+    """The WAV written atomically into :func:`speech_dir`; None when it holds no sample (no audio code)."""
+    import soundfile as sf
+
+    from ..data.textio import atomic_open
+
+    if sf.info(io.BytesIO(wav)).frames == 0:
+        return None
+    path = os.path.join(speech_dir(), f"answer-{uuid.uuid4().hex}.wav")
+    with atomic_open(path, "wb", encoding=None) as handle:
+        handle.write(wav)
+    return path
+
+
+def spoken_message(
+    engine: Any, checkpoint: str, question: tuple[str | None, Any], settings: tuple[int, float]
+) -> dict[str, Any] | None:
+    """The chatbot message holding the spoken answer, or None (with a warning) when there is none.
+    ``question``: (text, audio file); ``settings``: the chat's (maximum new tokens, temperature). The spoken words
+    go into the message's alt text (read by screen readers; gradio's player does not show it)."""
+    from ..audio_io import load_audio
+    from .serve_speech import speak
+
+    (text, clip), (budget, temperature) = question, settings
+    try:
+        asked = (text, load_audio(clip) if clip else None)
+        transcript, wav, _finished = speak(engine, checkpoint, asked, int(budget), float(temperature or 0.0))
+        path = write_spoken_answer(wav)
+    except Exception as err:  # the text answer is already on the page: say why there is no voice, keep chatting
+        _warn(f"no spoken answer: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
+        logger.debug("spoken answer failed", exc_info=True)
+        return None
+    if path is None:
+        _warn("no spoken answer: the audio head ended before any audio code (a higher temperature samples it)")
+        return None
+    return {"role": "assistant", "content": {"path": path, "alt_text": transcript or "spoken answer"}}
+
+
+def make_spoken_chat(original: Callable[..., Generator]) -> Callable[..., Generator]:
+    @functools.wraps(original)
+    def stream(
+        self: Any,
+        chatbot: list[dict[str, Any]],
+        messages: list[dict[str, str]],
+        lang: str,
+        system: str,
+        tools: str,
+        image: Any,
+        video: Any,
+        audio: Any,
+        max_new_tokens: int,
+        top_p: float,
+        temperature: float,
+        *rest: Any,
+        **kwargs: Any,
+    ) -> Generator:  # a generator function, as the original: gradio streams what it yields
+        args = (chatbot, messages, lang, system, tools, image, video, audio, max_new_tokens, top_p, temperature)
+        last = None
+        for last in original(self, *args, *rest, **kwargs):
+            yield last
+        checkpoint = speaking_checkpoint(getattr(self, "engine", None))
+        if last is None or checkpoint is None or tools:
+            return
+        answer_bot, output_messages = last
+        if output_messages and output_messages[-1].get("role") != "assistant":  # a tool call: nothing to say
+            return
+        question = spoken_question(messages, audio)
+        message = question and spoken_message(self.engine, checkpoint, question, (max_new_tokens, temperature))
+        if message:
+            yield [*answer_bot, message], output_messages
+
+    return stream
+
+
+def _warn(message: str) -> None:
+    logger.warning(message)
+    try:
+        import gradio as gr
+
+        gr.Warning(message)  # a toast on the page; outside an event gradio only logs it
+    except Exception:  # no page to show it on: the log line stays
+        pass
