@@ -19,6 +19,7 @@ from typing import Any
 from . import settings
 from .doctor_checkpoint import Check, checkpoint_checks
 from .doctor_codecs import codec_checks
+from .integration.fp8 import fp8_check
 from .patching import SUPPORTED_VERSIONS
 
 DISABLE = "KIMI_AUDIO_DISABLE"
@@ -64,6 +65,7 @@ def run_checks(model_dir: str | None = None, progress: Callable[[str], None] | N
         *gpu_checks(),
         packed_attention_check(),
         compiled_layers_check(),
+        fp8_check(),
         espeak_check(),
         *codec_checks(),
         *settings_checks(),

@@ -18,6 +18,7 @@ from .. import settings
 from ..audio_io import AudioError
 from ..data.textio import DataError
 from ..errors import EXIT_BAD_INPUT, EnvironmentProblem, KimiAudioError, ModelError
+from .fp8 import check_fp8_recipe
 from .registration import MODEL_GROUPS, TEMPLATE_NAME
 
 ONE_LINE_ERRORS = (KimiAudioError, AudioError, DataError)
@@ -107,6 +108,7 @@ def make_run_guard(original):
         try:
             if kimi_recipe:
                 check_kimi_recipe(recipe)
+                check_fp8_recipe(recipe)
             return original(args, *more, **kwargs)
         except Exception as err:
             line = _one_line(err, recipe if kimi_recipe else None)
