@@ -90,7 +90,8 @@ def check_fp8_recipe(recipe: dict[str, Any]) -> None:
 
 
 def _torchao_factory() -> Any:
-    from torchao.float8 import Float8Linear, Float8LinearConfig
+    from torchao.float8 import Float8LinearConfig
+    from torchao.float8.float8_linear import Float8Linear
 
     config = Float8LinearConfig.from_recipe_name("rowwise")  # LLaMA-Factory's choice for its torchao backend
     return functools.partial(Float8Linear.from_float, config=config)
