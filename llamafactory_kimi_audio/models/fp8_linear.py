@@ -89,7 +89,8 @@ def scaled_mm(
     return ((a.float() * scale_a) @ (b.float() * scale_b)).to(out_dtype)
 
 
-class _FrozenFp8Matmul(torch.autograd.Function):
+@torch._dynamo.allow_in_graph  # compiled layers: one opaque call for dynamo (torch 2.11 cannot trace into it), which
+class _FrozenFp8Matmul(torch.autograd.Function):  # AOTAutograd then traces, so the casts still fuse (as torchao's)
     """``x @ W^T`` with a pre-quantised frozen ``W``: gradient for ``x`` only."""
 
     @staticmethod
