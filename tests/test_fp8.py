@@ -200,3 +200,35 @@ def test_cuda_fp8_steps_follow_bf16(tiny_model, compiled):
     assert torch.nn.functional.cosine_similarity(bf16_grad, fp8_grad, dim=0) >= 0.99
     for a, b in zip(bf16_losses, fp8_losses):
         assert abs(a - b) / a < 0.02, (bf16_losses, fp8_losses)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "code", "words"),
+    [
+        ({"fp8": True, "use_cpu": True}, 4, ("needs an NVIDIA GPU with FP8 tensor cores", "use_cpu: true")),
+        ({"fp8": "true", "fp8_backend": "te"}, 2, ("fp8_backend: te would convert every Linear", "torchao")),
+        ({"fp8": True, "quantization_bit": 4}, 2, ("quantization_bit: 4 exclude each other",)),
+        ({"fp8": True, "finetuning_type": "full", "emulate": True}, 4, ("torchao is not installed", "lora")),
+        ({"fp8": False, "use_cpu": True}, 0, ()),
+    ],
+)
+def test_recipe_checks_before_the_model_loads(recipe, code, words, monkeypatch):
+    from llamafactory_kimi_audio import settings
+    from llamafactory_kimi_audio.errors import KimiAudioError
+    from llamafactory_kimi_audio.integration import fp8
+
+    monkeypatch.setattr(fp8, "torchao_available", lambda: False)
+    if recipe.pop("emulate", False):
+        monkeypatch.setenv("KIMI_AUDIO_FP8_EMULATE", "1")
+    settings.reload()
+    try:
+        if code == 0:
+            fp8.check_fp8_recipe(recipe)
+            return
+        with pytest.raises(KimiAudioError) as err:
+            fp8.check_fp8_recipe(recipe)
+        assert err.value.exit_code == code and all(w in str(err.value) for w in words), str(err.value)
+        assert "\n" not in str(err.value)
+    finally:
+        monkeypatch.delenv("KIMI_AUDIO_FP8_EMULATE", raising=False)
+        settings.reload()
