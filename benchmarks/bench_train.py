@@ -525,6 +525,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         os.environ.pop(VARLEN_ENV, None)
         os.environ.pop(PARK_ENV, None)
         os.environ.pop(FP8_EMULATE_ENV, None)
+        os.environ.pop("ACCELERATE_MIXED_PRECISION", None)  # LLaMA-Factory sets it for fp8: true; later cases read it
         settings.reload()
         forget_compiled()
     wall = time.perf_counter() - started
