@@ -44,7 +44,9 @@ Cases (``--cases`` picks some):
   recipe_*               a shipped recipe as is (examples/kimi_lora.yaml = recipe_24gb, kimi_qlora.yaml,
                          kimi_lora_{48,80,141}gb.yaml), on the random model and the cached corpus; not in the default
                          list. recipe_24gb_unparked / _eager: the default recipe with KIMI_AUDIO_PARK_IDLE=0 /
-                         KIMI_AUDIO_COMPILE_POINTWISE=off
+                         KIMI_AUDIO_COMPILE_POINTWISE=off. recipe_*_fp8: the same with ``fp8: true`` (issue 28; on the
+                         CPU with --tiny the FP8 math is emulated); with --grad-dir and --log-every 1 each is compared
+                         with its bf16 twin of the same round (tokens/s, step-1 gradient cosine, loss gaps)
   kimi_speech_mb8[_mimo] speech output (issue 18): the corpus as TTS samples (the transcript spoken with the clip as
                          the target: codes only, MIMO branch + audio head run), vs kimi_cached_mb8 (ASR, same clips,
                          similar tokens per sample); LoRA ``all`` (MIMO frozen) or ``all,mimo``; MFU omits MIMO FLOPs
@@ -67,6 +69,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import fp8_numerics  # noqa: E402
 
 from llamafactory_kimi_audio import settings  # noqa: E402
 
@@ -152,12 +155,15 @@ RECIPE_CASES = {
     "recipe_24gb_unparked": dict(recipe="kimi_lora.yaml", unparked=True),  # KIMI_AUDIO_PARK_IDLE=0
     "recipe_24gb_eager": dict(recipe="kimi_lora.yaml", compile="off"),
 }
+# fp8: true (issue 28) on the same recipes; fp8_numerics compares each with its bf16 twin of the same round
+RECIPE_CASES.update({f"{n}_fp8": dict(spec, fp8=True) for n, spec in list(RECIPE_CASES.items()) if "qlora" not in n})
 KIMI_CASES.update(RECIPE_CASES)
 DEFAULT_CASES = [name for name in KIMI_CASES if name not in RECIPE_CASES]
 PROFILED_STEPS = 2
 COMPILE_ENV = "KIMI_AUDIO_COMPILE_POINTWISE"  # settings.py; the integration sets config.compile_pointwise from it
 VARLEN_ENV = "KIMI_AUDIO_VARLEN_ATTENTION"  # settings.py; the integration sets config.use_varlen_attention
 PARK_ENV = "KIMI_AUDIO_PARK_IDLE"  # settings.py; the park_idle_weights patch row reads it at train begin
+FP8_EMULATE_ENV = "KIMI_AUDIO_FP8_EMULATE"  # settings.py; tests only: fp8: true with the FP8 math emulated
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -172,9 +178,12 @@ def recipe_args(model_dir: str, data_dir: str, out_dir: str, spec: dict[str, Any
         args.pop(key, None)  # no eval split; QLoRA quantises after from_config (qlora_models)
     args.update(
         model_name_or_path=model_dir, train_from_scratch=True, dataset="bench_asr", dataset_dir=data_dir,
-        output_dir=out_dir, max_steps=a.steps, logging_steps=max(1, a.steps // 4), save_strategy="no", seed=0,
+        output_dir=out_dir, max_steps=a.steps, logging_steps=a.log_every or max(1, a.steps // 4), save_strategy="no",
+        seed=0,
         preprocessing_num_workers=a.workers, dataloader_num_workers=a.workers if not a.tiny else 0, plot_loss=False,
     )  # fmt: skip
+    if spec.get("fp8"):
+        args["fp8"] = True
     if a.tiny:
         args.update(use_cpu=True, bf16=False)
     return args
@@ -501,6 +510,11 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         os.environ[VARLEN_ENV] = "0"
     if spec.get("unparked"):
         os.environ[PARK_ENV] = "0"
+    if spec.get("fp8") and a.tiny:  # CPU: the FP8 math emulated (the integration refuses fp8 there otherwise)
+        os.environ[FP8_EMULATE_ENV] = "1"
+    grad_path = os.path.join(a.grad_dir, f"{name}-{a.round}.pt") if a.grad_dir and spec.get("recipe") else None
+    grads, losses = fp8_numerics.callbacks(grad_path)
+    callbacks += [grads, losses]
     settings.reload()  # the integration reads the switches (and the cache dir) into the model config per process
     started = time.perf_counter()
     try:
@@ -510,6 +524,8 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         os.environ.pop(COMPILE_ENV, None)
         os.environ.pop(VARLEN_ENV, None)
         os.environ.pop(PARK_ENV, None)
+        os.environ.pop(FP8_EMULATE_ENV, None)
+        os.environ.pop("ACCELERATE_MIXED_PRECISION", None)  # LLaMA-Factory sets it for fp8: true; later cases read it
         settings.reload()
         forget_compiled()
     wall = time.perf_counter() - started
@@ -523,7 +539,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         # one 30 s chunk per clip (all clips < 30 s): the frozen Whisper forward, not counted in MFU
         extra = common.whisper_flops(shapes, len(steps[-1].lengths))
     result = common.summarise(name, steps, shapes, a.warmup, callback.state.peak_bytes, extra_flops_per_step=extra)
-    result.update(wall_s=wall, spec=spec)
+    result.update(wall_s=wall, spec=spec, losses=losses.losses)
     memory = callback.state
     result.update(load_peak_gib=memory.load_peak_bytes / 2**30, peak_reserved_gib=memory.peak_reserved_bytes / 2**30)
     del callback
@@ -625,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run the case list this many times, interleaved")
     parser.add_argument("--profile", default="", help="cases to profile (torch.profiler, their last 2 steps)")
     parser.add_argument("--profile-dir", default="profiles", help="where the profiles go (one folder per case)")
+    parser.add_argument("--log-every", type=int, default=0, help="recipe cases: logging_steps (default steps/4)")
+    parser.add_argument("--grad-dir", default="", help="recipe cases: save step-1 gradients here (fp8 vs bf16)")
+    parser.add_argument("--loss-after", type=int, default=0, help="fp8 vs bf16 loss gaps after this step")
     a = parser.parse_args(argv)
     a.steps = a.steps or (4 if a.tiny else 24)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 4)
@@ -643,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"case": name, "error": "skipped (time budget)"})
             continue
         print(f"[bench] ===== {name} {spec}", flush=True)
+        a.round = round_no
         try:
             row = run_case(name, spec, paths, a)
             row["round"] = round_no
@@ -656,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(row) + "\n")
     print(common.format_table(rows))
     print_ratios(rows)
+    fp8_numerics.print_comparison(rows, a.grad_dir, a.loss_after)
     return 0 if all("error" not in r for r in rows) else 1
 
 

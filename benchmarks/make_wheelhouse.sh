@@ -13,7 +13,8 @@ PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
 WHEELS=(llamafactory==0.9.5 transformers==5.6.0 tokenizers==0.22.2 peft==0.18.1 trl==0.24.0 datasets==4.0.0
         accelerate==1.11.0 dill==0.3.8 multiprocess==0.70.16 fsspec==2025.3.0 omegaconf==2.4.0 torchdata==0.11.0
         soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 pydantic==2.12.3 pydantic-core==2.41.4 annotated-types
-        typing-inspection hjson soxr)
+        typing-inspection hjson soxr
+        torchao==0.17.0)  # fp8: true (issue 28): torchao 0.17 is the release built for torch 2.11, the GPU image's
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLATFORMS[@]}" \
   -d .whl "${WHEELS[@]}"
 # DeepSpeed ships only as an sdist: a pure-Python wheel (ZeRO-2/3 need no compiled op; CPU Adam for offload is

@@ -19,6 +19,7 @@ from . import doctor_probe, settings
 from .doctor_checkpoint import Check, checkpoint_checks
 from .doctor_codecs import codec_checks
 from .doctor_probe import TEMPLATE
+from .integration.fp8 import fp8_check
 from .patching import SUPPORTED_VERSIONS
 
 DISABLE = "KIMI_AUDIO_DISABLE"
@@ -212,7 +213,7 @@ def _patch_check(row: dict[str, Any], state: dict[str, Any]) -> Check:
 # ------------------------------------------------------------------------------------------------- system
 def torch_checks() -> list[Check]:
     """The checks that import torch (the probe runs them: it has imported torch already)."""
-    return [*gpu_checks(), packed_attention_check(), compiled_layers_check()]
+    return [*gpu_checks(), packed_attention_check(), compiled_layers_check(), fp8_check()]
 
 
 def gpu_checks() -> list[Check]:

@@ -78,6 +78,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("KIMI_AUDIO_FUSED_LORA", True, "switch", "Fused LoRA forward on Kimi-Audio layers (0: PEFT's own)."),
     Setting(
+        "KIMI_AUDIO_FP8_EMULATE",
+        False,
+        "switch",
+        "Tests only: fp8: true runs without FP8 hardware (CPU, older GPUs), the FP8 math emulated in fp32.",
+    ),
+    Setting(
         "KIMI_AUDIO_VARLEN_ATTENTION",
         True,
         "switch",

@@ -26,6 +26,7 @@ from . import registration as reg
 from . import wrappers as w
 from .auto_classes import AUTO_CLASSES, route_to_native
 from .feature_cache_hook import make_streaming_batches, make_write_through
+from .fp8 import make_fp8_decoder
 from .quiet_logs import quiet_cpu_precision_advice
 from .run_guard import make_opt_out_notice, make_run_guard
 from .serve_app import make_serving_app
@@ -140,6 +141,17 @@ LOADER_PATCHES = [
 ]
 
 SFT_PATCHES = [
+    Patch(
+        name="fp8_decoder_linears",
+        trigger=SFT_WORKFLOW,
+        owner="llamafactory.train.sft.trainer:CustomSeq2SeqTrainer",
+        attribute="create_optimizer",
+        make_replacement=make_fp8_decoder,
+        parameters=("self",),
+        why="fp8: true converts only the decoder's Linear layers (frozen ones quantised once, FP8 GEMMs; Whisper, "
+        "adaptor, MIMO, heads and LoRA stay bf16); LLaMA-Factory's own Accelerate recipe is a no-op under "
+        "transformers 5 and would convert every Linear (integration/fp8.py)",
+    ),
     Patch(
         name="asr_metrics",
         trigger=SFT_WORKFLOW,

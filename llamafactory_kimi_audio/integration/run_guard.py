@@ -20,6 +20,7 @@ from .. import settings
 from ..audio_io import AudioError
 from ..data.textio import DataError
 from ..errors import EXIT_BAD_INPUT, EnvironmentProblem, KimiAudioError, ModelError
+from .fp8 import check_fp8_recipe
 from .preflight import check_recipe_files
 from .registration import MODEL_GROUPS, TEMPLATE_NAME
 
@@ -116,6 +117,7 @@ def make_run_guard(original):
         try:
             if kimi_recipe:
                 check_kimi_recipe(recipe)
+                check_fp8_recipe(recipe)
                 check_recipe_files(recipe)  # dataset files and output_dir, before the slow model load
             return original(args, *more, **kwargs)
         except Exception as err:
