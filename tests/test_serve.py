@@ -56,6 +56,7 @@ def one_line_error(response: httpx.Response, status: int = 400) -> str:
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
     assert isinstance(detail, str) and "\n" not in detail and "Traceback" not in detail, detail
+    assert response.json().get("error", {"message": detail})["message"] == detail  # OpenAI's error shape too
     return detail
 
 

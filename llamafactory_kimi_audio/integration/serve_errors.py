@@ -31,9 +31,16 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
 def install_error_handlers(app: Any) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    def answer(status: int, message: str) -> JSONResponse:
-        return JSONResponse(status_code=status, content={"detail": message})
+    def answer(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        # "detail" as FastAPI / LLaMA-Factory answer; "error" as OpenAI does, so that its clients show the message
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        error = {"message": message, "type": kind, "param": None, "code": None}
+        return JSONResponse(status_code=status, content={"detail": message, "error": error}, headers=headers)
+
+    async def http_error(request: Any, exc: StarletteHTTPException) -> JSONResponse:  # ours and LLaMA-Factory's
+        return answer(exc.status_code, " ".join(str(exc.detail).split()), getattr(exc, "headers", None))
 
     async def invalid_request(request: Any, exc: RequestValidationError) -> JSONResponse:
         return answer(400, validation_message(list(exc.errors())))
@@ -47,6 +54,7 @@ def install_error_handlers(app: Any) -> None:
     async def unexpected(request: Any, exc: Exception) -> JSONResponse:
         return answer(500, INTERNAL.format(name=type(exc).__name__))
 
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(InputError, bad_input)
     app.add_exception_handler(KimiAudioError, model_problem)
