@@ -43,13 +43,14 @@ def make_extra_args_win(original):
         replaced = overridden_fields(args, extra) if isinstance(extra, dict) else {}
         if replaced:
             args.update({key: value for key, (_, value) in replaced.items()})
-            _warn(extra_args_warning(replaced))
+            warn_on_page(extra_args_warning(replaced))
         return args
 
     return _parse_train_args
 
 
-def _warn(message: str) -> None:
+def warn_on_page(message: str) -> None:
+    """A warning in the log and, inside a Web UI event, as a toast on the page."""
     logger.warning(message)
     try:
         import gradio as gr

@@ -22,6 +22,8 @@ import uuid
 from collections.abc import Callable, Generator
 from typing import Any
 
+from .webui_args import warn_on_page
+
 logger = logging.getLogger(__name__)
 _speech_dir: str | None = None  # this process's spoken answers; gradio copies each into its own cache
 
@@ -88,11 +90,11 @@ def spoken_message(
         transcript, wav, _finished = speak(engine, checkpoint, asked, int(budget), float(temperature or 0.0))
         path = write_spoken_answer(wav)
     except Exception as err:  # the text answer is already on the page: say why there is no voice, keep chatting
-        _warn(f"no spoken answer: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
+        warn_on_page(f"no spoken answer: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
         logger.debug("spoken answer failed", exc_info=True)
         return None
     if path is None:
-        _warn("no spoken answer: the audio head ended before any audio code (a higher temperature samples it)")
+        warn_on_page("no spoken answer: the audio head ended before any audio code (a higher temperature samples it)")
         return None
     return {"role": "assistant", "content": {"path": path, "alt_text": transcript or "spoken answer"}}
 
@@ -131,13 +133,3 @@ def make_spoken_chat(original: Callable[..., Generator]) -> Callable[..., Genera
             yield [*answer_bot, message], output_messages
 
     return stream
-
-
-def _warn(message: str) -> None:
-    logger.warning(message)
-    try:
-        import gradio as gr
-
-        gr.Warning(message)  # a toast on the page; outside an event gradio only logs it
-    except Exception:  # no page to show it on: the log line stays
-        pass
