@@ -4,7 +4,6 @@ transcript holding ``<image>`` (kept by convert) trains like any other."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
+from tests.test_llamafactory_cli import run_cli, train_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,29 +48,12 @@ def converted(workdir: Path, name: str, texts: list[str]) -> subprocess.Complete
 
 
 def train(workdir: Path, ckpt: str, dataset: str) -> subprocess.CompletedProcess[str]:
-    config = {
-        "model_name_or_path": ckpt,
-        "trust_remote_code": True,
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "lora",
-        "lora_target": "all",
-        "template": "kimi_audio",
-        "dataset": dataset,
-        "dataset_dir": str(workdir / "data"),
-        "cutoff_len": 256,
-        "overwrite_cache": True,
-        "preprocessing_num_workers": 1,
-        "output_dir": str(workdir / f"out_{dataset}"),
-        "overwrite_output_dir": True,
-        "per_device_train_batch_size": 2,
-        "max_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "use_cpu": True,
-    }
-    (workdir / f"{dataset}.yaml").write_text(json.dumps(config))  # JSON is YAML
-    return run([str(BIN / "llamafactory-cli"), "train", str(workdir / f"{dataset}.yaml")], workdir)
+    """One LoRA step on ``dataset`` through test_llamafactory_cli's recipe and runner."""
+    directory, output_dir = workdir / "data", workdir / f"out_{dataset}"
+    recipe = train_config(ckpt, directory, output_dir, finetuning_type="lora", lora_target="all", max_steps=1)
+    config = {**recipe, "dataset": dataset}  # train_config names the dataset asr_train
+    rc, output = run_cli("train", config, workdir, dataset)
+    return subprocess.CompletedProcess([dataset], rc, output)
 
 
 def test_label_cut_by_cutoff_len_stops_with_one_line(tiny_checkpoint, tmp_path: Path) -> None:
