@@ -151,12 +151,23 @@ RECIPE_CASES = {
     "recipe_24gb_qlora": dict(recipe="kimi_qlora.yaml", qlora=True, compile="off"),
     "recipe_48gb": dict(recipe="kimi_lora_48gb.yaml"),
     "recipe_80gb": dict(recipe="kimi_lora_80gb.yaml"),
+    "recipe_80gb_eager": dict(recipe="kimi_lora_80gb.yaml", compile="off"),  # bf16's own gradient noise (issue 28)
     "recipe_141gb": dict(recipe="kimi_lora_141gb.yaml"),
     "recipe_24gb_unparked": dict(recipe="kimi_lora.yaml", unparked=True),  # KIMI_AUDIO_PARK_IDLE=0
     "recipe_24gb_eager": dict(recipe="kimi_lora.yaml", compile="off"),
 }
 # fp8: true (issue 28) on the same recipes; fp8_numerics compares each with its bf16 twin of the same round
 RECIPE_CASES.update({f"{n}_fp8": dict(spec, fp8=True) for n, spec in list(RECIPE_CASES.items()) if "qlora" not in n})
+# FP8 precision variants (settings.py): input gradients in bf16 (forward-only FP8), full-precision forward accumulation
+FP8_VARIANTS = {"bf16grad": {"KIMI_AUDIO_FP8_GRADIENTS": "bf16"}, "exactacc": {"KIMI_AUDIO_FP8_FAST_ACCUM": "0"}}
+RECIPE_CASES.update(
+    {
+        f"{n}_fp8_{v}": dict(spec, fp8=True, env=env)
+        for n, spec in list(RECIPE_CASES.items())
+        if n.endswith("gb")
+        for v, env in FP8_VARIANTS.items()
+    }
+)
 KIMI_CASES.update(RECIPE_CASES)
 DEFAULT_CASES = [name for name in KIMI_CASES if name not in RECIPE_CASES]
 PROFILED_STEPS = 2
@@ -510,6 +521,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         os.environ[VARLEN_ENV] = "0"
     if spec.get("unparked"):
         os.environ[PARK_ENV] = "0"
+    os.environ.update(spec.get("env", {}))
     if spec.get("fp8") and a.tiny:  # CPU: the FP8 math emulated (the integration refuses fp8 there otherwise)
         os.environ[FP8_EMULATE_ENV] = "1"
     grad_path = os.path.join(a.grad_dir, f"{name}-{a.round}.pt") if a.grad_dir and spec.get("recipe") else None
@@ -525,6 +537,8 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         os.environ.pop(VARLEN_ENV, None)
         os.environ.pop(PARK_ENV, None)
         os.environ.pop(FP8_EMULATE_ENV, None)
+        for key in spec.get("env", {}):
+            os.environ.pop(key, None)
         os.environ.pop("ACCELERATE_MIXED_PRECISION", None)  # LLaMA-Factory sets it for fp8: true; later cases read it
         settings.reload()
         forget_compiled()

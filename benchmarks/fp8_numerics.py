@@ -10,6 +10,7 @@ a ``*_fp8`` case and its bf16 twin of the same round (same seed: same random wei
 from __future__ import annotations
 
 import os
+import re
 import statistics
 from typing import Any
 
@@ -26,7 +27,8 @@ def callbacks(grad_path: str | None) -> tuple[Any, Any]:
             named = sorted((n, p) for n, p in model.named_parameters() if p.requires_grad and p.grad is not None)
             vector = torch.cat([p.grad.detach().float().flatten().cpu() for _, p in named])
             os.makedirs(os.path.dirname(grad_path), exist_ok=True)
-            torch.save({"names": [n for n, _ in named], "grad": vector}, grad_path)
+            sizes = [p.numel() for _, p in named]
+            torch.save({"names": [n for n, _ in named], "sizes": sizes, "grad": vector}, grad_path)
 
     class LossLog(TrainerCallback):
         def __init__(self) -> None:
@@ -40,8 +42,34 @@ def callbacks(grad_path: str | None) -> tuple[Any, Any]:
 
 
 def twin(case: str) -> str | None:
-    """The bf16 case an FP8 case is compared with (``recipe_80gb_fp8`` → ``recipe_80gb``)."""
-    return case[: -len("_fp8")] if case.endswith("_fp8") else None
+    """The bf16 case an FP8 case is compared with (``recipe_80gb_fp8``, ``recipe_80gb_fp8_bf16grad`` →
+    ``recipe_80gb``); ``recipe_80gb_eager`` (bf16, uncompiled) against the compiled recipe: bf16's own noise floor."""
+    for mark in ("_fp8", "_eager"):
+        head, found, _ = case.partition(mark)
+        if found and head.startswith("recipe_"):
+            return head
+    return None
+
+
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def cosine_by_layer(names: list[str], a: Any, b: Any, sizes: list[int]) -> dict[int, float]:
+    """The cosine similarity of two flat gradient vectors restricted to each decoder layer's parameters."""
+    import torch
+
+    groups: dict[int, list[tuple[int, int]]] = {}
+    start = 0
+    for name, size in zip(names, sizes):
+        match = _LAYER.search(name)
+        if match:
+            groups.setdefault(int(match.group(1)), []).append((start, start + size))
+        start += size
+    out = {}
+    for layer, spans in sorted(groups.items()):
+        pick = torch.cat([torch.arange(lo, hi) for lo, hi in spans])
+        out[layer] = float(torch.nn.functional.cosine_similarity(a[pick], b[pick], dim=0))
+    return out
 
 
 def compare(rows: list[dict[str, Any]], grad_dir: str | None, after_step: int = 0) -> list[dict[str, Any]]:
@@ -55,7 +83,7 @@ def compare(rows: list[dict[str, Any]], grad_dir: str | None, after_step: int = 
         base = by_key.get((twin(case) or "", round_no))
         if base is None:
             continue
-        result: dict[str, Any] = {"fp8": case, "bf16": base["case"], "round": round_no}
+        result: dict[str, Any] = {"case": case, "bf16": base["case"], "round": round_no}
         result["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
         result["peak_gib"] = (base["peak_mem_gib"], row["peak_mem_gib"])
         paths = [os.path.join(grad_dir or "", f"{c}-{round_no}.pt") for c in (base["case"], case)]
@@ -64,6 +92,8 @@ def compare(rows: list[dict[str, Any]], grad_dir: str | None, after_step: int = 
             if a["names"] == b["names"]:
                 result["grad_cosine"] = float(torch.nn.functional.cosine_similarity(a["grad"], b["grad"], dim=0))
                 result["grad_rel_err"] = float((a["grad"] - b["grad"]).norm() / a["grad"].norm())
+                if "sizes" in a:
+                    result["layer_cosine"] = cosine_by_layer(a["names"], a["grad"], b["grad"], a["sizes"])
         ours, theirs = dict(row.get("losses", [])), dict(base.get("losses", []))
         gaps = [abs(ours[s] - theirs[s]) / abs(theirs[s]) for s in sorted(ours) if s in theirs and s > after_step]
         if gaps:
@@ -74,10 +104,14 @@ def compare(rows: list[dict[str, Any]], grad_dir: str | None, after_step: int = 
 
 def print_comparison(rows: list[dict[str, Any]], grad_dir: str | None, after_step: int) -> None:
     for r in compare(rows, grad_dir, after_step):
-        parts = [f"fp8 {r['fp8']} / {r['bf16']} round {r['round']}: tokens/s x{r['speedup']:.3f}"]
+        parts = [f"fp8 {r['case']} / {r['bf16']} round {r['round']}: tokens/s x{r['speedup']:.3f}"]
         parts.append("peak GiB {:.1f} -> {:.1f}".format(*r["peak_gib"]))
         if "grad_cosine" in r:
             parts.append(f"step-1 grad cosine {r['grad_cosine']:.5f} (rel err {r['grad_rel_err']:.4f})")
+        if r.get("layer_cosine"):
+            by_layer = r["layer_cosine"]
+            shown = ", ".join(f"L{k} {v:.4f}" for k, v in by_layer.items() if k % 4 == 0 or k == max(by_layer))
+            parts.append(f"per-layer cosine {shown}")
         if "loss_gap_max" in r:
             parts.append(
                 f"loss gap after step {after_step}: max {r['loss_gap_max']:.4f}, median {r['loss_gap_median']:.4f} "

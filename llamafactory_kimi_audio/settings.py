@@ -84,6 +84,20 @@ SETTINGS: tuple[Setting, ...] = (
         "Tests only: fp8: true runs without FP8 hardware (CPU, older GPUs), the FP8 math emulated in fp32.",
     ),
     Setting(
+        "KIMI_AUDIO_FP8_GRADIENTS",
+        "fp8",
+        "choice",
+        "fp8: true: the frozen decoder layers' input gradients as FP8 GEMMs (fp8, fastest) or bf16 GEMMs (bf16: "
+        "only the forward in FP8, gradients closer to a bf16 run).",
+        choices=("fp8", "bf16"),
+    ),
+    Setting(
+        "KIMI_AUDIO_FP8_FAST_ACCUM",
+        True,
+        "switch",
+        "fp8: true: the forward FP8 GEMMs accumulate in the tensor cores' fast mode (0: full-precision accumulation).",
+    ),
+    Setting(
         "KIMI_AUDIO_VARLEN_ATTENTION",
         True,
         "switch",

@@ -114,7 +114,12 @@ def convert_for_fp8(model: Any, training_args: Any) -> dict[str, list[str]] | No
     trainable = any(is_decoder_linear(m, n) and m.weight.requires_grad for n, m in model.named_modules())
     if trainable and not torchao_available():
         raise EnvironmentProblem("fp8: true with trainable decoder weights needs torchao; pip install torchao")
-    done = convert_decoder_linears(model, _torchao_factory() if trainable else None)
+    done = convert_decoder_linears(
+        model,
+        _torchao_factory() if trainable else None,
+        fp8_gradients=settings.get("KIMI_AUDIO_FP8_GRADIENTS") == "fp8",
+        fast_accum=settings.enabled("KIMI_AUDIO_FP8_FAST_ACCUM"),
+    )
     base.__dict__[FP8_MARK] = done
     _log(base, done)
     return done

@@ -91,22 +91,31 @@ def scaled_mm(
 
 @torch._dynamo.allow_in_graph  # compiled layers: one opaque call for dynamo (torch 2.11 cannot trace into it), which
 class _FrozenFp8Matmul(torch.autograd.Function):  # AOTAutograd then traces, so the casts still fuse (as torchao's)
-    """``x @ W^T`` with a pre-quantised frozen ``W``: gradient for ``x`` only."""
+    """``x @ W^T`` with a pre-quantised frozen ``W``: gradient for ``x`` only (in FP8, or in bf16 from ``weight``
+    when it is given)."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor, emulate: bool
+        ctx: Any,
+        x: torch.Tensor,
+        weight_fp8: torch.Tensor,
+        weight_scale: torch.Tensor,
+        weight: torch.Tensor | None,
+        emulate: bool,
+        fast_accum: bool,
     ) -> torch.Tensor:
-        ctx.save_for_backward(weight_fp8, weight_scale)
+        ctx.save_for_backward(weight_fp8, weight_scale, weight)
         ctx.emulate = emulate
         x_fp8, x_scale = cast_rowwise(x)
         # B = W^T is column-major as stored (W is row-major): no copy
         scale_b = weight_scale.view(1, -1)
-        return scaled_mm(x_fp8, weight_fp8.t(), x_scale, scale_b, out_dtype=x.dtype, fast=True, emulate=emulate)
+        return scaled_mm(x_fp8, weight_fp8.t(), x_scale, scale_b, out_dtype=x.dtype, fast=fast_accum, emulate=emulate)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        weight_fp8, weight_scale = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        weight_fp8, weight_scale, weight = ctx.saved_tensors
+        if weight is not None:  # gradients in bf16: the frozen layer's own backward
+            return grad @ weight.to(grad.dtype), None, None, None, None, None
         # dy @ (diag(s) Wq) = (dy * s) @ Wq: the weight's row scales go into dy's columns before dy's row-wise cast
         grad_fp8, grad_scale = cast_rowwise(grad, weight_scale.view(1, -1))
         ones = torch.ones(1, weight_fp8.shape[1], device=grad.device, dtype=torch.float32)
@@ -114,7 +123,7 @@ class _FrozenFp8Matmul(torch.autograd.Function):  # AOTAutograd then traces, so 
         grad_x = scaled_mm(
             grad_fp8, weight_cols, grad_scale, ones, out_dtype=grad.dtype, fast=False, emulate=ctx.emulate
         )
-        return grad_x, None, None, None
+        return grad_x, None, None, None, None, None
 
 
 class FrozenFloat8Linear(nn.Linear):
@@ -128,6 +137,8 @@ class FrozenFloat8Linear(nn.Linear):
         self.register_buffer("weight_fp8", torch.empty(0, dtype=FP8), persistent=False)
         self.register_buffer("weight_scale", torch.empty(0, dtype=torch.float32), persistent=False)
         self.emulate = True  # decided where the FP8 copy is made (requantize)
+        self.fp8_gradients = True  # False: the input gradient from the bf16 weight (forward FP8 only)
+        self.fast_accum = True  # the forward GEMM's fast (lower-precision) accumulation, as torchao's recipes
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> FrozenFloat8Linear:
@@ -155,12 +166,17 @@ class FrozenFloat8Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):  # what F.linear would compute in under autocast
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        out = _FrozenFp8Matmul.apply(x.reshape(-1, x.shape[-1]), self.weight_fp8, self.weight_scale, self.emulate)
+        bf16_grad_weight = None if self.fp8_gradients else self.weight
+        flat = x.reshape(-1, x.shape[-1])
+        out = _FrozenFp8Matmul.apply(
+            flat, self.weight_fp8, self.weight_scale, bf16_grad_weight, self.emulate, self.fast_accum
+        )
         out = out.view(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, fp8=e4m3 row-wise, frozen weight quantised once"
+        grads = "FP8" if self.fp8_gradients else "bf16"
+        return f"{super().extra_repr()}, fp8=e4m3 row-wise, frozen weight quantised once, {grads} input gradient"
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -169,17 +185,23 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def convert_decoder_linears(
-    model: nn.Module, trainable: Callable[[nn.Module], nn.Module] | None = None
+    model: nn.Module,
+    trainable: Callable[[nn.Module], nn.Module] | None = None,
+    fp8_gradients: bool = True,
+    fast_accum: bool = True,
 ) -> dict[str, list[str]]:
     """Swap the decoder's Linear layers in place: frozen ones to :class:`FrozenFloat8Linear`, trainable ones through
     ``trainable(module)`` (torchao's ``Float8Linear.from_float``; None leaves them bf16). Returns the converted names
-    by kind ("frozen", "trainable", "kept": trainable layers left in bf16)."""
+    by kind ("frozen", "trainable", "kept": trainable layers left in bf16). ``fp8_gradients=False`` computes the
+    frozen layers' input gradients in bf16; ``fast_accum=False`` accumulates their forward GEMMs at full precision."""
     done: dict[str, list[str]] = {"frozen": [], "trainable": [], "kept": []}
     for name, module in list(model.named_modules()):
         if not is_decoder_linear(module, name):
             continue
         if not module.weight.requires_grad:
-            _set_submodule(model, name, FrozenFloat8Linear.from_linear(module))
+            frozen = FrozenFloat8Linear.from_linear(module)
+            frozen.fp8_gradients, frozen.fast_accum = fp8_gradients, fast_accum
+            _set_submodule(model, name, frozen)
             done["frozen"].append(name)
         elif trainable is not None:
             _set_submodule(model, name, trainable(module))
