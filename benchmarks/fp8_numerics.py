@@ -52,24 +52,42 @@ def twin(case: str) -> str | None:
 
 
 _LAYER = re.compile(r"layers\.(\d+)\.")
+_KIND = re.compile(r"(\w+_proj)\.(lora_[AB])")
 
 
-def cosine_by_layer(names: list[str], a: Any, b: Any, sizes: list[int]) -> dict[int, float]:
-    """The cosine similarity of two flat gradient vectors restricted to each decoder layer's parameters."""
+def cosine(a: Any, b: Any) -> float:
+    """Cosine similarity in float64 (fp32 sums over 10^8 values can pass 1)."""
+    a, b = a.double(), b.double()
+    return float((a @ b) / (a.norm() * b.norm()))
+
+
+def cosine_by_group(names: list[str], a: Any, b: Any, sizes: list[int], key: Any) -> dict[Any, float]:
+    """The cosine similarity of two flat gradient vectors restricted to the parameters that ``key(name)`` groups
+    (None: left out)."""
     import torch
 
-    groups: dict[int, list[tuple[int, int]]] = {}
+    groups: dict[Any, list[tuple[int, int]]] = {}
     start = 0
     for name, size in zip(names, sizes):
-        match = _LAYER.search(name)
-        if match:
-            groups.setdefault(int(match.group(1)), []).append((start, start + size))
+        group = key(name)
+        if group is not None:
+            groups.setdefault(group, []).append((start, start + size))
         start += size
     out = {}
-    for layer, spans in sorted(groups.items()):
+    for group, spans in sorted(groups.items()):
         pick = torch.cat([torch.arange(lo, hi) for lo, hi in spans])
-        out[layer] = float(torch.nn.functional.cosine_similarity(a[pick], b[pick], dim=0))
+        out[group] = cosine(a[pick], b[pick])
     return out
+
+
+def layer_of(name: str) -> int | None:
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def kind_of(name: str) -> str | None:
+    match = _KIND.search(name)
+    return f"{match.group(1)}.{match.group(2)[-1]}" if match else None
 
 
 def compare(rows: list[dict[str, Any]], grad_dir: str | None, after_step: int = 0) -> list[dict[str, Any]]:
@@ -90,10 +108,12 @@ def compare(rows: list[dict[str, Any]], grad_dir: str | None, after_step: int = 
         if grad_dir and all(os.path.isfile(p) for p in paths):
             a, b = (torch.load(p) for p in paths)
             if a["names"] == b["names"]:
-                result["grad_cosine"] = float(torch.nn.functional.cosine_similarity(a["grad"], b["grad"], dim=0))
+                result["grad_cosine"] = cosine(a["grad"], b["grad"])
                 result["grad_rel_err"] = float((a["grad"] - b["grad"]).norm() / a["grad"].norm())
                 if "sizes" in a:
-                    result["layer_cosine"] = cosine_by_layer(a["names"], a["grad"], b["grad"], a["sizes"])
+                    groups = (a["names"], a["grad"], b["grad"], a["sizes"])
+                    result["layer_cosine"] = cosine_by_group(*groups, key=layer_of)
+                    result["kind_cosine"] = cosine_by_group(*groups, key=kind_of)
         ours, theirs = dict(row.get("losses", [])), dict(base.get("losses", []))
         gaps = [abs(ours[s] - theirs[s]) / abs(theirs[s]) for s in sorted(ours) if s in theirs and s > after_step]
         if gaps:
@@ -112,6 +132,9 @@ def print_comparison(rows: list[dict[str, Any]], grad_dir: str | None, after_ste
             by_layer = r["layer_cosine"]
             shown = ", ".join(f"L{k} {v:.4f}" for k, v in by_layer.items() if k % 4 == 0 or k == max(by_layer))
             parts.append(f"per-layer cosine {shown}")
+        if r.get("kind_cosine"):
+            kinds = [f"{k} {v:.4f}" for k, v in r["kind_cosine"].items() if v == v]  # zero gradients (LoRA A at step 1): nan
+            parts.append("per-projection cosine " + ", ".join(kinds))
         if "loss_gap_max" in r:
             parts.append(
                 f"loss gap after step {after_step}: max {r['loss_gap_max']:.4f}, median {r['loss_gap_median']:.4f} "
