@@ -133,7 +133,7 @@ def print_comparison(rows: list[dict[str, Any]], grad_dir: str | None, after_ste
             shown = ", ".join(f"L{k} {v:.4f}" for k, v in by_layer.items() if k % 4 == 0 or k == max(by_layer))
             parts.append(f"per-layer cosine {shown}")
         if r.get("kind_cosine"):
-            kinds = [f"{k} {v:.4f}" for k, v in r["kind_cosine"].items() if v == v]  # zero gradients (LoRA A at step 1): nan
+            kinds = [f"{k} {v:.4f}" for k, v in r["kind_cosine"].items() if v == v]  # nan: zero (LoRA A at step 1)
             parts.append("per-projection cosine " + ", ".join(kinds))
         if "loss_gap_max" in r:
             parts.append(
