@@ -124,6 +124,28 @@ def test_fp8_layer_matches_the_bf16_layer():
     assert fp8.weight.grad is None and linear.bias.grad is None
 
 
+def test_bf16_input_gradients_are_the_frozen_layers_own():
+    """KIMI_AUDIO_FP8_GRADIENTS=bf16: the forward stays FP8, the input gradient is exactly dy @ W (no FP8 rounding)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 192, bias=False).requires_grad_(False)
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.layers = torch.nn.ModuleList([torch.nn.Module()])
+    model.model.layers[0].mlp = torch.nn.Module()
+    model.model.layers[0].mlp.down_proj = linear
+    done = convert_decoder_linears(model, fp8_gradients=False, fast_accum=False)
+    layer = model.model.layers[0].mlp.down_proj
+    assert done["frozen"] == ["model.layers.0.mlp.down_proj"] and isinstance(layer, FrozenFloat8Linear)
+    assert (layer.fp8_gradients, layer.fast_accum) == (False, False) and "bf16 input gradient" in repr(layer)
+    x = (torch.randn(5, 256) * 3).requires_grad_(True)
+    y = layer(x)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    torch.testing.assert_close(x.grad, grad @ linear.weight)  # exact: the bf16 weight, not its FP8 copy
+    rel = (y - x.detach() @ linear.weight.t()).norm() / y.norm()
+    assert 1e-4 < rel < 0.06, rel  # the forward is still FP8
+
+
 def test_fused_lora_forward_runs_the_fp8_base_layer(tiny_model, monkeypatch):
     peft_model = lora_model(tiny_model)
     reference = copy.deepcopy(peft_model)
