@@ -24,7 +24,7 @@ def package_imports(path: Path) -> set[str]:
     ("files", "forbidden"),
     [
         ("data/**/*.py", ("eval", "cli", "integration")),
-        ("audio_io.py", ("data", "eval", "cli", "integration", "models")),
+        ("audio_*.py", ("data", "eval", "cli", "integration", "models")),
         ("constants.py", ("data", "eval", "cli", "integration")),
         ("text.py", ("data", "eval", "cli", "integration", "models")),
         ("jsonio.py", ("data", "eval", "cli", "integration", "models")),
