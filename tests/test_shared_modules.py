@@ -1,5 +1,5 @@
-"""The modules below ``data/`` and ``eval/`` (``constants``, ``text``, ``jsonio``), the error classes of ``data/``,
-and the import direction ``eval → data``: ``data/`` never imports ``eval/`` or ``cli/``."""
+"""The modules below ``data/`` and ``eval/`` (``constants``, ``text``, ``jsonio``), the error classes of
+``data/``, and the import direction ``eval → data``: ``data/`` never imports ``eval/`` or ``cli/``."""
 
 from __future__ import annotations
 
