@@ -6,9 +6,9 @@ sub-packages that are imported on demand.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._startup import DISABLE_ENV  # stdlib only, and imported below anyway
 
-DISABLE_ENV = "KIMI_AUDIO_DISABLE"  # settings.py; LLAMAFACTORY_KIMI_AUDIO_DISABLE still works (deprecated)
+__version__ = "0.1.0"
 
 
 def activate() -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import DISABLE_ENV, settings
+from . import settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 ROOT = "llamafactory"
 GROUP = "llamafactory_extensions"
+DISABLE_ENV = "KIMI_AUDIO_DISABLE"  # settings.py; re-exported by the package
 STRICT_ENV = "KIMI_AUDIO_STRICT"
 
 _hooks: dict[str, list[tuple[str, Callable[[ModuleType], object]]]] = {}  # module name -> [(hook name, hook)]
@@ -40,6 +41,8 @@ _entry_points_loaded = False
 _opted_out = False  # KIMI_AUDIO_DISABLE: no entry point, no patch; only the opt-out notice below
 NOTICE_HOOK = "kimi_audio_opt_out_notice"
 NOTICE_MODULE = "llamafactory.train.tuner"
+# Named like an entry point, not imported: this module sits below the integration whose hooks it runs.
+NOTICE_TARGET = "llamafactory_kimi_audio.integration.patches:apply_opt_out_notice"
 _finding: set[str] = set()  # module names whose real spec is being looked up (no recursion into ourselves)
 _waiting: dict[str, list[str]] = {}  # our module still importing -> trigger modules whose hooks wait for it
 
@@ -213,9 +216,10 @@ def is_installed() -> bool:
 
 
 def _opt_out_notice(tuner: ModuleType) -> None:
-    from .integration.patches import apply_opt_out_notice
+    from importlib import import_module
 
-    apply_opt_out_notice(tuner)
+    module_name, _, attribute = NOTICE_TARGET.partition(":")
+    getattr(import_module(module_name), attribute)(tuner)
 
 
 def install() -> None:

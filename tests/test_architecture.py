@@ -1,18 +1,16 @@
 """The package's layers import in one direction: cli → eval → data → models (integration on top, beside cli).
 
 Every ``import`` statement of the package is read with ``ast`` (function-level imports included: a lazy import is
-still a dependency) and resolved to an absolute module name, so a new file that breaks the direction fails here.
+still a dependency) and resolved to an absolute module name (``import_graph.py``, shared with the cycle test), so a
+new file that breaks the direction fails here.
 """
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
-
-PACKAGE = "llamafactory_kimi_audio"
-ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+from import_graph import PACKAGE, ROOT, imported_modules
 
 # layer -> modules it must not import (prefix match on the absolute module name)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
@@ -31,27 +29,6 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "eval": (f"{PACKAGE}.cli", f"{PACKAGE}.integration"),
     "integration": (f"{PACKAGE}.cli",),
 }
-
-
-def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
-    """Absolute names of every module ``path`` imports (``from . import x`` counts as ``package.x``)."""
-    package = ".".join(path.relative_to(root.parent).with_suffix("").parts)
-    if path.name != "__init__.py":
-        package = package.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package.split(".")
-            if node.level:
-                base = base[: len(base) - node.level + 1]
-                module = ".".join([*base, node.module] if node.module else base)
-            else:
-                module = node.module or ""
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
 
 
 def violations(layer: str, root: Path = ROOT) -> list[str]:

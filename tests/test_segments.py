@@ -16,15 +16,9 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus_fixtures as cf  # noqa: E402
 
-from llamafactory_kimi_audio.audio_io import (  # noqa: E402
-    SpanError,
-    load_audio,
-    media_value,
-    probe,
-    span_frames,
-    split_fragment,
-    split_media,
-)
+from llamafactory_kimi_audio.audio_errors import SpanError
+from llamafactory_kimi_audio.audio_io import load_audio, probe
+from llamafactory_kimi_audio.audio_spans import media_value, span_frames, split_fragment, split_media
 
 CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
 

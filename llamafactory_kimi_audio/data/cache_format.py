@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audio_io import split_fragment
+from ..audio_spans import split_fragment
 
 MAGIC = b"KAFC"
 FORMAT_VERSION = 1

@@ -30,23 +30,21 @@ from tqdm.auto import tqdm
 
 from ..audio_io import AudioInfo
 from ..constants import CHUNK_SECONDS
-from ..jsonio import DATASET_INFO, read_dataset_info
+from ..jsonio import DATASET_INFO
 from ..models.special_tokens import DEFAULT_INSTRUCTION
 from ..text import detect_language, drop_spaceless_gaps
 from .corpora import BY_NAME, Layout, detect_layout, named_layout, unknown_layout
 from .corpora.registry import has_known_files
 from .corpus_convert import CorpusResult, convert_corpus
+from .dataset_files import STRICT_HINT, dataset_info_entry, merge_dataset_info, output_path, resolve_audio
 from .names import printable, printable_issue, undecodable
 from .records import SourceRecord
-from .sources import AUDIO_EXTENSIONS, ReadOptions, read_source
+from .sources import ReadOptions, read_source
 from .speech_tasks import TTS_INSTRUCTION, tts_row
 from .splits import SPLIT_NAMES, assign_splits, check_split, parse_split, split_counts  # noqa: F401 (API)
 from .textio import DataError, ensure_writable_dir, write_json
 from .transcripts import rate_problem, strip_invisible
 from .validate import ERROR, DurationStats, Issue, check_audio, check_text, count_by_reason
-
-SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
-STRICT_HINT = "(--strict stops at the first bad row; drop --strict to skip bad rows and get a full report)"
 
 
 @dataclass(frozen=True)
@@ -130,45 +128,6 @@ class _Row:
     instruction: str | None
     info: AudioInfo
     garbled: bool = False  # kept by --keep-mojibake: left out of the language detection
-
-
-def resolve_audio(audio: str, root: str, by_id: bool = False) -> str:
-    """Absolute path of ``audio``: relative paths join ``root``; ids / extension-less names try audio extensions."""
-    path = os.path.expanduser(audio)
-    if not os.path.isabs(path) and os.sep == "/" and "\\" in path and not os.path.exists(os.path.join(root, path)):
-        path = path.replace("\\", "/")  # Windows-style path written on another machine
-    path = os.path.normpath(path if os.path.isabs(path) else os.path.join(root, path))
-    if not os.path.isfile(path) and (by_id or not os.path.splitext(path)[1]):
-        found = next((path + ext for ext in AUDIO_EXTENSIONS if os.path.isfile(path + ext)), None)
-        return found or path + ".wav"
-    return path
-
-
-def output_path(path: str, out_dir: str, style: str) -> str:
-    """The path as written into the dataset (LLaMA-Factory resolves relative paths against the dataset dir)."""
-    path = os.path.abspath(path)
-    relative = os.path.relpath(path, out_dir)
-    inside = not relative.startswith(os.pardir + os.sep) and relative != os.pardir
-    use_relative = style == "relative" or (style == "auto" and inside)
-    return (relative if use_relative else path).replace(os.sep, "/")
-
-
-def dataset_info_entry(file_name: str) -> dict[str, Any]:
-    return {
-        "file_name": file_name,
-        "formatting": "sharegpt",
-        "columns": {"messages": "messages", "audios": "audios"},
-        "tags": dict(SHAREGPT_TAGS),
-    }
-
-
-def merge_dataset_info(out_dir: str, entries: dict[str, dict[str, Any]]) -> str:
-    """Add/replace ``entries`` in ``out_dir/dataset_info.json``, keeping every other entry; returns the path."""
-    path = os.path.join(out_dir, DATASET_INFO)
-    info = read_dataset_info(out_dir) or {}
-    info.update(entries)
-    write_json(path, info)
-    return path
 
 
 def _check_record(

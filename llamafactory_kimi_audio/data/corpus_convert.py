@@ -5,7 +5,7 @@ probed once each in a process pool; rows are checked (``corpus_rows``) and writt
 (``corpus_output``). Memory is bounded by the chunk size, not by the corpus. The state file is updated after each
 chunk, so an interrupted run continues where it stopped (the reader re-reads, without probing, what was done).
 The pool's workers end with this process, however it ends (``worker_pool``). Audio paths are written absolute, or
-relative to ``out_dir`` (``convert.output_path``); problems are counted under the subset of their row.
+relative to ``out_dir`` (``dataset_files.output_path``); problems are counted under the subset of their row.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .corpora import Corpus, CorpusOptions, Layout
 from .corpora.base import SubsetIssue
 from .corpus_output import UNASSIGNED, ConvertState, ShardWriter, append_issues, first_issues
 from .corpus_rows import Checked, ProbeResults, RowChecker, RowRules, sharegpt_row, start_probes
+from .dataset_files import dataset_info_entry, merge_dataset_info, output_path  # one rule for every writer
 from .names import printable, printable_issue
 from .records import SourceRecord
 from .textio import DataError, write_json
@@ -190,14 +191,10 @@ class _Run:
                 self.state.stats(subset).add_row(row.seconds, row.sample_rate)
 
     def _path(self, audio: str) -> str:
-        from .convert import output_path  # one rule for every input: absolute, or relative to the output folder
-
         return output_path(audio, self.out_dir, self.opts.path_style)
 
 
 def _finish(run: _Run, layout: Layout, resumed_from: int) -> CorpusResult:
-    from .convert import dataset_info_entry, merge_dataset_info
-
     state, name = run.state, run.name
     subsets = {s: stats for s, stats in sorted(state.subsets.items()) if s != UNASSIGNED}
     datasets = {f"{name}_{s}": stats.summary() for s, stats in subsets.items() if stats.rows}

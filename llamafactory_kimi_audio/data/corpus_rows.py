@@ -1,5 +1,5 @@
 """Checking corpus rows against their audio headers, chunk by chunk: probes run in parallel (one per recording,
-never one per segment), spans are validated with ``audio_io.span_frames``, and kept rows become LLaMA-Factory
+never one per segment), spans are validated with ``audio_spans.span_frames``, and kept rows become LLaMA-Factory
 sharegpt rows whose ``audios`` entry is ``PATH`` or ``PATH#t=BEGIN,END``."""
 
 from __future__ import annotations

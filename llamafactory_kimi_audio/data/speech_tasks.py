@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..jsonio import DATASET_INFO
+from .dataset_files import STRICT_HINT, dataset_info_entry, merge_dataset_info, output_path, resolve_audio
 from .records import iter_json_records
 from .tables import iter_records, read_table
 from .textio import DataError, ensure_writable_dir, write_json
@@ -77,8 +78,6 @@ def read_spoken_reply_table(path: str, encoding: str = "auto") -> list[tuple[int
 
 
 def _check_row(line: int, row: dict, root: str, name: str, max_duration: float) -> tuple[dict | None, list[Issue]]:
-    from .convert import resolve_audio
-
     uid = str(row.get("id") or f"{os.path.splitext(name)[0]}-{line}")
     found = check_text(row.get("answer"))
     question, question_audio = str(row.get("question") or ""), row.get("question_audio") or None
@@ -108,8 +107,6 @@ def convert_spoken_reply(
     encoding: str = "auto",
 ) -> SpokenReplyResult:
     """Convert a spoken-reply table into ``out_dir/NAME.json`` + its dataset_info entry + ``NAME.report.json``."""
-    from .convert import STRICT_HINT, dataset_info_entry, merge_dataset_info, output_path
-
     out_dir = ensure_writable_dir(out_dir)
     root = os.path.abspath(root or os.path.dirname(input_path))
     table = read_spoken_reply_table(input_path, encoding)

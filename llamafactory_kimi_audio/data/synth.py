@@ -20,29 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import EnvironmentProblem, InputError
-from .synth_voices import EN_WORDS, SR, ZH_WORDS, espeak_render, tones_render
+from .synth_voices import EN_WORDS, SR, ZH_WORDS, Utterance, espeak_render, tones_render
 
 LANGS = ("en", "zh", "mixed")
 BACKENDS = ("auto", "espeak", "tones")
 INSTALL_HINT = "install it with `apt-get install espeak-ng`"
 FALLBACK_WARNING = f"espeak-ng not found: using the synthetic tone-word fallback; {INSTALL_HINT} for real speech"
-
-
-@dataclass(frozen=True)
-class Utterance:
-    uid: str
-    split: str
-    lang: str
-    words: tuple[str, ...]
-    seed: int  # per-utterance render randomness (voice, speed, pitch, jitter)
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.words) if self.lang == "en" else "".join(self.words)
-
-    @property
-    def audio(self) -> str:
-        return f"wavs/{self.uid}.wav"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,15 +15,29 @@ from ..audio_io import resample
 from ..constants import SAMPLE_RATE
 from ..errors import EnvironmentProblem
 
-if TYPE_CHECKING:
-    from .synth import Utterance
-
 SR = SAMPLE_RATE
 EN_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "red", "blue")
 # Hanzi in the transcript, pinyin for espeak (its cmn Hanzi dictionary is partial in distro builds).
 ZH_WORDS = dict(zip("一二三四五六七八九十", "yi1 er4 san1 si4 wu3 liu4 qi1 ba1 jiu3 shi2".split()))
 EN_VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb+f4", "en-us+m3", "en-gb-x-rp+f2", "en-029+m2")
 ZH_VOICES = ("cmn-latn-pinyin", "cmn-latn-pinyin+f3", "cmn-latn-pinyin+m3", "cmn-latn-pinyin+f4")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    uid: str
+    split: str
+    lang: str
+    words: tuple[str, ...]
+    seed: int  # per-utterance render randomness (voice, speed, pitch, jitter)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words) if self.lang == "en" else "".join(self.words)
+
+    @property
+    def audio(self) -> str:
+        return f"wavs/{self.uid}.wav"
 
 
 # ---------------------------------------------------------------- espeak backend

@@ -2,8 +2,8 @@
 
 Spreadsheets exported on Chinese Windows arrive as GBK/GB18030, Big5, Shift-JIS, UTF-8 with a BOM, or text that was
 already decoded with the wrong codec once and saved again ("mojibake"). ``read_text`` decodes the first kinds (the
-codec is detected by ``encodings.py``) and reports which codec it used; ``mojibake_hint`` recognises the usual shapes
-of the last so the converter can warn per row.
+codec is detected by ``encodings.py``) and reports which codec it used; ``mojibake_hint`` recognises the
+usual shapes of the last so the converter can warn per row.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def make_segment_media_paths(original):
 
     @functools.wraps(original)
     def _find_medias(self, medias, *args: Any, **kwargs: Any):
-        from ..audio_io import split_fragment
+        from ..audio_spans import split_fragment
 
         values = medias if isinstance(medias, list) else [medias]
         if not any(isinstance(value, str) and "#t=" in value for value in values):
