@@ -21,7 +21,7 @@ from typing import Any
 _MARK = "__kimi_audio_patch__"
 _MISSING = object()
 
-# Distribution -> supported versions (pyproject.toml's ranges): what the patch rows are written for; `doctor` checks all.
+# Distribution -> supported versions (pyproject.toml's ranges): what the patch rows are written for; `doctor` checks.
 SUPPORTED_VERSIONS = {
     "torch": ">=2.4",
     "transformers": ">=4.55.0,<=5.6.0,!=4.57.0",
@@ -61,7 +61,7 @@ def version_problem(distribution: str) -> str | None:
         return f"{name} {found} is installed, the patches are written for {wanted}"
     verified = VERIFIED_VERSIONS.get(distribution)
     if verified is not None and not SpecifierSet(verified).contains(found, prereleases=True):
-        return f"{name} {found} is installed, the patches were verified with {verified} only (signatures still checked)"
+        return f"{name} {found} is installed, the patches were verified with {verified} only (signatures are checked)"
     return None
 
 
