@@ -23,28 +23,43 @@ def installed_tree() -> Path:
     return Path(importlib.util.find_spec("llamafactory").submodule_search_locations[0])
 
 
-def check(tree: Path) -> tuple[int, dict[str, str]]:
-    """Run the script; returns its exit code and each row's status."""
+def run_script(tree: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(SCRIPT), str(tree)], capture_output=True, text=True, env=env, timeout=300, check=False
     )
-    assert not done.stderr.strip() or done.returncode != 0, done.stderr
-    statuses = {}
+
+
+def row_lines(done: subprocess.CompletedProcess) -> dict[str, tuple[str, str]]:
+    """Row name -> (status, the rest of its line)."""
+    rows = {}
     for line in done.stdout.splitlines()[1:-1]:
-        match = re.match(r"(ok|missing|signature changed|not checked)\s+(\S+)\s", line)
+        match = re.match(r"(ok|missing|signature changed|not checked)\s+(\S+)\s+(.*)", line)
         assert match, line
-        statuses[match[2]] = match[1]
-    return done.returncode, statuses
+        rows[match[2]] = (match[1], match[3])
+    return rows
+
+
+def check(tree: Path) -> tuple[int, dict[str, str]]:
+    """Run the script; returns its exit code and each row's status."""
+    done = run_script(tree)
+    assert not done.stderr.strip() or done.returncode != 0, done.stderr
+    return done.returncode, {name: status for name, (status, _) in row_lines(done).items()}
 
 
 def llamafactory_rows() -> set[str]:
     return {row.name for row in (*PATCHES, OPT_OUT_NOTICE) if row.owner.startswith("llamafactory")}
 
 
-def test_every_row_is_ok_on_the_installed_release() -> None:
-    code, statuses = check(installed_tree())
-    assert code == 0
+@pytest.fixture(scope="module")
+def installed_run() -> subprocess.CompletedProcess:
+    """One run of the script on the installed LLaMA-Factory, shared by the tests that read it."""
+    return run_script(installed_tree())
+
+
+def test_every_row_is_ok_on_the_installed_release(installed_run) -> None:
+    assert installed_run.returncode == 0 and not installed_run.stderr.strip(), installed_run.stderr
+    statuses = {name: status for name, (status, _) in row_lines(installed_run).items()}
     assert set(statuses) == {row.name for row in (*PATCHES, OPT_OUT_NOTICE)}
     assert {name for name, status in statuses.items() if status == "ok"} == llamafactory_rows()
 
@@ -62,6 +77,23 @@ def test_a_changed_signature_and_a_removed_function_are_reported(tmp_path) -> No
     assert statuses["serve.app"] == "missing"
     broken = {name for name, status in statuses.items() if status != "ok" and name in llamafactory_rows()}
     assert broken == {"segment_media_paths", "serve.app"}
+
+
+def test_a_new_importer_of_a_rebound_name_is_listed(tmp_path, installed_run) -> None:
+    """A row that rebinds a name in the module importing it does not reach a second importer: the line names it."""
+    rows = row_lines(installed_run)
+    rebinding = {}
+    for row in PATCHES:
+        found = re.search(r"defined in (llamafactory[\w.]*):\d+", rows[row.name][1])
+        if ":" not in row.owner and found and found[1] != row.owner:
+            rebinding[row.name] = (found[1], row.attribute)
+    assert rebinding, "no row rebinds an imported name: pick another case for this test"
+    name, (defined_in, attribute) = next(iter(rebinding.items()))
+    tree = tmp_path / "llamafactory"
+    shutil.copytree(installed_tree(), tree, ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / "kimi_probe_importer.py").write_text(f"from {defined_in} import {attribute}\n")
+    status, rest = row_lines(run_script(tmp_path))[name]
+    assert status == "ok" and "llamafactory.kimi_probe_importer" in rest.partition("also imported by")[2]
 
 
 def test_a_folder_without_llamafactory_is_one_line(tmp_path) -> None:
