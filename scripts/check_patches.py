@@ -80,9 +80,9 @@ def absolute(module: str, node: ast.ImportFrom, is_package: bool) -> str:
 
 def binding(tree: SourceTree, module: str, name: str) -> tuple[ast.AST | None, str | None]:
     """The module-level statement that binds ``name`` (a def, class, assignment) or the module it imports it from."""
-    parsed = tree.parse(module)
+    parsed, path = tree.parse(module), tree.file_of(module)
     found: tuple[ast.AST | None, str | None] = (None, None)
-    is_package = tree.file_of(module) is not None and tree.file_of(module).name == "__init__.py"
+    is_package = path is not None and path.name == "__init__.py"
     for node in parsed.body if parsed else ():
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
             found = (node, None)
