@@ -20,7 +20,7 @@ from .doctor_checkpoint import Check, checkpoint_checks
 from .doctor_codecs import codec_checks
 from .doctor_probe import TEMPLATE
 from .integration.fp8 import fp8_check
-from .patching import SUPPORTED_VERSIONS
+from .patching import SUPPORTED_VERSIONS, VERIFIED_VERSIONS
 
 DISABLE = "KIMI_AUDIO_DISABLE"
 MIN_PYTHON = (3, 11)
@@ -80,10 +80,10 @@ def python_check() -> Check:
 
 
 def version_checks() -> list[Check]:
-    return [version_check(dist, spec) for dist, spec in SUPPORTED_VERSIONS.items()]
+    return [version_check(dist, spec, VERIFIED_VERSIONS.get(dist)) for dist, spec in SUPPORTED_VERSIONS.items()]
 
 
-def version_check(dist: str, spec: str) -> Check:
+def version_check(dist: str, spec: str, verified: str | None = None) -> Check:
     from importlib.metadata import PackageNotFoundError, version
 
     from packaging.specifiers import SpecifierSet
@@ -96,9 +96,11 @@ def version_check(dist: str, spec: str) -> Check:
         return Check(dist, False, f"not installed (supported: {spec})", fix)
     try:
         ok = SpecifierSet(spec).contains(Version(installed), prereleases=True)
+        unverified = verified is not None and not SpecifierSet(verified).contains(Version(installed), prereleases=True)
     except InvalidVersion:
-        ok = False
-    return Check(dist, ok, f"{installed} (supported: {spec})", "" if ok else fix)
+        ok = unverified = False
+    note = f"; verified with {verified} only, patch signatures are checked at start-up" if ok and unverified else ""
+    return Check(dist, ok, f"{installed} (supported: {spec}{note})", "" if ok else fix)
 
 
 # -------------------------------------------------------------------------------------------- integration

@@ -21,13 +21,16 @@ from typing import Any
 _MARK = "__kimi_audio_patch__"
 _MISSING = object()
 
-# Distribution -> supported versions (pyproject.toml's pins): what the patch rows are written for; `doctor` checks all.
+# Distribution -> supported versions (pyproject.toml's ranges): what the patch rows are written for; `doctor` checks.
 SUPPORTED_VERSIONS = {
     "torch": ">=2.4",
     "transformers": ">=4.55.0,<=5.6.0,!=4.57.0",
     "peft": ">=0.18.0,<0.19",
-    "llamafactory": "==0.9.5",
+    "llamafactory": ">=0.9.5,<0.10",
 }
+# Narrower than the range where the rows were run against fewer releases (the tests; scripts/check_patches.py for a
+# source tree): a version in the range but outside these still gets one warning, and each row's signature check.
+VERIFIED_VERSIONS = {"llamafactory": "==0.9.5"}
 DISTRIBUTION_NAMES = {
     "torch": "torch",
     "llamafactory": "LLaMA-Factory",
@@ -47,13 +50,19 @@ def installed_version(distribution: str) -> str | None:
 
 
 def version_problem(distribution: str) -> str | None:
-    """``None`` when the installed ``distribution`` is in :data:`SUPPORTED_VERSIONS`, else a phrase naming both."""
+    """``None`` when the installed ``distribution`` is supported and verified, else a phrase naming both versions."""
     from packaging.specifiers import SpecifierSet
 
     found, wanted = installed_version(distribution), SUPPORTED_VERSIONS[distribution]
-    if found is None or SpecifierSet(wanted).contains(found, prereleases=True):
+    if found is None:
         return None
-    return f"{DISTRIBUTION_NAMES[distribution]} {found} is installed, the patches are written for {wanted}"
+    name = DISTRIBUTION_NAMES[distribution]
+    if not SpecifierSet(wanted).contains(found, prereleases=True):
+        return f"{name} {found} is installed, the patches are written for {wanted}"
+    verified = VERIFIED_VERSIONS.get(distribution)
+    if verified is not None and not SpecifierSet(verified).contains(found, prereleases=True):
+        return f"{name} {found} is installed, the patches were verified with {verified} only (signatures are checked)"
+    return None
 
 
 @dataclass

@@ -146,6 +146,16 @@ def test_version_check_outside_the_range() -> None:
     assert not missing.ok and "not installed" in missing.detail
 
 
+def test_version_check_in_the_range_but_not_verified() -> None:
+    installed = patching.installed_version("transformers")
+    check = doctor.version_check("transformers", f">={installed}", verified=f"!={installed}")
+    note = f"; verified with !={installed} only, patch signatures are checked at start-up)"
+    assert check.ok and check.detail == f"{installed} (supported: >={installed}{note}"
+    assert doctor.version_check("transformers", f">={installed}", verified=f"=={installed}").detail == (
+        f"{installed} (supported: >={installed})"
+    )
+
+
 def test_missing_model_dir(tmp_path) -> None:
     checks = doctor.checkpoint_checks(os.fspath(tmp_path / "nope"))
     assert len(checks) == 1 and not checks[0].ok
