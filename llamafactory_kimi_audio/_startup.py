@@ -17,7 +17,6 @@ No ``typing``, ``logging`` or ``threading`` here (``TYPE_CHECKING`` by hand): ev
 
 from __future__ import annotations
 
-import os
 import sys
 
 from . import DISABLE_ENV, settings
@@ -54,7 +53,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _warn(what: str, error: str) -> None:
-    if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: every rank would print the same line
+    from .logs import is_main_process  # stdlib only; imported only when a hook failed
+
+    if not is_main_process():  # torchrun: every rank would print the same line
         return
     try:
         sys.stderr.write(
