@@ -160,7 +160,9 @@ def test_histogram_png_when_matplotlib_is_installed(tmp_path: Path, capsys) -> N
     pytest.importorskip("matplotlib")
     preds = jsonl(tmp_path / "p.jsonl", [{"ref": "a b", "hyp": "a c"}])
     assert main(["evaluate", "--predictions", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "ev")]) == 0
-    assert preds.exists() and (tmp_path / "ev" / "error_rate_hist.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "ev" / "error_rate_hist.png").read_bytes().startswith(b"\x89PNG")
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["predictions"] == str(preds) and summary["n"] == 1  # the histogram is of this file's one pair
     assert "![error-rate histogram](error_rate_hist.png)" in (tmp_path / "ev" / "report.md").read_text()
 
 
@@ -457,3 +459,19 @@ def test_help_says_what_each_normalizer_does_and_covers_speech_output() -> None:
     assert NORMALIZERS["standard"](text) == "ab dont"  # NFKC, lower case, punctuation removed
     assert NORMALIZERS["basic"](text) == "AB, Don't"  # NFKC + whitespace: case and punctuation count
     assert NORMALIZERS["none"](text) == "ＡＢ, Don't"  # whitespace only
+
+
+def test_library_options_are_checked_in_one_place(tmp_path: Path) -> None:
+    """``evaluate``'s keywords are ``EvaluateOptions`` fields: unknown names and bad values fail before any work."""
+    from llamafactory_kimi_audio.errors import InputError
+    from llamafactory_kimi_audio.eval import EvaluateOptions, evaluate
+
+    preds = jsonl(tmp_path / "p.jsonl", [{"ref": "a b", "hyp": "a c"}])
+    with pytest.raises(TypeError, match="unexpected options: normaliser"):
+        evaluate(predictions=str(preds), normaliser="basic")
+    with pytest.raises(InputError, match="normalizer 'nfkc': choose one of"):
+        evaluate(predictions=str(preds), normalizer="nfkc")
+    with pytest.raises(InputError, match="language 'fr'"):
+        EvaluateOptions(language="fr")
+    result = evaluate(predictions=str(preds), options=EvaluateOptions(normalizer="none"), plot=False)
+    assert result.report.n == 1 and result.report.totals["wer"].rate == 0.5
