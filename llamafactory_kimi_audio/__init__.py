@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-DISABLE_ENV = "KIMI_AUDIO_DISABLE"  # settings.py; LLAMAFACTORY_KIMI_AUDIO_DISABLE still works (deprecated)
+DISABLE_ENV = "KIMI_AUDIO_DISABLE"  # settings.py
 
 
 def activate() -> None:
