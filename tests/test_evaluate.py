@@ -423,7 +423,7 @@ def test_an_input_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 def test_error_table() -> None:
     from llamafactory_kimi_audio.audio_io import AudioError
-    from llamafactory_kimi_audio.cli._errors import CliError, exit_code_for
+    from llamafactory_kimi_audio.cli._errors import exit_code_for
     from llamafactory_kimi_audio.data.textio import DataError
     from llamafactory_kimi_audio.errors import EnvironmentProblem, GateFailed, KimiAudioError, ModelError
 
@@ -432,9 +432,7 @@ def test_error_table() -> None:
     assert [exit_code_for(e("m")) for e in (ModelError, EnvironmentProblem, GateFailed)] == [3, 4, 1]
     assert exit_code_for(DataError("bad row")) == 2 and exit_code_for(AudioError("bad wav")) == 2
     assert exit_code_for(FileNotFoundError(2, "No such file", "x.wav")) == 2
-    legacy = CliError("old style", 4)
-    assert isinstance(legacy, KimiAudioError) and legacy.code == 4 and exit_code_for(legacy) == 4
-    assert exit_code_for(CliError("default")) == 2
+    assert exit_code_for(KimiAudioError("any package error", 4)) == 4 and exit_code_for(KimiAudioError("m")) == 2
 
 
 def test_language_flag_picks_which_utterances_get_wer_while_cer_covers_all() -> None:
