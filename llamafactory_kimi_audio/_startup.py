@@ -10,14 +10,13 @@ Each hook runs at most once per process. A failing hook prints one warning line 
 (``KIMI_AUDIO_STRICT=1`` re-raises instead); :func:`activate_now` retries it. A hook that needs one of this package's
 modules while that module is itself importing LLaMA-Factory (``import llamafactory_kimi_audio.integration.mm_plugin``
 first) waits for :func:`resume` at the end of that module instead of failing. ``KIMI_AUDIO_DISABLE=1`` turns all of
-it off but a notice for a failing ``kimi_audio`` recipe (``settings.py``; the old ``LLAMAFACTORY_KIMI_AUDIO_*``
-names still work); :func:`activate_now` turns it on explicitly in a process that imported LLaMA-Factory first.
+it off but a notice for a failing ``kimi_audio`` recipe (``settings.py``); :func:`activate_now` turns it on explicitly
+in a process that imported LLaMA-Factory first.
 No ``typing``, ``logging`` or ``threading`` here (``TYPE_CHECKING`` by hand): every interpreter loads this file.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from . import settings
@@ -57,7 +56,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _warn(what: str, error: str) -> None:
-    if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: every rank would print the same line
+    from .logs import is_main_process  # stdlib only; imported only when a hook failed
+
+    if not is_main_process():  # torchrun: every rank would print the same line
         return
     try:
         sys.stderr.write(

@@ -46,8 +46,8 @@ _running: dict[tuple[str, ...], tuple[subprocess.Popen, float]] = {}
 
 def _key() -> tuple[str, ...]:
     """What the probe's answer depends on: the interpreter, the opt-out variables, ``PYTHONPATH``."""
-    names = (setting := settings.BY_NAME["KIMI_AUDIO_DISABLE"]).name, *setting.aliases
-    return (sys.executable, *(str(os.environ.get(name)) for name in (*names, "PYTHONPATH")))
+    names = (settings.BY_NAME["KIMI_AUDIO_DISABLE"].name, "PYTHONPATH")
+    return (sys.executable, *(str(os.environ.get(name)) for name in names))
 
 
 def start() -> bool:

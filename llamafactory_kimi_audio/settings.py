@@ -1,9 +1,8 @@
 """Every environment variable of the package, in one table: name, default, one parsing rule, what it does.
 
-All names share the prefix ``KIMI_AUDIO_``; the older names (``LLAMAFACTORY_KIMI_AUDIO_*``, ``KIMI_AUDIO_LF_*``)
-still work as deprecated aliases. Values are read once per process and cached (:func:`reload` re-reads them, for
-tests). Switches accept ``1/true/yes/on`` and ``0/false/no/off`` (any case); anything else is one warning and the
-default. Stdlib only: the start-up hook imports this module in every interpreter.
+All names share the prefix ``KIMI_AUDIO_``. Values are read once per process and cached (:func:`reload` re-reads
+them, for tests). Switches accept ``1/true/yes/on`` and ``0/false/no/off`` (any case); anything else is one warning
+and the default. Stdlib only: the start-up hook imports this module in every interpreter.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ _FALSE = ("0", "false", "no", "off")
 class Setting:
     """One environment variable: ``kind`` is ``"switch"`` (bool), ``"choice"`` (one of ``choices``) or ``"text"``."""
 
-    __slots__ = ("name", "default", "kind", "doc", "aliases", "choices")
+    __slots__ = ("name", "default", "kind", "doc", "choices")
 
     def __init__(
         self,
@@ -27,11 +26,10 @@ class Setting:
         default: object,
         kind: str,
         doc: str,
-        aliases: tuple[str, ...] = (),
         choices: tuple[str, ...] = (),
     ) -> None:
         self.name, self.default, self.kind, self.doc = name, default, kind, doc
-        self.aliases, self.choices = aliases, choices
+        self.choices = choices
 
     def parse(self, raw: str) -> object:
         value = raw.strip()
@@ -60,21 +58,18 @@ SETTINGS: tuple[Setting, ...] = (
         "switch",
         "Turn the LLaMA-Factory integration off in every process: no registration, no patch (a kimi_audio recipe "
         "that then fails says that this variable is set).",
-        aliases=("LLAMAFACTORY_KIMI_AUDIO_DISABLE",),
     ),
     Setting(
         "KIMI_AUDIO_STRICT",
         False,
         "switch",
         "Raise instead of warning when a hook or patch of the integration fails.",
-        aliases=("LLAMAFACTORY_KIMI_AUDIO_STRICT",),
     ),
     Setting(
         "KIMI_AUDIO_DEBUG",
         False,
         "switch",
         "Keep the full traceback of bad-input errors (as `kimi-audio-lf --debug`).",
-        aliases=("KIMI_AUDIO_LF_DEBUG",),
     ),
     Setting("KIMI_AUDIO_FUSED_LORA", True, "switch", "Fused LoRA forward on Kimi-Audio layers (0: PEFT's own)."),
     Setting(
@@ -176,15 +171,8 @@ def _warn(message: str) -> None:
 
 
 def raw_value(name: str) -> tuple[str | None, str]:
-    """The raw string of a setting and the variable it came from (the new name wins over a deprecated alias)."""
-    setting = BY_NAME[name]
-    for candidate in (setting.name, *setting.aliases):
-        raw = os.environ.get(candidate)
-        if raw is not None:
-            if candidate != setting.name:
-                _warn(f"{candidate} is deprecated; set {setting.name} instead")
-            return raw, candidate
-    return None, setting.name
+    """The raw string of a setting (None when unset) and the variable it is read from."""
+    return os.environ.get(BY_NAME[name].name), BY_NAME[name].name
 
 
 def get(name: str) -> object:

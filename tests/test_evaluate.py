@@ -160,7 +160,9 @@ def test_histogram_png_when_matplotlib_is_installed(tmp_path: Path, capsys) -> N
     pytest.importorskip("matplotlib")
     preds = jsonl(tmp_path / "p.jsonl", [{"ref": "a b", "hyp": "a c"}])
     assert main(["evaluate", "--predictions", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "ev")]) == 0
-    assert preds.exists() and (tmp_path / "ev" / "error_rate_hist.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "ev" / "error_rate_hist.png").read_bytes().startswith(b"\x89PNG")
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["predictions"] == str(preds) and summary["n"] == 1  # the histogram is of this file's one pair
     assert "![error-rate histogram](error_rate_hist.png)" in (tmp_path / "ev" / "report.md").read_text()
 
 
@@ -421,7 +423,7 @@ def test_an_input_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 def test_error_table() -> None:
     from llamafactory_kimi_audio.audio_io import AudioError
-    from llamafactory_kimi_audio.cli._errors import CliError, exit_code_for
+    from llamafactory_kimi_audio.cli._errors import exit_code_for
     from llamafactory_kimi_audio.data.textio import DataError
     from llamafactory_kimi_audio.errors import EnvironmentProblem, GateFailed, KimiAudioError, ModelError
 
@@ -430,9 +432,7 @@ def test_error_table() -> None:
     assert [exit_code_for(e("m")) for e in (ModelError, EnvironmentProblem, GateFailed)] == [3, 4, 1]
     assert exit_code_for(DataError("bad row")) == 2 and exit_code_for(AudioError("bad wav")) == 2
     assert exit_code_for(FileNotFoundError(2, "No such file", "x.wav")) == 2
-    legacy = CliError("old style", 4)
-    assert isinstance(legacy, KimiAudioError) and legacy.code == 4 and exit_code_for(legacy) == 4
-    assert exit_code_for(CliError("default")) == 2
+    assert exit_code_for(KimiAudioError("any package error", 4)) == 4 and exit_code_for(KimiAudioError("m")) == 2
 
 
 def test_language_flag_picks_which_utterances_get_wer_while_cer_covers_all() -> None:
@@ -457,3 +457,19 @@ def test_help_says_what_each_normalizer_does_and_covers_speech_output() -> None:
     assert NORMALIZERS["standard"](text) == "ab dont"  # NFKC, lower case, punctuation removed
     assert NORMALIZERS["basic"](text) == "AB, Don't"  # NFKC + whitespace: case and punctuation count
     assert NORMALIZERS["none"](text) == "ＡＢ, Don't"  # whitespace only
+
+
+def test_library_options_are_checked_in_one_place(tmp_path: Path) -> None:
+    """``evaluate``'s keywords are ``EvaluateOptions`` fields: unknown names and bad values fail before any work."""
+    from llamafactory_kimi_audio.errors import InputError
+    from llamafactory_kimi_audio.eval import EvaluateOptions, evaluate
+
+    preds = jsonl(tmp_path / "p.jsonl", [{"ref": "a b", "hyp": "a c"}])
+    with pytest.raises(TypeError, match="unexpected options: normaliser"):
+        evaluate(predictions=str(preds), normaliser="basic")
+    with pytest.raises(InputError, match="normalizer 'nfkc': choose one of"):
+        evaluate(predictions=str(preds), normalizer="nfkc")
+    with pytest.raises(InputError, match="language 'fr'"):
+        EvaluateOptions(language="fr")
+    result = evaluate(predictions=str(preds), options=EvaluateOptions(normalizer="none"), plot=False)
+    assert result.report.n == 1 and result.report.totals["wer"].rate == 0.5

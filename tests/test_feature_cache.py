@@ -217,17 +217,17 @@ def test_cache_cli_stats_verify_gc(tmp_path: Path, capsys) -> None:
     cache.write(clip_key(paths[0]), *_features(paths[0]))  # rewritten once: the first payload is dead bytes
     cache.writer.close()
     cache.lock.release()  # the writer is done: gc may take the cache
-    legacy = root / IDENTITY / "ab"
-    legacy.mkdir()
-    (legacy / "ab12.safetensors").write_bytes(b"old layout")
+    stray = root / IDENTITY / "ab" / "ab12.safetensors"  # not the cache's own file: never read, never removed
+    stray.parent.mkdir()
+    stray.write_bytes(b"someone else's")
     os.remove(paths[5])  # an orphan
     assert main(["cache", "stats", "--cache", str(root)]) == 0
     out = capsys.readouterr().out
     assert "6 entries (0 codes-only)" in out and "1 orphans" in out and f"orphan: {paths[5]}" in out
-    assert "1 files of the old one-file-per-clip layout" in out and "per audio hour" in out
+    assert "per audio hour" in out and "ab12" not in out
     assert main(["cache", "verify", "--cache", str(root)]) == 0
     assert main(["cache", "gc", "--cache", str(root)]) == 0
-    assert "gc: freed" in capsys.readouterr().out and not legacy.exists()
+    assert "gc: freed" in capsys.readouterr().out and stray.read_bytes() == b"someone else's"
     fresh = FeatureCache(str(root), IDENTITY)
     assert len(fresh.index) == 5 and all(torch.equal(_read(fresh, p)[1], _features(p)[1]) for p in paths[:5])
     shard = next(Path(fresh.folder).glob("*.bin"))

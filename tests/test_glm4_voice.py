@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from llamafactory_kimi_audio.errors import InputError, ModelError
 from llamafactory_kimi_audio.models.constants import num_audio_tokens
 from llamafactory_kimi_audio.models.glm4_voice import (
     Glm4VoiceConfig,
@@ -153,13 +154,13 @@ def _rewrite(src: str, dst, edit) -> None:
 
 def test_strict_loading(tiny_dir, enc, tmp_path):
     _rewrite(tiny_dir, tmp_path / "missing", lambda s: {k: v for k, v in s.items() if k != "layers.0.fc1.bias"})
-    with pytest.raises(ValueError, match=r"missing keys \['layers.0.fc1.bias'\]"):
+    with pytest.raises(ModelError, match=r"missing keys \['layers.0.fc1.bias'\]"):
         load_glm4_voice_tokenizer(tmp_path / "missing")
     _rewrite(tiny_dir, tmp_path / "extra", lambda s: {**s, "layers.2.fc1.bias": s["layers.0.fc1.bias"].clone()})
-    with pytest.raises(ValueError, match=r"unexpected keys \['layers.2.fc1.bias'\]"):
+    with pytest.raises(ModelError, match=r"unexpected keys \['layers.2.fc1.bias'\]"):
         load_glm4_voice_tokenizer(tmp_path / "extra")
     _rewrite(tiny_dir, tmp_path / "shape", lambda s: {**s, "conv1.bias": s["conv1.bias"][:3]})
-    with pytest.raises(ValueError, match="conv1.bias"):
+    with pytest.raises(ModelError, match="conv1.bias"):
         load_glm4_voice_tokenizer(tmp_path / "shape")
     # the three unused tensors may be absent; a GLM training checkpoint (model.encoder.*) also loads
     optional = ("embed_positions2.weight", "ema_count", "ema_weight")
@@ -178,28 +179,28 @@ def test_strict_loading(tiny_dir, enc, tmp_path):
 
 
 def test_invalid_inputs(enc):
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         enc.tokenize([speechy(1000, 0), np.zeros(0, np.float32)])
-    with pytest.raises(ValueError, match="1-D"):
+    with pytest.raises(InputError, match="1-D"):
         enc.tokenize([np.zeros((2, 1000), np.float32)])
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         glm4_voice_features([])
     feats, mask = glm4_voice_features([speechy(2560, 0)])
-    with pytest.raises(ValueError, match="even"):
+    with pytest.raises(InputError, match="even"):
         enc.encode_features(feats[..., :-1], mask[:, :-1])
-    with pytest.raises(ValueError, match="30 s"):
+    with pytest.raises(InputError, match="30 s"):
         enc.encode_features(torch.zeros(1, 128, 3002), torch.ones(1, 3002))
 
 
 def test_config_validation(tmp_path):
     for bad in (dict(encoder_causal_attention=True), dict(quantize_causal_encoder=True), dict(pooling_type="mean"),
                 dict(quantize_causal_block_size=None), dict(pooling_position=8)):  # fmt: skip
-        with pytest.raises(ValueError, match="unsupported GLM-4-Voice tokenizer config"):
+        with pytest.raises(ModelError, match="unsupported GLM-4-Voice tokenizer config"):
             Glm4VoiceConfig(**bad)
     data = Glm4VoiceConfig().to_dict()
     del data["quantize_causal_block_size"]  # absent key -> the original class default (None) -> refused
     (tmp_path / "config.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="quantize_causal_block_size"):
+    with pytest.raises(ModelError, match="quantize_causal_block_size"):
         Glm4VoiceConfig.from_json_file(tmp_path / "config.json")
     assert Glm4VoiceConfig.from_dict(Glm4VoiceConfig().to_dict()) == Glm4VoiceConfig()
 

@@ -438,23 +438,6 @@ def test_missing_audio_with_a_cache_is_one_line(tmp_path: Path, cache, processor
         settings.reload()
 
 
-def test_old_per_clip_layout_gets_one_line(tmp_path: Path, model_dir, wavs, processor, encoders, capsys) -> None:
-    from llamafactory_kimi_audio.data import feature_cache
-
-    identity = encoder_identity(model_dir)
-    old = tmp_path / identity / "3f"
-    old.mkdir(parents=True)
-    (old / f"3f{'0' * 62}.safetensors").write_bytes(b"an entry of the old layout")
-    expected = "1 entries of the old one-file-per-clip layout are not read by this version; re-run `kimi-audio-lf"
-    assert feature_cache.process_cache(model_dir, str(tmp_path)) is not None
-    assert expected in capsys.readouterr().err
-    lines: list[str] = []
-    result = precompute(
-        model_dir, wavs[:1], PrecomputeOptions(cache_dir=str(tmp_path), **QUIET), encoders, lines.append
-    )
-    assert result.computed == 1 and len(lines) == 1 and expected in lines[0]
-
-
 def test_segments_get_their_own_entries_equal_to_online(tmp_path: Path, model_dir, wavs, encoders, model, processor):
     """Two spans of one file (``PATH#t=B,E``) are two entries, each equal to the online features of its span, and
     `cache stats` counts neither as an orphan."""

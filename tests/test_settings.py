@@ -1,4 +1,4 @@
-"""settings.py: one prefix, deprecated aliases with one message, one parsing rule, defaults, read once per process."""
+"""settings.py: one prefix, one parsing rule, defaults, read once per process."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from llamafactory_kimi_audio import settings
 def env(monkeypatch, capsys):
     """Set variables, re-read the settings; the cache and the warned messages are reset around each test."""
     for setting in settings.SETTINGS:
-        for name in (setting.name, *setting.aliases):
-            monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(setting.name, raising=False)
     monkeypatch.setattr(settings, "_warned", set())
     settings.reload()
 
@@ -58,22 +57,6 @@ def test_a_bad_value_is_one_warning_and_the_default(env, capsys):
 def test_choices(env, raw, expected):
     env(KIMI_AUDIO_COMPILE_POINTWISE=raw)
     assert settings.get("KIMI_AUDIO_COMPILE_POINTWISE") == expected
-
-
-@pytest.mark.parametrize(
-    "old, new",
-    [
-        ("LLAMAFACTORY_KIMI_AUDIO_DISABLE", "KIMI_AUDIO_DISABLE"),
-        ("LLAMAFACTORY_KIMI_AUDIO_STRICT", "KIMI_AUDIO_STRICT"),
-        ("KIMI_AUDIO_LF_DEBUG", "KIMI_AUDIO_DEBUG"),
-    ],
-)
-def test_deprecated_aliases_work_with_one_message(env, capsys, old, new):
-    env(**{old: "1"})
-    assert settings.get(new) is True and settings.get(new) is True
-    assert capsys.readouterr().err == f"llamafactory-kimi-audio: {old} is deprecated; set {new} instead\n"
-    env(**{new: "0"})  # the new name wins over the alias
-    assert settings.get(new) is False
 
 
 def test_read_once_per_process(env, monkeypatch):

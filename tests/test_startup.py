@@ -148,7 +148,7 @@ def test_pth_survives_base_exceptions(tmp_path: Path, raised: str):
     (shadow / "__init__.py").write_text(f"raise {raised}\n")
     ours = "[m for m in sys.modules if 'kimi' in m]"
     code = f"import site, sys; site.addsitedir({str(site_dir)!r}); print('alive', {ours})"
-    env = {k: v for k, v in os.environ.items() if k not in (DISABLE_ENV, "LLAMAFACTORY_KIMI_AUDIO_DISABLE")}
+    env = {k: v for k, v in os.environ.items() if k != DISABLE_ENV}
     env["PYTHONPATH"] = str(shadow.parent)
     result = subprocess.run(
         [sys.executable, "-S", "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
@@ -172,7 +172,7 @@ def test_pth_delivers_a_real_ctrl_c_after_the_import(tmp_path: Path):
     (site_dir / f"{PACKAGE}.pth").write_text((REPO / f"{PACKAGE}.pth").read_text())
     (shadow / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
     code = f"import site; site.addsitedir({str(site_dir)!r}); print('not reached')"
-    env = {k: v for k, v in os.environ.items() if k not in (DISABLE_ENV, "LLAMAFACTORY_KIMI_AUDIO_DISABLE")}
+    env = {k: v for k, v in os.environ.items() if k != DISABLE_ENV}
     env["PYTHONPATH"] = str(shadow.parent)
     result = subprocess.run(
         [sys.executable, "-S", "-c", code],
@@ -187,18 +187,16 @@ def test_pth_delivers_a_real_ctrl_c_after_the_import(tmp_path: Path):
     assert result.returncode != 0
 
 
-@pytest.mark.parametrize("name", ["KIMI_AUDIO_DISABLE", "LLAMAFACTORY_KIMI_AUDIO_DISABLE"])
-def test_both_opt_out_names_turn_the_hooks_off(fake: Path, name: str):
+def test_opt_out_turns_the_hooks_off(fake: Path):
     code = """\
         import json
         import llamafactory.target as target
         import llamafactory_kimi_audio._startup as s
         print(json.dumps([hasattr(target, "HOOKED"), s.registered_hooks(), s.applied_hooks()]))
         """
-    result = run(code, env={name: "1"}, path=fake)
+    result = run(code, env={DISABLE_ENV: "1"}, path=fake)
     assert last_json(result) == [False, {"kimi_audio_opt_out_notice": "llamafactory.train.tuner"}, []]
-    deprecated = f"llamafactory-kimi-audio: {name} is deprecated; set KIMI_AUDIO_DISABLE instead\n"
-    assert result.stderr == ("" if name == "KIMI_AUDIO_DISABLE" else deprecated)
+    assert result.stderr == ""
 
 
 def test_hooks_run_after_their_module_and_failures_warn_once(fake: Path):

@@ -13,6 +13,7 @@ import dill
 import pytest
 import tiktoken
 
+from llamafactory_kimi_audio.errors import ModelError
 from llamafactory_kimi_audio.models import special_tokens as st
 from llamafactory_kimi_audio.models.tiny import train_tiny_tiktoken
 from llamafactory_kimi_audio.models.tokenization_kimi_audio import (
@@ -246,7 +247,7 @@ def test_config_variants(tiny_dir: Path, tmp_path: Path) -> None:
     decoder, key = dict(config["added_tokens_decoder"]), str(tok.num_base_tokens + 18)
     decoder[key] = {**decoder[key], "content": "<|wrong|>"}
     path.write_text(json.dumps({**config, "added_tokens_decoder": decoder}))
-    with pytest.raises(ValueError, match="expected"):
+    with pytest.raises(ModelError, match="expected"):
         KimiAudioTokenizer.from_pretrained(str(tmp_path))
 
 

@@ -24,22 +24,9 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_MODEL",
     "EXIT_OK",
-    "CliError",
     "exit_code_for",
     "user_input_errors",
 ]
-
-
-class CliError(KimiAudioError):
-    """Kept for code written against the old CLI error: ``CliError(message, code)``; prefer the classes in
-    ``errors.py`` (``InputError``, ``ModelError``, ``EnvironmentProblem``, ``GateFailed``)."""
-
-    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
-        super().__init__(message, code)
-
-    @property
-    def code(self) -> int:
-        return self.exit_code
 
 
 def user_input_errors() -> dict[type[BaseException], int]:

@@ -13,8 +13,8 @@ EXAMPLES = """examples:
   kimi-audio-lf cache verify --cache /data/feats  # read every entry and index back; exit 2 if anything is damaged
   kimi-audio-lf cache gc --dry-run                # name what compaction would remove and free; remove nothing
 A directory counts as a cache only when it holds <16-hex-digit encoder id>/shards/ folders; gc removes only those
-folders' shard files and the old layout's <xx>/*.safetensors, never anything else, and refuses while a precompute
-or training run uses the cache (--wait: wait for them).
+folders' shard files, never anything else, and refuses while a precompute or training run uses the cache (--wait:
+wait for them).
 """
 
 

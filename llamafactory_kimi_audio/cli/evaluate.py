@@ -8,14 +8,17 @@ Argument parsing and printing only; the work is ``eval.evaluate`` (``eval/evalua
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from ..data.textio import ensure_writable_dir
 from ..errors import EXIT_GATE
 from ..eval.clips import skipped_warning
 from ..eval.normalize import NORMALIZERS
 from ..eval.scoring import ScoreReport
+
+if TYPE_CHECKING:
+    from ..eval.options import EvaluateOptions, TestSet
 
 HELP = (
     "score ASR output (CER over every utterance, WER over utterances in space-delimited languages) "
@@ -99,21 +102,21 @@ def parse_rate(value: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.evaluation import evaluate
+    from ..eval.options import EvaluateOptions
 
     out_dir = ensure_writable_dir(args.out, "--out")
-    data, model_args = _model_args(args) if args.model else (args.data, {})
-    result = evaluate(
-        data,
-        predictions=args.predictions,
-        out_dir=out_dir,
-        baseline=args.baseline,
+    options = EvaluateOptions(
         normalizer=args.normalizer,
         language=args.language,
         root=args.root,
         encoding=args.encoding,
+        instruction=args.instruction,
         plot=not args.no_plot,
         strict=args.strict,
-        **model_args,
+    )
+    data, model_args = _load_model(args, options) if args.model else (args.data, {})
+    result = evaluate(
+        data, predictions=args.predictions, out_dir=out_dir, baseline=args.baseline, options=options, **model_args
     )
     if result.label_mismatches:
         warn(
@@ -146,28 +149,17 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_GATE if failures else 0
 
 
-def _model_args(args: argparse.Namespace) -> tuple[list, dict]:
+def _load_model(args: argparse.Namespace, options: EvaluateOptions) -> tuple[TestSet, dict[str, Any]]:
     """Load the model once the test set is read and its clips' headers checked (with --strict a missing or unreadable
     clip fails before the slow load; without it, at least one clip must be readable)."""
-    from ..errors import InputError
-    from ..eval.evaluation import check_clips
-    from ..eval.inputs import load_test_set
-    from ..eval.speech_eval import check_speech_clips, is_speech_test_set, load_speech_test_set
+    from ..eval.options import prepare_test_set
     from ..eval.transcribe import Generation, load_for_inference
 
-    if not args.data:
-        raise InputError("--model needs --data TEST.json (the utterances to transcribe)")
-    if is_speech_test_set(args.data, args.encoding):  # assistant <audio>: spoken answers, scored by their codes
-        items = load_speech_test_set(args.data, args.root, args.encoding)
-        check_speech_clips(items, args.strict)
-    else:
-        items = load_test_set(args.data, args.root, args.encoding)
-        check_clips(items, args.strict)
+    test_set = prepare_test_set(args.data, options, transcribe=True)
     model, processor = load_for_inference(args.model, args.adapter, args.device)
     generation = Generation(args.batch_size, args.repetition_penalty, args.max_new_tokens, args.decode)
-    meta = {"model": args.model, "adapter": args.adapter, "dataset": os.path.abspath(args.data)}
-    loaded = {"model": model, "processor": processor, "generation": generation, "instruction": args.instruction}
-    return items, {**loaded, "meta": meta}
+    meta = {"model": args.model, "adapter": args.adapter, "dataset": test_set.dataset}
+    return test_set, {"model": model, "processor": processor, "generation": generation, "meta": meta}
 
 
 def warn(message: str) -> None:

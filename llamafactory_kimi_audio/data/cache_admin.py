@@ -2,7 +2,7 @@
 every index reads back (``verify``); compaction is in ``cache_gc.py``.
 
 A directory is a feature cache when it holds at least one *identity folder*: a 16-hex-digit name (the encoder
-identity) with a ``shards/`` folder, or with ``<xx>/*.safetensors`` files of the old one-file-per-clip layout.
+identity) with a ``shards/`` folder or the cache's lock file.
 Nothing else under the root is ever read or removed.
 
 An *orphan* is an entry whose audio file is gone or has changed since it was encoded (its key can never be looked
@@ -23,11 +23,9 @@ from .cache_format import key_file
 from .cache_index_check import index_problems
 from .cache_lock import LOCK_NAME, CacheLock
 from .cache_store import SHARDS, CacheIndex, shard_dir
-from .feature_cache import legacy_entries
 
 FRAMES_PER_HOUR = 3600 * SAMPLE_RATE / SAMPLES_PER_TOKEN
 IDENTITY_NAME = re.compile(r"[0-9a-f]{16}")
-LEGACY_DIR = re.compile(r"[0-9a-f]{2}")
 LAYOUT = (
     "a cache holds <16-hex-digit encoder id>/shards/*.bin|*.idx folders, written by `kimi-audio-lf precompute` "
     "or by training with KIMI_AUDIO_FEATURE_CACHE set"
@@ -48,7 +46,6 @@ class CacheReport:
     damaged: list[str] = field(default_factory=list)
     index_problems: list[str] = field(default_factory=list)
     index_files: int = 0
-    legacy: int = 0
     unusable: set[int] = field(default_factory=set)  # index positions of damaged or orphaned entries
 
     @property
@@ -74,8 +71,6 @@ class CacheReport:
             f"{size_text(self.bytes_per_hour)} per audio hour, {len(self.orphans)} orphans, "
             f"{size_text(self.file_bytes - self.live_bytes)} dead bytes"
         ]
-        if self.legacy:
-            lines.append(f"  {self.legacy} files of the old one-file-per-clip layout (not read; `cache gc` deletes)")
         lines += [f"  orphan: {audio} (gone or changed since it was encoded)" for audio in self.orphans[:10]]
         if len(self.orphans) > 10:
             lines.append(f"  ... and {len(self.orphans) - 10} more orphans (`kimi-audio-lf cache gc` drops them)")
@@ -90,8 +85,6 @@ class CacheReport:
             f"compared), {sound} sound, {len(self.damaged)} damaged; {self.index_files} index files checked, "
             f"{len(self.index_problems)} torn or missing; {len(self.orphans)} orphans (audio gone or changed)"
         ]
-        if self.legacy:
-            lines.append(f"  {self.legacy} files of the old one-file-per-clip layout (not read; `cache gc` deletes)")
         lines += [f"  damaged: {line}" for line in self.damaged]
         return lines + [f"  index: {line}" for line in self.index_problems]
 
@@ -109,27 +102,11 @@ def size_text(count: float) -> str:
 
 
 def is_identity_folder(folder: str) -> bool:
-    """A folder the cache owns: a 16-hex-digit name holding ``shards/``, old-layout ``<xx>/*.safetensors`` or the
-    cache's lock file (a cache whose users have not written an entry yet)."""
+    """A folder the cache owns: a 16-hex-digit name holding ``shards/`` or the cache's lock file (a cache whose users
+    have not written an entry yet)."""
     if not IDENTITY_NAME.fullmatch(os.path.basename(folder)) or not os.path.isdir(folder):
         return False
-    if os.path.isdir(os.path.join(folder, SHARDS)) or os.path.isfile(os.path.join(folder, LOCK_NAME)):
-        return True
-    return bool(legacy_dirs(folder))
-
-
-def legacy_dirs(folder: str) -> list[str]:
-    """The ``<xx>/`` folders of the old layout in an identity folder (two hex digits, holding ``.safetensors``)."""
-    found = []
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        sub = os.path.join(folder, name)
-        if LEGACY_DIR.fullmatch(name) and os.path.isdir(sub) and legacy_files(sub):
-            found.append(sub)
-    return found
-
-
-def legacy_files(folder: str) -> list[str]:
-    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors"))
+    return os.path.isdir(os.path.join(folder, SHARDS)) or os.path.isfile(os.path.join(folder, LOCK_NAME))
 
 
 def identities(root: str) -> list[str]:
@@ -162,7 +139,7 @@ def _is_orphan(header: dict) -> bool:
 def scan(root: str, identity: str, verify: bool = False, index: CacheIndex | None = None) -> CacheReport:
     """Stats of one identity; ``verify`` reads every payload back, checks its checksum and checks every index file
     against its shard (a torn or missing index). The caller holds the cache's lock."""
-    report = CacheReport(root, identity, legacy=legacy_entries(root, identity))
+    report = CacheReport(root, identity)
     folder = shard_dir(root, identity)
     own = index is None
     index = CacheIndex(folder) if own else index

@@ -5,8 +5,7 @@ a training run or a verify holds the shared one), gc
 
 * keeps every shard whose bytes are all live entries as it is;
 * copies the sound, non-orphan entries of every other shard into a fresh shard, then deletes that shard's
-  ``.bin`` / ``.idx`` (new shards are complete before anything is deleted: a crash leaves duplicates, never a loss);
-* deletes the ``.safetensors`` files of the old one-file-per-clip layout (and their ``<xx>/`` folder once empty).
+  ``.bin`` / ``.idx`` (new shards are complete before anything is deleted: a crash leaves duplicates, never a loss).
 
 Nothing else is touched: not other files in ``shards/``, not folders that are not identity folders. Every removed
 path is named; ``--dry-run`` names the same paths and the same byte count, and removes nothing.
@@ -17,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .cache_admin import CacheReport, legacy_dirs, legacy_files, scan, size_text
+from .cache_admin import CacheReport, scan, size_text
 from .cache_format import RECORD, ClipKey
 from .cache_lock import CacheLock
 from .cache_store import CacheIndex, ShardWriter, shard_dir
@@ -40,12 +39,10 @@ class ShardPlan:
 class GcPlan:
     report: CacheReport
     rewrite: list[ShardPlan] = field(default_factory=list)
-    legacy: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)  # (folder, [(file, bytes)])
 
     @property
     def removed_bytes(self) -> int:
-        shards = sum(size for shard in self.rewrite for _, size in shard.files)
-        return shards + sum(size for _, files in self.legacy for _, size in files)
+        return sum(size for shard in self.rewrite for _, size in shard.files)
 
     @property
     def kept_bytes(self) -> int:
@@ -59,14 +56,11 @@ class GcPlan:
             names = " and ".join(path for path, _ in shard.files)
             size = size_text(sum(size for _, size in shard.files))
             lines.append(f"  gc: {verb} {names} ({size}; its {len(shard.live)} live entries copied to a new shard)")
-        for folder, files in self.legacy:
-            total = sum(size for _, size in files)
-            lines.append(f"  gc: {verb} {len(files)} old-layout files {folder}/*.safetensors ({size_text(total)})")
         return lines
 
 
 def plan(root: str, identity: str, index: CacheIndex) -> GcPlan:
-    """What gc removes: the shards that hold anything but live entries, and the old layout's files."""
+    """What gc removes: the shards that hold anything but live entries."""
     report = scan(root, identity, verify=True, index=index)
     folder = shard_dir(root, identity)
     stems: dict[str, ShardPlan] = {}
@@ -80,10 +74,7 @@ def plan(root: str, identity: str, index: CacheIndex) -> GcPlan:
             if shard is not None:
                 shard.live.append(at)
                 shard.live_bytes += int(index.records[at]["length"])
-    result = GcPlan(report, [shard for shard in stems.values() if not shard.wholly_live])
-    for sub in legacy_dirs(os.path.join(root, identity)):
-        result.legacy.append((sub, [(path, os.path.getsize(path)) for path in legacy_files(sub)]))
-    return result
+    return GcPlan(report, [shard for shard in stems.values() if not shard.wholly_live])
 
 
 def gc(root: str, identity: str, dry_run: bool = False, wait: bool = False) -> tuple[GcPlan, int]:
@@ -120,8 +111,3 @@ def _remove(todo: GcPlan) -> None:
     for shard in todo.rewrite:
         for path, _ in shard.files:
             os.remove(path)
-    for folder, files in todo.legacy:
-        for path, _ in files:
-            os.remove(path)
-        if not os.listdir(folder):
-            os.rmdir(folder)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import EnvironmentProblem
+from ..logs import get_logger
+
+logger = get_logger(__name__)
 
 LOCK_NAME = "lock"
 
@@ -31,7 +33,7 @@ def lock_path(root: str, identity: str) -> str:
 
 
 def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    logger.info("%s", line)
 
 
 class CacheLock:

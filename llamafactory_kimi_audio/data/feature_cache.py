@@ -5,9 +5,6 @@ Layout ``<root>/<identity>/shards/*.bin|*.idx`` (``cache_store.py``, format in `
 names the audio encoders' weights, so a cache can never serve features of another model; clips are found by path,
 size and mtime (one ``stat``, no audio read); every payload is checksummed and a damaged one stops training with one
 line naming the clip and the fix (``CacheEntryError``), which ``precompute`` repairs by rewriting it.
-
-The layout of earlier releases (one ``<xx>/<sha256>.safetensors`` file per clip) is not read: a cache that still
-holds it gets one line telling the user to re-run ``precompute`` (``kimi-audio-lf cache gc`` removes the old files).
 """
 
 from __future__ import annotations
@@ -15,14 +12,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import sys
 import time
 from typing import Any
 
+from ..logs import get_logger
 from .cache_format import ClipKey, clip_key
 from .cache_lock import CacheLock
 from .cache_store import CacheIndex, ShardWriter, shard_dir
 from .textio import DataError
+
+logger = get_logger(__name__)
 
 CACHE_ENV = "KIMI_AUDIO_FEATURE_CACHE"
 STRICT_ENV = "KIMI_AUDIO_CACHE_STRICT"
@@ -72,26 +71,6 @@ def encoder_identity(model_dir: str) -> str:
             tail = f.read()
         digest.update(f"{size}".encode() + head + tail)
     return digest.hexdigest()[:16]
-
-
-def legacy_entries(root: str, identity: str) -> int:
-    """How many one-file-per-clip entries of the old layout sit in this identity's folder (never read)."""
-    folder = os.path.join(root, identity)
-    if not os.path.isdir(folder):
-        return 0
-    count = 0
-    for name in os.listdir(folder):
-        sub = os.path.join(folder, name)
-        if len(name) == 2 and os.path.isdir(sub):
-            count += sum(1 for entry in os.listdir(sub) if entry.endswith(".safetensors"))
-    return count
-
-
-def legacy_message(root: str, identity: str, count: int) -> str:
-    return (
-        f"feature cache {os.path.join(root, identity)}: {count} entries of the old one-file-per-clip layout are not "
-        "read by this version; re-run `kimi-audio-lf precompute` (then `kimi-audio-lf cache gc` deletes them)"
-    )
 
 
 class FeatureCache:
@@ -164,13 +143,10 @@ def process_cache(model_dir: str | None, root: str | None = None) -> FeatureCach
     identity = _identity(model_dir)
     if (root, identity) not in _CACHES:
         _CACHES[(root, identity)] = FeatureCache(root, identity)
-        legacy = legacy_entries(root, identity)
-        if legacy and not len(_CACHES[(root, identity)].index):
-            warn_once(legacy_message(root, identity, legacy))
     return _CACHES[(root, identity)]
 
 
 def warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
-        print(f"llamafactory-kimi-audio: {message}", file=sys.stderr)
+        logger.warning("%s", message)

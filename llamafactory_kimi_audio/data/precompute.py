@@ -26,8 +26,6 @@ from .feature_cache import (
     cache_mode,
     cache_root,
     encoder_identity,
-    legacy_entries,
-    legacy_message,
 )
 from .precompute_plan import PrecomputeResult, Progress, shard_paths
 
@@ -79,8 +77,6 @@ def precompute(
     result = PrecomputeResult(cache_dir=root, identity=cache.identity, shard=shard)
     with Progress(paths, shard, options.progress) as progress:
         say = report or progress.write
-        if legacy := legacy_entries(root, cache.identity):
-            say(f"precompute: note: {legacy_message(root, cache.identity, legacy)}")
         load = (lambda: encoders) if encoders else (lambda: _load(model_dir, options))
         # Similar durations share a batch (GLM-4-Voice then computes little padding). Three stages overlap: decoding
         # and lookups of the next files (a few threads), the log-mels of the next batch (one thread) and the encoders

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,12 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import EnvironmentProblem, InputError
+from ..logs import get_logger
 from .synth_voices import EN_WORDS, SR, ZH_WORDS, Utterance, espeak_render, tones_render
 
 LANGS = ("en", "zh", "mixed")
 BACKENDS = ("auto", "espeak", "tones")
 INSTALL_HINT = "install it with `apt-get install espeak-ng`"
 FALLBACK_WARNING = f"espeak-ng not found: using the synthetic tone-word fallback; {INSTALL_HINT} for real speech"
+
+logger = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def resolve_backend(backend: str) -> str:
     if backend == "espeak" and not found:
         raise EnvironmentProblem(f"espeak-ng not found on PATH; {INSTALL_HINT} (or use --backend tones)")
     if backend == "auto" and not found:
-        print(f"warning: {FALLBACK_WARNING}", file=sys.stderr)
+        logger.warning("%s", FALLBACK_WARNING)
         return "tones"
     return "tones" if backend == "tones" else "espeak"
 

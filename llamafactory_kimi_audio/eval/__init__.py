@@ -12,6 +12,9 @@ from typing import Any
 _EXPORTS = {
     "evaluate": "evaluation",
     "EvalResult": "evaluation",
+    "EvaluateOptions": "options",
+    "TestSet": "options",
+    "prepare_test_set": "options",
     "load_for_inference": "transcribe",
     "Generation": "transcribe",
     "score": "scoring",

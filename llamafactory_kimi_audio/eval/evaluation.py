@@ -23,11 +23,12 @@ from ..audio_io import AudioError, split_media
 from ..data.textio import ensure_writable_dir
 from ..errors import InputError, ModelError
 from .clips import Unreadable, check_skipped, split_readable, strict_error
-from .inputs import Paired, TestItem, load_predictions, load_test_set, pair
+from .inputs import Paired, TestItem, load_predictions, pair
 from .normalize import detect_language
+from .options import EvaluateOptions, TestSet, is_speech_items, prepare_test_set
 from .report import build_summary, load_baseline, write_outputs
 from .scoring import ScoreReport, compare, score
-from .speech_eval import SpeechItem, SpeechScores, is_speech_test_set, load_speech_test_set
+from .speech_eval import SpeechScores, is_speech_test_set
 
 
 @dataclass
@@ -58,12 +59,6 @@ class EvalResult:
             elif rate > limit:
                 failures.append(f"{metric.upper()} {100 * rate:.2f}% exceeds --max-{metric} {100 * limit:.2f}%")
         return failures, notes
-
-
-def check_clips(items: Sequence[TestItem], strict: bool = False) -> None:
-    """Before any model is loaded: InputError when ``strict`` and a clip's header is unreadable (or missing), or when
-    no clip is readable."""
-    split_readable(items, lambda i: [i.audio], lambda i: i.id, strict)
 
 
 def instructions_for(items: Sequence[TestItem], instruction: str | None = None) -> list[str]:
@@ -118,60 +113,54 @@ def transcribe_items(
 
 
 def _paired(
-    data: str | Sequence[TestItem] | None, predictions: str | None, model: Any, processor: Any, options: dict[str, Any]
+    test_set: TestSet | None, predictions: str | None, model: Any, processor: Any, options: EvaluateOptions
 ) -> tuple[Paired, dict[str, Any]]:
-    items = load_test_set(data, options["root"], options["encoding"]) if isinstance(data, str) else data
-    meta: dict[str, Any] = {"dataset": os.path.abspath(data) if isinstance(data, str) else None}
+    meta: dict[str, Any] = {"dataset": test_set.dataset if test_set else None}
     if predictions is not None:
         paired = pair(
-            load_predictions(predictions, options["encoding"]),
-            None if items is None else list(items),
+            load_predictions(predictions, options.encoding),
+            None if test_set is None else list(test_set.items),
             os.path.basename(predictions),
-            os.path.basename(data) if isinstance(data, str) else "",
+            os.path.basename(test_set.path) if test_set and test_set.path else "",
         )
         return paired, {**meta, "predictions": os.path.abspath(predictions)}
-    if model is None or processor is None:
-        raise InputError("evaluate needs predictions, or a loaded model and processor (--model)")
-    if items is None:
-        raise InputError("--model needs --data TEST.json (the utterances to transcribe)")
-    generation = options["generation"]
+    assert test_set is not None  # prepare_test_set refuses a model run without data
+    generation = options.generation
     paired = transcribe_items(
-        model, processor, items, options["instruction"], generation, options["progress"], options["strict"]
+        model, processor, test_set.items, options.instruction, generation, options.progress, options.strict
     )
     name = getattr(getattr(model, "config", None), "_name_or_path", None)
     return paired, {**meta, "model": name, "generation": generation.to_dict() if generation else None}
 
 
 def evaluate(
-    data: str | Sequence[TestItem] | None = None,
+    data: str | Sequence[TestItem] | TestSet | None = None,
     *,
     predictions: str | None = None,
     model: Any = None,
     processor: Any = None,
     out_dir: str | None = None,
     baseline: str | None = None,
-    normalizer: str = "standard",
-    language: str = "auto",
     meta: dict[str, Any] | None = None,
-    **options: Any,
+    options: EvaluateOptions | None = None,
+    **changes: Any,
 ) -> EvalResult:
-    """Score ``predictions`` (a file) or the transcripts of ``model`` on ``data`` (a test-set file or loaded items).
+    """Score ``predictions`` (a file) or the transcripts of ``model`` on ``data`` (a test-set file, loaded items, or
+    a :class:`TestSet` from :func:`prepare_test_set`).
 
-    ``options``: ``root``, ``encoding`` (test set / predictions reading), ``instruction``, ``generation`` (a
-    ``transcribe.Generation``), ``progress``, ``plot``, ``strict`` (an unreadable clip is an InputError instead of
-    being skipped and listed in ``EvalResult.unreadable``). ``meta`` overrides summary fields (e.g. the model path).
-    Writes ``utterances.*``, ``summary.json`` and ``report.md`` into ``out_dir`` when given.
+    ``options`` (:class:`EvaluateOptions`), or its fields as keywords (``normalizer``, ``language``, ``root``,
+    ``encoding``, ``instruction``, ``generation``, ``progress``, ``plot``, ``strict``), which override ``options``.
+    ``meta`` overrides summary fields (e.g. the model path). Writes ``utterances.*``, ``summary.json`` and
+    ``report.md`` into ``out_dir`` when given.
     """
-    unknown = set(options) - {"root", "encoding", "instruction", "generation", "progress", "plot", "strict"}
-    if unknown:
-        raise TypeError(f"evaluate() got unexpected options: {', '.join(sorted(unknown))}")
-    defaults = {"root": None, "encoding": "auto", "instruction": None, "generation": None, "progress": True}
-    defaults["strict"] = False
-    options = {**defaults, **options}
-    if predictions is None and _is_speech(data, options["encoding"]):
-        return _evaluate_speech(data, model, processor, out_dir, normalizer, language, meta, options)
-    paired, found = _paired(data, predictions, model, processor, options)
-    report = score(paired.ids, paired.refs, paired.hyps, normalizer, language, paired.audios)
+    options = EvaluateOptions.from_keywords(options, **changes) if changes or options is None else options
+    if predictions is None and (model is None or processor is None):
+        raise InputError(_needs_model(data, options))
+    test_set = prepare_test_set(data, options, transcribe=predictions is None)
+    if test_set is not None and test_set.speech:
+        return _evaluate_speech(test_set, model, processor, out_dir, meta, options)
+    paired, found = _paired(test_set, predictions, model, processor, options)
+    report = score(paired.ids, paired.refs, paired.hyps, options.normalizer, options.language, paired.audios)
     if not report.n:
         raise InputError(
             f"all {len(report.skipped_empty)} references are empty: nothing to score; check that the "
@@ -181,38 +170,41 @@ def evaluate(
     summary = build_summary(report, {**found, **(meta or {})}, comparison, paired.unreadable)
     paths = {}
     if out_dir:
-        paths = write_outputs(ensure_writable_dir(out_dir, "out_dir"), report, summary, plot=options.get("plot", True))
+        paths = write_outputs(ensure_writable_dir(out_dir, "out_dir"), report, summary, plot=options.plot)
     return EvalResult(report, summary, paths, paired.label_mismatches, unreadable=paired.unreadable)
 
 
-def _is_speech(data: str | Sequence[Any] | None, encoding: str) -> bool:
-    if isinstance(data, str):
-        return is_speech_test_set(data, encoding)
-    return bool(data) and all(isinstance(item, SpeechItem) for item in data)
+def _needs_model(data: str | Sequence[Any] | TestSet | None, options: EvaluateOptions) -> str:
+    if isinstance(data, TestSet):
+        speech = data.speech
+    else:
+        speech = is_speech_test_set(data, options.encoding) if isinstance(data, str) else is_speech_items(data or [])
+    if speech:
+        return "a speech-output test set (assistant <audio>) is evaluated with --model (spoken answers)"
+    return "evaluate needs predictions, or a loaded model and processor (--model)"
 
 
-def _evaluate_speech(data, model, processor, out_dir, normalizer, language, meta, options) -> EvalResult:
+def _evaluate_speech(
+    test_set: TestSet, model: Any, processor: Any, out_dir: str | None, meta: dict | None, options: EvaluateOptions
+) -> EvalResult:
     """Spoken answers (speech_run.py): code error rate and exact match against the target codes + the text CER."""
     from .speech_run import evaluate_speech
 
-    if model is None or processor is None:
-        raise InputError("a speech-output test set (assistant <audio>) is evaluated with --model (spoken answers)")
-    items = load_speech_test_set(data, options["root"], options["encoding"]) if isinstance(data, str) else data
     found = {
-        "dataset": os.path.abspath(data) if isinstance(data, str) else None,
+        "dataset": test_set.dataset,
         "model": getattr(getattr(model, "config", None), "_name_or_path", None),
         "generation": {"speech": "greedy, both heads (official loop)"},
     }
     text_report, summary, paths, scores = evaluate_speech(
-        items,
+        test_set.items,
         model,
         processor,
         out_dir,
-        normalizer,
-        language,
+        options.normalizer,
+        options.language,
         {**found, **(meta or {})},
-        options["progress"],
-        options.get("plot", True),
-        options["strict"],
+        options.progress,
+        options.plot,
+        options.strict,
     )
     return EvalResult(text_report, summary, paths, 0, scores, unreadable=scores.unreadable)

@@ -10,14 +10,14 @@ flash-attn-only remote code of ``auto_map``), and official fine-tune exports, wh
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from typing import Any
 
+from ..logs import get_logger
 from ..models.auto import is_kimi_audio_checkpoint, mismatched_model_type
 
 AUTO_CLASSES = ("AutoConfig", "AutoModelForCausalLM", "AutoModel", "AutoTokenizer", "AutoProcessor")
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 _warned: set[str] = set()
 
 

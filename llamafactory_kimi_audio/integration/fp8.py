@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import logging
-import os
 from typing import Any
 
 from .. import settings
 from ..errors import EnvironmentProblem, InputError
+from ..logs import get_logger, is_main_process
 from .wrappers import kimi_base_model
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 FP8_MARK = "kimi_audio_fp8"  # instance attribute of a converted KimiAudioForCausalLM: what was converted
 NEEDS = "an NVIDIA GPU with FP8 tensor cores (compute capability 8.9 or newer: L4, L40S, RTX 4090, H100, H200)"
@@ -126,11 +125,11 @@ def convert_for_fp8(model: Any, training_args: Any) -> dict[str, list[str]] | No
 
 
 def _log(base: Any, done: dict[str, list[str]]) -> None:
-    if os.environ.get("RANK", "0") not in ("", "0"):
+    if not is_main_process():
         return
     extra = sum(base.get_submodule(_strip(n)).weight.numel() for n in done["frozen"]) / 2**30
     logger.warning(
-        "llamafactory-kimi-audio: fp8: %d frozen decoder Linear layers run FP8 GEMMs (weights quantised once, "
+        "fp8: %d frozen decoder Linear layers run FP8 GEMMs (weights quantised once, "
         "+%.1f GiB), %d trainable ones through torchao; Whisper, the adaptor, the MIMO branch, embeddings, heads "
         "and LoRA stay bf16%s.",
         len(done["frozen"]),

@@ -12,14 +12,13 @@ whose signature changed is skipped.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
 from .. import settings
 from ..errors import EnvironmentProblem
+from ..logs import get_logger, warning_rank0
 from ..patching import SUPPORTED_VERSIONS, Patch, installed_version, version_problem
 from . import nonfinite, speed
 from . import registration as reg
@@ -35,6 +34,8 @@ from .serve_protocol import make_audio_chat_request
 from .serve_speech import make_spoken_answers
 from .webui_args import make_extra_args_win
 from .webui_chat import make_spoken_chat
+
+logger = get_logger(__name__)
 
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
 SFT_WORKFLOW = "llamafactory.train.sft.workflow"  # run_sft: imports the trainer, the data processors, the metrics
@@ -428,8 +429,7 @@ def _warn_incompatible(patches: list[Patch], skipped: dict[str, str]) -> None:
     )
     if settings.enabled("KIMI_AUDIO_STRICT"):
         raise EnvironmentProblem(message)
-    if os.environ.get("RANK", "0") in ("", "0"):
-        sys.stderr.write(f"llamafactory-kimi-audio: {message}\n")
+    warning_rank0(logger, "%s", message)
 
 
 def apply_opt_out_notice(tuner: ModuleType) -> list[str]:

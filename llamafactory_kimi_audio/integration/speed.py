@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import logging
-import os
 from typing import Any
 
 from .. import settings
+from ..logs import get_logger, is_main_process
 from ..models.constants import MODEL_TYPE as KIMI_MODEL_TYPE
 from .wrappers import kimi_base_model, quiet_torch_dtype_access
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def compile_mode(requested: str, is_trainable: bool, model_args: Any) -> str:
@@ -106,10 +105,10 @@ def park_idle_weights(model: Any, training_args: Any) -> list[str]:
     cached = bool(settings.get("KIMI_AUDIO_FEATURE_CACHE")) and settings.get("KIMI_AUDIO_CACHE_MODE") == "full"
     idle = base.idle_submodules(audio_features_cached=cached)
     parked = park(idle)
-    if parked and os.environ.get("RANK", "0") in ("", "0"):
+    if parked and is_main_process():
         freed = sum(p.numel() * p.element_size() for name in parked for p in idle[name].parameters())
         logger.warning(
-            "llamafactory-kimi-audio: %s kept in host memory, %.1f GiB less on the GPU (moved back if a batch needs "
+            "%s kept in host memory, %.1f GiB less on the GPU (moved back if a batch needs "
             "them; KIMI_AUDIO_PARK_IDLE=0 keeps them on the GPU).",
             ", ".join(parked),
             freed / 2**30,

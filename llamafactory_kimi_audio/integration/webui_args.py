@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 from typing import Any
 
+from ..logs import get_logger
 from .registration import TEMPLATE_NAME
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 EXTRA_ARGS_ID = "train.extra_args"
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import functools
 import io
-import logging
 import os
 import shutil
 import tempfile
@@ -22,9 +21,10 @@ import uuid
 from collections.abc import Callable, Generator
 from typing import Any
 
+from ..logs import get_logger
 from .webui_args import warn_on_page
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 _speech_dir: str | None = None  # this process's spoken answers; gradio copies each into its own cache
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 MODEL_TYPE = "moonshot_kimia"  # config.json's model_type for the official checkpoint
 
 SAMPLE_RATE = 16000  # every audio input is 16 kHz mono
@@ -14,5 +16,5 @@ WHISPER_MEL_BINS = 128  # Whisper-large-v3 log-mel features
 def num_audio_tokens(num_samples: int) -> int:
     """12.5 Hz frames of a 16 kHz clip; equal for Whisper rows and GLM-4-Voice codes (480000 is a multiple of 1280)."""
     if num_samples <= 0:
-        raise ValueError("audio clip is empty (0 samples)")
+        raise InputError("audio clip is empty (0 samples)")
     return (num_samples - 1) // SAMPLES_PER_TOKEN + 1

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from ..errors import InputError
 from .masks import default_position_ids
 
 logger = logging.get_logger(__name__)
@@ -127,7 +128,7 @@ class FastGreedy:
 
     def __init__(self, model: Any, mode: str = "auto"):
         if mode not in ("auto", "graph", "static"):
-            raise ValueError(f"decode mode {mode!r}: use one of auto, graph, static")
+            raise InputError(f"decode mode {mode!r}: use one of auto, graph, static")
         self.model = model
         self.mode = mode
         self.states: dict[tuple[int, int], DecodeState] = {}
@@ -135,7 +136,7 @@ class FastGreedy:
 
     def use_graph(self, device: torch.device) -> bool:
         if self.mode == "graph" and device.type != "cuda":
-            raise ValueError("decode mode 'graph' needs a CUDA device; use 'static' or 'auto'")
+            raise InputError("decode mode 'graph' needs a CUDA device; use 'static' or 'auto'")
         return device.type == "cuda" and self.mode in ("auto", "graph")
 
     def state_for(self, batch: int, max_len: int, device: torch.device) -> DecodeState:
@@ -236,7 +237,7 @@ def stop_ids(model: Any, eos: Any = None, pad: int | None = None) -> tuple[torch
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     pad = config.pad_token_id if pad is None else pad
     if not eos or pad is None:
-        raise ValueError("fast greedy decoding needs eos_token_id and pad_token_id (give them or set the config's)")
+        raise InputError("fast greedy decoding needs eos_token_id and pad_token_id (give them or set the config's)")
     device = model.get_input_embeddings().weight.device
     return torch.tensor(eos, device=device), int(pad)
 

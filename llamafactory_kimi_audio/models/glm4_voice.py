@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError, ModelError
 from .constants import CHUNK_SAMPLES, SAMPLE_RATE, SAMPLES_PER_TOKEN, WHISPER_MEL_BINS
 
 HOP_LENGTH = 160
@@ -92,7 +93,7 @@ class Glm4VoiceConfig:
             (self.extra.get("activation_function", "gelu") != "gelu", "activation_function must be 'gelu'"),
         ) if failed]  # fmt: skip
         if bad:
-            raise ValueError("unsupported GLM-4-Voice tokenizer config: " + "; ".join(bad))
+            raise ModelError("unsupported GLM-4-Voice tokenizer config: " + "; ".join(bad))
 
     @property
     def samples_per_code(self) -> int:
@@ -126,9 +127,9 @@ def _feature_extractor(num_mel_bins: int) -> Any:
 def _as_waveform(wave: Any, what: str) -> np.ndarray:
     arr = np.asarray(wave.detach().cpu() if isinstance(wave, torch.Tensor) else wave, dtype=np.float32)
     if arr.ndim != 1:
-        raise ValueError(f"{what}: expected mono 1-D audio at 16 kHz, got shape {arr.shape}")
+        raise InputError(f"{what}: expected mono 1-D audio at 16 kHz, got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError(f"{what}: empty audio (0 samples) cannot be tokenized")
+        raise InputError(f"{what}: empty audio (0 samples) cannot be tokenized")
     return arr
 
 
@@ -141,10 +142,10 @@ def glm4_voice_features(
     ``F = P / 160`` with ``P`` the longest chunk rounded up to a multiple of ``pad_to_multiple_of``.
     """
     if len(chunks) == 0:
-        raise ValueError("glm4_voice_features needs at least one chunk")
+        raise InputError("glm4_voice_features needs at least one chunk")
     arrays = [_as_waveform(c, f"chunk {i}") for i, c in enumerate(chunks)]
     if max(a.size for a in arrays) > CHUNK_SAMPLES:
-        raise ValueError(f"chunks must be at most {CHUNK_SAMPLES} samples (30 s); split longer audio first")
+        raise InputError(f"chunks must be at most {CHUNK_SAMPLES} samples (30 s); split longer audio first")
     out = _feature_extractor(num_mel_bins)(
         arrays, sampling_rate=SAMPLE_RATE, padding="longest", pad_to_multiple_of=pad_to_multiple_of,
         return_attention_mask=True, return_tensors="pt",
@@ -214,15 +215,15 @@ class Glm4VoiceEncoder(nn.Module):
         """Pooled states ``[B, T/4, d]`` (before VQ) and the token keep-mask ``[B, T/4]`` (bool)."""
         cfg, weight = self.config, self.conv1.weight
         if weight.dtype != torch.float32:
-            raise ValueError(f"the GLM-4-Voice tokenizer must run in float32 (module is {weight.dtype})")
+            raise InputError(f"the GLM-4-Voice tokenizer must run in float32 (module is {weight.dtype})")
         if input_features.ndim != 3 or input_features.shape[1] != cfg.num_mel_bins:
-            raise ValueError(f"input_features must be [B, {cfg.num_mel_bins}, F], got {tuple(input_features.shape)}")
+            raise InputError(f"input_features must be [B, {cfg.num_mel_bins}, F], got {tuple(input_features.shape)}")
         b, _, n = input_features.shape
         if tuple(frame_mask.shape) != (b, n) or n % 2:
-            raise ValueError(f"frame_mask must be [B, F] with F even; got {tuple(frame_mask.shape)} for F = {n}")
+            raise InputError(f"frame_mask must be [B, F] with F even; got {tuple(frame_mask.shape)} for F = {n}")
         t = n // 2
         if t > cfg.max_source_positions:
-            raise ValueError(f"{n} mel frames exceed {2 * cfg.max_source_positions} (30 s); chunk the audio first")
+            raise InputError(f"{n} mel frames exceed {2 * cfg.max_source_positions} (30 s); chunk the audio first")
         x = self._conv(self.conv2, self._conv(self.conv1, input_features.to(weight.device, torch.float32)))
         h = x.permute(0, 2, 1) + self.embed_positions.weight[:t]
         valid = frame_mask.to(weight.device).bool()[:, ::2]  # 50 Hz frame k valid iff 320k < L
@@ -306,7 +307,7 @@ def load_glm4_voice_tokenizer(directory: str | os.PathLike, device: str | torch.
     shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
               if k in state and state[k].shape != v.shape]  # fmt: skip
     if missing or unexpected or shapes:
-        raise ValueError(f"{path} does not match the GLM-4-Voice tokenizer config: missing keys {missing}, "
+        raise ModelError(f"{path} does not match the GLM-4-Voice tokenizer config: missing keys {missing}, "
                          f"unexpected keys {unexpected}, shape mismatches {shapes}")  # fmt: skip
     zeros = {k: torch.zeros(v.shape, device=device) for k, v in expected.items() if k not in state}  # unused tensors
     loaded = {k: v.to(torch.float32) for k, v in state.items() if k in expected}

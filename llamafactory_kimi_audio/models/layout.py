@@ -94,7 +94,7 @@ def split_segments(content: str) -> list[Segment]:
             segments.append(Segment(text=content[cursor : match.start()]))
         count = len(match.group(1)) // len(st.AUDIO_PLACEHOLDER)
         if count == 0:
-            raise ValueError("an audio span with 0 frames: the audio clip is empty")
+            raise InputError("an audio span with 0 frames: the audio clip is empty")
         segments.append(Segment(audio_tokens=count))
         cursor = match.end()
     if content[cursor:].strip():

@@ -26,7 +26,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from . import special_tokens as st
 from .attention import KimiAudioAttention
 from .checkpoint_io import OfficialLayoutMixin
@@ -196,7 +196,7 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
             if attention_mask is not None and attention_mask.dim() == 4:
-                raise ValueError("a 4-D (packed) attention_mask needs the position_ids of its packed sequences")
+                raise InputError("a 4-D (packed) attention_mask needs the position_ids of its packed sequences")
             position_ids = default_position_ids(attention_mask, inputs_embeds.shape[1], past_len, inputs_embeds.device)
         elif self.training and (attention_mask is None or attention_mask.dim() == 2):
             warn_if_packed_without_blocks(position_ids)
@@ -267,7 +267,7 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
 
             path = self.config.semantic_tokenizer_path
             if not path or not os.path.isdir(path):
-                raise ValueError(
+                raise ModelError(
                     "audio needs GLM-4-Voice semantic codes but no tokenizer directory was found: put THUDM/"
                     f"glm-4-voice-tokenizer at <model>/{SEMANTIC_SUBDIR}, set KIMI_AUDIO_SEMANTIC_TOKENIZER, or "
                     "precompute codes with `kimi-audio-lf precompute`"
@@ -338,7 +338,7 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         elif bool((given >= self._ids.offset).all()):
             codes = given - self._ids.offset  # ids already hold codes (official JSONL audio_tokens)
         else:
-            raise ValueError(f"the input has {num_frames} audio frame tokens but no audio inputs were given")
+            raise InputError(f"the input has {num_frames} audio frame tokens but no audio inputs were given")
         codes = codes.to(given.device)
         if is_input is not None and not bool(is_input.any()):
             check_frame_count(num_frames, codes.shape[0], num_frames)
@@ -348,7 +348,7 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         elif audio.get("audio_input_features") is not None:
             rows = self.whisper_rows(audio["audio_input_features"], audio["audio_chunk_tokens"])
         else:
-            raise ValueError(f"the input has {num_frames} audio frame tokens but no Whisper features were given")
+            raise InputError(f"the input has {num_frames} audio frame tokens but no Whisper features were given")
         if is_input is not None and rows.shape[0] == int(is_input.sum()) != num_frames:  # rows of inputs only
             rows = rows.new_zeros(num_frames, rows.shape[1]).masked_scatter(is_input[:, None].to(rows.device), rows)
         check_frame_count(num_frames, codes.shape[0], rows.shape[0])
@@ -555,7 +555,7 @@ class StreamIds:
 def check_frame_count(positions: int, codes: int, rows: int) -> None:
     if positions == codes == rows:
         return
-    raise ValueError(
+    raise InputError(
         f"audio token count mismatch: the text has {positions} audio frame tokens but the audio gives {codes} "
         f"semantic codes and {rows} Whisper feature rows; every clip needs "
         f"(num_samples - 1) // {SAMPLES_PER_TOKEN} + 1 tokens — "

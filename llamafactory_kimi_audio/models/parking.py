@@ -9,14 +9,15 @@ a speech-output batch or a cache miss still works, once slower. Nothing is dropp
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from ..logs import get_logger
+
+logger = get_logger(__name__)
 _HOOK_ATTR = "_kimi_audio_unpark_hooks"
 
 
@@ -64,7 +65,7 @@ def _called(module: nn.Module) -> Iterable[nn.Module]:
 def _unpark_hook(name: str, module: nn.Module, fallback: torch.device):
     def hook(_sub: nn.Module, args: tuple[Any, ...]) -> None:
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), fallback)
-        logger.warning("llamafactory-kimi-audio: %s is used after all; moving it back to %s.", name, device)
+        logger.warning("%s is used after all; moving it back to %s.", name, device)
         unpark(module, device)
 
     return hook

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin, WhisperFeatureExtractor
 
+from ..errors import InputError
 from . import special_tokens as st
 from .configuration_kimi_audio import WHISPER_SUBDIR
 from .constants import CHUNK_SAMPLES, SAMPLE_RATE, WHISPER_MEL_BINS, num_audio_tokens
@@ -40,7 +41,7 @@ class KimiAudioProcessor(ProcessorMixin):
 
     def __init__(self, feature_extractor=None, tokenizer=None, **kwargs: Any):
         if tokenizer is None:
-            raise ValueError("KimiAudioProcessor needs a tokenizer (a KimiAudioTokenizer)")
+            raise InputError("KimiAudioProcessor needs a tokenizer (a KimiAudioTokenizer)")
         feature_extractor = feature_extractor or WhisperFeatureExtractor(feature_size=WHISPER_MEL_BINS)
         super().__init__(feature_extractor, tokenizer, **kwargs)
         self.audio_sampling_rate = SAMPLE_RATE
@@ -54,7 +55,7 @@ class KimiAudioProcessor(ProcessorMixin):
         """ASR prompts for 16 kHz mono ``audio`` clips, each with an optional instruction in ``text`` (the
         ``asr_inputs`` batch: ids, mask and audio inputs)."""
         if audio is None:
-            raise ValueError("KimiAudioProcessor needs audio: a list of 16 kHz mono waveforms")
+            raise InputError("KimiAudioProcessor needs audio: a list of 16 kHz mono waveforms")
         instructions = text if isinstance(text, (list, tuple)) else [text] * len(audio)
         return BatchFeature(self.asr_inputs(list(audio), list(instructions), kwargs.get("padding_side", "left")))
 
@@ -68,10 +69,10 @@ class KimiAudioProcessor(ProcessorMixin):
         per_clip = [split_chunks(np.asarray(wave, dtype=np.float32)) for wave in waveforms]
         chunks = [chunk for clip in per_clip for chunk in clip]
         if not chunks:
-            raise ValueError("audio clip is empty (0 samples)")
+            raise InputError("audio clip is empty (0 samples)")
         wanted = [True] * len(waveforms) if with_whisper is None else list(with_whisper)
         if len(wanted) != len(waveforms):
-            raise ValueError(f"with_whisper has {len(wanted)} flags for {len(waveforms)} clips")
+            raise InputError(f"with_whisper has {len(wanted)} flags for {len(waveforms)} clips")
         listened = [chunk for clip, w in zip(per_clip, wanted) if w for chunk in clip]
         inputs: dict[str, torch.Tensor] = {}
         if listened:
@@ -109,7 +110,7 @@ class KimiAudioProcessor(ProcessorMixin):
         """One official ``output_type="both"`` prompt (batch 1): the question as text, audio, or text then audio;
         no default instruction, CTD after the audio (speech-output spec §1.2, §3.1)."""
         if waveform is None and not text:
-            raise ValueError("a spoken reply needs a question: audio, text, or both")
+            raise InputError("a spoken reply needs a question: audio, text, or both")
         segments = [Segment(text=text)] if text else []
         if waveform is not None:
             segments.append(Segment(audio_tokens=num_audio_tokens(len(waveform))))
@@ -142,7 +143,7 @@ def load_feature_extractor(model_dir: str) -> WhisperFeatureExtractor | None:
         if os.path.isfile(os.path.join(directory, "preprocessor_config.json")):
             extractor = WhisperFeatureExtractor.from_pretrained(directory)
             if extractor.feature_size != WHISPER_MEL_BINS:
-                raise ValueError(
+                raise InputError(
                     f"{directory}: Kimi-Audio needs {WHISPER_MEL_BINS} mel bins, preprocessor_config.json has "
                     f"{extractor.feature_size}"
                 )

@@ -25,6 +25,7 @@ import numpy as np
 import regex
 import torch
 
+from ..errors import InputError
 from ..versions import DTYPE_KWARG
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
 from .constants import SAMPLE_RATE
@@ -115,7 +116,7 @@ def make_tiny_checkpoint(
     ``detokenizer``: also write a tiny random ``audio_detokenizer/`` + ``vocoder/`` (official layout) so that speech
     output becomes a waveform (opt-in: most tests do not need it)."""
     if preset not in GLM_VOCAB:
-        raise ValueError(f"unknown preset {preset!r}; choose 'tiny' or 'full'")
+        raise InputError(f"unknown preset {preset!r}; choose 'tiny' or 'full'")
     os.makedirs(directory, exist_ok=True)
     num_base = (
         write_tokenizer_files(directory, train_tiny_tiktoken(TINY_CORPUS, num_merges=192))

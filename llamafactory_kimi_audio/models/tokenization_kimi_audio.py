@@ -60,7 +60,7 @@ def parse_tiktoken_model(raw: bytes) -> dict[bytes, int]:
     """Parse the tiktoken BPE format (``base64(token) rank`` per line); ranks must be exactly ``0..n-1``."""
     ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in raw.splitlines() if line)}
     if sorted(ranks.values()) != list(range(len(ranks))):
-        raise ValueError("tiktoken.model ranks must be unique and contiguous from 0")
+        raise ModelError("tiktoken.model ranks must be unique and contiguous from 0")
     return ranks
 
 
@@ -142,7 +142,7 @@ class KimiAudioTokenizer(PreTrainedTokenizer):
             token = AddedToken(**token) if isinstance(token, dict) else token
             token = AddedToken(token, special=False) if isinstance(token, str) else token
             if int(index) in decoder and token.content != decoder[int(index)].content:
-                raise ValueError(f"added token {index} is {token.content!r}, expected {decoder[int(index)].content!r}")
+                raise ModelError(f"added token {index} is {token.content!r}, expected {decoder[int(index)].content!r}")
             decoder[int(index)] = token
         self._added_tokens_decoder = decoder
         if unk_token is not None and str(unk_token) not in {t.content for t in decoder.values()}:

@@ -79,9 +79,9 @@ class FlowStream:
                 x = x + h * self.velocity(t, x, tokens, positions)
             return x
         if self.settings.solver != "neural_ode_euler":
-            raise ValueError(f"solver {self.settings.solver!r}: choose 'neural_ode_euler' or 'naive_euler'")
+            raise InputError(f"solver {self.settings.solver!r}: choose 'neural_ode_euler' or 'naive_euler'")
         if steps < 2:
-            raise ValueError(f"ode_steps {steps}: the Euler grid needs at least 2 points")
+            raise InputError(f"ode_steps {steps}: the Euler grid needs at least 2 points")
         t, dt = t_span[0], t_span[1] - t_span[0]
         for index in range(1, steps):  # torchdyn ``_fixed_odeint`` with the Euler solver
             x = x + dt * self.velocity(t, x, tokens, positions)
