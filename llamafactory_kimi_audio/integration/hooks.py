@@ -1,7 +1,8 @@
 """The post-import hooks this package declares as entry points (group ``llamafactory_extensions``).
 
 One generic hook per trigger module of the patch table (``patches.py``): right after that module has executed it
-applies the table's registrations and patch rows for it. This module stays import-light: the table is imported
+applies the table's registrations and patch rows for it. Triggers without an entry point are served by the same hook
+(:data:`DEFERRED`). This module stays import-light: the table is imported
 only when a trigger module is imported.
 """
 
