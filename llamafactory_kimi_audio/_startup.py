@@ -3,8 +3,9 @@
 ``llamafactory_kimi_audio.pth`` (``.start`` from Python 3.15 on, PEP 829) calls :func:`install` at every Python
 start-up. It only puts a finder at the front of ``sys.meta_path``; nothing but ``settings`` is imported. When
 ``llamafactory`` is first imported, *before* its ``__init__`` runs, the finder loads the hooks of the entry-point group
-``llamafactory_extensions``: objects with a ``.module`` (an exact module name) that are called with that module
-right after it has executed, so before any other module can bind its names with ``from ... import``.
+``llamafactory_extensions``: objects with a ``.module`` (an exact module name; optionally ``.deferred``, more module
+names served by the same hook) that are called with that module right after it has executed, so before any other
+module can bind its names with ``from ... import``.
 
 Each hook runs at most once per process. A failing hook prints one warning line and never breaks the import
 (``KIMI_AUDIO_STRICT=1`` re-raises instead); :func:`activate_now` retries it. A hook that needs one of this package's
@@ -152,6 +153,8 @@ def _load_entry_points() -> None:
             broken.setdefault(_describe(exc), []).append(ep.name)
             continue
         register(ep.name, module_name, hook)
+        for deferred in getattr(hook, "deferred", ()):  # further modules of the same hook, without entry points
+            register(f"{ep.name}:{deferred}", deferred, hook)
     for text, names in broken.items():
         _warn(f"loading hook(s) {', '.join(names)}", text)
 

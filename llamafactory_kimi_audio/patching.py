@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -129,7 +130,10 @@ class Patch:
         replacement = self.make_replacement(original)
         setattr(replacement, _MARK, self.name)
         self._original = raw
-        setattr(owner, self.attribute, classmethod(replacement) if self.wrap_classmethod else replacement)
+        installed = classmethod(replacement) if self.wrap_classmethod else replacement
+        setattr(owner, self.attribute, installed)
+        if ":" not in self.owner and raw is not None:
+            _rebind(self.owner, self.attribute, raw, installed)
         return True
 
     def revert(self) -> bool:
@@ -140,9 +144,26 @@ class Patch:
         if self._original is None:
             delattr(owner, self.attribute)
         else:
+            if ":" not in self.owner:  # the importers that bound the replacement get the original back as well
+                _rebind(self.owner, self.attribute, owner.__dict__[self.attribute], self._original)
             setattr(owner, self.attribute, self._original)
         self._original = _MISSING
         return True
+
+
+def _rebind(owner: str, attribute: str, original: Any, replacement: Any) -> list[Any]:
+    """Modules of the owner's package that hold ``original`` under ``attribute`` (``from owner import attribute``
+    executed before the row was applied, in a process that activated the integration late; or before it is
+    reverted) get ``replacement`` instead; returns them."""
+    root = owner.split(".")[0] + "."
+    held = [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith(root) and name != owner and getattr(module, "__dict__", {}).get(attribute) is original
+    ]
+    for module in held:
+        setattr(module, attribute, replacement)
+    return held
 
 
 def _args(names: tuple[str, ...]) -> str:

@@ -15,7 +15,6 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from llamafactory_kimi_audio.integration.patches import PATCHES, apply_patches
 from llamafactory_kimi_audio.models import fp8_linear
 from llamafactory_kimi_audio.models.fp8_linear import (
     FrozenFloat8Linear,
@@ -27,17 +26,7 @@ from llamafactory_kimi_audio.models.fused_lora import install_fused_lora
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-FORWARD_ROW = next(patch for patch in PATCHES if patch.name == "fused_lora.forward")
 HAS_FP8_GPU = torch.cuda.is_available() and fp8_device_problem() is None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fused_forward_row():
-    was_applied = FORWARD_ROW.applied
-    apply_patches([FORWARD_ROW])
-    yield
-    if not was_applied:
-        FORWARD_ROW.revert()
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The fused LoRA forward gives PEFT's outputs and gradients, falls back to PEFT where it must, and is what
-LLaMA-Factory's loader installs on a Kimi-Audio LoRA model (through the patch table's ``fused_lora.forward`` row)."""
+LLaMA-Factory's loader installs on the layer instances of a Kimi-Audio LoRA model (the patch table's ``fused_lora``
+row) while any other PEFT model of the process keeps PEFT's forward."""
 
 from __future__ import annotations
 
@@ -12,22 +13,11 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
 from llamafactory_kimi_audio import settings
-from llamafactory_kimi_audio.integration.patches import PATCHES, apply_patches
 from llamafactory_kimi_audio.models import fused_lora
 from llamafactory_kimi_audio.models.fused_lora import FUSED_FLAG, install_fused_lora, remove_fused_lora
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-FORWARD_ROW = next(patch for patch in PATCHES if patch.name == "fused_lora.forward")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fused_forward_row():
-    """PEFT's LoRA ``Linear.forward`` as LLaMA-Factory processes have it (the row is applied at the loader hook)."""
-    was_applied = FORWARD_ROW.applied
-    assert apply_patches([FORWARD_ROW]) == ([] if was_applied else ["fused_lora.forward"])
-    yield
-    if not was_applied:
-        FORWARD_ROW.revert()
+PEFT_FORWARD = LoraLinear.forward
 
 
 @pytest.fixture
@@ -139,7 +129,7 @@ def test_install_is_idempotent_and_removable():
     peft_model, fused = toy_pair()
     assert install_fused_lora(fused) == 0
     assert remove_fused_lora(fused) == 2
-    assert all(FUSED_FLAG not in m.__dict__ for m in fused.modules())
+    assert all(FUSED_FLAG not in m.__dict__ and "forward" not in m.__dict__ for m in fused.modules())
     x = torch.randn(2, 16)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), peft_model(x))
@@ -183,6 +173,24 @@ def test_the_loader_installs_it_on_kimi_lora_layers(lora_kimi):
         torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)
 
 
+def test_other_peft_models_keep_peft_forward(lora_kimi, fused_calls):
+    """The Kimi-Audio model loaded in this process takes the fused path; a plain PEFT model built next to it does not
+    (PEFT's class is untouched: the fused forward lives on the Kimi-Audio layer instances only)."""
+    other = get_peft_model(Toy(), LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"]))
+    other_layers = [m for m in other.modules() if type(m) is LoraLinear]
+    assert LoraLinear.forward is PEFT_FORWARD and other_layers
+    assert all("forward" not in m.__dict__ and FUSED_FLAG not in m.__dict__ for m in other_layers)
+    with torch.no_grad():
+        other(torch.randn(2, 16))
+    assert fused_calls == []
+    kimi_layers = [m for m in lora_kimi.modules() if type(m) is LoraLinear]
+    assert all(m.forward.__func__ is fused_lora.fused_or_peft_forward for m in kimi_layers)
+    ids = torch.randint(0, 400, (1, 6))
+    with torch.no_grad():
+        lora_kimi(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert len(fused_calls) >= len(kimi_layers)
+
+
 def test_opt_out_keeps_peft_forward(tiny_checkpoint, monkeypatch):
     from llamafactory.hparams import FinetuningArguments, ModelArguments
     from llamafactory.model import load_model, load_tokenizer
@@ -194,7 +202,7 @@ def test_opt_out_keeps_peft_forward(tiny_checkpoint, monkeypatch):
     model = load_model(tokenizer, model_args, FinetuningArguments(finetuning_type="lora"), is_trainable=True)
     layers = [m for m in model.modules() if type(m) is LoraLinear]
     settings.reload()
-    assert layers and not any(FUSED_FLAG in m.__dict__ for m in layers)
+    assert layers and not any(FUSED_FLAG in m.__dict__ or "forward" in m.__dict__ for m in layers)
 
 
 def test_parameter_count_walks_the_modules_once_per_training_phase(lora_kimi, monkeypatch):

@@ -251,6 +251,9 @@ def bad_input_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tup
         return {"dataset": "asr_broken"}, 2, [broken_audio_dataset(dataset), "re-encode it"]
     if problem == "cutoff_cuts_audio":
         return {"cutoff_len": 12}, 2, ["cutoff_len=12 cuts its audio", "raise cutoff_len"]
+    if problem == "streaming_dispatches_batches":
+        overrides = {"streaming": True, "accelerator_config": {"dispatch_batches": True}}
+        return overrides, 2, ["dispatch_batches: true", "set accelerator_config: {dispatch_batches: false}"]
     if problem == "placeholders":
         variant_dataset(dataset, "asr_placeholders", lambda row: row["messages"][0].update(content="<audio><audio>"))
         return {"dataset": "asr_placeholders"}, 2, ["2 <audio> placeholder(s) but 1 audio file(s)", "exactly one"]
@@ -334,6 +337,7 @@ def stock_layer_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> t
         *STOCK_LAYER_PROBLEMS,
         "broken_audio",
         "cutoff_cuts_audio",
+        "streaming_dispatches_batches",
         "placeholders",
         "truncated_wav",
         "worker_error",
@@ -401,6 +405,8 @@ def test_predict_reports_cer_and_wer(ckpt, dataset, workdir, lora_run):
     }
     rc, output = run_cli("train", config, workdir, "predict")
     check_ok(rc, output)
+    assert "added do_sample: false" in output  # the recipe leaves do_sample out: greedy, said in one line
+    assert "generation flags are not valid" not in output  # no sampling settings passed to greedy decoding
     for name in ("predict_results.json", "all_results.json"):
         metrics = json.loads((output_dir / name).read_text())
         assert "predict_cer" in metrics and "predict_wer" in metrics, metrics

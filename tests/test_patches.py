@@ -4,6 +4,7 @@ versions or signatures give one warning (never a TypeError mid-run); hooks and t
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 
 import llamafactory.api.app  # noqa: F401 - the triggers: the start-up hook applies the table
@@ -14,8 +15,8 @@ import pytest
 
 from llamafactory_kimi_audio import patching, settings
 from llamafactory_kimi_audio.errors import EnvironmentProblem
-from llamafactory_kimi_audio.integration import patches
-from llamafactory_kimi_audio.integration.hooks import ALL_HOOKS
+from llamafactory_kimi_audio.integration import importers, patches
+from llamafactory_kimi_audio.integration.hooks import ALL_HOOKS, DEFERRED
 from llamafactory_kimi_audio.integration.patches import (
     OPT_OUT_NOTICE,
     PATCHES,
@@ -45,9 +46,8 @@ def test_every_row_is_applied_by_the_hooks():
     import llamafactory.webui.runner  # noqa: F401
 
     assert [row["name"] for row in patch_rows() if not row["applied"]] == ["opt_out_notice"]
-    assert {hook.module for hook in ALL_HOOKS} == set(patches.triggers())
-    assert {patch.trigger for patch in PATCHES} <= set(patches.triggers()) | set(patches.DEFERRED_TRIGGERS)
-    assert set(patches.DEFERRED_TRIGGERS.values()) <= set(patches.triggers())
+    assert {hook.module for hook in ALL_HOOKS} | set(DEFERRED) == set(patches.triggers())
+    assert not {hook.module for hook in ALL_HOOKS} & set(DEFERRED)
     assert len({patch.name for patch in PATCHES}) == len(PATCHES)
 
 
@@ -79,26 +79,26 @@ def test_wrappers_keep_the_wrapped_signatures():
 
 
 def test_changed_signature_skips_the_row_with_one_warning(pristine, capsys):
-    row = next(patch for patch in PATCHES if patch.name == "greedy_asr_predictions")
+    row = next(patch for patch in PATCHES if patch.name == "segment_media_paths")
     changed = dataclasses.replace(row, parameters=("self", "model", "batch"))
     original = stored(row)
     assert apply_patches([changed]) == []
     assert stored(row) is original and not row.applied
     (line,) = capsys.readouterr().err.splitlines()
-    assert "skipped patch greedy_asr_predictions" in line and "no longer takes (self, model, batch)" in line
+    assert "skipped patch segment_media_paths" in line and "no longer takes (self, model, batch)" in line
     assert "KIMI_AUDIO_DISABLE=1" in line
 
 
 def test_unsupported_version_is_one_warning_naming_both(pristine, capsys, monkeypatch):
-    monkeypatch.setitem(patching.SUPPORTED_VERSIONS, "peft", ">=9.0")
+    monkeypatch.setitem(patching.SUPPORTED_VERSIONS, "transformers", ">=99.0")
     monkeypatch.setattr(patches, "_warned", set())
-    row = next(patch for patch in PATCHES if patch.name == "fused_lora.forward")
-    assert apply_patches([row]) == ["fused_lora.forward"]  # same signature: applied, with the warning
+    row = next(patch for patch in PATCHES if patch.name == "nonfinite_guard.check")
+    assert apply_patches([row]) == ["nonfinite_guard.check"]  # same signature: applied, with the warning
     row.revert()
-    assert apply_patches([row]) == ["fused_lora.forward"]
+    assert apply_patches([row]) == ["nonfinite_guard.check"]
     (line,) = capsys.readouterr().err.splitlines()  # once per process
-    installed = patching.installed_version("peft")
-    assert f"PEFT {installed} is installed, the patches are written for >=9.0" in line
+    installed = patching.installed_version("transformers")
+    assert f"transformers {installed} is installed, the patches are written for >=99.0" in line
     assert "KIMI_AUDIO_DISABLE=1" in line
 
 
@@ -195,3 +195,97 @@ def test_cpu_precision_advice_is_dropped_only_for_kimi_recipes_without_cuda(tmp_
 
     assert kept(PRECISION_ADVICE, "qwen") and kept("another warning", "kimi_audio")
     assert kept(PRECISION_ADVICE, "kimi_audio") is torch.cuda.is_available()
+
+
+def installed_llamafactory() -> dict[str, importers.Module]:
+    from pathlib import Path
+
+    import llamafactory
+
+    return importers.scan(Path(llamafactory.__file__).parent)
+
+
+def test_every_importer_of_a_patched_name_is_covered():
+    """Scans the installed LLaMA-Factory: every module that imports a patched name (from-import, re-export or
+    attribute use) gets the replacement, because each row patches where the name is defined, when that module runs."""
+    modules = installed_llamafactory()
+    assert list(importers.uncovered([*PATCHES, OPT_OUT_NOTICE], modules, "llamafactory")) == []
+    found = importers.importers(modules, "llamafactory.train.sft.metric", "ComputeSimilarity")
+    assert {"llamafactory.train.sft.workflow", "llamafactory.train.hyper_parallel.workflow"} <= found
+    for patch in PATCHES:
+        module, _, cls = patch.owner.partition(":")
+        if cls or patch.distribution != "llamafactory":
+            continue
+        replacement = stored(patch)
+        for name in importers.importers(modules, module, patch.attribute):
+            bound = vars(importlib.import_module(name))  # a function-level import or `X.NAME` binds nothing here
+            assert bound.get(patch.attribute, replacement) is replacement, (patch.name, name)
+
+
+def test_hyper_parallel_sft_scores_cer(pristine):
+    """A late activation (rows applied after the importers bound the original) rebinds those importers too, and a
+    revert gives every importer the original back."""
+    import llamafactory.train.hyper_parallel.workflow as hyper
+    import llamafactory.train.sft.metric as metric
+    import llamafactory.train.sft.workflow as sft
+
+    row = next(patch for patch in PATCHES if patch.name == "asr_metrics")
+    original = metric.ComputeSimilarity
+    assert hyper.ComputeSimilarity is original and sft.ComputeSimilarity is original  # reverted by the fixture
+    assert apply_patches([row]) == ["asr_metrics"]
+    assert hyper.ComputeSimilarity is metric.ComputeSimilarity is sft.ComputeSimilarity is not original
+    row.revert()
+    assert hyper.ComputeSimilarity is original and sft.ComputeSimilarity is original
+
+
+FAKE_TREE = {
+    "__init__.py": "from .defs import helper\n",
+    "defs.py": "def helper():\n    return 1\n\n\nclass Base:\n    def run(self):\n        return 1\n",
+    "user.py": "from .defs import helper\n",
+}
+
+
+def fake_rows():
+    return [
+        patching.Patch("helper_row", "fakelf.user", owner="fakelf.user", attribute="helper", make_replacement=id),
+        patching.Patch("run_row", "fakelf.defs", owner="fakelf.defs:Base", attribute="run", make_replacement=id),
+    ]
+
+
+def write_tree(root, files: dict[str, str]):
+    for name, text in files.items():
+        path = root / "fakelf" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return importers.scan(root / "fakelf")
+
+
+@pytest.mark.parametrize(
+    "new_file, gap",
+    [
+        ("api/late.py", "from ..defs import helper\n"),
+        ("attr.py", "import fakelf.defs\n\n\ndef f():\n    return fakelf.defs.helper()\n"),
+        ("alias.py", "from . import defs as d\n\n\ndef f():\n    return d.helper()\n"),
+        ("reexport.py", "from fakelf import helper\n"),
+        ("inside.py", "def f():\n    from .defs import helper\n\n    return helper()\n"),
+        ("sub.py", "from .defs import Base\n\n\nclass Mine(Base):\n    def run(self):\n        return 2\n"),
+    ],
+)
+def test_the_scanner_finds_a_new_importer(tmp_path, new_file, gap):
+    """The table of a fake package covers its one importer; each new way of importing the name is a gap."""
+    rows = fake_rows()
+    # the re-exporting __init__ is an importer too: cover it with a row of its own, as `user` is
+    rows.append(dataclasses.replace(rows[0], name="helper_row_init", trigger="fakelf", owner="fakelf"))
+    assert list(importers.uncovered(rows, write_tree(tmp_path, FAKE_TREE), "fakelf")) == []
+    gaps = [str(g) for g in importers.uncovered(rows, write_tree(tmp_path, {new_file: gap}), "fakelf")]
+    new_module = "fakelf." + new_file.removesuffix(".py").replace("/", ".")
+    assert gaps and all(new_module in gap for gap in gaps), gaps  # one gap per row that patches the name
+
+
+def test_patching_the_definer_covers_new_importers(tmp_path):
+    rows = [dataclasses.replace(fake_rows()[0], trigger="fakelf.defs", owner="fakelf.defs")]
+    modules = write_tree(tmp_path, {**FAKE_TREE, "late.py": "from .defs import helper\n"})
+    assert list(importers.uncovered(rows, modules, "fakelf")) == []
+    late_trigger = [dataclasses.replace(rows[0], trigger="fakelf.user")]
+    (gap,) = importers.uncovered(late_trigger, modules, "fakelf")
+    assert "applied when fakelf.user is imported" in str(gap)

@@ -1,9 +1,7 @@
-"""Two rows of the patch table for audio data at scale.
+"""The ``feature_cache.write_through`` row: a Kimi-Audio model loaded by LLaMA-Factory while
+``KIMI_AUDIO_FEATURE_CACHE`` is set stores the audio features it encodes (``data/write_through.py``).
 
-- ``feature_cache.write_through``: a Kimi-Audio model loaded by LLaMA-Factory while ``KIMI_AUDIO_FEATURE_CACHE`` is
-  set stores the audio features it encodes (``data/write_through.py``).
-- ``streaming_audio_batches``: with ``streaming: true``, accelerate's batch dispatching would slice every tensor of a
-  batch to the batch size, audio frames included; a ``kimi_audio`` run reads its own part of the stream instead.
+(``streaming: true`` needs ``accelerator_config: {dispatch_batches: false}``: a recipe key, ``recipe_keys.py``.)
 """
 
 from __future__ import annotations
@@ -26,16 +24,3 @@ def make_write_through(original):
         return result
 
     return patch_model
-
-
-def make_streaming_batches(original):
-    @functools.wraps(original)
-    def get_train_args(*args: Any, **kwargs: Any):
-        parsed = original(*args, **kwargs)
-        _, data_args, training_args = parsed[:3]
-        config = getattr(training_args, "accelerator_config", None)
-        if getattr(data_args, "streaming", False) and getattr(data_args, "template", None) == "kimi_audio" and config:
-            config.dispatch_batches = False  # each rank iterates its own shard: whole batches, audio intact
-        return parsed
-
-    return get_train_args

@@ -2,7 +2,8 @@
 
 The guard wraps ``llamafactory.train.tuner.run_exp`` (a row of the patch table). Before the run it checks what a
 Kimi-Audio recipe (``template: kimi_audio``) needs of ``model_name_or_path``, its dataset files and its
-``output_dir`` (``preflight.py``); during the run it turns the package's
+``output_dir`` (``preflight.py``) and adds the recipe keys such a run needs where the recipe lacks them
+(``recipe_keys.py``); during the run it turns the package's
 errors (``errors.KimiAudioError`` and the data / audio errors) into ``llamafactory-cli: <message>`` and
 ``exit_code``, including errors raised in DataLoader workers, whose message torch wraps in the worker's traceback.
 ``KIMI_AUDIO_DEBUG=1`` keeps the traceback. Anything else is a bug and keeps its traceback.
@@ -22,6 +23,7 @@ from ..data.textio import DataError
 from ..errors import EXIT_BAD_INPUT, EnvironmentProblem, KimiAudioError, ModelError
 from .fp8 import check_fp8_recipe
 from .preflight import check_recipe_files
+from .recipe_keys import complete_recipe
 from .registration import MODEL_GROUPS, TEMPLATE_NAME
 
 ONE_LINE_ERRORS = (KimiAudioError, AudioError, DataError)
@@ -119,6 +121,7 @@ def make_run_guard(original):
                 check_kimi_recipe(recipe)
                 check_fp8_recipe(recipe)
                 check_recipe_files(recipe)  # dataset files and output_dir, before the slow model load
+                args = complete_recipe(recipe)  # the keys a Kimi-Audio run needs, where the recipe lacks them
             return original(args, *more, **kwargs)
         except Exception as err:
             line = _one_line(err, recipe if kimi_recipe else None)

@@ -85,19 +85,6 @@ def make_segment_media_paths(original):
     return _find_medias
 
 
-def make_greedy_prediction(original):
-    @functools.wraps(original)
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
-        if is_kimi_model(model) and getattr(self, "_gen_kwargs", None):
-            # ASR is scored on greedy transcripts (the official decoding, spec §7); sampling would make CER noisy.
-            for key in ("temperature", "top_p", "top_k"):
-                self._gen_kwargs.pop(key, None)
-            self._gen_kwargs["do_sample"] = False
-        return original(self, model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
-
-    return prediction_step
-
-
 def make_audio_span_guard(original):
     """Fail at preprocessing, naming the sample, when ``cutoff_len`` cuts an audio span (the forward would fail) or
     the answer (the model would learn transcripts that stop mid-sentence, without their end token)."""

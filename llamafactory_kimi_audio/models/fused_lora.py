@@ -7,9 +7,10 @@ a third of the GPU time of a LoRA step (``benchmarks/RESULTS.md``). Here the inp
 ``addmm(result, h, Bᵀ, alpha=scaling)`` folds the scale and the add into the second matmul's epilogue. The only
 numerical difference is one rounding fewer (the sum is accumulated before it is rounded to bf16).
 
-The forward is installed on PEFT's LoRA ``Linear`` class by a row of the patch table
-(``integration/patches.py``: ``make_fused_forward``) and serves only the layers that :func:`install_fused_lora`
-marked (Kimi-Audio's, when ``KIMI_AUDIO_FUSED_LORA`` is on); every other layer keeps PEFT's forward.
+:func:`install_fused_lora` sets this forward on each LoRA layer *instance* of one model (Kimi-Audio's, through the
+patch table's ``fused_lora`` row when ``KIMI_AUDIO_FUSED_LORA`` is on): an instance attribute that shadows PEFT's
+class forward, recorded by :data:`FUSED_FLAG` and removed again by :func:`remove_fused_lora`. PEFT's class is never
+touched, so every other model in the process keeps PEFT's forward.
 Anything unusual goes through PEFT's own forward unchanged: merged or disabled adapters, several active adapters,
 mixed-adapter batches, DoRA and other variants, a LoRA bias, ZeRO-3-partitioned weights (their gathering hooks fire
 on module calls only), and inputs whose dtype differs from the LoRA weights' without autocast to reconcile them.
@@ -17,6 +18,7 @@ on module calls only), and inputs whose dtype differs from the LoRA weights' wit
 
 from __future__ import annotations
 
+from types import MethodType
 from typing import Any
 
 import torch
@@ -56,19 +58,12 @@ def fused_lora_forward(self: Any, x: torch.Tensor, name: str) -> torch.Tensor:
     return out.view(result.shape)
 
 
-def make_fused_forward(peft_forward):
-    """``peft.tuners.lora.layer.Linear.forward`` -> the same forward, fused for the layers marked by install."""
-
-    def forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.__dict__.get(FUSED_FLAG):
-            name = _single_plain_adapter(self, x, args, kwargs)
-            if name is not None:
-                return fused_lora_forward(self, x, name)
-        return peft_forward(self, x, *args, **kwargs)
-
-    forward.__wrapped__ = peft_forward
-    forward.__doc__ = peft_forward.__doc__
-    return forward
+def fused_or_peft_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The per-instance forward: the fused path where it applies, else the class's (PEFT's) forward."""
+    name = _single_plain_adapter(self, x, args, kwargs)
+    if name is not None:
+        return fused_lora_forward(self, x, name)
+    return type(self).forward(self, x, *args, **kwargs)
 
 
 def _lora_linear_class() -> type | None:
@@ -80,10 +75,8 @@ def _lora_linear_class() -> type | None:
 
 
 def install_fused_lora(model: nn.Module) -> int:
-    """Mark every plain PEFT LoRA ``Linear`` of ``model`` for the fused forward; idempotent. Returns how many.
-
-    The marks take effect where the patch table's ``fused_lora.forward`` row is applied (every LLaMA-Factory process;
-    elsewhere ``integration.patches.apply_patches``)."""
+    """Give every plain PEFT LoRA ``Linear`` of ``model`` the fused forward (an instance attribute, marked with
+    :data:`FUSED_FLAG`); idempotent. Returns how many layers changed."""
     linear = _lora_linear_class()
     if linear is None:
         return 0
@@ -91,14 +84,16 @@ def install_fused_lora(model: nn.Module) -> int:
     for module in model.modules():
         if type(module) is linear and not module.__dict__.get(FUSED_FLAG):
             module.__dict__[FUSED_FLAG] = True
+            module.forward = MethodType(fused_or_peft_forward, module)  # shadows the class's forward
             count += 1
     return count
 
 
 def remove_fused_lora(model: nn.Module) -> int:
-    """Undo ``install_fused_lora``."""
+    """Undo ``install_fused_lora``: the layers get their class's (PEFT's) forward back. Returns how many."""
     count = 0
     for module in model.modules():
         if module.__dict__.pop(FUSED_FLAG, False):
+            module.__dict__.pop("forward", None)
             count += 1
     return count
