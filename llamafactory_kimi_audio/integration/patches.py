@@ -128,16 +128,6 @@ LOADER_PATCHES = [
         "KIMI_AUDIO_VARLEN_ATTENTION / KIMI_AUDIO_COMPILE_POINTWISE before the model is built (auto: whole layers "
         "compiled for unquantised training on CUDA, integration/speed.py)",
     ),
-    Patch(
-        name="feature_cache.write_through",
-        trigger=LOADER,
-        owner=LOADER,
-        attribute="patch_model",
-        make_replacement=make_write_through,
-        parameters=("model", "tokenizer", "model_args", "is_trainable"),
-        why="with KIMI_AUDIO_FEATURE_CACHE set, training stores the audio features it encodes (epoch 2 never "
-        "re-encodes) and each rank logs its cache hits / misses / writes (data/write_through.py)",
-    ),
 ]
 
 SFT_PATCHES = [
@@ -190,14 +180,25 @@ SFT_PATCHES = [
         "off for the media_dir lookup, else relative segment paths stay unresolved and each one logs a warning",
     ),
     Patch(
-        name="nonfinite_guard.attach",
+        name="feature_cache.write_through",
         trigger=SFT_WORKFLOW,
         owner=SFT_TRAINER,
         attribute="__init__",
-        make_replacement=nonfinite.make_attach,
+        make_replacement=make_write_through,
         parameters=("self", "finetuning_args", "processor"),
-        why="a Kimi-Audio model keeps each training batch's loss (on the device) and clip names, which the collator "
-        "sends along, so that a non-finite step can be named (integration/nonfinite.py)",
+        why="a Kimi-Audio trainer's batches list their clips (audio_clips); with KIMI_AUDIO_FEATURE_CACHE set a "
+        "TrainerCallback sets the model's feature sink to write-through for train() (epoch 2 never re-encodes; each "
+        "rank logs hits / misses / writes); LLaMA-Factory builds the callback list itself (data/write_through.py)",
+    ),
+    Patch(
+        name="nonfinite_guard.record",
+        trigger=SFT_WORKFLOW,
+        owner=SFT_TRAINER,
+        attribute="compute_loss",
+        make_replacement=nonfinite.make_record,
+        parameters=("self", "model", "inputs"),
+        why="a Kimi-Audio trainer keeps each training batch's loss (on the device) with the clip names of the batch's "
+        "audio_clips list, so that a non-finite step can be named (integration/nonfinite.py)",
     ),
     Patch(
         name="nonfinite_guard.check",
