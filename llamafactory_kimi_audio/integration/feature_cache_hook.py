@@ -3,13 +3,15 @@
 - ``feature_cache.write_through`` (``CustomSeq2SeqTrainer.__init__``): the trainer of a Kimi-Audio model has its
   collator describe each batch's clips (``audio_clips``, ``data/collate_inputs.py``) and, while
   ``KIMI_AUDIO_FEATURE_CACHE`` is set, gets ``WriteThroughCallback``: at train begin it sets the model's feature
-  sink to ``data/write_through.WriteThrough``, at train end it removes it (no method of the model is replaced).
+  sink to ``data/write_through.WriteThrough``, at train end it removes it (no method of the model is replaced);
+  the rank's counts are logged at exit.
 - ``streaming_audio_batches``: with ``streaming: true``, accelerate's batch dispatching would slice every tensor of a
   batch to the batch size, audio frames included; a ``kimi_audio`` run reads its own part of the stream instead.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import sys
 from typing import Any
@@ -52,14 +54,15 @@ def _callback_class() -> type:
                 return
             self.sink = WriteThrough()
             self.model.set_feature_sink(self.sink)
-            print(f"{self.sink.counters.line('start')}{preload(self.model)}", file=sys.stderr, flush=True)
+            counters = self.sink.counters
+            print(f"{counters.line('start')}{preload(self.model)}", file=sys.stderr, flush=True)
+            # the end line comes at exit, also after a run that stopped with an error (it says what was stored)
+            atexit.register(lambda: print(counters.line("end"), file=sys.stderr, flush=True))
 
         def on_train_end(self, args, state, control, **kwargs):
-            if self.sink is None:
-                return
-            self.model.set_feature_sink(None)
-            print(self.sink.counters.line("end"), file=sys.stderr, flush=True)
-            self.sink = self.model = None
+            if self.sink is not None:
+                self.model.set_feature_sink(None)
+                self.sink = self.model = None
 
     return WriteThroughCallback
 
