@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,7 +106,7 @@ def clip_names(inputs: Any) -> list[str]:
     """The names in the batch's ``audio_clips`` (empty when the collator did not describe the batch)."""
     from ..data.collate_inputs import CLIPS_KEY
 
-    clips = inputs.get(CLIPS_KEY) if isinstance(inputs, dict) else None
+    clips = inputs.get(CLIPS_KEY) if isinstance(inputs, Mapping) else None  # a dict or BatchEncoding (UserDict)
     return [clip.name for clip in clips or ()]
 
 
