@@ -35,6 +35,10 @@ class InputError(KimiAudioError, ValueError):
     exit_code = EXIT_BAD_INPUT
 
 
+class NonFiniteTrainingError(InputError):
+    """A training step produced a NaN / inf loss or gradient norm (exit 2: the data or the recipe)."""
+
+
 class ModelError(KimiAudioError):
     """A model directory or checkpoint that is missing, incomplete or not Kimi-Audio."""
 

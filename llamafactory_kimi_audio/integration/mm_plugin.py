@@ -4,8 +4,11 @@
   12.5 Hz frame + media_end. The count comes from the file header (duration, resampling rule), never from decoding.
   An ``<audio>`` in an *assistant* turn is the target of a spoken answer: it becomes the speech marker
   (``speech_marker``), which the template turns into a speech turn; its codes reach the model like any audio's.
-- ``get_mm_inputs`` (collate time): audio read with soundfile, mixed to mono, resampled to 16 kHz; Whisper log-mel
-  per 30 s chunk and the GLM-4-Voice features (or the precompute cache's codes + Whisper rows).
+- ``get_mm_inputs`` (collate time): decides once, from the spans ``process_messages`` wrote, which audios are
+  speech-output targets (``speech_targets``); audio read with soundfile, mixed to mono, resampled to 16 kHz;
+  Whisper log-mel per 30 s chunk (inputs only) and the GLM-4-Voice features (or the feature cache's codes + Whisper
+  rows). In training the batch also lists its clips, with that decision, as ``audio_clips``
+  (``data/collate_inputs.AudioClip``), which the model hands to its feature sink and the non-finite guard reads.
 The plugin holds no model and pickles by value (``datasets`` workers).
 """
 

@@ -3,10 +3,11 @@
 Left alone, one NaN step makes every weight NaN and the run goes on to the end and exits 0 (the Trainer even
 filters NaN losses out of the logged mean, so the log shows ``loss 0``). Two rows of the patch table stop it:
 
-- ``nonfinite_guard.attach`` (``CustomSeq2SeqTrainer.__init__``): for a Kimi-Audio model, the model's ``forward``
-  keeps each training micro-batch's loss (a detached copy, still on the device) with the batch's clip names, which
-  the collator sends along as a uint8 tensor (``collate_inputs.CLIP_NAMES_KEY``: it survives DataLoader workers and
-  device moves, and the wrapper drops it before the real forward / ``generate``).
+- ``nonfinite_guard.record`` (``CustomSeq2SeqTrainer.compute_loss``): for a Kimi-Audio model, keeps each training
+  micro-batch's loss (a detached copy, still on the device) with the batch's clip names, read from the plain list
+  ``audio_clips`` that the collator puts in the batch (``collate_inputs.AudioClip``, enabled for Kimi-Audio trainers
+  by ``feature_cache_hook.make_write_through``; a list survives DataLoader workers and device moves). The guard
+  lives on the trainer; the model is not touched.
 - ``nonfinite_guard.check`` (``Trainer._maybe_log_save_evaluate``, called after every optimizer step): keeps the
   gradient norm the Trainer computed anyway (``clip_grad_norm_``; non-finite iff a gradient is), then, only when the
   Trainer is about to log, evaluate, save or stop, or when MAX_PENDING micro-batches wait, copies every kept value
@@ -22,20 +23,17 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import EXIT_BAD_INPUT, KimiAudioError
+from ..errors import NonFiniteTrainingError
+from .wrappers import kimi_base_model
 
 MAX_PENDING = 256  # micro-batches kept between checks: bounded memory with rare logging; one sync per 256 steps
 SHOWN_CLIPS = 4  # clip names in the message (then "and N more")
 _GUARD_ATTR = "_kimi_audio_nonfinite_guard"
-
-
-class NonFiniteTrainingError(KimiAudioError):
-    """A training step produced a NaN / inf loss or gradient norm (exit 2: the data or the recipe)."""
-
-    exit_code = EXIT_BAD_INPUT
+__all__ = ["NonFiniteGuard", "NonFiniteTrainingError", "make_check", "make_record"]
 
 
 @dataclass
@@ -104,37 +102,31 @@ def _message(step: int, what: str, clips: list[str]) -> str:
     )
 
 
-def attach(model: Any) -> NonFiniteGuard | None:
-    """Wrap the Kimi-Audio ``model``'s forward / generate on the instance; idempotent. None for other models."""
-    from ..data.collate_inputs import CLIP_NAMES_KEY, decode_names, enable_clip_names
-    from .wrappers import kimi_base_model
+def clip_names(inputs: Any) -> list[str]:
+    """The names in the batch's ``audio_clips`` (empty when the collator did not describe the batch)."""
+    from ..data.collate_inputs import CLIPS_KEY
 
-    base = kimi_base_model(model)
-    if base is None:
-        return None
-    if getattr(base, _GUARD_ATTR, None) is not None:
-        return getattr(base, _GUARD_ATTR)
-    guard = NonFiniteGuard()
-    forward, generate = base.forward, base.generate
+    clips = inputs.get(CLIPS_KEY) if isinstance(inputs, Mapping) else None  # a dict or BatchEncoding (UserDict)
+    return [clip.name for clip in clips or ()]
 
-    @functools.wraps(forward)  # generate() validates its kwargs against forward's signature
-    def forward_recording(*args: Any, **kwargs: Any) -> Any:
-        names = kwargs.pop(CLIP_NAMES_KEY, None)
-        output = forward(*args, **kwargs)
-        if base.training and torch_grad_enabled():
-            guard.add_batch([] if names is None else decode_names(names), getattr(output, "loss", None))
-        return output
 
-    @functools.wraps(generate)
-    def generate_without_names(*args: Any, **kwargs: Any) -> Any:
-        kwargs.pop(CLIP_NAMES_KEY, None)
-        return generate(*args, **kwargs)
+def guard_of(trainer: Any) -> NonFiniteGuard | None:
+    return getattr(trainer, _GUARD_ATTR, None)
 
-    object.__setattr__(base, "forward", forward_recording)
-    object.__setattr__(base, "generate", generate_without_names)
-    object.__setattr__(base, _GUARD_ATTR, guard)
-    enable_clip_names()  # before the Trainer builds its DataLoader: forked workers inherit it
-    return guard
+
+def make_record(original):
+    @functools.wraps(original)
+    def compute_loss(self, model, inputs, *args: Any, **kwargs: Any):
+        names = clip_names(inputs)  # read before the call: the Trainer may consume the batch
+        result = original(self, model, inputs, *args, **kwargs)
+        if getattr(model, "training", False) and torch_grad_enabled() and kimi_base_model(model) is not None:
+            if guard_of(self) is None:
+                setattr(self, _GUARD_ATTR, NonFiniteGuard())
+            loss = result[0] if isinstance(result, tuple) else result
+            guard_of(self).add_batch(names, loss if hasattr(loss, "detach") else None)
+        return result
+
+    return compute_loss
 
 
 def torch_grad_enabled() -> bool:
@@ -143,25 +135,10 @@ def torch_grad_enabled() -> bool:
     return torch.is_grad_enabled()
 
 
-def guard_of(model: Any) -> NonFiniteGuard | None:
-    from .wrappers import kimi_base_model
-
-    return getattr(kimi_base_model(model), _GUARD_ATTR, None)
-
-
-def make_attach(original):
-    @functools.wraps(original)
-    def __init__(self, finetuning_args: Any, processor: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, finetuning_args, processor, *args, **kwargs)
-        attach(getattr(self, "model", None))
-
-    return __init__
-
-
 def make_check(original):
     @functools.wraps(original)
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, *args: Any, **kwargs: Any):
-        guard = guard_of(model) or guard_of(getattr(self, "model", None))
+        guard = guard_of(self)
         if guard is not None:
             guard.end_step(self.state.global_step, grad_norm)
             control = self.control

@@ -8,7 +8,6 @@ from ..patching import Patch
 from . import speed
 from . import wrappers as w
 from .auto_classes import AUTO_CLASSES, route_to_native
-from .feature_cache_hook import make_write_through
 
 LOADER = "llamafactory.model.loader"  # imports transformers' Auto classes and PEFT (through model.adapter)
 ADAPTER = "llamafactory.model.adapter"
@@ -74,15 +73,5 @@ MODEL_PATCHES = [
         why="the model's speed switches are config attributes (use_varlen_attention, compile_pointwise), set from "
         "KIMI_AUDIO_VARLEN_ATTENTION / KIMI_AUDIO_COMPILE_POINTWISE before the model is built (auto: whole layers "
         "compiled for unquantised training on CUDA, integration/speed.py)",
-    ),
-    Patch(
-        name="feature_cache.write_through",
-        trigger=PATCHER,
-        owner=PATCHER,
-        attribute="patch_model",
-        make_replacement=make_write_through,
-        parameters=("model", "tokenizer", "model_args", "is_trainable"),
-        why="with KIMI_AUDIO_FEATURE_CACHE set, training stores the audio features it encodes (epoch 2 never "
-        "re-encodes) and each rank logs its cache hits / misses / writes (data/write_through.py)",
     ),
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..patching import Patch
 from . import nonfinite, speed
 from . import wrappers as w
+from .feature_cache_hook import make_write_through
 from .fp8 import make_fp8_decoder
 from .run_guard import make_opt_out_notice, make_run_guard
 
@@ -59,14 +60,25 @@ TRAIN_PATCHES = [
         "off for the media_dir lookup, else relative segment paths stay unresolved and each one logs a warning",
     ),
     Patch(
-        name="nonfinite_guard.attach",
+        name="feature_cache.write_through",
         trigger=SFT_WORKFLOW,
         owner=SFT_TRAINER,
         attribute="__init__",
-        make_replacement=nonfinite.make_attach,
+        make_replacement=make_write_through,
         parameters=("self", "finetuning_args", "processor"),
-        why="a Kimi-Audio model keeps each training batch's loss (on the device) and clip names, which the collator "
-        "sends along, so that a non-finite step can be named (integration/nonfinite.py)",
+        why="a Kimi-Audio trainer's batches list their clips (audio_clips); with KIMI_AUDIO_FEATURE_CACHE set a "
+        "TrainerCallback sets the model's feature sink to write-through for train() (epoch 2 never re-encodes; each "
+        "rank logs hits / misses / writes); LLaMA-Factory builds the callback list itself (data/write_through.py)",
+    ),
+    Patch(
+        name="nonfinite_guard.record",
+        trigger=SFT_WORKFLOW,
+        owner=SFT_TRAINER,
+        attribute="compute_loss",
+        make_replacement=nonfinite.make_record,
+        parameters=("self", "model", "inputs"),
+        why="a Kimi-Audio trainer keeps each training batch's loss (on the device) with the clip names of the batch's "
+        "audio_clips list, so that a non-finite step can be named (integration/nonfinite.py)",
     ),
     Patch(
         name="nonfinite_guard.check",

@@ -33,6 +33,7 @@ from .checkpoint_io import OfficialLayoutMixin
 from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
 from .constants import SAMPLES_PER_TOKEN
 from .fast_generation import FastGreedy, greedy_request
+from .feature_sink import FeatureSink, split_clips
 from .masks import attention_bias, default_position_ids, packed_segments, warn_if_packed_without_blocks
 from .packed_attention import packed_sequences, varlen_applies
 from .pointwise import fused, fused_layer, rms_norm, swiglu
@@ -237,6 +238,8 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
     # Never quantised: bitsandbytes / QLoRA leave these modules as they are (their weights are not in the LM shards
     # but in whisper-large-v3/, loaded after from_pretrained). Upcast to fp32 only for an fp16 load.
     _keep_in_fp32_modules = ["whisper_encoder"]
+    # Optional consumer of what ``frame_inputs`` encodes, per clip (``models/feature_sink.py``); set_feature_sink().
+    feature_sink: FeatureSink | None = None
 
     def __init__(self, config: KimiAudioConfig):
         super().__init__(config)
@@ -327,9 +330,25 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         audio_part = torch.where(is_frame[..., None], (audio_embeds + scattered) * sqrt2, audio_embeds)
         return (audio_part + embed(streams.text_ids)).to(audio_embeds.dtype), streams
 
+    def set_feature_sink(self, sink: FeatureSink | None) -> None:
+        """Hand what ``frame_inputs`` encodes to ``sink(encoded_clips, audio_clips)``; None removes the sink."""
+        if sink is None:
+            self.__dict__.pop("feature_sink", None)  # back to the class's None
+        else:
+            self.feature_sink = sink
+
     def frame_inputs(self, input_ids, is_frame, num_frames: int, audio: dict[str, Any], is_input=None):
         """Semantic codes (no offset) for every audio frame position, in batch-major order, and the Whisper rows of
-        the input frames (``is_input`` selects them among the frames; ``None``: all are input frames)."""
+        the input frames (``is_input`` selects them among the frames; ``None``: all are input frames). With a
+        feature sink set, it gets them per clip, with the batch's ``audio_clips`` description."""
+        codes, rows = self.encode_frames(input_ids, is_frame, num_frames, audio, is_input)
+        if self.feature_sink is not None:
+            encoded = split_clips(is_frame, codes.detach(), None if rows is None else rows.detach(), is_input)
+            self.feature_sink(encoded, audio.get("audio_clips"))
+        return codes, rows
+
+    def encode_frames(self, input_ids, is_frame, num_frames: int, audio: dict[str, Any], is_input=None):
+        """``frame_inputs`` without the sink."""
         given = input_ids[is_frame]
         if audio.get("audio_codes") is not None:
             codes = audio["audio_codes"].to(input_ids.device).long().reshape(-1)
@@ -376,11 +395,15 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         text_only: bool = False,
         text_from: int | None = None,
         return_dict: bool | None = None,
+        audio_clips: list | None = None,
         **kwargs: Any,
     ) -> KimiAudioCausalLMOutput | tuple:
-        """Audio inputs (see ``KimiAudioProcessor``) are consumed only where the ids hold audio frame tokens."""
+        """Audio inputs (see ``KimiAudioProcessor``) are consumed only where the ids hold audio frame tokens.
+        ``audio_clips``: the collator's description of the batch's clips, passed on to the feature sink only."""
         given = (audio_input_features, audio_chunk_tokens, semantic_input_features, semantic_frame_mask, audio_codes)
         audio = dict(zip(AUDIO_INPUT_KEYS, (*given, whisper_features)))
+        if audio_clips is not None:
+            audio["audio_clips"] = audio_clips
         streams = None
         if inputs_embeds is None:
             inputs_embeds, streams = self.fuse_streams(input_ids, text_only=text_only, text_from=text_from, **audio)
@@ -462,14 +485,20 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         return generate_speech(self, input_ids, output_type=output_type, **kwargs)
 
     def generate(
-        self, inputs: torch.Tensor | None = None, *args: Any, fast_greedy: bool | str | None = None, **kwargs
+        self,
+        inputs: torch.Tensor | None = None,
+        *args: Any,
+        fast_greedy: bool | str | None = None,
+        audio_clips: list | None = None,
+        **kwargs,
     ):
         """Records the prompt length: without a KV cache the generated ids must still be embedded as text (§7).
 
         Plain greedy calls (no sampling, beams or penalties; LLaMA-Factory's ``do_predict`` with ``do_sample: false``)
         on CUDA run ``fast_generation.FastGreedy``: a static KV cache and a CUDA-graphed decode step, same tokens.
         ``fast_greedy``: None = ``config.fast_greedy`` (default on), False = transformers' loop, ``"static"`` /
-        ``"graph"`` = that decoder (``"static"`` also on CPU)."""
+        ``"graph"`` = that decoder (``"static"`` also on CPU). ``audio_clips`` (the collator's description of an
+        evaluation batch's clips) is for the feature sink of training forwards: generation ignores it."""
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
         if isinstance(prompt, torch.Tensor) and prompt.ndim == 2 and not prompt.is_floating_point():
             kwargs.setdefault("generation_prompt_length", prompt.shape[1])
