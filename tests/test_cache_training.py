@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from lf_runs import COMMON, check_ok, make_asr_dataset, run_cli, train_config
 
 from llamafactory_kimi_audio.data.cache_format import clip_key
 from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
 from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
-from tests.test_llamafactory_cli import COMMON, check_ok, run_cli, train_config
 
 pytestmark = pytest.mark.slow
 END_LINE = re.compile(r"feature cache, rank 0, end: (\d+) hits, (\d+) misses, (\d+) writes")
@@ -34,9 +34,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(workdir) -> Path:
-    from tests.test_llamafactory_cli import dataset as make_dataset
-
-    return make_dataset.__wrapped__(workdir)
+    return make_asr_dataset(workdir)
 
 
 def _audios(dataset: Path) -> list[str]:

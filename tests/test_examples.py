@@ -123,7 +123,7 @@ def test_every_card_recipe_is_in_the_readme_table_and_packs() -> None:
 def test_the_default_recipe_trains_as_shipped(tiny_checkpoint, tmp_path) -> None:
     """``llamafactory-cli train examples/kimi_lora.yaml`` (CPU overrides, two steps): packed rows with gradient
     checkpointing train through the stock CLI, and the compile / parking defaults stay out of a CPU run."""
-    from tests.test_llamafactory_cli import check_ok, logged_losses, run_cli
+    from lf_runs import check_ok, logged_losses, run_cli
 
     args = recipe("kimi_lora.yaml", tiny_checkpoint, tmp_path)
     for key in ("eval_dataset", "eval_strategy", "eval_steps", "per_device_eval_batch_size"):

@@ -164,7 +164,7 @@ def test_fresh_interpreter_loads_with_trust_remote_code(saved, tmp_path, remote_
 @pytest.mark.slow
 def test_llamafactory_cli_export_is_self_contained(source, tmp_path):
     """The stock CLI (``llamafactory-cli export``) on the speaking checkpoint, then a fresh interpreter loads it."""
-    from test_llamafactory_cli import check_ok, run_cli
+    from lf_runs import check_ok, run_cli
 
     export_dir = tmp_path / "export"
     config = {"model_name_or_path": str(source), "template": "kimi_audio", "trust_remote_code": True}

@@ -157,10 +157,9 @@ def test_fused_lora_forward_runs_the_fp8_base_layer(tiny_model, monkeypatch):
 # ------------------------------------------------------------------ the stock CLI: refusal on CPU, emulated training
 @pytest.mark.slow
 def test_cli_refuses_fp8_without_fp8_hardware(tiny_checkpoint, tmp_path):
-    from tests.test_llamafactory_cli import dataset as make_dataset
-    from tests.test_llamafactory_cli import run_cli, train_config
+    from lf_runs import make_asr_dataset, run_cli, train_config
 
-    data = make_dataset.__wrapped__(tmp_path)
+    data = make_asr_dataset(tmp_path)
     config = train_config(tiny_checkpoint.path, data, tmp_path / "out", finetuning_type="lora", lora_target="all")
     rc, output = run_cli("train", dict(config, fp8=True), tmp_path, "fp8")
     last = output.strip().splitlines()[-1]

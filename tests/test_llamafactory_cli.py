@@ -11,76 +11,25 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from lf_runs import COMMON, check_ok, logged_losses, make_asr_dataset, run_cli, train_config, variant_dataset
 from safetensors import safe_open
 
 from llamafactory_kimi_audio import DISABLE_ENV
 
 pytestmark = pytest.mark.slow
 
-CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
-TIMEOUT = 900  # generous: a loaded 2-core machine is several times slower than an idle one
-COMMON = {
-    "trust_remote_code": True,
-    "stage": "sft",
-    "template": "kimi_audio",
-    "cutoff_len": 256,
-    "overwrite_cache": True,
-    "preprocessing_num_workers": 1,
-    "report_to": "none",
-    "use_cpu": True,
-    "overwrite_output_dir": True,
-}
 DECODER_PROJ = r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def run_cli(command: str, config: dict, workdir: Path, name: str, env: dict | None = None) -> tuple[int, str]:
-    """``llamafactory-cli COMMAND NAME.yaml`` in ``workdir`` → (exit code, stdout + stderr); the log stays on disk."""
-    config_path = workdir / f"{name}.yaml"
-    config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_AUDIO_", "LLAMAFACTORY_KIMI_AUDIO_"))}
-    full_env.update(
-        HF_HOME=str(workdir / "hf_home"),
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="2",
-        **(env or {}),
-    )
-    proc = subprocess.run(
-        [CLI, command, str(config_path)],
-        cwd=workdir,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    (workdir / f"{name}.log").write_text(proc.stdout)
-    return proc.returncode, proc.stdout
-
-
-def check_ok(rc: int, output: str) -> None:
-    assert rc == 0, output[-6000:]
-
-
 def trainable_params(output: str) -> tuple[int, int]:
     match = re.search(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+)", output)
     assert match, "no 'trainable params' line in the log"
     return int(match.group(1).replace(",", "")), int(match.group(2).replace(",", ""))
-
-
-def logged_losses(output_dir: Path) -> list[float]:
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
-    assert losses, "trainer_state.json has no loss entries"
-    assert all(math.isfinite(loss) for loss in losses), losses
-    return losses
 
 
 def safetensors_keys(directory: Path) -> dict[str, list[str]]:
@@ -117,33 +66,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(workdir) -> Path:
-    """8 train + 4 test synthetic utterances (tone words: no external binary), through the converter."""
-    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
-    from llamafactory_kimi_audio.data.synth import synthesize_corpus
-
-    corpus = synthesize_corpus(str(workdir / "corpus"), n_train=8, n_test=4, backend="tones")
-    data_dir = workdir / "data"
-    for csv_path, name in ((corpus.train_csv, "asr_train"), (corpus.test_csv, "asr_test")):
-        result = convert(csv_path, str(data_dir), ConvertOptions(name=name, lang="en", progress=False))
-        assert result.rows_written == (8 if name == "asr_train" else 4)
-    return data_dir
-
-
-def train_config(ckpt: str, dataset: Path, output_dir: Path, **overrides) -> dict:
-    return {
-        **COMMON,
-        "model_name_or_path": ckpt,
-        "do_train": True,
-        "dataset": "asr_train",
-        "dataset_dir": str(dataset),
-        "output_dir": str(output_dir),
-        "per_device_train_batch_size": 2,
-        "learning_rate": 1.0e-3,
-        "max_steps": 3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        **overrides,
-    }
+    return make_asr_dataset(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -205,16 +128,6 @@ def broken_audio_dataset(dataset: Path) -> str:
     info["asr_broken"] = {**info["asr_train"], "file_name": "asr_broken.json"}
     (dataset / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
     return str(broken)
-
-
-def variant_dataset(dataset: Path, name: str, change_first) -> None:
-    """``asr_train`` with ``change_first(records[0])`` applied, registered as dataset ``name``."""
-    records = json.loads((dataset / "asr_train.json").read_text(encoding="utf-8"))
-    change_first(records[0])
-    (dataset / f"{name}.json").write_text(json.dumps(records), encoding="utf-8")
-    info = json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))
-    info[name] = {**info["asr_train"], "file_name": f"{name}.json"}
-    (dataset / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
 
 
 def truncated_flac(dataset: Path) -> str:

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from tests.test_llamafactory_cli import run_cli, train_config, variant_dataset
+from lf_runs import make_asr_dataset, run_cli, train_config, variant_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +22,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(workdir) -> Path:
-    """8 synthetic utterances through the converter (the same as test_llamafactory_cli's)."""
-    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
-    from llamafactory_kimi_audio.data.synth import synthesize_corpus
-
-    corpus = synthesize_corpus(str(workdir / "corpus"), n_train=8, n_test=1, backend="tones")
-    data_dir = workdir / "data"
-    assert convert(corpus.train_csv, str(data_dir), ConvertOptions(name="asr_train", progress=False)).rows_written
-    return data_dir
+    return make_asr_dataset(workdir, n_test=1)
 
 
 def last_line(output: str) -> str:

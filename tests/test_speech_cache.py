@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from lf_runs import check_ok, run_cli, train_config
 
 from llamafactory_kimi_audio.data.cache_format import clip_key
 from llamafactory_kimi_audio.data.convert import dataset_info_entry
 from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
 from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
 from tests.test_cache_training import _counts
-from tests.test_llamafactory_cli import check_ok, run_cli, train_config
 
 pytestmark = pytest.mark.slow
 ANSWERS = ("abc", "efg", "hij", "klm")

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from tests.test_llamafactory_cli import run_cli, train_config
+from lf_runs import run_cli, train_config
 
 pytestmark = pytest.mark.slow
 

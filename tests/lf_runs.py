@@ -1,0 +1,103 @@
+"""The stock ``llamafactory-cli`` as the end-to-end tests run it: a recipe written to disk, a fresh interpreter, the
+exit code and the whole log; and the tiny synthetic ASR dataset those runs train on (through the converter)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
+TIMEOUT = 900  # generous: a loaded 2-core machine is several times slower than an idle one
+COMMON = {
+    "trust_remote_code": True,
+    "stage": "sft",
+    "template": "kimi_audio",
+    "cutoff_len": 256,
+    "overwrite_cache": True,
+    "preprocessing_num_workers": 1,
+    "report_to": "none",
+    "use_cpu": True,
+    "overwrite_output_dir": True,
+}
+
+
+def run_cli(command: str, config: dict, workdir: Path, name: str, env: dict | None = None) -> tuple[int, str]:
+    """``llamafactory-cli COMMAND NAME.yaml`` in ``workdir`` → (exit code, stdout + stderr); the log stays on disk."""
+    config_path = workdir / f"{name}.yaml"
+    config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_AUDIO_", "LLAMAFACTORY_KIMI_AUDIO_"))}
+    full_env.update(
+        HF_HOME=str(workdir / "hf_home"),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="2",
+        **(env or {}),
+    )
+    proc = subprocess.run(
+        [CLI, command, str(config_path)],
+        cwd=workdir,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    (workdir / f"{name}.log").write_text(proc.stdout)
+    return proc.returncode, proc.stdout
+
+
+def check_ok(rc: int, output: str) -> None:
+    assert rc == 0, output[-6000:]
+
+
+def logged_losses(output_dir: Path) -> list[float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert losses, "trainer_state.json has no loss entries"
+    assert all(math.isfinite(loss) for loss in losses), losses
+    return losses
+
+
+def make_asr_dataset(workdir: Path, n_train: int = 8, n_test: int = 4) -> Path:
+    """``n_train`` + ``n_test`` synthetic utterances (tone words: no external binary) through the converter, as
+    datasets ``asr_train`` / ``asr_test`` in ``workdir/data``."""
+    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
+    from llamafactory_kimi_audio.data.synth import synthesize_corpus
+
+    corpus = synthesize_corpus(str(workdir / "corpus"), n_train=n_train, n_test=n_test, backend="tones")
+    data_dir = workdir / "data"
+    for csv_path, name, rows in ((corpus.train_csv, "asr_train", n_train), (corpus.test_csv, "asr_test", n_test)):
+        result = convert(csv_path, str(data_dir), ConvertOptions(name=name, lang="en", progress=False))
+        assert result.rows_written == rows
+    return data_dir
+
+
+def train_config(ckpt: str, dataset: Path, output_dir: Path, **overrides) -> dict:
+    return {
+        **COMMON,
+        "model_name_or_path": ckpt,
+        "do_train": True,
+        "dataset": "asr_train",
+        "dataset_dir": str(dataset),
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1.0e-3,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        **overrides,
+    }
+
+
+def variant_dataset(dataset: Path, name: str, change_first) -> None:
+    """``asr_train`` with ``change_first(records[0])`` applied, registered as dataset ``name``."""
+    records = json.loads((dataset / "asr_train.json").read_text(encoding="utf-8"))
+    change_first(records[0])
+    (dataset / f"{name}.json").write_text(json.dumps(records), encoding="utf-8")
+    info = json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))
+    info[name] = {**info["asr_train"], "file_name": f"{name}.json"}
+    (dataset / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
