@@ -17,7 +17,7 @@ It prints, for the bf16 run (autocast bf16, bf16 base weights, fp32 LoRA, as the
    ``fp32`` (bf16's own distance from exact), ``fp8`` (the package's FrozenFloat8Linear), ``fp8_fwd`` (FP8 forward,
    bf16 input gradients), and remedies (emulated math; see ``VARIANTS``).
 
-CPU (about 3 minutes for 2 layers, 2 threads; FP8 emulated: ``KIMI_AUDIO_FP8_EMULATE`` is implied)::
+CPU (2 layers, 2 threads: about 2 minutes to build plus 30–60 s per variant; the FP8 math is emulated there)::
 
     OMP_NUM_THREADS=2 python benchmarks/fp8_grad_study.py --layers 2 --rows 4
 GPU (real FP8 GEMMs for ``fp8`` / ``fp8_fwd``; the remedies stay emulated)::
@@ -42,7 +42,9 @@ KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 
 
 # ------------------------------------------------------------------------------------------------ model and batch
-def build_model(layers: int, base_tokens: int, seed: int, out_std: float | None = None) -> nn.Module:
+def build_model(
+    layers: int, base_tokens: int, seed: int, out_std: float | None = None, device: str = "cpu"
+) -> nn.Module:
     from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
     from llamafactory_kimi_audio.models.tiny import TINY_WHISPER, kimi_config, whisper_config
 
@@ -51,7 +53,8 @@ def build_model(layers: int, base_tokens: int, seed: int, out_std: float | None 
     config.whisper_config = whisper_config(TINY_WHISPER)  # unused: Whisper rows come in as features
     config.use_varlen_attention = False
     torch.manual_seed(seed)
-    model = KimiAudioForCausalLM(config)  # post_init → _init_weights, as from_config on the GPU
+    with torch.device(device):  # a GPU inits 28 layers in seconds (the benchmark builds on the GPU too)
+        model = KimiAudioForCausalLM(config)  # post_init → _init_weights, as from_config on the GPU
     if out_std is not None:  # a what-if: smaller residual branches (the benchmark model has 0.02 everywhere)
         with torch.no_grad():
             for name, p in model.model.layers.named_parameters():
@@ -316,7 +319,7 @@ def main() -> None:
     parser.add_argument("--no-stats", action="store_true")
     a = parser.parse_args()
     start = time.time()
-    model = build_model(a.layers, a.base_tokens, a.seed, a.out_std)
+    model = build_model(a.layers, a.base_tokens, a.seed, a.out_std, a.device)
     model = add_lora(model, a.seed)
     batch = make_batch(model, a.rows, a.seed, a.device)
     print(
