@@ -19,10 +19,13 @@ It prints, for the bf16 run (autocast bf16, bf16 base weights, fp32 LoRA, as the
 
 CPU (2 layers, 2 threads: about 2 minutes to build plus 30–60 s per variant; the FP8 math is emulated there)::
 
-    OMP_NUM_THREADS=2 python benchmarks/fp8_grad_study.py --layers 2 --rows 4
-GPU (real FP8 GEMMs for ``fp8`` / ``fp8_fwd``; the remedies stay emulated)::
+    OMP_NUM_THREADS=2 python benchmarks/fp8_grad_study.py --layers 2 --rows 2
 
-    python benchmarks/fp8_grad_study.py --device cuda --layers 28 --rows 8 --base-tokens 151643
+GPU (real FP8 GEMMs for ``fp8*`` and ``keep_*``; ``noise``, ``wonly``, ``aonly``, ``block``, ``wtensor`` and ``center``
+stay emulated; 28 layers in fp32 for the reference need about 30 GB, ``--no-fp32`` skips it)::
+
+    python benchmarks/fp8_grad_study.py --device cuda --layers 28 --rows 8 --base-tokens 151643 \
+        --variants fp8,fp8_fwd,fp8_exact,fp8_center,noise,wonly,aonly,center
 """
 
 from __future__ import annotations
