@@ -93,6 +93,13 @@ SETTINGS: tuple[Setting, ...] = (
         "fp8: true: the forward FP8 GEMMs accumulate in the tensor cores' fast mode (0: full-precision accumulation).",
     ),
     Setting(
+        "KIMI_AUDIO_FP8_CENTER",
+        False,
+        "switch",
+        "fp8: true: the frozen decoder layers round only each input minus the batch's mean token to FP8 and add the "
+        "mean token's product in bf16 (1: closer to bf16 where tokens share a large common part, one bf16 GEMV more).",
+    ),
+    Setting(
         "KIMI_AUDIO_VARLEN_ATTENTION",
         True,
         "switch",

@@ -118,6 +118,7 @@ def convert_for_fp8(model: Any, training_args: Any) -> dict[str, list[str]] | No
         _torchao_factory() if trainable else None,
         fp8_gradients=settings.get("KIMI_AUDIO_FP8_GRADIENTS") == "fp8",
         fast_accum=settings.enabled("KIMI_AUDIO_FP8_FAST_ACCUM"),
+        center=settings.enabled("KIMI_AUDIO_FP8_CENTER"),
     )
     base.__dict__[FP8_MARK] = done
     _log(base, done)

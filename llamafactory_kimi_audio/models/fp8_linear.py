@@ -139,6 +139,7 @@ class FrozenFloat8Linear(nn.Linear):
         self.emulate = True  # decided where the FP8 copy is made (requantize)
         self.fp8_gradients = True  # False: the input gradient from the bf16 weight (forward FP8 only)
         self.fast_accum = True  # the forward GEMM's fast (lower-precision) accumulation, as torchao's recipes
+        self.center = False  # FP8 GEMM of x - mean_t(x), the mean token's product in bf16 (see forward)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> FrozenFloat8Linear:
@@ -168,15 +169,25 @@ class FrozenFloat8Linear(nn.Linear):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         bf16_grad_weight = None if self.fp8_gradients else self.weight
         flat = x.reshape(-1, x.shape[-1])
+        mean = None
+        if self.center:  # x W^T = (x - m) W^T + m W^T: FP8 rounds only what differs between tokens (the common part
+            with torch.no_grad():  # is a systematic error otherwise); m W^T is one bf16 GEMV; the gradient as before
+                mean = flat.float().mean(0, keepdim=True).to(flat.dtype)
+            flat = flat - mean
         out = _FrozenFp8Matmul.apply(
             flat, self.weight_fp8, self.weight_scale, bf16_grad_weight, self.emulate, self.fast_accum
         )
+        if mean is not None:
+            out = out + mean @ self.weight.to(mean.dtype).t()
         out = out.view(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
         grads = "FP8" if self.fp8_gradients else "bf16"
-        return f"{super().extra_repr()}, fp8=e4m3 row-wise, frozen weight quantised once, {grads} input gradient"
+        center = ", token mean in bf16" if self.center else ""
+        return (
+            f"{super().extra_repr()}, fp8=e4m3 row-wise{center}, frozen weight quantised once, {grads} input gradient"
+        )
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -189,18 +200,20 @@ def convert_decoder_linears(
     trainable: Callable[[nn.Module], nn.Module] | None = None,
     fp8_gradients: bool = True,
     fast_accum: bool = True,
+    center: bool = False,
 ) -> dict[str, list[str]]:
     """Swap the decoder's Linear layers in place: frozen ones to :class:`FrozenFloat8Linear`, trainable ones through
     ``trainable(module)`` (torchao's ``Float8Linear.from_float``; None leaves them bf16). Returns the converted names
     by kind ("frozen", "trainable", "kept": trainable layers left in bf16). ``fp8_gradients=False`` computes the
-    frozen layers' input gradients in bf16; ``fast_accum=False`` accumulates their forward GEMMs at full precision."""
+    frozen layers' input gradients in bf16; ``fast_accum=False`` accumulates their forward GEMMs at full precision;
+    ``center=True`` quantises each input minus the batch's mean token and adds the mean token's product in bf16."""
     done: dict[str, list[str]] = {"frozen": [], "trainable": [], "kept": []}
     for name, module in list(model.named_modules()):
         if not is_decoder_linear(module, name):
             continue
         if not module.weight.requires_grad:
             frozen = FrozenFloat8Linear.from_linear(module)
-            frozen.fp8_gradients, frozen.fast_accum = fp8_gradients, fast_accum
+            frozen.fp8_gradients, frozen.fast_accum, frozen.center = fp8_gradients, fast_accum, center
             _set_submodule(model, name, frozen)
             done["frozen"].append(name)
         elif trainable is not None:
