@@ -342,6 +342,7 @@ def _cli(*args):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_respond_writes_the_native_detokenizer_wave(tmp_path):
     import json
     import shutil
