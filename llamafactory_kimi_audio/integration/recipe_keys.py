@@ -16,13 +16,12 @@ value that cannot work (an error naming the fix):
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
 from ..errors import InputError
+from ..logs import get_logger, warning_rank0
 
-log = logging.getLogger(__name__)
+logger = get_logger(__name__)
 NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0}  # GenerationConfig's defaults: no notice under greedy
 
 
@@ -30,9 +29,8 @@ def complete_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """A copy of a ``kimi_audio`` recipe with the keys above added where it lacks them (one line each)."""
     completed = dict(recipe)
     notices = _streaming_keys(completed) + _prediction_keys(completed)
-    if notices and os.environ.get("RANK", "0") in ("", "0"):
-        for notice in notices:
-            log.warning("llamafactory-kimi-audio: %s", notice)
+    for notice in notices:
+        warning_rank0(logger, "%s", notice)
     return completed
 
 
