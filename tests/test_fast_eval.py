@@ -185,6 +185,24 @@ def test_generate_routes_plain_greedy_calls_and_keeps_the_tokens(loaded) -> None
     assert not decoder.states and set(model.__dict__["_fast_greedy_decoders"]) == {"static"}
 
 
+def test_llamafactory_keeps_the_models_own_generate(tiny_checkpoint) -> None:
+    """LLaMA-Factory's ``patch_model`` (every ``do_predict``) binds transformers' ``GenerationMixin.generate`` on a
+    model instance whose ``generate`` is not a ``*GenerationMixin`` function; Kimi-Audio's must survive it, or
+    ``do_predict`` would never reach the fast greedy decoder."""
+    from llamafactory.hparams import ModelArguments
+    from llamafactory.model.patcher import patch_model
+    from transformers import AutoTokenizer
+
+    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
+
+    model = KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint.path, trust_remote_code=True)
+    args = ModelArguments(model_name_or_path=tiny_checkpoint.path, trust_remote_code=True)
+    patch_model(model, tokenizer, args, is_trainable=False, add_valuehead=False)
+    assert "generate" not in model.__dict__
+    assert model.generate.__func__ is KimiAudioForCausalLM.generate
+
+
 def test_single_query_attention_equals_repeated_kv_sdpa() -> None:
     """A decode step's grouped-query attention without the 7x K/V copy gives transformers' SDPA result."""
     from transformers.integrations.sdpa_attention import repeat_kv

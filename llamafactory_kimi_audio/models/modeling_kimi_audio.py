@@ -232,7 +232,52 @@ class KimiAudioModel(KimiAudioPreTrainedModel):
         return (not self.training or not self.config.attention_dropout) and varlen_applies(hidden)
 
 
-class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, GenerationMixin):
+class KimiAudioGenerationMixin(GenerationMixin):
+    """``generate`` with the prompt length recorded and the fast greedy decoder.
+
+    The name ends in ``GenerationMixin`` on purpose: LLaMA-Factory's ``patch_model`` binds transformers'
+    ``GenerationMixin.generate`` on the model instance unless the model's own ``generate`` is a ``*GenerationMixin``
+    function, which would bypass this one (and the fast decoder) in ``do_predict``."""
+
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        *args: Any,
+        fast_greedy: bool | str | None = None,
+        audio_clips: list | None = None,
+        **kwargs,
+    ):
+        """Records the prompt length: without a KV cache the generated ids must still be embedded as text (§7).
+
+        Plain greedy calls (no sampling, beams or penalties; LLaMA-Factory's ``do_predict`` with ``do_sample: false``)
+        on CUDA run ``fast_generation.FastGreedy``: a static KV cache and a CUDA-graphed decode step, same tokens.
+        ``fast_greedy``: None = ``config.fast_greedy`` (default on), False = transformers' loop, ``"static"`` /
+        ``"graph"`` = that decoder (``"static"`` also on CPU). ``audio_clips`` (the collator's description of an
+        evaluation batch's clips) is for the feature sink of training forwards: generation ignores it."""
+        prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(prompt, torch.Tensor) and prompt.ndim == 2 and not prompt.is_floating_point():
+            kwargs.setdefault("generation_prompt_length", prompt.shape[1])
+        decoder = self.fast_greedy_decoder(fast_greedy) if not args else None
+        request = greedy_request(self, {**kwargs, "input_ids": prompt}, AUDIO_INPUT_KEYS) if decoder else None
+        if request is not None:
+            with torch.no_grad():
+                return decoder(**request)
+        return super().generate(inputs, *args, **kwargs)
+
+    def fast_greedy_decoder(self, mode: bool | str | None) -> FastGreedy | None:
+        """The kept ``FastGreedy`` of ``mode`` (its caches and graphs are reused between calls), or None."""
+        mode = getattr(self.config, "fast_greedy", True) if mode is None else mode
+        if mode is True:
+            mode = "graph" if self.device.type == "cuda" else None
+        if not mode:
+            return None
+        decoders = self.__dict__.setdefault("_fast_greedy_decoders", {})
+        if mode not in decoders:
+            decoders[mode] = FastGreedy(self, mode)
+        return decoders[mode]
+
+
+class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, KimiAudioGenerationMixin):
     """The official ``MoonshotKimiaForCausalLM`` (text + audio heads) plus the frozen Whisper-large-v3 encoder."""
 
     # Never quantised: bitsandbytes / QLoRA leave these modules as they are (their weights are not in the LM shards
@@ -483,43 +528,6 @@ class KimiAudioForCausalLM(OfficialLayoutMixin, KimiAudioPreTrainedModel, Genera
         from .speech_generation import generate_speech
 
         return generate_speech(self, input_ids, output_type=output_type, **kwargs)
-
-    def generate(
-        self,
-        inputs: torch.Tensor | None = None,
-        *args: Any,
-        fast_greedy: bool | str | None = None,
-        audio_clips: list | None = None,
-        **kwargs,
-    ):
-        """Records the prompt length: without a KV cache the generated ids must still be embedded as text (§7).
-
-        Plain greedy calls (no sampling, beams or penalties; LLaMA-Factory's ``do_predict`` with ``do_sample: false``)
-        on CUDA run ``fast_generation.FastGreedy``: a static KV cache and a CUDA-graphed decode step, same tokens.
-        ``fast_greedy``: None = ``config.fast_greedy`` (default on), False = transformers' loop, ``"static"`` /
-        ``"graph"`` = that decoder (``"static"`` also on CPU). ``audio_clips`` (the collator's description of an
-        evaluation batch's clips) is for the feature sink of training forwards: generation ignores it."""
-        prompt = inputs if inputs is not None else kwargs.get("input_ids")
-        if isinstance(prompt, torch.Tensor) and prompt.ndim == 2 and not prompt.is_floating_point():
-            kwargs.setdefault("generation_prompt_length", prompt.shape[1])
-        decoder = self.fast_greedy_decoder(fast_greedy) if not args else None
-        request = greedy_request(self, {**kwargs, "input_ids": prompt}, AUDIO_INPUT_KEYS) if decoder else None
-        if request is not None:
-            with torch.no_grad():
-                return decoder(**request)
-        return super().generate(inputs, *args, **kwargs)
-
-    def fast_greedy_decoder(self, mode: bool | str | None) -> FastGreedy | None:
-        """The kept ``FastGreedy`` of ``mode`` (its caches and graphs are reused between calls), or None."""
-        mode = getattr(self.config, "fast_greedy", True) if mode is None else mode
-        if mode is True:
-            mode = "graph" if self.device.type == "cuda" else None
-        if not mode:
-            return None
-        decoders = self.__dict__.setdefault("_fast_greedy_decoders", {})
-        if mode not in decoders:
-            decoders[mode] = FastGreedy(self, mode)
-        return decoders[mode]
 
     def prepare_inputs_for_generation(
         self,
