@@ -74,28 +74,14 @@ def test_speech_batches_are_stored_and_hit(run, tiny_checkpoint) -> None:
 
 
 def test_cached_speech_batch_has_the_online_loss(run, tiny_checkpoint, monkeypatch) -> None:
-    import llamafactory.data.template as T  # noqa: N812
-    from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
-    from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
-    from llamafactory.model import load_model, load_tokenizer
+    from lf_pipeline import conv, encode, load_tiny, sft_collator
 
     from llamafactory_kimi_audio import settings
-    from tests.test_speech_data import conv, encode
 
     workdir, cache, pairs, _ = run
-    args = ModelArguments(model_name_or_path=tiny_checkpoint.path, trust_remote_code=True)
-    module = load_tokenizer(args)
+    module, template, model = load_tiny(tiny_checkpoint.path)
     tok = module["tokenizer"]
-    template = T.get_template_and_fix_tokenizer(tok, DataArguments(template="kimi_audio"))
-    model = load_model(tok, args, FinetuningArguments(finetuning_type="full"), is_trainable=False)
-    collator = SFTDataCollatorWith4DAttentionMask(
-        template=template,
-        model=model,
-        label_pad_token_id=-100,
-        attn_implementation="sdpa",
-        compute_dtype=torch.float32,
-        **module,
-    )
+    collator = sft_collator(template, model, module, pad_to_multiple_of=None)
     features = []
     for (question, answer), text in zip(pairs[:2], ANSWERS):
         ids, labels = encode(template, tok, module["processor"], conv("<audio>", f"{text}<audio>"), [question, answer])
