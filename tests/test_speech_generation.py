@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import pytest
 import torch
+from speech_samples import native_model, native_tokenizer
 from torch import nn
 
 from llamafactory_kimi_audio.models.layout import LayoutEncoder, Segment
 from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
-from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer
 
 OFFICIAL_BASE = 151643
 
 
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint) -> KimiAudioForCausalLM:
-    return KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).eval()
+    return native_model(tiny_checkpoint.path)
 
 
 @pytest.fixture(scope="module")
 def tok(tiny_checkpoint):
-    return KimiAudioTokenizer.from_pretrained(tiny_checkpoint.path)
+    return native_tokenizer(tiny_checkpoint.path)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from speech_samples import asr_sample, native_model, native_tokenizer, single_stream, speech_batch
 from torch import nn
 
 from llamafactory_kimi_audio.errors import InputError, ModelError
 from llamafactory_kimi_audio.models.layout import LayoutEncoder, Segment, SpeechReply, speech_marker
 from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
 from llamafactory_kimi_audio.models.speech import audio_labels, text_labels
-from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer
 
 OFFICIAL_BASE = 151643
 OFFICIAL = {"M": 151645, "MB": 151661, "ME": 151663, "B": 151666, "EOS": 151667, "U": 151670, "A": 151671}
@@ -28,13 +28,12 @@ IGNORE = -100
 
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint) -> KimiAudioForCausalLM:
-    torch.manual_seed(0)
-    return KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).eval()
+    return native_model(tiny_checkpoint.path)
 
 
 @pytest.fixture(scope="module")
 def tok(tiny_checkpoint):
-    return KimiAudioTokenizer.from_pretrained(tiny_checkpoint.path)
+    return native_tokenizer(tiny_checkpoint.path)
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +61,6 @@ def example_1(tok, sym, delay: int = 6):
     audio_loss_positions = list(range(6 + delay, 6 + delay + len(codes) + 1))  # shifted m_a (spec: 12..22)
     text_loss_positions = [6, 7, 8, 9]
     return user, reply, codes, audio, text, audio_loss_positions, text_loss_positions
-
-
-def single_stream(layout: LayoutEncoder, tok, user_text: str, reply_text: str, n_codes: int):
-    return layout.conversation([("user", user_text), ("assistant", reply_text + speech_marker(n_codes))])
 
 
 def shifted_positions(labels: torch.Tensor) -> list[int]:
@@ -131,11 +126,6 @@ def test_text_longer_than_audio_is_rejected(tok):
 
 
 # ---------------------------------------------------------------------------------------------------- loss
-def speech_batch(tok, delay=6):
-    ids, labels = single_stream(LayoutEncoder(tok, audio_delay=delay), tok, "abcd", "efg", 10)
-    return torch.tensor([ids]), torch.tensor([labels]), torch.arange(100, 110)
-
-
 def test_zeroed_heads_give_ln_v(model, tok):
     """Spec §6.5: every logit 0 → every CE = ln V; 11 audio and 4 text targets."""
     zeroed = KimiAudioForCausalLM(model.config).eval()
@@ -180,12 +170,6 @@ def test_loss_equals_the_two_stream_reference(model, tok, sym):
         expected = reference_loss(model, ids[0].tolist(), audio, text, m_audio, m_text)
         got = model(input_ids=ids, labels=labels, audio_codes=code_tensor).loss
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
-
-
-def asr_sample(tok, n_frames: int = 4):
-    layout = LayoutEncoder(tok)
-    user = "<|im_media_begin|>" + "<|reserved_token_12|>" * n_frames + "<|im_media_end|>"
-    return layout.conversation([("user", "hi" + user), ("assistant", "abc")])
 
 
 def test_asr_alone_never_runs_mimo_and_mixed_batches_average(model, tok):

@@ -6,26 +6,24 @@ import types
 
 import pytest
 import torch
-from test_speech_output import asr_sample, speech_batch
+from speech_samples import asr_sample, native_model, native_tokenizer, speech_batch
 
 from llamafactory_kimi_audio import settings
 from llamafactory_kimi_audio.integration import speed
 from llamafactory_kimi_audio.models import parking
 from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
-from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="parking moves weights off a GPU")
 
 
 @pytest.fixture
 def model(tiny_checkpoint) -> KimiAudioForCausalLM:
-    torch.manual_seed(0)
-    return KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).eval()
+    return native_model(tiny_checkpoint.path)
 
 
 @pytest.fixture(scope="module")
 def tok(tiny_checkpoint):
-    return KimiAudioTokenizer.from_pretrained(tiny_checkpoint.path)
+    return native_tokenizer(tiny_checkpoint.path)
 
 
 @pytest.mark.parametrize(
