@@ -10,13 +10,13 @@ from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausa
 from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer
 
 
-def native_model(checkpoint: str) -> KimiAudioForCausalLM:
+def load_native_model(checkpoint: str) -> KimiAudioForCausalLM:
     """The checkpoint in eval mode; seeded, so that any weight the checkpoint lacks is the same in every run."""
     torch.manual_seed(0)
     return KimiAudioForCausalLM.from_pretrained(checkpoint).eval()
 
 
-def native_tokenizer(checkpoint: str) -> KimiAudioTokenizer:
+def load_native_tokenizer(checkpoint: str) -> KimiAudioTokenizer:
     return KimiAudioTokenizer.from_pretrained(checkpoint)
 
 
