@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from cache_samples import cache_counts
 from lf_runs import check_ok, run_cli, train_config
 
 from llamafactory_kimi_audio.data.cache_format import clip_key
 from llamafactory_kimi_audio.data.convert import dataset_info_entry
 from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
 from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
-from tests.test_cache_training import _counts
 
 pytestmark = pytest.mark.slow
 ANSWERS = ("abc", "efg", "hij", "klm")
@@ -57,7 +57,7 @@ def run(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path, list[tuple[str, 
 
 def test_speech_batches_are_stored_and_hit(run, tiny_checkpoint) -> None:
     workdir, cache, pairs, output = run
-    assert _counts(output) == (8, 8, 8)  # epoch 1: 4 questions + 4 answers stored; epoch 2: 8 hits
+    assert cache_counts(output) == (8, 8, 8)  # epoch 1: 4 questions + 4 answers stored; epoch 2: 8 hits
     audios = [path for pair in pairs for path in pair]
     reference = precompute(
         tiny_checkpoint.path, audios, PrecomputeOptions(cache_dir=str(workdir / "pre"), progress=False)
