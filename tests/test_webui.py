@@ -116,6 +116,16 @@ def _need_adapter(ui) -> Path:
     return adapter
 
 
+def _tab_with_adapter(ui, tab: str) -> GradioPage:
+    """``tab`` open on the tiny model with the Train stage's adapter selected (skips when there is none)."""
+    page: GradioPage = ui["page"]
+    _need_adapter(ui)
+    _ensure_model(page, ui["tiny"])
+    page.tab(tab)
+    page.multiselect("Checkpoint path", OUTPUT_NAME)  # top.checkpoint_path: focus -> list_checkpoints
+    return page
+
+
 def _start_and_wait(ui, done: str, timeout: float, what: str, shot: str) -> tuple[str, list]:
     """Click Start and wait until the page shows ``done`` or "Failed."; (page text, toasts), asserting no failure."""
     page: GradioPage = ui["page"]
@@ -229,12 +239,8 @@ def _docs_screenshot(shot: Path, max_bytes: int = 300_000) -> None:
 
 
 def test_evaluate_tab_predict_cer_wer(ui):
-    page: GradioPage = ui["page"]
-    _need_adapter(ui)
     t0 = time.monotonic()
-    _ensure_model(page, ui["tiny"])
-    page.tab("Evaluate & Predict")
-    page.multiselect("Checkpoint path", OUTPUT_NAME)  # top.checkpoint_path: focus -> list_checkpoints
+    page = _tab_with_adapter(ui, "Evaluate & Predict")
 
     page.set_text("Data dir", str(DATASET_DIR))
     listed = page.multiselect_options("Dataset", (TRAIN_SET, TEST_SET))
@@ -326,12 +332,8 @@ def test_chat_tab_audio(ui):
 def test_export_tab_merges_adapter(ui):
     from safetensors import safe_open
 
-    page: GradioPage = ui["page"]
-    _need_adapter(ui)
     t0 = time.monotonic()
-    _ensure_model(page, ui["tiny"])
-    page.tab("Export")
-    page.multiselect("Checkpoint path", OUTPUT_NAME)
+    page = _tab_with_adapter(ui, "Export")
     export_dir = ui["root"] / "exported"
     page.set_text("Export dir", str(export_dir))
     page.screenshot("export-configured", page.button("Export"))
