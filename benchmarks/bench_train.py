@@ -327,25 +327,10 @@ def official_semantics(patched: Patched) -> None:
 
 def attention_v0(patched: Patched) -> None:
     """The model's attention before the right-padding / GQA changes (for the A/B figure)."""
-    import torch
-
+    from llamafactory_kimi_audio.models import masks
     from llamafactory_kimi_audio.models import modeling_kimi_audio as m
 
-    def attention_bias(mask, length, past_len, dtype, device=None):
-        if mask is None or bool(mask.all()):
-            if past_len == 0:
-                return None, length > 1
-            if length == 1:
-                return None, False
-            mask = torch.ones(1, past_len + length, dtype=torch.long, device=device)
-        device = mask.device
-        query_pos = torch.arange(past_len, past_len + length, device=device)
-        key_pos = torch.arange(mask.shape[-1], device=device)
-        allowed = (key_pos[None, :] <= query_pos[:, None])[None] & mask[:, None, :].bool()
-        bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
-        return bias[:, None], False
-
-    patched.set(m, "attention_bias", attention_bias)
+    patched.set(m, "attention_bias", masks.padding_bias)  # attention_bias without the 4-D and right-padding paths
     no_sdpa_gqa(patched)
 
 

@@ -28,3 +28,20 @@ def tiny_speaking_checkpoint(tmp_path_factory):
     from llamafactory_kimi_audio.models.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_speaking")), detokenizer=True)
+
+
+@pytest.fixture(scope="module")
+def native_model(tiny_checkpoint):
+    """``tiny_checkpoint`` as the package's own ``KimiAudioForCausalLM`` (no LLaMA-Factory), eval mode; one per test
+    module."""
+    from speech_samples import load_native_model
+
+    return load_native_model(tiny_checkpoint.path)
+
+
+@pytest.fixture(scope="module")
+def native_tok(tiny_checkpoint):
+    """``tiny_checkpoint``'s ``KimiAudioTokenizer``."""
+    from speech_samples import load_native_tokenizer
+
+    return load_native_tokenizer(tiny_checkpoint.path)

@@ -18,13 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import held_precompute as held  # noqa: E402
+from cache_samples import IDENTITY, fake_clips  # noqa: E402
 
 from llamafactory_kimi_audio.data.cache_format import clip_key  # noqa: E402
 from llamafactory_kimi_audio.data.feature_cache import FeatureCache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("kimi-audio-lf"))
-IDENTITY = "0123456789abcdef"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -39,16 +39,6 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 def disk_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def _clips(folder: Path, count: int) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(count):
-        path = folder / f"clip{n:03d}.wav"
-        path.write_bytes(os.urandom(100 + n))  # the store never reads audio: any bytes give a key
-        paths.append(str(path))
-    return paths
 
 
 def _fill(root: Path, paths: list[str]) -> None:
@@ -86,7 +76,7 @@ def test_a_directory_that_is_not_a_cache_is_refused_and_untouched(tmp_path: Path
 
 
 def test_gc_removes_only_its_own_files_names_them_and_dry_run_matches(tmp_path: Path) -> None:
-    paths = _clips(tmp_path / "audio", 6)
+    paths = fake_clips(tmp_path / "audio", 6)
     root = tmp_path / "cache"
     _fill(root, paths)
     _fill(root, paths[:1])  # a second shard that rewrote an entry: the first payload is dead bytes
@@ -247,7 +237,7 @@ def test_a_payload_cut_off_from_its_record_by_a_kill_is_not_a_torn_index(tmp_pat
     cache is sound (that clip is encoded again). Two such payloads can only come from a torn index."""
     from llamafactory_kimi_audio.data.cache_format import encode_payload
 
-    paths = _clips(tmp_path / "audio", 4)
+    paths = fake_clips(tmp_path / "audio", 4)
     root = tmp_path / "cache"
     _fill(root, paths[:2])
     (shard,) = (root / IDENTITY / "shards").glob("*.bin")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cache_samples import END_LINE, cache_counts
 from lf_runs import COMMON, check_ok, make_asr_dataset, run_cli, train_config
 
 from llamafactory_kimi_audio.data.cache_format import clip_key
@@ -19,7 +20,6 @@ from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_ide
 from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
 
 pytestmark = pytest.mark.slow
-END_LINE = re.compile(r"feature cache, rank 0, end: (\d+) hits, (\d+) misses, (\d+) writes")
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,6 @@ def _audios(dataset: Path) -> list[str]:
     return collect_audio_paths(dataset_files(str(dataset), ["asr_train"])).paths
 
 
-def _counts(output: str) -> tuple[int, int, int]:
-    lines = END_LINE.findall(output)
-    assert len(lines) == 1, output[-4000:]
-    assert len(re.findall(r"feature cache, rank 0, start", output)) == 1
-    return tuple(int(n) for n in lines[0])
-
-
 @pytest.fixture(scope="module")
 def write_through(ckpt, dataset, workdir) -> tuple[Path, str]:
     cache = workdir / "cache"
@@ -63,7 +56,7 @@ def write_through(ckpt, dataset, workdir) -> tuple[Path, str]:
 
 def test_epoch_two_never_re_encodes(write_through, dataset) -> None:
     _, output = write_through
-    assert _counts(output) == (8, 8, 8)  # epoch 1: 8 misses stored; epoch 2: 8 hits
+    assert cache_counts(output) == (8, 8, 8)  # epoch 1: 8 misses stored; epoch 2: 8 hits
 
 
 def test_written_entries_equal_precompute(write_through, ckpt, dataset, workdir) -> None:
@@ -85,7 +78,7 @@ def test_strict_names_the_first_uncached_clip(write_through, ckpt, dataset, work
     env = {"KIMI_AUDIO_FEATURE_CACHE": str(cache), "KIMI_AUDIO_CACHE_STRICT": "1"}
     rc, output = run_cli("train", config, workdir, "strict_ok", env=env)
     check_ok(rc, output)
-    assert _counts(output) == (4, 0, 0)
+    assert cache_counts(output) == (4, 0, 0)
     env["KIMI_AUDIO_FEATURE_CACHE"] = str(workdir / "empty_cache")
     rc, output = run_cli("train", config, workdir, "strict_miss", env=env)
     assert rc == 2, output[-3000:]
@@ -109,7 +102,7 @@ def test_streaming_dataset_reads_the_cache(write_through, ckpt, dataset, workdir
     )
     rc, output = run_cli("train", config, workdir, "streaming", env={"KIMI_AUDIO_FEATURE_CACHE": str(cache)})
     check_ok(rc, output)
-    hits, misses, writes = _counts(output)
+    hits, misses, writes = cache_counts(output)
     assert hits == 6 and misses == writes == 0
 
 

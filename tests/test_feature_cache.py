@@ -14,35 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cache_samples import IDENTITY, fake_clips, fake_features
 
 from llamafactory_kimi_audio.cli import main
 from llamafactory_kimi_audio.data import cache_store
 from llamafactory_kimi_audio.data.cache_format import clip_key
 from llamafactory_kimi_audio.data.cache_store import CacheWriteError
 from llamafactory_kimi_audio.data.feature_cache import CacheEntryError, FeatureCache
-
-IDENTITY = "0123456789abcdef"
-DIM = 20
-
-
-def _clips(folder: Path, count: int, prefix: str = "clip") -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(count):
-        path = folder / f"{prefix}{n:03d}.wav"
-        path.write_bytes(os.urandom(100 + n))  # the store never reads audio: any bytes give a key
-        paths.append(str(path))
-    return paths
-
-
-def _features(path: str, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic per-path codes (full int16-safe range) and rows."""
-    seed = sum(path.encode()) + os.path.getsize(path)
-    generator = torch.Generator().manual_seed(seed)
-    frames = 3 + seed % 17
-    codes = torch.randint(0, 16384, (frames,), generator=generator)
-    rows = (torch.randn(frames, DIM, generator=generator) * 100).to(dtype)
-    return codes, rows
 
 
 def _read(cache: FeatureCache, path: str):
@@ -52,14 +30,14 @@ def _read(cache: FeatureCache, path: str):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, None])
 def test_round_trip_bit_for_bit(tmp_path: Path, dtype) -> None:
-    paths = _clips(tmp_path / "audio", 5)
+    paths = fake_clips(tmp_path / "audio", 5)
     cache = FeatureCache(str(tmp_path / "cache"), IDENTITY)
     for path in paths:
-        codes, rows = _features(path, dtype or torch.float32)
+        codes, rows = fake_features(path, dtype or torch.float32)
         cache.write(clip_key(path), codes, rows if dtype else None)
     fresh = FeatureCache(str(tmp_path / "cache"), IDENTITY)
     for path in paths:
-        codes, rows = _features(path, dtype or torch.float32)
+        codes, rows = fake_features(path, dtype or torch.float32)
         got_codes, got_rows = _read(fresh, path)
         assert got_codes.dtype == torch.int64 and torch.equal(got_codes, codes)
         if dtype is None:
@@ -69,25 +47,25 @@ def test_round_trip_bit_for_bit(tmp_path: Path, dtype) -> None:
 
 
 def test_file_count_is_bounded(tmp_path: Path) -> None:
-    paths = _clips(tmp_path / "audio", 60)
+    paths = fake_clips(tmp_path / "audio", 60)
     cache = FeatureCache(str(tmp_path / "cache"), IDENTITY)
     for path in paths:
-        cache.write(clip_key(path), *_features(path))
+        cache.write(clip_key(path), *fake_features(path))
     assert sorted(p.suffix for p in Path(cache.folder).iterdir()) == [".bin", ".idx"]
     cache.writer.close()
     small = FeatureCache(str(tmp_path / "small"), IDENTITY)
     small.writer.max_bytes = 2000  # a new shard when the next payload would pass 2 kB
     for path in paths:
-        small.write(clip_key(path), *_features(path))
+        small.write(clip_key(path), *fake_features(path))
     files = list(Path(small.folder).iterdir())
     assert 2 < len(files) < 60 and all(p.stat().st_size <= 2000 for p in files if p.suffix == ".bin")
     assert len(FeatureCache(str(tmp_path / "small"), IDENTITY).index) == 60
 
 
 def test_changed_audio_never_gets_stale_features(tmp_path: Path) -> None:
-    (path,) = _clips(tmp_path / "audio", 1)
+    (path,) = fake_clips(tmp_path / "audio", 1)
     cache = FeatureCache(str(tmp_path / "cache"), IDENTITY)
-    cache.write(clip_key(path), *_features(path))
+    cache.write(clip_key(path), *fake_features(path))
     assert _read(cache, path) is not None
     Path(path).write_bytes(os.urandom(500))  # re-recorded: new size and mtime
     assert cache.find(clip_key(path)) is None
@@ -99,11 +77,11 @@ def test_changed_audio_never_gets_stale_features(tmp_path: Path) -> None:
 def _writer_process(root: str, paths: list[str]) -> None:
     cache = FeatureCache(root, IDENTITY)
     for path in paths:
-        cache.write(clip_key(path), *_features(path))
+        cache.write(clip_key(path), *fake_features(path))
 
 
 def test_concurrent_writers_in_several_processes(tmp_path: Path) -> None:
-    paths = _clips(tmp_path / "audio", 40)
+    paths = fake_clips(tmp_path / "audio", 40)
     root = str(tmp_path / "cache")
     context = multiprocessing.get_context("spawn")
     # four processes, overlapping halves (ranks that both miss a clip write it twice): nothing may break
@@ -117,25 +95,25 @@ def test_concurrent_writers_in_several_processes(tmp_path: Path) -> None:
     assert len(cache.index) == 40 and len(list(Path(cache.folder).glob("*.bin"))) == 4
     for path in paths:
         codes, rows = _read(cache, path)
-        assert torch.equal(codes, _features(path)[0]) and torch.equal(rows, _features(path)[1])
+        assert torch.equal(codes, fake_features(path)[0]) and torch.equal(rows, fake_features(path)[1])
 
 
 KILLED_WRITER = """
 import sys, time, torch
 sys.path.insert(0, sys.argv[3])
-from tests.test_feature_cache import _features, IDENTITY
+from tests.cache_samples import fake_features, IDENTITY
 from llamafactory_kimi_audio.data.cache_format import clip_key
 from llamafactory_kimi_audio.data.feature_cache import FeatureCache
 cache = FeatureCache(sys.argv[1], IDENTITY)
 for path in sys.argv[2].split(","):
-    cache.write(clip_key(path), *_features(path))
+    cache.write(clip_key(path), *fake_features(path))
     print("written", flush=True)
     time.sleep(0.05)
 """
 
 
 def test_writer_killed_with_sigkill_leaves_no_bad_entry(tmp_path: Path) -> None:
-    paths = _clips(tmp_path / "audio", 200)
+    paths = fake_clips(tmp_path / "audio", 200)
     root = str(tmp_path / "cache")
     repo = str(Path(__file__).resolve().parents[1])
     args = [sys.executable, "-c", KILLED_WRITER, root, ",".join(paths), repo]
@@ -148,18 +126,18 @@ def test_writer_killed_with_sigkill_leaves_no_bad_entry(tmp_path: Path) -> None:
     written = [path for path in paths if cache.find(clip_key(path)) is not None]
     assert 5 <= len(written) < len(paths)
     for path in written:  # every indexed entry reads back whole
-        assert torch.equal(_read(cache, path)[0], _features(path)[0])
+        assert torch.equal(_read(cache, path)[0], fake_features(path)[0])
     for path in paths:  # the re-run completes the set
         if cache.find(clip_key(path)) is None:
-            cache.write(clip_key(path), *_features(path))
+            cache.write(clip_key(path), *fake_features(path))
     again = FeatureCache(root, IDENTITY)
     assert len(again.index) == len(paths) and all(_read(again, p) is not None for p in paths)
 
 
 def test_full_disk_is_one_line_and_leaves_nothing_valid(tmp_path: Path, monkeypatch) -> None:
-    paths = _clips(tmp_path / "audio", 3)
+    paths = fake_clips(tmp_path / "audio", 3)
     cache = FeatureCache(str(tmp_path / "cache"), IDENTITY)
-    cache.write(clip_key(paths[0]), *_features(paths[0]))
+    cache.write(clip_key(paths[0]), *fake_features(paths[0]))
     real_write = os.write
 
     def full(fd, data):
@@ -168,30 +146,30 @@ def test_full_disk_is_one_line_and_leaves_nothing_valid(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(cache_store.os, "write", full)
     with pytest.raises(CacheWriteError) as info:
-        cache.write(clip_key(paths[1]), *_features(paths[1]))
+        cache.write(clip_key(paths[1]), *fake_features(paths[1]))
     monkeypatch.setattr(cache_store.os, "write", real_write)
     message = str(info.value)
     assert "\n" not in message and "the disk is full" in message and cache.folder in message
     fresh = FeatureCache(str(tmp_path / "cache"), IDENTITY)
     assert _read(fresh, paths[0]) is not None and fresh.find(clip_key(paths[1])) is None
-    cache.write(clip_key(paths[2]), *_features(paths[2]))  # the next write starts a new shard and works
+    cache.write(clip_key(paths[2]), *fake_features(paths[2]))  # the next write starts a new shard and works
     assert _read(FeatureCache(str(tmp_path / "cache"), IDENTITY), paths[2]) is not None
 
 
 def test_unwritable_cache_dir_is_one_line(tmp_path: Path) -> None:
-    (path,) = _clips(tmp_path / "audio", 1)
+    (path,) = fake_clips(tmp_path / "audio", 1)
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("a file where the cache folder should be")
     with pytest.raises(CacheWriteError) as info:
-        FeatureCache(str(blocker), IDENTITY).write(clip_key(path), *_features(path))
+        FeatureCache(str(blocker), IDENTITY).write(clip_key(path), *fake_features(path))
     assert "\n" not in str(info.value) and "cannot write" in str(info.value) and str(blocker) in str(info.value)
 
 
 def test_damaged_payload_is_named_and_damaged_index_record_ignored(tmp_path: Path) -> None:
-    paths = _clips(tmp_path / "audio", 3)
+    paths = fake_clips(tmp_path / "audio", 3)
     cache = FeatureCache(str(tmp_path / "cache"), IDENTITY)
     for path in paths:
-        cache.write(clip_key(path), *_features(path))
+        cache.write(clip_key(path), *fake_features(path))
     shard = next(Path(cache.folder).glob("*.bin"))
     index = next(Path(cache.folder).glob("*.idx"))
     with open(shard, "r+b") as fh:  # a flipped byte in the first payload's tensors
@@ -209,12 +187,12 @@ def test_damaged_payload_is_named_and_damaged_index_record_ignored(tmp_path: Pat
 
 
 def test_cache_cli_stats_verify_gc(tmp_path: Path, capsys) -> None:
-    paths = _clips(tmp_path / "audio", 6)
+    paths = fake_clips(tmp_path / "audio", 6)
     root = tmp_path / "cache"
     cache = FeatureCache(str(root), IDENTITY)
     for path in paths:
-        cache.write(clip_key(path), *_features(path))
-    cache.write(clip_key(paths[0]), *_features(paths[0]))  # rewritten once: the first payload is dead bytes
+        cache.write(clip_key(path), *fake_features(path))
+    cache.write(clip_key(paths[0]), *fake_features(paths[0]))  # rewritten once: the first payload is dead bytes
     cache.writer.close()
     cache.lock.release()  # the writer is done: gc may take the cache
     stray = root / IDENTITY / "ab" / "ab12.safetensors"  # not the cache's own file: never read, never removed
@@ -229,7 +207,7 @@ def test_cache_cli_stats_verify_gc(tmp_path: Path, capsys) -> None:
     assert main(["cache", "gc", "--cache", str(root)]) == 0
     assert "gc: freed" in capsys.readouterr().out and stray.read_bytes() == b"someone else's"
     fresh = FeatureCache(str(root), IDENTITY)
-    assert len(fresh.index) == 5 and all(torch.equal(_read(fresh, p)[1], _features(p)[1]) for p in paths[:5])
+    assert len(fresh.index) == 5 and all(torch.equal(_read(fresh, p)[1], fake_features(p)[1]) for p in paths[:5])
     shard = next(Path(fresh.folder).glob("*.bin"))
     with open(shard, "r+b") as fh:
         fh.seek(os.path.getsize(shard) - 3)

@@ -21,22 +21,12 @@ QUESTION_FRAMES, ANSWER_FRAMES = 6, 10
 @pytest.fixture(scope="module")
 def setup(tiny_checkpoint, tmp_path_factory):
     """LLaMA-Factory's SFT collator with the kimi_audio template, the model, and two spoken-reply samples."""
-    import llamafactory.data.template as T  # noqa: N812
-    from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
-    from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
-    from llamafactory.model import load_model, load_tokenizer
-
-    from tests.test_speech_data import conv, encode
+    from lf_pipeline import conv, encode, load_tiny, sft_collator
 
     workdir = tmp_path_factory.mktemp("feature_sink")
-    args = ModelArguments(model_name_or_path=tiny_checkpoint.path, trust_remote_code=True)
-    module = load_tokenizer(args)
+    module, template, model = load_tiny(tiny_checkpoint.path)
     tok = module["tokenizer"]
-    template = T.get_template_and_fix_tokenizer(tok, DataArguments(template="kimi_audio"))
-    model = load_model(tok, args, FinetuningArguments(finetuning_type="full"), is_trainable=False)
-    collator = SFTDataCollatorWith4DAttentionMask(
-        template=template, model=model, label_pad_token_id=-100, compute_dtype=torch.float32, **module
-    )
+    collator = sft_collator(template, model, module, pad_to_multiple_of=None, attn_implementation="eager")
     features = []
     for index, text in enumerate(("abc", "efg")):
         rng = np.random.default_rng(index)

@@ -11,15 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from llamafactory.data import get_template_and_fix_tokenizer
-from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
-from llamafactory.data.processor.supervised import PackedSupervisedDatasetProcessor, SupervisedDatasetProcessor
-from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
-from llamafactory.model import load_model, load_tokenizer
+from lf_pipeline import IGNORE, load_tiny, packed_and_plain_batches, sft_columns
+from llamafactory.hparams import DataArguments
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-IGNORE = -100
 CUTOFF = 512
 UTTERANCES = [(1.0, "one two"), (0.6, "three"), (1.4, "four five six"), (0.3, "seven")]  # seconds, transcript
 
@@ -33,53 +29,21 @@ def setup(tiny_checkpoint, tmp_path_factory):
         path = str(directory / f"u{index}.wav")
         sf.write(path, (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
         audios.append(path)
-    model_args = ModelArguments(model_name_or_path=tiny_checkpoint.path, trust_remote_code=True)
-    tokenizer_module = load_tokenizer(model_args)
     data_args = DataArguments(template="kimi_audio", cutoff_len=CUTOFF, packing=True, neat_packing=True)
-    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    model = load_model(tokenizer_module["tokenizer"], model_args, FinetuningArguments(finetuning_type="full"))
-    model.eval()
+    tokenizer_module, template, model = load_tiny(tiny_checkpoint.path, data_args)
     return dict(audios=audios, tm=tokenizer_module, data_args=data_args, template=template, model=model)
 
 
-def examples(audios: list[str]) -> dict[str, list]:
-    return {
-        "_prompt": [[{"role": "user", "content": "<audio>"}] for _ in audios],
-        "_response": [[{"role": "assistant", "content": text}] for _, text in UTTERANCES],
-        "_system": ["" for _ in audios],
-        "_tools": ["" for _ in audios],
-        "_images": [None for _ in audios],
-        "_videos": [None for _ in audios],
-        "_audios": [[a] for a in audios],
-    }
-
-
-def collate(setup, features: list[dict], block_diag: bool) -> dict:
-    collator = SFTDataCollatorWith4DAttentionMask(
-        template=setup["template"], model=setup["model"], pad_to_multiple_of=8, label_pad_token_id=IGNORE,
-        block_diag_attn=block_diag, attn_implementation="sdpa", compute_dtype=torch.float32, **setup["tm"],
-    )  # fmt: skip
-    return collator(features)
-
-
-def rows(columns: dict[str, list]) -> list[dict]:
-    return [dict(zip(columns, values)) for values in zip(*columns.values())]
-
-
-def packed_and_plain_batches(setup) -> tuple[dict, dict]:
-    kwargs = dict(template=setup["template"], tokenizer=setup["tm"]["tokenizer"], processor=setup["tm"]["processor"])
-    packed = PackedSupervisedDatasetProcessor(data_args=setup["data_args"], **kwargs)
-    packed_rows = rows(packed.preprocess_dataset(examples(setup["audios"])))
-    plain = SupervisedDatasetProcessor(data_args=DataArguments(template="kimi_audio", cutoff_len=CUTOFF), **kwargs)
-    plain_rows = rows(plain.preprocess_dataset(examples(setup["audios"])))
-    for row in packed_rows:
-        row.pop("packing_params", None)  # not a model input for a model without mrope
-    return collate(setup, packed_rows, True), collate(setup, plain_rows, False)
+def packed_and_plain(setup) -> tuple[dict, dict]:
+    columns = sft_columns(
+        ["<audio>"] * len(UTTERANCES), [text for _, text in UTTERANCES], [[a] for a in setup["audios"]]
+    )
+    return packed_and_plain_batches(setup, columns)
 
 
 @pytest.mark.parametrize("reduction", ["sample", "token"])
 def test_packed_rows_give_the_loss_of_separate_utterances(setup, reduction, monkeypatch):
-    packed, plain = packed_and_plain_batches(setup)
+    packed, plain = packed_and_plain(setup)
     assert packed["input_ids"].shape[0] == 1, "all four utterances fit one packed row"
     assert packed["attention_mask"].dim() == 4 and "position_ids" in packed
     assert int((packed["labels"] != IGNORE).sum()) == int((plain["labels"] != IGNORE).sum())
@@ -92,7 +56,7 @@ def test_packed_rows_give_the_loss_of_separate_utterances(setup, reduction, monk
 
 def test_packed_utterances_do_not_see_each_other(setup):
     """The same row without its block-diagonal mask (plain causal attention over the whole row) changes the loss."""
-    packed, plain = packed_and_plain_batches(setup)
+    packed, plain = packed_and_plain(setup)
     leaky = dict(packed, attention_mask=torch.ones_like(packed["input_ids"]))
     with torch.no_grad():
         isolated = setup["model"](**packed).loss.item()
@@ -103,7 +67,7 @@ def test_packed_utterances_do_not_see_each_other(setup):
 
 
 def test_a_packed_mask_without_position_ids_is_refused(setup):
-    packed, _ = packed_and_plain_batches(setup)
+    packed, _ = packed_and_plain(setup)
     packed.pop("position_ids")
     with pytest.raises(ValueError, match="position_ids"):
         setup["model"](**packed)
@@ -113,7 +77,7 @@ def test_packing_without_neat_packing_warns(setup, monkeypatch):
     """Plain ``packing: true`` (2-D mask, positions restarting per utterance) trains with cross-attention: say so."""
     from llamafactory_kimi_audio.models import masks
 
-    packed, plain = packed_and_plain_batches(setup)
+    packed, plain = packed_and_plain(setup)
     warnings: list[str] = []
     monkeypatch.setattr(masks.logger, "warning_once", warnings.append)
     model = setup["model"]
@@ -148,7 +112,7 @@ def test_packed_rows_run_as_one_sequence_per_utterance(setup, monkeypatch, nativ
     utterances, plus one sequence for each row's pad tail, and gives the dense-mask loss."""
     from llamafactory_kimi_audio.models import modeling_kimi_audio, packed_attention
 
-    packed, plain = packed_and_plain_batches(setup)
+    packed, plain = packed_and_plain(setup)
     model = setup["model"]
     with torch.no_grad():
         dense = model(**packed).loss
@@ -180,7 +144,7 @@ def test_varlen_attention_matches_the_dense_mask_on_cuda(setup, monkeypatch, mod
 
     if packed_attention.varlen_attn is None:
         pytest.skip("torch.nn.attention.varlen needs PyTorch >= 2.9")
-    packed, _ = packed_and_plain_batches(setup)
+    packed, _ = packed_and_plain(setup)
     dtype = torch.float32 if mode == "fp32-autocast" else torch.bfloat16
     model = setup["model"].to("cuda", dtype)
     batch = {key: value.cuda() if torch.is_tensor(value) else value for key, value in packed.items()}

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from cache_samples import cache_counts
 from lf_runs import check_ok, run_cli, train_config
 
 from llamafactory_kimi_audio.data.cache_format import clip_key
 from llamafactory_kimi_audio.data.convert import dataset_info_entry
 from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
 from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
-from tests.test_cache_training import _counts
 
 pytestmark = pytest.mark.slow
 ANSWERS = ("abc", "efg", "hij", "klm")
@@ -57,7 +57,7 @@ def run(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path, list[tuple[str, 
 
 def test_speech_batches_are_stored_and_hit(run, tiny_checkpoint) -> None:
     workdir, cache, pairs, output = run
-    assert _counts(output) == (8, 8, 8)  # epoch 1: 4 questions + 4 answers stored; epoch 2: 8 hits
+    assert cache_counts(output) == (8, 8, 8)  # epoch 1: 4 questions + 4 answers stored; epoch 2: 8 hits
     audios = [path for pair in pairs for path in pair]
     reference = precompute(
         tiny_checkpoint.path, audios, PrecomputeOptions(cache_dir=str(workdir / "pre"), progress=False)
@@ -74,28 +74,14 @@ def test_speech_batches_are_stored_and_hit(run, tiny_checkpoint) -> None:
 
 
 def test_cached_speech_batch_has_the_online_loss(run, tiny_checkpoint, monkeypatch) -> None:
-    import llamafactory.data.template as T  # noqa: N812
-    from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
-    from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
-    from llamafactory.model import load_model, load_tokenizer
+    from lf_pipeline import conv, encode, load_tiny, sft_collator
 
     from llamafactory_kimi_audio import settings
-    from tests.test_speech_data import conv, encode
 
     workdir, cache, pairs, _ = run
-    args = ModelArguments(model_name_or_path=tiny_checkpoint.path, trust_remote_code=True)
-    module = load_tokenizer(args)
+    module, template, model = load_tiny(tiny_checkpoint.path)
     tok = module["tokenizer"]
-    template = T.get_template_and_fix_tokenizer(tok, DataArguments(template="kimi_audio"))
-    model = load_model(tok, args, FinetuningArguments(finetuning_type="full"), is_trainable=False)
-    collator = SFTDataCollatorWith4DAttentionMask(
-        template=template,
-        model=model,
-        label_pad_token_id=-100,
-        attn_implementation="sdpa",
-        compute_dtype=torch.float32,
-        **module,
-    )
+    collator = sft_collator(template, model, module, pad_to_multiple_of=None)
     features = []
     for (question, answer), text in zip(pairs[:2], ANSWERS):
         ids, labels = encode(template, tok, module["processor"], conv("<audio>", f"{text}<audio>"), [question, answer])

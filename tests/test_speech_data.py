@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
-from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
+from lf_pipeline import IGNORE, conv, encode, sft_collator, sft_feature
 from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
 from llamafactory.model import load_model, load_tokenizer
 
 from llamafactory_kimi_audio.audio_io import AudioError
 
-IGNORE = -100
 OFFICIAL_BASE = 151643
 OFFICIAL = {"M": 151645, "MB": 151661, "ME": 151663, "B": 151666, "EOS": 151667, "U": 151670, "A": 151671}
 OFFICIAL.update({"CT": 151675, "CTD": 151676, "S": 151664, "PH": 151662})
@@ -52,36 +50,11 @@ def model(tiny_checkpoint, tok):
     return load_model(tok, args, FinetuningArguments(finetuning_type="full"), is_trainable=False)
 
 
-def make_collator(template, model, tokenizer_module) -> SFTDataCollatorWith4DAttentionMask:
-    """LLaMA-Factory's SFT collator as the workflow builds it for a Kimi-Audio run (fp32 on the CPU)."""
-    return SFTDataCollatorWith4DAttentionMask(
-        template=template,
-        model=model,
-        pad_to_multiple_of=8,
-        label_pad_token_id=IGNORE,
-        attn_implementation="sdpa",
-        compute_dtype=torch.float32,
-        **tokenizer_module,
-    )
-
-
 def wav(directory, name: str, frames: int) -> str:
     path = os.path.join(directory, f"{name}.wav")
     rng = np.random.default_rng(frames)
     sf.write(path, (0.3 * rng.standard_normal(frames * 1280)).clip(-1, 1).astype(np.float32), 16000)
     return path
-
-
-def encode(template, tok, processor, messages, audios, cutoff_len: int = 1024):
-    import llamafactory.train.sft.workflow  # noqa: F401 - installs the cutoff guard
-
-    data_args = DataArguments(template="kimi_audio", cutoff_len=cutoff_len)
-    proc = SupervisedDatasetProcessor(template=template, tokenizer=tok, processor=processor, data_args=data_args)
-    return proc._encode_data_example(messages[:-1], messages[-1:], None, None, [], [], audios)
-
-
-def conv(user: str, assistant: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
 def test_tts_sample_is_spec_example_1(template, tok, tokenizer_module, sym, tmp_path):
@@ -129,17 +102,8 @@ def test_mixed_asr_and_speech_batch_through_the_collator(template, tok, tokenize
     features = []
     for messages, audios in ((conv("<audio>", "one"), [clip]), (conv("say efg", "<audio>efg"), [target])):
         ids, labels = encode(template, tok, processor, messages, audios)
-        features.append(
-            {
-                "input_ids": ids,
-                "attention_mask": [1] * len(ids),
-                "labels": labels,
-                "images": None,
-                "videos": None,
-                "audios": audios,
-            }
-        )
-    collator = make_collator(template, model, tokenizer_module)
+        features.append(sft_feature(ids, labels, audios))
+    collator = sft_collator(template, model, tokenizer_module)
     copies = [dict(f) for f in features]  # the collator pops keys
     batch = collator([dict(f) for f in features])
     calls = []
@@ -163,21 +127,14 @@ def test_target_audio_gets_no_whisper_features_and_the_loss_is_unchanged(
 
     processor = tokenizer_module["processor"]
     clip, target = wav(tmp_path, "clip", 6), wav(tmp_path, "tgt", 12)
-    collator = make_collator(template, model, tokenizer_module)
+    collator = sft_collator(template, model, tokenizer_module)
     cases = {
         "spoken reply": (conv("<audio>", "efg<audio>"), [clip, target]),
         "tts": (conv("say efg", "<audio>efg"), [target]),
     }
     for name, (messages, audios) in cases.items():
         ids, labels = encode(template, tok, processor, messages, audios)
-        feature = {
-            "input_ids": ids,
-            "attention_mask": [1] * len(ids),
-            "labels": labels,
-            "images": None,
-            "videos": None,
-            "audios": audios,
-        }
+        feature = sft_feature(ids, labels, audios)
         batch = collator([feature])
         inputs = audios[:-1]  # the question audio, if any
         if inputs:

@@ -11,27 +11,15 @@ import torch
 from torch import nn
 
 from llamafactory_kimi_audio.models.layout import LayoutEncoder, Segment
-from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
-from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer
 
 OFFICIAL_BASE = 151643
 
 
 @pytest.fixture(scope="module")
-def model(tiny_checkpoint) -> KimiAudioForCausalLM:
-    return KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).eval()
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_checkpoint):
-    return KimiAudioTokenizer.from_pretrained(tiny_checkpoint.path)
-
-
-@pytest.fixture(scope="module")
-def sym(tiny_checkpoint, model):
+def sym(tiny_checkpoint, native_model):
     base = tiny_checkpoint.num_base_tokens
     names = {"M": 151645, "ME": 151663, "B": 151666, "EOS": 151667, "U": 151670, "A": 151671}
-    return {**{k: base + v - OFFICIAL_BASE for k, v in names.items()}, "off": model.config.kimia_token_offset}
+    return {**{k: base + v - OFFICIAL_BASE for k, v in names.items()}, "off": native_model.config.kimia_token_offset}
 
 
 def tts_prompt(tok, sym) -> tuple[list[int], list[int], list[int]]:
@@ -75,18 +63,18 @@ def official_loop(model, audio: list[int], text: list[int], sym, steps: int, del
     return text_out[:valid_text], [a - sym["off"] for a in kept if a >= sym["off"]], logits
 
 
-def test_greedy_equals_the_official_loop_and_cached_logits_match(model, tok, sym):
-    prompt, audio, text = tts_prompt(tok, sym)
+def test_greedy_equals_the_official_loop_and_cached_logits_match(native_model, native_tok, sym):
+    prompt, audio, text = tts_prompt(native_tok, sym)
     steps = 14
-    expected_text, expected_codes, expected_logits = official_loop(model, audio, text, sym, steps, 6)
-    got = model.generate_speech(torch.tensor([prompt]), max_new_tokens=steps)
+    expected_text, expected_codes, expected_logits = official_loop(native_model, audio, text, sym, steps, 6)
+    got = native_model.generate_speech(torch.tensor([prompt]), max_new_tokens=steps)
     assert got.text_ids == expected_text and got.codes == expected_codes
     # spec §6.10: the cached loop's logits equal a full forward over prompt + fed rows, at every step
     fed_audio = audio + [a for a, _ in got.fed_rows]
     fed_text = text + [t for _, t in got.fed_rows]
-    embed = model.get_input_embeddings()
+    embed = native_model.get_input_embeddings()
     with torch.no_grad():
-        full = model(
+        full = native_model(
             inputs_embeds=embed(torch.tensor([fed_audio])) + embed(torch.tensor([fed_text])), return_audio_logits=True
         )
     for step, (text_logits, audio_logits) in enumerate(expected_logits[: len(got.fed_rows) + 1]):
@@ -119,14 +107,14 @@ def scripted_run(model, prompt, text_script, audio_script, output_type="both"):
         model.lm_head, model.mimo_output = heads
 
 
-def test_scripted_heads_reproduce_example_1(model, tok, sym):
+def test_scripted_heads_reproduce_example_1(native_model, native_tok, sym):
     """Spec §6.9: 17 forward calls, fed rows = example 1's rows 7-22, codes 100..109, text e f g."""
-    prompt, _, _ = tts_prompt(tok, sym)
-    reply = [tok.encode_ordinary(c)[0] for c in "efg"]
+    prompt, _, _ = tts_prompt(native_tok, sym)
+    reply = [native_tok.encode_ordinary(c)[0] for c in "efg"]
     codes = [sym["off"] + c for c in range(100, 110)]
     text_script = [*reply, sym["EOS"]] + [reply[0]] * 40  # the head keeps talking after eos: fed as blank
     audio_script = [sym["off"] + 5] * 6 + codes + [sym["M"]]
-    result, calls = scripted_run(model, prompt, text_script, audio_script)
+    result, calls = scripted_run(native_model, prompt, text_script, audio_script)
     assert calls == 17 and result.codes == list(range(100, 110)) and result.text_ids == reply
     rows_audio = [sym["B"]] * 6 + codes
     rows_text = [*reply, sym["EOS"]] + [sym["B"]] * 12
@@ -134,23 +122,23 @@ def test_scripted_heads_reproduce_example_1(model, tok, sym):
     assert result.audio_tokens == [*codes, sym["M"]]
 
 
-def test_scripted_variants(model, tok, sym):
-    prompt, _, _ = tts_prompt(tok, sym)
-    reply = [tok.encode_ordinary(c)[0] for c in "efg"]
+def test_scripted_variants(native_model, native_tok, sym):
+    prompt, _, _ = tts_prompt(native_tok, sym)
+    reply = [native_tok.encode_ordinary(c)[0] for c in "efg"]
     codes = [sym["off"] + c for c in range(100, 110)]
     text_script = [*reply, sym["EOS"]] + [reply[0]] * 40
     # a blank from the audio head at step 8: fed back and counted, never a code
     with_blank = [0] * 6 + codes[:2] + [sym["B"]] + codes[2:] + [sym["M"]]
-    result, _ = scripted_run(model, prompt, text_script, with_blank)
+    result, _ = scripted_run(native_model, prompt, text_script, with_blank)
     assert result.codes == list(range(100, 110)) and (sym["B"], sym["B"]) in result.fed_rows[8:9]
     # the audio end right after the delay: no codes
-    result, calls = scripted_run(model, prompt, text_script, [0] * 6 + [sym["ME"]])
+    result, calls = scripted_run(native_model, prompt, text_script, [0] * 6 + [sym["ME"]])
     assert result.codes == [] and calls == 7
     # the text never ends: it is cut when the audio ends
-    result, _ = scripted_run(model, prompt, reply * 20, [0] * 6 + codes + [sym["M"]])
+    result, _ = scripted_run(native_model, prompt, reply * 20, [0] * 6 + codes + [sym["M"]])
     assert len(result.text_ids) == 17 and result.codes == list(range(100, 110))
     # "text" mode: the audio stream is blank at every step, decoding stops at text_eos
-    result, calls = scripted_run(model, prompt, text_script, codes, output_type="text")
+    result, calls = scripted_run(native_model, prompt, text_script, codes, output_type="text")
     assert calls == 4 and result.text_ids == reply and result.codes == []
     assert all(audio == sym["B"] for audio, _ in result.fed_rows)
 

@@ -7,13 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from llamafactory.data import get_template_and_fix_tokenizer
-from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
-from llamafactory.data.processor.supervised import PackedSupervisedDatasetProcessor, SupervisedDatasetProcessor
-from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
-from llamafactory.model import load_model, load_tokenizer
+from lf_pipeline import load_tiny, packed_and_plain_batches, sft_columns
+from llamafactory.hparams import DataArguments
 
-IGNORE = -100
 CUTOFF = 256
 # (user content, assistant content, seconds of audio): ASR, TTS, spoken reply (question + answer audio)
 SAMPLES = [
@@ -34,52 +30,14 @@ def setup(tiny_checkpoint, tmp_path_factory):
             paths.append(str(directory / f"s{index}_{part}.wav"))
             sf.write(paths[-1], (0.1 * rng.standard_normal(int(length * 16000))).astype(np.float32), 16000)
         audios.append(paths)
-    model_args = ModelArguments(model_name_or_path=tiny_checkpoint.path, trust_remote_code=True)
-    tokenizer_module = load_tokenizer(model_args)
     data_args = DataArguments(template="kimi_audio", cutoff_len=CUTOFF, packing=True, neat_packing=True)
-    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    model = load_model(tokenizer_module["tokenizer"], model_args, FinetuningArguments(finetuning_type="full"))
-    return dict(audios=audios, tm=tokenizer_module, data_args=data_args, template=template, model=model.eval())
-
-
-def examples(audios: list[list[str]]) -> dict[str, list]:
-    return {
-        "_prompt": [[{"role": "user", "content": user}] for user, _, _ in SAMPLES],
-        "_response": [[{"role": "assistant", "content": answer}] for _, answer, _ in SAMPLES],
-        "_system": ["" for _ in SAMPLES],
-        "_tools": ["" for _ in SAMPLES],
-        "_images": [None for _ in SAMPLES],
-        "_videos": [None for _ in SAMPLES],
-        "_audios": audios,
-    }
+    tokenizer_module, template, model = load_tiny(tiny_checkpoint.path, data_args)
+    return dict(audios=audios, tm=tokenizer_module, data_args=data_args, template=template, model=model)
 
 
 def batches(setup) -> tuple[dict, dict]:
-    kwargs = dict(template=setup["template"], tokenizer=setup["tm"]["tokenizer"], processor=setup["tm"]["processor"])
-    out = []
-    for processor, block_diag in (
-        (PackedSupervisedDatasetProcessor(data_args=setup["data_args"], **kwargs), True),
-        (
-            SupervisedDatasetProcessor(data_args=DataArguments(template="kimi_audio", cutoff_len=CUTOFF), **kwargs),
-            False,
-        ),
-    ):
-        columns = processor.preprocess_dataset(examples(setup["audios"]))
-        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-        for row in rows:
-            row.pop("packing_params", None)
-        collator = SFTDataCollatorWith4DAttentionMask(
-            template=setup["template"],
-            model=setup["model"],
-            pad_to_multiple_of=8,
-            label_pad_token_id=IGNORE,
-            block_diag_attn=block_diag,
-            attn_implementation="sdpa",
-            compute_dtype=torch.float32,
-            **setup["tm"],
-        )
-        out.append(collator(rows))
-    return out[0], out[1]
+    users, answers, _ = zip(*SAMPLES)
+    return packed_and_plain_batches(setup, sft_columns(list(users), list(answers), setup["audios"]))
 
 
 @pytest.mark.parametrize("reduction", ["sample", "token"])

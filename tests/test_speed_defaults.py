@@ -6,26 +6,19 @@ import types
 
 import pytest
 import torch
-from test_speech_output import asr_sample, speech_batch
+from speech_samples import asr_sample, load_native_model, speech_batch
 
 from llamafactory_kimi_audio import settings
 from llamafactory_kimi_audio.integration import speed
 from llamafactory_kimi_audio.models import parking
 from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
-from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioTokenizer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="parking moves weights off a GPU")
 
 
 @pytest.fixture
 def model(tiny_checkpoint) -> KimiAudioForCausalLM:
-    torch.manual_seed(0)
-    return KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path).eval()
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_checkpoint):
-    return KimiAudioTokenizer.from_pretrained(tiny_checkpoint.path)
+    return load_native_model(tiny_checkpoint.path)  # a fresh one per test: parking moves its weights
 
 
 @pytest.mark.parametrize(
@@ -121,17 +114,17 @@ def speech_loss(model, tok) -> float:
 
 
 @needs_cuda
-def test_cuda_parked_weights_leave_the_gpu_and_come_back_for_a_speech_batch(model, tok):
+def test_cuda_parked_weights_leave_the_gpu_and_come_back_for_a_speech_batch(model, native_tok):
     model.cuda().requires_grad_(False)
-    expected_asr, expected_speech = asr_loss(model, tok), speech_loss(model, tok)
+    expected_asr, expected_speech = asr_loss(model, native_tok), speech_loss(model, native_tok)
     before = torch.cuda.memory_allocated()
     idle = model.idle_submodules(audio_features_cached=False)
     size = sum(p.numel() * p.element_size() for module in idle.values() for p in module.parameters())
     assert parking.park(idle) == list(idle)
     assert before - torch.cuda.memory_allocated() >= size
     assert model.mimo_output.weight.device.type == "cpu"
-    assert asr_loss(model, tok) == expected_asr  # an ASR batch runs without the parked weights
+    assert asr_loss(model, native_tok) == expected_asr  # an ASR batch runs without the parked weights
     assert model.mimo_output.weight.device.type == "cpu"
-    assert speech_loss(model, tok) == expected_speech  # a speech batch brings them back
+    assert speech_loss(model, native_tok) == expected_speech  # a speech batch brings them back
     assert model.mimo_output.weight.is_cuda and model.model.mimo_layers[0].mlp.up_proj.weight.is_cuda
     assert not parking.is_parked(model.mimo_output)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
+from lf_pipeline import IGNORE, conv, sft_collator, sft_feature
 from llamafactory.data.mm_plugin import PLUGINS, BasePlugin, Qwen2AudioPlugin, get_mm_plugin
 from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
 from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
@@ -38,7 +38,6 @@ from llamafactory_kimi_audio.integration.template import INSTRUCTION_ENV, KimiAu
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-IGNORE = -100
 OFFICIAL_BASE = 151643
 SPEC = {  # spec §4: string -> official id
     "msg_end": ("<|im_msg_end|>", 151645),
@@ -130,10 +129,6 @@ def wav_b(wav_dir) -> tuple[str, int]:
     return write_wav(wav_dir, "b", 16000, 7 * 1280 + 1), 8  # one sample past 7 frames
 
 
-def conv(user: str, assistant: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-
-
 def enc(tok, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False)
 
@@ -164,36 +159,36 @@ def test_tokenizer_and_processor_from_load_tokenizer(tok, processor, template):
 
 
 # ------------------------------------------------------------------------------------------------ layout (§5.3)
+def encode_one_turn(template, tok, processor, messages, wav) -> tuple[list[int], list[int]]:
+    """(prompt, response) ids of one user turn with the audio ``wav`` = (path, frames)."""
+    processed = template.mm_plugin.process_messages(messages, [], [], [wav[0]], processor)
+    return template.encode_oneturn(tok, processed)
+
+
+def audio_span(ids, frames: int) -> list[int]:
+    return [ids["media_begin"], *[ids["ph"]] * frames, ids["media_end"]]
+
+
 def test_instruction_before_audio(template, tok, processor, ids, wav_a):
-    path, n = wav_a
-    messages = [{"role": "user", "content": f"{INSTRUCTION}<audio>"}, {"role": "assistant", "content": "one two"}]
-    processed = template.mm_plugin.process_messages(messages, [], [], [path], processor)
-    prompt, response = template.encode_oneturn(tok, processed)
+    prompt, response = encode_one_turn(template, tok, processor, conv(f"{INSTRUCTION}<audio>", "one two"), wav_a)
     assert prompt == [
         ids["user_start"],
         *enc(tok, INSTRUCTION),
-        ids["media_begin"],
-        *[ids["ph"]] * n,
-        ids["media_end"],
+        *audio_span(ids, wav_a[1]),
         ids["ct"],
         ids["msg_end"],
         ids["assistant_start"],
     ]
     assert response == [*enc(tok, "one two"), ids["text_eos"]]
-    official_length = len(enc(tok, INSTRUCTION)) + n + len(enc(tok, "one two")) + 8  # L of §5.3
+    official_length = len(enc(tok, INSTRUCTION)) + wav_a[1] + len(enc(tok, "one two")) + 8  # L of §5.3
     assert len(prompt) + len(response) + 1 == official_length  # all but the final msg_end (nothing predicted from it)
 
 
 def test_instruction_after_audio_has_no_ct(template, tok, processor, ids, wav_a):
-    path, n = wav_a
-    messages = [{"role": "user", "content": f"<audio>{INSTRUCTION}"}, {"role": "assistant", "content": "red"}]
-    processed = template.mm_plugin.process_messages(messages, [], [], [path], processor)
-    prompt, response = template.encode_oneturn(tok, processed)
+    prompt, response = encode_one_turn(template, tok, processor, conv(f"<audio>{INSTRUCTION}", "red"), wav_a)
     assert prompt == [
         ids["user_start"],
-        ids["media_begin"],
-        *[ids["ph"]] * n,
-        ids["media_end"],
+        *audio_span(ids, wav_a[1]),
         *enc(tok, INSTRUCTION),
         ids["msg_end"],
         ids["assistant_start"],
@@ -206,7 +201,7 @@ def test_audio_only_turn_gets_the_default_instruction(template, tok, processor, 
     path, n = wav_a
     messages = [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": "blue"}]
     processed = template.mm_plugin.process_messages(messages, [], [], [path], processor)
-    audio_part = [ids["media_begin"], *[ids["ph"]] * n, ids["media_end"], ids["ct"]]
+    audio_part = [*audio_span(ids, n), ids["ct"]]
     prompt, _ = template.encode_oneturn(tok, processed)
     end = [ids["msg_end"], ids["assistant_start"]]
     assert prompt == [ids["user_start"], *enc(tok, DEFAULT_INSTRUCTION), *audio_part, *end]
@@ -364,26 +359,7 @@ def make_feature(template, tok, processor, messages, audios) -> dict:
     data_args = DataArguments(template="kimi_audio", cutoff_len=1024)
     proc = SupervisedDatasetProcessor(template=template, tokenizer=tok, processor=processor, data_args=data_args)
     input_ids, labels = proc._encode_data_example(messages[:-1], messages[-1:], None, None, [], [], audios)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": [1] * len(input_ids),
-        "labels": labels,
-        "images": None,
-        "videos": None,
-        "audios": audios or None,
-    }
-
-
-def make_collator(template, tokenizer_module, model):
-    return SFTDataCollatorWith4DAttentionMask(
-        template=template,
-        model=model,
-        pad_to_multiple_of=8,
-        label_pad_token_id=IGNORE,
-        attn_implementation="sdpa",
-        compute_dtype=torch.float32,
-        **tokenizer_module,
-    )
+    return sft_feature(input_ids, labels, audios or None)
 
 
 def test_collator_batch_feeds_the_model(template, tok, processor, tokenizer_module, model, ids, wav_a, wav_b):
@@ -393,7 +369,7 @@ def test_collator_batch_feeds_the_model(template, tok, processor, tokenizer_modu
     ]
     lengths = [len(f["input_ids"]) for f in features]
     expected_ids = [list(f["input_ids"]) for f in features]
-    batch = make_collator(template, tokenizer_module, model)(features)
+    batch = sft_collator(template, model, tokenizer_module)(features)
     width = batch["input_ids"].shape[1]
     assert width % 8 == 0 and width >= max(lengths) and width - max(lengths) < 8
     for row, (length, row_ids) in enumerate(zip(lengths, expected_ids)):  # right padding
@@ -417,7 +393,7 @@ def test_audio_free_batch_gets_the_fake_audio(side, template, tok, processor, to
     length = len(real_ids)
     tok.padding_side = side
     try:
-        batch = make_collator(template, tokenizer_module, model)([feature])
+        batch = sft_collator(template, model, tokenizer_module)([feature])
     finally:
         tok.padding_side = "right"
     width = batch["input_ids"].shape[1]
@@ -454,7 +430,7 @@ def test_mixed_batch_with_left_padding(template, tok, processor, tokenizer_modul
             make_feature(template, tok, processor, conv("hello", "hi"), []),
         ]
 
-    collator = make_collator(template, tokenizer_module, model)
+    collator = sft_collator(template, model, tokenizer_module)
     right = collator(features())
     tok.padding_side = "left"
     try:

@@ -116,6 +116,32 @@ def _need_adapter(ui) -> Path:
     return adapter
 
 
+def _tab_with_adapter(ui, tab: str) -> GradioPage:
+    """``tab`` open on the tiny model with the Train stage's adapter selected (skips when there is none)."""
+    page: GradioPage = ui["page"]
+    _need_adapter(ui)
+    _ensure_model(page, ui["tiny"])
+    page.tab(tab)
+    page.multiselect("Checkpoint path", OUTPUT_NAME)  # top.checkpoint_path: focus -> list_checkpoints
+    return page
+
+
+def _start_and_wait(ui, done: str, timeout: float, what: str, shot: str) -> tuple[str, list]:
+    """Click Start and wait until the page shows ``done`` or "Failed."; (page text, toasts), asserting no failure."""
+    page: GradioPage = ui["page"]
+    page.click("Start")
+    page.wait(
+        lambda _d: done in page.body_text() or "Failed." in page.body_text(),
+        timeout=timeout,
+        message=f"{what} never ended",
+    )
+    toasts = page.toasts()  # read at once: a toast disappears after a few seconds
+    page.screenshot(shot, page.button("Start"))
+    text = page.body_text()
+    assert "Failed." not in text, f"{what} failed in the Web UI:\n{text[-3000:]}\n{ui['server'].log_tail()}"
+    return text, toasts
+
+
 def test_model_list_and_template(ui):
     page: GradioPage = ui["page"]
     page.screenshot("loaded")
@@ -162,17 +188,9 @@ def test_train_tab_lora_run(ui):
     page.wait(lambda _d: page.dropdown_value("Output dir") == OUTPUT_NAME, message="output dir not set")
     page.screenshot("train-configured", page.button("Start"))
 
-    page.click("Start")
     # The status box (gr.Markdown) shows the running log, then "Finished." (or "Failed. Exit code ...").
-    page.wait(
-        lambda _d: "Finished." in page.body_text() or "Failed." in page.body_text(),
-        timeout=TRAIN_TIMEOUT,
-        message="training never ended",
-    )
-    toasts = page.toasts()  # gr.Info("Finished.") from Runner._finalize; also proves the toast selector works
-    page.screenshot("train-finished", page.button("Start"))
-    text = page.body_text()
-    assert "Failed." not in text, f"training failed in the Web UI:\n{text[-3000:]}\n{ui['server'].log_tail()}"
+    # The toasts include gr.Info("Finished.") from Runner._finalize; also proves the toast selector works.
+    _, toasts = _start_and_wait(ui, "Finished.", TRAIN_TIMEOUT, "training", "train-finished")
 
     # The loss plot: gr.Plot renders the matplotlib figure as <div data-testid="matplotlib"><img src="data:...">
     # (its "Loss" title is a data-testid="block-label", not a block-info span). Only the Train tab has a plot.
@@ -221,12 +239,8 @@ def _docs_screenshot(shot: Path, max_bytes: int = 300_000) -> None:
 
 
 def test_evaluate_tab_predict_cer_wer(ui):
-    page: GradioPage = ui["page"]
-    _need_adapter(ui)
     t0 = time.monotonic()
-    _ensure_model(page, ui["tiny"])
-    page.tab("Evaluate & Predict")
-    page.multiselect("Checkpoint path", OUTPUT_NAME)  # top.checkpoint_path: focus -> list_checkpoints
+    page = _tab_with_adapter(ui, "Evaluate & Predict")
 
     page.set_text("Data dir", str(DATASET_DIR))
     listed = page.multiselect_options("Dataset", (TRAIN_SET, TEST_SET))
@@ -239,16 +253,8 @@ def test_evaluate_tab_predict_cer_wer(ui):
     page.set_text("Output dir", PREDICT_NAME)  # a textbox here (a dropdown on the Train tab)
     page.screenshot("predict-configured", page.button("Start"))
 
-    page.click("Start")
     # Finished: the status box shows all_results.json as a JSON block; failed: "Failed. Exit code ...".
-    page.wait(
-        lambda _d: "predict_cer" in page.body_text() or "Failed." in page.body_text(),
-        timeout=PREDICT_TIMEOUT,
-        message="prediction never ended",
-    )
-    page.screenshot("predict-finished", page.button("Start"))
-    text = page.body_text()
-    assert "Failed." not in text, f"prediction failed in the Web UI:\n{text[-3000:]}\n{ui['server'].log_tail()}"
+    text, _ = _start_and_wait(ui, "predict_cer", PREDICT_TIMEOUT, "prediction", "predict-finished")
     assert "predict_wer" in text, text[-3000:]
 
     out = ui["cwd"] / "saves" / MODEL_NAME / "lora" / PREDICT_NAME
@@ -326,12 +332,8 @@ def test_chat_tab_audio(ui):
 def test_export_tab_merges_adapter(ui):
     from safetensors import safe_open
 
-    page: GradioPage = ui["page"]
-    _need_adapter(ui)
     t0 = time.monotonic()
-    _ensure_model(page, ui["tiny"])
-    page.tab("Export")
-    page.multiselect("Checkpoint path", OUTPUT_NAME)
+    page = _tab_with_adapter(ui, "Export")
     export_dir = ui["root"] / "exported"
     page.set_text("Export dir", str(export_dir))
     page.screenshot("export-configured", page.button("Export"))

@@ -54,17 +54,25 @@ def attention_bias(
         if mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
         return mask.to(dtype), False
+    if mask is not None and past_len == 0 and length > 1 and mask.shape[-1] == length:
+        if bool((mask[:, 1:] <= mask[:, :-1]).all()):
+            # Right padding (training batches; no padding at all included): pads only follow the real tokens, so
+            # causal attention alone gives every real query exactly its keys; only the pad rows (never read: no
+            # labels, later than every real token) change. No [B,1,L,L] bias, and SDPA can take the flash kernel.
+            return None, True
+    return padding_bias(mask, length, past_len, dtype, device)
+
+
+def padding_bias(
+    mask: torch.Tensor | None, length: int, past_len: int, dtype, device=None
+) -> tuple[torch.Tensor | None, bool]:
+    """Causal + 2-D padding masking with an explicit bias wherever a key is masked (no shortcut for right padding)."""
     if mask is None or bool(mask.all()):
         if past_len == 0:
             return None, length > 1
         if length == 1:
             return None, False
         mask = torch.ones(1, past_len + length, dtype=torch.long, device=device)
-    elif past_len == 0 and length > 1 and mask.shape[-1] == length and bool((mask[:, 1:] <= mask[:, :-1]).all()):
-        # Right padding (training batches): pads only follow the real tokens, so causal attention alone gives every
-        # real query exactly its keys; only the pad rows (never read: no labels, later than every real token)
-        # change. No [B,1,L,L] bias, and SDPA can take the flash kernel.
-        return None, True
     device = mask.device
     query_pos = torch.arange(past_len, past_len + length, device=device)
     key_pos = torch.arange(mask.shape[-1], device=device)
