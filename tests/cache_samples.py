@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import soundfile as sf
 import torch
 
 IDENTITY = "0123456789abcdef"  # an encoder id: the cache's folder name
@@ -41,3 +42,15 @@ def cache_counts(output: str) -> tuple[int, int, int]:
     assert len(lines) == 1, output[-4000:]
     assert len(re.findall(r"feature cache, rank 0, start", output)) == 1
     return tuple(int(n) for n in lines[0])
+
+
+def write_nan_entry(root: Path, model_dir: str, audio: Path) -> None:
+    """A feature-cache entry with NaN Whisper rows for ``audio``, as a precompute before this check wrote them."""
+    from llamafactory_kimi_audio.data.cache_format import clip_key
+    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
+    from llamafactory_kimi_audio.models.processing_kimi_audio import num_audio_tokens
+
+    frames = num_audio_tokens(sf.info(str(audio)).frames)
+    store = FeatureCache(str(root), encoder_identity(model_dir))
+    store.write(clip_key(str(audio)), torch.zeros(frames, dtype=torch.int64), torch.full((frames, 8), float("nan")))
+    store.writer.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,10 @@ def variant_dataset(dataset: Path, name: str, change_first) -> None:
     info = json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))
     info[name] = {**info["asr_train"], "file_name": f"{name}.json"}
     (dataset / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (torchrun's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from cache_samples import write_nan_entry
 
 CLI = str(Path(sys.executable).with_name("kimi-audio-lf"))
 TIMEOUT = 600  # generous: a loaded 2-core machine
@@ -143,20 +144,6 @@ def test_a_kaldi_segment_under_the_minimum_is_skipped_and_the_others_kept(tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert "converted 2/3 rows" in proc.stdout, proc.stdout
     assert "segments line 2: utt2: segment is 0.050 s long; segments under 0.1 s hold no speech" in proc.stderr
-
-
-def write_nan_entry(root: Path, model_dir: str, audio: Path) -> None:
-    """A feature-cache entry with NaN Whisper rows for ``audio``, as a precompute before this check wrote them."""
-    import torch
-
-    from llamafactory_kimi_audio.data.cache_format import clip_key
-    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
-    from llamafactory_kimi_audio.models.processing_kimi_audio import num_audio_tokens
-
-    frames = num_audio_tokens(sf.info(str(audio)).frames)
-    store = FeatureCache(str(root), encoder_identity(model_dir))
-    store.write(clip_key(str(audio)), torch.zeros(frames, dtype=torch.int64), torch.full((frames, 8), float("nan")))
-    store.writer.close()
 
 
 @pytest.mark.slow  # one precompute run on the tiny checkpoint

@@ -128,7 +128,7 @@ def test_predict_with_generate_reads_the_cache(write_through, ckpt, dataset, wor
 
 
 def test_two_ddp_ranks_write_through_one_cache(ckpt, dataset, workdir) -> None:
-    from tests.test_distributed import free_port
+    from lf_runs import free_port
 
     cache = workdir / "ddp_cache"
     config = train_config(

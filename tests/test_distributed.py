@@ -13,13 +13,13 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from lf_runs import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +45,6 @@ out = {
 with open(os.path.join(sys.argv[1], "rank%d.json" % out["rank"]), "w") as f:
     json.dump(out, f)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -397,7 +397,7 @@ def test_export_reloads_with_the_merged_weights(exported, ckpt, lora_run, datase
 def test_export_reloads_in_plain_transformers(exported, tmp_path, trust):
     """README "Use from Python": a fresh interpreter without LLaMA-Factory loads the exported directory through
     ``use_native_auto_classes()`` (with and without trust_remote_code), runs it, saves it and loads it again."""
-    from test_auto_classes import run_child
+    from native_reload import run_child
 
     out, stderr = run_child(str(exported), tmp_path / "resaved", trust)
     assert out["classes"] == [

@@ -80,7 +80,7 @@ def test_a_non_finite_step_stops_the_run_naming_its_clips(tiny_checkpoint, datas
 
 def test_a_cached_entry_with_nan_rows_is_refused_by_name(tiny_checkpoint, dataset, workdir):
     """An entry that a precompute wrote before NaN audio was refused: training reads it, never trains on it."""
-    from tests.test_bad_samples import write_nan_entry
+    from cache_samples import write_nan_entry
 
     nan = dataset / "nan_cached.wav"
     wave = (0.1 * np.sin(np.arange(16000) / 9.0)).astype(np.float32)
