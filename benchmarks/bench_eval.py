@@ -58,7 +58,7 @@ def step_times(model: Any, processor: Any, audios: list[str], batch: int, decode
     """Prefill ms and decode ms per step on the first ``batch`` clips (fastest of 3 runs each)."""
     import torch
 
-    from llamafactory_kimi_audio.audio_io import load_audio
+    from llamafactory_kimi_audio.fileio.audio import load_audio
     from llamafactory_kimi_audio.models.fast_generation import FastGreedy
 
     inputs = processor.asr_inputs([load_audio(p) for p in audios[:batch]], [common.INSTRUCTION] * batch)

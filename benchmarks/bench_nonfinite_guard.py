@@ -67,8 +67,8 @@ def sync_cost(device: str, steps: int) -> float | None:
 def verify_cost() -> dict[str, float]:
     import soundfile as sf
 
-    from llamafactory_kimi_audio.audio_io import probe
-    from llamafactory_kimi_audio.audio_verify import verify_samples
+    from llamafactory_kimi_audio.fileio.audio import probe
+    from llamafactory_kimi_audio.fileio.audio_verify import verify_samples
 
     wave = (0.1 * np.random.default_rng(0).standard_normal(160000)).astype(np.float32)
     out = {}

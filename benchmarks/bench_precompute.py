@@ -47,13 +47,13 @@ def audio_seconds(paths: list[str]) -> float:
 
 
 def load_encoders(model_dir: str, device: str):
-    from llamafactory_kimi_audio.data.precompute import load_audio_encoders
+    from llamafactory_kimi_audio.data.features.precompute import load_audio_encoders
 
     return load_audio_encoders(model_dir, device)
 
 
 def run_precompute(model_dir: str, paths: list[str], encoders, device: str, batch_size: int) -> float:
-    from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
+    from llamafactory_kimi_audio.data.features.precompute import PrecomputeOptions, precompute
 
     cache = tempfile.mkdtemp(prefix="bench_cache_")
     try:
@@ -74,8 +74,8 @@ def run_precompute(model_dir: str, paths: list[str], encoders, device: str, batc
 def breakdown(paths: list[str], encoders, device: str, batch_size: int) -> dict[str, float]:
     import torch
 
-    from llamafactory_kimi_audio.audio_io import load_audio
-    from llamafactory_kimi_audio.data.encoders import _as_float
+    from llamafactory_kimi_audio.data.features.encoders import _as_float
+    from llamafactory_kimi_audio.fileio.audio import load_audio
     from llamafactory_kimi_audio.models.whisper_encoder import encode_whisper_rows as whisper_rows
 
     times = dict(decode=0.0, whisper_logmel=0.0, glm_logmel=0.0, whisper_gpu=0.0, glm_gpu=0.0)
@@ -120,7 +120,7 @@ class _Clips:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from llamafactory_kimi_audio.audio_io import load_audio
+        from llamafactory_kimi_audio.fileio.audio import load_audio
 
         wave = load_audio(self.paths[index], 16000)
         return self.paths[index], wave
@@ -138,8 +138,8 @@ def overlapped(
     if by_length:
         paths = sorted(paths, key=lambda p: sf.info(p).frames)
 
-    from llamafactory_kimi_audio.data.cache_format import clip_key
-    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
+    from llamafactory_kimi_audio.data.features.cache_format import clip_key
+    from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
 
     processor = encoders.processor
 
@@ -171,7 +171,7 @@ def scaling_worker(model_dir: str, listing: str, cache: str, device: str, result
     import torch
     import torch.distributed as dist
 
-    from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
+    from llamafactory_kimi_audio.data.features.precompute import PrecomputeOptions, precompute
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if device == "cuda":

@@ -66,7 +66,7 @@ def disk_usage(folder: str) -> tuple[int, int]:
 
 
 def bench_precompute(model_dir: str, paths: list[str], hours: float, cache: str, device: str, mode: str) -> dict:
-    from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
+    from llamafactory_kimi_audio.data.features.precompute import PrecomputeOptions, precompute
 
     shutil.rmtree(cache, ignore_errors=True)
     options = PrecomputeOptions(cache_dir=cache, device=device, batch_size=32, progress=False, mode=mode)
@@ -137,8 +137,8 @@ def fill_cache(model_dir: str, cache: str, paths: list[str], dim: int) -> None:
     import soundfile as sf
     import torch
 
-    from llamafactory_kimi_audio.data.cache_format import clip_key
-    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
+    from llamafactory_kimi_audio.data.features.cache_format import clip_key
+    from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
     from llamafactory_kimi_audio.models.processing_kimi_audio import num_audio_tokens
 
     shutil.rmtree(cache, ignore_errors=True)

@@ -309,12 +309,12 @@ def official_semantics(patched: Patched) -> None:
 
     patched.set(KimiAudioForCausalLM, "forward", forward)
 
-    from llamafactory_kimi_audio.data.collate_inputs import audio_model_inputs
+    from llamafactory_kimi_audio.data.features.collate_inputs import audio_model_inputs
     from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
 
     def get_mm_inputs(self, images, videos, audios, imglens, vidlens, audlens, batch_ids, processor):
         """Official data path: semantic codes extracted offline (here: the cache), Whisper run online (30 s pad)."""
-        from llamafactory_kimi_audio.audio_io import load_audio
+        from llamafactory_kimi_audio.fileio.audio import load_audio
 
         if not audios:
             return {}
@@ -433,7 +433,7 @@ def make_tts_set(data_dir: str, asr_tokenized: str) -> str:
     """The ``bench_asr`` corpus as text -> speech samples ``bench_tts`` (dataset_info entry added); returns the
     tokenized path of that dataset. The spoken text is the transcript cut to ~1 word/s, so that it fits the rows
     of its audio (n + 1 <= 6 + N on every tokenizer, byte-level tiny one included)."""
-    from llamafactory_kimi_audio.data.speech_tasks import TTS_INSTRUCTION, tts_row
+    from llamafactory_kimi_audio.data.convert.speech_tasks import TTS_INSTRUCTION, tts_row
 
     with open(os.path.join(data_dir, "bench_asr.json"), encoding="utf-8") as f:
         asr = json.load(f)

@@ -178,8 +178,8 @@ def fill_random_feature_cache(
     import soundfile as sf
     import torch
 
-    from llamafactory_kimi_audio.data.cache_format import clip_key
-    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
+    from llamafactory_kimi_audio.data.features.cache_format import clip_key
+    from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
     from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
     from llamafactory_kimi_audio.models.processing_kimi_audio import num_audio_tokens
 

@@ -46,8 +46,8 @@ def cache_counts(output: str) -> tuple[int, int, int]:
 
 def write_nan_entry(root: Path, model_dir: str, audio: Path) -> None:
     """A feature-cache entry with NaN Whisper rows for ``audio``, as a precompute before this check wrote them."""
-    from llamafactory_kimi_audio.data.cache_format import clip_key
-    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
+    from llamafactory_kimi_audio.data.features.cache_format import clip_key
+    from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
     from llamafactory_kimi_audio.models.processing_kimi_audio import num_audio_tokens
 
     frames = num_audio_tokens(sf.info(str(audio)).frames)

@@ -66,8 +66,8 @@ def logged_losses(output_dir: Path) -> list[float]:
 def make_asr_dataset(workdir: Path, n_train: int = 8, n_test: int = 4) -> Path:
     """``n_train`` + ``n_test`` synthetic utterances (tone words: no external binary) through the converter, as
     datasets ``asr_train`` / ``asr_test`` in ``workdir/data``."""
-    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
-    from llamafactory_kimi_audio.data.synth import synthesize_corpus
+    from llamafactory_kimi_audio.data.convert.converter import ConvertOptions, convert
+    from llamafactory_kimi_audio.data.synth.corpus import synthesize_corpus
 
     corpus = synthesize_corpus(str(workdir / "corpus"), n_train=n_train, n_test=n_test, backend="tones")
     data_dir = workdir / "data"

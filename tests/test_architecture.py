@@ -27,6 +27,10 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     ),
     "data": (f"{PACKAGE}.eval", f"{PACKAGE}.cli", f"{PACKAGE}.integration", "llamafactory"),
     "eval": (f"{PACKAGE}.cli", f"{PACKAGE}.integration"),
+    "fileio": (
+        *(f"{PACKAGE}.{layer}" for layer in ("data", "eval", "cli", "integration", "models", "doctor")),
+        "llamafactory",
+    ),
     "integration": (f"{PACKAGE}.cli",),
 }
 

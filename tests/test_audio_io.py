@@ -18,8 +18,9 @@ import pytest
 import soundfile as sf
 import soxr
 
-from llamafactory_kimi_audio.audio_io import AudioError, TruncatedAudioError, load_audio, probe, resampled_length
 from llamafactory_kimi_audio.errors import InputError
+from llamafactory_kimi_audio.fileio.audio import load_audio, probe, resampled_length
+from llamafactory_kimi_audio.fileio.audio_errors import AudioError, TruncatedAudioError
 
 RATES = (8000, 22050, 44100, 48000)
 

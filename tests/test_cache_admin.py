@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import held_precompute as held  # noqa: E402
 from cache_samples import IDENTITY, fake_clips  # noqa: E402
 
-from llamafactory_kimi_audio.data.cache_format import clip_key  # noqa: E402
-from llamafactory_kimi_audio.data.feature_cache import FeatureCache  # noqa: E402
+from llamafactory_kimi_audio.data.features.cache_format import clip_key  # noqa: E402
+from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("kimi-audio-lf"))
@@ -214,8 +214,8 @@ def test_entries_removed_under_a_running_precompute_are_reported(tiny_checkpoint
 
 @pytest.mark.slow
 def test_precompute_waits_for_a_running_gc_with_one_line(tiny_checkpoint, tmp_path: Path) -> None:
-    from llamafactory_kimi_audio.data.cache_lock import CacheLock
-    from llamafactory_kimi_audio.data.feature_cache import encoder_identity
+    from llamafactory_kimi_audio.data.features.cache_lock import CacheLock
+    from llamafactory_kimi_audio.data.features.feature_cache import encoder_identity
 
     clips = _wavs(tmp_path / "audio", 3)
     cache = tmp_path / "cache"
@@ -235,7 +235,7 @@ def test_precompute_waits_for_a_running_gc_with_one_line(tiny_checkpoint, tmp_pa
 def test_a_payload_cut_off_from_its_record_by_a_kill_is_not_a_torn_index(tmp_path: Path) -> None:
     """A writer killed between a payload and its record leaves one unindexed payload at the end of its shard: the
     cache is sound (that clip is encoded again). Two such payloads can only come from a torn index."""
-    from llamafactory_kimi_audio.data.cache_format import encode_payload
+    from llamafactory_kimi_audio.data.features.cache_format import encode_payload
 
     paths = fake_clips(tmp_path / "audio", 4)
     root = tmp_path / "cache"

@@ -15,9 +15,9 @@ import torch
 from cache_samples import END_LINE, cache_counts
 from lf_runs import COMMON, check_ok, make_asr_dataset, run_cli, train_config
 
-from llamafactory_kimi_audio.data.cache_format import clip_key
-from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
-from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
+from llamafactory_kimi_audio.data.features.cache_format import clip_key
+from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
+from llamafactory_kimi_audio.data.features.precompute import PrecomputeOptions, precompute
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def dataset(workdir) -> Path:
 
 
 def _audios(dataset: Path) -> list[str]:
-    from llamafactory_kimi_audio.data.dataset_audio import collect_audio_paths, dataset_files
+    from llamafactory_kimi_audio.data.features.dataset_audio import collect_audio_paths, dataset_files
 
     return collect_audio_paths(dataset_files(str(dataset), ["asr_train"])).paths
 

@@ -13,9 +13,10 @@ import pytest
 import soundfile as sf
 
 from llamafactory_kimi_audio.cli import main
-from llamafactory_kimi_audio.data import textio
-from llamafactory_kimi_audio.data.convert import ConvertOptions, assign_splits, convert, split_counts
-from llamafactory_kimi_audio.data.textio import mojibake_hint
+from llamafactory_kimi_audio.data.convert.converter import ConvertOptions, convert
+from llamafactory_kimi_audio.data.convert.splits import assign_splits, split_counts
+from llamafactory_kimi_audio.fileio import textio
+from llamafactory_kimi_audio.fileio.textio import mojibake_hint
 from llamafactory_kimi_audio.models.special_tokens import DEFAULT_INSTRUCTION
 
 REPO = Path(__file__).resolve().parents[1]

@@ -245,7 +245,7 @@ def test_spoken_reply_table_with_an_open_quote_keeps_the_other_rows(tmp_path: Pa
     ids=["latin_utf8", "cyrillic_utf8", "utf16_no_bom", "short_gbk", "korean"],
 )
 def test_detection_edge_cases(raw: bytes, expected: str) -> None:
-    from llamafactory_kimi_audio.data.encodings import EncodingError, decode_bytes
+    from llamafactory_kimi_audio.fileio.text_encodings import EncodingError, decode_bytes
 
     if expected == "refused":
         with pytest.raises(EncodingError, match="--encoding"):

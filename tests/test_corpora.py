@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import corpus_fixtures as cf  # noqa: E402
 
 from llamafactory_kimi_audio.cli import main  # noqa: E402
-from llamafactory_kimi_audio.data.convert import ConvertOptions, convert  # noqa: E402
-from llamafactory_kimi_audio.data.textio import DataError  # noqa: E402
+from llamafactory_kimi_audio.data.convert.converter import ConvertOptions, convert  # noqa: E402
+from llamafactory_kimi_audio.fileio.textio import DataError  # noqa: E402
 
 
 def run(src: Path, out: Path, **kw):
@@ -224,7 +224,7 @@ def test_format_names_the_expected_layout(tmp_path: Path) -> None:
 
 
 def test_resume_after_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from llamafactory_kimi_audio.data import corpus_convert
+    from llamafactory_kimi_audio.data.convert import corpus_convert
 
     src, out = cf.wenetspeech(tmp_path / "src"), tmp_path / "out"
     full = run(src, tmp_path / "full", chunk_rows=2)

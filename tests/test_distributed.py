@@ -59,8 +59,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
-    from llamafactory_kimi_audio.data.synth import synthesize_corpus
+    from llamafactory_kimi_audio.data.convert.converter import ConvertOptions, convert
+    from llamafactory_kimi_audio.data.synth.corpus import synthesize_corpus
 
     root = tmp_path_factory.mktemp("dist_data")
     corpus = synthesize_corpus(str(root / "corpus"), n_train=8, n_test=0, backend="tones")
@@ -305,8 +305,8 @@ def test_two_nodes_train_through_the_stock_launcher(dataset, tiny_checkpoint, tm
 
 
 def _cache_entries(root: Path, model: str, audios: list[str]) -> dict[str, tuple]:
-    from llamafactory_kimi_audio.data.cache_format import clip_key
-    from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
+    from llamafactory_kimi_audio.data.features.cache_format import clip_key
+    from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
 
     cache = FeatureCache(str(root), encoder_identity(model))
     assert len(cache.index) == len(audios), root
@@ -332,11 +332,11 @@ def test_two_nodes_precompute_equals_one_process(dataset, tiny_checkpoint, tmp_p
     command = [*launcher, "precompute", "--model", model, *source, "--cache", str(tmp_path / "two")]
     logs = launch_two_nodes(lambda k: ([*command[:3], "--node_rank", str(k), *command[3:]], env), tmp_path, "pre")
     assert "shard 0/2: " in logs[0] and "shard 1/2: " in logs[1], logs
-    from llamafactory_kimi_audio.data.feature_cache import encoder_identity
+    from llamafactory_kimi_audio.data.features.feature_cache import encoder_identity
 
     shards = sorted((tmp_path / "two" / encoder_identity(model) / "shards").glob("*.bin"))
     assert len(shards) == 2  # one writer per node
-    from llamafactory_kimi_audio.data.dataset_audio import collect_audio_paths, dataset_files
+    from llamafactory_kimi_audio.data.features.dataset_audio import collect_audio_paths, dataset_files
 
     audios = collect_audio_paths(dataset_files(str(dataset), ["asr_train"], None)).paths
     assert len(audios) == 8

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from llamafactory_kimi_audio import DISABLE_ENV, doctor, patching, settings
+from llamafactory_kimi_audio import DISABLE_ENV, patching, settings
 from llamafactory_kimi_audio.cli import main
+from llamafactory_kimi_audio.doctor import checks as doctor
 from llamafactory_kimi_audio.integration.patches import all_patches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,7 +200,8 @@ def test_no_gpu_advice_depends_on_the_torch_build() -> None:
 
 
 def test_doctor_says_what_compile_auto_becomes_here(monkeypatch):
-    from llamafactory_kimi_audio import doctor, settings
+    from llamafactory_kimi_audio import settings
+    from llamafactory_kimi_audio.doctor import checks as doctor
     from llamafactory_kimi_audio.integration import speed
 
     monkeypatch.setattr(speed, "compile_pays", lambda model_args: True)
@@ -230,7 +232,7 @@ def test_compile_advice_names_the_real_reason():
 
 def test_download_hints_use_the_hf_cli():
     """``huggingface-cli`` exits 1 with the huggingface_hub that transformers 5 resolves; ``hf download`` works."""
-    from llamafactory_kimi_audio import doctor_checkpoint
+    from llamafactory_kimi_audio.doctor import checkpoint as doctor_checkpoint
 
     assert doctor_checkpoint.DOWNLOAD_FIX.split(": ", 1)[1].startswith("hf download moonshotai/")
     glm = doctor_checkpoint._glm_check(os.fspath(REPO / "no-such-model"))

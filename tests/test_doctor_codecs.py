@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import soundfile as sf
 
-from llamafactory_kimi_audio import doctor_codecs
-from llamafactory_kimi_audio.doctor_codecs import codec_checks
+from llamafactory_kimi_audio.doctor import audio_formats as doctor_codecs
+from llamafactory_kimi_audio.doctor.audio_formats import codec_checks
 
 
 def test_every_corpus_format_is_checked_by_a_round_trip() -> None:

@@ -422,10 +422,10 @@ def test_an_input_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_error_table() -> None:
-    from llamafactory_kimi_audio.audio_io import AudioError
     from llamafactory_kimi_audio.cli._errors import exit_code_for
-    from llamafactory_kimi_audio.data.textio import DataError
     from llamafactory_kimi_audio.errors import EnvironmentProblem, GateFailed, KimiAudioError, ModelError
+    from llamafactory_kimi_audio.fileio.audio_errors import AudioError
+    from llamafactory_kimi_audio.fileio.textio import DataError
 
     assert exit_code_for(ValueError("bug")) is None and exit_code_for(RuntimeError("bug")) is None
     assert exit_code_for(KeyError("bug")) is None

@@ -145,7 +145,7 @@ def _quickstart() -> str:
 def test_quickstart_steps_create_what_later_steps_use() -> None:
     """README quickstart as written (issue 29): the split writes the test set step 4 evaluates, the recipes' headers
     suggest the same split, and every --baseline is the --out of an earlier command."""
-    from llamafactory_kimi_audio.data.splits import parse_split
+    from llamafactory_kimi_audio.data.convert.splits import parse_split
 
     quickstart = _quickstart()
     (split,) = {line.split("--split ")[1].split()[0] for line in quickstart.splitlines() if "--split " in line}

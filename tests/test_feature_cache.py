@@ -17,10 +17,10 @@ import torch
 from cache_samples import IDENTITY, fake_clips, fake_features
 
 from llamafactory_kimi_audio.cli import main
-from llamafactory_kimi_audio.data import cache_store
-from llamafactory_kimi_audio.data.cache_format import clip_key
-from llamafactory_kimi_audio.data.cache_store import CacheWriteError
-from llamafactory_kimi_audio.data.feature_cache import CacheEntryError, FeatureCache
+from llamafactory_kimi_audio.data.features import cache_store
+from llamafactory_kimi_audio.data.features.cache_format import clip_key
+from llamafactory_kimi_audio.data.features.cache_store import CacheWriteError
+from llamafactory_kimi_audio.data.features.feature_cache import CacheEntryError, FeatureCache
 
 
 def _read(cache: FeatureCache, path: str):
@@ -102,8 +102,8 @@ KILLED_WRITER = """
 import sys, time, torch
 sys.path.insert(0, sys.argv[3])
 from tests.cache_samples import fake_features, IDENTITY
-from llamafactory_kimi_audio.data.cache_format import clip_key
-from llamafactory_kimi_audio.data.feature_cache import FeatureCache
+from llamafactory_kimi_audio.data.features.cache_format import clip_key
+from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache
 cache = FeatureCache(sys.argv[1], IDENTITY)
 for path in sys.argv[2].split(","):
     cache.write(clip_key(path), *fake_features(path))

@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from llamafactory_kimi_audio.data import collate_inputs
-from llamafactory_kimi_audio.data.cache_format import clip_key
-from llamafactory_kimi_audio.data.collate_inputs import CLIPS_KEY, AudioClip
-from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
+from llamafactory_kimi_audio.data.features import collate_inputs
+from llamafactory_kimi_audio.data.features.cache_format import clip_key
+from llamafactory_kimi_audio.data.features.collate_inputs import CLIPS_KEY, AudioClip
+from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
 
 QUESTION_FRAMES, ANSWER_FRAMES = 6, 10
 

@@ -374,7 +374,7 @@ def test_export_has_the_official_layout(exported, ckpt):
 def test_export_reloads_with_the_merged_weights(exported, ckpt, lora_run, dataset):
     from peft import PeftModel
 
-    from llamafactory_kimi_audio.audio_io import load_audio
+    from llamafactory_kimi_audio.fileio.audio import load_audio
     from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
     from llamafactory_kimi_audio.models.processing_kimi_audio import KimiAudioProcessor
 

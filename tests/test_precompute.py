@@ -13,12 +13,13 @@ import soundfile as sf
 import torch
 
 from llamafactory_kimi_audio import settings
-from llamafactory_kimi_audio.audio_io import AudioError, load_audio
 from llamafactory_kimi_audio.cli import main
-from llamafactory_kimi_audio.data.cache_format import clip_key
-from llamafactory_kimi_audio.data.dataset_audio import collect_audio_paths, data_file, dataset_files
-from llamafactory_kimi_audio.data.feature_cache import CACHE_ENV, FeatureCache, encoder_identity
-from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, load_audio_encoders, precompute
+from llamafactory_kimi_audio.data.features.cache_format import clip_key
+from llamafactory_kimi_audio.data.features.dataset_audio import collect_audio_paths, data_file, dataset_files
+from llamafactory_kimi_audio.data.features.feature_cache import CACHE_ENV, FeatureCache, encoder_identity
+from llamafactory_kimi_audio.data.features.precompute import PrecomputeOptions, load_audio_encoders, precompute
+from llamafactory_kimi_audio.fileio.audio import load_audio
+from llamafactory_kimi_audio.fileio.audio_errors import AudioError
 from llamafactory_kimi_audio.models import special_tokens as st
 
 QUIET = {"progress": False}
@@ -167,7 +168,7 @@ def test_second_run_skips_everything(cache, model_dir, wavs, encoders) -> None:
 
 
 def test_interrupted_run_leaves_only_complete_entries(tmp_path: Path, model_dir, wavs, encoders, monkeypatch) -> None:
-    from llamafactory_kimi_audio.data import cache_store
+    from llamafactory_kimi_audio.data.features import cache_store
 
     real_write, calls = cache_store._write_all, []
 
@@ -282,7 +283,7 @@ def test_bad_cache_entry_stops_training_with_one_line(tmp_path: Path, cache, wav
 
     import llamafactory.data.mm_plugin  # noqa: F401  (LLaMA-Factory first, as in training)
 
-    from llamafactory_kimi_audio.data.feature_cache import CacheEntryError
+    from llamafactory_kimi_audio.data.features.feature_cache import CacheEntryError
     from llamafactory_kimi_audio.errors import InputError
     from llamafactory_kimi_audio.integration.mm_plugin import KimiAudioPlugin
 
@@ -441,7 +442,7 @@ def test_missing_audio_with_a_cache_is_one_line(tmp_path: Path, cache, processor
 def test_segments_get_their_own_entries_equal_to_online(tmp_path: Path, model_dir, wavs, encoders, model, processor):
     """Two spans of one file (``PATH#t=B,E``) are two entries, each equal to the online features of its span, and
     `cache stats` counts neither as an orphan."""
-    from llamafactory_kimi_audio.data.cache_admin import scan
+    from llamafactory_kimi_audio.data.features.cache_admin import scan
 
     segments = [f"{wavs[1]}#t=0.1,0.9", f"{wavs[1]}#t=1.0,1.8"]
     root = str(tmp_path / "cache")

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import held_precompute as held  # noqa: E402
 
 from llamafactory_kimi_audio.cli import main
-from llamafactory_kimi_audio.data.cache_format import clip_key
-from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
-from llamafactory_kimi_audio.data.precompute_plan import parse_shard, shard_paths
+from llamafactory_kimi_audio.data.features.cache_format import clip_key
+from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
+from llamafactory_kimi_audio.data.features.precompute_plan import parse_shard, shard_paths
 from llamafactory_kimi_audio.errors import InputError
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -184,7 +184,7 @@ def test_unwritable_cache_dir_is_one_line_exit_4(corpus, tiny_checkpoint, tmp_pa
 
 
 def test_progress_bar_on_rank_0_only_with_audio_hours(corpus, tiny_checkpoint, tmp_path: Path, capsys) -> None:
-    from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
+    from llamafactory_kimi_audio.data.features.precompute import PrecomputeOptions, precompute
 
     _, paths = corpus
     for shard in ((1, 2), (0, 2)):

@@ -16,9 +16,9 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus_fixtures as cf  # noqa: E402
 
-from llamafactory_kimi_audio.audio_errors import SpanError
-from llamafactory_kimi_audio.audio_io import load_audio, probe
-from llamafactory_kimi_audio.audio_spans import media_value, span_frames, split_fragment, split_media
+from llamafactory_kimi_audio.fileio.audio import load_audio, probe
+from llamafactory_kimi_audio.fileio.audio_errors import SpanError
+from llamafactory_kimi_audio.fileio.audio_spans import media_value, span_frames, split_fragment, split_media
 
 CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
 
@@ -113,7 +113,7 @@ def test_llamafactory_train_on_every_converted_layout(tmp_path: Path, tiny_check
     """Every layout's miniature corpus converted with relative paths (segments: Kaldi WAV/FLAC, WenetSpeech and
     GigaSpeech Opus), mixed in one run for one full epoch (every row decoded), tokenized to disk (tokenized_path),
     then trained again from the tokenized copy."""
-    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
+    from llamafactory_kimi_audio.data.convert.converter import ConvertOptions, convert
 
     data = tmp_path / "data"
     hf = cf.hf_datasets(data / "corpora")
@@ -174,7 +174,7 @@ def test_llamafactory_train_on_every_converted_layout(tmp_path: Path, tiny_check
 
 def test_table_rows_may_be_segments(tmp_path: Path) -> None:
     """Any input format may name segments: the span is checked against its file like a corpus segment."""
-    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
+    from llamafactory_kimi_audio.data.convert.converter import ConvertOptions, convert
 
     cf.tone(tmp_path / "long.wav", 10.0)
     rows = ["audio\ttext", "long.wav#t=1.0,2.5\thello", "long.wav#t=9.0,11.0\tpast the end", "long.wav#t=3.0,2.0\tx"]
@@ -188,7 +188,7 @@ def test_table_rows_may_be_segments(tmp_path: Path) -> None:
 
 def test_evaluate_reads_a_sharded_segment_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from llamafactory_kimi_audio.cli import main
-    from llamafactory_kimi_audio.data.convert import ConvertOptions, convert
+    from llamafactory_kimi_audio.data.convert.converter import ConvertOptions, convert
     from llamafactory_kimi_audio.eval.inputs import load_test_set
 
     convert(str(cf.wenetspeech(tmp_path / "src")), str(tmp_path / "data"), ConvertOptions(name="w", progress=False))

@@ -329,7 +329,7 @@ def test_the_plugin_reads_file_objects_twice():
     """The bug of issue 26: a BytesIO reached ``load_audio`` (TypeError) and was counted as 1 frame."""
     import io
 
-    from llamafactory_kimi_audio.audio_io import load_audio
+    from llamafactory_kimi_audio.fileio.audio import load_audio
     from llamafactory_kimi_audio.integration.mm_plugin import audio_token_count
 
     stream = io.BytesIO(clip_bytes(1.0, "FLAC"))

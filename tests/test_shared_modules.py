@@ -1,4 +1,4 @@
-"""The modules below ``data/`` and ``eval/`` (``constants``, ``text``, ``jsonio``), the error classes of
+"""The modules below ``data/`` and ``eval/`` (``constants``, ``text``, ``dataset_info``), the error classes of
 ``data/``, and the import direction ``eval → data``: ``data/`` never imports ``eval/`` or ``cli/``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from import_graph import PACKAGE, ROOT, import_graph, imported_modules
 
 from llamafactory_kimi_audio import text
 from llamafactory_kimi_audio.errors import EnvironmentProblem, InputError, ModelError
-from llamafactory_kimi_audio.jsonio import media_root, read_dataset_info
+from llamafactory_kimi_audio.fileio.dataset_info import media_root, read_dataset_info
 
 
 def package_imports(path: Path) -> set[str]:
@@ -24,10 +24,9 @@ def package_imports(path: Path) -> set[str]:
     ("files", "forbidden"),
     [
         ("data/**/*.py", ("eval", "cli", "integration")),
-        ("audio_*.py", ("data", "eval", "cli", "integration", "models")),
+        ("fileio/*.py", ("data", "eval", "cli", "integration", "models", "doctor")),
         ("constants.py", ("data", "eval", "cli", "integration")),
         ("text.py", ("data", "eval", "cli", "integration", "models")),
-        ("jsonio.py", ("data", "eval", "cli", "integration", "models")),
     ],
 )
 def test_import_direction(files: str, forbidden: tuple[str, ...]) -> None:
@@ -49,10 +48,10 @@ def test_constants_are_defined_once_in_models() -> None:
 
 
 def test_library_errors_sit_in_the_hierarchy() -> None:
-    from llamafactory_kimi_audio.audio_io import AudioError
-    from llamafactory_kimi_audio.data.encoders import EncoderError
-    from llamafactory_kimi_audio.data.feature_cache import CacheEntryError
-    from llamafactory_kimi_audio.data.textio import DataError
+    from llamafactory_kimi_audio.data.features.encoders import EncoderError
+    from llamafactory_kimi_audio.data.features.feature_cache import CacheEntryError
+    from llamafactory_kimi_audio.fileio.audio_errors import AudioError
+    from llamafactory_kimi_audio.fileio.textio import DataError
 
     for kind, root, code in [
         (AudioError, InputError, 2),
@@ -67,7 +66,7 @@ def test_library_errors_sit_in_the_hierarchy() -> None:
 def test_synth_raises_library_errors(monkeypatch) -> None:
     import shutil
 
-    from llamafactory_kimi_audio.data import synth
+    from llamafactory_kimi_audio.data.synth import corpus as synth
 
     with pytest.raises(InputError, match="unknown lang 'fr'"):
         synth.plan_utterances(3, 1, "fr", 0)
@@ -97,7 +96,7 @@ def test_eval_uses_the_same_functions() -> None:
     assert normalize.detect_language is text.detect_language and normalize.is_cjk_char is text.is_cjk_char
 
 
-# ---------------------------------------------------------------------------------------------------- jsonio.py
+# ---------------------------------------------------------------------------------------------- fileio/dataset_info.py
 def test_dataset_info_absent_valid_and_broken(tmp_path: Path) -> None:
     assert read_dataset_info(str(tmp_path)) is None
     (tmp_path / "dataset_info.json").write_text('{"a": {"file_name": "a.json"}}', encoding="utf-8-sig")

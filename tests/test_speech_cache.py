@@ -15,10 +15,10 @@ import torch
 from cache_samples import cache_counts
 from lf_runs import check_ok, run_cli, train_config
 
-from llamafactory_kimi_audio.data.cache_format import clip_key
-from llamafactory_kimi_audio.data.convert import dataset_info_entry
-from llamafactory_kimi_audio.data.feature_cache import FeatureCache, encoder_identity
-from llamafactory_kimi_audio.data.precompute import PrecomputeOptions, precompute
+from llamafactory_kimi_audio.data.convert.dataset_files import dataset_info_entry
+from llamafactory_kimi_audio.data.features.cache_format import clip_key
+from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
+from llamafactory_kimi_audio.data.features.precompute import PrecomputeOptions, precompute
 
 pytestmark = pytest.mark.slow
 ANSWERS = ("abc", "efg", "hij", "klm")

@@ -17,7 +17,7 @@ from lf_pipeline import IGNORE, conv, encode, sft_collator, sft_feature
 from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
 from llamafactory.model import load_model, load_tokenizer
 
-from llamafactory_kimi_audio.audio_io import AudioError
+from llamafactory_kimi_audio.fileio.audio_errors import AudioError
 
 OFFICIAL_BASE = 151643
 OFFICIAL = {"M": 151645, "MB": 151661, "ME": 151663, "B": 151666, "EOS": 151667, "U": 151670, "A": 151671}
@@ -123,7 +123,7 @@ def test_target_audio_gets_no_whisper_features_and_the_loss_is_unchanged(
 ):
     """Assistant audio is a target: the collator computes its codes only; the loss equals the one computed with
     Whisper features of every clip (which the model never used for the target)."""
-    from llamafactory_kimi_audio.audio_io import load_audio
+    from llamafactory_kimi_audio.fileio.audio import load_audio
 
     processor = tokenizer_module["processor"]
     clip, target = wav(tmp_path, "clip", 6), wav(tmp_path, "tgt", 12)

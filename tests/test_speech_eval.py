@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llamafactory_kimi_audio.data.textio import DataError
 from llamafactory_kimi_audio.errors import InputError
 from llamafactory_kimi_audio.eval.evaluation import evaluate
 from llamafactory_kimi_audio.eval.speech_eval import (
@@ -21,6 +20,7 @@ from llamafactory_kimi_audio.eval.speech_eval import (
     is_speech_test_set,
     load_speech_test_set,
 )
+from llamafactory_kimi_audio.fileio.textio import DataError
 
 
 def edit_distance(ref: list[int], hyp: list[int]) -> int:

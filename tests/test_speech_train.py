@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from llamafactory_kimi_audio import DISABLE_ENV
-from llamafactory_kimi_audio.data.convert import dataset_info_entry
+from llamafactory_kimi_audio.data.convert.dataset_files import dataset_info_entry
 from llamafactory_kimi_audio.models.layout import LayoutEncoder, Segment, speech_marker
 from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
 from llamafactory_kimi_audio.models.processing_kimi_audio import KimiAudioProcessor

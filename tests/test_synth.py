@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from llamafactory_kimi_audio.cli import main as cli_main
-from llamafactory_kimi_audio.data import synth
-from llamafactory_kimi_audio.data.synth import Utterance, synthesize_corpus
+from llamafactory_kimi_audio.data.synth import corpus as synth
+from llamafactory_kimi_audio.data.synth.corpus import Utterance, synthesize_corpus
 from llamafactory_kimi_audio.errors import EXIT_ENV, EnvironmentProblem
 
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None

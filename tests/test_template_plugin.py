@@ -301,7 +301,7 @@ def test_placeholder_count_follows_the_resampled_length(case, wav_dir, plugin, p
     content = plugin.process_messages(messages, [], [], [path], processor)[0]["content"]
     assert content.count(plugin.audio_token) == expected
     # the collate-time features give exactly as many frames as there are placeholders
-    from llamafactory_kimi_audio.audio_io import load_audio
+    from llamafactory_kimi_audio.fileio.audio import load_audio
 
     assert len(load_audio(path)) == length_16k
     chunk_tokens = processor.audio_inputs([load_audio(path)], with_semantic=False)["audio_chunk_tokens"]

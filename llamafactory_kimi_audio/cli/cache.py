@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.cache_admin import cache_identities
-    from ..data.feature_cache import encoder_identity
-    from ..data.precompute import default_cache_dir
+    from ..data.features.cache_admin import cache_identities
+    from ..data.features.feature_cache import encoder_identity
+    from ..data.features.precompute import default_cache_dir
 
     root = os.path.abspath(os.path.expanduser(args.cache)) if args.cache else default_cache_dir()
     names = cache_identities(root, encoder_identity(args.model) if args.model else None)
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _inspect(root: str, names: list[str], verify: bool) -> int:
-    from ..data.cache_admin import inspect
+    from ..data.features.cache_admin import inspect
 
     problems = 0
     for identity in names:
@@ -58,7 +58,7 @@ def _inspect(root: str, names: list[str], verify: bool) -> int:
 
 
 def _gc(root: str, names: list[str], dry_run: bool, wait: bool) -> int:
-    from ..data.cache_gc import gc
+    from ..data.features.cache_gc import gc
 
     for identity in names:
         todo, freed = gc(root, identity, dry_run=dry_run, wait=wait)

@@ -1,4 +1,4 @@
-"""``kimi-audio-lf convert``: thin wrapper over ``llamafactory_kimi_audio.data.convert``."""
+"""``kimi-audio-lf convert``: thin wrapper over ``llamafactory_kimi_audio.data.convert.converter``."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import argparse
 import sys
 
 from ..constants import CHUNK_SECONDS
-from ..data.convert import ConvertOptions, ConvertResult, convert, default_name, parse_split
-from ..data.corpora import BY_NAME
-from ..data.corpus_convert import CorpusResult
-from ..data.names import printable
-from ..data.sources import READERS, parse_columns
-from ..data.speech_tasks import TASKS, convert_spoken_reply
-from ..data.textio import DataError
-from ..data.validate import summarize
+from ..data.convert.converter import ConvertOptions, ConvertResult, convert, default_name
+from ..data.convert.corpora import BY_NAME
+from ..data.convert.corpus_convert import CorpusResult
+from ..data.convert.names import printable
+from ..data.convert.sources import READERS, parse_columns
+from ..data.convert.speech_tasks import TASKS, convert_spoken_reply
+from ..data.convert.splits import parse_split
+from ..data.convert.validate import summarize
+from ..fileio.textio import DataError
 
 HELP = "convert ASR data (CSV / JSONL / Kaldi / folders / public corpora) into a LLaMA-Factory dataset"
 EXAMPLES = """examples:

@@ -1,4 +1,4 @@
-"""``kimi-audio-lf doctor``: thin wrapper over ``llamafactory_kimi_audio.doctor`` (a table, or ``--json``)."""
+"""``kimi-audio-lf doctor``: thin wrapper over ``llamafactory_kimi_audio.doctor.checks`` (a table, or ``--json``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..doctor import all_required_ok, as_json, run_checks
+    from ..doctor.checks import all_required_ok, as_json, run_checks
 
     checks = run_checks(args.model, progress=_progress)
     if args.json:

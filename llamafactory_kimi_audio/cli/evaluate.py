@@ -11,11 +11,11 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..data.textio import ensure_writable_dir
 from ..errors import EXIT_GATE
 from ..eval.clips import skipped_warning
 from ..eval.normalize import NORMALIZERS
 from ..eval.scoring import ScoreReport
+from ..fileio.textio import ensure_writable_dir
 
 if TYPE_CHECKING:
     from ..eval.options import EvaluateOptions, TestSet

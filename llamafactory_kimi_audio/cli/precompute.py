@@ -1,4 +1,4 @@
-"""``kimi-audio-lf precompute``: thin wrapper over ``llamafactory_kimi_audio.data.precompute``."""
+"""``kimi-audio-lf precompute``: thin wrapper over ``llamafactory_kimi_audio.data.features.precompute``."""
 
 from __future__ import annotations
 
@@ -62,9 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.dataset_audio import AudioList, collect_audio_paths
-    from ..data.precompute import PrecomputeOptions, precompute
-    from ..data.precompute_plan import parse_shard
+    from ..data.features.dataset_audio import AudioList, collect_audio_paths
+    from ..data.features.precompute import PrecomputeOptions, precompute
+    from ..data.features.precompute_plan import parse_shard
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -122,7 +122,7 @@ def _write_whole(text: str) -> None:
 
 
 def _data_files(args: argparse.Namespace) -> list:
-    from ..data.dataset_audio import data_file, dataset_files
+    from ..data.features.dataset_audio import data_file, dataset_files
 
     if args.data:
         return [data_file(path, args.media_dir) for path in args.data]

@@ -56,10 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..audio_io import load_audio
-    from ..data.textio import atomic_open, write_json
     from ..errors import InputError
     from ..eval.transcribe import load_for_inference
+    from ..fileio.audio import load_audio
+    from ..fileio.textio import atomic_open, write_json
     from ..models.detokenizer import has_detokenizer
     from ..models.speech_generation import HeadSampling, SpeechSampling
 

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.synth import synthesize_corpus
+    from ..data.synth.corpus import synthesize_corpus
 
     corpus = synthesize_corpus(
         args.out_dir, n_train=args.n_train, n_test=args.n_test, lang=args.lang, seed=args.seed, backend=args.backend

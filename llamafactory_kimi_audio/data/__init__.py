@@ -1,1 +1,2 @@
-"""Data tools: converters from user formats to LLaMA-Factory sharegpt, validation, synthetic demo speech."""
+"""Data tools, one sub-package per product: ``convert/`` (datasets from user formats and corpora), ``features/``
+(the feature cache) and ``synth/`` (synthetic demo speech)."""

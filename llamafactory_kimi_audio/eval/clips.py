@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from ..audio_io import AudioError, probe
 from ..errors import InputError
+from ..fileio.audio import probe
+from ..fileio.audio_errors import AudioError
 
 T = TypeVar("T")
 SKIP_HINT = "fix or remove these clips (pass --root if relative paths resolve against another folder)"

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..audio_io import AudioError, split_media
-from ..data.textio import ensure_writable_dir
 from ..errors import InputError, ModelError
+from ..fileio.audio_errors import AudioError
+from ..fileio.audio_spans import split_media
+from ..fileio.textio import ensure_writable_dir
 from .clips import Unreadable, check_skipped, split_readable, strict_error
 from .inputs import Paired, TestItem, load_predictions, pair
 from .normalize import detect_language

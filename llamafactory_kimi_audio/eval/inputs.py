@@ -11,12 +11,12 @@ import io
 import os
 from dataclasses import dataclass, field
 
-from ..data.convert import resolve_audio
-from ..data.records import SourceRecord, iter_json_records
-from ..data.sources import ReadOptions, read_source
-from ..data.textio import DataError, read_text
-from ..data.validate import Issue
-from ..jsonio import media_root
+from ..data.convert.dataset_files import resolve_audio
+from ..data.convert.records import SourceRecord, iter_json_records
+from ..data.convert.sources import ReadOptions, read_source
+from ..data.convert.validate import Issue
+from ..fileio.dataset_info import media_root
+from ..fileio.textio import DataError, read_text
 from .clips import Unreadable
 from .report import CSV_FIELDS, unescape_cell
 

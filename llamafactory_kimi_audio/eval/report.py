@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
-from ..data.textio import DataError, atomic_open, write_json, write_lines
+from ..fileio.textio import DataError, atomic_open, write_json, write_lines
 from .clips import Unreadable
 from .scoring import Comparison, ScoreReport, UtteranceScore
 

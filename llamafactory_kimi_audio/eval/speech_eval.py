@@ -24,12 +24,12 @@ from typing import Any
 
 import jiwer
 
-from ..data.conversations import message_turns
-from ..data.convert import resolve_audio
-from ..data.records import iter_json_records
-from ..data.textio import DataError
-from ..data.validate import Issue
-from ..jsonio import media_root
+from ..data.convert.conversations import message_turns
+from ..data.convert.dataset_files import resolve_audio
+from ..data.convert.records import iter_json_records
+from ..data.convert.validate import Issue
+from ..fileio.dataset_info import media_root
+from ..fileio.textio import DataError
 
 PLACEHOLDER = "<audio>"
 

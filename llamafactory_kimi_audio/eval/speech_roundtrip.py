@@ -54,7 +54,7 @@ def write_wave(detokenizer: Any, codes: Sequence[int], seed: int, path: str) -> 
     import soundfile as sf
     import torch
 
-    from ..data.textio import atomic_open
+    from ..fileio.textio import atomic_open
 
     wave = detokenizer(list(codes), generator=torch.Generator().manual_seed(seed)).cpu().numpy()
     with atomic_open(path, "wb") as handle:

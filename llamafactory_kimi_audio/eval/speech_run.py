@@ -13,8 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..audio_io import AudioError, load_audio
-from ..data.textio import atomic_open, ensure_writable_dir, write_lines
+from ..fileio.audio import load_audio
+from ..fileio.audio_errors import AudioError
+from ..fileio.textio import atomic_open, ensure_writable_dir, write_lines
 from .clips import Unreadable, check_skipped, split_readable, strict_error
 from .report import PLOT_NAME, build_summary, render_markdown, write_outputs
 from .scoring import score
@@ -25,7 +26,7 @@ RUNAWAY_MARGIN = 10  # decoding steps beyond 2 x the target's codes (+ the delay
 
 def target_codes(model: Any, processor: Any, path: str) -> list[int]:
     """GLM-4-Voice codes of a target clip: the feature cache's entry if it has one, else the checkpoint's tokenizer."""
-    from ..data.feature_cache import process_cache
+    from ..data.features.feature_cache import process_cache
 
     try:
         cache = process_cache(getattr(processor, "name_or_path", None))

@@ -203,7 +203,8 @@ def transcribe(
 
 def decoded(audios: Sequence[str], chunk: list[int], unreadable: dict[int, str] | None) -> dict[int, Any]:
     """index -> 16 kHz wave of the chunk's clips; one that cannot be decoded goes to ``unreadable`` (if given)."""
-    from ..audio_io import AudioError, load_audio
+    from ..fileio.audio import load_audio
+    from ..fileio.audio_errors import AudioError
 
     waves = {}
     for index in chunk:

@@ -1,7 +1,7 @@
 """The patch row of the feature cache's write-through.
 
 - ``feature_cache.write_through`` (``CustomSeq2SeqTrainer.__init__``): the trainer of a Kimi-Audio model has its
-  collator describe each batch's clips (``audio_clips``, ``data/collate_inputs.py``) and, while
+  collator describe each batch's clips (``audio_clips``, ``data/features/collate_inputs.py``) and, while
   ``KIMI_AUDIO_FEATURE_CACHE`` is set, gets ``WriteThroughCallback``: at train begin it sets the model's feature
   sink to ``data/write_through.WriteThrough``, at train end it removes it (no method of the model is replaced);
   the rank's counts are logged at exit.
@@ -25,8 +25,8 @@ def make_write_through(original):
         original(self, finetuning_args, processor, *args, **kwargs)
         if kimi_base_model(getattr(self, "model", None)) is None:
             return
-        from ..data.collate_inputs import enable_clip_records
-        from ..data.feature_cache import cache_root
+        from ..data.features.collate_inputs import enable_clip_records
+        from ..data.features.feature_cache import cache_root
 
         enable_clip_records()  # before the Trainer builds its DataLoaders: forked workers inherit it
         if cache_root():
@@ -47,7 +47,7 @@ def _callback_class() -> type:
             self.model: Any = None
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            from ..data.write_through import WriteThrough, preload
+            from ..data.features.write_through import WriteThrough, preload
 
             self.model = kimi_base_model(model)
             if self.model is None or self.sink is not None:

@@ -162,7 +162,7 @@ def make_fp8_decoder(original):
 
 def fp8_check() -> Any:
     """``kimi-audio-lf doctor``: can ``fp8: true`` run here (FP8 tensor cores; torchao for full fine-tuning)?"""
-    from ..doctor_checkpoint import Check
+    from ..doctor.checkpoint import Check
     from ..models.fp8_linear import fp8_device_problem
 
     name = "FP8 training (fp8: true)"

@@ -172,7 +172,7 @@ def write_llamaboard_args(recipe_path: str, out: str | None = None, force: bool 
     """Convert ``recipe_path`` and write it (default: ``llamaboard_config/<recipe name>.yaml`` here); the path."""
     import yaml
 
-    from ..data.textio import atomic_open
+    from ..fileio.textio import atomic_open
 
     fields = to_llamaboard(read_recipe(recipe_path))
     out = out or os.path.join(CONFIG_DIR, os.path.splitext(os.path.basename(recipe_path))[0] + ".yaml")

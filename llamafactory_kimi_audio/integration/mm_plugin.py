@@ -22,8 +22,9 @@ from llamafactory.data.mm_plugin import BasePlugin
 from llamafactory.extras.constants import AUDIO_PLACEHOLDER
 
 from .._startup import resume
-from ..audio_io import AudioError, load_audio, probe, resampled_length
 from ..errors import InputError, ModelError
+from ..fileio.audio import load_audio, probe, resampled_length
+from ..fileio.audio_errors import AudioError
 from ..models.constants import SAMPLE_RATE
 from ..models.layout import audio_marker, speech_marker
 from ..models.processing_kimi_audio import num_audio_tokens
@@ -83,7 +84,7 @@ class KimiAudioPlugin(BasePlugin):
         self._validate_input(processor, images, videos, audios)
         if len(audios) == 0:
             return {}
-        from ..data.collate_inputs import audio_model_inputs
+        from ..data.features.collate_inputs import audio_model_inputs
 
         targets = speech_targets(batch_ids, audlens, processor.tokenizer)
         return audio_model_inputs(audios, processor, targets)  # the feature cache's entries, or the raw audio inputs

@@ -104,7 +104,7 @@ def _message(step: int, what: str, clips: list[str]) -> str:
 
 def clip_names(inputs: Any) -> list[str]:
     """The names in the batch's ``audio_clips`` (empty when the collator did not describe the batch)."""
-    from ..data.collate_inputs import CLIPS_KEY
+    from ..data.features.collate_inputs import CLIPS_KEY
 
     clips = inputs.get(CLIPS_KEY) if isinstance(inputs, Mapping) else None  # a dict or BatchEncoding (UserDict)
     return [clip.name for clip in clips or ()]

@@ -68,7 +68,8 @@ TRAIN_PATCHES = [
         parameters=("self", "finetuning_args", "processor"),
         why="a Kimi-Audio trainer's batches list their clips (audio_clips); with KIMI_AUDIO_FEATURE_CACHE set a "
         "TrainerCallback sets the model's feature sink to write-through for train() (epoch 2 never re-encodes; each "
-        "rank logs hits / misses / writes); LLaMA-Factory builds the callback list itself (data/write_through.py)",
+        "rank logs hits / misses / writes); LLaMA-Factory builds the callback list itself "
+        "(data/features/write_through.py)",
     ),
     Patch(
         name="nonfinite_guard.record",

@@ -18,9 +18,9 @@ import sys
 from typing import Any
 
 from .. import settings
-from ..audio_io import AudioError
-from ..data.textio import DataError
 from ..errors import EXIT_BAD_INPUT, EnvironmentProblem, KimiAudioError, ModelError
+from ..fileio.audio_errors import AudioError
+from ..fileio.textio import DataError
 from .fp8 import check_fp8_recipe
 from .preflight import check_recipe_files
 from .recipe_keys import complete_recipe

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .. import settings
-from ..audio_io import AudioError, load_audio_bytes, read_limited
+from ..fileio.audio import load_audio_bytes, read_limited
+from ..fileio.audio_errors import AudioError
 
 MAX_SECONDS_ENV = "KIMI_AUDIO_SERVE_MAX_SECONDS"
 MAX_MB_ENV = "KIMI_AUDIO_SERVE_MAX_MB"

@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security.http import HTTPAuthorizationCredentials, HTTPBearer
 
 from .. import settings
-from ..audio_io import AudioError, load_audio_bytes, read_limited
+from ..fileio.audio import load_audio_bytes, read_limited
+from ..fileio.audio_errors import AudioError
 from ..models.constants import CHUNK_SAMPLES, SAMPLE_RATE
 from ..models.special_tokens import DEFAULT_INSTRUCTION
 from .serve_audio import bad_request, max_bytes, max_seconds

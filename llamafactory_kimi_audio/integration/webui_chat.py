@@ -65,7 +65,7 @@ def write_spoken_answer(wav: bytes) -> str | None:
     """The WAV written atomically into :func:`speech_dir`; None when it holds no sample (no audio code)."""
     import soundfile as sf
 
-    from ..data.textio import atomic_open
+    from ..fileio.textio import atomic_open
 
     if sf.info(io.BytesIO(wav)).frames == 0:
         return None
@@ -81,7 +81,7 @@ def spoken_message(
     """The chatbot message holding the spoken answer, or None (with a warning) when there is none.
     ``question``: (text, audio file); ``settings``: the chat's (maximum new tokens, temperature). The spoken words
     go into the message's alt text (read by screen readers; gradio's player does not show it)."""
-    from ..audio_io import load_audio
+    from ..fileio.audio import load_audio
     from .serve_speech import speak
 
     (text, clip), (budget, temperature) = question, settings

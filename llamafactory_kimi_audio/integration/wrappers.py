@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import settings
-from ..data.textio import DataError
+from ..fileio.textio import DataError
 from ..models.constants import MODEL_TYPE as KIMI_MODEL_TYPE
 
 
@@ -73,7 +73,7 @@ def make_segment_media_paths(original):
 
     @functools.wraps(original)
     def _find_medias(self, medias, *args: Any, **kwargs: Any):
-        from ..audio_spans import split_fragment
+        from ..fileio.audio_spans import split_fragment
 
         values = medias if isinstance(medias, list) else [medias]
         if not any(isinstance(value, str) and "#t=" in value for value in values):

@@ -1,8 +1,8 @@
 """The model's feature-sink hook: what ``frame_inputs`` encoded, handed per clip to an optional consumer.
 
 ``KimiAudioForCausalLM.feature_sink`` is None by default. A caller that wants the features the model computes (the
-feature cache's write-through, ``data/write_through.py``) sets it with ``set_feature_sink(sink)`` and removes it with
-``set_feature_sink(None)``; the model's methods stay the class's own. ``sink(encoded, clips)`` gets one
+feature cache's write-through, ``data/features/write_through.py``) sets it with ``set_feature_sink(sink)`` and
+removes it with ``set_feature_sink(None)``; the model's methods stay the class's own. ``sink(encoded, clips)`` gets one
 ``EncodedClip`` per clip of the batch, in the order of their frames in the ids (the order of the batch's audios),
 and ``clips``: whatever the caller put in the batch as ``audio_clips`` (the collator's per-clip description), or
 None. The model never interprets ``clips``.

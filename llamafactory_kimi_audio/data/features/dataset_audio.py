@@ -1,0 +1,100 @@
+"""The audio files a precompute run covers: read from LLaMA-Factory dataset files (sharegpt / alpaca records), either
+named in ``dataset_info.json`` or given directly; relative paths resolve the way LLaMA-Factory's ``media_dir`` does."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...fileio.dataset_info import DATASET_INFO, media_root, read_dataset_info
+from ...fileio.textio import DataError
+from ..convert.records import iter_json_records
+
+DEFAULT_AUDIO_COLUMN = "audios"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One dataset file, the folder its relative audio paths resolve against and its audio column."""
+
+    path: str
+    media_dir: str
+    audio_column: str = DEFAULT_AUDIO_COLUMN
+
+
+@dataclass
+class AudioList:
+    paths: list[str] = field(default_factory=list)  # unique absolute paths, first-seen order
+    problems: list[str] = field(default_factory=list)  # one line per unusable row
+
+
+def data_file(path: str, media_dir: str | None = None) -> DataFile:
+    """A dataset file given directly; relative audio paths resolve like LLaMA-Factory's ``media_dir``."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: dataset file not found; check the path given to --data")
+    return DataFile(os.path.abspath(path), os.path.abspath(media_dir) if media_dir else media_root(path))
+
+
+def dataset_files(dataset_dir: str, names: Iterable[str], media_dir: str | None = None) -> list[DataFile]:
+    """The local files of datasets named in ``<dataset_dir>/dataset_info.json`` (LLaMA-Factory's lookup)."""
+    info = _read_dataset_info(dataset_dir)
+    media = os.path.abspath(media_dir or dataset_dir)
+    files: list[DataFile] = []
+    for name in names:
+        entry = info.get(name)
+        if not isinstance(entry, dict):
+            known = ", ".join(sorted(info)[:10]) or "none"
+            raise DataError(f"dataset {name!r} is not in {dataset_dir}/dataset_info.json (known: {known})")
+        if "file_name" not in entry:
+            raise DataError(f"dataset {name!r} is not a local file (hub/script datasets cannot be precomputed)")
+        column = (entry.get("columns") or {}).get("audios", DEFAULT_AUDIO_COLUMN)
+        local = _local_files(
+            os.path.join(dataset_dir, entry["file_name"]), f"{name!r} in {dataset_dir}/{DATASET_INFO}"
+        )
+        files += [DataFile(p, media, column) for p in local]
+    return files
+
+
+def _read_dataset_info(dataset_dir: str) -> dict[str, Any]:
+    info = read_dataset_info(dataset_dir)
+    if info is None:
+        path = os.path.join(dataset_dir, DATASET_INFO)
+        raise DataError(f"{path}: not found; pass --dataset-dir (the folder of {DATASET_INFO})")
+    return info
+
+
+def _local_files(path: str, entry: str) -> list[str]:
+    if os.path.isdir(path):  # LLaMA-Factory loads every file of a folder
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith((".json", ".jsonl")))
+        return [os.path.abspath(os.path.join(path, n)) for n in names]
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: dataset file not found; fix the file_name of {entry}")
+    return [os.path.abspath(path)]
+
+
+def collect_audio_paths(files: Iterable[DataFile]) -> AudioList:
+    """Unique audio paths of sharegpt / alpaca records (a path or a list of paths in the audio column)."""
+    result, seen = AudioList(), set()
+    for data in files:
+        records, _ = iter_json_records(data.path)
+        for line, record in records:
+            for path in _record_audios(data, line, record, result.problems):
+                if path not in seen:
+                    seen.add(path)
+                    result.paths.append(path)
+    return result
+
+
+def _record_audios(data: DataFile, line: int, record: Any, problems: list[str]) -> Iterator[str]:
+    where = f"{os.path.basename(data.path)} line {line}"
+    if not isinstance(record, dict):
+        problems.append(f"{where}: {getattr(record, 'message', 'not a JSON object')}")
+        return
+    audios = record.get(data.audio_column) or []
+    for audio in [audios] if isinstance(audios, str) else audios:
+        if isinstance(audio, str) and audio:
+            yield os.path.abspath(os.path.join(data.media_dir, os.path.expanduser(audio)))
+        else:
+            problems.append(f"{where}: audio entry {audio!r} is not a file path; skipped")
