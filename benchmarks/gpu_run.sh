@@ -45,7 +45,7 @@ EOF
 case "$PHASE" in
 bench)
   { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; nproc; } > "$OUT/machine.txt"
-  # PYTEST_ARGS: GPU-only tests first, alone on GPU 0 (e.g. "tests/test_packing.py -k cuda")
+  # PYTEST_ARGS: GPU-only tests first, alone on GPU 0 (e.g. "tests/models/test_packing.py -k cuda")
   # shellcheck disable=SC2086
   [ -z "${PYTEST_ARGS:-}" ] || CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q -p no:cacheprovider $PYTEST_ARGS \
     > "$OUT/pytest.log" 2>&1
@@ -99,7 +99,7 @@ eval)
   # issue 21 item 5: the fast decoder's CUDA tests (graph vs transformers' loop), then evaluation speed on the
   # full-size random checkpoint (written once: run EVAL_ARGS=--prepare-only first if a call must stay short)
   export PYTHONPATH="$PWD:$PYTHONPATH"  # this checkout's package even if the wheel in .whl/ is older
-  CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q -p no:cacheprovider tests/test_fast_eval.py -k cuda \
+  CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q -p no:cacheprovider tests/eval/test_fast_eval.py -k cuda \
     > "$OUT/pytest_eval.log" 2>&1
   tail -5 "$OUT/pytest_eval.log"
   # EVAL_ARGS: e.g. "--batch-sizes 32,64 --decode auto"

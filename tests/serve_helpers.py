@@ -1,5 +1,5 @@
-"""The real ``llamafactory-cli api`` in a subprocess on 127.0.0.1 (tests/test_serve.py, benchmarks/bench_serve.py),
-and encoded audio clips to send it."""
+"""The real ``llamafactory-cli api`` in a subprocess on 127.0.0.1 (tests/integration/test_serve.py,
+benchmarks/bench_serve.py), and encoded audio clips to send it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers for the browser test of the stock LLaMA-Factory Web UI (``tests/test_webui.py``).
+"""Helpers for the browser test of the stock LLaMA-Factory Web UI (``tests/integration/test_webui.py``).
 
 Two parts:
 

@@ -36,7 +36,8 @@ class Hook:
         apply_trigger(module)
 
 
-# The entry points of pyproject.toml, one per trigger of the table (tests/test_startup.py checks they match).
+# The entry points of pyproject.toml, one per trigger of the table (tests/integration/test_startup.py checks that
+# they match).
 MODEL_GROUPS = Hook("llamafactory.extras.constants", deferred=DEFERRED)
 MM_PLUGIN = Hook("llamafactory.data.mm_plugin")
 TEMPLATE = Hook("llamafactory.data.template")

@@ -12,7 +12,7 @@ whose signature changed is skipped.
 The rows live per area (``rows_model.py``, ``rows_train.py``, ``rows_serve.py``); this module assembles them. A
 module-level LLaMA-Factory function is replaced in the module that defines it and applied when that module executes
 (its trigger, ``hooks.DEFERRED`` when it has no entry point), so every importer binds the replacement;
-tests/test_patches.py scans the installed LLaMA-Factory for the importers of each patched name to prove it.
+tests/integration/test_patches.py scans the installed LLaMA-Factory for the importers of each patched name to prove it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Patch rows of model loading: transformers' Auto classes and LLaMA-Factory's model package (``patches.py`` holds the
 table). Every LLaMA-Factory function is replaced in the module that defines it, applied when that module executes,
-so the loader and any other importer bind the replacement (tests/test_patches.py scans for the importers)."""
+so the loader and any other importer bind the replacement (tests/integration/test_patches.py scans for the
+importers)."""
 
 from __future__ import annotations
 

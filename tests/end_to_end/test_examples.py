@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-DATASET_DIR = Path(__file__).resolve().parents[1] / "dataset_info"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+DATASET_DIR = Path(__file__).resolve().parents[2] / "dataset_info"
 CPU_OVERRIDES = {"bf16": False, "use_cpu": True, "quantization_bit": None, "deepspeed": None}
 
 

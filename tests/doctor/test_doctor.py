@@ -17,7 +17,7 @@ from llamafactory_kimi_audio.cli import main
 from llamafactory_kimi_audio.doctor import checks as doctor
 from llamafactory_kimi_audio.integration.patches import all_patches
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:

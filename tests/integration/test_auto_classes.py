@@ -144,7 +144,7 @@ def test_readme_use_from_python_runs_as_written_on_cpu(tiny_checkpoint, tmp_path
     import numpy as np
     import soundfile as sf
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Use from Python") :]
     start = section.index("```python\n") + len("```python\n")
     code = section[start : section.index("\n```", start)]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import corpus_fixtures as cf  # noqa: E402
 
 from llamafactory_kimi_audio.fileio.audio import load_audio, probe

@@ -11,7 +11,7 @@ import pytest
 from llamafactory_kimi_audio.errors import InputError
 from llamafactory_kimi_audio.integration.recipe_keys import complete_recipe
 
-DATASET_DIR = Path(__file__).resolve().parents[1] / "dataset_info"
+DATASET_DIR = Path(__file__).resolve().parents[2] / "dataset_info"
 
 
 def predict_recipe(tiny_checkpoint, tmp_path, **keys) -> dict:

@@ -115,7 +115,7 @@ for path in sys.argv[2].split(","):
 def test_writer_killed_with_sigkill_leaves_no_bad_entry(tmp_path: Path) -> None:
     paths = fake_clips(tmp_path / "audio", 200)
     root = str(tmp_path / "cache")
-    repo = str(Path(__file__).resolve().parents[1])
+    repo = str(Path(__file__).resolve().parents[3])
     args = [sys.executable, "-c", KILLED_WRITER, root, ",".join(paths), repo]
     child = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=repo)
     for _ in range(5):

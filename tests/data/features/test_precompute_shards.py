@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import held_precompute as held  # noqa: E402
 
 from llamafactory_kimi_audio.cli import main
@@ -95,7 +95,7 @@ def test_torchrun_two_gloo_ranks_equal_one_process(corpus, tiny_checkpoint, tmp_
     assert main(_argv(model, data, tmp_path / "one")) == 0
     launcher = [TORCHRUN, "--nproc-per-node", "2", "--master-port", "29531", "-m", "llamafactory_kimi_audio.cli"]
     command = [*launcher, *_argv(model, data, tmp_path / "ddp")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     code, out = _run_on_a_terminal(command, env)
     assert code == 0, out[-4000:]
     # the ranks' summaries: whole lines, in rank order, never glued together on the shared terminal

@@ -23,7 +23,7 @@ from lf_runs import free_port
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # Generous on purpose: the DDP run needs ~25 s on 2 idle cores but several minutes on a loaded machine; the timeout
 # only stops a hang, it never measures speed.

@@ -17,7 +17,7 @@ from lf_runs import run_cli, train_config
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 900  # generous: a loaded 2-core machine is several times slower than an idle one
 LONG_ANSWER = "word " * 600  # ~600 tokens: more than cutoff_len 256, and far more than 1 s of speech holds
 

@@ -16,14 +16,14 @@ import pytest
 import soundfile as sf
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import held_precompute as held  # noqa: E402
 from cache_samples import IDENTITY, fake_clips  # noqa: E402
 
 from llamafactory_kimi_audio.data.features.cache_format import clip_key  # noqa: E402
 from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 CLI = str(Path(sys.executable).with_name("kimi-audio-lf"))
 
 

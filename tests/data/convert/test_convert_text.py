@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CLI = str(Path(sys.executable).with_name("kimi-audio-lf"))
 TIMEOUT = 600  # generous: the machine may be loaded
 

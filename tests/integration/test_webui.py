@@ -23,7 +23,7 @@ with ``KIMI_AUDIO_WEBUI_DOCS=1`` the ``train-finished-page`` one also refreshes 
 
 Needs: ``apt-get install -y chromium chromium-driver`` and ``pip install 'selenium>=4.20'`` (extra
 ``[webui-test]``); skipped otherwise. About 2-4 minutes on 2 CPUs. Run alone with
-``pytest tests/test_webui.py -rxs``.
+``pytest tests/integration/test_webui.py -rxs``.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
 from webui_helpers import GradioPage, WebUIServer, make_driver, missing_browser_requirements  # noqa: E402
 
 _MISSING = missing_browser_requirements()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(_MISSING is not None, reason=f"browser test: {_MISSING}")]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASET_DIR = REPO_ROOT / "dataset_info"  # the bundled demo set; wav paths in it are relative to this dir
 TRAIN_SET, TEST_SET = "kimi_audio_demo_train", "kimi_audio_demo_test"
 MODEL_NAMES = ("Kimi-Audio-7B-Instruct", "Kimi-Audio-7B")

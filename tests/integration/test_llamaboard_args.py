@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAINING_RECIPES = sorted(
     path for path in (REPO / "examples").glob("*.yaml") if yaml.safe_load(path.read_text()).get("do_train")
 )

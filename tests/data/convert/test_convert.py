@@ -19,7 +19,7 @@ from llamafactory_kimi_audio.fileio import textio
 from llamafactory_kimi_audio.fileio.textio import mojibake_hint
 from llamafactory_kimi_audio.models.special_tokens import DEFAULT_INSTRUCTION
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 ZH, EN = DEFAULT_INSTRUCTION["zh"], DEFAULT_INSTRUCTION["en"]
 
 

@@ -23,7 +23,7 @@ from llamafactory_kimi_audio import DISABLE_ENV
 from llamafactory_kimi_audio._startup import STRICT_ENV
 from llamafactory_kimi_audio.integration.hooks import ALL_HOOKS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "llamafactory_kimi_audio"
 HOOK_PREFIX = "llamafactory-kimi-audio:"
 
@@ -346,7 +346,7 @@ def test_real_llamafactory_runs_the_hooks_of_imported_modules():
             print(json.dumps({"registered": hooks, "imported": sorted(n for n, m in hooks.items() if m in sys.modules),
                               "ran": sorted({*s.applied_hooks(), *s.failed_hooks()})}))
             """,
-            path=Path(__file__).resolve().parents[1],  # this checkout's package (a worktree's, not the installed one)
+            path=Path(__file__).resolve().parents[2],  # this checkout's package (a worktree's, not the installed one)
         )
     )
     deferred = {name: module for name, module in out["registered"].items() if ":" in name}  # Hook.deferred

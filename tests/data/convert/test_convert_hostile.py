@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import corpus_fixtures as cf  # noqa: E402
 from convert_cli import CLI, ENV, LINUX, convert, read_jsonl, shard_audios  # noqa: E402
 

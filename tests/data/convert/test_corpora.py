@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import corpus_fixtures as cf  # noqa: E402
 
 from llamafactory_kimi_audio.cli import main  # noqa: E402
