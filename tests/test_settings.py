@@ -73,3 +73,40 @@ def test_env_for_and_describe(env):
     assert settings.env_for("KIMI_AUDIO_COMPILE_POINTWISE", "layers") == {"KIMI_AUDIO_COMPILE_POINTWISE": "layers"}
     rows = settings.describe()
     assert [row[0] for row in rows] == [s.name for s in settings.SETTINGS] and all(row[2] for row in rows)
+
+
+def test_the_model_finds_the_glm4_voice_tokenizer_through_the_setting(env, tiny_checkpoint, tmp_path):
+    """KIMI_AUDIO_SEMANTIC_TOKENIZER is read through settings.py by the model's config too (no second reader)."""
+    import shutil
+    from pathlib import Path
+
+    from llamafactory_kimi_audio.models.configuration_kimi_audio import (
+        SEMANTIC_SUBDIR,
+        KimiAudioConfig,
+        find_semantic_tokenizer,
+    )
+
+    model_dir = tmp_path / "models" / "kimi"
+    shutil.copytree(tiny_checkpoint.path, model_dir, ignore=shutil.ignore_patterns(SEMANTIC_SUBDIR))
+    elsewhere = tmp_path / "tokenizers" / "glm4"
+    shutil.copytree(Path(tiny_checkpoint.path) / SEMANTIC_SUBDIR, elsewhere)
+    assert find_semantic_tokenizer(str(model_dir)) is None
+    env(KIMI_AUDIO_SEMANTIC_TOKENIZER=str(elsewhere))
+    assert find_semantic_tokenizer(str(model_dir)) == str(elsewhere)
+    assert KimiAudioConfig.from_pretrained(str(model_dir)).semantic_tokenizer_path == str(elsewhere)
+
+
+def test_every_variable_the_package_names_is_declared_here():
+    """A ``KIMI_AUDIO_*`` name anywhere in the package's code is a row of settings.py (no undeclared variable)."""
+    import re
+    from pathlib import Path
+
+    package = Path(settings.__file__).parent
+    declared = {setting.name for setting in settings.SETTINGS}
+    used = {
+        (name, path.relative_to(package).as_posix())
+        for path in package.rglob("*.py")
+        for name in re.findall(r"\bKIMI_AUDIO_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(encoding="utf-8"))
+    }
+    assert len(used) > 20  # the scan sees the package
+    assert sorted(item for item in used if item[0] not in declared) == []

@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .. import settings
 from ..errors import InputError, ModelError
 from .constants import MODEL_TYPE
 from .pointwise import COMPILE_MODES
@@ -165,12 +166,12 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
-SEMANTIC_TOKENIZER_ENV = "KIMI_AUDIO_SEMANTIC_TOKENIZER"
+SEMANTIC_TOKENIZER_ENV = "KIMI_AUDIO_SEMANTIC_TOKENIZER"  # declared and read in settings.py
 
 
 def find_semantic_tokenizer(model_dir: str) -> str | None:
     """The GLM-4-Voice tokenizer: $KIMI_AUDIO_SEMANTIC_TOKENIZER, ``<model>/glm-4-voice-tokenizer`` or a sibling."""
-    candidates = [os.environ.get(SEMANTIC_TOKENIZER_ENV, "")]
+    candidates = [str(settings.get(SEMANTIC_TOKENIZER_ENV) or "")]
     candidates += [os.path.join(model_dir, SEMANTIC_SUBDIR), os.path.join(os.path.dirname(model_dir), SEMANTIC_SUBDIR)]
     for path in candidates:
         if path and os.path.isfile(os.path.join(path, "config.json")):
