@@ -28,6 +28,7 @@ from typing import Any
 from .. import settings
 from ..errors import EnvironmentProblem, InputError
 from ..logs import get_logger, is_main_process
+from .recipe_keys import recipe_true
 from .wrappers import kimi_base_model
 
 logger = get_logger(__name__)
@@ -35,10 +36,6 @@ logger = get_logger(__name__)
 FP8_MARK = "kimi_audio_fp8"  # instance attribute of a converted KimiAudioForCausalLM: what was converted
 NEEDS = "an NVIDIA GPU with FP8 tensor cores (compute capability 8.9 or newer: L4, L40S, RTX 4090, H100, H200)"
 FIX = "remove fp8: true to train in bf16"
-
-
-def _on(value: Any) -> bool:
-    return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
 
 
 def emulated() -> bool:
@@ -62,7 +59,7 @@ def torchao_available() -> bool:
 
 def check_fp8_recipe(recipe: dict[str, Any]) -> None:
     """A ``kimi_audio`` recipe with ``fp8: true``: refuse, before the model loads, what cannot run (one line)."""
-    if not _on(recipe.get("fp8", False)):
+    if not recipe_true(recipe.get("fp8", False)):
         return
     backend = str(recipe.get("fp8_backend", "auto")).strip().lower()
     if backend not in ("auto", "torchao"):
@@ -76,7 +73,7 @@ def check_fp8_recipe(recipe: dict[str, Any]) -> None:
             f"fp8: true and quantization_bit: {recipe['quantization_bit']} exclude each other (FP8 needs the bf16 "
             "weights); remove one of them"
         )
-    problem = device_problem(_on(recipe.get("use_cpu", False)))
+    problem = device_problem(recipe_true(recipe.get("use_cpu", False)))
     if problem is not None:
         raise EnvironmentProblem(f"fp8: true needs {NEEDS}: {problem}; {FIX}")
     full = str(recipe.get("finetuning_type", "lora")).strip().lower() in ("full", "freeze")
@@ -153,7 +150,7 @@ def make_fp8_decoder(original):
 
     @functools.wraps(original)
     def create_optimizer(self: Any, *args: Any, **kwargs: Any):
-        if _on(getattr(self.args, "fp8", False)):
+        if recipe_true(getattr(self.args, "fp8", False)):
             convert_for_fp8(self.model, self.args)
         return original(self, *args, **kwargs)
 

@@ -34,19 +34,20 @@ def complete_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     return completed
 
 
-def _true(value: Any) -> bool:
-    return value is True or str(value).strip().lower() in ("true", "1", "yes")
+def recipe_true(value: Any) -> bool:
+    """A recipe value that says yes: YAML's true, or a command-line string such as ``true`` / ``1``."""
+    return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
 
 
 def _streaming_keys(recipe: dict[str, Any]) -> list[str]:
-    if not _true(recipe.get("streaming")):
+    if not recipe_true(recipe.get("streaming")):
         return []
     config = recipe.get("accelerator_config")
     if isinstance(config, str):  # a JSON file or text: not ours to rewrite
         return [f"streaming: true: make sure accelerator_config {config} sets dispatch_batches: false"]
     config = dict(config or {})
     if "dispatch_batches" in config:
-        if _true(config["dispatch_batches"]):
+        if recipe_true(config["dispatch_batches"]):
             raise InputError(
                 "streaming: true with accelerator_config.dispatch_batches: true would cut every audio tensor of a "
                 "batch to the batch size; set accelerator_config: {dispatch_batches: false}"
@@ -60,7 +61,7 @@ def _streaming_keys(recipe: dict[str, Any]) -> list[str]:
 
 
 def _prediction_keys(recipe: dict[str, Any]) -> list[str]:
-    if not _true(recipe.get("predict_with_generate")):
+    if not recipe_true(recipe.get("predict_with_generate")):
         return []
     notices = []
     if "do_sample" not in recipe:
@@ -69,7 +70,7 @@ def _prediction_keys(recipe: dict[str, Any]) -> list[str]:
             "predict_with_generate: added do_sample: false (CER/WER of greedy transcripts; LLaMA-Factory would "
             "sample); set do_sample: true in the recipe to sample"
         )
-    if not _true(recipe["do_sample"]):
+    if not recipe_true(recipe["do_sample"]):
         for key, value in NEUTRAL_SAMPLING.items():
             recipe.setdefault(key, value)
     return notices
