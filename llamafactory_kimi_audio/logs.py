@@ -22,9 +22,14 @@ PREFIX = "llamafactory-kimi-audio: "
 _configured = False
 
 
+def process_rank() -> str:
+    """This process's global rank under torchrun / accelerate / DeepSpeed (``RANK``); "0" for a plain process."""
+    return os.environ.get("RANK", "0") or "0"
+
+
 def is_main_process() -> bool:
     """Rank 0 under torchrun / accelerate / DeepSpeed (``RANK``), and every plain single process."""
-    return os.environ.get("RANK", "0") in ("", "0")
+    return process_rank() == "0"
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ...logs import process_rank
 from .cache_format import ClipKey
 from .collate_inputs import AudioClip
 from .feature_cache import FeatureCache, cache_mode
@@ -36,7 +37,7 @@ class WriteThrough:
     """The feature sink that stores missing clips: ``sink(encoded_clips, audio_clips)``."""
 
     def __init__(self, rank: str | None = None) -> None:
-        self.counters = CacheCounters(os.environ.get("RANK", "0") if rank is None else rank)
+        self.counters = CacheCounters(process_rank() if rank is None else rank)
         self._caches: dict[tuple[str, str], FeatureCache] = {}
 
     def __call__(self, encoded: list[Any], clips: list[AudioClip] | None) -> None:
