@@ -158,11 +158,13 @@ RECIPE_CASES = {
 }
 # fp8: true (issue 28) on the same recipes; fp8_numerics compares each with its bf16 twin of the same round
 RECIPE_CASES.update({f"{n}_fp8": dict(spec, fp8=True) for n, spec in list(RECIPE_CASES.items()) if "qlora" not in n})
-# FP8 precision variants (settings.py): input gradients in bf16 (forward-only FP8), full-precision forward
-# accumulation, the batch's mean token kept out of the FP8 rounding
+# FP8 variants (settings.py): input gradients in bf16 (forward-only FP8), full-precision forward accumulation, fast
+# accumulation of the gradient GEMMs too, nothing parked, the batch's mean token kept out of the FP8 rounding
 FP8_VARIANTS = {
     "bf16grad": {"KIMI_AUDIO_FP8_GRADIENTS": "bf16"},
-    "exactacc": {"KIMI_AUDIO_FP8_FAST_ACCUM": "0"},
+    "exactacc": {"KIMI_AUDIO_FP8_FAST_ACCUM": "off"},
+    "fastgrad": {"KIMI_AUDIO_FP8_FAST_ACCUM": "all"},  # the input-gradient GEMMs in the fast mode too
+    "unparked": {"KIMI_AUDIO_PARK_IDLE": "0"},  # the bf16 weights (and MIMO, Whisper) stay on the GPU
     "center": {"KIMI_AUDIO_FP8_CENTER": "1"},  # the mean token's product in bf16 (fp8_grad_study.py)
 }
 RECIPE_CASES.update(

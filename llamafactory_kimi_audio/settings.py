@@ -88,9 +88,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "KIMI_AUDIO_FP8_FAST_ACCUM",
-        True,
-        "switch",
-        "fp8: true: the forward FP8 GEMMs accumulate in the tensor cores' fast mode (0: full-precision accumulation).",
+        "forward",
+        "choice",
+        "fp8: true: which FP8 GEMMs accumulate in the tensor cores' fast mode: forward (the forward GEMMs, as "
+        "torchao's recipes), all (the input-gradient GEMMs too), off (full-precision accumulation; 0 = off).",
+        choices=("off", "forward", "all"),
     ),
     Setting(
         "KIMI_AUDIO_FP8_CENTER",
@@ -117,8 +119,9 @@ SETTINGS: tuple[Setting, ...] = (
         "KIMI_AUDIO_PARK_IDLE",
         True,
         "switch",
-        "At train begin, keep the frozen MIMO branch + audio head (and Whisper, with a feature cache) in host memory "
-        "until a batch uses them (0: everything stays on the GPU).",
+        "At train begin, keep the frozen MIMO branch + audio head (and Whisper, with a feature cache; with fp8: true "
+        "the bf16 weights of the FP8 decoder layers) in host memory until a batch uses them (0: everything stays on "
+        "the GPU).",
     ),
     Setting(
         "KIMI_AUDIO_FAST_GREEDY",

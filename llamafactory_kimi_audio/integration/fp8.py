@@ -110,31 +110,66 @@ def convert_for_fp8(model: Any, training_args: Any) -> dict[str, list[str]] | No
     trainable = any(is_decoder_linear(m, n) and m.weight.requires_grad for n, m in model.named_modules())
     if trainable and not torchao_available():
         raise EnvironmentProblem("fp8: true with trainable decoder weights needs torchao; pip install torchao")
+    park_now = _park_at_conversion(training_args)
     done = convert_decoder_linears(
         model,
         _torchao_factory() if trainable else None,
         fp8_gradients=settings.get("KIMI_AUDIO_FP8_GRADIENTS") == "fp8",
-        fast_accum=settings.enabled("KIMI_AUDIO_FP8_FAST_ACCUM"),
+        fast_accum=settings.get("KIMI_AUDIO_FP8_FAST_ACCUM"),
         center=settings.enabled("KIMI_AUDIO_FP8_CENTER"),
+        park_to="cpu" if park_now else None,
     )
+    if park_now:
+        _hide_parked_weights_from_ddp(model)
     base.__dict__[FP8_MARK] = done
     _log(base, done)
     return done
 
 
+def _park_at_conversion(training_args: Any) -> bool:
+    """Park each bf16 weight as its layer is quantised (``KIMI_AUDIO_PARK_IDLE``), so that a 24 GB card never holds
+    both copies; not under DeepSpeed (its engine broadcasts every parameter through NCCL at start) or FSDP (flat
+    parameters): there the train-begin parking of ``speed.park_idle_weights`` does it, after the wrapping."""
+    if not settings.enabled("KIMI_AUDIO_PARK_IDLE"):
+        return False
+    return not getattr(training_args, "deepspeed", None) and not getattr(training_args, "fsdp", None)
+
+
+def _hide_parked_weights_from_ddp(model: Any) -> None:
+    """DDP (wrapping ``model`` next) requires one device type and broadcasts every parameter at start: the parked
+    bf16 weights (identical on every rank, never trained) are left out by name, DDP's documented opt-out."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ..models.fp8_linear import FrozenFloat8Linear
+
+    parked = [
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, FrozenFloat8Linear) and module.weight_parked_on is not None
+    ]
+    ignored = list(getattr(model, "_ddp_params_and_buffers_to_ignore", ()))
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored + parked)
+
+
 def _log(base: Any, done: dict[str, list[str]]) -> None:
     if not is_main_process():
         return
-    extra = sum(base.get_submodule(_strip(n)).weight.numel() for n in done["frozen"]) / 2**30
+    frozen = [base.get_submodule(_strip(n)) for n in done["frozen"]]
+    extra = sum(m.weight.numel() * (2 if m.fp8_gradients else 1) for m in frozen) / 2**30
+    parked = sum(m.weight.numel() * m.weight.element_size() for m in frozen if _parked_off_device(m)) / 2**30
     logger.warning(
-        "fp8: %d frozen decoder Linear layers run FP8 GEMMs (weights quantised once, "
-        "+%.1f GiB), %d trainable ones through torchao; Whisper, the adaptor, the MIMO branch, embeddings, heads "
-        "and LoRA stay bf16%s.",
+        "fp8: %d frozen decoder Linear layers run FP8 GEMMs (weights quantised once, +%.1f GiB%s), %d trainable ones "
+        "through torchao; Whisper, the adaptor, the MIMO branch, embeddings, heads and LoRA stay bf16%s.",
         len(done["frozen"]),
         extra,
+        f"; their bf16 weights kept in host memory, -{parked:.1f} GiB" if parked else "",
         len(done["trainable"]),
         " (emulated: KIMI_AUDIO_FP8_EMULATE)" if emulated() else "",
     )
+
+
+def _parked_off_device(layer: Any) -> bool:
+    return layer.weight_parked_on is not None and layer.weight_parked_on != layer.weight_fp8.device
 
 
 def _strip(name: str) -> str:

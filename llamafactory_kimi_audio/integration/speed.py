@@ -4,7 +4,8 @@
   attributes before the model is built. ``auto`` (the default) compiles whole decoder layers where that is known to
   pay: LoRA/full training of an unquantised model on a CUDA GPU with Triton, outside DeepSpeed ZeRO-3.
 - ``park_idle_weights`` (patch row): at train begin, the frozen MIMO branch and audio head (ASR data never runs them)
-  and, with a feature cache, Whisper move to host memory (``models/parking.py``): about 5 GiB less on the GPU.
+  and, with a feature cache, Whisper move to host memory (``models/parking.py``): about 5 GiB less on the GPU; with
+  ``fp8: true``, so do the bf16 weights of the FP8 decoder layers (12.2 GiB: the steps read only their FP8 copies).
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def park_idle_callback() -> Any:
 
 
 def park_idle_weights(model: Any, training_args: Any) -> list[str]:
-    """Park the idle submodules of a Kimi-Audio ``model`` (after the Trainer placed and wrapped it)."""
+    """Park the idle submodules of a Kimi-Audio ``model`` (after the Trainer placed and wrapped it), and the bf16
+    weights of its FP8 decoder layers (``fp8: true``: the steps read only the FP8 copies)."""
+    from ..models.fp8_linear import park_bf16_weights
     from ..models.parking import park
 
     base = kimi_base_model(model)
@@ -105,12 +108,21 @@ def park_idle_weights(model: Any, training_args: Any) -> list[str]:
     cached = bool(settings.get("KIMI_AUDIO_FEATURE_CACHE")) and settings.get("KIMI_AUDIO_CACHE_MODE") == "full"
     idle = base.idle_submodules(audio_features_cached=cached)
     parked = park(idle)
-    if parked and is_main_process():
+    fp8_freed = park_bf16_weights(base)
+    if not is_main_process():
+        return parked
+    if parked:
         freed = sum(p.numel() * p.element_size() for name in parked for p in idle[name].parameters())
         logger.warning(
             "%s kept in host memory, %.1f GiB less on the GPU (moved back if a batch needs "
             "them; KIMI_AUDIO_PARK_IDLE=0 keeps them on the GPU).",
             ", ".join(parked),
             freed / 2**30,
+        )
+    if fp8_freed:
+        logger.warning(
+            "fp8: the bf16 weights of the FP8 decoder layers kept in host memory, %.1f GiB less on the GPU (the steps "
+            "read only their FP8 copies; KIMI_AUDIO_PARK_IDLE=0 keeps them on the GPU).",
+            fp8_freed / 2**30,
         )
     return parked

@@ -6,13 +6,18 @@ the embeddings, both heads and every LoRA A/B matrix keep their bf16 (fp32 for L
 :func:`is_decoder_linear` is the one filter, shared with torchao's ``module_filter_fn`` for trainable layers.
 
 How (a frozen layer, i.e. the base layer of a LoRA run): :class:`FrozenFloat8Linear` quantises its weight once, at
-conversion, to ``float8_e4m3fn`` with one power-of-two scale per output row, and keeps it as a non-persistent buffer
-(1 byte per weight; checkpoints and adapters never see it). Each step then runs
+conversion, to ``float8_e4m3fn`` twice: ``W`` with one power-of-two scale per output row (the forward's operand) and
+``W^T`` with one per input column (the backward's), 1 byte per weight each. Each step then runs
 
 - forward: ``y = x W^T`` as one FP8 GEMM (``torch._scaled_mm``, row-wise scales; the activation is cast per token);
-- backward: ``dx = dy W``. The weight's row scales are folded into ``dy``'s columns before ``dy`` is cast per row, so
-  the same FP8 weight serves (its transposed copy is made per call: 1 byte per weight of traffic, no storage). No
-  weight gradient is computed, which is what a frozen bf16 layer does too (torchao's ``Float8Linear`` computes one).
+- backward: ``dx = dy W`` as one FP8 GEMM on the stored ``W^T`` copy (``dy`` cast per token): no per-call transpose
+  and no weight scale to fold into ``dy``. No weight gradient is computed, which is what a frozen bf16 layer does too
+  (torchao's ``Float8Linear`` computes one).
+
+The FP8 copies are plain tensor attributes, not buffers: checkpoints and adapters never see them, and DDP (which
+broadcasts every buffer before each forward) does not send 6 GiB per step. The bf16 ``weight`` stays registered for
+saving, merging and parameter counts; nothing in a step reads it, so :func:`park_bf16_weights` can keep it in host
+memory during training (the two FP8 copies then take the GPU memory the bf16 weight took).
 
 Trainable decoder layers (full / freeze fine-tuning) go to torchao's ``Float8Linear`` with the row-wise recipe, which
 re-casts its changing weight every step; that needs torchao. On a device without FP8 tensor cores (CUDA capability
@@ -68,13 +73,10 @@ def _pow2_scale(amax: torch.Tensor) -> torch.Tensor:
     return torch.exp2(torch.floor(torch.log2(FP8_MAX / amax.float().clamp(min=1e-12))))
 
 
-def cast_rowwise(t: torch.Tensor, column_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``t`` (2-D; times ``column_scale`` per column when given) as FP8 with one scale per row.
-
-    Returns (FP8 values, dequantisation scale of shape [rows, 1] in fp32)."""
-    wide = t if column_scale is None else t.float() * column_scale  # abs / max are exact in bf16: no fp32 copy
-    scale = _pow2_scale(wide.abs().amax(dim=-1, keepdim=True))
-    return (wide * scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale.reciprocal()
+def cast_rowwise(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` (2-D) as FP8 with one scale per row: (FP8 values, dequantisation scale [rows, 1] in fp32)."""
+    scale = _pow2_scale(t.abs().amax(dim=-1, keepdim=True))  # abs / max are exact in bf16: no fp32 copy
+    return (t * scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale.reciprocal()
 
 
 def scaled_mm(
@@ -91,92 +93,136 @@ def scaled_mm(
 
 @torch._dynamo.allow_in_graph  # compiled layers: one opaque call for dynamo (torch 2.11 cannot trace into it), which
 class _FrozenFp8Matmul(torch.autograd.Function):  # AOTAutograd then traces, so the casts still fuse (as torchao's)
-    """``x @ W^T`` with a pre-quantised frozen ``W``: gradient for ``x`` only (in FP8, or in bf16 from ``weight``
-    when it is given)."""
+    """``x @ W^T`` with a pre-quantised frozen ``W``: gradient for ``x`` only, as an FP8 GEMM on the pre-quantised
+    ``W^T`` (or in bf16 from ``weight`` when it is given)."""
 
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
-        weight_fp8: torch.Tensor,
-        weight_scale: torch.Tensor,
-        weight: torch.Tensor | None,
+        w_fp8: torch.Tensor,
+        w_scale: torch.Tensor,
+        wt_fp8: torch.Tensor | None,
+        wt_scale: torch.Tensor | None,
+        bf16_weight: torch.Tensor | None,
         emulate: bool,
-        fast_accum: bool,
+        fast_forward: bool,
+        fast_backward: bool,
     ) -> torch.Tensor:
-        ctx.save_for_backward(weight_fp8, weight_scale, weight)
-        ctx.emulate = emulate
+        """W in FP8 and its row scales; W^T in FP8 and its row scales (None with ``bf16_weight``)."""
+        ctx.save_for_backward(wt_fp8, wt_scale, bf16_weight)
+        ctx.emulate, ctx.fast_backward = emulate, fast_backward
         x_fp8, x_scale = cast_rowwise(x)
         # B = W^T is column-major as stored (W is row-major): no copy
-        scale_b = weight_scale.view(1, -1)
-        return scaled_mm(x_fp8, weight_fp8.t(), x_scale, scale_b, out_dtype=x.dtype, fast=fast_accum, emulate=emulate)
+        how = dict(out_dtype=x.dtype, fast=fast_forward, emulate=emulate)
+        return scaled_mm(x_fp8, w_fp8.t(), x_scale, w_scale.view(1, -1), **how)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        weight_fp8, weight_scale, weight = ctx.saved_tensors
-        if weight is not None:  # gradients in bf16: the frozen layer's own backward
-            return grad @ weight.to(grad.dtype), None, None, None, None, None
-        # dy @ (diag(s) Wq) = (dy * s) @ Wq: the weight's row scales go into dy's columns before dy's row-wise cast
-        grad_fp8, grad_scale = cast_rowwise(grad, weight_scale.view(1, -1))
-        ones = torch.ones(1, weight_fp8.shape[1], device=grad.device, dtype=torch.float32)
-        weight_cols = weight_fp8.t().contiguous().t()  # FP8 GEMMs take B column-major
-        grad_x = scaled_mm(
-            grad_fp8, weight_cols, grad_scale, ones, out_dtype=grad.dtype, fast=False, emulate=ctx.emulate
-        )
-        return grad_x, None, None, None, None, None
+        wt_fp8, wt_scale, bf16_weight = ctx.saved_tensors
+        if bf16_weight is not None:  # gradients in bf16: the frozen layer's own backward
+            return (grad @ bf16_weight.to(grad.dtype),) + (None,) * 8
+        grad_fp8, grad_scale = cast_rowwise(grad)
+        # B = W is column-major as W^T is stored, scaled per input feature: the FP8 GEMM's row-wise layout as is
+        how = dict(out_dtype=grad.dtype, fast=ctx.fast_backward, emulate=ctx.emulate)
+        grad_x = scaled_mm(grad_fp8, wt_fp8.t(), grad_scale, wt_scale.view(1, -1), **how)
+        return (grad_x,) + (None,) * 8
+
+
+_FP8_COPIES = ("weight_fp8", "weight_scale", "weight_t_fp8", "weight_t_scale")
 
 
 class FrozenFloat8Linear(nn.Linear):
     """A frozen ``nn.Linear`` whose matmuls run in FP8 from a weight quantised once (see the module docstring).
 
     ``weight`` and ``bias`` are the original (frozen, bf16) parameters, unchanged: saving, merging, parking and
-    parameter counts see the layer as before. ``requantize()`` refreshes the FP8 copy if the weight was changed."""
+    parameter counts see the layer as before. ``requantize()`` refreshes the FP8 copies if the weight was changed."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs: Any) -> None:
         super().__init__(in_features, out_features, bias=bias, **kwargs)
-        self.register_buffer("weight_fp8", torch.empty(0, dtype=FP8), persistent=False)
-        self.register_buffer("weight_scale", torch.empty(0, dtype=torch.float32), persistent=False)
+        for name in _FP8_COPIES:  # plain attributes: not in state_dict, not broadcast by DDP (see module docstring)
+            self.__dict__[name] = None
         self.emulate = True  # decided where the FP8 copy is made (requantize)
         self.fp8_gradients = True  # False: the input gradient from the bf16 weight (forward FP8 only)
-        self.fast_accum = True  # the forward GEMM's fast (lower-precision) accumulation, as torchao's recipes
+        self.fast_accum = "forward"  # which GEMMs accumulate in the tensor cores' fast mode: off, forward, all
         self.center = False  # FP8 GEMM of x - mean_t(x), the mean token's product in bf16 (see forward)
+        self.weight_parked_on: torch.device | None = None  # park_weight(): the bf16 weight stays there
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> FrozenFloat8Linear:
+    def from_linear(cls, linear: nn.Linear, fp8_gradients: bool = True) -> FrozenFloat8Linear:
         with torch.device("meta"):
             new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
         new.weight, new.bias = linear.weight, linear.bias
-        new.weight_fp8 = torch.empty(0, dtype=FP8, device=linear.weight.device)
-        new.weight_scale = torch.empty(0, dtype=torch.float32, device=linear.weight.device)
+        new.fp8_gradients = fp8_gradients
         new.train(linear.training)
         new.requantize()
         return new
 
     @torch.no_grad()
     def requantize(self) -> None:
+        """(Re)make the FP8 copies from ``weight``: ``W`` for the forward; ``W^T`` for FP8 input gradients only."""
         weight_fp8, scale = cast_rowwise(self.weight)
         self.weight_fp8, self.weight_scale = weight_fp8, scale.view(-1)
-        self.emulate = fp8_device_problem(self.weight.device) is not None
+        self.weight_t_fp8 = self.weight_t_scale = None
+        if self.fp8_gradients:
+            weight_t_fp8, scale_t = cast_rowwise(self.weight.t())
+            self.weight_t_fp8, self.weight_t_scale = weight_t_fp8.contiguous(), scale_t.view(-1)
+        self.emulate = fp8_device_problem(self.weight_fp8.device) is not None
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> FrozenFloat8Linear:
-        super()._apply(fn, *args, **kwargs)  # .to(device) moves the FP8 copy too; its device decides emulation
-        if self.weight_fp8.device.type != "meta":
+        parked = self._parameters["weight"] if self.weight_parked_on is not None else None
+        if parked is not None:  # a parked weight stays parked (the trainer's model.to(device) would bring it back)
+            self._parameters["weight"] = None  # nn.Module._apply skips a None slot; the order stays
+        try:
+            super()._apply(fn, *args, **kwargs)
+        finally:
+            if parked is not None:
+                self._parameters["weight"] = parked
+        for name in _FP8_COPIES:  # .to(device) moves the FP8 copies too (their dtypes stay)
+            copy = self.__dict__[name]
+            if copy is not None:
+                self.__dict__[name] = fn(copy).to(copy.dtype)
+        if self.weight_fp8 is not None and self.weight_fp8.device.type != "meta":  # their device decides emulation
             self.emulate = fp8_device_problem(self.weight_fp8.device) is not None
         return self
+
+    def park_weight(self, device: torch.device | str = "cpu") -> int:
+        """Keep the bf16 ``weight`` on ``device`` (host memory) from now on, also through ``model.to(...)``; only
+        when no step reads it (``weight_is_idle``). Returns the bytes moved off its device."""
+        device = torch.device(device)
+        if not self.weight_is_idle or self.weight_parked_on == device:
+            return 0
+        self.weight_parked_on = device
+        return self._move_weight(device)
+
+    def _move_weight(self, device: torch.device) -> int:
+        if self.weight.device == device:
+            return 0
+        moved = self.weight.data.to(device)
+        if torch._has_compatible_shallow_copy_type(self.weight, moved):  # as nn.Module._apply: the same Parameter
+            self.weight.data = moved  # object (whoever holds it sees the move)
+        else:  # e.g. to the meta device
+            self.weight = nn.Parameter(moved, requires_grad=False)
+        return moved.numel() * moved.element_size()
+
+    @property
+    def weight_is_idle(self) -> bool:
+        """True when no step reads the bf16 ``weight`` (FP8 input gradients, no centring): it may leave the GPU."""
+        return self.fp8_gradients and not self.center
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):  # what F.linear would compute in under autocast
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        bf16_grad_weight = None if self.fp8_gradients else self.weight
         flat = x.reshape(-1, x.shape[-1])
         mean = None
         if self.center:  # x W^T = (x - m) W^T + m W^T: FP8 rounds only what differs between tokens (the common part
             with torch.no_grad():  # is a systematic error otherwise); m W^T is one bf16 GEMV; the gradient as before
                 mean = flat.float().mean(0, keepdim=True).to(flat.dtype)
             flat = flat - mean
-        out = _FrozenFp8Matmul.apply(
-            flat, self.weight_fp8, self.weight_scale, bf16_grad_weight, self.emulate, self.fast_accum
-        )
+        copies = (self.weight_fp8, self.weight_scale, self.weight_t_fp8, self.weight_t_scale)
+        bf16_weight = None if self.fp8_gradients else self.weight
+        fast = (self.fast_accum in ("forward", "all"), self.fast_accum == "all")
+        out = _FrozenFp8Matmul.apply(flat, *copies, bf16_weight, self.emulate, *fast)
         if mean is not None:
             out = out + mean @ self.weight.to(mean.dtype).t()
         out = out.view(*x.shape[:-1], self.out_features)
@@ -190,6 +236,14 @@ class FrozenFloat8Linear(nn.Linear):
         )
 
 
+def park_bf16_weights(model: nn.Module, device: torch.device | str = "cpu") -> int:
+    """``park_weight(device)`` on every :class:`FrozenFloat8Linear` of ``model``; returns the bytes moved."""
+    moved = sum(m.park_weight(device) for m in model.modules() if isinstance(m, FrozenFloat8Linear))
+    if moved and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return moved
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -199,21 +253,27 @@ def convert_decoder_linears(
     model: nn.Module,
     trainable: Callable[[nn.Module], nn.Module] | None = None,
     fp8_gradients: bool = True,
-    fast_accum: bool = True,
+    fast_accum: str = "forward",
     center: bool = False,
+    park_to: torch.device | str | None = None,
 ) -> dict[str, list[str]]:
     """Swap the decoder's Linear layers in place: frozen ones to :class:`FrozenFloat8Linear`, trainable ones through
     ``trainable(module)`` (torchao's ``Float8Linear.from_float``; None leaves them bf16). Returns the converted names
     by kind ("frozen", "trainable", "kept": trainable layers left in bf16). ``fp8_gradients=False`` computes the
-    frozen layers' input gradients in bf16; ``fast_accum=False`` accumulates their forward GEMMs at full precision;
-    ``center=True`` quantises each input minus the batch's mean token and adds the mean token's product in bf16."""
+    frozen layers' input gradients in bf16; ``fast_accum`` says which of their GEMMs accumulate in the fast mode
+    (``"off"``, ``"forward"``, ``"all"``);
+    ``center=True`` quantises each input minus the batch's mean token and adds the mean token's product in bf16;
+    ``park_to`` parks each frozen layer's idle bf16 weight there right after its quantisation (so the GPU never
+    holds both for more than one layer)."""
     done: dict[str, list[str]] = {"frozen": [], "trainable": [], "kept": []}
     for name, module in list(model.named_modules()):
         if not is_decoder_linear(module, name):
             continue
         if not module.weight.requires_grad:
-            frozen = FrozenFloat8Linear.from_linear(module)
-            frozen.fp8_gradients, frozen.fast_accum, frozen.center = fp8_gradients, fast_accum, center
+            frozen = FrozenFloat8Linear.from_linear(module, fp8_gradients)
+            frozen.fast_accum, frozen.center = fast_accum, center
+            if park_to is not None:
+                frozen.park_weight(park_to)
             _set_submodule(model, name, frozen)
             done["frozen"].append(name)
         elif trainable is not None:

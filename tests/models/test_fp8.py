@@ -86,7 +86,10 @@ def test_conversion_keeps_everything_else_and_quantises_once(tiny_model):
     assert changed == set(done["frozen"]) and all(after[n] is FrozenFloat8Linear for n in changed)
     layer = peft_model.get_submodule(done["frozen"][0])
     assert layer.weight_fp8.dtype == torch.float8_e4m3fn and layer.weight_fp8.shape == layer.weight.shape
-    assert "weight_fp8" not in layer.state_dict()  # checkpoints and adapters never see the FP8 copy
+    assert layer.weight_t_fp8.dtype == torch.float8_e4m3fn and layer.weight_t_fp8.shape == layer.weight.t().shape
+    assert layer.weight_t_fp8.is_contiguous()  # W^T stored row-major: the backward GEMM needs no transpose
+    assert set(layer.state_dict()) == {"weight", "bias"}  # checkpoints and adapters never see the FP8 copies
+    assert not any(t.dtype == torch.float8_e4m3fn for t in peft_model.buffers())  # nor DDP's buffer broadcast
     assert convert_decoder_linears(peft_model)["frozen"] == []  # idempotent
     # quantised once: the FP8 copy is the same storage after training steps, and no weight gradient is computed
     pointer = layer.weight_fp8.data_ptr()
@@ -113,6 +116,60 @@ def test_fp8_layer_matches_the_bf16_layer():
     assert fp8.weight.grad is None and linear.bias.grad is None
 
 
+def test_steps_never_read_the_parked_bf16_weight(tiny_model):
+    """``park_bf16_weights`` (at train begin, KIMI_AUDIO_PARK_IDLE): parked to the meta device, where any read would
+    fail, a LoRA step still runs and gives the same loss and gradients; the weight stays registered."""
+    peft_model = lora_model(tiny_model)
+    convert_decoder_linears(peft_model)
+    parked = copy.deepcopy(peft_model)
+    moved = fp8_linear.park_bf16_weights(parked, "meta")
+    layers = [m for m in parked.modules() if isinstance(m, FrozenFloat8Linear)]
+    assert moved == sum(m.weight.numel() * m.weight.element_size() for m in layers) > 0
+    assert all(m.weight.is_meta and not m.weight_fp8.is_meta for m in layers)
+    assert fp8_linear.park_bf16_weights(parked, "meta") == 0  # idempotent
+    parked.to("cpu")  # as the trainer's model.to(device): a parked weight stays parked, the FP8 copies move
+    assert all(m.weight.is_meta and m.weight_fp8.device.type == "cpu" for m in layers)
+    ids = torch.randint(0, tiny_model.config.num_base_tokens, (2, 12))
+    results = []
+    for model in (peft_model, parked):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for want, got in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(got, want)
+    assert {n for n, _ in parked.named_parameters()} == {n for n, _ in peft_model.named_parameters()}
+
+
+@pytest.mark.parametrize("hide", [True, False])
+def test_ddp_wraps_a_model_with_parked_weights_and_never_broadcasts_the_fp8_copies(tiny_model, tmp_path, hide):
+    """DDP checks that all parameters share a device type and broadcasts every parameter at start and every buffer
+    before each forward: the parked bf16 weights are left out by name (the integration's opt-out; parked on the meta
+    device here, where a broadcast fails), and the FP8 copies are not buffers."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from llamafactory_kimi_audio.integration import fp8
+
+    model = lora_model(tiny_model)
+    convert_decoder_linears(model, park_to="meta")
+    if hide:
+        fp8._hide_parked_weights_from_ddp(model)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        if not hide:
+            with pytest.raises((RuntimeError, NotImplementedError, ValueError)):
+                DistributedDataParallel(model)
+            return
+        ddp = DistributedDataParallel(model)
+        assert not any(b.dtype == torch.float8_e4m3fn for b in ddp.modules_buffers)
+        ids = torch.randint(0, tiny_model.config.num_base_tokens, (2, 12))
+        ddp(input_ids=ids, labels=ids).loss.backward()
+        assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n and ".model.layers." in n)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_bf16_input_gradients_are_the_frozen_layers_own():
     """KIMI_AUDIO_FP8_GRADIENTS=bf16: the forward stays FP8, the input gradient is exactly dy @ W (no FP8 rounding)."""
     torch.manual_seed(0)
@@ -122,10 +179,11 @@ def test_bf16_input_gradients_are_the_frozen_layers_own():
     model.model.layers = torch.nn.ModuleList([torch.nn.Module()])
     model.model.layers[0].mlp = torch.nn.Module()
     model.model.layers[0].mlp.down_proj = linear
-    done = convert_decoder_linears(model, fp8_gradients=False, fast_accum=False)
+    done = convert_decoder_linears(model, fp8_gradients=False, fast_accum="off")
     layer = model.model.layers[0].mlp.down_proj
     assert done["frozen"] == ["model.layers.0.mlp.down_proj"] and isinstance(layer, FrozenFloat8Linear)
-    assert (layer.fp8_gradients, layer.fast_accum) == (False, False) and "bf16 input gradient" in repr(layer)
+    assert (layer.fp8_gradients, layer.fast_accum) == (False, "off") and "bf16 input gradient" in repr(layer)
+    assert layer.weight_t_fp8 is None and not layer.weight_is_idle  # no FP8 W^T; the backward reads the bf16 weight
     x = (torch.randn(5, 256) * 3).requires_grad_(True)
     y = layer(x)
     grad = torch.randn_like(y)
@@ -203,6 +261,25 @@ def test_cli_refuses_fp8_without_fp8_hardware(tiny_checkpoint, tmp_path):
 
 
 # ----------------------------------------------------------------------------- CUDA with FP8 tensor cores only
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_FP8_GPU, reason="needs a CUDA GPU with FP8 tensor cores (capability >= 8.9)")
+def test_cli_trains_fp8_on_an_fp8_gpu(tiny_checkpoint, tmp_path):
+    """The stock ``llamafactory-cli train`` with ``fp8: true`` on the GPU (real FP8 GEMMs, compiled layers as the
+    recipes' ``auto``, packing): the decoder converted, the bf16 weights parked as they are quantised, finite losses,
+    an adapter."""
+    from lf_runs import logged_losses, make_asr_dataset, run_cli, train_config
+
+    data = make_asr_dataset(tmp_path)
+    config = train_config(tiny_checkpoint.path, data, tmp_path / "out", finetuning_type="lora", lora_target="all")
+    config.update(use_cpu=False, bf16=True, fp8=True, packing=True, neat_packing=True, max_steps=4)
+    rc, output = run_cli("train", config, tmp_path, "fp8_gpu", env={"CUDA_VISIBLE_DEVICES": "0"})
+    assert rc == 0, output[-3000:]
+    assert re.search(r"fp8: \d+ frozen decoder Linear layers run FP8 GEMMs .*bf16 weights kept in host memory", output)
+    losses = logged_losses(tmp_path / "out")
+    assert len(losses) == 4 and all(0 < loss < 100 for loss in losses), losses
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
 @pytest.mark.skipif(not HAS_FP8_GPU, reason="needs a CUDA GPU with FP8 tensor cores (capability >= 8.9)")
 @pytest.mark.parametrize("compiled", [False, True])
 def test_cuda_fp8_steps_follow_bf16(tiny_model, compiled):
