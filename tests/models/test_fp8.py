@@ -263,7 +263,7 @@ def test_cli_refuses_fp8_without_fp8_hardware(tiny_checkpoint, tmp_path):
 # ----------------------------------------------------------------------------- CUDA with FP8 tensor cores only
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_FP8_GPU, reason="needs a CUDA GPU with FP8 tensor cores (capability >= 8.9)")
-def test_cli_trains_fp8_on_an_fp8_gpu(tiny_checkpoint, tmp_path):
+def test_cli_trains_fp8_on_a_cuda_fp8_gpu(tiny_checkpoint, tmp_path):
     """The stock ``llamafactory-cli train`` with ``fp8: true`` on the GPU (real FP8 GEMMs, compiled layers as the
     recipes' ``auto``, packing): the decoder converted, the bf16 weights parked as they are quantised, finite losses,
     an adapter."""
