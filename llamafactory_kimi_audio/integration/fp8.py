@@ -68,6 +68,11 @@ def check_fp8_recipe(recipe: dict[str, Any]) -> None:
             "branch, the LoRA matrices); use fp8_backend: torchao (or leave it out): the package then converts only "
             "the decoder's Linear layers"
         )
+    if recipe_true(recipe.get("use_hyper_parallel", False)):
+        raise InputError(
+            "fp8: true with use_hyper_parallel: true would train in bf16 (the package converts Kimi-Audio for FP8 in "
+            "LLaMA-Factory's SFT trainer; the hyper-parallel trainer is another); remove one of them"
+        )
     if recipe.get("quantization_bit") is not None:
         raise InputError(
             f"fp8: true and quantization_bit: {recipe['quantization_bit']} exclude each other (FP8 needs the bf16 "

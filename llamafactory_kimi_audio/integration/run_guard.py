@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from .. import settings
-from ..errors import EXIT_BAD_INPUT, EnvironmentProblem, KimiAudioError, ModelError
+from ..errors import EXIT_BAD_INPUT, EnvironmentProblem, InputError, KimiAudioError, ModelError
 from ..fileio.audio_errors import AudioError
 from ..fileio.textio import DataError
 from .fp8 import check_fp8_recipe
@@ -55,9 +55,18 @@ def _looks_local(path: str) -> bool:
 
 
 def check_kimi_recipe(recipe: dict[str, Any]) -> None:
-    """A ``kimi_audio`` recipe needs a Kimi-Audio checkpoint: an existing directory that holds one, or a Hub id."""
-    from ..models.auto import is_kimi_audio_checkpoint, read_config_json
+    """A ``kimi_audio`` recipe needs a Kimi-Audio checkpoint (an existing directory that holds one, or a Hub id) and
+    LLaMA-Factory's own trainers: its Megatron-Core workflow (``USE_MCA=1``) converts models Kimi-Audio is not."""
+    from llamafactory.extras.misc import is_env_enabled
 
+    from ..models.auto import is_kimi_audio_checkpoint, read_config_json
+    from .recipe_keys import recipe_true
+
+    if is_env_enabled("USE_MCA") or recipe_true(recipe.get("use_mca", False)):
+        raise InputError(
+            f"template {TEMPLATE_NAME}: Kimi-Audio has no Megatron-Core model (USE_MCA=1 / use_mca: true); unset "
+            "USE_MCA to train with LLaMA-Factory's own trainer (DeepSpeed or DDP for several GPUs)"
+        )
     path = str(recipe.get("model_name_or_path") or "")
     if not path or path in MODEL_GROUPS.values():
         return

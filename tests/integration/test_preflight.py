@@ -121,3 +121,19 @@ def test_a_pickled_adapter_refused_by_torch_is_one_line_exit_3(tmp_path: Path) -
         line[0].startswith(f"{tmp_path / 'adapter_model.bin'}: pickled weights") and "it pickles os.system" in line[0]
     )
     assert _one_line(RuntimeError("a bug"), {"model_name_or_path": "m"}) is None  # anything else keeps its traceback
+
+
+@pytest.mark.parametrize("how", ["env", "recipe"])
+def test_megatron_core_workflow_is_refused_for_kimi_recipes(tiny_checkpoint, monkeypatch, how) -> None:
+    """LLaMA-Factory's Megatron-Core workflow (``USE_MCA=1`` or ``use_mca: true``) needs a Megatron model: one line
+    before the model loads, not a traceback from mcore_adapter."""
+    from llamafactory_kimi_audio.integration.run_guard import check_kimi_recipe
+
+    recipe = {"model_name_or_path": tiny_checkpoint.path, "template": "kimi_audio"}
+    check_kimi_recipe(recipe)  # LLaMA-Factory's own trainer: fine
+    if how == "env":
+        monkeypatch.setenv("USE_MCA", "1")
+    else:
+        recipe["use_mca"] = "true"
+    with pytest.raises(InputError, match=r"Kimi-Audio has no Megatron-Core model .*unset USE_MCA"):
+        check_kimi_recipe(recipe)

@@ -320,6 +320,7 @@ def test_cuda_fp8_steps_follow_bf16(tiny_model, compiled):
         ({"fp8": True, "use_cpu": True}, 4, ("needs an NVIDIA GPU with FP8 tensor cores", "use_cpu: true")),
         ({"fp8": "true", "fp8_backend": "te"}, 2, ("fp8_backend: te would convert every Linear", "torchao")),
         ({"fp8": True, "quantization_bit": 4}, 2, ("quantization_bit: 4 exclude each other",)),
+        ({"fp8": True, "use_hyper_parallel": True}, 2, ("use_hyper_parallel: true would train in bf16",)),
         ({"fp8": True, "finetuning_type": "full", "emulate": True}, 4, ("torchao is not installed", "lora")),
         ({"fp8": False, "use_cpu": True}, 0, ()),
     ],
