@@ -161,7 +161,8 @@ RECIPE_CASES.update({f"{n}_fp8": dict(spec, fp8=True) for n, spec in list(RECIPE
 # FP8 variants (settings.py): input gradients in bf16 (forward-only FP8), full-precision forward accumulation, fast
 # accumulation of the gradient GEMMs too, nothing parked, the batch's mean token kept out of the FP8 rounding
 FP8_VARIANTS = {
-    "bf16grad": {"KIMI_AUDIO_FP8_GRADIENTS": "bf16"},
+    "bf16grad": {"KIMI_AUDIO_FP8_MATMULS": "forward"},  # FP8 forward only
+    "fp8bwd": {"KIMI_AUDIO_FP8_MATMULS": "backward"},  # FP8 input gradients only
     "exactacc": {"KIMI_AUDIO_FP8_FAST_ACCUM": "off"},
     "fastgrad": {"KIMI_AUDIO_FP8_FAST_ACCUM": "all"},  # the input-gradient GEMMs in the fast mode too
     "unparked": {"KIMI_AUDIO_PARK_IDLE": "0"},  # the bf16 weights (and MIMO, Whisper) stay on the GPU

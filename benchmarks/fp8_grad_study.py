@@ -212,8 +212,9 @@ def swap(model: nn.Module, modules: dict[str, nn.Module]) -> None:
 def with_variant(model: nn.Module, variant: str, run: Callable[[], Any]) -> Any:
     """Run ``run()`` with the decoder's base layers swapped for ``variant``'s, then put the bf16 ones back."""
     originals = base_layers(model)
-    if variant in ("fp8", "fp8_fwd", "fp8_exact", "fp8_center"):
-        how = {"fp8_gradients": variant != "fp8_fwd", "fast_accum": variant != "fp8_exact"}
+    if variant in ("fp8", "fp8_fwd", "fp8_bwd", "fp8_exact", "fp8_center"):
+        matmuls = {"fp8_fwd": "forward", "fp8_bwd": "backward"}.get(variant, "both")
+        how = {"matmuls": matmuls, "fast_accum": "off" if variant == "fp8_exact" else "forward"}
         convert_decoder_linears(model, center=variant == "fp8_center", **how)
     elif variant.startswith("keep_"):  # FP8 everywhere except the named kinds
         kept = variant[len("keep_") :].split("+")
@@ -229,7 +230,8 @@ def with_variant(model: nn.Module, variant: str, run: Callable[[], Any]) -> Any:
 
 VARIANTS = {
     "fp8": "the package: FrozenFloat8Linear, FP8 forward and input gradients",
-    "fp8_fwd": "FP8 forward, bf16 input gradients (KIMI_AUDIO_FP8_GRADIENTS=bf16)",
+    "fp8_fwd": "FP8 forward, bf16 input gradients (KIMI_AUDIO_FP8_MATMULS=forward)",
+    "fp8_bwd": "bf16 forward, FP8 input gradients (KIMI_AUDIO_FP8_MATMULS=backward)",
     "fp8_exact": "the package with full-precision forward accumulation (KIMI_AUDIO_FP8_FAST_ACCUM=0; GPU only)",
     "fp8_center": "the package with KIMI_AUDIO_FP8_CENTER=1 (FP8 forward and input gradients)",
     "wtensor": "FP8 forward, one power-of-two scale per weight tensor",

@@ -79,12 +79,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Tests only: fp8: true runs without FP8 hardware (CPU, older GPUs), the FP8 math emulated in fp32.",
     ),
     Setting(
-        "KIMI_AUDIO_FP8_GRADIENTS",
-        "fp8",
+        "KIMI_AUDIO_FP8_MATMULS",
+        "both",
         "choice",
-        "fp8: true: the frozen decoder layers' input gradients as FP8 GEMMs (fp8, fastest) or bf16 GEMMs (bf16: "
-        "only the forward in FP8, gradients closer to a bf16 run).",
-        choices=("fp8", "bf16"),
+        "fp8: true: which matmuls of the frozen decoder layers run in FP8: both (fastest), forward (input gradients "
+        "in bf16), backward (forward in bf16: closest to a bf16 run, least speed-up; the bf16 weights stay on the GPU "
+        "with one FP8 copy).",
+        choices=("both", "forward", "backward"),
     ),
     Setting(
         "KIMI_AUDIO_FP8_FAST_ACCUM",

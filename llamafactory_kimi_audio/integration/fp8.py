@@ -119,7 +119,7 @@ def convert_for_fp8(model: Any, training_args: Any) -> dict[str, list[str]] | No
     done = convert_decoder_linears(
         model,
         _torchao_factory() if trainable else None,
-        fp8_gradients=settings.get("KIMI_AUDIO_FP8_GRADIENTS") == "fp8",
+        matmuls=settings.get("KIMI_AUDIO_FP8_MATMULS"),
         fast_accum=settings.get("KIMI_AUDIO_FP8_FAST_ACCUM"),
         center=settings.enabled("KIMI_AUDIO_FP8_CENTER"),
         park_to="cpu" if park_now else None,
@@ -160,7 +160,7 @@ def _log(base: Any, done: dict[str, list[str]]) -> None:
     if not is_main_process():
         return
     frozen = [base.get_submodule(_strip(n)) for n in done["frozen"]]
-    extra = sum(m.weight.numel() * (2 if m.fp8_gradients else 1) for m in frozen) / 2**30
+    extra = sum(m.weight.numel() * (2 if m.matmuls == "both" else 1) for m in frozen) / 2**30
     parked = sum(m.weight.numel() * m.weight.element_size() for m in frozen if _parked_off_device(m)) / 2**30
     logger.warning(
         "fp8: %d frozen decoder Linear layers run FP8 GEMMs (weights quantised once, +%.1f GiB%s), %d trainable ones "

@@ -14,9 +14,12 @@ conversion, to ``float8_e4m3fn`` twice: ``W`` with one power-of-two scale per ou
   and no weight scale to fold into ``dy``. No weight gradient is computed, which is what a frozen bf16 layer does too
   (torchao's ``Float8Linear`` computes one).
 
+``matmuls`` (``KIMI_AUDIO_FP8_MATMULS``) can keep one direction in bf16 from the bf16 weight: ``forward`` (FP8 forward
+only) or ``backward`` (FP8 input gradients only, the forward exact); then only that direction's FP8 copy is made.
+
 The FP8 copies are plain tensor attributes, not buffers: checkpoints and adapters never see them, and DDP (which
 broadcasts every buffer before each forward) does not send 6 GiB per step. The bf16 ``weight`` stays registered for
-saving, merging and parameter counts; nothing in a step reads it, so :func:`park_bf16_weights` can keep it in host
+saving, merging and parameter counts; with both matmuls in FP8 nothing in a step reads it, so :func:`park_bf16_weights` can keep it in host
 memory during training (the two FP8 copies then take the GPU memory the bf16 weight took).
 
 Trainable decoder layers (full / freeze fine-tuning) go to torchao's ``Float8Linear`` with the row-wise recipe, which
@@ -93,15 +96,15 @@ def scaled_mm(
 
 @torch._dynamo.allow_in_graph  # compiled layers: one opaque call for dynamo (torch 2.11 cannot trace into it), which
 class _FrozenFp8Matmul(torch.autograd.Function):  # AOTAutograd then traces, so the casts still fuse (as torchao's)
-    """``x @ W^T`` with a pre-quantised frozen ``W``: gradient for ``x`` only, as an FP8 GEMM on the pre-quantised
-    ``W^T`` (or in bf16 from ``weight`` when it is given)."""
+    """``x @ W^T`` with a frozen ``W``, gradient for ``x`` only. Each direction is one FP8 GEMM on its pre-quantised
+    copy (forward: ``W``, backward: ``W^T``), or a bf16 matmul with ``bf16_weight`` where its copy is None."""
 
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
-        w_fp8: torch.Tensor,
-        w_scale: torch.Tensor,
+        w_fp8: torch.Tensor | None,
+        w_scale: torch.Tensor | None,
         wt_fp8: torch.Tensor | None,
         wt_scale: torch.Tensor | None,
         bf16_weight: torch.Tensor | None,
@@ -109,9 +112,10 @@ class _FrozenFp8Matmul(torch.autograd.Function):  # AOTAutograd then traces, so 
         fast_forward: bool,
         fast_backward: bool,
     ) -> torch.Tensor:
-        """W in FP8 and its row scales; W^T in FP8 and its row scales (None with ``bf16_weight``)."""
         ctx.save_for_backward(wt_fp8, wt_scale, bf16_weight)
         ctx.emulate, ctx.fast_backward = emulate, fast_backward
+        if w_fp8 is None:
+            return x @ bf16_weight.to(x.dtype).t()
         x_fp8, x_scale = cast_rowwise(x)
         # B = W^T is column-major as stored (W is row-major): no copy
         how = dict(out_dtype=x.dtype, fast=fast_forward, emulate=emulate)
@@ -120,7 +124,7 @@ class _FrozenFp8Matmul(torch.autograd.Function):  # AOTAutograd then traces, so 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         wt_fp8, wt_scale, bf16_weight = ctx.saved_tensors
-        if bf16_weight is not None:  # gradients in bf16: the frozen layer's own backward
+        if wt_fp8 is None:  # gradients in bf16: the frozen layer's own backward
             return (grad @ bf16_weight.to(grad.dtype),) + (None,) * 8
         grad_fp8, grad_scale = cast_rowwise(grad)
         # B = W is column-major as W^T is stored, scaled per input feature: the FP8 GEMM's row-wise layout as is
@@ -143,31 +147,33 @@ class FrozenFloat8Linear(nn.Linear):
         for name in _FP8_COPIES:  # plain attributes: not in state_dict, not broadcast by DDP (see module docstring)
             self.__dict__[name] = None
         self.emulate = True  # decided where the FP8 copy is made (requantize)
-        self.fp8_gradients = True  # False: the input gradient from the bf16 weight (forward FP8 only)
+        self.matmuls = "both"  # which matmuls run in FP8: both, forward (dx = dy W in bf16), backward (y in bf16)
         self.fast_accum = "forward"  # which GEMMs accumulate in the tensor cores' fast mode: off, forward, all
         self.center = False  # FP8 GEMM of x - mean_t(x), the mean token's product in bf16 (see forward)
         self.weight_parked_on: torch.device | None = None  # park_weight(): the bf16 weight stays there
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, fp8_gradients: bool = True) -> FrozenFloat8Linear:
+    def from_linear(cls, linear: nn.Linear, matmuls: str = "both") -> FrozenFloat8Linear:
         with torch.device("meta"):
             new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
         new.weight, new.bias = linear.weight, linear.bias
-        new.fp8_gradients = fp8_gradients
+        new.matmuls = matmuls
         new.train(linear.training)
         new.requantize()
         return new
 
     @torch.no_grad()
     def requantize(self) -> None:
-        """(Re)make the FP8 copies from ``weight``: ``W`` for the forward; ``W^T`` for FP8 input gradients only."""
-        weight_fp8, scale = cast_rowwise(self.weight)
-        self.weight_fp8, self.weight_scale = weight_fp8, scale.view(-1)
-        self.weight_t_fp8 = self.weight_t_scale = None
-        if self.fp8_gradients:
+        """(Re)make the FP8 copies from ``weight``: ``W`` for an FP8 forward, ``W^T`` for FP8 input gradients."""
+        for name in _FP8_COPIES:
+            self.__dict__[name] = None
+        if self.matmuls in ("both", "forward"):
+            weight_fp8, scale = cast_rowwise(self.weight)
+            self.weight_fp8, self.weight_scale = weight_fp8, scale.view(-1)
+        if self.matmuls in ("both", "backward"):
             weight_t_fp8, scale_t = cast_rowwise(self.weight.t())
             self.weight_t_fp8, self.weight_t_scale = weight_t_fp8.contiguous(), scale_t.view(-1)
-        self.emulate = fp8_device_problem(self.weight_fp8.device) is not None
+        self.emulate = fp8_device_problem(self.weight.device) is not None
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> FrozenFloat8Linear:
         parked = self._parameters["weight"] if self.weight_parked_on is not None else None
@@ -182,8 +188,9 @@ class FrozenFloat8Linear(nn.Linear):
             copy = self.__dict__[name]
             if copy is not None:
                 self.__dict__[name] = fn(copy).to(copy.dtype)
-        if self.weight_fp8 is not None and self.weight_fp8.device.type != "meta":  # their device decides emulation
-            self.emulate = fp8_device_problem(self.weight_fp8.device) is not None
+        copy = self._fp8_copy()  # their device decides emulation
+        if copy.device.type != "meta":
+            self.emulate = fp8_device_problem(copy.device) is not None
         return self
 
     def park_weight(self, device: torch.device | str = "cpu") -> int:
@@ -205,22 +212,25 @@ class FrozenFloat8Linear(nn.Linear):
             self.weight = nn.Parameter(moved, requires_grad=False)
         return moved.numel() * moved.element_size()
 
+    def _fp8_copy(self) -> torch.Tensor:
+        return self.weight_fp8 if self.weight_fp8 is not None else self.weight_t_fp8
+
     @property
     def weight_is_idle(self) -> bool:
-        """True when no step reads the bf16 ``weight`` (FP8 input gradients, no centring): it may leave the GPU."""
-        return self.fp8_gradients and not self.center
+        """True when no step reads the bf16 ``weight`` (both matmuls FP8, no centring): it may leave the GPU."""
+        return self.matmuls == "both" and not self.center
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):  # what F.linear would compute in under autocast
             x = x.to(torch.get_autocast_dtype(x.device.type))
         flat = x.reshape(-1, x.shape[-1])
         mean = None
-        if self.center:  # x W^T = (x - m) W^T + m W^T: FP8 rounds only what differs between tokens (the common part
-            with torch.no_grad():  # is a systematic error otherwise); m W^T is one bf16 GEMV; the gradient as before
-                mean = flat.float().mean(0, keepdim=True).to(flat.dtype)
+        if self.center and self.weight_fp8 is not None:  # x W^T = (x - m) W^T + m W^T: FP8 rounds only what differs
+            with torch.no_grad():  # between tokens (the common part is a systematic error otherwise); m W^T is one
+                mean = flat.float().mean(0, keepdim=True).to(flat.dtype)  # bf16 GEMV; the gradient as before
             flat = flat - mean
         copies = (self.weight_fp8, self.weight_scale, self.weight_t_fp8, self.weight_t_scale)
-        bf16_weight = None if self.fp8_gradients else self.weight
+        bf16_weight = None if self.matmuls == "both" else self.weight
         fast = (self.fast_accum in ("forward", "all"), self.fast_accum == "all")
         out = _FrozenFp8Matmul.apply(flat, *copies, bf16_weight, self.emulate, *fast)
         if mean is not None:
@@ -229,11 +239,8 @@ class FrozenFloat8Linear(nn.Linear):
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
-        grads = "FP8" if self.fp8_gradients else "bf16"
-        center = ", token mean in bf16" if self.center else ""
-        return (
-            f"{super().extra_repr()}, fp8=e4m3 row-wise{center}, frozen weight quantised once, {grads} input gradient"
-        )
+        center = ", token mean in bf16" if self.center and self.weight_fp8 is not None else ""
+        return f"{super().extra_repr()}, fp8=e4m3 row-wise{center}, frozen weight quantised once, FP8 {self.matmuls}"
 
 
 def park_bf16_weights(model: nn.Module, device: torch.device | str = "cpu") -> int:
@@ -252,16 +259,16 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 def convert_decoder_linears(
     model: nn.Module,
     trainable: Callable[[nn.Module], nn.Module] | None = None,
-    fp8_gradients: bool = True,
+    matmuls: str = "both",
     fast_accum: str = "forward",
     center: bool = False,
     park_to: torch.device | str | None = None,
 ) -> dict[str, list[str]]:
     """Swap the decoder's Linear layers in place: frozen ones to :class:`FrozenFloat8Linear`, trainable ones through
     ``trainable(module)`` (torchao's ``Float8Linear.from_float``; None leaves them bf16). Returns the converted names
-    by kind ("frozen", "trainable", "kept": trainable layers left in bf16). ``fp8_gradients=False`` computes the
-    frozen layers' input gradients in bf16; ``fast_accum`` says which of their GEMMs accumulate in the fast mode
-    (``"off"``, ``"forward"``, ``"all"``);
+    by kind ("frozen", "trainable", "kept": trainable layers left in bf16). ``matmuls`` says which of the frozen
+    layers' matmuls run in FP8 (``"both"``, ``"forward"``, ``"backward"``: the input gradient), ``fast_accum`` which
+    of their FP8 GEMMs accumulate in the fast mode (``"off"``, ``"forward"``, ``"all"``);
     ``center=True`` quantises each input minus the batch's mean token and adds the mean token's product in bf16;
     ``park_to`` parks each frozen layer's idle bf16 weight there right after its quantisation (so the GPU never
     holds both for more than one layer)."""
@@ -270,7 +277,7 @@ def convert_decoder_linears(
         if not is_decoder_linear(module, name):
             continue
         if not module.weight.requires_grad:
-            frozen = FrozenFloat8Linear.from_linear(module, fp8_gradients)
+            frozen = FrozenFloat8Linear.from_linear(module, matmuls)
             frozen.fast_accum, frozen.center = fast_accum, center
             if park_to is not None:
                 frozen.park_weight(park_to)

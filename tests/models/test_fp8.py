@@ -170,27 +170,40 @@ def test_ddp_wraps_a_model_with_parked_weights_and_never_broadcasts_the_fp8_copi
         dist.destroy_process_group()
 
 
-def test_bf16_input_gradients_are_the_frozen_layers_own():
-    """KIMI_AUDIO_FP8_GRADIENTS=bf16: the forward stays FP8, the input gradient is exactly dy @ W (no FP8 rounding)."""
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(256, 192, bias=False).requires_grad_(False)
+def one_projection_model(bias: bool = False) -> torch.nn.Module:
+    """The smallest module tree the decoder filter picks: ``model.layers.0.mlp.down_proj`` (256 → 192, frozen)."""
     model = torch.nn.Module()
     model.model = torch.nn.Module()
     model.model.layers = torch.nn.ModuleList([torch.nn.Module()])
     model.model.layers[0].mlp = torch.nn.Module()
-    model.model.layers[0].mlp.down_proj = linear
-    done = convert_decoder_linears(model, fp8_gradients=False, fast_accum="off")
+    model.model.layers[0].mlp.down_proj = torch.nn.Linear(256, 192, bias=bias).requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("matmuls", ["forward", "backward"])
+def test_one_direction_in_fp8_the_other_exactly_bf16(matmuls):
+    """KIMI_AUDIO_FP8_MATMULS=forward: the input gradient is exactly dy @ W; =backward: the output is exactly x W^T.
+    The other direction is FP8 (a few percent off, never exact); only its FP8 copy is kept; the weight stays."""
+    torch.manual_seed(0)
+    model = one_projection_model()
+    linear = model.model.layers[0].mlp.down_proj
+    done = convert_decoder_linears(model, matmuls=matmuls, fast_accum="off")
     layer = model.model.layers[0].mlp.down_proj
     assert done["frozen"] == ["model.layers.0.mlp.down_proj"] and isinstance(layer, FrozenFloat8Linear)
-    assert (layer.fp8_gradients, layer.fast_accum) == (False, "off") and "bf16 input gradient" in repr(layer)
-    assert layer.weight_t_fp8 is None and not layer.weight_is_idle  # no FP8 W^T; the backward reads the bf16 weight
+    assert (layer.matmuls, layer.fast_accum) == (matmuls, "off") and f"FP8 {matmuls}" in repr(layer)
+    assert (layer.weight_fp8 is None) == (matmuls == "backward") and (layer.weight_t_fp8 is None) == (
+        matmuls == "forward"
+    )
+    assert not layer.weight_is_idle and fp8_linear.park_bf16_weights(model, "meta") == 0  # the weight is read
     x = (torch.randn(5, 256) * 3).requires_grad_(True)
     y = layer(x)
     grad = torch.randn_like(y)
     y.backward(grad)
-    torch.testing.assert_close(x.grad, grad @ linear.weight)  # exact: the bf16 weight, not its FP8 copy
-    rel = (y - x.detach() @ linear.weight.t()).norm() / y.norm()
-    assert 1e-4 < rel < 0.06, rel  # the forward is still FP8
+    exact_y, exact_dx = x.detach() @ linear.weight.t(), grad @ linear.weight
+    fp8_part, exact_part = ((y, exact_y), (x.grad, exact_dx))[:: 1 if matmuls == "forward" else -1]
+    torch.testing.assert_close(*exact_part)  # the bf16 weight, not an FP8 copy
+    rel = (fp8_part[0] - fp8_part[1]).norm() / fp8_part[1].norm()
+    assert 1e-4 < rel < 0.06, rel
 
 
 def test_centering_keeps_the_common_part_of_the_tokens_out_of_the_fp8_rounding():
