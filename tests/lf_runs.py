@@ -30,6 +30,25 @@ def run_cli(command: str, config: dict, workdir: Path, name: str, env: dict | No
     """``llamafactory-cli COMMAND NAME.yaml`` in ``workdir`` → (exit code, stdout + stderr); the log stays on disk."""
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    return _run(command, [str(config_path)], workdir, name, env)
+
+
+def run_cli_flags(
+    command: str, flags: list[str], workdir: Path, name: str, env: dict | None = None
+) -> tuple[int, str]:
+    """``llamafactory-cli COMMAND --key value ...`` (the recipe as command-line flags, no file) → (exit code, log)."""
+    return _run(command, flags, workdir, name, env)
+
+
+def as_flags(config: dict) -> list[str]:
+    """A recipe dict as HfArgumentParser flags: ``{"do_train": True, "dataset": "d"}`` → ``--do_train true ...``."""
+    flags: list[str] = []
+    for key, value in config.items():
+        flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
+
+
+def _run(command: str, arguments: list[str], workdir: Path, name: str, env: dict | None) -> tuple[int, str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_AUDIO_", "LLAMAFACTORY_KIMI_AUDIO_"))}
     full_env.update(
         HF_HOME=str(workdir / "hf_home"),
@@ -39,7 +58,7 @@ def run_cli(command: str, config: dict, workdir: Path, name: str, env: dict | No
         **(env or {}),
     )
     proc = subprocess.run(
-        [CLI, command, str(config_path)],
+        [CLI, command, *arguments],
         cwd=workdir,
         env=full_env,
         stdout=subprocess.PIPE,

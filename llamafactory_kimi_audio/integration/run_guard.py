@@ -3,10 +3,11 @@
 The guard wraps ``llamafactory.train.tuner.run_exp`` (a row of the patch table). Before the run it checks what a
 Kimi-Audio recipe (``template: kimi_audio``) needs of ``model_name_or_path``, its dataset files and its
 ``output_dir`` (``preflight.py``) and adds the recipe keys such a run needs where the recipe lacks them
-(``recipe_keys.py``); during the run it turns the package's
-errors (``errors.KimiAudioError`` and the data / audio errors) into ``llamafactory-cli: <message>`` and
-``exit_code``, including errors raised in DataLoader workers, whose message torch wraps in the worker's traceback.
-``KIMI_AUDIO_DEBUG=1`` keeps the traceback. Anything else is a bug and keeps its traceback.
+(``recipe_keys.py``), for a recipe file and for one given as command-line flags alike (``recipe_flags.py``); during
+the run it turns the package's errors (``errors.KimiAudioError`` and the data / audio errors) into
+``llamafactory-cli: <message>`` and ``exit_code``, including errors raised in DataLoader workers, whose message
+torch wraps in the worker's traceback. ``KIMI_AUDIO_DEBUG=1`` keeps the traceback. Anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..fileio.audio_errors import AudioError
 from ..fileio.textio import DataError
 from .fp8 import check_fp8_recipe
 from .preflight import check_recipe_files
+from .recipe_flags import added_flags, flags_to_recipe, wants_help
 from .recipe_keys import complete_recipe
 from .registration import MODEL_GROUPS, TEMPLATE_NAME
 
@@ -40,14 +42,34 @@ def unwrap_worker_message(message: str) -> str:
     return text if sep and " " not in name else last
 
 
-def _recipe(args: Any) -> dict[str, Any] | None:
+def _read_args(args: Any) -> dict[str, Any] | list[str] | None:
+    """The recipe as LLaMA-Factory reads it: a dict (a YAML / JSON file) or the command-line flags (a list)."""
     try:
         from llamafactory.hparams.parser import read_args
 
-        recipe = read_args(args)
+        return read_args(args)
     except Exception:  # LLaMA-Factory reports its own argument errors
         return None
-    return recipe if isinstance(recipe, dict) else None
+
+
+def _recipe(args: Any) -> dict[str, Any] | None:
+    """The recipe of ``run_exp(args)`` as a dict for the checks (None: LLaMA-Factory cannot read it)."""
+    return _as_recipe(_read_args(args))
+
+
+def _as_recipe(read: Any) -> dict[str, Any] | None:
+    """A recipe file's dict, or the flags read as strings (``recipe_flags.py``)."""
+    if isinstance(read, dict):
+        return read
+    if isinstance(read, list) and not wants_help(read):
+        return flags_to_recipe(read)
+    return None
+
+
+def _completed_args(read: dict[str, Any] | list[str], recipe: dict[str, Any]) -> dict[str, Any] | list[str]:
+    """What LLaMA-Factory parses: the completed dict, or the flags with the added keys appended as flags."""
+    completed = complete_recipe(recipe)
+    return completed if isinstance(read, dict) else [*read, *added_flags(recipe, completed)]
 
 
 def _looks_local(path: str) -> bool:
@@ -123,14 +145,15 @@ def print_one_line(message: str) -> None:
 def make_run_guard(original):
     @functools.wraps(original)
     def run_exp(args: Any = None, *more: Any, **kwargs: Any):
-        recipe = _recipe(args)
+        read = _read_args(args)
+        recipe = _as_recipe(read)
         kimi_recipe = recipe is not None and recipe.get("template") == TEMPLATE_NAME
         try:
             if kimi_recipe:
                 check_kimi_recipe(recipe)
                 check_fp8_recipe(recipe)
                 check_recipe_files(recipe)  # dataset files and output_dir, before the slow model load
-                args = complete_recipe(recipe)  # the keys a Kimi-Audio run needs, where the recipe lacks them
+                args = _completed_args(read, recipe)  # the keys a Kimi-Audio run needs, where the recipe lacks them
             return original(args, *more, **kwargs)
         except Exception as err:
             line = _one_line(err, recipe if kimi_recipe else None)
