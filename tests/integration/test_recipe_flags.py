@@ -190,7 +190,9 @@ def test_cpu_precision_advice_filter_sees_a_flags_recipe(monkeypatch):
 
     def kept(*flags: str) -> bool:
         monkeypatch.setattr("sys.argv", ["llamafactory-cli", *flags])  # as the CLI leaves it for read_args
-        record = logging.LogRecord("llamafactory.hparams.parser", logging.WARNING, __file__, 1, PRECISION_ADVICE, None, None)
+        record = logging.LogRecord(
+            "llamafactory.hparams.parser", logging.WARNING, __file__, 1, PRECISION_ADVICE, None, None
+        )
         return CpuPrecisionAdvice().filter(record)
 
     assert kept("--template", "qwen2_audio", "--do_train")
