@@ -1,6 +1,7 @@
 """CSV / TSV tables read row by row with their line numbers, so that one bad row costs that row only.
 
 * A row on a line whose bytes are not valid in the file's codec (``text_encodings.Decoded.bad``) becomes an Issue.
+* A row that repeats the header (two exports pasted together) becomes an Issue, not a row whose audio is "audio".
 * A quote that never closes would make the csv module swallow every following line into one field (and fail with
   "field larger than field limit" past 128 KiB): a row whose quoted field runs over lines that look like complete
   rows of their own (as many fields as the header), or to the end of the file, becomes an Issue naming the line the
@@ -50,7 +51,7 @@ def read_table(path: str, name: str, encoding: str = "auto", delimiter: str | No
         raise DataError(f"{name} line 1: the header row {first.message}; fix the header")
     if 1 in decoded.bad:
         raise DataError(f"{name} line 1: the header row has bad bytes: {decoded.bad[1]}; fix it or pass --encoding")
-    rows = [_row_issue(item, decoded, name) or item for item in parsed]
+    rows = [_row_issue(item, decoded, name) or _repeated_header(item, first.fields, name) or item for item in parsed]
     return Table(first.fields, rows, decoded)
 
 
@@ -138,6 +139,17 @@ def _row_issue(item: TableRow | _Broken, decoded: Decoded, name: str) -> Issue |
     if bad is None:
         return None
     return Issue("undecodable_text", name, item.row, _line_note(item.row, bad) + decoded.bad[bad])
+
+
+def _repeated_header(item: TableRow | Issue, header: list[str], name: str) -> Issue | None:
+    """The header again (two exports pasted together): named as such, not read as a row whose audio is 'audio'."""
+    if not isinstance(item, TableRow) or _cells(item.fields) != _cells(header):
+        return None
+    return Issue("repeated_header", name, item.row, f"repeats the header row ({','.join(_cells(header))})")
+
+
+def _cells(fields: list[str]) -> list[str]:
+    return [field.strip().lstrip("\ufeff").lower() for field in fields]
 
 
 def _line_note(row: int, line: int) -> str:

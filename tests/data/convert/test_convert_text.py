@@ -261,3 +261,17 @@ def test_old_mac_line_endings_and_a_bad_byte(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert transcripts(tmp_path / "out", "mac") == ["first", "third"]
     assert "mac.csv row 3: byte 0xff at column 9 is not valid UTF-8" in proc.stderr
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "gbk"])
+def test_excel_export_with_a_repeated_header_names_that_line(tmp_path: Path, encoding: str) -> None:
+    """Two Excel exports pasted together: CRLF, a blank last line, the header again in the middle, a quoted comma."""
+    wav(tmp_path / "clips" / "a.wav")
+    lines = ["id,audio,text", "u1,clips/a.wav,今天天气很好", "id,audio,text", 'u2,clips/a.wav,"好的,谢谢"']
+    (tmp_path / "x.csv").write_bytes(("\r\n".join(lines) + "\r\n\r\n").encode(encoding))
+    proc = convert(tmp_path / "x.csv", "--out-dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert transcripts(tmp_path / "out", "x") == ["今天天气很好", "好的,谢谢"]
+    assert "x.csv row 3: repeats the header row" in proc.stderr, proc.stderr
+    assert "audio file not found" not in proc.stderr
+    assert report(tmp_path / "out", "x")["skipped_by_reason"] == {"repeated_header": 1}
