@@ -42,8 +42,20 @@ class Prediction:
     hyp: str
 
 
+def require_test_set(path: str) -> None:
+    """DataError naming --data and the datasets next to ``path`` (e.g. a convert whose --split wrote no test set)."""
+    if os.path.exists(path):
+        return
+    folder = os.path.dirname(path) or "."
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    held = [n for n in names if n.endswith((".json", ".jsonl")) and n != "dataset_info.json" and ".report." not in n]
+    hint = f" (its folder holds {', '.join(held[:8])}{', ...' if len(held) > 8 else ''})" if held else ""
+    raise DataError(f"{path}: no such test set file; check --data{hint}")
+
+
 def load_test_set(path: str, root: str | None = None, encoding: str = "auto") -> list[TestItem]:
     """Test utterances in file order; any unusable record raises DataError (a test set must not shrink silently)."""
+    require_test_set(path)
     source = read_source(path, "auto", ReadOptions(encoding=encoding))
     base = os.path.abspath(root) if root else media_root(path)
     items: list[TestItem] = []

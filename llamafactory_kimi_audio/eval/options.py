@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import InputError
-from .inputs import TestItem, load_test_set
+from .inputs import TestItem, load_test_set, require_test_set
 from .normalize import NORMALIZERS
 from .speech_eval import SpeechItem, check_speech_clips, is_speech_test_set, load_speech_test_set
 
@@ -85,6 +85,7 @@ def prepare_test_set(
             raise InputError(NEEDS_DATA)
         return None
     if isinstance(data, str):
+        require_test_set(data)
         speech = transcribe and is_speech_test_set(data, options.encoding)  # predictions pair with the text rows
         load = load_speech_test_set if speech else load_test_set
         test_set = TestSet(load(data, options.root, options.encoding), speech, data)

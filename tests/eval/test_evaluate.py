@@ -253,6 +253,15 @@ def test_missing_predictions_file(tmp_path: Path, capsys) -> None:
     assert code == 2 and one_error_line(err).endswith("nope.jsonl: no such predictions file; check --predictions")
 
 
+def test_missing_test_set_names_the_flag_and_the_datasets_there(test_set: Path, tmp_path: Path, capsys) -> None:
+    """README step 4 after a convert whose --split wrote no test set: one line naming --data and the datasets there."""
+    missing = test_set.parent / "my_asr_test.json"
+    code, _, err = cli(capsys, "--model", tmp_path / "no-model", "--data", missing, "--out", tmp_path / "ev")
+    line = one_error_line(err)
+    assert code == 2 and "INPUT" not in line
+    assert line.endswith(f"{missing}: no such test set file; check --data (its folder holds test.json)")
+
+
 def test_baseline_comparison(tmp_path: Path, capsys) -> None:
     before = jsonl(
         tmp_path / "before.jsonl",
