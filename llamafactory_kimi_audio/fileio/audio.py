@@ -291,13 +291,20 @@ def load_audio_bytes(data: bytes, name: str = "audio", max_seconds: float | None
             wave = None if max_seconds is not None and info.duration > max_seconds else _load_file(info)
         except AudioError as err:
             problem = str(err).replace(f"Error opening '{path}': ", "").replace(path, name).split("; ")[0]
-            truncated = isinstance(err, TruncatedAudioError)
-            raise (TruncatedAudioError if truncated else AudioError)(
-                f"{problem}; {'send the complete file' if truncated else SEND_AUDIO_FIX}"
-            ) from None
+            kind = type(err) if isinstance(err, (TruncatedAudioError, NonFiniteAudioError)) else AudioError
+            raise kind(f"{problem}; {_send_fix(err)}") from None
     if wave is None:
         raise AudioError(f"{name}: audio is {info.duration:.1f} s long, the limit is {max_seconds:g} s; cut it")
     return wave
 
 
 SEND_AUDIO_FIX = "send WAV, FLAC, MP3 or OGG (Vorbis/Opus) audio"
+
+
+def _send_fix(err: AudioError) -> str:
+    """What the sender of a refused clip should do; a wrong format is only one of the reasons."""
+    if isinstance(err, TruncatedAudioError):
+        return "send the complete file"
+    if isinstance(err, NonFiniteAudioError):  # a valid file of a broken pipeline: another format would not help
+        return "send audio without NaN/inf samples (re-export the clip from its source)"
+    return SEND_AUDIO_FIX

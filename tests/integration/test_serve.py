@@ -141,11 +141,25 @@ def truncated_wav() -> bytes:
     return whole[: len(whole) // 2]
 
 
+def nan_wav() -> bytes:
+    """A float WAV from a broken pipeline: a valid file whose samples hold NaN from 0.25 s on."""
+    import io
+
+    import soundfile as sf
+
+    wave = np.full(16000, 0.1, np.float32)
+    wave[4000:4010] = np.nan
+    out = io.BytesIO()
+    sf.write(out, wave, 16000, format="WAV", subtype="FLOAT")
+    return out.getvalue()
+
+
 M4A_HEADER = b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00"  # an MP4/AAC container: libsndfile has no reader
 BAD = {
     "not_audio": lambda: [audio_part(data_url(b"this is not audio at all " * 40))],
     "empty": lambda: [audio_part(data_url(b""))],
     "truncated": lambda: [audio_part(data_url(truncated_wav()))],
+    "nan_samples": lambda: [input_audio(nan_wav())],
     "too_long": lambda: [input_audio(clip_bytes(MAX_SECONDS + 5.0, "FLAC"))],
     "m4a_container": lambda: [audio_part(data_url(M4A_HEADER + bytes(600), "audio/mp4"))],
     "bad_base64": lambda: [audio_part("data:audio/wav;base64,@@@not-base64@@@")],
@@ -157,6 +171,7 @@ EXPECTED = {
     "not_audio": "unreadable audio",
     "empty": "empty",
     "truncated": "truncated",
+    "nan_samples": "not finite (NaN/inf), the first at 0.250 s; send audio without NaN/inf samples",  # not 'send WAV'
     "too_long": f"the limit is {MAX_SECONDS} s",
     "m4a_container": "send WAV, FLAC, MP3 or OGG",  # a format libsndfile does not read
     "bad_base64": "not valid base64",
