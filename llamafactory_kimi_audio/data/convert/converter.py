@@ -37,7 +37,7 @@ from ...text import detect_language, drop_spaceless_gaps
 from .corpora import BY_NAME, Layout, detect_layout, named_layout, unknown_layout
 from .corpora.registry import has_known_files
 from .corpus_convert import CorpusResult, convert_corpus
-from .dataset_files import STRICT_HINT, dataset_info_entry, merge_dataset_info, output_path, resolve_audio
+from .dataset_files import STRICT_HINT, output_path, previous_outputs, replace_outputs, resolve_audio
 from .names import printable, printable_issue, undecodable
 from .records import SourceRecord
 from .sources import ReadOptions, read_source
@@ -274,6 +274,6 @@ def convert(input_path: str, out_dir: str, options: ConvertOptions | None = None
         write_json(path, [_sharegpt(rows[i], instruction, out_dir, opts.path_style, opts.task) for i in indices])
         result.outputs[ds_name], result.counts[ds_name] = path, len(indices)
     if result.outputs:
-        merge_dataset_info(out_dir, {n: dataset_info_entry(os.path.basename(p)) for n, p in result.outputs.items()})
+        result.notes += replace_outputs(out_dir, result.outputs, previous_outputs(result.report_path), name)
     write_json(result.report_path, result.to_report())
     return result

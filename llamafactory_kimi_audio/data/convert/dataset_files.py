@@ -6,6 +6,7 @@ Shared by the three writers (``convert``, ``corpus_convert``, ``speech_tasks``),
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -47,10 +48,43 @@ def dataset_info_entry(file_name: str) -> dict[str, Any]:
     }
 
 
-def merge_dataset_info(out_dir: str, entries: dict[str, dict[str, Any]]) -> str:
-    """Add/replace ``entries`` in ``out_dir/dataset_info.json``, keeping every other entry; returns the path."""
+def merge_dataset_info(out_dir: str, entries: dict[str, dict[str, Any]], drop: dict[str, str] | None = None) -> str:
+    """Add/replace ``entries`` in ``out_dir/dataset_info.json``, keeping every other entry except those of ``drop``
+    (name → file) that still point at that file; returns the path."""
     path = os.path.join(out_dir, DATASET_INFO)
     info = read_dataset_info(out_dir) or {}
+    for name, file in (drop or {}).items():
+        if isinstance(info.get(name), dict) and info[name].get("file_name") == file:
+            del info[name]
     info.update(entries)
     write_json(path, info)
     return path
+
+
+def previous_outputs(report_path: str) -> dict[str, str]:
+    """Dataset name → file that the earlier run of this ``--name`` wrote, from its report ({} when there is none)."""
+    try:
+        with open(report_path, encoding="utf-8") as fh:
+            outputs = json.load(fh).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(outputs, dict):
+        return {}
+    files = {name: entry.get("file") for name, entry in outputs.items() if isinstance(entry, dict)}
+    return {name: file for name, file in files.items() if isinstance(file, str) and file == os.path.basename(file)}
+
+
+def replace_outputs(out_dir: str, written: dict[str, str], previous: dict[str, str], name: str) -> list[str]:
+    """Register ``written`` (dataset → path) in ``dataset_info.json`` and remove what the earlier run of ``name``
+    wrote and this one did not (a test split that now overlaps the new train split must not look current).
+    Only files named in that run's report are removed; returns one note per removed dataset."""
+    kept = {os.path.basename(path) for path in written.values()}
+    stale = {ds: file for ds, file in previous.items() if ds not in written and file not in kept}
+    merge_dataset_info(out_dir, {ds: dataset_info_entry(os.path.basename(p)) for ds, p in written.items()}, stale)
+    notes = []
+    for ds, file in stale.items():
+        path = os.path.join(out_dir, file)
+        if os.path.isfile(path):
+            os.remove(path)
+            notes.append(f"{ds}: removed {file}, written by the earlier convert of {name}; this run writes no {ds}")
+    return notes
