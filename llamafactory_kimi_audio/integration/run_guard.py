@@ -116,9 +116,20 @@ def _one_line(err: BaseException, recipe: dict[str, Any] | None) -> tuple[str, i
     hub_error = next((e for e in _chain(err) if any(hint in str(e) for hint in _HUB_HINTS)), None)
     if recipe is not None and isinstance(err, OSError) and hub_error is not None:
         first = " ".join(str(hub_error).strip().splitlines()[0].split())  # the hub client's first sentence
-        path = recipe.get("model_name_or_path")
-        return f"model_name_or_path {path}: {first}; {_FIX_MODEL}", ModelError.exit_code
+        path = str(recipe.get("model_name_or_path"))
+        return f"model_name_or_path {path}: {first}{_no_local_folder(path)}; {_FIX_MODEL}", ModelError.exit_code
     return None
+
+
+def _no_local_folder(path: str) -> str:
+    """For a relative path read as a Hub id (``models/Kimi-Audio-7B-Instruct`` from another directory): where it was
+    looked for on disk, since the hub client's message alone suggests a network problem."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return ""
+    return (
+        f" (and there is no folder {os.path.abspath(path)}: a relative path resolves against the directory "
+        "llamafactory-cli runs in)"
+    )
 
 
 def _chain(err: BaseException | None):

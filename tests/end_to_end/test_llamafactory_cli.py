@@ -185,6 +185,9 @@ def bad_input_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tup
         return {"model_name_or_path": missing}, 3, [missing, "no such directory", "model_name_or_path"]
     if problem == "unknown_hub_id":  # HF_HUB_OFFLINE=1 in run_cli: the hub client cannot find it
         return {"model_name_or_path": "moonshotai/no-such-kimi"}, 3, ["moonshotai/no-such-kimi", "model_name_or_path"]
+    if problem == "relative_model_path_elsewhere":  # the README's models/Kimi-Audio-7B-Instruct, run from another cwd
+        relative = "models/Kimi-Audio-7B-Instruct"
+        return {"model_name_or_path": relative}, 3, [relative, f"no folder {workdir / relative}", "runs in"]
     # a non-Kimi model with the kimi_audio template
     other = workdir / "qwen2_model"
     other.mkdir(exist_ok=True)
@@ -256,6 +259,7 @@ def stock_layer_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> t
         "worker_error",
         "wrong_model_path",
         "unknown_hub_id",
+        "relative_model_path_elsewhere",
         "non_kimi_model",
     ],
 )
