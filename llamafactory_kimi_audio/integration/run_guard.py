@@ -7,7 +7,8 @@ Kimi-Audio recipe (``template: kimi_audio``) needs of ``model_name_or_path``, it
 the run it turns the package's errors (``errors.KimiAudioError`` and the data / audio errors) into
 ``llamafactory-cli: <message>`` and ``exit_code``, including errors raised in DataLoader workers, whose message
 torch wraps in the worker's traceback. ``KIMI_AUDIO_DEBUG=1`` keeps the traceback. Anything else is a bug and keeps
-its traceback.
+its traceback. ``llamafactory-cli export`` gets the same (``export_model``, its own row): the model and adapter paths
+are checked before the model loads.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from .registration import MODEL_GROUPS, TEMPLATE_NAME
 ONE_LINE_ERRORS = (KimiAudioError, AudioError, DataError)
 _HUB_HINTS = ("huggingface.co", "not a valid model identifier", "Repository Not Found")
 _FIX_MODEL = "set model_name_or_path to a Kimi-Audio checkpoint (moonshotai/Kimi-Audio-7B-Instruct or a local copy)"
+_FIX_ADAPTER = "set adapter_name_or_path to the output_dir of a LoRA run (the folder with adapter_config.json)"
+_NO_ADAPTER = (
+    "Can't find 'adapter_config.json' at "  # peft's ValueError for a path that is neither a folder nor on the Hub
+)
 
 
 def unwrap_worker_message(message: str) -> str:
@@ -101,6 +106,17 @@ def check_kimi_recipe(recipe: dict[str, Any]) -> None:
             )
     elif _looks_local(path):
         raise ModelError(f"model_name_or_path {path}: no such directory; {_FIX_MODEL}")
+    check_adapters(recipe)
+
+
+def check_adapters(recipe: dict[str, Any]) -> None:
+    """Each of ``adapter_name_or_path`` (comma-separated) is a LoRA output folder, checked before the model loads."""
+    for path in filter(None, (p.strip() for p in str(recipe.get("adapter_name_or_path") or "").split(","))):
+        if os.path.isdir(path):
+            if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+                raise ModelError(f"adapter_name_or_path {path}: no adapter_config.json there; {_FIX_ADAPTER}")
+        elif _looks_local(path):
+            raise ModelError(f"adapter_name_or_path {path}: no such directory{_relative_note(path)}; {_FIX_ADAPTER}")
 
 
 def _one_line(err: BaseException, recipe: dict[str, Any] | None) -> tuple[str, int] | None:
@@ -113,23 +129,25 @@ def _one_line(err: BaseException, recipe: dict[str, Any] | None) -> tuple[str, i
 
         adapter = str(recipe.get("adapter_name_or_path") or recipe.get("model_name_or_path") or "").split(",")[0]
         return str(pickled_weights_error(adapter, pickled)), ModelError.exit_code
+    no_adapter = next((e for e in _chain(err) if isinstance(e, ValueError) and _NO_ADAPTER in str(e)), None)
+    if recipe is not None and no_adapter is not None:  # a Hub-id-like relative path (saves/kimi-audio-lora)
+        path = str(no_adapter).split(_NO_ADAPTER, 1)[1].strip("'")
+        return f"adapter_name_or_path {path}: not found{_relative_note(path)}; {_FIX_ADAPTER}", ModelError.exit_code
     hub_error = next((e for e in _chain(err) if any(hint in str(e) for hint in _HUB_HINTS)), None)
     if recipe is not None and isinstance(err, OSError) and hub_error is not None:
         first = " ".join(str(hub_error).strip().splitlines()[0].split())  # the hub client's first sentence
         path = str(recipe.get("model_name_or_path"))
-        return f"model_name_or_path {path}: {first}{_no_local_folder(path)}; {_FIX_MODEL}", ModelError.exit_code
+        return f"model_name_or_path {path}: {first}{_relative_note(path)}; {_FIX_MODEL}", ModelError.exit_code
     return None
 
 
-def _no_local_folder(path: str) -> str:
-    """For a relative path read as a Hub id (``models/Kimi-Audio-7B-Instruct`` from another directory): where it was
-    looked for on disk, since the hub client's message alone suggests a network problem."""
+def _relative_note(path: str) -> str:
+    """For a relative path that is not there (``models/Kimi-Audio-7B-Instruct`` run from another directory): where it
+    was looked for, since the hub client's message alone suggests a network problem."""
     if os.path.isabs(path) or os.path.exists(path):
         return ""
-    return (
-        f" (and there is no folder {os.path.abspath(path)}: a relative path resolves against the directory "
-        "llamafactory-cli runs in)"
-    )
+    where = os.path.abspath(path)
+    return f" (no folder {where}: a relative path resolves against the directory llamafactory-cli runs in)"
 
 
 def _chain(err: BaseException | None):
@@ -167,13 +185,42 @@ def make_run_guard(original):
                 args = _completed_args(read, recipe)  # the keys a Kimi-Audio run needs, where the recipe lacks them
             return original(args, *more, **kwargs)
         except Exception as err:
-            line = _one_line(err, recipe if kimi_recipe else None)
-            if line is None or settings.enabled("KIMI_AUDIO_DEBUG"):
-                raise
-            print_one_line(line[0])
-            raise SystemExit(line[1]) from None
+            _end_with_one_line(err, recipe if kimi_recipe else None)
+            raise
 
     return run_exp
+
+
+def make_export_guard(original):
+    """``llamafactory-cli export`` of a Kimi-Audio recipe: the model and adapter paths are checked before the model
+    loads, and the run ends with one line as a training run does. Only the CLI's call (no ``args``): the Web UI
+    exports in its own process, passing a dict, and shows the error itself; a SystemExit there would end it."""
+
+    @functools.wraps(original)
+    def export_model(args: Any = None, *more: Any, **kwargs: Any):
+        if args is not None:
+            return original(args, *more, **kwargs)
+        recipe = _recipe(args)
+        kimi_recipe = recipe is not None and recipe.get("template") == TEMPLATE_NAME
+        try:
+            if kimi_recipe:
+                check_kimi_recipe(recipe)
+            return original(args, *more, **kwargs)
+        except Exception as err:
+            _end_with_one_line(err, recipe if kimi_recipe else None)
+            raise
+
+    return export_model
+
+
+def _end_with_one_line(err: Exception, recipe: dict[str, Any] | None) -> None:
+    """Print the one line of ``err`` and exit with its code; returns (the caller re-raises) for a bug or with
+    ``KIMI_AUDIO_DEBUG``."""
+    line = _one_line(err, recipe)
+    if line is None or settings.enabled("KIMI_AUDIO_DEBUG"):
+        return
+    print_one_line(line[0])
+    raise SystemExit(line[1]) from None
 
 
 def make_opt_out_notice(original):

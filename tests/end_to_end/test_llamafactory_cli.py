@@ -188,6 +188,9 @@ def bad_input_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> tup
     if problem == "relative_model_path_elsewhere":  # the README's models/Kimi-Audio-7B-Instruct, run from another cwd
         relative = "models/Kimi-Audio-7B-Instruct"
         return {"model_name_or_path": relative}, 3, [relative, f"no folder {workdir / relative}", "runs in"]
+    if problem == "adapter_path_elsewhere":  # the README's saves/kimi-audio-lora, run from another cwd
+        relative = "saves/kimi-audio-lora"
+        return {"adapter_name_or_path": relative}, 3, [f"adapter_name_or_path {relative}: not found", "runs in"]
     # a non-Kimi model with the kimi_audio template
     other = workdir / "qwen2_model"
     other.mkdir(exist_ok=True)
@@ -260,6 +263,7 @@ def stock_layer_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> t
         "wrong_model_path",
         "unknown_hub_id",
         "relative_model_path_elsewhere",
+        "adapter_path_elsewhere",
         "non_kimi_model",
     ],
 )
@@ -350,6 +354,33 @@ def exported(ckpt, workdir, lora_run) -> Path:
     rc, output = run_cli("export", config, workdir, "export")
     check_ok(rc, output)
     return export_dir
+
+
+@pytest.mark.parametrize("wrong", ["model", "adapter", "adapter_without_config"])
+def test_export_with_a_wrong_path_ends_with_one_line(ckpt, workdir, lora_run, wrong):
+    """The README's kimi_merge.yaml run from another directory, or pointed at a folder that is no LoRA output."""
+    config = {
+        "model_name_or_path": "models/Kimi-Audio-7B-Instruct" if wrong == "model" else ckpt,
+        "adapter_name_or_path": str(lora_run[0]),
+        "template": "kimi_audio",
+        "finetuning_type": "lora",
+        "trust_remote_code": True,
+        "export_dir": str(workdir / f"export_{wrong}"),
+    }
+    if wrong == "adapter":
+        config["adapter_name_or_path"] = "./saves/kimi-audio-lora"
+    if wrong == "adapter_without_config":
+        config["adapter_name_or_path"] = ckpt  # the base model folder: no adapter_config.json
+    rc, output = run_cli("export", config, workdir, f"export_{wrong}")
+    assert rc == 3 and "Traceback" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    expected = {
+        "model": "model_name_or_path models/Kimi-Audio-7B-Instruct: ",
+        "adapter": f"adapter_name_or_path ./saves/kimi-audio-lora: no such directory (no folder {workdir}/saves/",
+        "adapter_without_config": f"adapter_name_or_path {ckpt}: no adapter_config.json there; set adapter_name",
+    }[wrong]
+    assert last.startswith("llamafactory-cli: ") and expected in last, last
+    assert not (workdir / f"export_{wrong}").exists()
 
 
 def test_export_has_the_official_layout(exported, ckpt):
