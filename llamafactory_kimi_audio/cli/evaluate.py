@@ -103,6 +103,7 @@ def parse_rate(value: str) -> float:
 def run(args: argparse.Namespace) -> int:
     from ..eval.evaluation import evaluate
     from ..eval.options import EvaluateOptions
+    from ..eval.report import load_baseline
 
     out_dir = ensure_writable_dir(args.out, "--out")
     options = EvaluateOptions(
@@ -114,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         plot=not args.no_plot,
         strict=args.strict,
     )
+    if args.baseline:  # read now: a wrong --baseline must not cost a whole transcription run first
+        load_baseline(args.baseline)
     data, model_args = _load_model(args, options) if args.model else (args.data, {})
     result = evaluate(
         data, predictions=args.predictions, out_dir=out_dir, baseline=args.baseline, options=options, **model_args

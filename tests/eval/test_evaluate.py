@@ -296,6 +296,14 @@ def test_missing_baseline(tmp_path: Path, capsys) -> None:
     assert code == 2 and "none: no summary.json there; pass the --out dir of an earlier evaluate run" in err
 
 
+def test_missing_baseline_fails_before_the_model_loads(test_set: Path, tmp_path: Path, capsys) -> None:
+    """A typo in --baseline must not cost a whole transcription run first (no model dir here: that would be exit 3)."""
+    args = ("--model", tmp_path / "no-model", "--data", test_set, "--out", tmp_path / "ev", "--baseline", "eval/nope")
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and "eval/nope: no summary.json there" in one_error_line(err)
+    assert not (tmp_path / "ev" / "summary.json").exists()
+
+
 def test_kimi_jsonl_test_set(tmp_path: Path, capsys) -> None:
     sf.write(tmp_path / "a.wav", np.zeros(1600, np.float32), 16000)
     record = {
