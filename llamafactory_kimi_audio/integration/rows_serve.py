@@ -4,6 +4,7 @@ attribute or a function in the module that defines it; the API's importers (``ap
 from __future__ import annotations
 
 from ..patching import Patch
+from .run_guard import make_cli_guard
 from .serve_app import make_serving_app
 from .serve_audio import make_audio_requests, make_eager_stream
 from .serve_protocol import make_audio_chat_request
@@ -103,5 +104,15 @@ SERVE_PATCHES = [
         parameters=("chat_model",),
         why="one-line JSON errors (no traceback, no 422 echoing the request) and POST /v1/audio/transcriptions "
         "(integration/serve_errors.py, serve_transcribe.py)",
+    ),
+    Patch(
+        name="one_line_errors.api",
+        trigger=API_APP,
+        owner=API_APP,
+        attribute="run_api",
+        make_replacement=make_cli_guard,
+        parameters=(),
+        why="llamafactory-cli api with a kimi_audio recipe checks model_name_or_path and adapter_name_or_path "
+        "before the model loads; a failure to start is one line and an exit code (integration/run_guard.py)",
     ),
 ]

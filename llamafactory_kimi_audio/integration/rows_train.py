@@ -9,7 +9,7 @@ from . import nonfinite, speed
 from . import wrappers as w
 from .feature_cache_hook import make_write_through
 from .fp8 import make_fp8_decoder
-from .run_guard import make_export_guard, make_opt_out_notice, make_run_guard
+from .run_guard import make_cli_guard, make_opt_out_notice, make_run_guard
 
 PARSER = "llamafactory.hparams.parser"
 METRIC = "llamafactory.train.sft.metric"  # ComputeSimilarity: imported by the sft and hyper_parallel workflows
@@ -137,7 +137,7 @@ TUNER_PATCHES = [
         trigger=TUNER,
         owner=TUNER,
         attribute="export_model",
-        make_replacement=make_export_guard,
+        make_replacement=make_cli_guard,
         parameters=("args",),
         why="llamafactory-cli export of a Kimi-Audio recipe checks model_name_or_path and adapter_name_or_path before "
         "the model loads and ends with one line and an exit code instead of a traceback (integration/run_guard.py)",

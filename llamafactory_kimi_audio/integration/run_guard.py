@@ -7,8 +7,8 @@ Kimi-Audio recipe (``template: kimi_audio``) needs of ``model_name_or_path``, it
 the run it turns the package's errors (``errors.KimiAudioError`` and the data / audio errors) into
 ``llamafactory-cli: <message>`` and ``exit_code``, including errors raised in DataLoader workers, whose message
 torch wraps in the worker's traceback. ``KIMI_AUDIO_DEBUG=1`` keeps the traceback. Anything else is a bug and keeps
-its traceback. ``llamafactory-cli export`` gets the same (``export_model``, its own row): the model and adapter paths
-are checked before the model loads.
+its traceback. ``llamafactory-cli export`` and ``api`` get the same (``make_cli_guard``, rows of their own): the model
+and adapter paths are checked before the model loads.
 """
 
 from __future__ import annotations
@@ -191,26 +191,27 @@ def make_run_guard(original):
     return run_exp
 
 
-def make_export_guard(original):
-    """``llamafactory-cli export`` of a Kimi-Audio recipe: the model and adapter paths are checked before the model
-    loads, and the run ends with one line as a training run does. Only the CLI's call (no ``args``): the Web UI
-    exports in its own process, passing a dict, and shows the error itself; a SystemExit there would end it."""
+def make_cli_guard(original):
+    """``llamafactory-cli export`` / ``api`` of a Kimi-Audio recipe (``export_model``, ``run_api``): the model and
+    adapter paths are checked before the model loads, and a failure ends with one line as a training run does. Only
+    the CLI's call (no arguments): the Web UI exports in its own process, passing a dict, and shows the error
+    itself; a SystemExit there would end it."""
 
     @functools.wraps(original)
-    def export_model(args: Any = None, *more: Any, **kwargs: Any):
-        if args is not None:
-            return original(args, *more, **kwargs)
-        recipe = _recipe(args)
+    def guarded(*args: Any, **kwargs: Any):
+        if any(arg is not None for arg in (*args, *kwargs.values())):
+            return original(*args, **kwargs)
+        recipe = _recipe(None)
         kimi_recipe = recipe is not None and recipe.get("template") == TEMPLATE_NAME
         try:
             if kimi_recipe:
                 check_kimi_recipe(recipe)
-            return original(args, *more, **kwargs)
+            return original(*args, **kwargs)
         except Exception as err:
             _end_with_one_line(err, recipe if kimi_recipe else None)
             raise
 
-    return export_model
+    return guarded
 
 
 def _end_with_one_line(err: Exception, recipe: dict[str, Any] | None) -> None:

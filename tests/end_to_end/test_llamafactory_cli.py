@@ -383,6 +383,16 @@ def test_export_with_a_wrong_path_ends_with_one_line(ckpt, workdir, lora_run, wr
     assert not (workdir / f"export_{wrong}").exists()
 
 
+def test_api_with_a_relative_model_path_from_elsewhere_ends_with_one_line(workdir):
+    """The README's api.yaml (model_name_or_path: saves/kimi-audio-merged) started from another directory."""
+    config = {"model_name_or_path": "saves/kimi-audio-merged", "template": "kimi_audio", "trust_remote_code": True}
+    rc, output = run_cli("api", config, workdir, "api_elsewhere", env={"API_PORT": "0"})
+    assert rc == 3 and "Traceback" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("llamafactory-cli: model_name_or_path saves/kimi-audio-merged: "), last
+    assert f"no folder {workdir / 'saves/kimi-audio-merged'}" in last, last
+
+
 def test_export_has_the_official_layout(exported, ckpt):
     config = json.loads((exported / "config.json").read_text())
     base_config = json.loads((Path(ckpt) / "config.json").read_text())
