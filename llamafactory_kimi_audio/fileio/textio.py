@@ -160,6 +160,21 @@ def ensure_writable_dir(path: str, flag: str = "--out-dir") -> str:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
+        blocker = _file_in_the_way(path)
+        if blocker is not None:
+            where = "" if blocker == path else f"{path}: "
+            fix = f"choose another {flag} (a folder, created if missing)"
+            raise DataError(f"{where}{blocker} is a file, not a folder; {fix}") from err
         reason = err.strerror or type(err).__name__
         raise DataError(f"{path}: cannot write to the output directory ({reason}); choose a writable {flag}") from err
     return path
+
+
+def _file_in_the_way(path: str) -> str | None:
+    """``path`` or the first of its parent folders that is a file (e.g. the input CSV given as --out-dir)."""
+    parts = path.split(os.sep)
+    for end in range(2, len(parts) + 1):
+        prefix = os.sep.join(parts[:end])
+        if os.path.exists(prefix) and not os.path.isdir(prefix):
+            return prefix
+    return None

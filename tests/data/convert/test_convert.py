@@ -408,7 +408,7 @@ def test_unwritable_output_dir(data: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "file").write_text("x")
     code, _, err = cli(capsys, data / "rows.csv", "--out-dir", tmp_path / "file" / "out")
     assert code == 2
-    assert "cannot write to the output directory (Not a directory); choose a writable --out-dir" in one_error_line(err)
+    assert f"out: {tmp_path / 'file'} is a file, not a folder; choose another --out-dir" in one_error_line(err)
 
 
 def test_split_must_sum_to_one(data: Path, tmp_path: Path, capsys) -> None:

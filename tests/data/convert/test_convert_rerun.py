@@ -1,5 +1,6 @@
 """``convert`` run again into the same ``--out-dir`` (a real CLI subprocess): what the earlier run of the same
-``--name`` wrote and this run does not write again must not stay behind as a dataset that looks current."""
+``--name`` wrote and this run does not write again must not stay behind as a dataset that looks current; an
+``--out-dir`` that is a file is named as such."""
 
 from __future__ import annotations
 
@@ -42,3 +43,13 @@ def test_a_split_not_written_again_is_removed_with_its_dataset_info_entry(tmp_pa
     assert third.returncode == 0, third.stderr
     names = sorted(p.name for p in (tmp_path / "data").iterdir())
     assert names == ["dataset_info.json", "mine.json", "my_asr.json", "my_asr.report.json"]
+
+
+def test_out_dir_that_is_a_file_is_named_as_one(tmp_path: Path) -> None:
+    rows = table(tmp_path)
+    fix = "is a file, not a folder; choose another --out-dir (a folder, created if missing)"
+    shown = {"rows.csv": f"{rows} {fix}", "rows.csv/data": f"{rows / 'data'}: {rows} {fix}"}
+    for out_dir, line in shown.items():  # the input itself given as --out-dir; a folder under a file
+        proc = convert(rows, "--out-dir", out_dir, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"kimi-audio-lf convert: error: {line}"]
