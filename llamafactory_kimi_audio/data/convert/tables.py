@@ -2,6 +2,7 @@
 
 * A row on a line whose bytes are not valid in the file's codec (``text_encodings.Decoded.bad``) becomes an Issue.
 * A row that repeats the header (two exports pasted together) becomes an Issue, not a row whose audio is "audio".
+* A row with non-empty cells past the header's last column becomes an Issue: its last cell would be cut short.
 * A quote that never closes would make the csv module swallow every following line into one field (and fail with
   "field larger than field limit" past 128 KiB): a row whose quoted field runs over lines that look like complete
   rows of their own (as many fields as the header), or to the end of the file, becomes an Issue naming the line the
@@ -51,7 +52,14 @@ def read_table(path: str, name: str, encoding: str = "auto", delimiter: str | No
         raise DataError(f"{name} line 1: the header row {first.message}; fix the header")
     if 1 in decoded.bad:
         raise DataError(f"{name} line 1: the header row has bad bytes: {decoded.bad[1]}; fix it or pass --encoding")
-    rows = [_row_issue(item, decoded, name) or _repeated_header(item, first.fields, name) or item for item in parsed]
+    header = first.fields
+    rows = [
+        _row_issue(item, decoded, name)
+        or _repeated_header(item, header, name)
+        or _extra_cells(item, len(header), name, delimiter)
+        or item
+        for item in parsed
+    ]
     return Table(first.fields, rows, decoded)
 
 
@@ -146,6 +154,21 @@ def _repeated_header(item: TableRow | Issue, header: list[str], name: str) -> Is
     if not isinstance(item, TableRow) or _cells(item.fields) != _cells(header):
         return None
     return Issue("repeated_header", name, item.row, f"repeats the header row ({','.join(_cells(header))})")
+
+
+def _extra_cells(item: TableRow | Issue, width: int, name: str, delimiter: str) -> Issue | None:
+    """A row with non-empty cells past the header's last column (an unquoted delimiter inside a transcript): reading
+    it would cut the cell short without a word, so it becomes an Issue. Empty extra cells (``a,b,c,,``) are fine."""
+    if not isinstance(item, TableRow) or not any(cell.strip() for cell in item.fields[width:]):
+        return None
+    extra = ", ".join(repr(cell) for cell in item.fields[width:] if cell.strip())
+    return Issue(
+        "extra_cells",
+        name,
+        item.row,
+        f"has {len(item.fields)} cells but the header has {width} (after the last column: {extra}); a {delimiter!r} "
+        "inside an unquoted cell?",
+    )
 
 
 def _cells(fields: list[str]) -> list[str]:

@@ -71,6 +71,7 @@ REASONS: dict[str, tuple[str, str]] = {
     # text rows (tables.py, fileio/text_encodings.py, transcripts.py)
     "undecodable_text": (ERROR, "fix the bytes of that line or re-save the file as UTF-8 (or pass --encoding)"),
     "repeated_header": (ERROR, "delete that line (two exports pasted into one file?); the rows around it were read"),
+    "extra_cells": (ERROR, 'put that cell in double quotes ("one, two") or remove the extra delimiters'),
     "unterminated_quote": (ERROR, 'close the quote, or write "" for a literal quote; the rows after it were read'),
     "placeholder_in_text": (ERROR, "the transcript must not hold <audio> or Kimi-Audio special tokens; remove them"),
     "control_characters": (ERROR, "the text is damaged or binary; fix the transcript or delete the row"),

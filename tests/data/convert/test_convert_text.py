@@ -275,3 +275,15 @@ def test_excel_export_with_a_repeated_header_names_that_line(tmp_path: Path, enc
     assert "x.csv row 3: repeats the header row" in proc.stderr, proc.stderr
     assert "audio file not found" not in proc.stderr
     assert report(tmp_path / "out", "x")["skipped_by_reason"] == {"repeated_header": 1}
+
+
+def test_row_with_more_cells_than_the_header_is_not_cut_silently(tmp_path: Path) -> None:
+    """An unquoted comma in a hand-edited transcript: the text after it must not vanish from the written row."""
+    wav(tmp_path / "a.wav")
+    body = "id,audio,text\nu1,a.wav,七六六十,好的,谢谢\nu2,a.wav,今天天气很好\nu3,a.wav,数据集准备完毕,,\n"
+    (tmp_path / "c.csv").write_text(body, encoding="utf-8")
+    proc = convert(tmp_path / "c.csv", "--out-dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert transcripts(tmp_path / "out", "c") == ["今天天气很好", "数据集准备完毕"]  # empty extra cells: harmless
+    assert "c.csv row 2: has 5 cells but the header has 3 (after the last column: '好的', '谢谢')" in proc.stderr
+    assert report(tmp_path / "out", "c")["skipped_by_reason"] == {"extra_cells": 1}
