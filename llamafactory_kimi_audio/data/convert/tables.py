@@ -166,8 +166,8 @@ def _extra_cells(item: TableRow | Issue, width: int, name: str, delimiter: str) 
         "extra_cells",
         name,
         item.row,
-        f"has {len(item.fields)} cells but the header has {width} (after the last column: {extra}); a {delimiter!r} "
-        "inside an unquoted cell?",
+        f"has {len(item.fields)} cells but the header has {width} (after the last column: {extra}), probably a "
+        f"{delimiter!r} inside an unquoted cell",
     )
 
 
