@@ -19,8 +19,9 @@ only) or ``backward`` (FP8 input gradients only, the forward exact); then only t
 
 The FP8 copies are plain tensor attributes, not buffers: checkpoints and adapters never see them, and DDP (which
 broadcasts every buffer before each forward) does not send 6 GiB per step. The bf16 ``weight`` stays registered for
-saving, merging and parameter counts; with both matmuls in FP8 nothing in a step reads it, so :func:`park_bf16_weights` can keep it in host
-memory during training (the two FP8 copies then take the GPU memory the bf16 weight took).
+saving, merging and parameter counts; with both matmuls in FP8 nothing in a step reads it, so
+:func:`park_bf16_weights` can keep it in host memory during training (the two FP8 copies then take the GPU memory the
+bf16 weight took).
 
 Trainable decoder layers (full / freeze fine-tuning) go to torchao's ``Float8Linear`` with the row-wise recipe, which
 re-casts its changing weight every step; that needs torchao. On a device without FP8 tensor cores (CUDA capability
