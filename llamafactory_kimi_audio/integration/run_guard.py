@@ -82,11 +82,17 @@ def _looks_local(path: str) -> bool:
 
 
 def check_kimi_recipe(recipe: dict[str, Any]) -> None:
-    """A ``kimi_audio`` recipe needs a Kimi-Audio checkpoint (an existing directory that holds one, or a Hub id) and
-    LLaMA-Factory's own trainers: its Megatron-Core workflow (``USE_MCA=1``) converts models Kimi-Audio is not."""
+    """A ``kimi_audio`` recipe needs a Kimi-Audio checkpoint (an existing directory that holds one, or a Hub id) and,
+    where it names adapters, LoRA output folders (train, export and api alike)."""
+    _check_model_path(str(recipe.get("model_name_or_path") or ""))
+    check_adapters(recipe)
+
+
+def check_trainer(recipe: dict[str, Any]) -> None:
+    """A ``kimi_audio`` training run needs LLaMA-Factory's own trainers: its Megatron-Core workflow (``USE_MCA=1``)
+    converts models Kimi-Audio is not."""
     from llamafactory.extras.misc import is_env_enabled
 
-    from ..models.auto import is_kimi_audio_checkpoint, read_config_json
     from .recipe_keys import recipe_true
 
     if is_env_enabled("USE_MCA") or recipe_true(recipe.get("use_mca", False)):
@@ -94,7 +100,11 @@ def check_kimi_recipe(recipe: dict[str, Any]) -> None:
             f"template {TEMPLATE_NAME}: Kimi-Audio has no Megatron-Core model (USE_MCA=1 / use_mca: true); unset "
             "USE_MCA to train with LLaMA-Factory's own trainer (DeepSpeed or DDP for several GPUs)"
         )
-    path = str(recipe.get("model_name_or_path") or "")
+
+
+def _check_model_path(path: str) -> None:
+    from ..models.auto import is_kimi_audio_checkpoint, read_config_json
+
     if not path or path in MODEL_GROUPS.values():
         return
     if os.path.isdir(path):
@@ -106,7 +116,6 @@ def check_kimi_recipe(recipe: dict[str, Any]) -> None:
             )
     elif _looks_local(path):
         raise ModelError(f"model_name_or_path {path}: no such directory; {_FIX_MODEL}")
-    check_adapters(recipe)
 
 
 def check_adapters(recipe: dict[str, Any]) -> None:
@@ -180,6 +189,7 @@ def make_run_guard(original):
         try:
             if kimi_recipe:
                 check_kimi_recipe(recipe)
+                check_trainer(recipe)
                 check_fp8_recipe(recipe)
                 check_recipe_files(recipe)  # dataset files and output_dir, before the slow model load
                 args = _completed_args(read, recipe)  # the keys a Kimi-Audio run needs, where the recipe lacks them

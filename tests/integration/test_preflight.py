@@ -127,13 +127,24 @@ def test_a_pickled_adapter_refused_by_torch_is_one_line_exit_3(tmp_path: Path) -
 def test_megatron_core_workflow_is_refused_for_kimi_recipes(tiny_checkpoint, monkeypatch, how) -> None:
     """LLaMA-Factory's Megatron-Core workflow (``USE_MCA=1`` or ``use_mca: true``) needs a Megatron model: one line
     before the model loads, not a traceback from mcore_adapter."""
-    from llamafactory_kimi_audio.integration.run_guard import check_kimi_recipe
+    from llamafactory_kimi_audio.integration.run_guard import check_trainer
 
     recipe = {"model_name_or_path": tiny_checkpoint.path, "template": "kimi_audio"}
-    check_kimi_recipe(recipe)  # LLaMA-Factory's own trainer: fine
+    check_trainer(recipe)  # LLaMA-Factory's own trainer: fine
     if how == "env":
         monkeypatch.setenv("USE_MCA", "1")
     else:
         recipe["use_mca"] = "true"
     with pytest.raises(InputError, match=r"Kimi-Audio has no Megatron-Core model .*unset USE_MCA"):
-        check_kimi_recipe(recipe)
+        check_trainer(recipe)
+
+
+def test_adapters_are_checked_whatever_the_model_path(tmp_path: Path) -> None:
+    """A Hub id (or no) ``model_name_or_path`` ends the model checks early; the adapter paths are checked still."""
+    from llamafactory_kimi_audio.errors import ModelError
+    from llamafactory_kimi_audio.integration.run_guard import check_kimi_recipe
+
+    missing = str(tmp_path / "saves" / "lora")
+    for model in ("moonshotai/Kimi-Audio-7B-Instruct", ""):
+        with pytest.raises(ModelError, match=rf"adapter_name_or_path {missing}: no such directory"):
+            check_kimi_recipe({"model_name_or_path": model, "adapter_name_or_path": missing})
