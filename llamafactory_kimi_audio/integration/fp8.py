@@ -133,8 +133,9 @@ def convert_for_fp8(model: Any, training_args: Any) -> dict[str, list[str]] | No
 
 def _park_at_conversion(training_args: Any) -> bool:
     """Park each bf16 weight as its layer is quantised (``KIMI_AUDIO_PARK_IDLE``), so that a 24 GB card never holds
-    both copies; not under DeepSpeed (its engine broadcasts every parameter through NCCL at start) or FSDP (flat
-    parameters): there the train-begin parking of ``speed.park_idle_weights`` does it, after the wrapping."""
+    both copies. Not under DeepSpeed (its engine broadcasts every parameter through NCCL at start: the train-begin
+    parking of ``speed.park_idle_weights`` does it there, after the wrapping) nor FSDP (flat parameters: nothing is
+    parked)."""
     if not settings.enabled("KIMI_AUDIO_PARK_IDLE"):
         return False
     return not getattr(training_args, "deepspeed", None) and not getattr(training_args, "fsdp", None)
@@ -160,7 +161,7 @@ def _log(base: Any, done: dict[str, list[str]]) -> None:
     if not is_main_process():
         return
     frozen = [base.get_submodule(_strip(n)) for n in done["frozen"]]
-    extra = sum(m.weight.numel() * (2 if m.matmuls == "both" else 1) for m in frozen) / 2**30
+    extra = sum(m.fp8_bytes() for m in frozen) / 2**30
     parked = sum(m.weight.numel() * m.weight.element_size() for m in frozen if _parked_off_device(m)) / 2**30
     logger.warning(
         "fp8: %d frozen decoder Linear layers run FP8 GEMMs (weights quantised once, +%.1f GiB%s), %d trainable ones "

@@ -165,16 +165,19 @@ class FrozenFloat8Linear(nn.Linear):
 
     @torch.no_grad()
     def requantize(self) -> None:
-        """(Re)make the FP8 copies from ``weight``: ``W`` for an FP8 forward, ``W^T`` for FP8 input gradients."""
+        """(Re)make the FP8 copies from ``weight``: ``W`` for an FP8 forward, ``W^T`` for FP8 input gradients. They
+        stay on the device of the copies they replace (a parked weight is in host memory)."""
+        previous = self._fp8_copy()
+        weight = self.weight if previous is None else self.weight.to(previous.device)
         for name in _FP8_COPIES:
             self.__dict__[name] = None
         if self.matmuls in ("both", "forward"):
-            weight_fp8, scale = cast_rowwise(self.weight)
+            weight_fp8, scale = cast_rowwise(weight)
             self.weight_fp8, self.weight_scale = weight_fp8, scale.view(-1)
         if self.matmuls in ("both", "backward"):
-            weight_t_fp8, scale_t = cast_rowwise(self.weight.t())
+            weight_t_fp8, scale_t = cast_rowwise(weight.t())
             self.weight_t_fp8, self.weight_t_scale = weight_t_fp8.contiguous(), scale_t.view(-1)
-        self.emulate = fp8_device_problem(self.weight.device) is not None
+        self.emulate = fp8_device_problem(weight.device) is not None
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> FrozenFloat8Linear:
         parked = self._parameters["weight"] if self.weight_parked_on is not None else None
@@ -190,7 +193,7 @@ class FrozenFloat8Linear(nn.Linear):
             if copy is not None:
                 self.__dict__[name] = fn(copy).to(copy.dtype)
         copy = self._fp8_copy()  # their device decides emulation
-        if copy.device.type != "meta":
+        if copy is not None and copy.device.type != "meta":
             self.emulate = fp8_device_problem(copy.device) is not None
         return self
 
@@ -213,8 +216,12 @@ class FrozenFloat8Linear(nn.Linear):
             self.weight = nn.Parameter(moved, requires_grad=False)
         return moved.numel() * moved.element_size()
 
-    def _fp8_copy(self) -> torch.Tensor:
+    def _fp8_copy(self) -> torch.Tensor | None:
         return self.weight_fp8 if self.weight_fp8 is not None else self.weight_t_fp8
+
+    def fp8_bytes(self) -> int:
+        """GPU bytes of the FP8 copies (the scales left out)."""
+        return sum(c.numel() for c in (self.weight_fp8, self.weight_t_fp8) if c is not None)
 
     @property
     def weight_is_idle(self) -> bool:
