@@ -1,5 +1,7 @@
 """The audio files a precompute run covers: read from LLaMA-Factory dataset files (sharegpt / alpaca records), either
-named in ``dataset_info.json`` or given directly; relative paths resolve the way LLaMA-Factory's ``media_dir`` does."""
+named in ``dataset_info.json`` or given directly; relative paths resolve the way LLaMA-Factory's ``media_dir`` does.
+Each clip whose record has a non-empty answer (the transcript) is noted with its row, so that precompute can name a
+silent clip that would be trained on text (``fileio/audio_silence.py``)."""
 
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ class DataFile:
     path: str
     media_dir: str
     audio_column: str = DEFAULT_AUDIO_COLUMN
+    text_keys: tuple[tuple[str, str], ...] = ()  # dataset_info.json's columns + tags that locate the answer
 
 
 @dataclass
 class AudioList:
     paths: list[str] = field(default_factory=list)  # unique absolute paths, first-seen order
     problems: list[str] = field(default_factory=list)  # one line per unusable row
+    transcribed: dict[str, str] = field(default_factory=dict)  # path -> the first row giving it a non-empty answer
 
 
 def data_file(path: str, media_dir: str | None = None) -> DataFile:
@@ -53,7 +57,7 @@ def dataset_files(dataset_dir: str, names: Iterable[str], media_dir: str | None 
         local = _local_files(
             os.path.join(dataset_dir, entry["file_name"]), f"{name!r} in {dataset_dir}/{DATASET_INFO}"
         )
-        files += [DataFile(p, media, column) for p in local]
+        files += [DataFile(p, media, column, _text_keys(entry)) for p in local]
     return files
 
 
@@ -80,11 +84,42 @@ def collect_audio_paths(files: Iterable[DataFile]) -> AudioList:
     for data in files:
         records, _ = iter_json_records(data.path)
         for line, record in records:
+            texted = isinstance(record, dict) and bool(answer_text(record, dict(data.text_keys)))
             for path in _record_audios(data, line, record, result.problems):
                 if path not in seen:
                     seen.add(path)
                     result.paths.append(path)
+                if texted:
+                    result.transcribed.setdefault(path, f"{os.path.basename(data.path)} line {line}")
     return result
+
+
+def _text_keys(entry: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    keys = {**(entry.get("columns") or {}), **(entry.get("tags") or {})}
+    return tuple((k, v) for k, v in keys.items() if isinstance(k, str) and isinstance(v, str))
+
+
+ASSISTANT_ROLES = ("assistant", "gpt", "model", "bot")
+
+
+def answer_text(record: dict[str, Any], keys: dict[str, str]) -> str:
+    """The record's answers (assistant turns of sharegpt, ``output`` of alpaca) without ``<audio>`` placeholders,
+    stripped: "" for a no-speech example, and for a record whose answer cannot be found (never flagged)."""
+    turns = record.get(keys.get("messages", "")) or record.get("messages") or record.get("conversations")
+    texts: list[Any] = []
+    if isinstance(turns, list):
+        roles = (keys["assistant_tag"],) if "assistant_tag" in keys else ASSISTANT_ROLES
+        for turn in turns:
+            if isinstance(turn, dict) and _field(turn, keys.get("role_tag"), "role", "from") in roles:
+                texts.append(_field(turn, keys.get("content_tag"), "content", "value"))
+    else:
+        texts.append(_field(record, keys.get("response"), "output"))
+    joined = " ".join(text for text in texts if isinstance(text, str))
+    return joined.replace("<audio>", "").strip()  # LLaMA-Factory's placeholder: an audio answer is no text
+
+
+def _field(obj: dict[str, Any], key: str | None, *defaults: str) -> Any:
+    return next((obj[k] for k in (key, *defaults) if k and k in obj), None)
 
 
 def _record_audios(data: DataFile, line: int, record: Any, problems: list[str]) -> Iterator[str]:
