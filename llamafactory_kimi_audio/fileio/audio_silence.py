@@ -54,19 +54,23 @@ def silent_clips_mode(override: str | None = None) -> str:
     return str(settings.get(SETTING))
 
 
-def shown_clips(clips: Sequence[Clip]) -> str:
-    """``a.wav (train.json line 3), b.wav (…) and 4 more``."""
+def shown_clips(clips: Sequence[Clip], total: int | None = None) -> str:
+    """``a.wav (train.json line 3), b.wav (…) and 4 more``; ``total``: the count when ``clips`` holds the first few."""
     names = [f"{audio} ({where})" if where else audio for audio, where in clips[:SHOWN_CLIPS]]
-    more = f" and {len(clips) - SHOWN_CLIPS} more" if len(clips) > SHOWN_CLIPS else ""
+    total = len(clips) if total is None else total
+    more = f" and {total - len(names)} more" if total > len(names) else ""
     return ", ".join(names) + more
 
 
-def warning_line(clips: Sequence[Clip], switch: str, kept: str = "") -> str:
+def warning_line(clips: Sequence[Clip], switch: str, kept: str = "", total: int | None = None) -> str:
     """The one-line summary of warn mode. ``switch`` tells how to change the mode (``--silent-clips`` or
-    ``KIMI_AUDIO_SILENT_CLIPS=``), ``kept`` what was done with the clips (e.g. ``; cached anyway``)."""
-    count = f"{len(clips)} silent clip{'s' if len(clips) != 1 else ''}"
+    ``KIMI_AUDIO_SILENT_CLIPS=``), ``kept`` what was done with the clips (e.g. ``; cached anyway``), ``total`` the
+    count when ``clips`` holds only the first few."""
+    total = len(clips) if total is None else total
+    count = f"{total} silent clip{'s' if total != 1 else ''}"
+    shown = shown_clips(clips, total)
     return (
-        f"warning: {count} (peak below {SILENT_DBFS} dBFS) with a non-empty transcript{kept}: {shown_clips(clips)}; "
+        f"warning: {count} (peak below {SILENT_DBFS} dBFS) with a non-empty transcript{kept}: {shown}; "
         f"{FIX}; {switch}error stops on them, {switch}off hides this"
     )
 
