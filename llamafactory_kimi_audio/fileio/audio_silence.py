@@ -23,11 +23,16 @@ from ..errors import InputError
 SILENT_PEAK = 1e-4  # -80 dBFS: 3.3 steps of 16-bit PCM
 SILENT_DBFS = -80
 SETTING = "KIMI_AUDIO_SILENT_CLIPS"
+SETTING_SWITCH = SETTING + "="  # how messages outside precompute say to change the mode
 MODES = ("off", "warn", "error")
 SHOWN_CLIPS = 3  # clip names in a message (then "and N more")
 FIX = (
     "the model would learn to write text for silence; fix or replace the audio, give the row an empty transcript "
     "(a no-speech example) or delete the row"
+)
+EVAL_FIX = (
+    "no model can transcribe silence, so they count as errors in CER/WER; fix or replace the audio, or remove them "
+    "from the test set (an empty reference is not scored)"
 )
 
 Clip = tuple[str, str | None]  # (audio, where its transcript is: "train.json line 3"; None when unknown)
@@ -62,25 +67,25 @@ def shown_clips(clips: Sequence[Clip], total: int | None = None) -> str:
     return ", ".join(names) + more
 
 
-def warning_line(clips: Sequence[Clip], switch: str, kept: str = "", total: int | None = None) -> str:
+def warning_line(clips: Sequence[Clip], switch: str, kept: str = "", total: int | None = None, fix: str = FIX) -> str:
     """The one-line summary of warn mode. ``switch`` tells how to change the mode (``--silent-clips`` or
     ``KIMI_AUDIO_SILENT_CLIPS=``), ``kept`` what was done with the clips (e.g. ``; cached anyway``), ``total`` the
-    count when ``clips`` holds only the first few."""
+    count when ``clips`` holds only the first few, ``fix`` what to do."""
     total = len(clips) if total is None else total
     count = f"{total} silent clip{'s' if total != 1 else ''}"
     shown = shown_clips(clips, total)
     return (
         f"warning: {count} (peak below {SILENT_DBFS} dBFS) with a non-empty transcript{kept}: {shown}; "
-        f"{FIX}; {switch}error stops on them, {switch}off hides this"
+        f"{fix}; {switch}error stops on them, {switch}off hides this"
     )
 
 
-def error_line(clips: Sequence[Clip], switch: str, done: str = "") -> str:
+def error_line(clips: Sequence[Clip], switch: str, done: str = "", fix: str = FIX) -> str:
     """The one-line error of error mode, naming the first clips; ``done`` says what happened to the others."""
     audio, where = clips[0]
     row = f" ({where})" if where else ""
     more = f" ({len(clips) - 1} more: {shown_clips(clips[1:])})" if len(clips) > 1 else ""
     return (
         f"{audio}{row}: silent clip (peak below {SILENT_DBFS} dBFS) with a non-empty transcript{more}{done}; "
-        f"{FIX} ({switch}warn keeps such clips with a warning)"
+        f"{fix} ({switch}warn keeps such clips with a warning)"
     )

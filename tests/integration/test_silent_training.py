@@ -120,7 +120,8 @@ def test_training_run_warns_once_or_stops_with_exit_2(tmp_path: Path, tiny_check
     records[1]["audios"] = [str(silent)]  # a transcript on silence; the other rows stay as they are
     (dataset / "asr_train.json").write_text(json.dumps(records), encoding="utf-8")
     config = train_config(tiny_checkpoint.path, dataset, tmp_path / "out", max_steps=4, num_train_epochs=2)
-    rc, log = run_cli("train", config, tmp_path, "warn")
+    # two DataLoader workers, forked again each epoch: they share the rank's tally
+    rc, log = run_cli("train", {**config, "dataloader_num_workers": 2}, tmp_path, "warn")
     check_ok(rc, log)
     named = [line for line in log.splitlines() if "silent clip" in line]
     assert len(named) == 2 and all(str(silent) in line for line in named), named  # the first meeting, the end

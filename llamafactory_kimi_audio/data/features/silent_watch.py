@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 
 from ...fileio.audio_silence import (
+    SETTING_SWITCH as SWITCH,
+)
+from ...fileio.audio_silence import (
     SHOWN_CLIPS,
     SilentClipError,
     error_line,
@@ -29,7 +32,6 @@ from ...fileio.audio_silence import (
 )
 from ...logs import get_logger, process_rank
 
-SWITCH = "KIMI_AUDIO_SILENT_CLIPS="
 BITMAP_BYTES = 1 << 13  # 65536 name hashes: a repeated clip (next epoch, another worker) is counted once
 NAMES_BYTES = 4096
 logger = get_logger(__name__)
