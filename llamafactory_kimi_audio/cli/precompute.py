@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     result.failed += len(audios.problems)
     _print_in_rank_order(result.summary())
     if result.silent and result.silent_mode == "error":
-        raise SilentClipError(error_line(result.silent, "--silent-clips ", "; not cached, the other clips were"))
+        raise SilentClipError(error_line(result.silent, "--silent-clips ", "; the other clips are cached"))
     return EXIT_BAD_INPUT if result.failed or result.missing else 0
 
 

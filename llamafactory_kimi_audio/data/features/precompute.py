@@ -7,8 +7,9 @@ model computes online. Runs are resumable (sound existing entries are skipped, d
 over ranks deterministically (``precompute_plan.py``): ``torchrun --nproc-per-node N`` or ``--shard K/N``.
 
 Each clip it decodes is also checked for digital silence when its rows give it a non-empty transcript
-(``transcribed``; ``fileio/audio_silence.py``): ``warn`` caches it and names it in the summary, ``error`` does not
-cache it (a re-run finds it again) and the CLI exits 2 naming it, after every other clip is done.
+(``transcribed``; ``fileio/audio_silence.py``): ``warn`` caches it and names it in the summary; ``error`` does not
+cache it and the CLI exits 2 naming it, after every other clip is done. Error mode also decodes the cached clips
+that have a transcript (an earlier warn run cached them), so that exit 0 vouches for every clip of the dataset.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class _Run:
                 if rows is not None and not bool(rows.isfinite().all()):  # written before NaN audio was refused
                     problem = "its Whisper rows are not finite; re-encoding the clip"
                 elif rows is not None or self.mode == "codes":
-                    return _Prepared(key, None, frames=len(codes))
+                    return _Prepared(key, None, frames=len(codes), silent=self.cached_silent(audio))
                 else:
                     problem = "a codes-only entry; adding the Whisper rows"
             except CacheEntryError as err:
@@ -191,16 +192,25 @@ class _Run:
         except OSError as err:
             return AudioError(f"{audio}: cannot read the file ({err.strerror or type(err).__name__}); check it")
 
+    def cached_silent(self, audio: str) -> bool:
+        """Error mode only: whether a cached clip with a transcript is silent (its audio is decoded again)."""
+        if self.result.silent_mode != "error" or audio not in self.transcribed:
+            return False
+        try:
+            return is_silent(load_audio(audio))
+        except (AudioError, OSError):  # the entry is what training reads; the audio is not this run's concern
+            return False
+
     def add(self, audio: str, prepared: _Prepared | Exception) -> None:
         if isinstance(prepared, Exception):
             self.fail(audio, prepared)
+            return
+        if prepared.silent and self.silent(audio, cached=prepared.wave is None):
             return
         if prepared.key.digest in self.seen or prepared.wave is None:  # cached, or listed twice
             self.seen.add(prepared.key.digest)
             self.result.skipped += 1
             self.progress.done(audio, prepared.frames * 1280)
-            return
-        if prepared.silent and self.silent(audio):
             return
         if prepared.problem is not None:
             self.say(f"precompute: rewriting the feature-cache entry of {audio} ({prepared.problem})")
@@ -219,14 +229,16 @@ class _Run:
         self.result.failures.append(message)
         self.progress.done(audio, 0)
 
-    def silent(self, audio: str) -> bool:
-        """Note a silent clip with a transcript; True when it is not cached (error mode: a re-run meets it again)."""
+    def silent(self, audio: str, cached: bool) -> bool:
+        """Note a silent clip with a transcript; True when this run leaves it out of the cache (error mode)."""
         clip = (audio, self.transcribed.get(audio))
         self.result.silent.append(clip)
         if self.result.silent_mode != "error":
             return False
         if self.options.strict:
             raise SilentClipError(error_line([clip], "--silent-clips "))
+        if cached:  # counted as skipped; the exit code tells
+            return False
         self.progress.done(audio, 0)
         return True
 

@@ -32,7 +32,7 @@ class PrecomputeResult:
     failures: list[str] = field(default_factory=list)
     missing: int = 0  # entries computed or found that the cache's index no longer holds at the end
     silent: list[Clip] = field(default_factory=list)  # decoded clips that are silent but have a transcript
-    silent_mode: str = "warn"  # warn: cached and named below the counts; error: not cached (the CLI exits 2)
+    silent_mode: str = "warn"  # warn: cached and named below the counts; error: counted (the CLI exits 2)
 
     def summary(self) -> str:
         part = f"shard {self.shard[0]}/{self.shard[1]}: " if self.shard[1] > 1 else ""
@@ -51,7 +51,7 @@ class PrecomputeResult:
 
     @property
     def _silent(self) -> str:
-        return f", {len(self.silent)} silent (not cached)" if self.silent and self.silent_mode == "error" else ""
+        return f", {len(self.silent)} silent with a transcript" if self.silent and self.silent_mode == "error" else ""
 
     @property
     def _repaired(self) -> str:

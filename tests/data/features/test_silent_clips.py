@@ -1,7 +1,7 @@
 """Digitally silent clips with a non-empty transcript (``fileio/audio_silence.py``): what counts as silent, which
-rows give a clip a transcript, and ``kimi-audio-lf precompute`` through the real CLI: the good clips are cached,
-the summary names the silent one with its row (warn, exit 0) or the run exits 2 with one line naming it (error).
-A silent clip with an empty transcript (a no-speech example) is never flagged."""
+rows give a clip a transcript, and ``kimi-audio-lf precompute`` through the real CLI (slow: a subprocess per run):
+the good clips are cached, the summary names the silent one with its row (warn, exit 0) or the run exits 2 with one
+line naming it (error). A silent clip with an empty transcript (a no-speech example) is never flagged."""
 
 from __future__ import annotations
 
@@ -133,12 +133,36 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def test_library_run_caches_good_clips_and_lists_the_silent_one(tmp_path: Path, tiny_checkpoint, dataset) -> None:
+    """``precompute()`` in-process (the fast twin of the CLI tests below): warn caches all four clips and the summary
+    names the silent clip with a transcript; error leaves it out of the cache and counts it."""
+    from llamafactory_kimi_audio.data.features.precompute import PrecomputeOptions, load_audio_encoders, precompute
+
+    found = collect_audio_paths([data_file(str(dataset / "asr.jsonl"))])
+    encoders = load_audio_encoders(tiny_checkpoint.path, "cpu")
+    results = {}
+    for mode in ("warn", "error"):
+        options = PrecomputeOptions(cache_dir=str(tmp_path / mode), progress=False, silent_clips=mode)
+        results[mode] = precompute(tiny_checkpoint.path, found.paths, options, encoders, transcribed=found.transcribed)
+    silent = str(dataset / "silent.wav")
+    assert results["warn"].computed == 4 and results["warn"].silent == [(silent, "asr.jsonl line 3")]
+    assert f"1 silent clip (peak below -80 dBFS) with a non-empty transcript; cached anyway: {silent}" in (
+        results["warn"].summary()
+    )
+    assert (results["error"].computed, results["error"].failed, results["error"].silent) == (
+        3,
+        0,
+        results["warn"].silent,
+    )
+
+
 def _precompute(model: str, data: Path, cache: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
     argv = [CLI, "precompute", "--model", model, "--data", str(data), "--cache", str(cache), "--device", "cpu"]
     environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env}
     return subprocess.run([*argv, "--no-progress", *extra], capture_output=True, text=True, timeout=900, env=environ)
 
 
+@pytest.mark.slow
 def test_precompute_warns_once_naming_the_silent_clip_and_its_row(tmp_path: Path, tiny_checkpoint, dataset) -> None:
     run = _precompute(tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "cache")
     assert run.returncode == 0, run.stderr
@@ -153,23 +177,28 @@ def test_precompute_warns_once_naming_the_silent_clip_and_its_row(tmp_path: Path
     assert warnings[0].endswith("--silent-clips error stops on them, --silent-clips off hides this")
     off = _precompute(tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "c2", "--silent-clips", "off")
     assert off.returncode == 0 and "silent" not in off.stdout + off.stderr
+    # error mode decodes the cached clips with a transcript again: the clip cached above does not pass
+    strict = _precompute(tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "cache", "--silent-clips=error")
+    assert strict.returncode == 2 and "0 computed, 4 skipped (already cached), 0 failed, 1 silent" in strict.stdout
+    assert strict.stderr.strip().splitlines()[-1].startswith(f"kimi-audio-lf precompute: error: {silent} (asr.jsonl")
 
 
+@pytest.mark.slow
 def test_precompute_error_mode_caches_the_others_and_exits_2_naming_the_clip(
     tmp_path: Path, tiny_checkpoint, dataset
 ) -> None:
     silent = dataset / "silent.wav"
     run = _precompute(tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "cache", KIMI_AUDIO_SILENT_CLIPS="error")
     assert run.returncode == 2, run.stderr
-    assert "3 computed, 0 skipped (already cached), 0 failed, 1 silent (not cached)" in run.stdout
+    assert "3 computed, 0 skipped (already cached), 0 failed, 1 silent with a transcript" in run.stdout
     errors = run.stderr.strip().splitlines()
     assert len(errors) == 1, run.stderr
     assert errors[0].startswith(
         f"kimi-audio-lf precompute: error: {silent} (asr.jsonl line 3): silent clip (peak below -80 dBFS) with a "
-        "non-empty transcript; not cached, the other clips were;"
+        "non-empty transcript; the other clips are cached;"
     )
     assert errors[0].endswith("(--silent-clips warn keeps such clips with a warning)")
-    # not cached, so a re-run meets it again instead of passing; the flag overrides the setting
+    # not cached: a re-run meets it again instead of passing; the flag overrides the setting
     again = _precompute(tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "cache", "--silent-clips", "error")
     assert again.returncode == 2 and "0 computed, 3 skipped (already cached), 0 failed, 1 silent" in again.stdout
     strict = _precompute(
