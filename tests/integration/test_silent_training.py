@@ -130,3 +130,37 @@ def test_training_run_warns_once_or_stops_with_exit_2(tmp_path: Path, tiny_check
     assert rc == 2, log[-4000:]
     errors = [line for line in log.splitlines() if line.startswith("llamafactory-cli: ")]
     assert errors[-1].startswith(f"llamafactory-cli: {silent}: silent clip (peak below -80 dBFS)"), log[-4000:]
+
+
+def test_packed_rows_with_speech_targets_flag_only_the_silent_input_with_text(tiny_checkpoint, tmp_path, monkeypatch):
+    """ASR, TTS and a spoken reply packed in one row (``neat_packing``) and padded: a silent speech-output target is
+    no input (never flagged); the silent ASR input with text is, in both layouts."""
+    from lf_pipeline import packed_and_plain_batches, sft_columns
+    from llamafactory.hparams import DataArguments
+
+    def clip(name: str, wave: np.ndarray) -> str:
+        sf.write(tmp_path / name, wave, RATE, subtype="PCM_16")
+        return str(tmp_path / name)
+
+    quiet, tone = np.zeros(RATE, np.float32), (0.3 * np.sin(np.arange(RATE) * 0.07)).astype(np.float32)
+    asr, tts_target = clip("asr_silent.wav", quiet), clip("tts_silent.wav", quiet)
+    question, answer = clip("question.wav", tone), clip("answer_silent.wav", quiet)
+    columns = sft_columns(
+        ["<audio>", "say three", "<audio>"],
+        ["one two", "three<audio>", "four<audio>"],
+        [[asr], [tts_target], [question, answer]],
+    )
+    data_args = DataArguments(template="kimi_audio", cutoff_len=256, packing=True, neat_packing=True)
+    tokenizer_module, template, model = load_tiny(tiny_checkpoint.path, data_args)
+    setup = dict(tm=tokenizer_module, data_args=data_args, template=template, model=model)
+    tallies = [silent_watch._Tally(), silent_watch._Tally()]  # packed, then plain rows: one tally each
+    monkeypatch.setattr(silent_watch, "_tally", tallies[0])
+    original = silent_watch.note
+
+    def note_then_switch(audios, waves, answered):  # the second collator call (plain rows) counts into tallies[1]
+        original(audios, waves, answered)
+        monkeypatch.setattr(silent_watch, "_tally", tallies[1])
+
+    monkeypatch.setattr(silent_watch, "note", note_then_switch)
+    packed_and_plain_batches(setup, columns)
+    assert [(tally.count.value, tally.shown()) for tally in tallies] == [(1, [asr]), (1, [asr])]
