@@ -84,12 +84,11 @@ def collect_audio_paths(files: Iterable[DataFile]) -> AudioList:
     for data in files:
         records, _ = iter_json_records(data.path)
         for line, record in records:
-            texted = isinstance(record, dict) and bool(answer_text(record, dict(data.text_keys)))
-            for path in _record_audios(data, line, record, result.problems):
+            for path, answered in _record_audios(data, line, record, result.problems):
                 if path not in seen:
                     seen.add(path)
                     result.paths.append(path)
-                if texted:
+                if answered:
                     result.transcribed.setdefault(path, f"{os.path.basename(data.path)} line {line}")
     return result
 
@@ -100,36 +99,52 @@ def _text_keys(entry: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 ASSISTANT_ROLES = ("assistant", "gpt", "model", "bot")
+PLACEHOLDER = "<audio>"  # LLaMA-Factory's: one per entry of the audio column, in order
 
 
-def answer_text(record: dict[str, Any], keys: dict[str, str]) -> str:
-    """The record's answers (assistant turns of sharegpt, ``output`` of alpaca) without ``<audio>`` placeholders,
-    stripped: "" for a no-speech example, and for a record whose answer cannot be found (never flagged)."""
+def answered_inputs(record: dict[str, Any], keys: dict[str, str], count: int) -> list[bool]:
+    """Per audio of the record (``count``, in placeholder order): an input clip (of a user turn, or alpaca's) whose
+    answer (the next assistant turn, or ``output``) holds text. A speech-output target (an ``<audio>`` of an
+    assistant turn) and a clip answered by an empty turn (a no-speech example) are False; so is every clip of a
+    record whose turns or placeholders do not add up (LLaMA-Factory refuses such a row)."""
     turns = record.get(keys.get("messages", "")) or record.get("messages") or record.get("conversations")
-    texts: list[Any] = []
-    if isinstance(turns, list):
-        roles = (keys["assistant_tag"],) if "assistant_tag" in keys else ASSISTANT_ROLES
-        for turn in turns:
-            if isinstance(turn, dict) and _field(turn, keys.get("role_tag"), "role", "from") in roles:
-                texts.append(_field(turn, keys.get("content_tag"), "content", "value"))
-    else:
-        texts.append(_field(record, keys.get("response"), "output"))
-    joined = " ".join(text for text in texts if isinstance(text, str))
-    return joined.replace("<audio>", "").strip()  # LLaMA-Factory's placeholder: an audio answer is no text
+    if not isinstance(turns, list):  # alpaca: the audios sit in the prompt, the answer is the response column
+        return [_has_text(_field(record, keys.get("response"), "output"))] * count
+    roles = (keys["assistant_tag"],) if "assistant_tag" in keys else ASSISTANT_ROLES
+    parsed = [
+        (
+            _field(turn, keys.get("role_tag"), "role", "from") in roles,
+            _field(turn, keys.get("content_tag"), "content", "value"),
+        )
+        for turn in turns
+        if isinstance(turn, dict)
+    ]
+    flags: list[bool] = []
+    for at, (assistant, content) in enumerate(parsed):
+        answer = next((text for is_answer, text in parsed[at + 1 :] if is_answer), None)
+        placeholders = content.count(PLACEHOLDER) if isinstance(content, str) else 0
+        flags += [not assistant and _has_text(answer)] * placeholders
+    return flags if len(flags) == count else [False] * count
+
+
+def _has_text(answer: Any) -> bool:
+    return isinstance(answer, str) and bool(answer.replace(PLACEHOLDER, "").strip())
 
 
 def _field(obj: dict[str, Any], key: str | None, *defaults: str) -> Any:
     return next((obj[k] for k in (key, *defaults) if k and k in obj), None)
 
 
-def _record_audios(data: DataFile, line: int, record: Any, problems: list[str]) -> Iterator[str]:
+def _record_audios(data: DataFile, line: int, record: Any, problems: list[str]) -> Iterator[tuple[str, bool]]:
+    """(absolute path, whether it is an input clip with a transcript) of each audio entry of the record."""
     where = f"{os.path.basename(data.path)} line {line}"
     if not isinstance(record, dict):
         problems.append(f"{where}: {getattr(record, 'message', 'not a JSON object')}")
         return
     audios = record.get(data.audio_column) or []
-    for audio in [audios] if isinstance(audios, str) else audios:
+    audios = [audios] if isinstance(audios, str) else audios
+    for audio, answered in zip(audios, answered_inputs(record, dict(data.text_keys), len(audios))):
         if isinstance(audio, str) and audio:
-            yield os.path.abspath(os.path.join(data.media_dir, os.path.expanduser(audio)))
+            yield os.path.abspath(os.path.join(data.media_dir, os.path.expanduser(audio))), answered
         else:
             problems.append(f"{where}: audio entry {audio!r} is not a file path; skipped")

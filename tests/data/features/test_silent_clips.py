@@ -72,7 +72,10 @@ def test_mode_comes_from_the_setting_and_a_flag_overrides_it(monkeypatch) -> Non
 
 
 # ------------------------------------------------------------------------------- which clips have a transcript
-def test_transcribed_clips_are_those_with_a_non_empty_answer(tmp_path: Path) -> None:
+def test_transcribed_clips_are_inputs_with_a_non_empty_answer(tmp_path: Path) -> None:
+    def turns(*contents: str) -> list[dict]:
+        return [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(contents)]
+
     rows = [
         _row("hello", ["a.wav"]),
         _row("  ", ["b.wav"]),
@@ -81,14 +84,18 @@ def test_transcribed_clips_are_those_with_a_non_empty_answer(tmp_path: Path) -> 
         {"instruction": "<audio>", "output": "alpaca text", "audios": ["e.wav"]},
         {"instruction": "<audio>", "output": "", "audios": ["f.wav"]},
         _row("again", ["c.wav"]),
+        {"messages": turns("say words", "words<audio>"), "audios": ["g.wav"]},  # TTS: g is a target
+        {"messages": turns("<audio>", "sure<audio>"), "audios": ["h.wav", "i.wav"]},  # spoken reply to h
+        {"messages": turns("<audio>", "first", "<audio>", ""), "audios": ["j.wav", "k.wav"]},  # k: no speech
+        {"messages": turns("<audio>", "text"), "audios": ["l.wav", "m.wav"]},  # one placeholder, two audios
     ]
     (tmp_path / "mixed.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     found = collect_audio_paths([data_file(str(tmp_path / "mixed.jsonl"))])
-    named = {os.path.basename(path): where for path, where in found.transcribed.items()}
-    # b, f: no-speech examples; c: silent-safe in line 3, but line 7 gives it a transcript
-    assert named == {"a.wav": "mixed.jsonl line 1", "c.wav": "mixed.jsonl line 7", "d.wav": "mixed.jsonl line 4",
-                     "e.wav": "mixed.jsonl line 5"}  # fmt: skip
-    assert len(found.paths) == 6 and not found.problems
+    named = {os.path.basename(path): where.split()[-1] for path, where in found.transcribed.items()}
+    # b, f, k: no-speech examples; c: none in line 3, but line 7 gives it a transcript; g, i: speech-output targets
+    assert named == {"a.wav": "1", "c.wav": "7", "d.wav": "4", "e.wav": "5", "h.wav": "9", "j.wav": "10"}
+    assert len(found.paths) == 13 and not found.problems
+    assert all(where.startswith("mixed.jsonl line ") for where in found.transcribed.values())
 
 
 def test_dataset_info_tags_locate_the_answer(tmp_path: Path) -> None:
