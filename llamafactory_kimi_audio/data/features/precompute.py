@@ -69,7 +69,8 @@ def precompute(
     transcribed: Mapping[str, str] | None = None,
 ) -> PrecomputeResult:
     """Write a cache entry for every audio file of this shard not yet cached; bad files are reported and counted.
-    ``transcribed``: the clips whose rows have a non-empty transcript (path -> row), checked for silence."""
+    ``transcribed``: the input clips whose rows have a non-empty transcript (path -> row), checked for silence
+    (``dataset_audio.collect_audio_paths`` gives it; None: no clip is checked)."""
     options = options or PrecomputeOptions()
     if options.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")

@@ -4,10 +4,11 @@ The collator sees token ids, not dataset rows: an input clip has a transcript wh
 a token before its ``text_eos`` (``answered_audios``). A clip served whole from the feature cache is not read, so not
 checked here (``precompute`` checked it when it encoded it).
 
-One line per rank however many DataLoader workers, epochs and steps meet the clips: ``enable()`` (the training
-process, before its DataLoader workers fork) puts the count, a bitmap of the clip names already counted and the
-first names in shared memory, so that every worker adds to the same tally. The first silent clip is named at once;
-at exit the rank prints the total. ``KIMI_AUDIO_SILENT_CLIPS=error`` stops at the first one instead (exit 2).
+Two lines per rank at most, however many DataLoader workers, epochs and steps meet the clips: ``enable()`` (the
+training process, before its DataLoader workers fork) puts the count, a bitmap of the clip names already counted and
+the first names in shared memory, so that every worker adds to the same tally. The first silent clip is named at
+once; at exit the rank prints the total and the first names. ``KIMI_AUDIO_SILENT_CLIPS=error`` stops at the first
+one instead (exit 2).
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from typing import Any
 import numpy as np
 
 from ...fileio.audio_silence import (
-    SETTING_SWITCH as SWITCH,
-)
-from ...fileio.audio_silence import (
+    SETTING_SWITCH,
     SHOWN_CLIPS,
     SilentClipError,
     error_line,
@@ -90,17 +89,17 @@ def note(audios: Sequence[str], waves: Sequence[np.ndarray], answered: Sequence[
         if not has_text or not is_silent(wave):
             continue
         if silent_clips_mode() == "error":
-            raise SilentClipError(error_line([(audio, None)], SWITCH, " in a training batch"))
+            raise SilentClipError(error_line([(audio, None)], SETTING_SWITCH, " in a training batch"))
         if _tally.add(audio) == 1:
             kept = f"{_rank()}; training on it (the run's end sums up the others)"
-            logger.warning("%s", warning_line([(audio, None)], SWITCH, kept))
+            logger.warning("%s", warning_line([(audio, None)], SETTING_SWITCH, kept))
 
 
 def _summary(tally: _Tally) -> None:
     total = int(tally.count.value)
     if total:
         clips = [(name, None) for name in tally.shown()]
-        logger.warning("%s", warning_line(clips, SWITCH, f"{_rank()}; trained on", total))
+        logger.warning("%s", warning_line(clips, SETTING_SWITCH, f"{_rank()}; trained on", total))
 
 
 def _rank() -> str:
