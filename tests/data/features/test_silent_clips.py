@@ -212,3 +212,24 @@ def test_precompute_error_mode_caches_the_others_and_exits_2_naming_the_clip(
         tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "c2", "--silent-clips", "error", "--strict"
     )
     assert strict.returncode == 2 and str(silent) in strict.stderr.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- convert: only the clips it decodes
+def test_convert_warns_about_a_silent_clip_it_decodes_and_keeps_the_row(tmp_path: Path) -> None:
+    """``convert`` decodes FLAC (its header cannot vouch for the samples), so it sees the silent FLAC and keeps its
+    row with a ``silent_audio`` warning; a PCM WAV keeps its header-only check (precompute and training see it)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from convert_cli import convert
+
+    sf.write(tmp_path / "good.flac", _tone(0.5, 0.3), RATE)
+    sf.write(tmp_path / "silent.flac", np.zeros(RATE // 2, np.float32), RATE)
+    _pcm16(tmp_path / "silent.wav", np.zeros(RATE // 2, dtype=np.float32))
+    body = "id,audio,text\ng,good.flac,one\ns,silent.flac,two\nw,silent.wav,three\n"
+    (tmp_path / "rows.csv").write_text(body, encoding="utf-8")
+    proc = convert(tmp_path / "rows.csv", "--out-dir", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads((tmp_path / "out" / "rows.json").read_text(encoding="utf-8"))) == 3  # all kept
+    assert "warning: 1 × silent_audio (rows.csv row 3)" in proc.stderr
+    assert "rows.csv row 3: audio silent.flac is digitally silent (peak below -80 dBFS)" in proc.stderr
+    report = json.loads((tmp_path / "out" / "rows.report.json").read_text(encoding="utf-8"))
+    assert [(i["uid"], i["severity"]) for i in report["issues"] if i["reason"] == "silent_audio"] == [("s", "warning")]
