@@ -15,7 +15,7 @@ a model the caller already loaded, then compares with a baseline and writes the 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,8 @@ def transcribe_items(
     readable, skipped = split_readable(items, lambda i: [i.audio], lambda i: i.id, strict)
     audios = [item.audio for item in readable]
     failed: dict[int, str] = {}
-    quiet: set[int] | None = None if silent_clips_mode() == "off" else set()
+    silent: list[tuple[str, str]] = []
+    on_silent = None if silent_clips_mode() == "off" else _silent_check(readable, silent)
     try:
         hyps = transcribe(
             model,
@@ -98,7 +99,7 @@ def transcribe_items(
             generation or Generation(),
             progress=progress,
             unreadable=None if strict else failed,
-            silent=quiet,
+            on_silent=on_silent,
         )
     except AudioError as err:  # strict: the first clip that does not decode ends the run
         item = next((i for i in readable if str(err).startswith(split_media(i.audio)[0])), None)
@@ -114,16 +115,24 @@ def transcribe_items(
         [hyps[n] for n in kept],
         [audios[n] for n in kept],
         unreadable=skipped,
-        silent=_silent_with_reference(readable, sorted(quiet or ())),
+        silent=sorted(silent),
     )
 
 
-def _silent_with_reference(items: Sequence[TestItem], silent: list[int]) -> list[tuple[str, str]]:
-    """(audio, "utterance ID") of the silent clips whose reference is not empty; SilentClipError in error mode."""
-    clips = [(items[n].audio, f"utterance {items[n].id}") for n in silent if items[n].reference.strip()]
-    if clips and silent_clips_mode() == "error":
-        raise SilentClipError(error_line(clips, SETTING_SWITCH, "; nothing scored", EVAL_FIX))
-    return clips
+def _silent_check(items: Sequence[TestItem], found: list[tuple[str, str]]) -> Callable[[int], None]:
+    """``transcribe``'s callback for a silent clip: one whose reference is not empty goes to ``found`` as
+    (audio, "utterance ID"), or, in error mode, stops the run before its batch is transcribed."""
+
+    def on_silent(index: int) -> None:
+        item = items[index]
+        if not item.reference.strip():  # nothing to transcribe: not scored anyway
+            return
+        clip = (item.audio, f"utterance {item.id}")
+        if silent_clips_mode() == "error":
+            raise SilentClipError(error_line([clip], SETTING_SWITCH, "; nothing scored", EVAL_FIX))
+        found.append(clip)
+
+    return on_silent
 
 
 def _paired(
