@@ -1,5 +1,6 @@
 """Digitally silent clips that carry a transcript: the check and its messages, shared by precompute, training and
-evaluate (each runs it where it reads the samples anyway; ``convert`` reads PCM WAV headers only and does not).
+evaluate (each runs it where it reads the samples anyway). ``convert`` reads the samples of compressed and float
+clips only (``audio_verify``) and warns ``silent_audio`` about those; a PCM WAV's it does not read (speed).
 
 A clip is *silent* when the peak of its 16 kHz mono samples (what the model hears) is below ``SILENT_PEAK`` = 1e-4,
 i.e. -80 dBFS: all zeros, or at most 3 steps of 16-bit PCM (dither, a muted input, a recorder that never started).
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 
-SILENT_PEAK = 1e-4  # -80 dBFS: 3.3 steps of 16-bit PCM
+SILENT_PEAK = 1e-4  # -80 dBFS: 3.3 steps of 16-bit PCM (dither is 1-2 steps; quiet speech peaks near -40 dBFS)
 SILENT_DBFS = -80
 SETTING = "KIMI_AUDIO_SILENT_CLIPS"
 SETTING_SWITCH = SETTING + "="  # how messages outside precompute say to change the mode
