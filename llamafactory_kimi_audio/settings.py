@@ -154,6 +154,15 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("full", "codes"),
     ),
     Setting(
+        "KIMI_AUDIO_SILENT_CLIPS",
+        "warn",
+        "choice",
+        "A digitally silent clip (peak below -80 dBFS) with a non-empty transcript, met where samples are read "
+        "(precompute, training, evaluate): warn (one summary line naming the clips), error (exit 2 naming the "
+        "first), off (no check; 0 = off, 1 = warn). Silence with an empty transcript is never flagged.",
+        choices=("off", "warn", "error"),
+    ),
+    Setting(
         "KIMI_AUDIO_SERVE_MAX_SECONDS",
         "600",
         "text",

@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if result.unreadable:
         warn(skipped_warning(result.unreadable))
+    if result.silent:
+        print(silent_warning(result.silent), file=sys.stderr)
     if result.skipped_empty:
         examples = ", ".join(result.skipped_empty[:3])
         warn(
@@ -163,6 +165,12 @@ def _load_model(args: argparse.Namespace, options: EvaluateOptions) -> tuple[Tes
     generation = Generation(args.batch_size, args.repetition_penalty, args.max_new_tokens, args.decode)
     meta = {"model": args.model, "adapter": args.adapter, "dataset": test_set.dataset}
     return test_set, {"model": model, "processor": processor, "generation": generation, "meta": meta}
+
+
+def silent_warning(clips: list[tuple[str, str]]) -> str:
+    from ..fileio.audio_silence import EVAL_FIX, SETTING_SWITCH, warning_line
+
+    return warning_line(clips, SETTING_SWITCH, "; scored", fix=EVAL_FIX)
 
 
 def warn(message: str) -> None:

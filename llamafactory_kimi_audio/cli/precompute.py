@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=32, help="audio files encoded together (default: 32)")
     parser.add_argument("--strict", action="store_true", help="stop with exit code 2 at the first bad audio file")
+    parser.add_argument(
+        "--silent-clips",
+        choices=("off", "warn", "error"),
+        help="a silent clip (peak below -80 dBFS) with a non-empty transcript: warn (cache it, name it in the "
+        "summary), error (do not cache it; exit 2 naming it after the other clips) or off; "
+        "default: $KIMI_AUDIO_SILENT_CLIPS (warn)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--shard", metavar="K/N", help="encode only part K of N (0-based); default: RANK/WORLD_SIZE under torchrun"
@@ -65,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.features.dataset_audio import AudioList, collect_audio_paths
     from ..data.features.precompute import PrecomputeOptions, precompute
     from ..data.features.precompute_plan import parse_shard
+    from ..fileio.audio_silence import SilentClipError, error_line
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -84,10 +92,14 @@ def run(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard) if args.shard else None,
         mode="codes" if args.codes_only else None,
         rows_dtype=args.rows_dtype,
+        silent_clips=args.silent_clips,
     )
-    result = precompute(args.model, audios.paths, options)  # EncoderError is a ModelError: exit code 3
+    # EncoderError is a ModelError: exit code 3
+    result = precompute(args.model, audios.paths, options, transcribed=audios.transcribed)
     result.failed += len(audios.problems)
     _print_in_rank_order(result.summary())
+    if result.silent and result.silent_mode == "error":
+        raise SilentClipError(error_line(result.silent, "--silent-clips ", "; the other clips are cached"))
     return EXIT_BAD_INPUT if result.failed or result.missing else 0
 
 

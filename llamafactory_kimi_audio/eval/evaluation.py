@@ -15,12 +15,13 @@ a model the caller already loaded, then compares with a baseline and writes the 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError, ModelError
 from ..fileio.audio_errors import AudioError
+from ..fileio.audio_silence import EVAL_FIX, SETTING_SWITCH, SilentClipError, error_line, silent_clips_mode
 from ..fileio.audio_spans import split_media
 from ..fileio.textio import ensure_writable_dir
 from .clips import Unreadable, check_skipped, split_readable, strict_error
@@ -42,6 +43,7 @@ class EvalResult:
     label_mismatches: int = 0  # predictions whose own label differs from the test set's reference
     speech: SpeechScores | None = None  # code-level scores of spoken answers (a speech-output test set)
     unreadable: list[Unreadable] = field(default_factory=list)  # utterances skipped: their audio cannot be read
+    silent: list[tuple[str, str]] = field(default_factory=list)  # scored clips that are silent but have a reference
 
     @property
     def skipped_empty(self) -> list[str]:
@@ -86,6 +88,8 @@ def transcribe_items(
     readable, skipped = split_readable(items, lambda i: [i.audio], lambda i: i.id, strict)
     audios = [item.audio for item in readable]
     failed: dict[int, str] = {}
+    silent: list[tuple[str, str]] = []
+    on_silent = None if silent_clips_mode() == "off" else _silent_check(readable, silent)
     try:
         hyps = transcribe(
             model,
@@ -95,6 +99,7 @@ def transcribe_items(
             generation or Generation(),
             progress=progress,
             unreadable=None if strict else failed,
+            on_silent=on_silent,
         )
     except AudioError as err:  # strict: the first clip that does not decode ends the run
         item = next((i for i in readable if str(err).startswith(split_media(i.audio)[0])), None)
@@ -110,7 +115,24 @@ def transcribe_items(
         [hyps[n] for n in kept],
         [audios[n] for n in kept],
         unreadable=skipped,
+        silent=sorted(silent),
     )
+
+
+def _silent_check(items: Sequence[TestItem], found: list[tuple[str, str]]) -> Callable[[int], None]:
+    """``transcribe``'s callback for a silent clip: one whose reference is not empty goes to ``found`` as
+    (audio, "utterance ID"), or, in error mode, stops the run before its batch is transcribed."""
+
+    def on_silent(index: int) -> None:
+        item = items[index]
+        if not item.reference.strip():  # nothing to transcribe: not scored anyway
+            return
+        clip = (item.audio, f"utterance {item.id}")
+        if silent_clips_mode() == "error":
+            raise SilentClipError(error_line([clip], SETTING_SWITCH, "; nothing scored", EVAL_FIX))
+        found.append(clip)
+
+    return on_silent
 
 
 def _paired(
@@ -172,7 +194,9 @@ def evaluate(
     paths = {}
     if out_dir:
         paths = write_outputs(ensure_writable_dir(out_dir, "out_dir"), report, summary, plot=options.plot)
-    return EvalResult(report, summary, paths, paired.label_mismatches, unreadable=paired.unreadable)
+    result = EvalResult(report, summary, paths, paired.label_mismatches, unreadable=paired.unreadable)
+    result.silent = paired.silent
+    return result
 
 
 def _needs_model(data: str | Sequence[Any] | TestSet | None, options: EvaluateOptions) -> str:

@@ -121,6 +121,7 @@ class Paired:
     audios: list[str | None]
     label_mismatches: int = 0  # positional pairing: predictions whose own label differs from the test reference
     unreadable: list[Unreadable] = field(default_factory=list)  # utterances skipped: their audio cannot be read
+    silent: list[tuple[str, str]] = field(default_factory=list)  # (audio, "utterance ID"): silent, with a reference
 
 
 def pair(predictions: list[Prediction], items: list[TestItem] | None, pred_name: str, data_name: str = "") -> Paired:

@@ -160,12 +160,15 @@ def transcribe(
     generation: Generation = Generation(),
     progress: bool = True,
     unreadable: dict[int, str] | None = None,
+    on_silent: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Greedy transcripts of ``audios`` (paths), one per audio, in order. Batches are sorted by file size to limit
     padding (results are put back in input order); the next batches' audio is prepared while one decodes.
 
     With an ``unreadable`` dict, a clip that cannot be decoded is not fatal: its index and the reason are put there
-    and its transcript is ``""`` (the caller drops it); without one, the clip's AudioError ends the call."""
+    and its transcript is ``""`` (the caller drops it); without one, the clip's AudioError ends the call. With a
+    ``on_silent`` callback, it is called with the index of each digitally silent clip as it is decoded (in the
+    prefetch thread, before its batch is transcribed; ``fileio/audio_silence.py``); what it raises ends the call."""
     from tqdm.auto import tqdm
 
     if len(instructions) != len(audios):
@@ -179,7 +182,7 @@ def transcribe(
     lines = ProgressLines(len(audios), sys.stderr) if progress and not terminal else None
 
     def prepare(chunk: list[int]) -> tuple[list[int], dict[str, torch.Tensor] | None]:
-        waves = decoded(audios, chunk, unreadable)
+        waves = decoded(audios, chunk, unreadable, on_silent)
         chunk = [i for i in chunk if i in waves]
         if not chunk:
             return chunk, None
@@ -201,15 +204,24 @@ def transcribe(
     return [results.get(i, "") for i in range(len(audios))]
 
 
-def decoded(audios: Sequence[str], chunk: list[int], unreadable: dict[int, str] | None) -> dict[int, Any]:
-    """index -> 16 kHz wave of the chunk's clips; one that cannot be decoded goes to ``unreadable`` (if given)."""
+def decoded(
+    audios: Sequence[str],
+    chunk: list[int],
+    unreadable: dict[int, str] | None,
+    on_silent: Callable[[int], None] | None = None,
+) -> dict[int, Any]:
+    """index -> 16 kHz wave of the chunk's clips; one that cannot be decoded goes to ``unreadable`` (if given), the
+    index of a silent one to ``on_silent`` (if given)."""
     from ..fileio.audio import load_audio
     from ..fileio.audio_errors import AudioError
+    from ..fileio.audio_silence import is_silent
 
     waves = {}
     for index in chunk:
         try:
             waves[index] = load_audio(audios[index])
+            if on_silent is not None and is_silent(waves[index]):
+                on_silent(index)
         except AudioError as err:
             if unreadable is None:
                 raise

@@ -13,11 +13,14 @@ preroll), in blocks of bounded memory:
   length its header then reports; ``_ogg_cut_short`` looks at the last page.
 
 Costs (one CPU core, 10 s clip): FLAC ~2 ms, MP3 ~3 ms, Vorbis ~7 ms, Opus ~30 ms, float WAV the read alone.
+A decoded clip's peak comes back too, for the silent-clip warning (``audio_silence.py``); a PCM WAV is not read.
 """
 
 from __future__ import annotations
 
 import os
+
+import numpy as np
 
 from .audio import MP3_PREROLL_SECONDS, AudioInfo, check_finite
 from .audio_errors import TRUNCATED_FIX, AudioError, TruncatedAudioError
@@ -34,9 +37,10 @@ def header_vouches(fmt: str, subtype: str) -> bool:
     return fmt in HEADER_CHECKED_FORMATS and subtype in INTEGER_SUBTYPES
 
 
-def verify_samples(info: AudioInfo) -> None:
+def verify_samples(info: AudioInfo) -> float | None:
     """Decode ``info``'s clip or span unless its header vouches for it; raise TruncatedAudioError,
-    NonFiniteAudioError or AudioError (undecodable), each naming the file and the fix."""
+    NonFiniteAudioError or AudioError (undecodable), each naming the file and the fix. Returns the peak absolute
+    sample of what was decoded, None when the header vouched (nothing decoded)."""
     import soundfile as sf
 
     span = info.file_frames is not None
@@ -44,8 +48,8 @@ def verify_samples(info: AudioInfo) -> None:
     try:
         with sf.SoundFile(info.path) as fh:
             if header_vouches(fh.format, fh.subtype):
-                return
-            decoded = _decode_checking(fh, info, shown)
+                return None
+            decoded, peak = _decode_checking(fh, info, shown)
             fmt = fh.format
     except AudioError:
         raise
@@ -64,6 +68,7 @@ def verify_samples(info: AudioInfo) -> None:
             f"{shown}: truncated audio: the Ogg stream ends without its end-of-stream page (the file was cut "
             f"short); {TRUNCATED_FIX}"
         )
+    return peak
 
 
 def shown_name(info: AudioInfo) -> str:
@@ -73,12 +78,13 @@ def shown_name(info: AudioInfo) -> str:
     return media_value(info.path, info.start / info.sample_rate, info.stop / info.sample_rate)
 
 
-def _decode_checking(fh, info: AudioInfo, shown: str) -> int:
-    """Frames of the clip / span decoded from the open ``fh``, each block checked for non-finite samples."""
+def _decode_checking(fh, info: AudioInfo, shown: str) -> tuple[int, float]:
+    """Frames of the clip / span decoded from the open ``fh``, each block checked for non-finite samples, and the
+    peak absolute sample."""
     lead = min(info.start, int(MP3_PREROLL_SECONDS * info.sample_rate)) if fh.format == "MP3" else 0
     if info.start:
         fh.seek(info.start - lead)
-    wanted, decoded = info.frames + lead, 0
+    wanted, decoded, peak = info.frames + lead, 0, 0.0
     while decoded < wanted:
         block = fh.read(min(BLOCK_FRAMES, wanted - decoded), dtype="float32", always_2d=True)
         if len(block) == 0:
@@ -86,8 +92,9 @@ def _decode_checking(fh, info: AudioInfo, shown: str) -> int:
         kept = block[max(lead - decoded, 0) :]  # the MP3 preroll is decoded, never used
         start = info.start + max(decoded - lead, 0)
         check_finite(kept, shown, start / info.sample_rate, info.sample_rate)
+        peak = max(peak, float(np.abs(kept).max())) if kept.size else peak
         decoded += len(block)
-    return max(decoded - lead, 0)
+    return max(decoded - lead, 0), peak
 
 
 def _ogg_cut_short(path: str) -> bool:

@@ -84,10 +84,15 @@ class KimiAudioPlugin(BasePlugin):
         self._validate_input(processor, images, videos, audios)
         if len(audios) == 0:
             return {}
+        from ..data.features import silent_watch
         from ..data.features.collate_inputs import audio_model_inputs
 
         targets = speech_targets(batch_ids, audlens, processor.tokenizer)
-        return audio_model_inputs(audios, processor, targets)  # the feature cache's entries, or the raw audio inputs
+        # training only: which input clips have a transcript, for the silent-clip check where samples are read
+        answered = (
+            silent_watch.answered_audios(batch_ids, audlens, processor.tokenizer) if silent_watch.watching() else None
+        )
+        return audio_model_inputs(audios, processor, targets, answered)  # cached entries, or the raw audio inputs
 
 
 def speech_targets(batch_ids: list[list[int]], audlens: list[int], tokenizer: Any) -> list[bool] | None:

@@ -21,6 +21,7 @@ from ...fileio.audio_errors import (
     SpanError,
     TruncatedAudioError,
 )
+from ...fileio.audio_silence import SILENT_DBFS, SILENT_PEAK
 from ...fileio.audio_spans import split_media
 from ...fileio.audio_verify import shown_name, verify_samples
 from ...fileio.textio import mojibake_hint
@@ -58,6 +59,11 @@ REASONS: dict[str, tuple[str, str]] = {
     "mojibake": (ERROR, "skipped (pass --keep-mojibake to keep such rows)"),
     "mojibake_kept": (WARNING, "kept because of --keep-mojibake, but the transcript is probably garbled"),
     "duplicate_audio": (WARNING, "kept: the same file is used by several rows"),
+    "silent_audio": (
+        WARNING,
+        "kept, but the model would learn to write text for silence; fix or replace the audio, or delete the row "
+        "(checked here for the clips convert decodes; precompute and training check every clip)",
+    ),
     # segments (PATH#t=BEGIN,END rows) and corpus layouts
     "negative_span": (ERROR, "fix the segment's begin/end (seconds from the start of the recording)"),
     "reversed_span": (ERROR, "swap or fix the segment's begin and end"),
@@ -170,10 +176,12 @@ def check_audio(path: str, shown: str, max_duration: float) -> tuple[AudioInfo |
         return None, [("empty_audio", f"audio {shown} is empty (0 samples)")]
     if info.duration < MIN_CLIP_SECONDS:
         return None, [("short_audio", f"audio {shown} is {info.duration * 1000:.1f} ms long")]
-    problem = _sample_problem(info, shown)
+    problem, peak = _sample_problem(info, shown)
     if problem is not None:
         return None, [problem]
     found: list[tuple[str, str]] = []
+    if peak is not None and peak < SILENT_PEAK:
+        found.append(("silent_audio", f"audio {shown} is digitally silent (peak below {SILENT_DBFS} dBFS)"))
     if info.duration > max_duration:
         found.append(("long_audio", f"audio {shown} is {info.duration:.1f} s long (> {max_duration:g} s)"))
     if info.sample_rate != SAMPLE_RATE:
@@ -183,15 +191,15 @@ def check_audio(path: str, shown: str, max_duration: float) -> tuple[AudioInfo |
     return info, found
 
 
-def _sample_problem(info: AudioInfo, shown: str) -> tuple[str, str] | None:
-    """Decode what the header cannot vouch for (``audio_verify``): a cut compressed file, NaN/inf samples."""
+def _sample_problem(info: AudioInfo, shown: str) -> tuple[tuple[str, str] | None, float | None]:
+    """Decode what the header cannot vouch for (``audio_verify``): a cut compressed file, NaN/inf samples; with the
+    decoded peak (None: a PCM WAV, not decoded)."""
     try:
-        verify_samples(info)
+        return None, verify_samples(info)
     except AudioError as err:
         reason = "non_finite_audio" if isinstance(err, NonFiniteAudioError) else "truncated_audio"
         detail = str(err).removeprefix(f"{shown_name(info)}: ").split("; ")[0]
-        return reason, f"audio {shown}: {detail}"
-    return None
+        return (reason, f"audio {shown}: {detail}"), None
 
 
 def summarize(issues: list[Issue], examples: int = 3) -> list[str]:

@@ -11,6 +11,7 @@ the batch also carries ``audio_clips``: a plain list of ``AudioClip``, one per a
 plugin decided (input or speech-output target) and where the feature cache stands (hit, or the key to store it
 under). A list survives DataLoader workers and the Trainer's device moves unchanged; the model hands it to its
 feature sink, the non-finite guard reads the names. Other callers (chat, API, ``generate``) never see it.
+The training process also counts the silent clips with a transcript that the collator reads (``silent_watch.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ... import settings
 from ...constants import SAMPLE_RATE
 from ...fileio.audio import load_audio
 from ...fileio.audio_errors import AudioError
+from . import silent_watch
 from .cache_format import ClipKey
 from .feature_cache import STRICT_ENV, CacheMissError, FeatureCache, process_cache
 
@@ -45,13 +47,17 @@ class AudioClip:
 def enable_clip_records() -> None:
     global _records
     _records = True
+    silent_watch.enable()
 
 
-def audio_model_inputs(audios: list[Any], processor: Any, targets: list[bool] | None = None) -> dict[str, Any]:
+def audio_model_inputs(
+    audios: list[Any], processor: Any, targets: list[bool] | None = None, answered: list[bool] | None = None
+) -> dict[str, Any]:
     """The model inputs of a batch's audios (flat list, in the order of their frames in the ids). ``targets`` flags
-    the speech-output targets among them: they get codes only, no Whisper input (the model never listens to them)."""
+    the speech-output targets among them: they get codes only, no Whisper input (the model never listens to them).
+    ``answered`` flags the input clips with a transcript: a silent one is counted where its samples are read."""
     flags = targets or [False] * len(audios)
-    inputs, found, cache = _audio_inputs(audios, processor, targets)
+    inputs, found, cache = _audio_inputs(audios, processor, targets, answered)
     if _records:
         inputs[CLIPS_KEY] = _records_of(audios, flags, found, cache)
     return inputs
@@ -73,31 +79,36 @@ def _clip_name(audio: Any) -> str:
     return audio if isinstance(audio, str) else "(an audio array)"
 
 
-def _audio_inputs(audios: list[Any], processor: Any, targets: list[bool] | None) -> tuple[dict[str, Any], Any, Any]:
+def _audio_inputs(
+    audios: list[Any], processor: Any, targets: list[bool] | None, answered: list[bool] | None = None
+) -> tuple[dict[str, Any], Any, Any]:
     """(model inputs, the cache lookup per clip or None, the cache or None)."""
     listened = None if targets is None or not any(targets) else [not target for target in targets]
     cache = None
     if all(isinstance(a, str) for a in audios):
         cache = process_cache(getattr(processor, "name_or_path", None))
     if cache is None:
-        return _online(audios, processor, listened=listened), None, None
+        return _online(audios, processor, listened=listened, answered=answered), None, None
     try:
         found = cache.lookup(audios)
     except OSError:  # a clip that cannot be stat-ed: the online path reports it by name, with the fix
         return _online(audios, processor), None, None
-    return _with_cache(cache, audios, found, processor, listened), found, cache
+    return _with_cache(cache, audios, found, processor, listened, answered), found, cache
 
 
-def _online(audios: list[Any], processor: Any, with_semantic: bool = True, listened: Any = None) -> dict[str, Any]:
+def _online(
+    audios: list[Any], processor: Any, with_semantic: bool = True, listened: Any = None, answered: Any = None
+) -> dict[str, Any]:
     rate = getattr(processor, "audio_sampling_rate", SAMPLE_RATE)
     waves = [load_audio(audio, rate) for audio in audios]
+    silent_watch.note([_clip_name(audio) for audio in audios], waves, answered)
     if listened is None:  # keeps the call of processors without the per-clip argument
         return processor.audio_inputs(waves, with_semantic=with_semantic)
     return processor.audio_inputs(waves, with_semantic=with_semantic, with_whisper=listened)
 
 
 def _with_cache(
-    cache: FeatureCache, audios: list[str], found: list, processor: Any, listened: Any = None
+    cache: FeatureCache, audios: list[str], found: list, processor: Any, listened: Any = None, answered: Any = None
 ) -> dict[str, Any]:
     import torch
 
@@ -108,7 +119,7 @@ def _with_cache(
             f"on the dataset with this model, or unset {STRICT_ENV} to encode missing clips during training"
         )
     if missing:  # the model encodes the whole batch; write-through stores the missing clips (AudioClip.key)
-        return _online(audios, processor, listened=listened)
+        return _online(audios, processor, listened=listened, answered=answered)
     entries = [cache.read(at, audio) for audio, (_, at) in zip(audios, found)]
     _refuse_non_finite_rows(entries, audios)
     inputs = {"audio_codes": torch.cat([codes for codes, _ in entries])}
@@ -117,7 +128,7 @@ def _with_cache(
         if heard:  # rows of the input clips only when the batch has speech targets (the model expects that)
             inputs["whisper_features"] = torch.cat(heard)
     else:  # codes-only entries: Whisper runs online on the log-mels
-        inputs.update(_online(audios, processor, with_semantic=False, listened=listened))
+        inputs.update(_online(audios, processor, with_semantic=False, listened=listened, answered=answered))
     return inputs
 
 

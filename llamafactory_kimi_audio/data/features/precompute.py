@@ -5,12 +5,17 @@ CUDA / fp32 on CPU, GLM-4-Voice in fp32), never the 7B language model. Inputs go
 ``KimiAudioProcessor.audio_inputs`` and the model's own ``whisper_rows``, so a cached entry holds exactly what the
 model computes online. Runs are resumable (sound existing entries are skipped, damaged ones rewritten) and split
 over ranks deterministically (``precompute_plan.py``): ``torchrun --nproc-per-node N`` or ``--shard K/N``.
+
+Each clip it decodes is also checked for digital silence when its rows give it a non-empty transcript
+(``transcribed``; ``fileio/audio_silence.py``): ``warn`` caches it and names it in the summary; ``error`` does not
+cache it and the CLI exits 2 naming it, after every other clip is done. Error mode also decodes the cached clips
+that have a transcript (an earlier warn run cached them), so that exit 0 vouches for every clip of the dataset.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +23,7 @@ from typing import Any
 from ...errors import InputError
 from ...fileio.audio import load_audio
 from ...fileio.audio_errors import AudioError
+from ...fileio.audio_silence import SilentClipError, error_line, is_silent, silent_clips_mode
 from .cache_format import ClipKey, clip_key
 from .encoders import AudioEncoders, EncoderError, load_audio_encoders
 from .feature_cache import CACHE_ENV, CacheEntryError, FeatureCache, cache_mode, cache_root, encoder_identity
@@ -42,6 +48,7 @@ class PrecomputeOptions:
     shard: tuple[int, int] | None = None  # (K, N): this run's part; None: torchrun's RANK / WORLD_SIZE, else all
     mode: str | None = None  # "full" or "codes"; None: $KIMI_AUDIO_CACHE_MODE (default full)
     rows_dtype: str | None = None  # Whisper runs in (and rows are stored in) this dtype; None: bf16 CUDA, fp32 CPU
+    silent_clips: str | None = None  # off, warn or error; None: $KIMI_AUDIO_SILENT_CLIPS (warn)
 
 
 @dataclass
@@ -50,6 +57,7 @@ class _Prepared:
     wave: Any  # None: the entry exists and is sound
     problem: str | None = None  # why an existing entry is rewritten
     frames: int = 0  # of a cached entry (progress hours)
+    silent: bool = False  # digitally silent, and its rows give it a transcript
 
 
 def precompute(
@@ -58,8 +66,11 @@ def precompute(
     options: PrecomputeOptions | None = None,
     encoders: AudioEncoders | None = None,
     report: Callable[[str], None] | None = None,
+    transcribed: Mapping[str, str] | None = None,
 ) -> PrecomputeResult:
-    """Write a cache entry for every audio file of this shard not yet cached; bad files are reported and counted."""
+    """Write a cache entry for every audio file of this shard not yet cached; bad files are reported and counted.
+    ``transcribed``: the input clips whose rows have a non-empty transcript (path -> row), checked for silence
+    (``dataset_audio.collect_audio_paths`` gives it; None: no clip is checked)."""
     options = options or PrecomputeOptions()
     if options.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
@@ -69,6 +80,7 @@ def precompute(
     cache = FeatureCache(root, _guarded(encoder_identity, model_dir))
     shard, paths = shard_paths(audio_paths, options.shard)
     result = PrecomputeResult(cache_dir=root, identity=cache.identity, shard=shard)
+    result.silent_mode = silent_clips_mode(options.silent_clips)
     with Progress(paths, shard, options.progress) as progress:
         say = report or progress.write
         load = (lambda: encoders) if encoders else (lambda: _load(model_dir, options))
@@ -79,6 +91,7 @@ def precompute(
         try:
             with ThreadPoolExecutor(max_workers=1) as featurizer:
                 run = _Run(cache, result, options, progress, say, load, featurizer)
+                run.transcribed = transcribed if result.silent_mode != "off" and transcribed else {}
                 for audio, prepared in prefetch(paths, run.prepare, window=4 * options.batch_size):
                     run.add(audio, prepared)
                 run.flush()
@@ -147,6 +160,7 @@ class _Run:
         self.pending: list[tuple[_Prepared, str]] = []
         self.in_flight: tuple[list[tuple[_Prepared, str]], Future] | None = None  # log-mels being computed
         self.seen: set[bytes] = set()
+        self.transcribed: Mapping[str, str] = {}  # clips checked for silence
 
     def prepare(self, audio: str) -> _Prepared | Exception:
         """The key and the waveform to encode (None when a sound entry exists), or the error; runs in a thread."""
@@ -166,21 +180,33 @@ class _Run:
                 if rows is not None and not bool(rows.isfinite().all()):  # written before NaN audio was refused
                     problem = "its Whisper rows are not finite; re-encoding the clip"
                 elif rows is not None or self.mode == "codes":
-                    return _Prepared(key, None, frames=len(codes))
+                    return _Prepared(key, None, frames=len(codes), silent=self.cached_silent(audio))
                 else:
                     problem = "a codes-only entry; adding the Whisper rows"
             except CacheEntryError as err:
                 problem = str(err).split(" (", 1)[-1].split(")")[0]
         try:
-            return _Prepared(key, load_audio(audio), problem)
+            wave = load_audio(audio)
+            return _Prepared(key, wave, problem, silent=audio in self.transcribed and is_silent(wave))
         except AudioError as err:
             return err
         except OSError as err:
             return AudioError(f"{audio}: cannot read the file ({err.strerror or type(err).__name__}); check it")
 
+    def cached_silent(self, audio: str) -> bool:
+        """Error mode only: whether a cached clip with a transcript is silent (its audio is decoded again)."""
+        if self.result.silent_mode != "error" or audio not in self.transcribed:
+            return False
+        try:
+            return is_silent(load_audio(audio))
+        except (AudioError, OSError):  # the entry is what training reads; the audio is not this run's concern
+            return False
+
     def add(self, audio: str, prepared: _Prepared | Exception) -> None:
         if isinstance(prepared, Exception):
             self.fail(audio, prepared)
+            return
+        if prepared.silent and self.silent(audio, cached=prepared.wave is None):
             return
         if prepared.key.digest in self.seen or prepared.wave is None:  # cached, or listed twice
             self.seen.add(prepared.key.digest)
@@ -203,6 +229,19 @@ class _Run:
         self.result.failed += 1
         self.result.failures.append(message)
         self.progress.done(audio, 0)
+
+    def silent(self, audio: str, cached: bool) -> bool:
+        """Note a silent clip with a transcript; True when this run leaves it out of the cache (error mode)."""
+        clip = (audio, self.transcribed.get(audio))
+        self.result.silent.append(clip)
+        if self.result.silent_mode != "error":
+            return False
+        if self.options.strict:
+            raise SilentClipError(error_line([clip], "--silent-clips "))
+        if cached:  # counted as skipped; the exit code tells
+            return False
+        self.progress.done(audio, 0)
+        return True
 
     def flush(self) -> None:
         """Start the log-mels of the pending batch, then encode the batch before it meanwhile."""

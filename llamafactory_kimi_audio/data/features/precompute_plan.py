@@ -16,6 +16,7 @@ from typing import Any
 
 from ...constants import SAMPLE_RATE
 from ...errors import InputError
+from ...fileio.audio_silence import Clip, warning_line
 from ...fileio.audio_spans import split_media
 
 
@@ -30,19 +31,27 @@ class PrecomputeResult:
     failed: int = 0
     failures: list[str] = field(default_factory=list)
     missing: int = 0  # entries computed or found that the cache's index no longer holds at the end
+    silent: list[Clip] = field(default_factory=list)  # decoded clips that are silent but have a transcript
+    silent_mode: str = "warn"  # warn: cached and named below the counts; error: counted (the CLI exits 2)
 
     def summary(self) -> str:
         part = f"shard {self.shard[0]}/{self.shard[1]}: " if self.shard[1] > 1 else ""
         lines = [
             f"precompute: {part}{self.computed} computed{self._repaired}, {self.skipped} skipped (already cached), "
-            f"{self.failed} failed; cache {os.path.join(self.cache_dir, self.identity)}"
+            f"{self.failed} failed{self._silent}; cache {os.path.join(self.cache_dir, self.identity)}"
         ]
+        if self.silent and self.silent_mode == "warn":
+            lines.append(f"precompute: {part}{warning_line(self.silent, '--silent-clips ', '; cached anyway')}")
         if self.missing:
             lines.append(
                 f"precompute: {part}{self.missing} of those entries are not in the cache's index any more (removed "
                 "or torn while this run wrote them); re-run precompute, then `kimi-audio-lf cache verify`"
             )
         return "\n".join([*lines, f"  use it: export KIMI_AUDIO_FEATURE_CACHE={self.cache_dir}"])
+
+    @property
+    def _silent(self) -> str:
+        return f", {len(self.silent)} silent with a transcript" if self.silent and self.silent_mode == "error" else ""
 
     @property
     def _repaired(self) -> str:
