@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from lf_runs import COMMON, check_ok, logged_losses, make_asr_dataset, run_cli, train_config, variant_dataset
+from lf_runs import (
+    COMMON,
+    check_ok,
+    logged_losses,
+    make_asr_dataset,
+    run_cli,
+    run_cli_each,
+    train_config,
+    variant_dataset,
+)
 from safetensors import safe_open
 
 from llamafactory_kimi_audio import DISABLE_ENV
@@ -250,29 +259,40 @@ def stock_layer_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> t
     return {"model_name_or_path": str(model)}, 3, expected
 
 
-@pytest.mark.parametrize(
-    "problem",
-    [
-        *STOCK_LAYER_PROBLEMS,
-        "broken_audio",
-        "cutoff_cuts_audio",
-        "streaming_dispatches_batches",
-        "placeholders",
-        "truncated_wav",
-        "worker_error",
-        "wrong_model_path",
-        "unknown_hub_id",
-        "relative_model_path_elsewhere",
-        "adapter_path_elsewhere",
-        "non_kimi_model",
-    ],
+BAD_INPUTS = (
+    *STOCK_LAYER_PROBLEMS,
+    "broken_audio",
+    "cutoff_cuts_audio",
+    "streaming_dispatches_batches",
+    "placeholders",
+    "truncated_wav",
+    "worker_error",
+    "wrong_model_path",
+    "unknown_hub_id",
+    "relative_model_path_elsewhere",
+    "adapter_path_elsewhere",
+    "non_kimi_model",
 )
-def test_bad_input_ends_with_one_line(problem, ckpt, dataset, workdir):
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(ckpt, dataset, workdir) -> dict[str, tuple[int, list[str], int, str]]:
+    """problem -> (expected exit code, expected parts of the one line, exit code, log) of one ``llamafactory-cli
+    train`` each. The cases are written one after another (several edit dataset_info.json), then run two at a time."""
+    cases = {problem: bad_input_case(problem, ckpt, dataset, workdir) for problem in BAD_INPUTS}
+    configs = {
+        problem: {**train_config(ckpt, dataset, workdir / problem, finetuning_type="lora"), **overrides}
+        for problem, (overrides, _, _) in cases.items()
+    }
+    runs = run_cli_each("train", configs, workdir)
+    return {problem: (exit_code, expected, *runs[problem]) for problem, (_, exit_code, expected) in cases.items()}
+
+
+@pytest.mark.parametrize("problem", BAD_INPUTS)
+def test_bad_input_ends_with_one_line(problem, bad_input_runs):
     """Bad data, a bad recipe or a wrong model: the documented exit code and one line naming the file, sample or
     setting and the fix; no traceback (also none from a DataLoader worker) and no hub client frames."""
-    overrides, exit_code, expected = bad_input_case(problem, ckpt, dataset, workdir)
-    config = {**train_config(ckpt, dataset, workdir / problem, finetuning_type="lora"), **overrides}
-    rc, output = run_cli("train", config, workdir, problem)
+    exit_code, expected, rc, output = bad_input_runs[problem]
     assert rc == exit_code, output[-3000:]
     assert "Traceback" not in output and "DataLoader worker" not in output, output[-3000:]
     last = output.strip().splitlines()[-1]
