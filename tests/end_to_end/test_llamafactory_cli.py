@@ -374,51 +374,42 @@ def test_predict_reports_cer_and_wer(ckpt, dataset, workdir, lora_run):
 
 
 # ------------------------------------------------------------------------------------------------------- export
-@pytest.fixture(scope="module")
-def exported(ckpt, workdir, lora_run) -> Path:
-    export_dir = workdir / "export"
-    config = {
-        "model_name_or_path": ckpt,
-        "adapter_name_or_path": str(lora_run[0]),
-        "template": "kimi_audio",
-        "finetuning_type": "lora",
-        "trust_remote_code": True,
-        "export_dir": str(export_dir),
-    }
-    rc, output = run_cli("export", config, workdir, "export")
-    check_ok(rc, output)
-    return export_dir
-
-
 WRONG_EXPORT_PATHS = ("model", "adapter", "adapter_without_config")
 
 
 @pytest.fixture(scope="module")
-def wrong_path_exports(ckpt, workdir, lora_run) -> dict[str, tuple[int, str]]:
-    """wrong -> (exit code, log) of ``llamafactory-cli export`` with that path wrong, two runs at a time."""
+def export_runs(ckpt, workdir, lora_run) -> dict[str, tuple[int, str]]:
+    """name -> (exit code, log) of ``llamafactory-cli export`` of the LoRA run, two runs at a time: ``export`` as the
+    README's kimi_merge.yaml, ``export_<wrong>`` with that path wrong (WRONG_EXPORT_PATHS)."""
     configs = {}
-    for wrong in WRONG_EXPORT_PATHS:
+    for wrong in (None, *WRONG_EXPORT_PATHS):
+        name = f"export_{wrong}" if wrong else "export"
         config = {
             "model_name_or_path": "models/Kimi-Audio-7B-Instruct" if wrong == "model" else ckpt,
             "adapter_name_or_path": str(lora_run[0]),
             "template": "kimi_audio",
             "finetuning_type": "lora",
             "trust_remote_code": True,
-            "export_dir": str(workdir / f"export_{wrong}"),
+            "export_dir": str(workdir / name),
         }
         if wrong == "adapter":
             config["adapter_name_or_path"] = "./saves/kimi-audio-lora"
         if wrong == "adapter_without_config":
             config["adapter_name_or_path"] = ckpt  # the base model folder: no adapter_config.json
-        configs[f"export_{wrong}"] = config
-    runs = run_cli_each("export", configs, workdir)
-    return {wrong: runs[f"export_{wrong}"] for wrong in WRONG_EXPORT_PATHS}
+        configs[name] = config
+    return run_cli_each("export", configs, workdir)
+
+
+@pytest.fixture(scope="module")
+def exported(export_runs, workdir) -> Path:
+    check_ok(*export_runs["export"])
+    return workdir / "export"
 
 
 @pytest.mark.parametrize("wrong", WRONG_EXPORT_PATHS)
-def test_export_with_a_wrong_path_ends_with_one_line(ckpt, workdir, wrong_path_exports, wrong):
+def test_export_with_a_wrong_path_ends_with_one_line(ckpt, workdir, export_runs, wrong):
     """The README's kimi_merge.yaml run from another directory, or pointed at a folder that is no LoRA output."""
-    rc, output = wrong_path_exports[wrong]
+    rc, output = export_runs[f"export_{wrong}"]
     assert rc == 3 and "Traceback" not in output, output[-3000:]
     last = output.strip().splitlines()[-1]
     expected = {
