@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from lf_runs import COMMON, check_ok, logged_losses, make_asr_dataset, run_cli, train_config, variant_dataset
+from lf_runs import (
+    COMMON,
+    check_ok,
+    logged_losses,
+    make_asr_dataset,
+    run_cli,
+    run_cli_each,
+    train_config,
+    variant_dataset,
+)
 from safetensors import safe_open
 
 from llamafactory_kimi_audio import DISABLE_ENV
@@ -70,12 +79,35 @@ def dataset(workdir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lora_run(ckpt, dataset, workdir) -> tuple[Path, str]:
-    output_dir = workdir / "lora"
-    config = train_config(ckpt, dataset, output_dir, finetuning_type="lora", lora_target="all")
-    rc, output = run_cli("train", config, workdir, "lora")
+def train_runs(ckpt, dataset, workdir) -> dict[str, tuple[int, str]]:
+    """The module's four training runs (LoRA, packed LoRA, freeze, full), each its own ``llamafactory-cli train``,
+    two at a time; every output dir is ``workdir / <name>``."""
+    configs = {
+        "lora": train_config(ckpt, dataset, workdir / "lora", finetuning_type="lora", lora_target="all"),
+        "packed": train_config(
+            ckpt,
+            dataset,
+            workdir / "packed",
+            finetuning_type="lora",
+            packing=True,
+            neat_packing=True,
+            cutoff_len=512,
+            per_device_train_batch_size=1,
+            max_steps=2,
+        ),
+        "freeze": train_config(ckpt, dataset, workdir / "freeze", finetuning_type="freeze", max_steps=2),
+        "full": train_config(
+            ckpt, dataset, workdir / "full", finetuning_type="full", freeze_multi_modal_projector=False, max_steps=2
+        ),
+    }
+    return run_cli_each("train", configs, workdir)
+
+
+@pytest.fixture(scope="module")
+def lora_run(train_runs, workdir) -> tuple[Path, str]:
+    rc, output = train_runs["lora"]
     check_ok(rc, output)
-    return output_dir, output
+    return workdir / "lora", output
 
 
 # --------------------------------------------------------------------------------------------------------- train
@@ -104,15 +136,10 @@ def test_lora_train(lora_run, tiny_params):
     assert total == sum(tiny_params.values()) + trainable
 
 
-def test_packed_lora_train(ckpt, dataset, workdir):
+def test_packed_lora_train(train_runs, workdir):
     """``packing`` + ``neat_packing`` through the CLI: rows of several utterances train, the adapter is saved."""
     output_dir = workdir / "packed"
-    config = train_config(
-        ckpt, dataset, output_dir, finetuning_type="lora", packing=True, neat_packing=True, cutoff_len=512,
-        per_device_train_batch_size=1, max_steps=2,
-    )  # fmt: skip
-    rc, output = run_cli("train", config, workdir, "packed")
-    check_ok(rc, output)
+    check_ok(*train_runs["packed"])
     logged_losses(output_dir)
     assert (output_dir / "adapter_model.safetensors").is_file()
 
@@ -250,39 +277,49 @@ def stock_layer_case(problem: str, ckpt: str, dataset: Path, workdir: Path) -> t
     return {"model_name_or_path": str(model)}, 3, expected
 
 
-@pytest.mark.parametrize(
-    "problem",
-    [
-        *STOCK_LAYER_PROBLEMS,
-        "broken_audio",
-        "cutoff_cuts_audio",
-        "streaming_dispatches_batches",
-        "placeholders",
-        "truncated_wav",
-        "worker_error",
-        "wrong_model_path",
-        "unknown_hub_id",
-        "relative_model_path_elsewhere",
-        "adapter_path_elsewhere",
-        "non_kimi_model",
-    ],
+BAD_INPUTS = (
+    *STOCK_LAYER_PROBLEMS,
+    "broken_audio",
+    "cutoff_cuts_audio",
+    "streaming_dispatches_batches",
+    "placeholders",
+    "truncated_wav",
+    "worker_error",
+    "wrong_model_path",
+    "unknown_hub_id",
+    "relative_model_path_elsewhere",
+    "adapter_path_elsewhere",
+    "non_kimi_model",
 )
-def test_bad_input_ends_with_one_line(problem, ckpt, dataset, workdir):
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(ckpt, dataset, workdir) -> dict[str, tuple[int, list[str], int, str]]:
+    """problem -> (expected exit code, expected parts of the one line, exit code, log) of one ``llamafactory-cli
+    train`` each. The cases are written one after another (several edit dataset_info.json), then run two at a time."""
+    cases = {problem: bad_input_case(problem, ckpt, dataset, workdir) for problem in BAD_INPUTS}
+    configs = {
+        problem: {**train_config(ckpt, dataset, workdir / problem, finetuning_type="lora"), **overrides}
+        for problem, (overrides, _, _) in cases.items()
+    }
+    runs = run_cli_each("train", configs, workdir)
+    return {problem: (exit_code, expected, *runs[problem]) for problem, (_, exit_code, expected) in cases.items()}
+
+
+@pytest.mark.parametrize("problem", BAD_INPUTS)
+def test_bad_input_ends_with_one_line(problem, bad_input_runs):
     """Bad data, a bad recipe or a wrong model: the documented exit code and one line naming the file, sample or
     setting and the fix; no traceback (also none from a DataLoader worker) and no hub client frames."""
-    overrides, exit_code, expected = bad_input_case(problem, ckpt, dataset, workdir)
-    config = {**train_config(ckpt, dataset, workdir / problem, finetuning_type="lora"), **overrides}
-    rc, output = run_cli("train", config, workdir, problem)
+    exit_code, expected, rc, output = bad_input_runs[problem]
     assert rc == exit_code, output[-3000:]
     assert "Traceback" not in output and "DataLoader worker" not in output, output[-3000:]
     last = output.strip().splitlines()[-1]
     assert last.startswith("llamafactory-cli: ") and all(part in last for part in expected), last
 
 
-def test_freeze_train(ckpt, dataset, workdir, tiny_params):
+def test_freeze_train(train_runs, workdir, tiny_params):
     output_dir = workdir / "freeze"
-    config = train_config(ckpt, dataset, output_dir, finetuning_type="freeze", max_steps=2)
-    rc, output = run_cli("train", config, workdir, "freeze")
+    rc, output = train_runs["freeze"]
     check_ok(rc, output)
     logged_losses(output_dir)
     last_two = tuple(f"model.layers.{i}." for i in range(2, 4))  # freeze_trainable_layers defaults to 2 (of 4)
@@ -290,12 +327,9 @@ def test_freeze_train(ckpt, dataset, workdir, tiny_params):
     assert trainable_params(output) == (expected, sum(tiny_params.values()))
 
 
-def test_full_train(ckpt, dataset, workdir, tiny_params):
+def test_full_train(train_runs, ckpt, workdir, tiny_params):
     output_dir = workdir / "full"
-    config = train_config(
-        ckpt, dataset, output_dir, finetuning_type="full", freeze_multi_modal_projector=False, max_steps=2
-    )
-    rc, output = run_cli("train", config, workdir, "full")
+    rc, output = train_runs["full"]
     check_ok(rc, output)
     logged_losses(output_dir)
     frozen = ("whisper_encoder.", "model.mimo_layers.", "model.mimo_norm.", "mimo_output.")  # vq_adaptor trains here
@@ -340,38 +374,42 @@ def test_predict_reports_cer_and_wer(ckpt, dataset, workdir, lora_run):
 
 
 # ------------------------------------------------------------------------------------------------------- export
+WRONG_EXPORT_PATHS = ("model", "adapter", "adapter_without_config")
+
+
 @pytest.fixture(scope="module")
-def exported(ckpt, workdir, lora_run) -> Path:
-    export_dir = workdir / "export"
-    config = {
-        "model_name_or_path": ckpt,
-        "adapter_name_or_path": str(lora_run[0]),
-        "template": "kimi_audio",
-        "finetuning_type": "lora",
-        "trust_remote_code": True,
-        "export_dir": str(export_dir),
-    }
-    rc, output = run_cli("export", config, workdir, "export")
-    check_ok(rc, output)
-    return export_dir
+def export_runs(ckpt, workdir, lora_run) -> dict[str, tuple[int, str]]:
+    """name -> (exit code, log) of ``llamafactory-cli export`` of the LoRA run, two runs at a time: ``export`` as the
+    README's kimi_merge.yaml, ``export_<wrong>`` with that path wrong (WRONG_EXPORT_PATHS)."""
+    configs = {}
+    for wrong in (None, *WRONG_EXPORT_PATHS):
+        name = f"export_{wrong}" if wrong else "export"
+        config = {
+            "model_name_or_path": "models/Kimi-Audio-7B-Instruct" if wrong == "model" else ckpt,
+            "adapter_name_or_path": str(lora_run[0]),
+            "template": "kimi_audio",
+            "finetuning_type": "lora",
+            "trust_remote_code": True,
+            "export_dir": str(workdir / name),
+        }
+        if wrong == "adapter":
+            config["adapter_name_or_path"] = "./saves/kimi-audio-lora"
+        if wrong == "adapter_without_config":
+            config["adapter_name_or_path"] = ckpt  # the base model folder: no adapter_config.json
+        configs[name] = config
+    return run_cli_each("export", configs, workdir)
 
 
-@pytest.mark.parametrize("wrong", ["model", "adapter", "adapter_without_config"])
-def test_export_with_a_wrong_path_ends_with_one_line(ckpt, workdir, lora_run, wrong):
+@pytest.fixture(scope="module")
+def exported(export_runs, workdir) -> Path:
+    check_ok(*export_runs["export"])
+    return workdir / "export"
+
+
+@pytest.mark.parametrize("wrong", WRONG_EXPORT_PATHS)
+def test_export_with_a_wrong_path_ends_with_one_line(ckpt, workdir, export_runs, wrong):
     """The README's kimi_merge.yaml run from another directory, or pointed at a folder that is no LoRA output."""
-    config = {
-        "model_name_or_path": "models/Kimi-Audio-7B-Instruct" if wrong == "model" else ckpt,
-        "adapter_name_or_path": str(lora_run[0]),
-        "template": "kimi_audio",
-        "finetuning_type": "lora",
-        "trust_remote_code": True,
-        "export_dir": str(workdir / f"export_{wrong}"),
-    }
-    if wrong == "adapter":
-        config["adapter_name_or_path"] = "./saves/kimi-audio-lora"
-    if wrong == "adapter_without_config":
-        config["adapter_name_or_path"] = ckpt  # the base model folder: no adapter_config.json
-    rc, output = run_cli("export", config, workdir, f"export_{wrong}")
+    rc, output = export_runs[f"export_{wrong}"]
     assert rc == 3 and "Traceback" not in output, output[-3000:]
     last = output.strip().splitlines()[-1]
     expected = {

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -160,8 +161,10 @@ def test_evaluate_scores_spoken_answers_by_their_codes(tiny_checkpoint, trained_
     """``kimi-audio-lf evaluate`` on the TTS set: the overfit model's greedy codes are closer to the targets than the
     untrained model's; the per-utterance rows agree with the totals and with the targets' own codes."""
     workdir, out_dir, paths = trained_run
-    base, base_out = evaluate_cli(tiny_checkpoint.path, workdir / "tts.json", workdir / "eval_base")
-    tuned, tuned_out = evaluate_cli(str(out_dir), workdir / "tts.json", workdir / "eval_tuned")
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two independent evaluations, side by side
+        base_run = pool.submit(evaluate_cli, tiny_checkpoint.path, workdir / "tts.json", workdir / "eval_base")
+        tuned_run = pool.submit(evaluate_cli, str(out_dir), workdir / "tts.json", workdir / "eval_tuned")
+        (base, _), (tuned, tuned_out) = base_run.result(), tuned_run.result()
     assert base["speech"]["metric"] == tuned["speech"]["metric"] == "codes"
     assert base["speech"]["n"] == tuned["speech"]["n"] == len(paths)
     assert tuned["speech"]["code_error_rate"] < base["speech"]["code_error_rate"]

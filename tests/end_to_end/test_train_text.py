@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from lf_runs import run_cli, train_config
+from lf_runs import run_cli_each, train_config
 
 pytestmark = pytest.mark.slow
 
@@ -46,19 +46,33 @@ def converted(workdir: Path, name: str, texts: list[str]) -> subprocess.Complete
     return proc
 
 
-def train(workdir: Path, ckpt: str, dataset: str) -> subprocess.CompletedProcess[str]:
-    """One LoRA step on ``dataset`` through test_llamafactory_cli's recipe and runner."""
+def recipe(workdir: Path, ckpt: str, dataset: str) -> dict:
+    """One LoRA step on ``dataset`` through test_llamafactory_cli's recipe."""
     directory, output_dir = workdir / "data", workdir / f"out_{dataset}"
-    recipe = train_config(ckpt, directory, output_dir, finetuning_type="lora", lora_target="all", max_steps=1)
-    config = {**recipe, "dataset": dataset}  # train_config names the dataset asr_train
-    rc, output = run_cli("train", config, workdir, dataset)
-    return subprocess.CompletedProcess([dataset], rc, output)
+    config = train_config(ckpt, directory, output_dir, finetuning_type="lora", lora_target="all", max_steps=1)
+    return {**config, "dataset": dataset}  # train_config names the dataset asr_train
 
 
-def test_label_cut_by_cutoff_len_stops_with_one_line(tiny_checkpoint, tmp_path: Path) -> None:
-    convert = converted(tmp_path, "long_label", ["short and fine", LONG_ANSWER])
-    assert "long_label.csv row 3: transcript has 2400 characters for 1.00 s of audio" in convert.stdout
-    proc = train(tmp_path, tiny_checkpoint.path, "long_label")
+@pytest.fixture(scope="module")
+def runs(tiny_checkpoint, tmp_path_factory) -> tuple[Path, dict[str, subprocess.CompletedProcess[str]]]:
+    """(work dir, name -> convert or train run): both datasets converted into one folder, one after another, then
+    the two ``llamafactory-cli train`` runs side by side."""
+    workdir = tmp_path_factory.mktemp("train_text")
+    done = {
+        "convert_long_label": converted(workdir, "long_label", ["short and fine", LONG_ANSWER]),
+        "convert_tags": converted(workdir, "tags", ["look at the <image> here", "and a <video> there"]),
+    }
+    configs = {name: recipe(workdir, tiny_checkpoint.path, name) for name in ("long_label", "tags")}
+    for name, (rc, output) in run_cli_each("train", configs, workdir).items():
+        done[name] = subprocess.CompletedProcess([name], rc, output)
+    return workdir, done
+
+
+def test_label_cut_by_cutoff_len_stops_with_one_line(runs) -> None:
+    _, done = runs
+    warning = "long_label.csv row 3: transcript has 2400 characters for 1.00 s of audio"
+    assert warning in done["convert_long_label"].stdout
+    proc = done["long_label"]
     assert proc.returncode == 2, proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
@@ -66,8 +80,8 @@ def test_label_cut_by_cutoff_len_stops_with_one_line(tiny_checkpoint, tmp_path: 
     assert "cutoff_len=256 cuts its label" in last and "raise cutoff_len to at least" in last, last
 
 
-def test_image_tag_in_a_transcript_trains(tiny_checkpoint, tmp_path: Path) -> None:
-    converted(tmp_path, "tags", ["look at the <image> here", "and a <video> there"])
-    proc = train(tmp_path, tiny_checkpoint.path, "tags")
+def test_image_tag_in_a_transcript_trains(runs) -> None:
+    workdir, done = runs
+    proc = done["tags"]
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert (tmp_path / "out_tags" / "trainer_state.json").exists() or "train_loss" in proc.stdout
+    assert (workdir / "out_tags" / "trainer_state.json").exists() or "train_loss" in proc.stdout

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -148,15 +149,22 @@ def load_in_fresh_interpreter(directory: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def fresh_loads(saved, tmp_path_factory) -> dict[bool, dict]:
+    """remote_code -> what a fresh interpreter loaded from ``saved`` (True) or from a copy without the auto_map
+    files (False, the case of issue 26: auto_map names files that are not there); the two children side by side."""
+    without = tmp_path_factory.mktemp("no_remote_code") / "model"
+    shutil.copytree(saved, without)
+    for name in REMOTE_CODE:
+        (without / name).unlink()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        with_hub_files, absent = pool.map(load_in_fresh_interpreter, (saved, without))
+    return {True: with_hub_files, False: absent}
+
+
 @pytest.mark.parametrize("remote_code", [True, False], ids=["with_hub_files", "auto_map_files_absent"])
-def test_fresh_interpreter_loads_with_trust_remote_code(saved, tmp_path, remote_code):
-    directory = saved
-    if not remote_code:  # the case of issue 26: auto_map names files that are not there
-        directory = tmp_path / "no_remote_code"
-        shutil.copytree(saved, directory)
-        for name in REMOTE_CODE:
-            (directory / name).unlink()
-    out = load_in_fresh_interpreter(directory)
+def test_fresh_interpreter_loads_with_trust_remote_code(fresh_loads, remote_code):
+    out = fresh_loads[remote_code]
     native = {"model": "KimiAudioForCausalLM", "tokenizer": "KimiAudioTokenizer"}
     assert out == {**native, "remote": [], "llamafactory": False}
 

@@ -253,24 +253,31 @@ def test_fused_lora_forward_runs_the_fp8_base_layer(tiny_model, monkeypatch):
 # ------------------------------------------------------------------ the stock CLI: refusal on CPU, emulated training
 @pytest.mark.slow
 def test_cli_refuses_fp8_without_fp8_hardware(tiny_checkpoint, tmp_path):
-    from lf_runs import make_asr_dataset, run_cli, train_config
+    """``fp8: true`` on a machine without FP8 hardware is refused; the same recipe with the FP8 math emulated trains,
+    packed rows and the fused LoRA forward included (two independent runs, side by side)."""
+    from lf_runs import make_asr_dataset, run_cli_each, train_config
 
     data = make_asr_dataset(tmp_path)
     config = train_config(tiny_checkpoint.path, data, tmp_path / "out", finetuning_type="lora", lora_target="all")
-    rc, output = run_cli("train", dict(config, fp8=True), tmp_path, "fp8")
+    packed = dict(config, output_dir=str(tmp_path / "out_emulated"), packing=True, neat_packing=True, max_steps=2)
+    runs = run_cli_each(
+        "train",
+        {"fp8": dict(config, fp8=True), "fp8_emulated": dict(packed, fp8=True)},
+        tmp_path,
+        {"fp8_emulated": {"KIMI_AUDIO_FP8_EMULATE": "1"}},
+    )
+    rc, output = runs["fp8"]
     last = output.strip().splitlines()[-1]
     assert rc == 4, output[-3000:]
     assert re.match(
         r"llamafactory-cli: fp8: true needs an NVIDIA GPU with FP8 tensor cores .*; remove fp8: true", last
     )
     assert "Traceback" not in output and not (tmp_path / "out" / "adapter_model.safetensors").exists()
-    # the same recipe with the FP8 math emulated trains, packed rows and the fused LoRA forward included
-    packed = dict(config, fp8=True, packing=True, neat_packing=True, max_steps=2)
-    rc, output = run_cli("train", packed, tmp_path, "fp8_emulated", env={"KIMI_AUDIO_FP8_EMULATE": "1"})
+    rc, output = runs["fp8_emulated"]
     assert rc == 0, output[-3000:]
     layers = re.search(r"fp8: (\d+) frozen decoder Linear layers run FP8 GEMMs", output)
     assert layers and int(layers.group(1)) > 0, output[-3000:]
-    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "out_emulated" / "adapter_model.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------- CUDA with FP8 tensor cores only

@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -72,17 +73,34 @@ def test_corpus_under_the_output_folder(tmp_path: Path, style: str, prefix: str)
     assert all(resolves_like_llamafactory(entry, tmp_path / "src") for entry in entries)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("style", ["auto", "relative"])
-def test_llamafactory_finds_every_clip_from_another_directory(tmp_path: Path, style: str) -> None:
-    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+PATH_STYLES = ("auto", "relative")
+
+
+def resolved_from_elsewhere(root: Path, style: str) -> subprocess.CompletedProcess[str]:
+    """A LibriSpeech miniature converted in ``root/work`` with ``--paths style``, then resolved by LLaMA-Factory's
+    converter from ``root/elsewhere``."""
+    work, elsewhere = root / "work", root / "elsewhere"
     cf.librispeech(work / "src")
     elsewhere.mkdir()
     proc = convert("src/LibriSpeech", "--out-dir", "data", "--name", "libri", "--paths", style, cwd=work)
     assert proc.returncode == 0, proc.stderr
     names = "libri_dev-clean,libri_train-clean-100"
     command = [sys.executable, "-c", RESOLVE_WITH_LLAMAFACTORY, str(work / "data"), names]
-    found = subprocess.run(command, cwd=elsewhere, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=elsewhere, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def resolved_by_style(tmp_path_factory) -> dict[str, subprocess.CompletedProcess[str]]:
+    """style -> the LLaMA-Factory child's run; the two styles side by side (each child imports LLaMA-Factory)."""
+    roots = [tmp_path_factory.mktemp(f"paths_{style}") for style in PATH_STYLES]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(PATH_STYLES, pool.map(resolved_from_elsewhere, roots, PATH_STYLES)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", PATH_STYLES)
+def test_llamafactory_finds_every_clip_from_another_directory(resolved_by_style, style: str) -> None:
+    found = resolved_by_style[style]
     assert found.returncode == 0, found.stderr
     audios = [path for line in found.stdout.splitlines() for path in json.loads(line)]
     assert len(audios) == 4 and all(os.path.isabs(path) and os.path.isfile(path) for path in audios), audios

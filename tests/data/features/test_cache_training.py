@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from cache_samples import END_LINE, cache_counts
-from lf_runs import COMMON, check_ok, make_asr_dataset, run_cli, train_config
+from lf_runs import COMMON, check_ok, make_asr_dataset, run_cli, run_cli_each, train_config
 
 from llamafactory_kimi_audio.data.features.cache_format import clip_key
 from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
@@ -72,15 +72,53 @@ def test_written_entries_equal_precompute(write_through, ckpt, dataset, workdir)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-def test_strict_names_the_first_uncached_clip(write_through, ckpt, dataset, workdir) -> None:
+@pytest.fixture(scope="module")
+def cache_reads(write_through, ckpt, dataset, workdir) -> dict[str, tuple[int, str]]:
+    """name -> (exit code, log) of the runs that read the write-through cache (``strict_miss``: an empty one), each
+    its own ``llamafactory-cli train``, two at a time."""
     cache, _ = write_through
-    config = train_config(ckpt, dataset, workdir / "strict", finetuning_type="lora", lora_target="all", max_steps=2)
-    env = {"KIMI_AUDIO_FEATURE_CACHE": str(cache), "KIMI_AUDIO_CACHE_STRICT": "1"}
-    rc, output = run_cli("train", config, workdir, "strict_ok", env=env)
+    lora = {"finetuning_type": "lora", "lora_target": "all"}
+    configs = {
+        "strict_ok": train_config(ckpt, dataset, workdir / "strict", max_steps=2, **lora),
+        "strict_miss": train_config(ckpt, dataset, workdir / "strict_miss", max_steps=2, **lora),
+        "streaming": train_config(
+            ckpt,
+            dataset,
+            workdir / "stream",
+            max_steps=3,
+            streaming=True,
+            dataloader_num_workers=2,  # LLaMA-Factory shards local files into this many parts (0 parts: no data)
+            **lora,
+        ),
+        "predict_cached": {
+            **COMMON,
+            "model_name_or_path": ckpt,
+            "adapter_name_or_path": str(workdir / "wt"),
+            "finetuning_type": "lora",
+            "do_predict": True,
+            "predict_with_generate": True,
+            "eval_dataset": "asr_train",  # cached by the write-through run
+            "dataset_dir": str(dataset),
+            "output_dir": str(workdir / "predict"),
+            "per_device_eval_batch_size": 2,
+            "max_new_tokens": 4,
+        },
+    }
+    strict = {"KIMI_AUDIO_CACHE_STRICT": "1"}  # strict: every clip from the cache
+    envs = {
+        "strict_ok": {"KIMI_AUDIO_FEATURE_CACHE": str(cache), **strict},
+        "strict_miss": {"KIMI_AUDIO_FEATURE_CACHE": str(workdir / "empty_cache"), **strict},
+        "streaming": {"KIMI_AUDIO_FEATURE_CACHE": str(cache)},
+        "predict_cached": {"KIMI_AUDIO_FEATURE_CACHE": str(cache), **strict},
+    }
+    return run_cli_each("train", configs, workdir, envs)
+
+
+def test_strict_names_the_first_uncached_clip(cache_reads) -> None:
+    rc, output = cache_reads["strict_ok"]
     check_ok(rc, output)
     assert cache_counts(output) == (4, 0, 0)
-    env["KIMI_AUDIO_FEATURE_CACHE"] = str(workdir / "empty_cache")
-    rc, output = run_cli("train", config, workdir, "strict_miss", env=env)
+    rc, output = cache_reads["strict_miss"]
     assert rc == 2, output[-3000:]
     errors = re.findall(r"llamafactory-cli: (.*)", output)  # the one-line error (after a progress bar's \r)
     assert len(errors) == 1 and "not in the feature cache" in errors[0], output[-3000:]
@@ -88,42 +126,15 @@ def test_strict_names_the_first_uncached_clip(write_through, ckpt, dataset, work
     assert END_LINE.search(output.strip().splitlines()[-1])  # the rank's end line comes at exit
 
 
-def test_streaming_dataset_reads_the_cache(write_through, ckpt, dataset, workdir) -> None:
-    cache, _ = write_through
-    config = train_config(
-        ckpt,
-        dataset,
-        workdir / "stream",
-        finetuning_type="lora",
-        lora_target="all",
-        max_steps=3,
-        streaming=True,
-        dataloader_num_workers=2,  # LLaMA-Factory shards local files into this many parts (0 parts: no data)
-    )
-    rc, output = run_cli("train", config, workdir, "streaming", env={"KIMI_AUDIO_FEATURE_CACHE": str(cache)})
+def test_streaming_dataset_reads_the_cache(cache_reads) -> None:
+    rc, output = cache_reads["streaming"]
     check_ok(rc, output)
     hits, misses, writes = cache_counts(output)
     assert hits == 6 and misses == writes == 0
 
 
-def test_predict_with_generate_reads_the_cache(write_through, ckpt, dataset, workdir) -> None:
-    cache, _ = write_through
-    config = {
-        **COMMON,
-        "model_name_or_path": ckpt,
-        "adapter_name_or_path": str(workdir / "wt"),
-        "finetuning_type": "lora",
-        "do_predict": True,
-        "predict_with_generate": True,
-        "eval_dataset": "asr_train",  # cached by the write-through run
-        "dataset_dir": str(dataset),
-        "output_dir": str(workdir / "predict"),
-        "per_device_eval_batch_size": 2,
-        "max_new_tokens": 4,
-    }
-    env = {"KIMI_AUDIO_FEATURE_CACHE": str(cache), "KIMI_AUDIO_CACHE_STRICT": "1"}  # strict: every clip from the cache
-    rc, output = run_cli("train", config, workdir, "predict_cached", env=env)
-    check_ok(rc, output)
+def test_predict_with_generate_reads_the_cache(cache_reads, workdir) -> None:
+    check_ok(*cache_reads["predict_cached"])
     assert (workdir / "predict" / "generated_predictions.jsonl").read_text().count("\n") == 8
 
 
