@@ -9,9 +9,12 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
 TIMEOUT = 900  # generous: a loaded 2-core machine is several times slower than an idle one
 COMMON = {
@@ -34,16 +37,22 @@ def run_cli(command: str, config: dict, workdir: Path, name: str, env: dict | No
     return _run(command, [str(config_path)], workdir, name, env)
 
 
+def two_at_a_time(function: Callable[..., T], *iterables: Iterable[Any]) -> list[T]:
+    """``list(map(function, *iterables))``, two calls at a time. For independent subprocess runs: most of a short run
+    is a fresh interpreter importing LLaMA-Factory / transformers on one core, so two side by side on a 2-core machine
+    take little more than one. The calls must not depend on each other."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(function, *iterables))
+
+
 def run_cli_each(
     command: str, configs: dict[str, dict], workdir: Path, envs: dict[str, dict] | None = None
 ) -> dict[str, tuple[int, str]]:
-    """``run_cli`` for each ``name -> config`` (with ``envs[name]`` if given), two at a time: most of a short run is
-    the interpreter importing LLaMA-Factory on one core, so two independent runs side by side take little more than
-    one. The runs must not depend on each other."""
+    """``run_cli`` for each ``name -> config`` (with ``envs[name]`` if given), two at a time (``two_at_a_time``)."""
     envs = envs or {}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {n: pool.submit(run_cli, command, cfg, workdir, n, envs.get(n)) for n, cfg in configs.items()}
-        return {name: future.result() for name, future in futures.items()}
+    names = list(configs)
+    runs = two_at_a_time(lambda n: run_cli(command, configs[n], workdir, n, envs.get(n)), names)
+    return dict(zip(names, runs))
 
 
 def run_cli_flags(

@@ -194,9 +194,9 @@ def evaluate(
     paths = {}
     if out_dir:
         paths = write_outputs(ensure_writable_dir(out_dir, "out_dir"), report, summary, plot=options.plot)
-    result = EvalResult(report, summary, paths, paired.label_mismatches, unreadable=paired.unreadable)
-    result.silent = paired.silent
-    return result
+    return EvalResult(
+        report, summary, paths, paired.label_mismatches, unreadable=paired.unreadable, silent=paired.silent
+    )
 
 
 def _needs_model(data: str | Sequence[Any] | TestSet | None, options: EvaluateOptions) -> str:

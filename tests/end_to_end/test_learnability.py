@@ -10,9 +10,9 @@ cores (README).
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from lf_runs import two_at_a_time
 
 from llamafactory_kimi_audio.demo import run_demo
 
@@ -23,10 +23,10 @@ SETTINGS = {"n_train": 600, "n_test": 30, "max_steps": 600, "backend": "auto", "
 def test_held_out_cer_falls_only_when_audio_is_heard(tmp_path) -> None:
     # The two demos run side by side: each step is a subprocess with its threads pinned (the figure depends on the
     # seed and the thread count, not on the load), and their single-threaded steps overlap on a 2-core machine.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        heard_run = pool.submit(run_demo, str(tmp_path / "audio"), **SETTINGS)
-        silent_run = pool.submit(run_demo, str(tmp_path / "silence"), silence=True, **SETTINGS)
-        heard, silent = heard_run.result(), silent_run.result()
+    heard, silent = two_at_a_time(
+        lambda silence: run_demo(str(tmp_path / ("silence" if silence else "audio")), silence=silence, **SETTINGS),
+        (False, True),
+    )
     # CER as a fraction (1.0 = 100 %); the untrained model is far off.
     assert heard.cer_before >= 0.9, heard
     assert heard.cer_after <= 0.6 * heard.cer_before, heard

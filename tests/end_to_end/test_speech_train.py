@@ -8,13 +8,13 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from lf_runs import two_at_a_time
 
 from llamafactory_kimi_audio import DISABLE_ENV
 from llamafactory_kimi_audio.data.convert.dataset_files import dataset_info_entry
@@ -161,10 +161,12 @@ def test_evaluate_scores_spoken_answers_by_their_codes(tiny_checkpoint, trained_
     """``kimi-audio-lf evaluate`` on the TTS set: the overfit model's greedy codes are closer to the targets than the
     untrained model's; the per-utterance rows agree with the totals and with the targets' own codes."""
     workdir, out_dir, paths = trained_run
-    with ThreadPoolExecutor(max_workers=2) as pool:  # two independent evaluations, side by side
-        base_run = pool.submit(evaluate_cli, tiny_checkpoint.path, workdir / "tts.json", workdir / "eval_base")
-        tuned_run = pool.submit(evaluate_cli, str(out_dir), workdir / "tts.json", workdir / "eval_tuned")
-        (base, _), (tuned, tuned_out) = base_run.result(), tuned_run.result()
+    (base, _), (tuned, tuned_out) = two_at_a_time(  # two independent evaluations, side by side
+        evaluate_cli,
+        (tiny_checkpoint.path, str(out_dir)),
+        [workdir / "tts.json"] * 2,
+        (workdir / "eval_base", workdir / "eval_tuned"),
+    )
     assert base["speech"]["metric"] == tuned["speech"]["metric"] == "codes"
     assert base["speech"]["n"] == tuned["speech"]["n"] == len(paths)
     assert tuned["speech"]["code_error_rate"] < base["speech"]["code_error_rate"]

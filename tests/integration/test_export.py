@@ -18,10 +18,10 @@ import re
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from lf_runs import two_at_a_time
 
 LAYER = r"(layers|mimo_layers)\.\d+\."
 VLLM_NAMES = [  # every LM tensor of the checkpoint must match one of these (vLLM drops what it does not know)
@@ -157,8 +157,7 @@ def fresh_loads(saved, tmp_path_factory) -> dict[bool, dict]:
     shutil.copytree(saved, without)
     for name in REMOTE_CODE:
         (without / name).unlink()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        with_hub_files, absent = pool.map(load_in_fresh_interpreter, (saved, without))
+    with_hub_files, absent = two_at_a_time(load_in_fresh_interpreter, (saved, without))
     return {True: with_hub_files, False: absent}
 
 

@@ -16,7 +16,6 @@ import pickle
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import dill
 import llamafactory.data.template as T  # noqa: N812 - the name LLaMA-Factory's own tests use
@@ -25,6 +24,7 @@ import pytest
 import soundfile as sf
 import torch
 from lf_pipeline import IGNORE, conv, sft_collator, sft_feature
+from lf_runs import two_at_a_time
 from llamafactory.data.mm_plugin import PLUGINS, BasePlugin, Qwen2AudioPlugin, get_mm_plugin
 from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
 from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
@@ -550,8 +550,7 @@ def test_registrations_are_purely_additive(ckpt):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        on, off = pool.map(probe, ("0", "1"))
+    on, off = two_at_a_time(probe, ("0", "1"))
     assert set(on["templates"]) - set(off["templates"]) == {"kimi_audio"}
     assert set(off["templates"]) <= set(on["templates"])
     assert set(on["plugins"]) - set(off["plugins"]) == {"kimi_audio"}

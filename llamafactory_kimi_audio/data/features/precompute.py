@@ -90,8 +90,8 @@ def precompute(
         len(cache.index)  # load the index before the worker threads use it
         try:
             with ThreadPoolExecutor(max_workers=1) as featurizer:
-                run = _Run(cache, result, options, progress, say, load, featurizer)
-                run.transcribed = transcribed if result.silent_mode != "off" and transcribed else {}
+                checked = transcribed if result.silent_mode != "off" and transcribed else {}
+                run = _Run(cache, result, options, progress, say, load, featurizer, checked)
                 for audio, prepared in prefetch(paths, run.prepare, window=4 * options.batch_size):
                     run.add(audio, prepared)
                 run.flush()
@@ -152,6 +152,7 @@ class _Run:
         say: Callable[[str], None],
         load: Callable[[], AudioEncoders],
         featurizer: ThreadPoolExecutor,
+        transcribed: Mapping[str, str],
     ) -> None:
         self.cache, self.result, self.options, self.progress, self.say = cache, result, options, progress, say
         self._load, self.featurizer = load, featurizer
@@ -160,7 +161,7 @@ class _Run:
         self.pending: list[tuple[_Prepared, str]] = []
         self.in_flight: tuple[list[tuple[_Prepared, str]], Future] | None = None  # log-mels being computed
         self.seen: set[bytes] = set()
-        self.transcribed: Mapping[str, str] = {}  # clips checked for silence
+        self.transcribed = transcribed  # clips checked for silence (path -> the row of its transcript)
 
     def prepare(self, audio: str) -> _Prepared | Exception:
         """The key and the waveform to encode (None when a sound entry exists), or the error; runs in a thread."""

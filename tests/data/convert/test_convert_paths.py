@@ -9,7 +9,6 @@ import os
 import stat
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import corpus_fixtures as cf  # noqa: E402
 from convert_cli import CLI, ENV, convert, shard_audios  # noqa: E402
+from lf_runs import two_at_a_time  # noqa: E402
 
 
 def resolves_like_llamafactory(entry: str, dataset_dir: Path) -> bool:
@@ -93,8 +93,7 @@ def resolved_from_elsewhere(root: Path, style: str) -> subprocess.CompletedProce
 def resolved_by_style(tmp_path_factory) -> dict[str, subprocess.CompletedProcess[str]]:
     """style -> the LLaMA-Factory child's run; the two styles side by side (each child imports LLaMA-Factory)."""
     roots = [tmp_path_factory.mktemp(f"paths_{style}") for style in PATH_STYLES]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(PATH_STYLES, pool.map(resolved_from_elsewhere, roots, PATH_STYLES)))
+    return dict(zip(PATH_STYLES, two_at_a_time(resolved_from_elsewhere, roots, PATH_STYLES)))
 
 
 @pytest.mark.slow
