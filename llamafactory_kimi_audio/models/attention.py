@@ -15,6 +15,7 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_kimi_audio import KimiAudioConfig
+from .grouped_lora import project_together
 from .packed_attention import VARLEN_ATTENTION, PackedSequences
 from .pointwise import fused, rotary
 
@@ -85,9 +86,10 @@ class KimiAudioAttention(nn.Module):
 
     def forward(self, hidden_states, position_embeddings, attention_bias, is_causal, past_key_values=None):
         batch, length, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = project_together((self.q_proj, self.k_proj, self.v_proj), hidden_states)  # LoRA: one A matmul
+        q = q.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = fused(rotary, self.config.compile_pointwise)(q, k, *position_embeddings)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)

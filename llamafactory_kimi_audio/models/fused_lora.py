@@ -44,6 +44,7 @@ def _single_plain_adapter(layer: Any, x: torch.Tensor, args: tuple, kwargs: dict
 
 
 FUSED_FLAG = "kimi_audio_fused_lora"  # instance attribute of the layers that take the fused path
+GROUPED_FLAG = "kimi_audio_grouped_lora"  # ... and of those that may share one LoRA-A matmul (grouped_lora.py)
 
 
 def fused_lora_forward(self: Any, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -74,9 +75,10 @@ def _lora_linear_class() -> type | None:
     return Linear
 
 
-def install_fused_lora(model: nn.Module) -> int:
+def install_fused_lora(model: nn.Module, grouped: bool = True) -> int:
     """Give every plain PEFT LoRA ``Linear`` of ``model`` the fused forward (an instance attribute, marked with
-    :data:`FUSED_FLAG`); idempotent. Returns how many layers changed."""
+    :data:`FUSED_FLAG`); idempotent. ``grouped`` also lets projections that share an input run one LoRA-A matmul
+    (``grouped_lora.py``; marked with :data:`GROUPED_FLAG`). Returns how many layers changed."""
     linear = _lora_linear_class()
     if linear is None:
         return 0
@@ -86,6 +88,8 @@ def install_fused_lora(model: nn.Module) -> int:
             module.__dict__[FUSED_FLAG] = True
             module.forward = MethodType(fused_or_peft_forward, module)  # shadows the class's forward
             count += 1
+        if type(module) is linear:
+            module.__dict__[GROUPED_FLAG] = grouped
     return count
 
 
@@ -93,6 +97,7 @@ def remove_fused_lora(model: nn.Module) -> int:
     """Undo ``install_fused_lora``: the layers get their class's (PEFT's) forward back. Returns how many."""
     count = 0
     for module in model.modules():
+        module.__dict__.pop(GROUPED_FLAG, None)
         if module.__dict__.pop(FUSED_FLAG, False):
             module.__dict__.pop("forward", None)
             count += 1

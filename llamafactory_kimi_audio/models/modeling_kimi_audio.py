@@ -34,6 +34,7 @@ from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudio
 from .constants import SAMPLES_PER_TOKEN
 from .fast_generation import FastGreedy, greedy_request
 from .feature_sink import FeatureSink, split_clips
+from .grouped_lora import project_together
 from .masks import attention_bias, default_position_ids, packed_segments, warn_if_packed_without_blocks
 from .packed_attention import packed_sequences, varlen_applies
 from .pointwise import fused, fused_layer, rms_norm, swiglu
@@ -95,7 +96,8 @@ class KimiAudioMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(fused(swiglu, self.config.compile_pointwise)(self.gate_proj(x), self.up_proj(x)))
+        gate, up = project_together((self.gate_proj, self.up_proj), x)  # LoRA: one A matmul for both
+        return self.down_proj(fused(swiglu, self.config.compile_pointwise)(gate, up))
 
 
 class KimiAudioDecoderLayer(GradientCheckpointingLayer):

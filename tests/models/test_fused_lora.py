@@ -13,7 +13,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
 from llamafactory_kimi_audio import settings
-from llamafactory_kimi_audio.models import fused_lora
+from llamafactory_kimi_audio.models import fused_lora, grouped_lora
 from llamafactory_kimi_audio.models.fused_lora import FUSED_FLAG, install_fused_lora, remove_fused_lora
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -22,10 +22,15 @@ PEFT_FORWARD = LoraLinear.forward
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """Counts the layer calls that take the fused path."""
+    """Counts the layer calls that take the fused path, alone or grouped (q/k/v, gate/up: grouped_lora.py)."""
     calls: list[int] = []
-    real = fused_lora.fused_lora_forward
+    real, real_grouped = fused_lora.fused_lora_forward, grouped_lora.grouped_lora_forward
     monkeypatch.setattr(fused_lora, "fused_lora_forward", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(
+        grouped_lora,
+        "grouped_lora_forward",
+        lambda layers, *a: calls.extend([1] * len(layers)) or real_grouped(layers, *a),
+    )
     return calls
 
 
