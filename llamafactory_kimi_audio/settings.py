@@ -73,6 +73,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("KIMI_AUDIO_FUSED_LORA", True, "switch", "Fused LoRA forward on Kimi-Audio layers (0: PEFT's own)."),
     Setting(
+        "KIMI_AUDIO_GROUPED_LORA",
+        True,
+        "switch",
+        "With the fused LoRA forward: q/k/v and gate/up (same input) run one LoRA-A matmul together when they have no "
+        "LoRA dropout (0: one per projection).",
+    ),
+    Setting(
         "KIMI_AUDIO_FP8_EMULATE",
         False,
         "switch",

@@ -42,7 +42,8 @@ MODEL_PATCHES = [
         parameters=("config", "model", "model_args", "finetuning_args", "is_trainable"),
         why="PEFT's LoRA forward copies every input to fp32 and back under bf16 autocast and scales/adds in two "
         "extra passes; the LoRA layer instances of a Kimi-Audio model get a forward that runs the same math in one "
-        "addmm (models/fused_lora.py; other models keep PEFT's; KIMI_AUDIO_FUSED_LORA=0: PEFT's own)",
+        "addmm (models/fused_lora.py; other models keep PEFT's; KIMI_AUDIO_FUSED_LORA=0: PEFT's own), q/k/v and "
+        "gate/up one LoRA-A matmul together (models/grouped_lora.py; KIMI_AUDIO_GROUPED_LORA=0: one each)",
     ),
     Patch(
         name="mimo_lora_targets",

@@ -210,7 +210,7 @@ def make_fused_lora(original):
         if is_kimi_model(model) and settings.enabled("KIMI_AUDIO_FUSED_LORA"):
             from ..models.fused_lora import install_fused_lora
 
-            install_fused_lora(model)
+            install_fused_lora(model, grouped=settings.enabled("KIMI_AUDIO_GROUPED_LORA"))
         return model
 
     return init_adapter
