@@ -14,7 +14,7 @@ from torch import nn
 
 from llamafactory_kimi_audio import settings
 from llamafactory_kimi_audio.models import fused_lora, grouped_lora
-from llamafactory_kimi_audio.models.fused_lora import FUSED_FLAG, install_fused_lora, remove_fused_lora
+from llamafactory_kimi_audio.models.fused_lora import FUSED_FLAG, GROUPED_FLAG, install_fused_lora, remove_fused_lora
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 PEFT_FORWARD = LoraLinear.forward
@@ -154,6 +154,7 @@ def lora_kimi(tiny_checkpoint):
 def test_the_loader_installs_it_on_kimi_lora_layers(lora_kimi):
     lora_layers = [m for m in lora_kimi.modules() if type(m) is LoraLinear]
     assert lora_layers and all(m.__dict__.get(FUSED_FLAG) for m in lora_layers)
+    assert all(m.__dict__.get(GROUPED_FLAG) is True for m in lora_layers)  # KIMI_AUDIO_GROUPED_LORA's default
     for layer in lora_layers:  # B starts at 0: give the adapters something to add
         nn.init.normal_(layer.lora_B["default"].weight, std=0.05)
     torch.manual_seed(0)
@@ -176,6 +177,7 @@ def test_the_loader_installs_it_on_kimi_lora_layers(lora_kimi):
     assert fused_grads.keys() == plain_grads.keys()
     for name in plain_grads:
         torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)
+    assert all(m.__dict__.get(GROUPED_FLAG) is True for m in lora_layers)  # reinstalled as the loader did
 
 
 def test_other_peft_models_keep_peft_forward(lora_kimi, fused_calls):
@@ -208,6 +210,29 @@ def test_opt_out_keeps_peft_forward(tiny_checkpoint, monkeypatch):
     layers = [m for m in model.modules() if type(m) is LoraLinear]
     settings.reload()
     assert layers and not any(FUSED_FLAG in m.__dict__ or "forward" in m.__dict__ for m in layers)
+    assert not any(GROUPED_FLAG in m.__dict__ for m in layers)
+
+
+def test_grouped_opt_out_keeps_one_lora_a_matmul_per_layer(tiny_checkpoint, monkeypatch, fused_calls):
+    """KIMI_AUDIO_GROUPED_LORA=0: the layers keep the fused forward, each called on its own (grouped_lora.py off)."""
+    from llamafactory.hparams import FinetuningArguments, ModelArguments
+    from llamafactory.model import load_model, load_tokenizer
+
+    monkeypatch.setenv("KIMI_AUDIO_GROUPED_LORA", "0")
+    settings.reload()
+    model_args = ModelArguments(model_name_or_path=tiny_checkpoint.path, trust_remote_code=True)
+    tokenizer = load_tokenizer(model_args)["tokenizer"]
+    finetuning = FinetuningArguments(finetuning_type="lora", lora_target="all")
+    model = load_model(tokenizer, model_args, finetuning, is_trainable=True)
+    settings.reload()
+    layers = [m for m in model.modules() if type(m) is LoraLinear]
+    assert layers and all(m.__dict__.get(FUSED_FLAG) is True and m.__dict__.get(GROUPED_FLAG) is False for m in layers)
+    grouped = []
+    monkeypatch.setattr(grouped_lora, "grouped_lora_forward", lambda *a: grouped.append(1))
+    ids = torch.randint(0, 400, (1, 6))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert grouped == [] and len(fused_calls) >= len(layers)
 
 
 def test_parameter_count_walks_the_modules_once_per_training_phase(lora_kimi, monkeypatch):
