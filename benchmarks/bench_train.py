@@ -47,6 +47,9 @@ Cases (``--cases`` picks some):
                          KIMI_AUDIO_COMPILE_POINTWISE=off. recipe_*_fp8: the same with ``fp8: true`` (issue 28; on the
                          CPU with --tiny the FP8 math is emulated); with --grad-dir and --log-every 1 each is compared
                          with its bf16 twin of the same round (tokens/s, step-1 gradient cosine, loss gaps)
+                         recipe_*gb[_fp8]_ungrouped: the same with KIMI_AUDIO_GROUPED_LORA=0 (one LoRA-A matmul
+                         per projection instead of one for q/k/v and one for gate/up, models/grouped_lora.py); run
+                         with its grouped twin and --repeat for interleaved pairs (their throughput ratio is printed)
   kimi_speech_mb8[_mimo] speech output (issue 18): the corpus as TTS samples (the transcript spoken with the clip as
                          the target: codes only, MIMO branch + audio head run), vs kimi_cached_mb8 (ASR, same clips,
                          similar tokens per sample); LoRA ``all`` (MIMO frozen) or ``all,mimo``; MFU omits MIMO FLOPs
@@ -174,6 +177,15 @@ RECIPE_CASES.update(
         for n, spec in list(RECIPE_CASES.items())
         if n.endswith("gb")
         for v, env in FP8_VARIANTS.items()
+    }
+)
+# grouped LoRA A off (KIMI_AUDIO_GROUPED_LORA=0, models/grouped_lora.py): q/k/v and gate/up one LoRA-A matmul each
+GROUPED_OFF = {"KIMI_AUDIO_GROUPED_LORA": "0"}
+RECIPE_CASES.update(
+    {
+        f"{n}_ungrouped": dict(spec, env={**spec.get("env", {}), **GROUPED_OFF})
+        for n, spec in list(RECIPE_CASES.items())
+        if re.fullmatch(r"recipe_\d+gb(_fp8)?", n)
     }
 )
 KIMI_CASES.update(RECIPE_CASES)
@@ -488,7 +500,7 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
     if spec.get("unfused"):  # PEFT's own LoRA forward (the package's fused_lora patch then installs nothing)
         from llamafactory_kimi_audio.models import fused_lora
 
-        patched.set(fused_lora, "install_fused_lora", lambda model: 0)
+        patched.set(fused_lora, "install_fused_lora", lambda model, **kwargs: 0)
     if spec.get("walk_count"):  # transformers' own num_parameters: a walk over every module, every step
         from transformers import PreTrainedModel
 
@@ -615,11 +627,13 @@ RATIO_PAIRS = (
     ("kimi_cached_mb32_group", "qwen_text_mb32_group_fused"),
     ("kimi_speech_mb8", "kimi_cached_mb8"),  # speech output vs ASR on the same clips
     ("kimi_speech_mb8_mimo", "kimi_cached_mb8"),
+    *((f"recipe_{size}{fp8}", f"recipe_{size}{fp8}_ungrouped") for size in ("24gb", "80gb") for fp8 in ("", "_fp8")),
 )
 
 
 def print_ratios(rows: list[dict[str, Any]]) -> None:
-    """Kimi / text-only tokens/s per round (cases of one round ran next to each other), with the median and spread."""
+    """Tokens/s ratios of the RATIO_PAIRS (Kimi / text-only, grouped / ungrouped) per round (cases of one round ran
+    next to each other), with the median and spread."""
     by_round: dict[tuple[str, int], float] = {
         (r["case"], r.get("round", 0)): r["tokens_per_s"] for r in rows if "error" not in r
     }

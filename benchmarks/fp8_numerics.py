@@ -43,7 +43,10 @@ def callbacks(grad_path: str | None) -> tuple[Any, Any]:
 
 def twin(case: str) -> str | None:
     """The bf16 case an FP8 case is compared with (``recipe_80gb_fp8``, ``recipe_80gb_fp8_bf16grad`` →
-    ``recipe_80gb``); ``recipe_80gb_eager`` (bf16, uncompiled) against the compiled recipe: bf16's own noise floor."""
+    ``recipe_80gb``); ``recipe_80gb_eager`` (bf16, uncompiled) against the compiled recipe: bf16's own noise floor;
+    ``recipe_80gb[_fp8]_ungrouped`` (KIMI_AUDIO_GROUPED_LORA=0) against the same recipe grouped."""
+    if case.startswith("recipe_") and case.endswith("_ungrouped"):
+        return case.removesuffix("_ungrouped")
     for mark in ("_fp8", "_eager"):
         head, found, _ = case.partition(mark)
         if found and head.startswith("recipe_"):
@@ -124,7 +127,7 @@ def compare(rows: list[dict[str, Any]], grad_dir: str | None, after_step: int = 
 
 def print_comparison(rows: list[dict[str, Any]], grad_dir: str | None, after_step: int) -> None:
     for r in compare(rows, grad_dir, after_step):
-        parts = [f"fp8 {r['case']} / {r['bf16']} round {r['round']}: tokens/s x{r['speedup']:.3f}"]
+        parts = [f"{r['case']} / {r['bf16']} round {r['round']}: tokens/s x{r['speedup']:.3f}"]
         parts.append("peak GiB {:.1f} -> {:.1f}".format(*r["peak_gib"]))
         if "grad_cosine" in r:
             parts.append(f"step-1 grad cosine {r['grad_cosine']:.5f} (rel err {r['grad_rel_err']:.4f})")
