@@ -41,10 +41,18 @@ def grouped_calls(monkeypatch):
 
 def lora_triple(model, dropout: float = 0.0, **extra) -> dict[str, torch.nn.Module]:
     """The same LoRA model (B random, so that gradients reach A) three ways: PEFT's own forward, the fused forward
-    one layer at a time, the fused forward grouped."""
+    one layer at a time, the fused forward grouped. Ranks and scalings differ within each group, so that a wrong
+    split of the stacked product cannot pass."""
     torch.manual_seed(0)
     config = LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=dropout, target_modules=list(PROJECTIONS), init_lora_weights=False, **extra
+        r=4,
+        lora_alpha=8,
+        rank_pattern={"k_proj": 2, "up_proj": 6},
+        alpha_pattern={"v_proj": 3, "gate_proj": 16},
+        lora_dropout=dropout,
+        target_modules=list(PROJECTIONS),
+        init_lora_weights=False,
+        **extra,
     )
     peft_model = get_peft_model(copy.deepcopy(model), config)
     ungrouped, grouped = copy.deepcopy(peft_model), copy.deepcopy(peft_model)
@@ -342,19 +350,18 @@ def test_the_compiled_layer_is_one_graph_with_the_grouped_matmuls(tiny_model):
     assert linears["ungrouped"] - linears["grouped"] == (3 - 1) + (2 - 1)
 
 
-@pytest.mark.slow  # torch.compile with AOTAutograd: tens of seconds on a small CPU
-def test_compiled_layers_train_like_eager(tiny_model, monkeypatch):
-    """Whole layers compiled (``compile_pointwise=layers``, AOTAutograd without Inductor's C++ build): the grouped
-    path's loss and LoRA gradients equal the eager ones."""
+@pytest.mark.slow  # torch.compile: tens of seconds on a small CPU
+def test_compiled_layers_train_like_eager(tiny_model, monkeypatch, grouped_calls):
+    """Whole layers compiled (``compile_pointwise=layers``, as the recipes run on a GPU): the grouped path's loss and
+    LoRA gradients equal the eager ones."""
     from llamafactory_kimi_audio.models import pointwise
 
     model = lora_triple(tiny_model)["grouped"].train()
     batch = packed_batch(tiny_model.config.num_base_tokens)
     eager = loss_and_grads(model, batch)
+    assert len(grouped_calls) == GROUPS_PER_LAYER * tiny_model.config.num_hidden_layers
     monkeypatch.setattr(pointwise, "_compiled", {})
     monkeypatch.setattr(model.config, "compile_pointwise", "layers")
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", **kw))
     torch._dynamo.reset()
     try:
         compiled = loss_and_grads(model, batch)
@@ -362,5 +369,5 @@ def test_compiled_layers_train_like_eager(tiny_model, monkeypatch):
     finally:
         torch._dynamo.reset()
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
-    for name, grad in eager[1].items():
-        torch.testing.assert_close(compiled[1][name], grad, rtol=1e-4, atol=1e-6)
+    assert compiled[1].keys() == eager[1].keys()
+    assert max(relative_error(compiled[1][name], grad) for name, grad in eager[1].items()) < 1e-5
