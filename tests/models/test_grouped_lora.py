@@ -1,24 +1,30 @@
 """Grouped LoRA A (``models/grouped_lora.py``): q/k/v and gate/up share one LoRA-A matmul on the fused path. Same
 outputs and gradients as the layers called one by one (fused) and as PEFT's own forward, in fp32 and under bf16
-autocast; the grouped path is really taken (fewer matmuls, one graph when the layer is compiled), and every case it
-cannot serve calls the layers as before."""
+autocast; the grouped path is really taken (fewer matmuls, one graph when the layer is compiled), with FP8 base
+layers, gradient checkpointing, packed rows and generation. The cases it cannot serve: test_grouped_lora_fallbacks.py.
+"""
 
 from __future__ import annotations
 
-import copy
-import functools
-
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from lora_models import (
+    GROUPS_PER_LAYER,
+    PROJECTIONS,
+    count_grouped_calls,
+    layer_outputs_and_grads,
+    lora_triple,
+    loss_and_grads,
+    packed_batch,
+    relative_error,
+    to_bf16_base,
+    worst_relative_error,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from llamafactory_kimi_audio.models import grouped_lora
 from llamafactory_kimi_audio.models.fused_lora import install_fused_lora
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-GROUPS_PER_LAYER = 2  # q/k/v and gate/up
 
 
 @pytest.fixture(scope="module")
@@ -30,87 +36,7 @@ def tiny_model(tiny_checkpoint):
 
 @pytest.fixture
 def grouped_calls(monkeypatch):
-    """How many layers each call of the grouped path served."""
-    calls: list[int] = []
-    real = grouped_lora.grouped_lora_forward
-    monkeypatch.setattr(
-        grouped_lora, "grouped_lora_forward", lambda layers, *a: calls.append(len(layers)) or real(layers, *a)
-    )
-    return calls
-
-
-def lora_triple(model, dropout: float = 0.0, **extra) -> dict[str, torch.nn.Module]:
-    """The same LoRA model (B random, so that gradients reach A) three ways: PEFT's own forward, the fused forward
-    one layer at a time, the fused forward grouped. Ranks and scalings differ within each group, so that a wrong
-    split of the stacked product cannot pass."""
-    torch.manual_seed(0)
-    config = LoraConfig(
-        r=4,
-        lora_alpha=8,
-        rank_pattern={"k_proj": 2, "up_proj": 6},
-        alpha_pattern={"v_proj": 3, "gate_proj": 16},
-        lora_dropout=dropout,
-        target_modules=list(PROJECTIONS),
-        init_lora_weights=False,
-        **extra,
-    )
-    peft_model = get_peft_model(copy.deepcopy(model), config)
-    ungrouped, grouped = copy.deepcopy(peft_model), copy.deepcopy(peft_model)
-    assert install_fused_lora(ungrouped, grouped=False) == install_fused_lora(grouped) > 0
-    return {"peft": peft_model, "ungrouped": ungrouped, "grouped": grouped}
-
-
-def to_bf16_base(model):
-    """LLaMA-Factory's bf16 layout: bf16 base weights, fp32 LoRA weights."""
-    for name, param in model.named_parameters():
-        if "lora_" not in name:
-            param.data = param.data.to(torch.bfloat16)
-    return model
-
-
-def packed_batch(vocab: int) -> dict[str, torch.Tensor]:
-    """One row of two packed utterances (5 + 7 tokens: block-diagonal causal mask, positions restarting) and a
-    padded row."""
-    ids = torch.randint(0, vocab, (2, 12), generator=torch.Generator().manual_seed(1))
-    segment = torch.tensor([0] * 5 + [1] * 7)
-    causal = torch.ones(12, 12, dtype=torch.bool).tril()
-    mask = torch.stack([causal & (segment[:, None] == segment[None]), causal & (torch.arange(12) < 9)])[:, None]
-    positions = torch.stack([torch.cat([torch.arange(5), torch.arange(7)]), torch.arange(12)])
-    labels = ids.masked_fill(torch.arange(12)[None] >= torch.tensor([[12], [9]]), -100)
-    return dict(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels)
-
-
-def loss_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def layer_outputs_and_grads(model, x: torch.Tensor, layer_index: int = 1):
-    """A decoder layer's output, its input gradient and its LoRA gradients."""
-    inner = model.get_base_model().model
-    layer = inner.layers[layer_index]
-    layer.zero_grad()
-    x = x.clone().requires_grad_(True)
-    positions = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
-    out = layer(x, inner.rotary_emb(x, positions), None, True)
-    out.float().square().sum().backward()
-    grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
-    assert sum("lora_A" in n for n in grads) == len(PROJECTIONS)
-    return out.detach(), x.grad.clone(), grads
-
-
-def relative_error(have: torch.Tensor, want: torch.Tensor) -> float:
-    return float(torch.linalg.norm((have - want).float()) / torch.linalg.norm(want.float()))
-
-
-def worst_relative_error(want, have) -> float:
-    """The largest relative (norm) error over the output, the input gradient and every LoRA gradient."""
-    (out_w, dx_w, g_w), (out_h, dx_h, g_h) = want, have
-    assert g_w.keys() == g_h.keys()
-    pairs = [(out_w, out_h), (dx_w, dx_h)] + [(g_w[name], g_h[name]) for name in g_w]
-    return max(relative_error(h, w) for w, h in pairs)
+    return count_grouped_calls(monkeypatch)
 
 
 def test_fp32_outputs_and_gradients_equal_the_ungrouped_and_peft_paths(tiny_model, grouped_calls):
@@ -172,103 +98,6 @@ def test_one_lora_a_matmul_per_group(tiny_model):
         counts[kind] = forward.count, backward.count
     assert counts["ungrouped"][0] - counts["grouped"][0] == (3 - 1) + (2 - 1)
     assert counts["grouped"][1] < counts["ungrouped"][1]
-
-
-def dropout_model(model):
-    return lora_triple(model, dropout=0.1)["grouped"].train()
-
-
-def mixed_batch(model):
-    """PEFT's mixed-adapter batch: ``adapter_names`` become forward pre-hooks on the LoRA layers."""
-    grouped = lora_triple(model)["grouped"].eval()
-    return functools.partial(grouped, adapter_names=["default", "default"])
-
-
-def hooked(model):
-    """A forward hook on each k_proj LoRA layer, a pre-hook on each up_proj's lora_A: those must fire."""
-    grouped = lora_triple(model)["grouped"]
-    grouped.hook_calls = []
-    for layer in grouped.get_base_model().model.layers:
-        layer.self_attn.k_proj.register_forward_hook(lambda *a: grouped.hook_calls.append("k"))
-        layer.mlp.up_proj.lora_A["default"].register_forward_pre_hook(lambda *a: grouped.hook_calls.append("up"))
-    return grouped
-
-
-def zero3_like(model):
-    """A ZeRO-3-partitioned LoRA weight (DeepSpeed marks it with ``ds_id``) sends its layer to PEFT's forward."""
-    grouped = lora_triple(model)["grouped"]
-    for layer in grouped.get_base_model().model.layers:
-        layer.self_attn.v_proj.lora_A["default"].weight.ds_id = 1
-        layer.mlp.gate_proj.lora_B["default"].weight.ds_id = 2
-    return grouped
-
-
-def merged(model):
-    grouped = lora_triple(model)["grouped"]
-    grouped.merge_adapter()
-    return grouped
-
-
-def disabled(model):
-    grouped = lora_triple(model)["grouped"]
-    grouped.base_model.disable_adapter_layers()
-    return grouped
-
-
-FALLBACKS = {
-    "no_peft": copy.deepcopy,
-    "peft_forward": lambda model: lora_triple(model)["peft"],
-    "ungrouped": lambda model: lora_triple(model)["ungrouped"],
-    "merged": merged,
-    "disabled": disabled,
-    "dropout": dropout_model,
-    "dora": lambda model: lora_triple(model, use_dora=True)["grouped"],
-    "zero3_weights": zero3_like,
-    "hooks": hooked,
-    "mixed_adapter_batch": mixed_batch,
-}
-
-
-@pytest.mark.parametrize("case", list(FALLBACKS))
-def test_cases_it_cannot_serve_call_each_layer(tiny_model, grouped_calls, case):
-    model = FALLBACKS[case](tiny_model)
-    batch = packed_batch(tiny_model.config.num_base_tokens)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        loss = model(**batch).loss
-    assert grouped_calls == [] and torch.isfinite(loss)
-    if case == "hooks":
-        layers = tiny_model.config.num_hidden_layers
-        assert sorted(model.hook_calls) == ["k"] * layers + ["up"] * layers
-
-
-@pytest.mark.parametrize("case", ["merged", "disabled", "dora"])
-def test_fallbacks_give_peft_outputs(tiny_model, grouped_calls, case):
-    """The layers called one by one keep PEFT's result (merged: the merged weights; disabled: the base model)."""
-    models = lora_triple(tiny_model, use_dora=case == "dora")
-    reference = models["peft"]
-    model = FALLBACKS[case](tiny_model) if case != "dora" else models["grouped"]
-    if case == "disabled":
-        reference = copy.deepcopy(tiny_model)
-    batch = packed_batch(tiny_model.config.num_base_tokens)
-    with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=1e-4, atol=1e-5)
-    assert grouped_calls == []
-
-
-def test_lora_weights_of_another_dtype_are_not_stacked(tiny_model, grouped_calls):
-    """Under bf16 autocast a layer whose LoRA weights are fp16 (the others fp32) is called on its own (autocast
-    casts each); the other group of the layer still shares its matmul, and the result is the ungrouped one."""
-    models = {kind: to_bf16_base(lora_triple(tiny_model)[kind]) for kind in ("ungrouped", "grouped")}
-    for model in models.values():
-        for layer in model.get_base_model().model.layers:
-            layer.self_attn.q_proj.lora_A.half()
-            layer.self_attn.q_proj.lora_B.half()
-    x = torch.randn(2, 5, tiny_model.config.hidden_size, dtype=torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        results = {kind: layer_outputs_and_grads(model, x) for kind, model in models.items()}
-    assert grouped_calls == [2]  # gate/up only
-    assert worst_relative_error(results["ungrouped"], results["grouped"]) < 1e-2
 
 
 def test_fp8_emulated_base_layers_run_under_the_grouped_path(tiny_model, grouped_calls, monkeypatch):
