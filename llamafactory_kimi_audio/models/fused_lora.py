@@ -14,6 +14,8 @@ touched, so every other model in the process keeps PEFT's forward.
 Anything unusual goes through PEFT's own forward unchanged: merged or disabled adapters, several active adapters,
 mixed-adapter batches, DoRA and other variants, a LoRA bias, ZeRO-3-partitioned weights (their gathering hooks fire
 on module calls only), and inputs whose dtype differs from the LoRA weights' without autocast to reconcile them.
+Projections that read the same input (q/k/v, gate/up) go one step further where they all take this path:
+``grouped_lora.py`` runs their LoRA-A products as one matmul (layers marked with :data:`GROUPED_FLAG`).
 """
 
 from __future__ import annotations

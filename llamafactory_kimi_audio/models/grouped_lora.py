@@ -8,14 +8,16 @@ input gradient from the A side), and its columns are split by rank; each project
 onto its base layer's output with ``addmm``, as the fused path (``fused_lora.py``) does. The base layers are called as
 modules, so FP8 base layers (``fp8_linear.py``) and any other base layer keep working unchanged.
 
-Same math as calling the layers one by one: each output column is the same dot product. It applies only where every
-layer would take the fused path (installed with ``grouped=True``, the ``KIMI_AUDIO_GROUPED_LORA`` setting), without
-LoRA dropout (each layer draws its own mask), with LoRA A weights of one dtype and device, and with no module hooks on
-the LoRA layers or their ``lora_A`` (e.g. PEFT's mixed-adapter-batch hook); everything else (no PEFT, PEFT's own
-forward, merged or disabled adapters, DoRA, ZeRO-3-partitioned weights) calls each layer as before. The one
-difference: the LoRA layers and their ``lora_A`` modules are not *called* as modules, so process-wide module hooks
-(``register_module_forward_hook``) do not see them; as on the fused path, which already skips ZeRO-3 weights because
-their gathering hooks fire on module calls only.
+Same math as calling the layers one by one: each output column is the same dot product, and the input gradient's
+A-side parts are summed inside one GEMM instead of as separate tensors (a rounding difference only: fp32 ~1e-7
+relative; in bf16 one rounding instead of three). It applies only where every layer would take the fused path
+(installed with ``grouped=True``, the ``KIMI_AUDIO_GROUPED_LORA`` setting), without LoRA dropout (each layer draws its
+own mask), with LoRA A weights of one dtype and device; everything else (no PEFT, PEFT's own forward, merged or
+disabled adapters, DoRA, ZeRO-3-partitioned weights) calls each layer as before. The one difference in behaviour: the
+LoRA layers and their ``lora_A`` modules are not *called* as modules (as ``lora_B`` already is not on the fused path,
+and as the fused path already skips ZeRO-3 weights, whose gathering hooks fire on module calls only). So that no hook
+is silently skipped, the layers are called one by one whenever a LoRA layer or its ``lora_A`` has a module hook (e.g.
+PEFT's mixed-adapter-batch pre-hook) or a process-wide one is registered (``register_module_forward_hook`` & co.).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from torch import nn
 
 from .fused_lora import GROUPED_FLAG, _single_plain_adapter, fused_or_peft_forward
 
+_GLOBAL_HOOKS = tuple(
+    getattr(nn.modules.module, f"_global_{kind}", {})
+    for kind in ("forward_hooks", "forward_pre_hooks", "backward_hooks", "backward_pre_hooks")
+)  # register_module_forward_hook & co.: the dicts themselves, filled in place
+
 
 def _has_hooks(module: nn.Module) -> bool:
     return bool(
@@ -35,8 +42,14 @@ def _has_hooks(module: nn.Module) -> bool:
     )
 
 
+def _global_hooks() -> bool:
+    return any(bool(hooks) for hooks in _GLOBAL_HOOKS)
+
+
 def grouped_adapters(layers: Sequence[nn.Module], x: torch.Tensor) -> list[str] | None:
     """Each layer's active adapter when all of them can share one LoRA-A matmul on ``x``, else None."""
+    if _global_hooks():
+        return None
     names = []
     for layer in layers:
         if not getattr(layer, GROUPED_FLAG, False) or _has_hooks(layer):

@@ -9,6 +9,7 @@ import functools
 import pytest
 import torch
 from lora_models import (
+    GROUPS_PER_LAYER,
     count_grouped_calls,
     layer_outputs_and_grads,
     lora_triple,
@@ -127,3 +128,28 @@ def test_lora_weights_of_another_dtype_are_not_stacked(tiny_model, grouped_calls
         results = {kind: layer_outputs_and_grads(model, x) for kind, model in models.items()}
     assert grouped_calls == [2]  # gate/up only
     assert worst_relative_error(results["ungrouped"], results["grouped"]) < 1e-2
+
+
+def test_a_process_wide_module_hook_sees_every_lora_layer(tiny_model, grouped_calls):
+    """While a ``register_module_forward_hook`` hook is registered, the layers are called one by one, so that the hook
+    sees every LoRA layer and its ``lora_A``; afterwards the grouped path is back."""
+    model = lora_triple(tiny_model)["grouped"]
+    decoder = model.get_base_model().model.layers
+    grouped_modules = [
+        module
+        for layer in decoder
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.mlp.up_proj)
+        for module in (proj, proj.lora_A["default"])
+    ]
+    seen: list[int] = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, *a: seen.append(id(module)))
+    batch = packed_batch(tiny_model.config.num_base_tokens)
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        handle.remove()
+    assert grouped_calls == [] and {id(m) for m in grouped_modules} <= set(seen)
+    with torch.no_grad():
+        model(**batch)
+    assert len(grouped_calls) == GROUPS_PER_LAYER * tiny_model.config.num_hidden_layers
