@@ -167,7 +167,8 @@ FP8_VARIANTS = {
     "bf16grad": {"KIMI_AUDIO_FP8_MATMULS": "forward"},  # FP8 forward only
     "fp8bwd": {"KIMI_AUDIO_FP8_MATMULS": "backward"},  # FP8 input gradients only
     "exactacc": {"KIMI_AUDIO_FP8_FAST_ACCUM": "off"},
-    "fastgrad": {"KIMI_AUDIO_FP8_FAST_ACCUM": "all"},  # the input-gradient GEMMs in the fast mode too
+    "fastgrad": {"KIMI_AUDIO_FP8_FAST_ACCUM": "all"},  # the input-gradient GEMMs in the fast mode too (the default)
+    "fwdacc": {"KIMI_AUDIO_FP8_FAST_ACCUM": "forward"},  # fast accumulation in the forward GEMMs only (as torchao)
     "unparked": {"KIMI_AUDIO_PARK_IDLE": "0"},  # the bf16 weights (and MIMO, Whisper) stay on the GPU
     "center": {"KIMI_AUDIO_FP8_CENTER": "1"},  # the mean token's product in bf16 (fp8_grad_study.py)
 }

@@ -149,7 +149,7 @@ class FrozenFloat8Linear(nn.Linear):
             self.__dict__[name] = None
         self.emulate = True  # decided where the FP8 copy is made (requantize)
         self.matmuls = "both"  # which matmuls run in FP8: both, forward (dx = dy W in bf16), backward (y in bf16)
-        self.fast_accum = "forward"  # which GEMMs accumulate in the tensor cores' fast mode: off, forward, all
+        self.fast_accum = "all"  # which GEMMs accumulate in the tensor cores' fast mode: off, forward, all
         self.center = False  # FP8 GEMM of x - mean_t(x), the mean token's product in bf16 (see forward)
         self.weight_parked_on: torch.device | None = None  # park_weight(): the bf16 weight stays there
 
@@ -268,7 +268,7 @@ def convert_decoder_linears(
     model: nn.Module,
     trainable: Callable[[nn.Module], nn.Module] | None = None,
     matmuls: str = "both",
-    fast_accum: str = "forward",
+    fast_accum: str = "all",
     center: bool = False,
     park_to: torch.device | str | None = None,
 ) -> dict[str, list[str]]:
