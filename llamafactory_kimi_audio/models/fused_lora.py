@@ -49,16 +49,29 @@ FUSED_FLAG = "kimi_audio_fused_lora"  # instance attribute of the layers that ta
 GROUPED_FLAG = "kimi_audio_grouped_lora"  # ... and of those that may share one LoRA-A matmul (grouped_lora.py)
 
 
+def add_lora_product(
+    result: torch.Tensor, hidden: torch.Tensor, weight_b: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """``result + scaling · hidden Bᵀ``: the base layer's output plus the LoRA product (``hidden = x Aᵀ``).
+
+    Eager: one ``addmm`` (the scale and the add in the GEMM's epilogue). Inside a compiled layer: a plain matmul on
+    ``scaling · B`` (a [rank, out] scale, not a [tokens, out] one) added to ``result`` through a view, which inductor
+    fuses into the kernel that reads the projection next (rotary, SwiGLU, the residual add). An ``addmm`` there is out
+    of place, so cuBLAS first copies ``result`` into a new buffer (a device-to-device copy of [tokens, out] per
+    projection: 14.5 ms of a 335 ms step of the 80 GB recipe on an H100, ``benchmarks/RESULTS.md`` session 10); the
+    view keeps inductor from turning the sum back into an ``addmm``."""
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    if torch.compiler.is_compiling():
+        product = flat_hidden @ (weight_b * scaling).t()
+        return result + product.view(result.shape)
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), flat_hidden, weight_b.t(), alpha=scaling)
+    return out.view(result.shape)
+
+
 def fused_lora_forward(self: Any, x: torch.Tensor, name: str) -> torch.Tensor:
     result = self.base_layer(x)
     hidden = self.lora_A[name](self.lora_dropout[name](x))
-    out = torch.addmm(
-        result.reshape(-1, result.shape[-1]),
-        hidden.reshape(-1, hidden.shape[-1]),
-        self.lora_B[name].weight.t(),
-        alpha=self.scaling[name],
-    )
-    return out.view(result.shape)
+    return add_lora_product(result, hidden, self.lora_B[name].weight, self.scaling[name])
 
 
 def fused_or_peft_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

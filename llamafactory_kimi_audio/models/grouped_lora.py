@@ -5,7 +5,7 @@ products are thin (rank 16 against 3,584 inputs), so each is a memory-bound pass
 ``x`` again for every ``dA_i`` and writes one [tokens, 3584] input gradient per projection, which autograd then adds.
 Here the A matrices are stacked, ``x @ cat(A_q, A_k, A_v)ᵀ`` runs once (one pass over ``x``, one ``dA`` GEMM, one
 input gradient from the A side), and its columns are split by rank; each projection then adds its own ``B_i`` product
-onto its base layer's output with ``addmm``, as the fused path (``fused_lora.py``) does. The base layers are called as
+onto its base layer's output as the fused path does (``fused_lora.add_lora_product``). The base layers are called as
 modules, so FP8 base layers (``fp8_linear.py``) and any other base layer keep working unchanged.
 
 Same math as calling the layers one by one: each output column is the same dot product, and the input gradient's
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_lora import GROUPED_FLAG, _single_plain_adapter, fused_or_peft_forward
+from .fused_lora import GROUPED_FLAG, _single_plain_adapter, add_lora_product, fused_or_peft_forward
 
 _GLOBAL_HOOKS = tuple(
     getattr(nn.modules.module, f"_global_{kind}", {})
@@ -80,10 +80,7 @@ def grouped_lora_forward(layers: Sequence[nn.Module], x: torch.Tensor, names: Se
     outputs = []
     for layer, name, part in zip(layers, names, parts):
         result = layer.base_layer(x)
-        out = torch.addmm(
-            result.reshape(-1, result.shape[-1]), part, layer.lora_B[name].weight.t(), alpha=layer.scaling[name]
-        )
-        outputs.append(out.view(result.shape))
+        outputs.append(add_lora_product(result, part, layer.lora_B[name].weight, layer.scaling[name]))
     return outputs
 
 

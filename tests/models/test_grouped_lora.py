@@ -200,3 +200,29 @@ def test_compiled_layers_train_like_eager(tiny_model, monkeypatch, grouped_calls
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
     assert compiled[1].keys() == eager[1].keys()
     assert max(relative_error(compiled[1][name], grad) for name, grad in eager[1].items()) < 1e-5
+
+
+@pytest.mark.slow  # inductor on a small CPU: about half a minute
+@pytest.mark.parametrize("kind", ["ungrouped", "grouped"])
+def test_compiled_layers_add_the_lora_products_without_an_addmm(tiny_model, kind):
+    """Inside a compiled layer the LoRA products are plain matmuls added to the base outputs in fused kernels: an
+    out-of-place ``addmm`` would first copy each base output into a new buffer (``fused_lora.add_lora_product``). The
+    only ``addmm`` calls left in the generated forward are the q/k/v base layers' own (their bias)."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    inner = lora_triple(tiny_model)[kind].train().get_base_model().model
+    x = torch.randn(2, 6, tiny_model.config.hidden_size, requires_grad=True)
+    position = inner.rotary_emb(x, torch.arange(6)[None])
+    torch._dynamo.reset()
+    try:
+        step = torch.compile(lambda x: inner.layers[0](x, position, None, True).sum())
+        _, (forward_code, *_) = run_and_get_code(lambda: step(x).backward())
+    finally:
+        torch._dynamo.reset()
+    biased = sum(
+        getattr(inner.layers[0].self_attn, name).base_layer.bias is not None for name in ("q_proj", "k_proj", "v_proj")
+    )
+    assert len(re.findall(r"extern_kernels\.addmm\(", forward_code)) == biased == 3
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
