@@ -10,10 +10,9 @@ from transformers import PretrainedConfig
 
 from .. import settings
 from ..errors import InputError, ModelError
-from .constants import MODEL_TYPE
+from .constants import MODEL_TYPE, OFFICIAL_ARCHITECTURE
 from .pointwise import COMPILE_MODES
 
-OFFICIAL_ARCHITECTURE = "MoonshotKimiaForCausalLM"
 OFFICIAL_AUTO_MAP = {
     "AutoConfig": "configuration_moonshot_kimia.KimiAudioConfig",
     "AutoModel": "modeling_moonshot_kimia.MoonshotKimiaForCausalLM",

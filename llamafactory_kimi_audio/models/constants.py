@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import InputError
 
 MODEL_TYPE = "moonshot_kimia"  # config.json's model_type for the official checkpoint
+OFFICIAL_ARCHITECTURE = "MoonshotKimiaForCausalLM"  # config.json's architectures (its remote-code class)
 
 SAMPLE_RATE = 16000  # every audio input is 16 kHz mono
 CHUNK_SECONDS = 30  # Whisper and GLM-4-Voice both encode 30 s chunks independently
