@@ -59,7 +59,7 @@ def make_kimi_dir(directory: str, preset: str, device: str = "cpu", seed: int = 
 def _make_full_kimi_dir(directory: str, device: str, seed: int) -> None:
     import torch
 
-    from llamafactory_kimi_audio.models.configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR
+    from llamafactory_kimi_audio.models.constants import SEMANTIC_SUBDIR, WHISPER_SUBDIR
     from llamafactory_kimi_audio.models.glm4_voice import Glm4VoiceConfig, Glm4VoiceEncoder, save_glm4_voice_tokenizer
     from llamafactory_kimi_audio.models.tiny import make_tiny_checkpoint
     from llamafactory_kimi_audio.models.tokenization_kimi_audio import write_tokenizer_files

@@ -45,14 +45,23 @@ CHILD = textwrap.dedent(
 
 
 def run_child(path: str, out_dir: Path, trust: bool) -> tuple[dict, str]:
+    """``CHILD`` on ``path`` → (its JSON line, its stderr); fails the test if the child failed."""
+    return child_output(start_child(path, out_dir, trust))
+
+
+def start_child(path: str, out_dir: Path, trust: bool) -> subprocess.CompletedProcess:
+    """``CHILD`` on ``path``, as it ended (for runs side by side; ``child_output`` reads it in the test)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_AUDIO_", "LLAMAFACTORY_KIMI_AUDIO_"))}
     env["HF_HUB_OFFLINE"] = "1"
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", CHILD, path, str(out_dir), "1" if trust else "0"],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def child_output(done: subprocess.CompletedProcess) -> tuple[dict, str]:
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr

@@ -80,11 +80,8 @@ def test_the_model_finds_the_glm4_voice_tokenizer_through_the_setting(env, tiny_
     import shutil
     from pathlib import Path
 
-    from llamafactory_kimi_audio.models.configuration_kimi_audio import (
-        SEMANTIC_SUBDIR,
-        KimiAudioConfig,
-        find_semantic_tokenizer,
-    )
+    from llamafactory_kimi_audio.models.configuration_kimi_audio import KimiAudioConfig
+    from llamafactory_kimi_audio.models.constants import SEMANTIC_SUBDIR, find_semantic_tokenizer
 
     model_dir = tmp_path / "models" / "kimi"
     shutil.copytree(tiny_checkpoint.path, model_dir, ignore=shutil.ignore_patterns(SEMANTIC_SUBDIR))

@@ -32,11 +32,17 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser. With ``command`` (the one argv names), only that subcommand's module is imported: the
+    others get a bare entry, which that argv never reaches (the modules of convert and evaluate alone import numpy,
+    tqdm and jiwer)."""
     parser = argparse.ArgumentParser(prog="kimi-audio-lf", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name)
+            continue
         module = importlib.import_module(f"{__name__}.{module_name}")
         sub_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub_parser)
@@ -44,8 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def named_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option: ``--debug`` takes no value), if any."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in SUBCOMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(named_command(argv)).parse_args(argv)
     debug = args.debug or settings.enabled("KIMI_AUDIO_DEBUG")
     try:
         return int(args._run(args) or 0)

@@ -157,10 +157,13 @@ def run(args: argparse.Namespace) -> int:
 def _load_model(args: argparse.Namespace, options: EvaluateOptions) -> tuple[TestSet, dict[str, Any]]:
     """Load the model once the test set is read and its clips' headers checked (with --strict a missing or unreadable
     clip fails before the slow load; without it, at least one clip must be readable)."""
+    from ..eval.model_dir import check_model_dir
     from ..eval.options import prepare_test_set
-    from ..eval.transcribe import Generation, load_for_inference
 
     test_set = prepare_test_set(args.data, options, transcribe=True)
+    check_model_dir(args.model, args.adapter)  # a wrong path: before torch and transformers are even imported
+    from ..eval.transcribe import Generation, load_for_inference
+
     model, processor = load_for_inference(args.model, args.adapter, args.device)
     generation = Generation(args.batch_size, args.repetition_penalty, args.max_new_tokens, args.decode)
     meta = {"model": args.model, "adapter": args.adapter, "dataset": test_set.dataset}

@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.features.dataset_audio import AudioList, collect_audio_paths
-    from ..data.features.precompute import PrecomputeOptions, precompute
+    from ..data.features.precompute import PrecomputeOptions, precompute, resolve_device
     from ..data.features.precompute_plan import parse_shard
     from ..fileio.audio_silence import SilentClipError, error_line
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no audio files in the dataset(s); check the audio column (default: audios)")
     options = PrecomputeOptions(
         cache_dir=args.cache,
-        device=_device(args.device),
+        device=resolve_device(args.device) if args.device else None,  # default: decided when the encoders load
         batch_size=args.batch_size,
         strict=args.strict,
         progress=False if args.no_progress else None,
@@ -140,17 +140,3 @@ def _data_files(args: argparse.Namespace) -> list:
         return [data_file(path, args.media_dir) for path in args.data]
     names = [name.strip() for name in args.dataset.split(",") if name.strip()]
     return dataset_files(args.dataset_dir, names, args.media_dir)
-
-
-def _device(requested: str | None) -> str:
-    import os
-
-    import torch
-
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is visible to torch; use --device cpu")
-    if requested == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return requested

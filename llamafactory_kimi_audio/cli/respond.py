@@ -54,17 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..eval.model_dir import check_model_dir
+
+    if not args.audio and not args.text:
+        raise InputError("respond needs a question: --audio FILE and/or --text TEXT")
+    check_model_dir(args.model, args.adapter)  # like the question: before torch is imported
     import torch
 
-    from ..errors import InputError
     from ..eval.transcribe import load_for_inference
     from ..fileio.audio import load_audio
     from ..fileio.textio import atomic_open, write_json
     from ..models.detokenizer import has_detokenizer
     from ..models.speech_generation import HeadSampling, SpeechSampling
 
-    if not args.audio and not args.text:
-        raise InputError("respond needs a question: --audio FILE and/or --text TEXT")
     model, processor = load_for_inference(args.model, args.adapter, args.device)
     wave = load_audio(args.audio, processor.audio_sampling_rate) if args.audio else None
     inputs = processor.speech_prompt_inputs(wave, args.text)

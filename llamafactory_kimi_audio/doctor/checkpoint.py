@@ -107,7 +107,7 @@ def _tokenizer_files_check(model_dir: str) -> Check:
 
 
 def _whisper_check(model_dir: str, config: dict[str, Any] | None) -> Check:
-    from ..models.configuration_kimi_audio import WHISPER_SUBDIR
+    from ..models.constants import WHISPER_SUBDIR
 
     name, directory = f"model: {WHISPER_SUBDIR}/", os.path.join(model_dir, WHISPER_SUBDIR)
     missing = _missing(directory, ("config.json", "model.safetensors"))
@@ -131,7 +131,7 @@ def _whisper_check(model_dir: str, config: dict[str, Any] | None) -> Check:
 
 
 def _glm_check(model_dir: str) -> Check:
-    from ..models.configuration_kimi_audio import SEMANTIC_SUBDIR, SEMANTIC_TOKENIZER_ENV, find_semantic_tokenizer
+    from ..models.constants import SEMANTIC_SUBDIR, SEMANTIC_TOKENIZER_ENV, find_semantic_tokenizer
 
     fix = (
         f"hf download THUDM/glm-4-voice-tokenizer --local-dir {os.path.join(model_dir, SEMANTIC_SUBDIR)} "

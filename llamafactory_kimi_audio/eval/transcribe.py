@@ -18,6 +18,7 @@ import torch
 
 from ..errors import InputError, ModelError
 from ..versions import DTYPE_KWARG
+from .model_dir import check_model_dir
 
 PREFETCH_BATCHES = 3  # batches whose audio is read and featurised on CPU threads while the GPU decodes
 PROGRESS_EVERY_S = 30.0  # seconds between progress lines when stderr is not a terminal
@@ -35,27 +36,6 @@ class Generation:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_model_dir(model_path: str, adapter_path: str | None = None) -> None:
-    """Raise ModelError (exit 3) naming the directory when the model or adapter cannot be what we load."""
-    from ..models.auto import is_kimi_audio_checkpoint
-    from ..models.configuration_kimi_audio import OFFICIAL_ARCHITECTURE
-    from ..models.constants import MODEL_TYPE
-
-    if not os.path.isdir(model_path):
-        raise ModelError(
-            f"{model_path}: no such model directory; pass a local Kimi-Audio checkpoint to --model "
-            "(download it first; nothing is downloaded here)"
-        )
-    if not is_kimi_audio_checkpoint(model_path):
-        raise ModelError(
-            f"{model_path}: not a Kimi-Audio checkpoint (its config.json has neither model_type "
-            f"{MODEL_TYPE!r} nor architectures {OFFICIAL_ARCHITECTURE!r} / an auto_map to its code); "
-            "pass the model directory itself"
-        )
-    if adapter_path and not os.path.isfile(os.path.join(adapter_path, "adapter_config.json")):
-        raise ModelError(f"{adapter_path}: no adapter_config.json; pass the output_dir of a LoRA run to --adapter")
 
 
 def load_for_inference(model_path: str, adapter_path: str | None = None, device: str | None = None):

@@ -13,6 +13,7 @@ A given ``--encoding`` that reads as implausible text while another codec reads 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -23,7 +24,6 @@ CANDIDATES = ("utf-8", "gb18030", "cp950", "cp932")  # tie order: UTF-8 first (s
 LABELS = {"utf-8": "UTF-8", "gb18030": "GB18030/GBK", "cp950": "Big5 (cp950)", "cp932": "Shift-JIS (cp932)"}
 _LINE_END = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
 _BYTE_LINE_END = re.compile(rb"(?<=\n)|(?<=\r)(?!\n)")
-_BEYOND_TWO_BYTES = re.compile("[\u0800-\U0010ffff]")
 _BOMS = (
     (b"\xef\xbb\xbf", "utf-8-sig"),
     (b"\xff\xfe\x00\x00", "utf-32"),
@@ -225,7 +225,13 @@ def _plainly_utf8(raw: bytes) -> bool:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    return text.isascii() or _BEYOND_TWO_BYTES.search(text) is not None
+    return text.isascii() or _beyond_two_bytes().search(text) is not None
+
+
+@functools.cache
+def _beyond_two_bytes() -> re.Pattern[str]:
+    # compiled on first use: a class this wide takes ~10 ms to compile, which every importing process would pay
+    return re.compile("[\u0800-\U0010ffff]")
 
 
 def _utf8_text(sample: list[bytes]) -> str | None:

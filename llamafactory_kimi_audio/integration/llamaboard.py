@@ -174,10 +174,11 @@ def write_llamaboard_args(recipe_path: str, out: str | None = None, force: bool 
 
     from ..fileio.textio import atomic_open
 
-    fields = to_llamaboard(read_recipe(recipe_path))
+    recipe = read_recipe(recipe_path)
     out = out or os.path.join(CONFIG_DIR, os.path.splitext(os.path.basename(recipe_path))[0] + ".yaml")
-    if os.path.exists(out) and not force:
+    if os.path.exists(out) and not force:  # before the conversion, which imports LLaMA-Factory (seconds)
         raise InputError(f"{out} exists; pass --force to replace it, or --out another")
+    fields = to_llamaboard(recipe)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with atomic_open(out) as handle:
         handle.write(f"# LlamaBoard arguments of {os.path.basename(recipe_path)} (kimi-audio-lf webui-args)\n")

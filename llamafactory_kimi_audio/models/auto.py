@@ -10,8 +10,7 @@ import json
 import os
 from typing import Any
 
-from .configuration_kimi_audio import OFFICIAL_ARCHITECTURE, KimiAudioConfig
-from .constants import MODEL_TYPE
+from .constants import MODEL_TYPE, OFFICIAL_ARCHITECTURE
 
 KIMI_MODEL_TYPES = (MODEL_TYPE, "kimi_audio")
 _REMOTE_MODULE = MODEL_TYPE  # configuration_moonshot_kimia / modeling_moonshot_kimia in auto_map
@@ -71,6 +70,7 @@ def register_auto_classes() -> None:
     ``from_pretrained`` without ``trust_remote_code`` on a directory whose ``config.json`` says ``moonshot_kimia``."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    from .configuration_kimi_audio import KimiAudioConfig
     from .modeling_kimi_audio import KimiAudioForCausalLM
     from .processing_kimi_audio import register_auto_processor
     from .tokenization_kimi_audio import KimiAudioTokenizer

@@ -22,7 +22,8 @@ from transformers import GenerationConfig
 
 from ..errors import ModelError
 from ..versions import TRANSFORMERS_MAJOR
-from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
+from .configuration_kimi_audio import KimiAudioConfig
+from .constants import SEMANTIC_SUBDIR, WHISPER_SUBDIR
 from .special_tokens import BOS, PAD, SPECIAL_TOKENS, TEXT_EOS, special_id
 from .whisper_encoder import read_whisper_encoder_state, save_whisper_dir
 

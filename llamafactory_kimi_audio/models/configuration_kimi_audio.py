@@ -8,12 +8,10 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from .. import settings
 from ..errors import InputError, ModelError
-from .constants import MODEL_TYPE
+from .constants import MODEL_TYPE, OFFICIAL_ARCHITECTURE, WHISPER_SUBDIR, find_semantic_tokenizer
 from .pointwise import COMPILE_MODES
 
-OFFICIAL_ARCHITECTURE = "MoonshotKimiaForCausalLM"
 OFFICIAL_AUTO_MAP = {
     "AutoConfig": "configuration_moonshot_kimia.KimiAudioConfig",
     "AutoModel": "modeling_moonshot_kimia.MoonshotKimiaForCausalLM",
@@ -21,8 +19,6 @@ OFFICIAL_AUTO_MAP = {
 }
 LOSS_REDUCTIONS = ("sample", "token")  # the official per-utterance mean, or the mean over all labelled tokens
 RUNTIME_SWITCHES = ("use_varlen_attention", "compile_pointwise", "fast_greedy")
-WHISPER_SUBDIR = "whisper-large-v3"
-SEMANTIC_SUBDIR = "glm-4-voice-tokenizer"
 
 
 class KimiAudioConfig(PretrainedConfig):
@@ -164,16 +160,3 @@ def plain_rope_theta(rope_theta: float | None, rope_parameters: dict | None, rop
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-SEMANTIC_TOKENIZER_ENV = "KIMI_AUDIO_SEMANTIC_TOKENIZER"  # declared and read in settings.py
-
-
-def find_semantic_tokenizer(model_dir: str) -> str | None:
-    """The GLM-4-Voice tokenizer: $KIMI_AUDIO_SEMANTIC_TOKENIZER, ``<model>/glm-4-voice-tokenizer`` or a sibling."""
-    candidates = [str(settings.get(SEMANTIC_TOKENIZER_ENV) or "")]
-    candidates += [os.path.join(model_dir, SEMANTIC_SUBDIR), os.path.join(os.path.dirname(model_dir), SEMANTIC_SUBDIR)]
-    for path in candidates:
-        if path and os.path.isfile(os.path.join(path, "config.json")):
-            return os.path.abspath(path)
-    return None

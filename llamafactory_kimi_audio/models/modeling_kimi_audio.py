@@ -30,8 +30,8 @@ from ..errors import InputError, ModelError
 from . import special_tokens as st
 from .attention import KimiAudioAttention
 from .checkpoint_io import OfficialLayoutMixin
-from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
-from .constants import SAMPLES_PER_TOKEN
+from .configuration_kimi_audio import KimiAudioConfig
+from .constants import SAMPLES_PER_TOKEN, SEMANTIC_SUBDIR, WHISPER_SUBDIR
 from .fast_generation import FastGreedy, greedy_request
 from .feature_sink import FeatureSink, split_clips
 from .grouped_lora import project_together

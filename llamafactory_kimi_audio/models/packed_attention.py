@@ -16,11 +16,24 @@ from typing import Any, NamedTuple
 import torch
 from transformers import AttentionInterface
 
-from ..versions import VARLEN_CAUSAL_KWARGS, VARLEN_HAS_GQA, varlen_attn
+from ..versions import VARLEN_AVAILABLE, varlen_kernel
 from .masks import utterance_starts
 
 VARLEN_ATTENTION = "kimi_audio_varlen"
-_NATIVE_GQA = VARLEN_HAS_GQA  # else K/V heads are repeated to the query heads
+
+
+def _varlen_attn(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """torch's ``varlen_attn``, imported on the first call (``versions.varlen_kernel``)."""
+    return varlen_kernel().attn(*args, **kwargs)
+
+
+varlen_attn = _varlen_attn if VARLEN_AVAILABLE else None  # None: this torch has no variable-length kernel
+
+
+def native_gqa() -> bool:
+    """Whether the kernel takes fewer key/value heads than query heads itself."""
+    kernel = varlen_kernel()
+    return kernel is not None and kernel.native_gqa
 
 
 class PackedSequences(NamedTuple):
@@ -73,7 +86,7 @@ def varlen_attention_forward(
     def tokens(x: torch.Tensor) -> torch.Tensor:  # [B,h,L,D] → [B·L, h, D] in fp16/bf16
         return x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(half)
 
-    if not _NATIVE_GQA and key.shape[1] != heads:
+    if not native_gqa() and key.shape[1] != heads:  # K/V heads repeated to the query heads
         groups = heads // key.shape[1]
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     out = call_varlen(tokens(query), tokens(key), tokens(value), attention_mask.cu_seqlens, attention_mask.max_len)
@@ -82,7 +95,8 @@ def varlen_attention_forward(
 
 def call_varlen(q, k, v, cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
     gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
-    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **VARLEN_CAUSAL_KWARGS, **gqa)
+    causal = varlen_kernel().causal_kwargs
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **causal, **gqa)
 
 
 AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)

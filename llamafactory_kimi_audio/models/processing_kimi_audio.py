@@ -20,8 +20,7 @@ from transformers import BatchFeature, ProcessorMixin, WhisperFeatureExtractor
 
 from ..errors import InputError
 from . import special_tokens as st
-from .configuration_kimi_audio import WHISPER_SUBDIR
-from .constants import CHUNK_SAMPLES, SAMPLE_RATE, WHISPER_MEL_BINS, num_audio_tokens
+from .constants import CHUNK_SAMPLES, SAMPLE_RATE, WHISPER_MEL_BINS, WHISPER_SUBDIR, num_audio_tokens
 from .layout import LayoutEncoder, Segment
 
 

@@ -27,8 +27,8 @@ import torch
 
 from ..errors import InputError
 from ..versions import DTYPE_KWARG
-from .configuration_kimi_audio import SEMANTIC_SUBDIR, WHISPER_SUBDIR, KimiAudioConfig
-from .constants import SAMPLE_RATE
+from .configuration_kimi_audio import KimiAudioConfig
+from .constants import SAMPLE_RATE, SEMANTIC_SUBDIR, WHISPER_SUBDIR
 from .glm4_voice import Glm4VoiceConfig, Glm4VoiceEncoder, glm4_voice_features, save_glm4_voice_tokenizer, sinusoids
 from .special_tokens import DEFAULT_INSTRUCTION, MEDIA_BEGIN, MEDIA_END, NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
 from .tokenization_kimi_audio import PAT_STR, write_tokenizer_files

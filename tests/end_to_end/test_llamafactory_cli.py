@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from lf_runs import (
     run_cli,
     run_cli_each,
     train_config,
+    two_at_a_time,
     variant_dataset,
 )
 from safetensors import safe_open
@@ -421,10 +423,22 @@ def test_export_with_a_wrong_path_ends_with_one_line(ckpt, workdir, export_runs,
     assert not (workdir / f"export_{wrong}").exists()
 
 
-def test_api_with_a_relative_model_path_from_elsewhere_ends_with_one_line(workdir):
+@pytest.fixture(scope="module")
+def refused_runs(ckpt, dataset, workdir) -> dict[str, tuple[int, str]]:
+    """Two runs that stop before any work, side by side: the README's api.yaml from another directory
+    (``api_elsewhere``) and a LoRA recipe with the hook off (``disabled``, see ``opt_out_recipe``)."""
+    api = {"model_name_or_path": "saves/kimi-audio-merged", "template": "kimi_audio", "trust_remote_code": True}
+    jobs = {
+        "api_elsewhere": ("api", api, {"API_PORT": "0"}),
+        "disabled": ("train", opt_out_recipe(ckpt, dataset, workdir), {DISABLE_ENV: "1"}),
+    }
+    runs = two_at_a_time(lambda name: run_cli(jobs[name][0], jobs[name][1], workdir, name, jobs[name][2]), jobs)
+    return dict(zip(jobs, runs))
+
+
+def test_api_with_a_relative_model_path_from_elsewhere_ends_with_one_line(workdir, refused_runs):
     """The README's api.yaml (model_name_or_path: saves/kimi-audio-merged) started from another directory."""
-    config = {"model_name_or_path": "saves/kimi-audio-merged", "template": "kimi_audio", "trust_remote_code": True}
-    rc, output = run_cli("api", config, workdir, "api_elsewhere", env={"API_PORT": "0"})
+    rc, output = refused_runs["api_elsewhere"]
     assert rc == 3 and "Traceback" not in output, output[-3000:]
     last = output.strip().splitlines()[-1]
     assert last.startswith("llamafactory-cli: model_name_or_path saves/kimi-audio-merged: "), last
@@ -476,13 +490,23 @@ def test_export_reloads_with_the_merged_weights(exported, ckpt, lora_run, datase
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def plain_reloads(exported, workdir) -> dict[bool, subprocess.CompletedProcess]:
+    """trust_remote_code -> the fresh interpreter of ``native_reload`` on the export; the two side by side."""
+    from native_reload import start_child
+
+    trusts = (False, True)
+    runs = two_at_a_time(lambda trust: start_child(str(exported), workdir / f"resaved_{trust}", trust), trusts)
+    return dict(zip(trusts, runs))
+
+
 @pytest.mark.parametrize("trust", [False, True])
-def test_export_reloads_in_plain_transformers(exported, tmp_path, trust):
+def test_export_reloads_in_plain_transformers(plain_reloads, trust):
     """README "Use from Python": a fresh interpreter without LLaMA-Factory loads the exported directory through
     ``use_native_auto_classes()`` (with and without trust_remote_code), runs it, saves it and loads it again."""
-    from native_reload import run_child
+    from native_reload import child_output
 
-    out, stderr = run_child(str(exported), tmp_path / "resaved", trust)
+    out, stderr = child_output(plain_reloads[trust])
     assert out["classes"] == [
         "KimiAudioConfig",
         "KimiAudioForCausalLM",
@@ -500,16 +524,20 @@ from llamafactory_kimi_audio.models.tokenization_kimi_audio import KimiAudioToke
 '''
 
 
-def test_opt_out_leaves_stock_llamafactory(ckpt, dataset, workdir):
-    """With the hook off, the same recipe fails in stock LLaMA-Factory (the template comes from the hook); the only
-    hook left names the opt-out variable instead of that traceback."""
-    remote = workdir / "tiny_remote_code"  # the tiny checkpoint + the remote tokenizer file the real one has
+def opt_out_recipe(ckpt: str, dataset: Path, workdir: Path) -> dict:
+    """The LoRA recipe on the tiny checkpoint plus the remote tokenizer file the real one has."""
+    remote = workdir / "tiny_remote_code"
     remote.mkdir()
     for item in Path(ckpt).iterdir():
         (remote / item.name).symlink_to(item)
     (remote / "tokenization_kimia.py").write_text(REMOTE_TOKENIZER)
-    config = train_config(str(remote), dataset, workdir / "disabled", finetuning_type="lora", lora_target="all")
-    rc, output = run_cli("train", config, workdir, "disabled", env={DISABLE_ENV: "1"})
+    return train_config(str(remote), dataset, workdir / "disabled", finetuning_type="lora", lora_target="all")
+
+
+def test_opt_out_leaves_stock_llamafactory(workdir, refused_runs):
+    """With the hook off, the same recipe fails in stock LLaMA-Factory (the template comes from the hook); the only
+    hook left names the opt-out variable instead of that traceback."""
+    rc, output = refused_runs["disabled"]
     assert rc == 4, output[-4000:]
     assert "Traceback" not in output, output[-4000:]
     last = output.strip().splitlines()[-1]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from lf_runs import two_at_a_time
 from test_evaluate_unreadable import evaluate_cli, tone, write_set
 
 
@@ -23,12 +24,14 @@ def silent_set(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_a_silent_test_clip_with_a_reference_is_named(
-    tiny_checkpoint, silent_set, tmp_path: Path, monkeypatch
-) -> None:
+def test_a_silent_test_clip_with_a_reference_is_named(tiny_checkpoint, silent_set, tmp_path: Path) -> None:
     data, silent = silent_set
     args = ("--model", tiny_checkpoint.path, "--data", data, "--max-new-tokens", 4)
-    done = evaluate_cli(*args, "--out", tmp_path / "ev")
+    done, stopped = two_at_a_time(  # independent runs, side by side: warn (the default), error
+        lambda out, env: evaluate_cli(*args, "--out", tmp_path / out, extra_env=env),
+        ("ev", "ev2"),
+        ({}, {"KIMI_AUDIO_SILENT_CLIPS": "error"}),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))["n"] == 2  # scored, not dropped
     named = [line for line in done.stderr.splitlines() if "silent" in line]
@@ -38,8 +41,6 @@ def test_a_silent_test_clip_with_a_reference_is_named(
         "remove them from the test set (an empty reference is not scored); KIMI_AUDIO_SILENT_CLIPS=error stops on "
         "them, KIMI_AUDIO_SILENT_CLIPS=off hides this"
     ]
-    monkeypatch.setenv("KIMI_AUDIO_SILENT_CLIPS", "error")  # evaluate_cli passes os.environ on
-    stopped = evaluate_cli(*args, "--out", tmp_path / "ev2")
     assert stopped.returncode == 2, stopped.stderr[-3000:]
     last = stopped.stderr.strip().splitlines()[-1]
     assert last.startswith(f"kimi-audio-lf evaluate: error: {silent} (utterance quiet): silent clip (peak below")

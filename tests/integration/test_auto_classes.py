@@ -12,7 +12,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from native_reload import run_child
+from lf_runs import two_at_a_time
+from native_reload import child_output, start_child
 
 from llamafactory_kimi_audio.models.auto import is_kimi_audio_checkpoint, mismatched_model_type
 
@@ -40,9 +41,24 @@ def test_detection_by_architectures_and_auto_map(official_export, tiny_checkpoin
     assert is_kimi_audio_checkpoint(tmp_path) and mismatched_model_type(tmp_path) == "qwen2"
 
 
+@pytest.fixture(scope="module")
+def children(official_export, tiny_checkpoint, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """The fresh interpreters of this module's fast tests, two at a time (each spends most of its time importing
+    transformers on one core): the official export through the Auto classes without and with trust_remote_code, its
+    direct load, and the package's own layout."""
+    out = tmp_path_factory.mktemp("children")
+    jobs = {
+        "official_False": lambda: start_child(official_export, out / "official_False", False),
+        "official_True": lambda: start_child(official_export, out / "official_True", True),
+        "direct": lambda: direct_load(official_export, out / "direct"),
+        "package": lambda: start_child(tiny_checkpoint.path, out / "package", True),
+    }
+    return dict(zip(jobs, two_at_a_time(lambda job: job(), jobs.values())))
+
+
 @pytest.mark.parametrize("trust", [False, True])
-def test_official_export_loads_natively_with_one_warning(official_export, tmp_path, trust):
-    out, stderr = run_child(official_export, tmp_path / "resaved", trust)
+def test_official_export_loads_natively_with_one_warning(official_export, children, trust):
+    out, stderr = child_output(children[f"official_{trust}"])
     native = ["KimiAudioConfig", "KimiAudioForCausalLM", "KimiAudioTokenizer", "KimiAudioProcessor"]
     assert out["classes"] == [*native, "KimiAudioForCausalLM"]
     assert out["model_type"] == ["moonshot_kimia", "moonshot_kimia"] and out["saved_model_type"] == "moonshot_kimia"
@@ -67,22 +83,26 @@ DIRECT = textwrap.dedent(
 )
 
 
-def test_direct_load_of_an_official_export_is_kimi_audio_without_dtype_notices(official_export, tmp_path):
-    """``KimiAudioForCausalLM.from_pretrained`` itself (no Auto class, no patch) ends with model_type
-    moonshot_kimia; repr / to_dict / save never read the deprecated ``torch_dtype``; config.json keeps that key."""
-    done = subprocess.run(
-        [sys.executable, "-W", "error::FutureWarning", "-c", DIRECT, official_export, str(tmp_path / "saved")],
+def direct_load(path: str, out_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-c", DIRECT, path, str(out_dir)],
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_direct_load_of_an_official_export_is_kimi_audio_without_dtype_notices(children):
+    """``KimiAudioForCausalLM.from_pretrained`` itself (no Auto class, no patch) ends with model_type
+    moonshot_kimia; repr / to_dict / save never read the deprecated ``torch_dtype``; config.json keeps that key."""
+    done = children["direct"]
     assert done.returncode == 0, done.stderr[-4000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == ["moonshot_kimia", "moonshot_kimia", "float32", False]
     assert "torch_dtype` is deprecated" not in done.stderr
 
 
-def test_package_layout_loads_without_warning(tiny_checkpoint, tmp_path):
-    out, stderr = run_child(tiny_checkpoint.path, tmp_path / "resaved", True)
+def test_package_layout_loads_without_warning(children):
+    out, stderr = child_output(children["package"])
     assert out["classes"][:2] == ["KimiAudioConfig", "KimiAudioForCausalLM"] and out["same_logits"]
     assert "model_type" not in stderr
 

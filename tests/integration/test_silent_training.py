@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from lf_pipeline import conv, encode, load_tiny, sft_collator, sft_feature
-from lf_runs import check_ok, make_asr_dataset, run_cli, train_config
+from lf_runs import check_ok, make_asr_dataset, run_cli_each, train_config
 
 from llamafactory_kimi_audio import settings
 from llamafactory_kimi_audio.data.features import silent_watch
@@ -120,13 +120,22 @@ def test_training_run_warns_once_or_stops_with_exit_2(tmp_path: Path, tiny_check
     records[1]["audios"] = [str(silent)]  # a transcript on silence; the other rows stay as they are
     (dataset / "asr_train.json").write_text(json.dumps(records), encoding="utf-8")
     config = train_config(tiny_checkpoint.path, dataset, tmp_path / "out", max_steps=4, num_train_epochs=2)
-    # two DataLoader workers, forked again each epoch: they share the rank's tally
-    rc, log = run_cli("train", {**config, "dataloader_num_workers": 2}, tmp_path, "warn")
+    # two DataLoader workers, forked again each epoch: they share the rank's tally; the error run is independent of it
+    runs = run_cli_each(
+        "train",
+        {
+            "warn": {**config, "dataloader_num_workers": 2},
+            "error": {**config, "output_dir": str(tmp_path / "out_error")},
+        },
+        tmp_path,
+        {"error": {"KIMI_AUDIO_SILENT_CLIPS": "error"}},
+    )
+    rc, log = runs["warn"]
     check_ok(rc, log)
     named = [line for line in log.splitlines() if "silent clip" in line]
     assert len(named) == 2 and all(str(silent) in line for line in named), named  # the first meeting, the end
     assert "training on it" in named[0] and "trained on" in named[1]
-    rc, log = run_cli("train", config, tmp_path, "error", env={"KIMI_AUDIO_SILENT_CLIPS": "error"})
+    rc, log = runs["error"]
     assert rc == 2, log[-4000:]
     errors = [line for line in log.splitlines() if line.startswith("llamafactory-cli: ")]
     assert errors[-1].startswith(f"llamafactory-cli: {silent}: silent clip (peak below -80 dBFS)"), log[-4000:]

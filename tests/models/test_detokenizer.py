@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from lf_runs import two_at_a_time
 
 from llamafactory_kimi_audio.errors import ModelError
 from llamafactory_kimi_audio.models.detokenizer import load_detokenizer
@@ -345,7 +346,6 @@ def _cli(*args):
 @pytest.mark.slow
 def test_respond_writes_the_native_detokenizer_wave(tmp_path):
     import json
-    import shutil
 
     import soundfile as sf
 
@@ -357,7 +357,19 @@ def test_respond_writes_the_native_detokenizer_wave(tmp_path):
     # sampling (the random tiny model answers greedily with blanks only); top-k within the tiny vocabulary
     flags = ["--text", "hello there", "--max-new-tokens", "60", "--device", "cpu", "--audio-temperature", "1.0",
              "--audio-top-k", "1000", "--seed", "0"]  # fmt: skip
-    _cli("respond", str(model), "--out", str(tmp_path / "a"), *flags)
+    # a budget inside the 6 forced blank audio steps: no wav, and the console says why and what to change
+    short = ["--text", "hello there", "--max-new-tokens", "5", "--device", "cpu"]
+    without_vocoder = tmp_path / "tiny_without_vocoder"  # without the detokenizer: codes only, as before
+    without_vocoder.mkdir()
+    for item in model.iterdir():
+        if item.name != "vocoder":
+            (without_vocoder / item.name).symlink_to(item)
+    _, out, _ = two_at_a_time(  # three independent answers, two at a time
+        lambda directory, name, more: _cli("respond", str(directory), "--out", str(tmp_path / name), *more),
+        (model, model, without_vocoder),
+        ("a", "short", "b"),
+        (flags, short, flags),
+    )
     record = json.loads((tmp_path / "a.json").read_text())
     assert record["num_codes"] > 0 and record["wav"] == f"{tmp_path / 'a'}.wav"
     wave, rate = sf.read(record["wav"], dtype="float32")
@@ -365,16 +377,11 @@ def test_respond_writes_the_native_detokenizer_wave(tmp_path):
     expected = load_detokenizer(str(model), device="cpu")(record["codes"], generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(wave, expected.numpy(), atol=1.5 / 32768)  # PCM_16 rounding
 
-    # a budget inside the 6 forced blank audio steps: no wav, and the console says why and what to change
-    short = ["--text", "hello there", "--max-new-tokens", "5", "--device", "cpu"]
-    out = _cli("respond", str(model), "--out", str(tmp_path / "short"), *short)
     assert json.loads((tmp_path / "short.json").read_text())["num_codes"] == 0
     assert not (tmp_path / "short.wav").exists()
     assert f"no {tmp_path / 'short'}.wav: the budget of 5 decoding steps ended before the audio started" in out
     assert "6 forced blank audio steps" in out and "raise --max-new-tokens" in out
 
-    shutil.rmtree(model / "vocoder")  # without the detokenizer: codes only, as before
-    _cli("respond", str(model), "--out", str(tmp_path / "b"), *flags)
     assert json.loads((tmp_path / "b.json").read_text())["wav"] is None and not (tmp_path / "b.wav").exists()
 
 

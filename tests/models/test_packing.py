@@ -120,7 +120,7 @@ def test_packed_rows_run_as_one_sequence_per_utterance(setup, monkeypatch, nativ
     calls: list[torch.Tensor] = []
     monkeypatch.setattr(modeling_kimi_audio, "varlen_applies", lambda hidden: True)
     monkeypatch.setattr(packed_attention, "call_varlen", recording(reference_varlen, calls))
-    monkeypatch.setattr(packed_attention, "_NATIVE_GQA", native_gqa)  # else K/V heads repeated to the query heads
+    monkeypatch.setattr(packed_attention, "native_gqa", lambda: native_gqa)  # else K/V heads repeated
     with torch.no_grad():
         varlen = model(**packed).loss
     assert len(calls) == len(model.model.layers)

@@ -70,7 +70,8 @@ def load_audio_encoders(model_dir: str, device: str = "cpu", whisper_dtype: str 
     ``whisper_dtype`` (the dtype training runs it in), by default bf16 on CUDA and fp32 on CPU."""
     import torch
 
-    from ...models.configuration_kimi_audio import WHISPER_SUBDIR, KimiAudioConfig
+    from ...models.configuration_kimi_audio import KimiAudioConfig
+    from ...models.constants import WHISPER_SUBDIR
     from ...models.glm4_voice import load_glm4_voice_tokenizer
     from ...models.processing_kimi_audio import KimiAudioProcessor
 

@@ -54,7 +54,7 @@ def cache_mode() -> str:
 
 def encoder_identity(model_dir: str) -> str:
     """A short id of the Whisper + GLM-4-Voice weights next to a checkpoint (size + head/tail bytes of each file)."""
-    from ...models.configuration_kimi_audio import WHISPER_SUBDIR, find_semantic_tokenizer
+    from ...models.constants import WHISPER_SUBDIR, find_semantic_tokenizer
 
     digest = hashlib.sha256()
     semantic = find_semantic_tokenizer(model_dir) or ""

@@ -41,7 +41,7 @@ def default_cache_dir() -> str:
 @dataclass(frozen=True)
 class PrecomputeOptions:
     cache_dir: str | None = None  # None: $KIMI_AUDIO_FEATURE_CACHE or ~/.cache/llamafactory_kimi_audio/features
-    device: str = "cpu"
+    device: str | None = "cpu"  # None: CUDA when visible (torchrun: the rank's GPU), decided when the encoders load
     batch_size: int = 32  # 571x real time on an H200 at 32, 294x at 8 (benchmarks/RESULTS.md)
     strict: bool = False  # re-raise the first bad audio instead of counting it
     progress: bool | None = None  # tqdm's disable=None: a bar only on a terminal
@@ -130,7 +130,22 @@ def prefetch(items: list[str], function: Callable[[str], Any], window: int, work
 
 
 def _load(model_dir: str, options: PrecomputeOptions) -> AudioEncoders:
-    return _guarded(load_audio_encoders, model_dir, options.device, options.rows_dtype)
+    device = resolve_device(options.device)  # its one-line error is not an encoder's
+    return _guarded(load_audio_encoders, model_dir, device, options.rows_dtype)
+
+
+def resolve_device(requested: str | None) -> str:
+    """``requested`` checked against torch (None: CUDA when visible, else the CPU); imports torch, so a run whose
+    clips are all cached already never pays for it."""
+    import torch
+
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible to torch; use --device cpu")
+    if requested == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return requested
 
 
 def _guarded(function: Callable[..., Any], model_dir: str, *args: Any) -> Any:

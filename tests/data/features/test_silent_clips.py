@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from lf_runs import two_at_a_time
 
 from llamafactory_kimi_audio import settings
 from llamafactory_kimi_audio.data.features.dataset_audio import collect_audio_paths, data_file, dataset_files
@@ -169,9 +170,19 @@ def _precompute(model: str, data: Path, cache: Path, *extra: str, **env: str) ->
     return subprocess.run([*argv, "--no-progress", *extra], capture_output=True, text=True, timeout=900, env=environ)
 
 
+def _precompute_each(
+    model: str, data: Path, folder: Path, *runs: tuple[str, tuple[str, ...], dict[str, str]]
+) -> list[subprocess.CompletedProcess]:
+    """``_precompute`` for each (cache name under ``folder``, extra flags, environment): independent caches, so two
+    at a time."""
+    return two_at_a_time(lambda run: _precompute(model, data, folder / run[0], *run[1], **run[2]), runs)
+
+
 @pytest.mark.slow
 def test_precompute_warns_once_naming_the_silent_clip_and_its_row(tmp_path: Path, tiny_checkpoint, dataset) -> None:
-    run = _precompute(tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "cache")
+    run, off = _precompute_each(
+        tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path, ("cache", (), {}), ("c2", ("--silent-clips", "off"), {})
+    )
     assert run.returncode == 0, run.stderr
     assert "4 computed, 0 skipped (already cached), 0 failed" in run.stdout  # every clip cached, none dropped
     warnings = [line for line in run.stdout.splitlines() if "silent" in line]
@@ -182,7 +193,6 @@ def test_precompute_warns_once_naming_the_silent_clip_and_its_row(tmp_path: Path
         f"{silent} (asr.jsonl line 3); the model would learn to write text for silence"
     )
     assert warnings[0].endswith("--silent-clips error stops on them, --silent-clips off hides this")
-    off = _precompute(tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "c2", "--silent-clips", "off")
     assert off.returncode == 0 and "silent" not in off.stdout + off.stderr
     # error mode decodes the cached clips with a transcript again: the clip cached above does not pass
     strict = _precompute(tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "cache", "--silent-clips=error")
@@ -195,7 +205,13 @@ def test_precompute_error_mode_caches_the_others_and_exits_2_naming_the_clip(
     tmp_path: Path, tiny_checkpoint, dataset
 ) -> None:
     silent = dataset / "silent.wav"
-    run = _precompute(tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "cache", KIMI_AUDIO_SILENT_CLIPS="error")
+    run, strict = _precompute_each(  # the setting; the flags
+        tiny_checkpoint.path,
+        dataset / "asr.jsonl",
+        tmp_path,
+        ("cache", (), {"KIMI_AUDIO_SILENT_CLIPS": "error"}),
+        ("c2", ("--silent-clips", "error", "--strict"), {}),
+    )
     assert run.returncode == 2, run.stderr
     assert "3 computed, 0 skipped (already cached), 0 failed, 1 silent with a transcript" in run.stdout
     errors = run.stderr.strip().splitlines()
@@ -208,9 +224,6 @@ def test_precompute_error_mode_caches_the_others_and_exits_2_naming_the_clip(
     # not cached: a re-run meets it again instead of passing; the flag overrides the setting
     again = _precompute(tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "cache", "--silent-clips", "error")
     assert again.returncode == 2 and "0 computed, 3 skipped (already cached), 0 failed, 1 silent" in again.stdout
-    strict = _precompute(
-        tiny_checkpoint.path, dataset / "asr.jsonl", tmp_path / "c2", "--silent-clips", "error", "--strict"
-    )
     assert strict.returncode == 2 and str(silent) in strict.stderr.strip().splitlines()[-1]
 
 
