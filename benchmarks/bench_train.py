@@ -50,6 +50,8 @@ Cases (``--cases`` picks some):
                          recipe_*gb[_fp8]_ungrouped: the same with KIMI_AUDIO_GROUPED_LORA=0 (one LoRA-A matmul
                          per projection instead of one for q/k/v and one for gate/up, models/grouped_lora.py); run
                          with its grouped twin and --repeat for interleaved pairs (their throughput ratio is printed)
+                         recipe_*gb[_fp8]_addmm: the LoRA B product as an out-of-place addmm in the compiled layers
+                         too (the form before fused_lora.add_lora_product), against its twin in the same way
   kimi_speech_mb8[_mimo] speech output (issue 18): the corpus as TTS samples (the transcript spoken with the clip as
                          the target: codes only, MIMO branch + audio head run), vs kimi_cached_mb8 (ASR, same clips,
                          similar tokens per sample); LoRA ``all`` (MIMO frozen) or ``all,mimo``; MFU omits MIMO FLOPs
@@ -185,6 +187,15 @@ GROUPED_OFF = {"KIMI_AUDIO_GROUPED_LORA": "0"}
 RECIPE_CASES.update(
     {
         f"{n}_ungrouped": dict(spec, env={**spec.get("env", {}), **GROUPED_OFF})
+        for n, spec in list(RECIPE_CASES.items())
+        if re.fullmatch(r"recipe_\d+gb(_fp8)?", n)
+    }
+)
+# the LoRA B product as one out-of-place addmm inside the compiled layers too (before session 10's change: cuBLAS
+# copies each base output first), to measure fused_lora.add_lora_product against it in interleaved pairs
+RECIPE_CASES.update(
+    {
+        f"{n}_addmm": dict(spec, lora_addmm=True)
         for n, spec in list(RECIPE_CASES.items())
         if re.fullmatch(r"recipe_\d+gb(_fp8)?", n)
     }
@@ -502,6 +513,8 @@ def run_case(name: str, spec: dict[str, Any], paths: dict[str, str], a) -> dict[
         from llamafactory_kimi_audio.models import fused_lora
 
         patched.set(fused_lora, "install_fused_lora", lambda model, **kwargs: 0)
+    if spec.get("lora_addmm"):
+        lora_addmm_everywhere(patched)
     if spec.get("walk_count"):  # transformers' own num_parameters: a walk over every module, every step
         from transformers import PreTrainedModel
 
@@ -629,7 +642,23 @@ RATIO_PAIRS = (
     ("kimi_speech_mb8", "kimi_cached_mb8"),  # speech output vs ASR on the same clips
     ("kimi_speech_mb8_mimo", "kimi_cached_mb8"),
     *((f"recipe_{size}{fp8}", f"recipe_{size}{fp8}_ungrouped") for size in ("24gb", "80gb") for fp8 in ("", "_fp8")),
+    *((f"recipe_{size}{fp8}", f"recipe_{size}{fp8}_addmm") for size in ("24gb", "80gb") for fp8 in ("", "_fp8")),
 )
+
+
+def lora_addmm_everywhere(patched: Any) -> None:
+    """``*_addmm`` cases: the LoRA B product is one ``addmm`` in compiled layers too (the eager form)."""
+    import torch
+
+    from llamafactory_kimi_audio.models import fused_lora, grouped_lora
+
+    def addmm_form(result, hidden, weight_b, scaling):
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        out = torch.addmm(result.reshape(-1, result.shape[-1]), flat, weight_b.t(), alpha=scaling)
+        return out.view(result.shape)
+
+    patched.set(fused_lora, "add_lora_product", addmm_form)
+    patched.set(grouped_lora, "add_lora_product", addmm_form)
 
 
 def print_ratios(rows: list[dict[str, Any]]) -> None:
