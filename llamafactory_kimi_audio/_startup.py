@@ -43,6 +43,10 @@ NOTICE_HOOK = "kimi_audio_opt_out_notice"
 NOTICE_MODULE = "llamafactory.train.tuner"
 # Named like an entry point, not imported: this module sits below the integration whose hooks it runs.
 NOTICE_TARGET = "llamafactory_kimi_audio.integration.patches:apply_opt_out_notice"
+# `llamafactory-cli train RECIPE`: the run guard's cheap checks before LLaMA-Factory imports torch (named likewise)
+EARLY_CHECK_TARGET = "llamafactory_kimi_audio.integration.early_check:check_train_command"
+CLI_NAMES = ("llamafactory-cli", "lmf")  # LLaMA-Factory's console scripts
+_early_checked = False
 _finding: set[str] = set()  # module names whose real spec is being looked up (no recursion into ourselves)
 _waiting: dict[str, list[str]] = {}  # our module still importing -> trigger modules whose hooks wait for it
 
@@ -159,6 +163,30 @@ def _load_entry_points() -> None:
         _warn(f"loading hook(s) {', '.join(names)}", text)
 
 
+def _is_cli_train() -> bool:
+    """``llamafactory-cli train ...`` / ``lmf train ...`` itself (LLaMA-Factory pops ``train`` from ``sys.argv`` only
+    after importing ``llamafactory``; torchrun's children run ``launcher.py``)."""
+    argv = getattr(sys, "argv", None) or []
+    script = str(argv[0]).replace("\\", "/").rsplit("/", 1)[-1] if argv else ""
+    return len(argv) > 2 and argv[1] == "train" and script.removesuffix(".exe") in CLI_NAMES
+
+
+def _check_train_command() -> None:
+    """Fail a bad Kimi-Audio recipe now, in about a second, rather than after torch's import (``EARLY_CHECK_TARGET``).
+    Once per process; a failure to load the check leaves the run to the run guard."""
+    global _early_checked
+    if _early_checked or not _is_cli_train():
+        return
+    _early_checked = True
+    try:
+        from importlib import import_module
+
+        module_name, _, attribute = EARLY_CHECK_TARGET.partition(":")
+        getattr(import_module(module_name), attribute)(sys.argv[2:])
+    except Exception:  # only its SystemExit ends the process
+        return
+
+
 class _Loader:
     """Runs the real loader, then the hooks of that module; the module keeps the real loader."""
 
@@ -188,6 +216,7 @@ class _Finder:
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
         if fullname == ROOT and not _entry_points_loaded and not _opted_out:
+            _check_train_command()  # may end the process with the run guard's one line
             _load_entry_points()  # before llamafactory/__init__.py runs; raises only in strict mode
         if fullname not in _hooks or fullname in _finding:
             return None
