@@ -13,6 +13,8 @@ modules while that module is itself importing LLaMA-Factory (``import llamafacto
 first) waits for :func:`resume` at the end of that module instead of failing. ``KIMI_AUDIO_DISABLE=1`` turns all of
 it off but a notice for a failing ``kimi_audio`` recipe (``settings.py``); :func:`activate_now` turns it on explicitly
 in a process that imported LLaMA-Factory first.
+In ``llamafactory-cli train`` (and ``lmf train``) the first ``llamafactory`` import also runs the run guard's cheap
+checks of a Kimi-Audio recipe (``EARLY_CHECK_TARGET``), before torch is imported: a bad recipe ends in about a second.
 No ``typing``, ``logging`` or ``threading`` here (``TYPE_CHECKING`` by hand): every interpreter loads this file.
 """
 
