@@ -29,13 +29,6 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 HAS_FP8_GPU = torch.cuda.is_available() and fp8_device_problem() is None
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_checkpoint):
-    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
-
-    return KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path)
-
-
 def lora_model(model, seed: int = 0):
     """LoRA on every projection of the decoder and of the MIMO branch (the filter must still pick the decoder's
     base layers only), B random so that gradients reach A too; the fused forward as LLaMA-Factory installs it."""

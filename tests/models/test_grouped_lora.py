@@ -11,7 +11,6 @@ import torch
 from lora_models import (
     GROUPS_PER_LAYER,
     PROJECTIONS,
-    count_grouped_calls,
     layer_outputs_and_grads,
     lora_triple,
     loss_and_grads,
@@ -25,18 +24,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from llamafactory_kimi_audio.models.fused_lora import install_fused_lora
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_checkpoint):
-    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
-
-    return KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path)
-
-
-@pytest.fixture
-def grouped_calls(monkeypatch):
-    return count_grouped_calls(monkeypatch)
 
 
 def test_fp32_outputs_and_gradients_equal_the_ungrouped_and_peft_paths(tiny_model, grouped_calls):

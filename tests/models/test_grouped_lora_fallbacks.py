@@ -10,7 +10,6 @@ import pytest
 import torch
 from lora_models import (
     GROUPS_PER_LAYER,
-    count_grouped_calls,
     layer_outputs_and_grads,
     lora_triple,
     packed_batch,
@@ -19,18 +18,6 @@ from lora_models import (
 )
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_checkpoint):
-    from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
-
-    return KimiAudioForCausalLM.from_pretrained(tiny_checkpoint.path)
-
-
-@pytest.fixture
-def grouped_calls(monkeypatch):
-    return count_grouped_calls(monkeypatch)
 
 
 def dropout_model(model):
