@@ -648,17 +648,10 @@ RATIO_PAIRS = (
 
 def lora_addmm_everywhere(patched: Any) -> None:
     """``*_addmm`` cases: the LoRA B product is one ``addmm`` in compiled layers too (the eager form)."""
-    import torch
-
     from llamafactory_kimi_audio.models import fused_lora, grouped_lora
 
-    def addmm_form(result, hidden, weight_b, scaling):
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        out = torch.addmm(result.reshape(-1, result.shape[-1]), flat, weight_b.t(), alpha=scaling)
-        return out.view(result.shape)
-
-    patched.set(fused_lora, "add_lora_product", addmm_form)
-    patched.set(grouped_lora, "add_lora_product", addmm_form)
+    patched.set(fused_lora, "add_lora_product", fused_lora.add_lora_product_addmm)
+    patched.set(grouped_lora, "add_lora_product", fused_lora.add_lora_product_addmm)
 
 
 def print_ratios(rows: list[dict[str, Any]]) -> None:

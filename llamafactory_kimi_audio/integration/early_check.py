@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import settings
-from .preflight import check_recipe_files
 from .recipe_keys import recipe_true
 from .registration import TEMPLATE_NAME
-from .run_guard import ONE_LINE_ERRORS, _as_recipe, _one_line, check_kimi_recipe, print_one_line
+from .run_guard import ONE_LINE_ERRORS, as_recipe, check_before_load, one_line, print_one_line
 
 YAML_SUFFIXES = (".yaml", ".yml")  # LLaMA-Factory 0.9.5's .json branch fails (json.load of a Path): left to it
 # Set by the Web UI for its training process, by torchrun for its children, by LLaMA-Factory for its v1 launcher and
@@ -59,19 +58,18 @@ def read_recipe(args: Sequence[str]) -> dict[str, Any] | None:
         return recipe if isinstance(recipe, dict) else None
     if args and args[0].endswith(".json"):
         return None
-    return _as_recipe(list(args))
+    return as_recipe(list(args))
 
 
 def _checked_here(recipe: dict[str, Any]) -> bool:
-    """The run guard's ``check_trainer`` and ``check_fp8_recipe`` surely pass (they come before the file checks)."""
+    """The run guard's ``check_trainer`` and ``check_fp8_recipe`` surely pass (``check_before_load`` skips them)."""
     return not recipe_true(recipe.get("use_mca", False)) and not recipe_true(recipe.get("fp8", False))
 
 
 def first_problem(recipe: dict[str, Any]) -> tuple[str, int] | None:
     """(the one line, the exit code) of the run guard's first failing cheap check, or None."""
     try:
-        check_kimi_recipe(recipe)
-        check_recipe_files(recipe)
+        check_before_load(recipe, with_llamafactory=False)
     except ONE_LINE_ERRORS as err:
-        return _one_line(err, recipe)
+        return one_line(err, recipe)
     return None

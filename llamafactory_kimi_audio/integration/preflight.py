@@ -22,6 +22,9 @@ JSON_SUFFIXES = (".json", ".jsonl")
 FULL_PARSE_BYTES = 64 * 2**20  # larger dataset files: only their ends are checked (a cut-short copy ends badly)
 TAIL_BYTES = 2**20
 RECONVERT = "convert the data again (kimi-audio-lf convert) or copy the file again from its source"
+# (path, size, mtime, inode) of the dataset files that passed in this process: llamafactory-cli train checks them
+# early (early_check.py), then in the run guard; the second check of an unchanged file reads nothing again
+_PASSED: set[tuple[str, int, int, int]] = set()
 
 
 def check_recipe_files(recipe: dict[str, Any]) -> None:
@@ -125,7 +128,15 @@ def check_dataset_path(name: str, path: str, info_path: str) -> None:
 def check_json_file(name: str, path: str) -> None:
     """A dataset JSON / JSON Lines file that is empty, cut short or does not parse (where the error is)."""
     shown = os.path.abspath(path)
-    size = os.path.getsize(path)
+    stat = os.stat(path)
+    key = (shown, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _PASSED:
+        _check_json_content(name, path, stat.st_size)
+        _PASSED.add(key)
+
+
+def _check_json_content(name: str, path: str, size: int) -> None:
+    shown = os.path.abspath(path)
     with open(path, "rb") as handle:
         head = handle.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
         handle.seek(max(0, size - TAIL_BYTES))

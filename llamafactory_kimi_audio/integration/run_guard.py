@@ -59,10 +59,10 @@ def _read_args(args: Any) -> dict[str, Any] | list[str] | None:
 
 def _recipe(args: Any) -> dict[str, Any] | None:
     """The recipe of ``run_exp(args)`` as a dict for the checks (None: LLaMA-Factory cannot read it)."""
-    return _as_recipe(_read_args(args))
+    return as_recipe(_read_args(args))
 
 
-def _as_recipe(read: Any) -> dict[str, Any] | None:
+def as_recipe(read: Any) -> dict[str, Any] | None:
     """A recipe file's dict, or the flags read as strings (``recipe_flags.py``)."""
     if isinstance(read, dict):
         return read
@@ -86,6 +86,17 @@ def check_kimi_recipe(recipe: dict[str, Any]) -> None:
     where it names adapters, LoRA output folders (train, export and api alike)."""
     _check_model_path(str(recipe.get("model_name_or_path") or ""))
     check_adapters(recipe)
+
+
+def check_before_load(recipe: dict[str, Any], *, with_llamafactory: bool = True) -> None:
+    """The run guard's checks of a ``kimi_audio`` training recipe, in order, before the slow model load.
+    ``with_llamafactory=False``: only those that need neither torch nor LLaMA-Factory (the early check's, for a
+    recipe where the trainer and fp8 checks surely pass)."""
+    check_kimi_recipe(recipe)
+    if with_llamafactory:
+        check_trainer(recipe)
+        check_fp8_recipe(recipe)
+    check_recipe_files(recipe)  # dataset files and output_dir
 
 
 def check_trainer(recipe: dict[str, Any]) -> None:
@@ -128,7 +139,7 @@ def check_adapters(recipe: dict[str, Any]) -> None:
             raise ModelError(f"adapter_name_or_path {path}: no such directory{_relative_note(path)}; {_FIX_ADAPTER}")
 
 
-def _one_line(err: BaseException, recipe: dict[str, Any] | None) -> tuple[str, int] | None:
+def one_line(err: BaseException, recipe: dict[str, Any] | None) -> tuple[str, int] | None:
     """(message, exit code) for the errors that end a run with one line; None keeps the traceback (a bug)."""
     if isinstance(err, ONE_LINE_ERRORS):
         return unwrap_worker_message(str(err)), getattr(err, "exit_code", EXIT_BAD_INPUT)
@@ -184,18 +195,15 @@ def make_run_guard(original):
     @functools.wraps(original)
     def run_exp(args: Any = None, *more: Any, **kwargs: Any):
         read = _read_args(args)
-        recipe = _as_recipe(read)
+        recipe = as_recipe(read)
         kimi_recipe = recipe is not None and recipe.get("template") == TEMPLATE_NAME
         try:
             if kimi_recipe:
-                check_kimi_recipe(recipe)
-                check_trainer(recipe)
-                check_fp8_recipe(recipe)
-                check_recipe_files(recipe)  # dataset files and output_dir, before the slow model load
+                check_before_load(recipe)
                 args = _completed_args(read, recipe)  # the keys a Kimi-Audio run needs, where the recipe lacks them
             return original(args, *more, **kwargs)
         except Exception as err:
-            _end_with_one_line(err, recipe if kimi_recipe else None)
+            _end_withone_line(err, recipe if kimi_recipe else None)
             raise
 
     return run_exp
@@ -218,16 +226,16 @@ def make_cli_guard(original):
                 check_kimi_recipe(recipe)
             return original(*args, **kwargs)
         except Exception as err:
-            _end_with_one_line(err, recipe if kimi_recipe else None)
+            _end_withone_line(err, recipe if kimi_recipe else None)
             raise
 
     return guarded
 
 
-def _end_with_one_line(err: Exception, recipe: dict[str, Any] | None) -> None:
+def _end_withone_line(err: Exception, recipe: dict[str, Any] | None) -> None:
     """Print the one line of ``err`` and exit with its code; returns (the caller re-raises) for a bug or with
     ``KIMI_AUDIO_DEBUG``."""
-    line = _one_line(err, recipe)
+    line = one_line(err, recipe)
     if line is None or settings.enabled("KIMI_AUDIO_DEBUG"):
         return
     print_one_line(line[0])

@@ -60,10 +60,18 @@ def add_lora_product(
     of place, so cuBLAS first copies ``result`` into a new buffer (a device-to-device copy of [tokens, out] per
     projection: 14.5 ms of a 335 ms step of the 80 GB recipe on an H100, ``benchmarks/RESULTS.md`` session 10); the
     view keeps inductor from turning the sum back into an ``addmm``."""
-    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     if torch.compiler.is_compiling():
-        product = flat_hidden @ (weight_b * scaling).t()
+        product = hidden.reshape(-1, hidden.shape[-1]) @ (weight_b * scaling).t()
         return result + product.view(result.shape)
+    return add_lora_product_addmm(result, hidden, weight_b, scaling)
+
+
+def add_lora_product_addmm(
+    result: torch.Tensor, hidden: torch.Tensor, weight_b: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """``result + scaling · hidden Bᵀ`` as one ``addmm`` (the eager form; the benchmarks' ``*_addmm`` cases use it in
+    compiled layers too)."""
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     out = torch.addmm(result.reshape(-1, result.shape[-1]), flat_hidden, weight_b.t(), alpha=scaling)
     return out.view(result.shape)
 

@@ -103,7 +103,7 @@ def test_a_pickled_adapter_refused_by_torch_is_one_line_exit_3(tmp_path: Path) -
     read by PEFT): the refusal anywhere in the error chain becomes one line naming the file, exit 3."""
     import pickle
 
-    from llamafactory_kimi_audio.integration.run_guard import _one_line
+    from llamafactory_kimi_audio.integration.run_guard import one_line
 
     (tmp_path / "adapter_model.bin").write_bytes(b"pickled")
     refusal = pickle.UnpicklingError(
@@ -115,12 +115,12 @@ def test_a_pickled_adapter_refused_by_torch_is_one_line_exit_3(tmp_path: Path) -
         except pickle.UnpicklingError as err:
             raise RuntimeError("loading the adapter failed") from err
     except RuntimeError as err:
-        line = _one_line(err, {"adapter_name_or_path": str(tmp_path), "model_name_or_path": "m"})
+        line = one_line(err, {"adapter_name_or_path": str(tmp_path), "model_name_or_path": "m"})
     assert line is not None and line[1] == 3
     assert (
         line[0].startswith(f"{tmp_path / 'adapter_model.bin'}: pickled weights") and "it pickles os.system" in line[0]
     )
-    assert _one_line(RuntimeError("a bug"), {"model_name_or_path": "m"}) is None  # anything else keeps its traceback
+    assert one_line(RuntimeError("a bug"), {"model_name_or_path": "m"}) is None  # anything else keeps its traceback
 
 
 @pytest.mark.parametrize("how", ["env", "recipe"])
@@ -148,3 +148,20 @@ def test_adapters_are_checked_whatever_the_model_path(tmp_path: Path) -> None:
     for model in ("moonshotai/Kimi-Audio-7B-Instruct", ""):
         with pytest.raises(ModelError, match=rf"adapter_name_or_path {missing}: no such directory"):
             check_kimi_recipe({"model_name_or_path": model, "adapter_name_or_path": missing})
+
+
+def test_an_unchanged_file_is_read_once_a_changed_one_again(tmp_path: Path, monkeypatch) -> None:
+    """The early check and the run guard check the same files in one process: the second check of a file that
+    passed reads nothing, but a file written since is checked again."""
+    directory = data_dir(tmp_path, {"train.json": json.dumps([ROW, ROW])})
+    config = recipe(directory, "train")
+    parsed: list[str] = []
+    parse_whole = preflight._parse_whole
+    monkeypatch.setattr(
+        preflight, "_parse_whole", lambda name, path, array: parsed.append(path) or parse_whole(name, path, array)
+    )
+    check_recipe_files(config)
+    check_recipe_files(config)
+    assert len(parsed) == 1
+    (directory / "train.json").write_text(json.dumps([ROW, ROW])[:-30], encoding="utf-8")  # cut short since
+    assert "is cut short" in refused(config)
