@@ -1,5 +1,6 @@
 """The run guard's pre-flight of a recipe's files (``integration/preflight.py``): what it refuses and what it lets
-through to LLaMA-Factory. The ``llamafactory-cli train`` runs of the same cases are in ``test_llamafactory_cli.py``."""
+through to LLaMA-Factory. The ``llamafactory-cli train`` runs of the same cases are in
+``tests/end_to_end/test_llamafactory_cli_bad_input.py``."""
 
 from __future__ import annotations
 
