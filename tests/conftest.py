@@ -45,3 +45,23 @@ def native_tok(tiny_checkpoint):
     from speech_samples import load_native_tokenizer
 
     return load_native_tokenizer(tiny_checkpoint.path)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_checkpoint) -> str:
+    """``tiny_checkpoint``'s directory."""
+    return tiny_checkpoint.path
+
+
+@pytest.fixture(scope="module")
+def workdir(request, tmp_path_factory) -> Path:
+    """The test module's own work folder (the runs, datasets and outputs its tests share)."""
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+def dataset(workdir) -> Path:
+    """The module's ASR dataset in ``workdir`` (``lf_runs.make_asr_dataset``); edits stay in the module."""
+    from lf_runs import make_asr_dataset
+
+    return make_asr_dataset(workdir)

@@ -16,11 +16,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("nonfinite_train")
-
-
-@pytest.fixture(scope="module")
 def dataset(workdir) -> Path:
     return make_asr_dataset(workdir, n_test=1)
 

@@ -58,11 +58,6 @@ SAMPLES_PER_FRAME = 1280  # 16 kHz / 12.5 Hz
 
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def ckpt(tiny_checkpoint) -> str:
-    return tiny_checkpoint.path
-
-
-@pytest.fixture(scope="module")
 def model_args(ckpt) -> ModelArguments:
     return ModelArguments(model_name_or_path=ckpt, trust_remote_code=True)
 

@@ -197,11 +197,6 @@ def reference_logits(reference: Qwen2ForCausalLM, embeds: torch.Tensor) -> torch
 
 # ------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def ckpt(tiny_checkpoint) -> str:
-    return tiny_checkpoint.path
-
-
-@pytest.fixture(scope="module")
 def ids(ckpt) -> SpecIds:
     ranks = load_tiktoken_bpe(os.path.join(ckpt, "tiktoken.model"))
     with open(os.path.join(ckpt, "config.json"), encoding="utf-8") as f:

@@ -13,28 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from cache_samples import END_LINE, cache_counts
-from lf_runs import COMMON, check_ok, make_asr_dataset, run_cli, run_cli_each, train_config
+from lf_runs import COMMON, check_ok, run_cli, run_cli_each, train_config
 
 from llamafactory_kimi_audio.data.features.cache_format import clip_key
 from llamafactory_kimi_audio.data.features.feature_cache import FeatureCache, encoder_identity
 from llamafactory_kimi_audio.data.features.precompute import PrecomputeOptions, precompute
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ckpt(tiny_checkpoint) -> str:
-    return tiny_checkpoint.path
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache_train")
-
-
-@pytest.fixture(scope="module")
-def dataset(workdir) -> Path:
-    return make_asr_dataset(workdir)
 
 
 def _audios(dataset: Path) -> list[str]:
