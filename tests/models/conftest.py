@@ -8,6 +8,7 @@ import os
 import pytest
 import tiktoken
 import torch
+from detokenizer_reference import VOCAB
 from lora_models import count_grouped_calls
 from safetensors.torch import load_file
 from spec_reference import SPEC_PAT, SR, WAVE_SECONDS, SpecIds, frames, speechy
@@ -15,6 +16,7 @@ from tiktoken.load import load_tiktoken_bpe
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from llamafactory_kimi_audio.models.detokenizer.tiny import write_tiny_detokenizer
 from llamafactory_kimi_audio.models.layout import LayoutEncoder
 from llamafactory_kimi_audio.models.modeling_kimi_audio import KimiAudioForCausalLM
 from llamafactory_kimi_audio.models.processing_kimi_audio import KimiAudioProcessor
@@ -114,3 +116,12 @@ def audio_case(model, processor, waves):
         "precomputed": {"whisper_features": rows, "audio_codes": codes},
         "singles": singles,
     }
+
+
+@pytest.fixture(scope="module")
+def tiny_detokenizer(tmp_path_factory):
+    """A tiny random detokenizer folder (``audio_detokenizer/`` + ``vocoder/``, vocabulary ``VOCAB``)."""
+    torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
+    directory = str(tmp_path_factory.mktemp("detok"))
+    write_tiny_detokenizer(directory, VOCAB, seed=3)
+    return directory
