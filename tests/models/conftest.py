@@ -1,4 +1,7 @@
-"""Fixtures shared by the model tests."""
+"""Fixtures shared by the model tests: the tiny model and grouped-LoRA call counts; for the ``test_modeling_*``
+modules the perturbed fp32 model, its processor and layout, the spec ids and tokenizer, the reference Whisper encoder
+and three clips with their encoder outputs (``spec_reference``); a tiny detokenizer for the ``test_detokenizer_*``
+modules. Module-scoped: each module gets its own copies (cheap on the tiny checkpoint)."""
 
 from __future__ import annotations
 
