@@ -47,7 +47,8 @@ def _read(name: str, is_package: bool, tree: ast.Module) -> Module:
         module.defines |= _top_level_names(node)
         if isinstance(node, ast.ClassDef):
             bases = {base.id if isinstance(base, ast.Name) else getattr(base, "attr", "") for base in node.bases}
-            module.subclasses[node.name] = (bases, set().union(*(_top_level_names(item) for item in node.body)))
+            replaced = [item for item in node.body if not _extends(item)]
+            module.subclasses[node.name] = (bases, set().union(*(_top_level_names(item) for item in replaced)))
     package = name if is_package else name.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -64,6 +65,21 @@ def _read(name: str, is_package: bool, tree: ast.Module) -> Module:
         elif isinstance(node, ast.Attribute) and (dotted := _dotted(node)) is not None:
             module.attributes.add(dotted)
     return module
+
+
+def _extends(node: ast.stmt) -> bool:
+    """A method that calls ``super().<its own name>``: the base class's (patched) method still runs."""
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    return any(
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == node.name
+        and isinstance(call.func.value, ast.Call)
+        and isinstance(call.func.value.func, ast.Name)
+        and call.func.value.func.id == "super"
+        for call in ast.walk(node)
+    )
 
 
 def _top_level_names(node: ast.stmt) -> set[str]:
@@ -168,7 +184,8 @@ def uncovered(rows: Iterable[Any], modules: dict[str, Module], root: str) -> Ite
 
 
 def _overrides(row: Any, modules: dict[str, Module], cls: str) -> Iterator[Gap]:
-    """Subclasses of the patched class (by name, one level) that define the patched attribute themselves."""
+    """Subclasses of the patched class (by name, one level) that define the patched attribute themselves without
+    calling ``super().<attribute>`` (an override that does still runs the patched method)."""
     for module in modules.values():
         for name, (bases, members) in module.subclasses.items():
             if cls in bases and row.attribute in members:

@@ -8,6 +8,7 @@ The browser test of the same is ``test_webui.py::test_chat_tab_speaks``.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -34,8 +35,18 @@ def web_chat(checkpoint: str):
 def stream(chat, audio: str | None, temperature: float = 0.8) -> list[tuple[list, list]]:
     """Every (chatbot, messages) the patched stream yields for one question, in the Chat tab's argument order."""
     chatbot = [{"role": "user", "content": "Answer:"}]
-    args = (chatbot, list(QUESTION), "en", "", "", None, None, audio, 60, 0.7, temperature, True, True, True)
-    return list(chat.stream(*args))
+    args = (chatbot, list(QUESTION), "en", "", "", None, None, audio, 60, 0.7, temperature)
+    return list(chat.stream(*args, *chat_tab_switches()))
+
+
+def chat_tab_switches() -> list:
+    """The Chat tab's inputs after ``temperature``, by name: 0.9.5 has three switches, LLaMA-Factory main adds a
+    ``seed`` box (-1: no seed) before them."""
+    from llamafactory.webui.chatter import WebChatModel
+
+    values = {"seed": -1, "skip_special_tokens": True, "escape_html": True, "enable_thinking": True}
+    names = list(inspect.signature(inspect.unwrap(WebChatModel.stream)).parameters)
+    return [values[name] for name in names[names.index("temperature") + 1 :]]
 
 
 @pytest.fixture
