@@ -203,7 +203,7 @@ def make_run_guard(original):
                 args = _completed_args(read, recipe)  # the keys a Kimi-Audio run needs, where the recipe lacks them
             return original(args, *more, **kwargs)
         except Exception as err:
-            _end_withone_line(err, recipe if kimi_recipe else None)
+            _end_with_one_line(err, recipe if kimi_recipe else None)
             raise
 
     return run_exp
@@ -226,13 +226,13 @@ def make_cli_guard(original):
                 check_kimi_recipe(recipe)
             return original(*args, **kwargs)
         except Exception as err:
-            _end_withone_line(err, recipe if kimi_recipe else None)
+            _end_with_one_line(err, recipe if kimi_recipe else None)
             raise
 
     return guarded
 
 
-def _end_withone_line(err: Exception, recipe: dict[str, Any] | None) -> None:
+def _end_with_one_line(err: Exception, recipe: dict[str, Any] | None) -> None:
     """Print the one line of ``err`` and exit with its code; returns (the caller re-raises) for a bug or with
     ``KIMI_AUDIO_DEBUG``."""
     line = one_line(err, recipe)
