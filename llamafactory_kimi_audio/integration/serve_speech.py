@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -94,11 +95,17 @@ async def spoken_answer(request: Any, chat_model: Any) -> Any:
 
 
 def speak(
-    engine: Any, checkpoint: str, asked: tuple[str | None, Any], max_tokens: int | None, temperature: float
+    engine: Any,
+    checkpoint: str,
+    asked: tuple[str | None, Any],
+    max_tokens: int | None,
+    temperature: float,
+    seed: int | None = AUDIO_SEED,
 ) -> tuple[str, bytes, bool]:
     """(answer text, its speech as WAV bytes, whether the text ended before the token budget). ``temperature`` > 0
-    samples the audio head (top-k 10, as the official examples; seeded, so the same request gives the same wave);
-    0 is the official API default, both heads greedy. The text head stays greedy."""
+    samples the audio head (top-k 10, as the official examples); 0 is the official API default, both heads greedy.
+    The text head stays greedy. ``seed`` seeds the audio sampling and the flow's start noise (the same request gives
+    the same wave); None draws a fresh seed."""
     import numpy as np
     import soundfile as sf
     import torch
@@ -112,7 +119,8 @@ def speak(
     inputs = {key: value.to(device) for key, value in processor.speech_prompt_inputs(wave, text).items()}
     prompt = inputs.pop("input_ids")
     sampling = SpeechSampling(audio=HeadSampling(temperature=temperature, top_k=10)) if temperature else None
-    generator = torch.Generator(device=device).manual_seed(AUDIO_SEED)
+    seed = secrets.randbits(63) if seed is None else seed  # not torch.seed(): that would reseed the global RNG
+    generator = torch.Generator(device=device).manual_seed(seed)
     with torch.inference_mode():
         out = model.generate_speech(
             prompt, output_type="both", sampling=sampling, max_new_tokens=max_tokens, generator=generator, **inputs
@@ -124,7 +132,7 @@ def speak(
     detokenizer = _DETOKENIZERS[checkpoint]
     samples = np.zeros(0, dtype=np.float32)  # no audio code before the end: an empty (valid) WAV
     if out.codes:
-        samples = detokenizer(list(out.codes), generator=torch.Generator().manual_seed(AUDIO_SEED)).cpu().numpy()
+        samples = detokenizer(list(out.codes), generator=torch.Generator().manual_seed(seed)).cpu().numpy()
     buffer = io.BytesIO()
     sf.write(buffer, samples, detokenizer.sampling_rate, format="WAV", subtype="PCM_16")
     finished = max_tokens is None or len(out.text_ids) < max_tokens

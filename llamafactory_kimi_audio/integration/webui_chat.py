@@ -4,8 +4,9 @@ LlamaBoard's ``WebChatModel.stream`` streams the text answer into the chatbot. W
 model with its MIMO audio head and the checkpoint has ``audio_detokenizer/`` + ``vocoder/``, the wrapper then runs
 the official two-stream loop (``generate_speech``, through ``serve_speech.speak`` as the API server does) for the
 last user turn and appends the WAV as one more assistant message (gradio's Chatbot shows it as an ``<audio>``
-player). The chat's temperature samples the audio head (seeded: the same question gives the same wave), its
-*Maximum new tokens* caps the decoding steps. Other models, checkpoints without a detokenizer, tool calls and
+player). The chat's temperature samples the audio head, its *Maximum new tokens* caps the decoding steps. The
+voice is seeded (the same question gives the same wave); where the Chat tab has a *Seed* box (LLaMA-Factory after
+0.9.5), a seed ≥ 0 picks the wave and -1 draws a new one each time, as the box does for the text. Other models, checkpoints without a detokenizer, tool calls and
 observation turns chat as before; a failing spoken answer is one warning and the text answer stays.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import inspect
 import io
 import os
 import shutil
@@ -75,19 +77,33 @@ def write_spoken_answer(wav: bytes) -> str | None:
     return path
 
 
+def chat_seed(stream: Callable[..., Generator], args: tuple, kwargs: dict[str, Any]) -> int | None:
+    """The audio seed of one chat turn: the Chat tab's *Seed* box where it has one (-1: None, a fresh seed each
+    time), else the fixed ``serve_speech.AUDIO_SEED``."""
+    from .serve_speech import AUDIO_SEED
+
+    try:
+        seed = inspect.signature(stream).bind(*args, **kwargs).arguments.get("seed")
+    except TypeError:  # a signature this wrapper does not know: keep the fixed seed
+        return AUDIO_SEED
+    if seed is None or seed == "":
+        return AUDIO_SEED
+    return int(seed) if int(seed) >= 0 else None
+
+
 def spoken_message(
-    engine: Any, checkpoint: str, question: tuple[str | None, Any], settings: tuple[int, float]
+    engine: Any, checkpoint: str, question: tuple[str | None, Any], settings: tuple[int, float, int | None]
 ) -> dict[str, Any] | None:
     """The chatbot message holding the spoken answer, or None (with a warning) when there is none.
-    ``question``: (text, audio file); ``settings``: the chat's (maximum new tokens, temperature). The spoken words
-    go into the message's alt text (read by screen readers; gradio's player does not show it)."""
+    ``question``: (text, audio file); ``settings``: the chat's (maximum new tokens, temperature, seed). The spoken
+    words go into the message's alt text (read by screen readers; gradio's player does not show it)."""
     from ..fileio.audio import load_audio
     from .serve_speech import speak
 
-    (text, clip), (budget, temperature) = question, settings
+    (text, clip), (budget, temperature, seed) = question, settings
     try:
         asked = (text, load_audio(clip) if clip else None)
-        transcript, wav, _finished = speak(engine, checkpoint, asked, int(budget), float(temperature or 0.0))
+        transcript, wav, _finished = speak(engine, checkpoint, asked, int(budget), float(temperature or 0.0), seed)
         path = write_spoken_answer(wav)
     except Exception as err:  # the text answer is already on the page: say why there is no voice, keep chatting
         warn_on_page(f"no spoken answer: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
@@ -128,7 +144,8 @@ def make_spoken_chat(original: Callable[..., Generator]) -> Callable[..., Genera
         if output_messages and output_messages[-1].get("role") != "assistant":  # a tool call: nothing to say
             return
         question = spoken_question(messages, audio)
-        message = question and spoken_message(self.engine, checkpoint, question, (max_new_tokens, temperature))
+        seed = chat_seed(original, (self, *args, *rest), kwargs)
+        message = question and spoken_message(self.engine, checkpoint, question, (max_new_tokens, temperature, seed))
         if message:
             yield [*answer_bot, message], output_messages
 

@@ -41,10 +41,10 @@ def stream(chat, audio: str | None, temperature: float = 0.8) -> list[tuple[list
 
 def chat_tab_switches() -> list:
     """The Chat tab's inputs after ``temperature``, by name: 0.9.5 has three switches, LLaMA-Factory main adds a
-    ``seed`` box (-1: no seed) before them."""
+    ``seed`` box (-1: no seed) before them; 5 keeps the voice seeded there too."""
     from llamafactory.webui.chatter import WebChatModel
 
-    values = {"seed": -1, "skip_special_tokens": True, "escape_html": True, "enable_thinking": True}
+    values = {"seed": 5, "skip_special_tokens": True, "escape_html": True, "enable_thinking": True}
     names = list(inspect.signature(inspect.unwrap(WebChatModel.stream)).parameters)
     return [values[name] for name in names[names.index("temperature") + 1 :]]
 
@@ -80,6 +80,29 @@ def test_chat_with_a_detokenizer_adds_the_spoken_answer(tiny_speaking_checkpoint
 
     again = stream(chat, wav_question)[-1][0][-1]
     assert Path(again["content"]["path"]).read_bytes() == Path(spoken["content"]["path"]).read_bytes()  # seeded
+
+
+def test_the_seed_box_picks_the_voice(tiny_speaking_checkpoint, wav_question):
+    """LLaMA-Factory main's Chat tab has a *Seed* box after the temperature (0.9.5 has none): a seed ≥ 0 gives its
+    own wave every time, -1 a new one each time. ``main_stream`` has main's signature and streams a fixed text."""
+    from llamafactory_kimi_audio.integration.webui_chat import make_spoken_chat
+
+    def main_stream(self, chatbot, messages, lang, system, tools, image, video, audio, max_new_tokens, top_p,
+                    temperature, seed, skip_special_tokens, escape_html, enable_thinking):  # fmt: skip
+        answer = {"role": "assistant", "content": "a"}
+        yield [*chatbot, answer], [*messages, answer]
+
+    chat, spoken_stream = web_chat(tiny_speaking_checkpoint.path), make_spoken_chat(main_stream)
+
+    def voice(seed: int) -> bytes:
+        chatbot = [{"role": "user", "content": "Answer:"}]
+        args = (chatbot, list(QUESTION), "en", "", "", None, None, wav_question, 60, 0.7, 0.8)
+        *_, (answer_bot, _messages) = spoken_stream(chat, *args, seed, True, True, True)
+        return Path(answer_bot[-1]["content"]["path"]).read_bytes()
+
+    assert voice(3) == voice(3)
+    assert voice(3) != voice(4)
+    assert voice(-1) != voice(-1)
 
 
 def test_chat_without_a_detokenizer_is_text_only(tiny_checkpoint, wav_question):
