@@ -7,7 +7,8 @@ last user turn and appends the WAV as one more assistant message (gradio's Chatb
 player). The chat's temperature samples the audio head, its *Maximum new tokens* caps the decoding steps. The
 voice is seeded (the same question gives the same wave); where the Chat tab has a *Seed* box (LLaMA-Factory after
 0.9.5), a seed ≥ 0 picks the wave and -1 draws a new one each time, as the box does for the text. Other models,
-checkpoints without a detokenizer, tool calls and observation turns chat as before; a failing spoken answer is one warning and the text answer stays.
+checkpoints without a detokenizer, tool calls and observation turns chat as before; a failing spoken answer is one
+warning and the text answer stays.
 """
 
 from __future__ import annotations
