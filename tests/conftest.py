@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,20 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("llamafactory_kimi_audio") is None:
     sys.path.insert(0, str(REPO_ROOT))
+
+# The tests' subprocesses (llamafactory-cli, kimi-audio-lf, torchrun ranks) often run two at a time
+# (lf_runs.two_at_a_time): one torch thread each, since 2 × 2 OpenMP threads on CI's 2 cores make every training step
+# about 5× slower. This process keeps a thread per core. A value the caller set is left alone.
+_CHILD_THREADS_SET_HERE = "OMP_NUM_THREADS" not in os.environ
+if _CHILD_THREADS_SET_HERE:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def pytest_configure(config) -> None:
+    if _CHILD_THREADS_SET_HERE:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,6 @@ def _run(command: str, arguments: list[str], workdir: Path, name: str, env: dict
         HF_HOME=str(workdir / "hf_home"),
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="2",
         **(env or {}),
     )
     proc = subprocess.run(

@@ -100,7 +100,7 @@ RECIPE = {  # examples/tiny_demo.yaml's settings, plus the MIMO branch trainable
 
 def environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != DISABLE_ENV}
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return env
 
 

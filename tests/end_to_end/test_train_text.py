@@ -30,7 +30,7 @@ def wav(path: Path, seconds: float = 1.0) -> str:
 
 def run(command: list[str], workdir: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_AUDIO_", "LLAMAFACTORY_KIMI_AUDIO_"))}
-    env.update(PYTHONPATH=str(REPO), HF_HOME=str(workdir / "hf_home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    env.update(PYTHONPATH=str(REPO), HF_HOME=str(workdir / "hf_home"), HF_HUB_OFFLINE="1")
     return subprocess.run(
         command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT
     )

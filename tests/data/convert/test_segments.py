@@ -159,7 +159,7 @@ def test_llamafactory_train_on_every_converted_layout(tmp_path: Path, tiny_check
     for attempt in ("tokenize", "from_tokenized"):
         config_path = tmp_path / f"{attempt}.yaml"
         config_path.write_text(json.dumps(config))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         proc = subprocess.run(
             [CLI, "train", str(config_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800
         )
