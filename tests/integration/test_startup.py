@@ -131,8 +131,9 @@ def test_interpreter_start_adds_only_the_finder():
 def test_pth_of_a_half_uninstalled_package_is_silent(tmp_path: Path):
     (tmp_path / f"{PACKAGE}.pth").write_text((REPO / f"{PACKAGE}.pth").read_text())
     code = f"import site, sys; site.addsitedir({str(tmp_path)!r}); print([m for m in sys.modules if 'kimi' in m])"
-    result = subprocess.run(  # -S and another cwd: the package cannot be imported
-        [sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a PYTHONPATH may hold the checkout
+    result = subprocess.run(  # -S, no PYTHONPATH and another cwd: the package cannot be imported
+        [sys.executable, "-S", "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "[]\n", "")
 
