@@ -32,11 +32,15 @@ def web_chat(checkpoint: str):
     return chat
 
 
+def chat_tab_inputs(audio: str | None, temperature: float = 0.8) -> tuple:
+    """The Chat tab's inputs for one question, up to ``temperature`` (the part every LLaMA-Factory version shares)."""
+    chatbot = [{"role": "user", "content": "Answer:"}]
+    return (chatbot, list(QUESTION), "en", "", "", None, None, audio, 60, 0.7, temperature)
+
+
 def stream(chat, audio: str | None, temperature: float = 0.8) -> list[tuple[list, list]]:
     """Every (chatbot, messages) the patched stream yields for one question, in the Chat tab's argument order."""
-    chatbot = [{"role": "user", "content": "Answer:"}]
-    args = (chatbot, list(QUESTION), "en", "", "", None, None, audio, 60, 0.7, temperature)
-    return list(chat.stream(*args, *chat_tab_switches()))
+    return list(chat.stream(*chat_tab_inputs(audio, temperature), *chat_tab_switches()))
 
 
 def chat_tab_switches() -> list:
@@ -95,9 +99,7 @@ def test_the_seed_box_picks_the_voice(tiny_speaking_checkpoint, wav_question):
     chat, spoken_stream = web_chat(tiny_speaking_checkpoint.path), make_spoken_chat(main_stream)
 
     def voice(seed: int) -> bytes:
-        chatbot = [{"role": "user", "content": "Answer:"}]
-        args = (chatbot, list(QUESTION), "en", "", "", None, None, wav_question, 60, 0.7, 0.8)
-        *_, (answer_bot, _messages) = spoken_stream(chat, *args, seed, True, True, True)
+        *_, (answer_bot, _messages) = spoken_stream(chat, *chat_tab_inputs(wav_question), seed, True, True, True)
         return Path(answer_bot[-1]["content"]["path"]).read_bytes()
 
     assert voice(3) == voice(3)
